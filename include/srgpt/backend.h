@@ -1,0 +1,141 @@
+#pragma once
+// The small set of ops the GPT is written over. A backend stores every
+// weight, gradient and activation in one dtype() (bf16, f32, or f64 for
+// checks); statistics (layernorm mean/rstd, attention log-sum-exp, per-token
+// losses) in accum_dtype(dtype()). Pointers are backend memory from
+// allocate(). Shapes are row-major; N = B*T rows. "+=" marks outputs that
+// accumulate into what is already there; all other outputs are overwritten.
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <utility>
+#include <string>
+
+#include "srgpt/adamw_math.h"
+#include "srgpt/dtype.h"
+#include "srgpt/precision.h"
+
+namespace srgpt {
+
+// The flat optimizer buffers for one precision mode; a pointer is null when
+// the mode does not have that buffer. All share the parameter layout.
+struct OptimizerBuffers {
+  void* weights = nullptr;      // compute dtype
+  const void* grads = nullptr;  // compute dtype
+  void* m = nullptr;            // adam_state_dtype
+  void* v = nullptr;            // adam_state_dtype
+  float* master = nullptr;      // mixed only
+  void* compensation = nullptr; // bf16-kahan only, bf16
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+  DType dtype() const { return dtype_; }
+
+  // ---- memory (RAII wrapper: DeviceBuffer below)
+  virtual void* allocate(size_t bytes, const char* what) = 0;
+  virtual void release(void* p) noexcept = 0;
+  virtual void upload(void* dst, const void* host_src, size_t bytes) = 0;
+  virtual void download(void* host_dst, const void* src, size_t bytes) = 0;
+  virtual void fill_zero(void* dst, size_t bytes) = 0;
+  virtual void synchronize() = 0;
+
+  // ---- GPT ops
+  // out[B,T,C] = wte[tokens] + wpe[t]
+  virtual void embedding_forward(void* out, const int32_t* tokens, const void* wte, const void* wpe, int B, int T,
+                                 int C) = 0;
+  // dwte[tokens] += dout, dwpe[t] += sum_b dout; deterministic order.
+  virtual void embedding_backward(void* dwte, void* dwpe, const void* dout, const int32_t* tokens, int B, int T,
+                                  int C) = 0;
+  // res_out = res_in + delta (delta may be null: res_out = res_in, and
+  // res_out may then alias res_in); out = LayerNorm(res_out) * w + b.
+  virtual void residual_layernorm_forward(void* res_out, void* out, void* mean, void* rstd, const void* res_in,
+                                          const void* delta, const void* w, const void* b, int N, int C) = 0;
+  // din +=, dw +=, db += ; in is the layernorm input.
+  virtual void layernorm_backward(void* din, void* dw, void* db, const void* dout, const void* in, const void* w,
+                                  const void* mean, const void* rstd, int N, int C) = 0;
+  // out[N,OC] = in[N,C] @ w[OC,C]^T + bias (bias may be null). With
+  // gelu_pre non-null the pre-activation goes there and out = gelu(pre).
+  virtual void matmul_forward(void* out, void* gelu_pre, const void* in, const void* w, const void* bias, int N,
+                              int C, int OC) = 0;
+  // din = dout @ w (times gelu'(gelu_pre) when gelu_pre is non-null: the
+  // backward of a GELU applied to din's forward value); dw += dout^T @ in;
+  // db += sum_rows dout (db may be null).
+  virtual void matmul_backward(void* din, void* dw, void* db, const void* dout, const void* in, const void* w,
+                               const void* gelu_pre, int N, int C, int OC) = 0;
+  // Causal self-attention. qkv[B,T,3C] holds q, k, v each [H, hd] per row;
+  // out[B,T,C]; lse[B,H,T] the softmax log-sum-exp for backward.
+  virtual void attention_forward(void* out, void* lse, const void* qkv, int B, int T, int C, int H) = 0;
+  virtual void attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out, const void* lse,
+                                  int B, int T, int C, int H) = 0;
+  // Softmax cross-entropy over the first V of Vp logits per row. losses[N]
+  // get -log p(target); logits are overwritten in place with
+  // dloss * (softmax - onehot), zero in the padded columns.
+  virtual void cross_entropy_forward_backward(void* losses, void* logits, const int32_t* targets, int N, int V,
+                                              int Vp, float dloss) = 0;
+  // dst[i] += src[i] for n dtype() elements (ZeRO gradient accumulation).
+  virtual void accumulate(void* dst, const void* src, size_t n) = 0;
+  // Sum of an accum_dtype vector (losses), in double.
+  virtual double sum_accum(const void* x, size_t n) = 0;
+  // Sum of squares of a dtype() vector, in double.
+  virtual double sum_squares(const void* x, size_t n) = 0;
+  // True when every element of a dtype() vector is finite.
+  virtual bool all_finite(const void* x, size_t n) = 0;
+
+  // ---- optimizer: AdamW over flat elements [begin, end) of the buffers.
+  // The element's flat index is the SR counter, so the same element gets
+  // the same random bits whichever rank or thread updates it.
+  virtual void adamw_update(Precision mode, const OptimizerBuffers& buffers, size_t begin, size_t end,
+                            const AdamWStep& step) = 0;
+
+ protected:
+  explicit Backend(DType dtype) : dtype_(dtype) {}
+
+ private:
+  DType dtype_;
+};
+
+// Makes the cpu backend (OpenMP) for the given storage dtype.
+std::unique_ptr<Backend> make_cpu_backend(DType dtype);
+// Makes the CUDA backend on the given device (bf16 or f32 storage). Only
+// defined when built with SRGPT_HAVE_CUDA.
+std::unique_ptr<Backend> make_cuda_backend(DType dtype, int device);
+// Number of visible CUDA devices; 0 without the CUDA backend or a GPU.
+int cuda_device_count();
+
+// Owning handle for backend memory.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(Backend& backend, size_t bytes, const char* what)
+      : backend_(&backend), ptr_(bytes ? backend.allocate(bytes, what) : nullptr), bytes_(bytes) {}
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  DeviceBuffer(DeviceBuffer&& o) noexcept { swap(o); }
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    DeviceBuffer tmp(std::move(o));
+    swap(tmp);
+    return *this;
+  }
+  ~DeviceBuffer() {
+    if (ptr_) backend_->release(ptr_);
+  }
+  void* get() const { return ptr_; }
+  size_t bytes() const { return bytes_; }
+  template <typename T>
+  T* as() const { return static_cast<T*>(ptr_); }
+
+ private:
+  void swap(DeviceBuffer& o) noexcept {
+    std::swap(backend_, o.backend_);
+    std::swap(ptr_, o.ptr_);
+    std::swap(bytes_, o.bytes_);
+  }
+  Backend* backend_ = nullptr;
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+}  // namespace srgpt

@@ -1,0 +1,22 @@
+#pragma once
+// Subcommands of the srgpt binary, one file each in src/cli/.
+#include <CLI/CLI.hpp>
+
+namespace srgpt {
+
+void add_train_command(CLI::App& app);
+void add_eval_command(CLI::App& app);
+void add_info_command(CLI::App& app);
+void add_prepare_command(CLI::App& app);
+
+}  // namespace srgpt
+
+#include <filesystem>
+
+namespace srgpt {
+
+// A checkpoint directory, or a run directory / checkpoints root, resolved to
+// the checkpoint directory to read (the newest one for the latter two).
+std::filesystem::path resolve_checkpoint_dir(const std::filesystem::path& path);
+
+}  // namespace srgpt

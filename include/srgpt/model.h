@@ -1,0 +1,68 @@
+#pragma once
+// GPT-2, written once over the Backend ops. Parameters and gradients are
+// flat buffers in the backend's dtype sharing one Layout, held by a
+// ParameterStore (which also shards them under ZeRO); activations live in
+// one flat buffer (dtype) plus one statistics buffer (accum dtype), carved by
+// their own layouts and sized for micro batch B x sequence T.
+#include <cstdint>
+#include <vector>
+
+#include "srgpt/backend.h"
+#include "srgpt/layout.h"
+#include "srgpt/model_config.h"
+#include "srgpt/param_store.h"
+
+namespace srgpt {
+
+// The parameter layout of a GPT-2 model: wte, wpe, then each block's tensors
+// contiguously (h.<l>.<name>), then the final layernorm. Each of these
+// sharding units (embeddings, blocks, ln_f) is padded to a multiple of
+// world_size * Layout::kAlign elements so ZeRO splits it evenly (zero.h).
+Layout gpt2_param_layout(const ModelConfig& cfg, int world_size = 1);
+
+// GPT-2 initial values in fp32 for every element of the layout (padding and
+// padded vocab rows zero): N(0, std) for matrices and embeddings, std /
+// sqrt(2 n_layer) for the residual projections, LayerNorm weight 1, biases 0.
+// A pure function of (seed, flat index): independent of platform and threads.
+std::vector<float> gpt2_initial_weights(const ModelConfig& cfg, const Layout& layout, uint64_t seed, double std);
+
+class GPT {
+ public:
+  // params must hold gpt2_param_layout(cfg, world size).
+  GPT(const ModelConfig& cfg, ParameterStore& params, int B, int T);
+
+  const ModelConfig& config() const { return cfg_; }
+  const Layout& layout() const { return params_.layout(); }
+  ParameterStore& params() { return params_; }
+  Backend& backend() { return backend_; }
+  int batch() const { return B_; }
+  int seq_len() const { return T_; }
+  size_t activation_bytes() const { return acts_.bytes() + stats_.bytes(); }
+
+  // Mean loss over the B*T tokens; leaves dlogits in the logits buffer.
+  // inputs and targets are host arrays of B*T token ids.
+  double forward(const int32_t* inputs, const int32_t* targets, float dloss);
+  // forward() then backward(), gradients accumulated (+=) into grads();
+  // dloss scales the gradient of the summed token losses (e.g. 1/(B*T*accum)).
+  double forward_backward(const int32_t* inputs, const int32_t* targets, float dloss);
+
+ private:
+  void backward();
+  size_t unit_of(const TensorSpec& t) const;
+  void acquire(size_t unit);
+  const void* w(const char* name, int layer = -1);
+  void* g(const char* name, int layer = -1);
+  void* act(const char* name, int layer = -1);
+  void* stat(const char* name, int layer = -1);
+  void* residual(int l);  // input to block l (l == n_layer: input to lnf)
+
+  ModelConfig cfg_;
+  ParameterStore& params_;
+  Backend& backend_;
+  int B_, T_;
+  Layout act_layout_, stat_layout_;
+  DeviceBuffer acts_, stats_, tokens_;
+  std::vector<const void*> unit_weights_;  // acquired base pointer per unit
+};
+
+}  // namespace srgpt

@@ -1,0 +1,20 @@
+#pragma once
+#include <cstdint>
+
+namespace srgpt {
+
+// GPT-2 shape. The embedding/LM-head table has padded_vocab rows (vocab
+// rounded up to a multiple of 128); rows >= vocab_size are zero and never
+// predicted.
+struct ModelConfig {
+  int vocab_size = 256;
+  int max_seq_len = 128;  // learned positions (n_ctx)
+  int n_layer = 2;
+  int n_head = 2;
+  int d_model = 64;
+
+  int padded_vocab() const { return (vocab_size + 127) / 128 * 128; }
+  int head_dim() const { return d_model / n_head; }
+};
+
+}  // namespace srgpt

@@ -1,0 +1,45 @@
+#pragma once
+// AdamW state for one precision mode (DESIGN.md section 4) and the step that
+// drives the backend's adamw_update over the part of the parameter layout
+// this rank owns (all of it without ZeRO; its shard with ZeRO 1-3).
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "srgpt/backend.h"
+#include "srgpt/config.h"
+#include "srgpt/param_store.h"
+
+namespace srgpt {
+
+// A named state buffer, for checkpoints and memory reports.
+struct StateBuffer {
+  std::string name;  // "m", "v", "master", "compensation"
+  DType dtype;
+  void* data;        // ParameterStore::state_elements() elements
+};
+
+class Optimizer {
+ public:
+  Optimizer(ParameterStore& params, Precision precision, const OptimizerConfig& config, uint64_t seed);
+
+  Precision precision() const { return precision_; }
+  // Sets the weights (and fp32 master weights in mixed mode) from fp32
+  // values for the whole parameter layout; bf16 copies round to nearest.
+  void set_weights(const std::vector<float>& values);
+  // Optimizer step t (1-based) with learning rate lr; gradients are scaled
+  // by grad_scale (global-norm clipping) inside the update. Updated shards
+  // are all-gathered afterwards where the ZeRO stage needs it.
+  void step(int64_t t, double lr, float grad_scale);
+  std::vector<StateBuffer> state_buffers();
+  size_t state_bytes() const;
+
+ private:
+  ParameterStore& params_;
+  Precision precision_;
+  OptimizerConfig config_;
+  uint64_t seed_;
+  DeviceBuffer m_, v_, master_, compensation_;
+};
+
+}  // namespace srgpt

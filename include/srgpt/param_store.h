@@ -1,0 +1,109 @@
+#pragma once
+// Where the weights and gradients of a data-parallel rank live, for each
+// ZeRO stage (DESIGN.md section 5; docs/distributed.md):
+//
+//   stage 0  full weights, full gradients (all-reduced); optimizer state full
+//   stage 1  full weights, full gradients (reduce-scattered to the owner);
+//            optimizer state sharded; updated chunks all-gathered
+//   stage 2  full weights; gradients only as the owned shard (each unit's
+//            gradients are reduce-scattered as soon as backward finishes it)
+//   stage 3  weights only as the owned shard too; a unit's weights are
+//            gathered into a working buffer when the model needs them
+//
+// The model asks for each unit's weights and gradient buffer through this
+// class; the optimizer asks for the range of each unit this rank updates.
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "srgpt/backend.h"
+#include "srgpt/communicator.h"
+#include "srgpt/layout.h"
+#include "srgpt/zero.h"
+
+namespace srgpt {
+
+// The part of unit u this rank updates: flat layout range [begin, end), and
+// base pointers such that element i of the update (local index i - offset,
+// as used for the optimizer-state buffers) is weights_base[i - offset].
+struct UnitUpdateView {
+  size_t begin = 0, end = 0;  // flat layout indices owned by this rank
+  size_t offset = 0;          // flat index - local (state-buffer) index
+  void* weights = nullptr;    // indexed by local index
+  const void* grads = nullptr;
+};
+
+class ParameterStore {
+ public:
+  ParameterStore(Backend& backend, Communicator& comm, Layout layout, int zero_stage);
+
+  Backend& backend() { return backend_; }
+  Communicator& comm() { return comm_; }
+  const Layout& layout() const { return layout_; }
+  const ZeroShardPlan& plan() const { return plan_; }
+  int zero_stage() const { return stage_; }
+  // Elements of each optimizer-state buffer on this rank.
+  size_t state_elements() const { return stage_ == 0 ? layout_.total() : plan_.shard_size(); }
+
+  // ---- the model's side
+  // Base pointer of unit u's full weights: tensor t is at base + (t.offset -
+  // unit.begin) elements. Under stage 3 this gathers the unit into a working
+  // slot (the embeddings and ln_f have one each; blocks alternate between
+  // two, so blocks l and l+1 are valid together) and the pointer stays valid
+  // until another unit is acquired into the same slot.
+  const void* acquire_weights(size_t u);
+  // Base pointer (as above) of the buffer backward accumulates unit u's
+  // gradients into during the current micro-step.
+  void* unit_grads(size_t u);
+  // Backward has finished unit u for this micro-step.
+  void grads_done(size_t u);
+
+  // ---- the trainer's and optimizer's side
+  // This rank's weight buffer: the full layout for stages 0-2, the shard
+  // for stage 3; and the gradient buffer: full for stages 0-1, shard after.
+  void* weights() { return weights_.get(); }
+  void* grads() { return grads_.get(); }
+  void zero_grads();
+  // After the last micro-step: stage 0 all-reduces, stage 1 reduce-scatters.
+  void reduce_gradients();
+  // Sum of squared gradients of the whole model, identical on every rank.
+  double grad_norm_squared();
+  UnitUpdateView update_view(size_t u);
+  // After the optimizer step: stages 1 and 2 all-gather the updated chunks.
+  void gather_updated_weights();
+  // Sets this rank's weights from fp32 values for the whole layout.
+  void set_weights(const std::vector<float>& values);
+  // The whole model's weights in host memory (stage 3 gathers unit by
+  // unit; every rank must call it).
+  std::vector<char> full_weights_on_host();
+  // Replaces the weights from a full host copy in the layout.
+  void load_full_weights(const std::vector<char>& host);
+
+  // Persistent bytes on this rank, and working buffers.
+  size_t weight_bytes() const;
+  size_t grad_bytes() const;
+  size_t working_bytes() const;
+  // Bytes sent per optimizer step by this rank's collectives (approximate
+  // wire volume of ring algorithms), for the log.
+  size_t comm_bytes_per_step(int grad_accum) const;
+
+ private:
+  char* at(void* base, size_t elements) const { return static_cast<char*>(base) + elements * es_; }
+  size_t working_slot(size_t u) const;
+
+  Backend& backend_;
+  Communicator& comm_;
+  Layout layout_;
+  ZeroShardPlan plan_;
+  int stage_;
+  size_t es_;
+  DeviceBuffer weights_;     // full (stages 0-2) or shard (stage 3)
+  DeviceBuffer grads_;       // full (stages 0-1) or shard (stages 2-3)
+  DeviceBuffer work_weights_;  // stage 3: embeddings | ln_f | block slot 0 | block slot 1
+  DeviceBuffer work_grads_;    // stages 2-3: embeddings | other unit
+  DeviceBuffer reduced_chunk_; // stages 2-3: one unit's reduce-scatter result
+  std::vector<bool> grads_active_;
+  size_t max_block_ = 0;
+};
+
+}  // namespace srgpt

@@ -1,0 +1,35 @@
+#pragma once
+// Precision modes (DESIGN.md section 4): what each buffer is stored in and
+// how the optimizer rounds its results.
+#include <string>
+
+#include "srgpt/dtype.h"
+
+namespace srgpt {
+
+enum class Precision { bf16_sr, bf16_rn, mixed, fp32, bf16_kahan };
+
+const char* precision_name(Precision p);
+bool parse_precision(const std::string& s, Precision* out);
+// "bf16-sr, bf16-rn, mixed, fp32, bf16-kahan": for error messages.
+const char* precision_choices();
+
+// Storage of weights used by forward/backward, gradients and activations.
+inline DType compute_dtype(Precision p) { return p == Precision::fp32 ? DType::f32 : DType::bf16; }
+// Storage of Adam m and v.
+inline DType adam_state_dtype(Precision p) {
+  return (p == Precision::mixed || p == Precision::fp32) ? DType::f32 : DType::bf16;
+}
+inline bool has_master_weights(Precision p) { return p == Precision::mixed; }
+inline bool has_kahan_compensation(Precision p) { return p == Precision::bf16_kahan; }
+
+// Persistent bytes per parameter: weights + grads + m + v (+ master or
+// compensation). bf16-sr is 8, mixed is 16; the paper's memory claim.
+inline size_t persistent_bytes_per_param(Precision p) {
+  size_t b = 2 * dtype_size(compute_dtype(p)) + 2 * dtype_size(adam_state_dtype(p));
+  if (has_master_weights(p)) b += 4;
+  if (has_kahan_compensation(p)) b += 2;
+  return b;
+}
+
+}  // namespace srgpt

@@ -1,0 +1,31 @@
+#pragma once
+// Counter-based random bits for stochastic rounding: a pure function of
+// (seed, step, element index, stream). No generator state exists, so the
+// bits do not depend on thread count, launch shape or device, and a resumed
+// run draws exactly the bits the uninterrupted run would have drawn.
+#include <cstdint>
+
+#include "srgpt/hd.h"
+
+namespace srgpt {
+
+// Independent streams for the three tensors an optimizer step rounds.
+enum SrStream : uint32_t { kSrWeights = 0, kSrAdamM = 1, kSrAdamV = 2 };
+
+// SplitMix64's finalizer: a bijective avalanche mix of 64 bits.
+SRGPT_HD uint64_t mix64(uint64_t x) {
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ull;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebull;
+  x ^= x >> 31;
+  return x;
+}
+
+SRGPT_HD uint32_t sr_random_bits(uint64_t seed, uint64_t step, uint64_t index, uint32_t stream) {
+  uint64_t key = mix64(seed ^ 0x9e3779b97f4a7c15ull);
+  key = mix64(key ^ (step * 0xd1b54a32d192ed03ull + stream));
+  return uint32_t(mix64(key ^ index) >> 32);
+}
+
+}  // namespace srgpt

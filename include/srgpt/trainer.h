@@ -1,0 +1,101 @@
+#pragma once
+// The training loop: gradient accumulation, lr schedule, clipping, periodic
+// validation, logging and metrics, checkpoints, resume and preemption.
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "srgpt/backend.h"
+#include "srgpt/communicator.h"
+#include "srgpt/config.h"
+#include "srgpt/data.h"
+#include "srgpt/model.h"
+#include "srgpt/optimizer.h"
+
+namespace srgpt {
+
+// Backend for a config: device auto|cpu|cuda and the precision's dtype; a
+// GPU is picked by local rank.
+std::unique_ptr<Backend> make_backend(const Config& config, int local_rank = 0);
+// The communicator for this process: MPI (or NCCL for the cuda backend)
+// when launched by mpirun/srun, else single-process.
+std::unique_ptr<Communicator> make_communicator(Backend& backend);
+
+struct EvalResult {
+  double loss = 0;  // mean per-token cross-entropy, nats
+  int64_t tokens = 0;
+  double perplexity() const;
+};
+
+// Mean loss over the loader's global batches from its start: the whole
+// split, or the first max_tokens tokens (rounded down to whole batches; at
+// least one batch) when max_tokens > 0. Collective: every rank evaluates its
+// slice and all get the same mean.
+EvalResult evaluate(GPT& model, TokenLoader& loader, int64_t max_tokens);
+
+struct TrainOptions {
+  bool resume = false;  // continue from the newest checkpoint in out_dir
+  std::filesystem::path resume_from;  // or from this checkpoint directory
+  bool quiet = false;  // no per-step log lines (tests)
+  int64_t stop_after_step = 0;  // > 0: checkpoint and stop after this step
+};
+
+struct TrainResult {
+  int64_t first_step = 1;          // first step this run executed
+  int64_t last_step = 0;           // last step completed
+  std::vector<double> losses;      // training loss of each executed step
+  std::optional<double> val_loss;  // final validation loss, if any
+  bool interrupted = false;        // stopped by SIGTERM/SIGINT
+  int64_t skipped_steps = 0;       // non-finite steps skipped
+};
+
+class Trainer {
+ public:
+  Trainer(Config config, TrainOptions options);
+  ~Trainer();
+  TrainResult run();
+
+  GPT& model() { return *model_; }
+  ParameterStore& params() { return *params_; }
+  Optimizer& optimizer() { return *optimizer_; }
+  Communicator& comm() { return *comm_; }
+  const Config& config() const { return config_; }
+  // Writes a checkpoint of the current state at `step` (collective).
+  std::filesystem::path save(int64_t step);
+
+ private:
+  void load(const std::filesystem::path& dir);
+  double train_step(int64_t step, double* grad_norm);
+  std::optional<double> validate();
+
+  Config config_;
+  TrainOptions options_;
+  std::unique_ptr<Backend> backend_;
+  std::unique_ptr<Communicator> comm_;
+  std::unique_ptr<ParameterStore> params_;
+  std::unique_ptr<GPT> model_;
+  std::unique_ptr<Optimizer> optimizer_;
+  std::unique_ptr<TokenLoader> train_loader_;
+  std::unique_ptr<TokenLoader> val_loader_;
+  int64_t step_ = 0;  // optimizer steps completed
+  int64_t tokens_seen_ = 0;
+  int64_t skipped_steps_ = 0;
+  std::vector<int32_t> inputs_, targets_;
+};
+
+// Model weights from a checkpoint into a fresh single-process model (eval,
+// sample, export).
+struct LoadedModel {
+  Config config;
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<Communicator> comm;
+  std::unique_ptr<ParameterStore> params;
+  std::unique_ptr<GPT> model;
+  int64_t step = 0;
+};
+LoadedModel load_model_for_inference(const std::filesystem::path& checkpoint_dir, int batch, int seq_len);
+
+}  // namespace srgpt

@@ -1,0 +1,18 @@
+#include "srgpt/checkpoint.h"
+#include "srgpt/cli.h"
+#include "srgpt/error.h"
+
+namespace srgpt {
+
+namespace fs = std::filesystem;
+
+fs::path resolve_checkpoint_dir(const fs::path& path) {
+  if (!fs::exists(path)) fail("checkpoint path {} does not exist", path.string());
+  if (fs::exists(path / "manifest.json") || !fs::is_directory(path)) return path;
+  for (const fs::path& root : {path, path / "checkpoints"})
+    if (auto latest = latest_checkpoint(root)) return *latest;
+  fail("{} is neither a checkpoint directory (no manifest.json) nor a run directory containing checkpoints",
+       path.string());
+}
+
+}  // namespace srgpt

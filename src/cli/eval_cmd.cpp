@@ -1,0 +1,46 @@
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "srgpt/cli.h"
+#include "srgpt/data.h"
+#include "srgpt/trainer.h"
+
+namespace srgpt {
+
+void add_eval_command(CLI::App& app) {
+  struct Args {
+    std::string checkpoint, data;
+    int64_t max_tokens = 0;
+    int batch = 0, seq_len = 0;
+  };
+  auto args = std::make_shared<Args>();
+  CLI::App* cmd = app.add_subcommand("eval", "Mean loss and perplexity of a checkpoint on token shards");
+  cmd->add_option("--checkpoint", args->checkpoint,
+                  "Checkpoint directory, or a run directory (its newest checkpoint is used)")
+      ->required();
+  cmd->add_option("--data", args->data, "Glob pattern of token shards, e.g. 'data/demo/val_*.bin'")->required();
+  cmd->add_option("--max-tokens", args->max_tokens,
+                  "Evaluate at most this many tokens (whole batches; default: the whole split)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--batch", args->batch, "Sequences per batch (default: the checkpoint's batch.micro_batch)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--seq-len", args->seq_len, "Tokens per sequence (default: the checkpoint's batch.seq_len)")
+      ->check(CLI::PositiveNumber);
+  cmd->footer("Prints a human-readable line, then one JSON object: {\"loss\", \"perplexity\", \"tokens\", \"step\"}.\n"
+              "Sequences are non-overlapping windows in file order; a trailing partial batch is not evaluated.");
+  cmd->callback([args]() {
+    LoadedModel lm = load_model_for_inference(resolve_checkpoint_dir(args->checkpoint), args->batch, args->seq_len);
+    TokenLoader loader(expand_shard_pattern(args->data, "--data"), lm.model->batch(), lm.model->seq_len(), 0, 1,
+                       lm.config.model.vocab_size, false, 0);
+    EvalResult r = evaluate(*lm.model, loader, args->max_tokens);
+    std::printf("step %lld | tokens %lld | loss %.6f | perplexity %.4f\n", (long long)lm.step, (long long)r.tokens,
+                r.loss, r.perplexity());
+    nlohmann::json j{{"step", lm.step}, {"tokens", r.tokens}, {"loss", r.loss}, {"perplexity", r.perplexity()}};
+    std::printf("%s\n", j.dump().c_str());
+  });
+}
+
+}  // namespace srgpt

@@ -1,0 +1,51 @@
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <spdlog/spdlog.h>
+
+#include "srgpt/cli.h"
+#include "srgpt/config.h"
+#include "srgpt/trainer.h"
+
+namespace srgpt {
+
+void add_train_command(CLI::App& app) {
+  struct Args {
+    std::string config;
+    std::vector<std::string> overrides;
+    bool resume = false;
+    std::string resume_from;
+    int64_t stop_after = 0;
+  };
+  auto args = std::make_shared<Args>();
+  CLI::App* cmd = app.add_subcommand("train", "Train a model from a JSON config (docs/config.md)");
+  cmd->add_option("-c,--config", args->config, "JSON run config, e.g. configs/demo.json")->required();
+  cmd->add_option("--set", args->overrides,
+                  "Override a config key, e.g. --set optimizer.lr=1e-3 --set precision=mixed (repeatable; the value "
+                  "is parsed as JSON, else taken as a string)");
+  cmd->add_flag("--resume", args->resume,
+                "Continue from the newest checkpoint in <out_dir>/checkpoints (start fresh if there is none)");
+  cmd->add_option("--resume-from", args->resume_from, "Continue from this checkpoint directory");
+  cmd->add_option("--stop-after", args->stop_after,
+                  "Write a checkpoint and stop after this step (for time-sliced jobs; resume later with --resume)")
+      ->check(CLI::PositiveNumber);
+  cmd->footer(
+      "Logs one line per step (loss, lr, grad norm, tokens/s) and appends metrics to <out_dir>/metrics.jsonl.\n"
+      "Checkpoints go to <out_dir>/checkpoints/step_NNNNNNNN. SIGTERM or SIGINT finishes the current step,\n"
+      "writes a checkpoint and exits with status 0; a second signal kills at once.");
+  cmd->callback([args]() {
+    Config config = load_config(args->config, args->overrides);
+    TrainOptions opts;
+    opts.resume = args->resume;
+    opts.resume_from = args->resume_from;
+    opts.stop_after_step = args->stop_after;
+    Trainer trainer(std::move(config), opts);
+    TrainResult r = trainer.run();
+    if (r.val_loss) std::printf("val_loss %.6f perplexity %.4f\n", *r.val_loss, std::exp(*r.val_loss));
+  });
+}
+
+}  // namespace srgpt

@@ -1,0 +1,236 @@
+#include "srgpt/model.h"
+
+#include <cmath>
+#include <string>
+
+#include "srgpt/error.h"
+#include "srgpt/sr_hash.h"
+
+namespace srgpt {
+
+namespace {
+
+std::string tensor_name(const char* name, int layer) {
+  return layer < 0 ? std::string(name) : "h." + std::to_string(layer) + "." + name;
+}
+
+// Standard normal from (seed, index) by Box-Muller on two hashed uniforms.
+double hashed_normal(uint64_t seed, uint64_t index) {
+  uint64_t a = mix64(seed ^ mix64(2 * index + 1));
+  uint64_t b = mix64(seed ^ mix64(2 * index + 2));
+  double u1 = (double(a >> 11) + 1.0) * 0x1.0p-53;  // (0, 1]
+  double u2 = double(b >> 11) * 0x1.0p-53;          // [0, 1)
+  return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2);
+}
+
+}  // namespace
+
+Layout gpt2_param_layout(const ModelConfig& cfg, int world_size) {
+  const int64_t C = cfg.d_model, Vp = cfg.padded_vocab();
+  const size_t unit_multiple = size_t(world_size) * Layout::kAlign;
+  Layout l;
+  l.add("wte", {Vp, C}, true);
+  l.add("wpe", {cfg.max_seq_len, C}, true);
+  l.pad_to(unit_multiple);
+  for (int i = 0; i < cfg.n_layer; ++i) {
+    l.add(tensor_name("ln_1.weight", i), {C}, false, i);
+    l.add(tensor_name("ln_1.bias", i), {C}, false, i);
+    l.add(tensor_name("attn.c_attn.weight", i), {3 * C, C}, true, i);
+    l.add(tensor_name("attn.c_attn.bias", i), {3 * C}, false, i);
+    l.add(tensor_name("attn.c_proj.weight", i), {C, C}, true, i);
+    l.add(tensor_name("attn.c_proj.bias", i), {C}, false, i);
+    l.add(tensor_name("ln_2.weight", i), {C}, false, i);
+    l.add(tensor_name("ln_2.bias", i), {C}, false, i);
+    l.add(tensor_name("mlp.c_fc.weight", i), {4 * C, C}, true, i);
+    l.add(tensor_name("mlp.c_fc.bias", i), {4 * C}, false, i);
+    l.add(tensor_name("mlp.c_proj.weight", i), {C, 4 * C}, true, i);
+    l.add(tensor_name("mlp.c_proj.bias", i), {C}, false, i);
+    l.pad_to(unit_multiple);
+  }
+  l.add("ln_f.weight", {C});
+  l.add("ln_f.bias", {C});
+  l.pad_to(unit_multiple);
+  return l;
+}
+
+std::vector<float> gpt2_initial_weights(const ModelConfig& cfg, const Layout& layout, uint64_t seed, double std) {
+  std::vector<float> w(layout.total(), 0.0f);
+  const double proj_std = std / std::sqrt(2.0 * cfg.n_layer);
+  for (const TensorSpec& t : layout.tensors()) {
+    const bool is_bias = t.name.size() >= 4 && t.name.compare(t.name.size() - 4, 4, "bias") == 0;
+    const bool is_ln_weight = t.name.find("ln_") != std::string::npos && !is_bias;
+    if (is_bias) continue;
+    if (is_ln_weight) {
+      for (size_t i = 0; i < t.numel; ++i) w[t.offset + i] = 1.0f;
+      continue;
+    }
+    const bool is_proj = t.name.find("c_proj.weight") != std::string::npos;
+    const double s = is_proj ? proj_std : std;
+    // Padded vocabulary rows of wte stay zero.
+    size_t n = t.name == "wte" ? size_t(cfg.vocab_size) * size_t(cfg.d_model) : t.numel;
+    for (size_t i = 0; i < n; ++i) w[t.offset + i] = float(s * hashed_normal(seed, t.offset + i));
+  }
+  return w;
+}
+
+GPT::GPT(const ModelConfig& cfg, ParameterStore& params, int B, int T)
+    : cfg_(cfg), params_(params), backend_(params.backend()), B_(B), T_(T) {
+  if (params.layout().total() != gpt2_param_layout(cfg, params.comm().size()).total())
+    fail("internal: the parameter store does not hold this model's layout");
+  Backend& backend = backend_;
+  if (T > cfg.max_seq_len) fail("sequence length {} exceeds model.max_seq_len {}", T, cfg.max_seq_len);
+  const int64_t N = int64_t(B) * T, C = cfg.d_model, Vp = cfg.padded_vocab(), H = cfg.n_head;
+  act_layout_.add("encoded", {N, C});
+  for (int l = 0; l < cfg.n_layer; ++l) {
+    act_layout_.add(tensor_name("ln1", l), {N, C});
+    act_layout_.add(tensor_name("qkv", l), {N, 3 * C});
+    act_layout_.add(tensor_name("atty", l), {N, C});
+    act_layout_.add(tensor_name("res2", l), {N, C});
+    act_layout_.add(tensor_name("ln2", l), {N, C});
+    act_layout_.add(tensor_name("fch", l), {N, 4 * C});
+    act_layout_.add(tensor_name("fch_gelu", l), {N, 4 * C});
+    act_layout_.add(tensor_name("res3", l), {N, C});
+    stat_layout_.add(tensor_name("ln1_mean", l), {N});
+    stat_layout_.add(tensor_name("ln1_rstd", l), {N});
+    stat_layout_.add(tensor_name("ln2_mean", l), {N});
+    stat_layout_.add(tensor_name("ln2_rstd", l), {N});
+    stat_layout_.add(tensor_name("lse", l), {B, H, T});
+  }
+  act_layout_.add("lnf", {N, C});
+  act_layout_.add("logits", {N, Vp});
+  // Scratch: the branch output added to the residual stream in forward, and
+  // gradients in backward (dqkv reuses dbig).
+  act_layout_.add("delta", {N, C});
+  act_layout_.add("dres", {N, C});
+  act_layout_.add("dln", {N, C});
+  act_layout_.add("datty", {N, C});
+  act_layout_.add("dbig", {N, 4 * C});
+  stat_layout_.add("lnf_mean", {N});
+  stat_layout_.add("lnf_rstd", {N});
+  stat_layout_.add("losses", {N});
+
+  const size_t es = dtype_size(backend.dtype()), as = dtype_size(accum_dtype(backend.dtype()));
+  acts_ = DeviceBuffer(backend, act_layout_.total() * es, "activations");
+  stats_ = DeviceBuffer(backend, stat_layout_.total() * as, "activation statistics");
+  tokens_ = DeviceBuffer(backend, 2 * size_t(N) * sizeof(int32_t), "token ids");
+  backend.fill_zero(acts_.get(), acts_.bytes());
+  backend.fill_zero(stats_.get(), stats_.bytes());
+  unit_weights_.assign(params.plan().units().size(), nullptr);
+}
+
+size_t GPT::unit_of(const TensorSpec& t) const {
+  const ZeroShardPlan& plan = params_.plan();
+  if (t.layer >= 0) return plan.unit_of_layer(t.layer);
+  return t.offset < plan.unit(plan.final_unit()).begin ? plan.embeddings_unit() : plan.final_unit();
+}
+
+void GPT::acquire(size_t unit) { unit_weights_[unit] = params_.acquire_weights(unit); }
+
+// A tensor's address inside its unit's weights (acquired) or gradients.
+const void* GPT::w(const char* name, int layer) {
+  const TensorSpec& t = layout().at(tensor_name(name, layer));
+  const size_t u = unit_of(t);
+  if (!unit_weights_[u]) fail("internal: weights of unit {} used before they were acquired", params_.plan().unit(u).name);
+  return static_cast<const char*>(unit_weights_[u]) +
+         (t.offset - params_.plan().unit(u).begin) * dtype_size(backend_.dtype());
+}
+void* GPT::g(const char* name, int layer) {
+  const TensorSpec& t = layout().at(tensor_name(name, layer));
+  const size_t u = unit_of(t);
+  return static_cast<char*>(params_.unit_grads(u)) +
+         (t.offset - params_.plan().unit(u).begin) * dtype_size(backend_.dtype());
+}
+void* GPT::act(const char* name, int layer) {
+  return acts_.as<char>() + act_layout_.at(tensor_name(name, layer)).offset * dtype_size(backend_.dtype());
+}
+void* GPT::stat(const char* name, int layer) {
+  return stats_.as<char>() + stat_layout_.at(tensor_name(name, layer)).offset * dtype_size(accum_dtype(backend_.dtype()));
+}
+void* GPT::residual(int l) { return l == 0 ? act("encoded") : act("res3", l - 1); }
+
+double GPT::forward(const int32_t* inputs, const int32_t* targets, float dloss) {
+  Backend& be = backend_;
+  const int N = B_ * T_, C = cfg_.d_model, H = cfg_.n_head, L = cfg_.n_layer;
+  int32_t* tok = tokens_.as<int32_t>();
+  be.upload(tok, inputs, size_t(N) * sizeof(int32_t));
+  be.upload(tok + N, targets, size_t(N) * sizeof(int32_t));
+
+  const ZeroShardPlan& plan = params_.plan();
+  acquire(plan.embeddings_unit());
+  acquire(plan.unit_of_layer(0));
+  be.embedding_forward(act("encoded"), tok, w("wte"), w("wpe"), B_, T_, C);
+  be.residual_layernorm_forward(act("encoded"), act("ln1", 0), stat("ln1_mean", 0), stat("ln1_rstd", 0),
+                                act("encoded"), nullptr, w("ln_1.weight", 0), w("ln_1.bias", 0), N, C);
+  for (int l = 0; l < L; ++l) {
+    be.matmul_forward(act("qkv", l), nullptr, act("ln1", l), w("attn.c_attn.weight", l), w("attn.c_attn.bias", l), N,
+                      C, 3 * C);
+    be.attention_forward(act("atty", l), stat("lse", l), act("qkv", l), B_, T_, C, H);
+    be.matmul_forward(act("delta"), nullptr, act("atty", l), w("attn.c_proj.weight", l), w("attn.c_proj.bias", l), N,
+                      C, C);
+    be.residual_layernorm_forward(act("res2", l), act("ln2", l), stat("ln2_mean", l), stat("ln2_rstd", l),
+                                  residual(l), act("delta"), w("ln_2.weight", l), w("ln_2.bias", l), N, C);
+    be.matmul_forward(act("fch_gelu", l), act("fch", l), act("ln2", l), w("mlp.c_fc.weight", l),
+                      w("mlp.c_fc.bias", l), N, C, 4 * C);
+    be.matmul_forward(act("delta"), nullptr, act("fch_gelu", l), w("mlp.c_proj.weight", l), w("mlp.c_proj.bias", l),
+                      N, 4 * C, C);
+    const bool last = l + 1 == L;
+    acquire(last ? plan.final_unit() : plan.unit_of_layer(l + 1));
+    be.residual_layernorm_forward(act("res3", l), last ? act("lnf") : act("ln1", l + 1),
+                                  last ? stat("lnf_mean") : stat("ln1_mean", l + 1),
+                                  last ? stat("lnf_rstd") : stat("ln1_rstd", l + 1), act("res2", l), act("delta"),
+                                  last ? w("ln_f.weight") : w("ln_1.weight", l + 1),
+                                  last ? w("ln_f.bias") : w("ln_1.bias", l + 1), N, C);
+  }
+  be.matmul_forward(act("logits"), nullptr, act("lnf"), w("wte"), nullptr, N, C, cfg_.padded_vocab());
+  be.cross_entropy_forward_backward(stat("losses"), act("logits"), tok + N, N, cfg_.vocab_size, cfg_.padded_vocab(),
+                                    dloss);
+  return be.sum_accum(stat("losses"), size_t(N)) / N;
+}
+
+double GPT::forward_backward(const int32_t* inputs, const int32_t* targets, float dloss) {
+  double loss = forward(inputs, targets, dloss);
+  backward();
+  return loss;
+}
+
+void GPT::backward() {
+  Backend& be = backend_;
+  const int N = B_ * T_, C = cfg_.d_model, H = cfg_.n_head, L = cfg_.n_layer;
+  const int32_t* tok = tokens_.as<int32_t>();
+  void* dres = act("dres");
+  void* dln = act("dln");
+  void* dbig = act("dbig");
+  const ZeroShardPlan& plan = params_.plan();
+  // The embeddings and ln_f stay acquired from forward (their slots are
+  // their own); blocks are acquired again, one at a time.
+
+  // The residual stream's gradient flows unchanged through each residual
+  // add, so one dres buffer carries it from the top to the embeddings.
+  be.fill_zero(dres, size_t(N) * C * dtype_size(be.dtype()));
+  be.matmul_backward(dln, g("wte"), nullptr, act("logits"), act("lnf"), w("wte"), nullptr, N, C,
+                     cfg_.padded_vocab());
+  be.layernorm_backward(dres, g("ln_f.weight"), g("ln_f.bias"), dln, residual(L), w("ln_f.weight"), stat("lnf_mean"),
+                        stat("lnf_rstd"), N, C);
+  params_.grads_done(plan.final_unit());
+  for (int l = L - 1; l >= 0; --l) {
+    acquire(plan.unit_of_layer(l));
+    be.matmul_backward(dbig, g("mlp.c_proj.weight", l), g("mlp.c_proj.bias", l), dres, act("fch_gelu", l),
+                       w("mlp.c_proj.weight", l), act("fch", l), N, 4 * C, C);
+    be.matmul_backward(dln, g("mlp.c_fc.weight", l), g("mlp.c_fc.bias", l), dbig, act("ln2", l),
+                       w("mlp.c_fc.weight", l), nullptr, N, C, 4 * C);
+    be.layernorm_backward(dres, g("ln_2.weight", l), g("ln_2.bias", l), dln, act("res2", l), w("ln_2.weight", l),
+                          stat("ln2_mean", l), stat("ln2_rstd", l), N, C);
+    be.matmul_backward(act("datty"), g("attn.c_proj.weight", l), g("attn.c_proj.bias", l), dres, act("atty", l),
+                       w("attn.c_proj.weight", l), nullptr, N, C, C);
+    be.attention_backward(dbig, act("datty"), act("qkv", l), act("atty", l), stat("lse", l), B_, T_, C, H);
+    be.matmul_backward(dln, g("attn.c_attn.weight", l), g("attn.c_attn.bias", l), dbig, act("ln1", l),
+                       w("attn.c_attn.weight", l), nullptr, N, C, 3 * C);
+    be.layernorm_backward(dres, g("ln_1.weight", l), g("ln_1.bias", l), dln, residual(l), w("ln_1.weight", l),
+                          stat("ln1_mean", l), stat("ln1_rstd", l), N, C);
+    params_.grads_done(plan.unit_of_layer(l));
+  }
+  be.embedding_backward(g("wte"), g("wpe"), dres, tok, B_, T_, C);
+  params_.grads_done(plan.embeddings_unit());
+}
+
+}  // namespace srgpt

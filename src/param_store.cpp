@@ -1,0 +1,203 @@
+#include "srgpt/param_store.h"
+
+#include <algorithm>
+
+#include "srgpt/bf16.h"
+#include "srgpt/error.h"
+
+namespace srgpt {
+
+namespace {
+
+// fp32 values in a storage dtype's bytes (bf16 rounded to nearest).
+std::vector<char> encode(const float* values, size_t n, DType dtype) {
+  std::vector<char> out(n * dtype_size(dtype));
+  for (size_t i = 0; i < n; ++i) {
+    switch (dtype) {
+      case DType::bf16: reinterpret_cast<bf16*>(out.data())[i] = float_to_bf16_rn(values[i]); break;
+      case DType::f32: reinterpret_cast<float*>(out.data())[i] = values[i]; break;
+      case DType::f64: reinterpret_cast<double*>(out.data())[i] = values[i]; break;
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+ParameterStore::ParameterStore(Backend& backend, Communicator& comm, Layout layout, int zero_stage)
+    : backend_(backend),
+      comm_(comm),
+      layout_(std::move(layout)),
+      plan_(layout_, comm.size()),
+      stage_(zero_stage),
+      es_(dtype_size(backend.dtype())) {
+  if (zero_stage < 0 || zero_stage > 3) fail("dist.zero_stage = {} is not allowed; use 0, 1, 2 or 3", zero_stage);
+  for (const ZeroUnit& u : plan_.units())
+    if (u.layer >= 0) max_block_ = std::max(max_block_, u.size());
+  const ZeroUnit& emb = plan_.unit(plan_.embeddings_unit());
+  const ZeroUnit& lnf = plan_.unit(plan_.final_unit());
+  weights_ = DeviceBuffer(backend, (stage_ == 3 ? plan_.shard_size() : layout_.total()) * es_,
+                          stage_ == 3 ? "weight shard" : "weights");
+  grads_ = DeviceBuffer(backend, (stage_ >= 2 ? plan_.shard_size() : layout_.total()) * es_,
+                        stage_ >= 2 ? "gradient shard" : "gradients");
+  backend.fill_zero(weights_.get(), weights_.bytes());
+  if (stage_ == 3)
+    work_weights_ = DeviceBuffer(backend, (emb.size() + lnf.size() + 2 * max_block_) * es_, "gathered weights");
+  if (stage_ >= 2) {
+    work_grads_ = DeviceBuffer(backend, (emb.size() + std::max(max_block_, lnf.size())) * es_, "unit gradients");
+    size_t max_chunk = 0;
+    for (const ZeroUnit& u : plan_.units()) max_chunk = std::max(max_chunk, u.chunk);
+    reduced_chunk_ = DeviceBuffer(backend, max_chunk * es_, "reduced gradient chunk");
+  }
+  grads_active_.assign(plan_.units().size(), false);
+  zero_grads();
+}
+
+size_t ParameterStore::working_slot(size_t u) const {
+  const ZeroUnit& emb = plan_.unit(plan_.embeddings_unit());
+  const ZeroUnit& lnf = plan_.unit(plan_.final_unit());
+  if (u == plan_.embeddings_unit()) return 0;
+  if (u == plan_.final_unit()) return emb.size();
+  return emb.size() + lnf.size() + size_t(plan_.unit(u).layer % 2) * max_block_;
+}
+
+const void* ParameterStore::acquire_weights(size_t u) {
+  const ZeroUnit& unit = plan_.unit(u);
+  if (stage_ < 3) return at(weights_.get(), unit.begin);
+  char* slot = at(work_weights_.get(), working_slot(u));
+  comm_.all_gather(at(weights_.get(), unit.shard_offset), slot, unit.chunk, backend_.dtype());
+  return slot;
+}
+
+void* ParameterStore::unit_grads(size_t u) {
+  const ZeroUnit& unit = plan_.unit(u);
+  if (stage_ < 2) return at(grads_.get(), unit.begin);
+  char* slot = at(work_grads_.get(), u == plan_.embeddings_unit() ? 0 : plan_.unit(plan_.embeddings_unit()).size());
+  if (!grads_active_[u]) {
+    backend_.fill_zero(slot, unit.size() * es_);
+    grads_active_[u] = true;
+  }
+  return slot;
+}
+
+void ParameterStore::grads_done(size_t u) {
+  if (stage_ < 2) return;
+  const ZeroUnit& unit = plan_.unit(u);
+  comm_.reduce_scatter_sum(unit_grads(u), reduced_chunk_.get(), unit.chunk, backend_.dtype());
+  backend_.accumulate(at(grads_.get(), unit.shard_offset), reduced_chunk_.get(), unit.chunk);
+  grads_active_[u] = false;
+}
+
+void ParameterStore::zero_grads() {
+  backend_.fill_zero(grads_.get(), grads_.bytes());
+  std::fill(grads_active_.begin(), grads_active_.end(), false);
+}
+
+void ParameterStore::reduce_gradients() {
+  if (stage_ == 0) {
+    comm_.all_reduce_sum(grads_.get(), layout_.total(), backend_.dtype());
+  } else if (stage_ == 1) {
+    for (size_t u = 0; u < plan_.units().size(); ++u) {
+      const ZeroUnit& unit = plan_.unit(u);
+      comm_.reduce_scatter_sum(at(grads_.get(), unit.begin), at(grads_.get(), plan_.owned_begin(u, comm_.rank())),
+                               unit.chunk, backend_.dtype());
+    }
+  }
+}
+
+double ParameterStore::grad_norm_squared() {
+  if (stage_ == 0) return backend_.sum_squares(grads_.get(), layout_.total());
+  double local = 0;
+  for (size_t u = 0; u < plan_.units().size(); ++u) {
+    UnitUpdateView v = update_view(u);
+    local += backend_.sum_squares(at(const_cast<void*>(v.grads), v.begin - v.offset), v.end - v.begin);
+  }
+  return comm_.all_reduce_sum(local);
+}
+
+UnitUpdateView ParameterStore::update_view(size_t u) {
+  const ZeroUnit& unit = plan_.unit(u);
+  UnitUpdateView v;
+  if (stage_ == 0) {
+    v.begin = unit.begin;
+    v.end = unit.end;
+    v.weights = weights_.get();
+    v.grads = grads_.get();
+    return v;
+  }
+  v.begin = plan_.owned_begin(u, comm_.rank());
+  v.end = v.begin + unit.chunk;
+  v.offset = v.begin - unit.shard_offset;
+  v.weights = stage_ == 3 ? weights_.get() : at(weights_.get(), v.offset);
+  v.grads = stage_ >= 2 ? grads_.get() : at(grads_.get(), v.offset);
+  return v;
+}
+
+void ParameterStore::gather_updated_weights() {
+  if (stage_ != 1 && stage_ != 2) return;
+  for (size_t u = 0; u < plan_.units().size(); ++u) {
+    const ZeroUnit& unit = plan_.unit(u);
+    comm_.all_gather(at(weights_.get(), plan_.owned_begin(u, comm_.rank())), at(weights_.get(), unit.begin),
+                     unit.chunk, backend_.dtype());
+  }
+}
+
+void ParameterStore::set_weights(const std::vector<float>& values) {
+  if (values.size() != layout_.total()) fail("internal: weight vector size mismatch");
+  if (stage_ < 3) {
+    std::vector<char> bytes = encode(values.data(), values.size(), backend_.dtype());
+    backend_.upload(weights_.get(), bytes.data(), bytes.size());
+    return;
+  }
+  for (size_t u = 0; u < plan_.units().size(); ++u) {
+    const ZeroUnit& unit = plan_.unit(u);
+    std::vector<char> bytes = encode(values.data() + plan_.owned_begin(u, comm_.rank()), unit.chunk, backend_.dtype());
+    backend_.upload(at(weights_.get(), unit.shard_offset), bytes.data(), bytes.size());
+  }
+}
+
+std::vector<char> ParameterStore::full_weights_on_host() {
+  std::vector<char> host(layout_.total() * es_);
+  if (stage_ < 3) {
+    backend_.download(host.data(), weights_.get(), host.size());
+    return host;
+  }
+  for (size_t u = 0; u < plan_.units().size(); ++u) {
+    const ZeroUnit& unit = plan_.unit(u);
+    backend_.download(host.data() + unit.begin * es_, acquire_weights(u), unit.size() * es_);
+  }
+  return host;
+}
+
+void ParameterStore::load_full_weights(const std::vector<char>& host) {
+  if (host.size() != layout_.total() * es_) fail("internal: weight bytes size mismatch");
+  if (stage_ < 3) {
+    backend_.upload(weights_.get(), host.data(), host.size());
+    return;
+  }
+  for (size_t u = 0; u < plan_.units().size(); ++u) {
+    const ZeroUnit& unit = plan_.unit(u);
+    backend_.upload(at(weights_.get(), unit.shard_offset), host.data() + plan_.owned_begin(u, comm_.rank()) * es_,
+                    unit.chunk * es_);
+  }
+}
+
+size_t ParameterStore::weight_bytes() const { return weights_.bytes(); }
+size_t ParameterStore::grad_bytes() const { return grads_.bytes(); }
+size_t ParameterStore::working_bytes() const {
+  return work_weights_.bytes() + work_grads_.bytes() + reduced_chunk_.bytes();
+}
+
+size_t ParameterStore::comm_bytes_per_step(int grad_accum) const {
+  const size_t n = size_t(comm_.size());
+  if (n == 1) return 0;
+  const size_t one_pass = layout_.total() * es_ * (n - 1) / n;  // a ring reduce-scatter or all-gather
+  switch (stage_) {
+    case 0: return 2 * one_pass;
+    case 1: return 2 * one_pass;
+    case 2: return size_t(grad_accum) * one_pass + one_pass;
+    default: return size_t(grad_accum) * 3 * one_pass;  // gather for forward and backward, reduce-scatter
+  }
+}
+
+}  // namespace srgpt

@@ -1,0 +1,504 @@
+#include "srgpt/trainer.h"
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include <spdlog/spdlog.h>
+
+#include "srgpt/checkpoint.h"
+#include "srgpt/error.h"
+
+namespace srgpt {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::atomic<int> g_stop_signal{0};
+
+extern "C" void on_stop_signal(int sig) {
+  g_stop_signal.store(sig);
+  // A second signal of the same kind terminates at once.
+  std::signal(sig, SIG_DFL);
+}
+
+// Installs SIGINT/SIGTERM handlers for the duration of a run.
+class StopSignalGuard {
+ public:
+  StopSignalGuard() {
+    g_stop_signal.store(0);
+    old_int_ = std::signal(SIGINT, on_stop_signal);
+    old_term_ = std::signal(SIGTERM, on_stop_signal);
+  }
+  ~StopSignalGuard() {
+    std::signal(SIGINT, old_int_);
+    std::signal(SIGTERM, old_term_);
+  }
+  StopSignalGuard(const StopSignalGuard&) = delete;
+  StopSignalGuard& operator=(const StopSignalGuard&) = delete;
+
+ private:
+  void (*old_int_)(int);
+  void (*old_term_)(int);
+};
+
+double mib(size_t bytes) { return double(bytes) / (1024.0 * 1024.0); }
+
+fs::path checkpoint_root(const Config& c) { return fs::path(c.out_dir) / "checkpoints"; }
+
+std::vector<char> download(Backend& be, const void* src, size_t bytes) {
+  std::vector<char> host(bytes);
+  be.download(host.data(), src, bytes);
+  return host;
+}
+
+// One checkpoint tensor per layout tensor, pointing into a host copy of a
+// full flat buffer.
+std::vector<CheckpointTensor> layout_tensors(const Layout& layout, const std::string& prefix, DType dtype,
+                                             const std::vector<char>& host) {
+  std::vector<CheckpointTensor> out;
+  const size_t es = dtype_size(dtype);
+  for (const TensorSpec& t : layout.tensors())
+    out.push_back({prefix + t.name, dtype, t.shape, host.data() + t.offset * es, t.numel * es});
+  return out;
+}
+
+// A full flat buffer in `layout` from per-tensor checkpoint entries.
+std::vector<char> read_layout_tensors(CheckpointReader& reader, const std::string& file, const Layout& layout,
+                                      const std::string& prefix, DType dtype) {
+  const size_t es = dtype_size(dtype);
+  std::vector<char> host(layout.total() * es, 0);
+  for (const TensorSpec& t : layout.tensors())
+    reader.read_tensor(file, prefix + t.name, dtype, t.shape, host.data() + t.offset * es, t.numel * es);
+  return host;
+}
+
+std::string optim_file_name(int rank) { return fmt::format("optim_rank{:05d}.bin", rank); }
+
+// Sends a string from `root` to every rank.
+std::string broadcast_string(Communicator& comm, std::string s, int root) {
+  uint64_t n = s.size();
+  comm.broadcast(&n, sizeof n, root);
+  s.resize(n);
+  if (n) comm.broadcast(s.data(), n, root);
+  return s;
+}
+
+// A full flat optimizer-state buffer, in `layout`, from a checkpoint written
+// with any world size and ZeRO stage: stage 0 stores it per tensor, stages
+// 1-3 as each rank's flat shard, re-assembled here through the saved plan.
+std::vector<char> read_full_state(CheckpointReader& reader, const StateBuffer& s, const Layout& layout,
+                                  const ModelConfig& model, int saved_world, int saved_stage) {
+  if (saved_stage == 0) return read_layout_tensors(reader, optim_file_name(0), layout, s.name + "/", s.dtype);
+  const size_t es = dtype_size(s.dtype);
+  const Layout saved_layout = gpt2_param_layout(model, saved_world);
+  const ZeroShardPlan saved_plan(saved_layout, saved_world);
+  std::vector<char> saved_full(saved_layout.total() * es, 0), shard(saved_plan.shard_size() * es);
+  for (int q = 0; q < saved_world; ++q) {
+    reader.read_tensor(optim_file_name(q), s.name, s.dtype, {int64_t(saved_plan.shard_size())}, shard.data(),
+                       shard.size());
+    for (size_t u = 0; u < saved_plan.units().size(); ++u) {
+      const ZeroUnit& unit = saved_plan.unit(u);
+      std::copy_n(shard.data() + unit.shard_offset * es, unit.chunk * es,
+                  saved_full.data() + saved_plan.owned_begin(u, q) * es);
+    }
+  }
+  std::vector<char> full(layout.total() * es, 0);
+  for (const TensorSpec& t : layout.tensors())
+    std::copy_n(saved_full.data() + saved_layout.at(t.name).offset * es, t.numel * es, full.data() + t.offset * es);
+  return full;
+}
+
+void check_same_model(const Config& ours, const Config& theirs, const fs::path& dir) {
+  const ModelConfig &a = ours.model, &b = theirs.model;
+  auto mismatch = [&](const char* key, long long want, long long got) {
+    if (want != got)
+      fail("checkpoint {} was trained with model.{} = {}, but the config has model.{} = {}; a checkpoint can only "
+           "resume the same model shape",
+           dir.string(), key, got, key, want);
+  };
+  mismatch("vocab_size", a.vocab_size, b.vocab_size);
+  mismatch("max_seq_len", a.max_seq_len, b.max_seq_len);
+  mismatch("n_layer", a.n_layer, b.n_layer);
+  mismatch("n_head", a.n_head, b.n_head);
+  mismatch("d_model", a.d_model, b.d_model);
+}
+
+// Keeps the metrics lines of steps <= last_step (a resumed run rewrites the
+// steps after its checkpoint).
+void truncate_metrics(const fs::path& path, int64_t last_step) {
+  std::ifstream in(path);
+  if (!in) return;
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (!j.is_discarded() && j.contains("step") && j["step"].is_number_integer() && j["step"].get<int64_t>() <= last_step)
+      kept += line + "\n";
+  }
+  in.close();
+  std::ofstream out(path, std::ios::trunc);
+  out << kept;
+}
+
+void append_metrics(const fs::path& path, const nlohmann::json& j) {
+  std::ofstream out(path, std::ios::app);
+  if (!out) fail("cannot append to metrics file {}: {}", path.string(), std::strerror(errno));
+  out << j.dump() << "\n";
+}
+
+}  // namespace
+
+std::unique_ptr<Backend> make_backend(const Config& config, int local_rank) {
+  const DType dtype = compute_dtype(config.precision);
+  const int gpus = cuda_device_count();
+  if (config.device == DeviceChoice::cuda) {
+    if (gpus == 0)
+      fail("device = \"cuda\" but no CUDA GPU is usable ({}); use device \"cpu\" or \"auto\"",
+#ifdef SRGPT_HAVE_CUDA
+           "none visible"
+#else
+           "srgpt was built without the CUDA backend"
+#endif
+      );
+    return make_cuda_backend(dtype, local_rank % gpus);
+  }
+  if (config.device == DeviceChoice::auto_select && gpus > 0) return make_cuda_backend(dtype, local_rank % gpus);
+  return make_cpu_backend(dtype);
+}
+
+std::unique_ptr<Communicator> make_communicator(Backend& backend) {
+  if (!launched_under_mpi()) return make_single_process_communicator(backend);
+  if (backend.name() == "cuda") return make_nccl_communicator(backend);
+  return make_mpi_communicator(backend);
+}
+
+double EvalResult::perplexity() const { return std::exp(loss); }
+
+EvalResult evaluate(GPT& model, TokenLoader& loader, int64_t max_tokens) {
+  const int B = model.batch(), T = model.seq_len();
+  const int64_t per_batch = int64_t(B) * T;
+  const int64_t per_global_batch = per_batch * model.params().comm().size();
+  int64_t batches = loader.batches_per_epoch();
+  if (max_tokens > 0) batches = std::max<int64_t>(1, std::min(batches, max_tokens / per_global_batch));
+  std::vector<int32_t> in(static_cast<size_t>(per_batch)), tg(static_cast<size_t>(per_batch));
+  loader.reset();
+  double sum = 0;
+  for (int64_t i = 0; i < batches; ++i) {
+    loader.next_batch(in.data(), tg.data());
+    sum += model.forward(in.data(), tg.data(), 0.0f);
+  }
+  Communicator& comm = model.params().comm();
+  EvalResult r;
+  r.loss = comm.all_reduce_sum(sum) / double(batches * comm.size());
+  r.tokens = batches * per_batch * comm.size();
+  return r;
+}
+
+Trainer::Trainer(Config config, TrainOptions options) : config_(std::move(config)), options_(std::move(options)) {
+  const LaunchInfo launch = launch_info_from_environment();
+  config_.validate_for_world(launch.size);
+  if (config_.data.train.empty()) fail("data.train is empty: set it to a glob pattern of token shards");
+  if (launch.rank == 0) {
+    std::error_code ec;
+    fs::create_directories(config_.out_dir, ec);
+    if (ec) fail("cannot create output directory '{}' (out_dir): {}", config_.out_dir, ec.message());
+    fs::path probe = fs::path(config_.out_dir) / ".srgpt-write-test";
+    std::ofstream f(probe);
+    if (!f) fail("output directory '{}' (out_dir) is not writable: {}", config_.out_dir, std::strerror(errno));
+    f.close();
+    fs::remove(probe, ec);
+  }
+
+  backend_ = make_backend(config_, launch.local_rank);
+  comm_ = make_communicator(*backend_);
+  const int rank = comm_->rank(), world = comm_->size();
+  const auto& b = config_.batch;
+  train_loader_ = std::make_unique<TokenLoader>(expand_shard_pattern(config_.data.train, "data.train"), b.micro_batch,
+                                                b.seq_len, rank, world, config_.model.vocab_size, true,
+                                                config_.train.seed);
+  if (!config_.data.val.empty())
+    val_loader_ = std::make_unique<TokenLoader>(expand_shard_pattern(config_.data.val, "data.val"), b.micro_batch,
+                                                b.seq_len, rank, world, config_.model.vocab_size, false,
+                                                config_.train.seed);
+  params_ = std::make_unique<ParameterStore>(*backend_, *comm_, gpt2_param_layout(config_.model, world),
+                                             config_.dist.zero_stage);
+  model_ = std::make_unique<GPT>(config_.model, *params_, b.micro_batch, b.seq_len);
+  optimizer_ = std::make_unique<Optimizer>(*params_, config_.precision, config_.optimizer, config_.train.seed);
+  inputs_.resize(size_t(b.micro_batch) * b.seq_len);
+  targets_.resize(inputs_.size());
+
+  fs::path resume_dir = options_.resume_from;
+  if (resume_dir.empty() && options_.resume) {
+    auto latest = latest_checkpoint(checkpoint_root(config_));
+    if (latest) resume_dir = *latest;
+    else if (!options_.quiet && rank == 0)
+      spdlog::info("--resume: no checkpoint in {}, starting from scratch", checkpoint_root(config_).string());
+  }
+  if (!resume_dir.empty()) {
+    load(resume_dir);
+  } else {
+    optimizer_->set_weights(gpt2_initial_weights(config_.model, model_->layout(), config_.train.seed,
+                                                 config_.train.init_std));
+  }
+}
+
+Trainer::~Trainer() = default;
+
+fs::path Trainer::save(int64_t step) {
+  Communicator& comm = *comm_;
+  const int rank = comm.rank();
+  const Layout& layout = params_->layout();
+  const size_t weight_elements = params_->weight_bytes() / dtype_size(backend_->dtype());
+  const double nonfinite = backend_->all_finite(params_->weights(), weight_elements) ? 0.0 : 1.0;
+  if (comm.all_reduce_max(nonfinite) > 0)
+    fail("refusing to write a checkpoint at step {}: the weights contain NaN or Inf", step);
+  const fs::path root = checkpoint_root(config_);
+
+  // Rank 0 writes the model and, without sharding, the optimizer state per
+  // tensor; with ZeRO every rank writes its flat optimizer shard.
+  std::vector<char> weights = params_->full_weights_on_host();
+  std::vector<std::vector<char>> state_host;
+  std::vector<CheckpointFile> files;
+  if (rank == 0) files.push_back({"model.bin", layout_tensors(layout, "", backend_->dtype(), weights)});
+  const auto states = optimizer_->state_buffers();
+  const bool sharded = config_.dist.zero_stage > 0;
+  if (sharded || rank == 0) {
+    CheckpointFile optim{optim_file_name(rank), {}};
+    state_host.reserve(states.size());
+    for (const StateBuffer& s : states) {
+      const size_t bytes = params_->state_elements() * dtype_size(s.dtype);
+      state_host.push_back(download(*backend_, s.data, bytes));
+      if (sharded)
+        optim.tensors.push_back({s.name, s.dtype, {int64_t(params_->state_elements())}, state_host.back().data(), bytes});
+      else
+        for (auto& t : layout_tensors(layout, s.name + "/", s.dtype, state_host.back())) optim.tensors.push_back(t);
+    }
+    files.push_back(std::move(optim));
+  }
+
+  const fs::path staging = broadcast_string(comm, rank == 0 ? begin_checkpoint(root, step).string() : "", 0);
+  comm.barrier();
+  nlohmann::json mine = nlohmann::json::array();
+  for (const CheckpointFile& f : files) mine.push_back(write_checkpoint_file(staging, f));
+  nlohmann::json file_table = nlohmann::json::array();
+  for (int r = 0; r < comm.size(); ++r) {
+    std::string records = broadcast_string(comm, r == rank ? mine.dump() : "", r);
+    if (rank == 0)
+      for (auto& rec : nlohmann::json::parse(records)) file_table.push_back(rec);
+  }
+
+  nlohmann::json state;
+  state["config"] = config_to_json(config_);
+  state["step"] = step;
+  state["tokens_seen"] = tokens_seen_;
+  state["skipped_steps"] = skipped_steps_;
+  state["train_loader"] = to_json(train_loader_->position());
+  state["seed"] = config_.train.seed;
+  state["precision"] = precision_name(config_.precision);
+  state["world_size"] = comm.size();
+  state["zero_stage"] = config_.dist.zero_stage;
+  state["zero_plan"] = params_->plan().to_json();
+  // The checkpoint exists once rank 0's rename lands; the others learn its
+  // path (or rank 0's failure aborts the job).
+  const std::string final_dir =
+      rank == 0 ? commit_checkpoint(root, step, staging, state, file_table, config_.checkpoint.keep).string() : "";
+  return broadcast_string(comm, final_dir, 0);
+}
+
+void Trainer::load(const fs::path& dir) {
+  CheckpointReader reader(dir);
+  const nlohmann::json& st = reader.state();
+  Config saved;
+  int saved_world = 1, saved_stage = 0;
+  try {
+    saved = config_from_json(st.at("config"), (dir / "manifest.json").string());
+    if (st.at("precision").get<std::string>() != precision_name(config_.precision))
+      fail("checkpoint {} was trained with precision \"{}\", but the config has \"{}\"; resume with the same precision",
+           dir.string(), st.at("precision").get<std::string>(), precision_name(config_.precision));
+    step_ = st.at("step").get<int64_t>();
+    tokens_seen_ = st.at("tokens_seen").get<int64_t>();
+    skipped_steps_ = st.at("skipped_steps").get<int64_t>();
+    saved_world = st.at("world_size").get<int>();
+    saved_stage = st.at("zero_stage").get<int>();
+    LoaderPosition pos = loader_position_from_json(st.at("train_loader"));
+    check_same_model(config_, saved, dir);
+    if (saved_world != comm_->size() && config_.batch.total_tokens != saved.batch.total_tokens)
+      fail("checkpoint {} used batch.total_tokens = {}; resuming on {} ranks needs the same global batch", dir.string(),
+           saved.batch.total_tokens, comm_->size());
+    // The loader position counts global batches, so it carries over to any
+    // world size with the same global batch.
+    train_loader_->seek(pos);
+  } catch (const nlohmann::json::exception& e) {
+    fail("checkpoint {}: manifest state is incomplete or malformed: {}", dir.string(), e.what());
+  }
+  if (saved_world < 1 || saved_stage < 0 || saved_stage > 3)
+    fail("checkpoint {}: world_size {} / zero_stage {} out of range", dir.string(), saved_world, saved_stage);
+  const Layout& layout = params_->layout();
+  params_->load_full_weights(read_layout_tensors(reader, "model.bin", layout, "", backend_->dtype()));
+  for (const StateBuffer& s : optimizer_->state_buffers()) {
+    std::vector<char> full = read_full_state(reader, s, layout, config_.model, saved_world, saved_stage);
+    const size_t es = dtype_size(s.dtype);
+    std::vector<char> local(params_->state_elements() * es, 0);
+    for (size_t u = 0; u < params_->plan().units().size(); ++u) {
+      UnitUpdateView view = params_->update_view(u);
+      std::copy_n(full.data() + view.begin * es, (view.end - view.begin) * es,
+                  local.data() + (view.begin - view.offset) * es);
+    }
+    backend_->upload(s.data, local.data(), local.size());
+  }
+  if (!options_.quiet && comm_->rank() == 0) spdlog::info("resumed from {} at step {}", dir.string(), step_);
+}
+
+double Trainer::train_step(int64_t step, double* grad_norm) {
+  const auto& b = config_.batch;
+  const int world = comm_->size();
+  const int accum = b.grad_accum(world);
+  // The per-token gradient scale makes the sum over ranks the global mean.
+  const float dloss = float(1.0 / (double(b.micro_batch) * b.seq_len * accum * world));
+  params_->zero_grads();
+  double loss = 0;
+  for (int micro = 0; micro < accum; ++micro) {
+    train_loader_->next_batch(inputs_.data(), targets_.data());
+    loss += model_->forward_backward(inputs_.data(), targets_.data(), dloss);
+  }
+  loss = comm_->all_reduce_sum(loss) / double(accum * world);
+  params_->reduce_gradients();
+  tokens_seen_ += b.total_tokens;
+  const double norm = std::sqrt(params_->grad_norm_squared());
+  *grad_norm = norm;
+  if (!std::isfinite(loss) || !std::isfinite(norm)) {
+    if (config_.train.on_nonfinite == NonFinitePolicy::stop)
+      fail("step {}: non-finite {} (loss {}, grad norm {}); no update was applied and no checkpoint is written with "
+           "these values. Lower optimizer.lr, or set train.on_nonfinite = \"skip\" to skip such steps",
+           step, std::isfinite(loss) ? "gradient norm" : "loss", loss, norm);
+    ++skipped_steps_;
+    if (comm_->rank() == 0)
+      spdlog::warn("step {}: non-finite loss or gradient norm (loss {}, grad norm {}); update skipped", step, loss,
+                   norm);
+    return loss;
+  }
+  const double clip = config_.optimizer.grad_clip;
+  const float scale = (clip > 0 && norm > clip) ? float(clip / norm) : 1.0f;
+  optimizer_->step(step, learning_rate(config_.optimizer, step, config_.train.steps), scale);
+  return loss;
+}
+
+std::optional<double> Trainer::validate() {
+  if (!val_loader_) return std::nullopt;
+  return evaluate(*model_, *val_loader_, config_.train.eval_tokens).loss;
+}
+
+TrainResult Trainer::run() {
+  StopSignalGuard signals;
+  const bool lead = comm_->rank() == 0;
+  const bool log = lead && !options_.quiet;
+  const fs::path metrics = fs::path(config_.out_dir) / "metrics.jsonl";
+  if (lead) truncate_metrics(metrics, step_);
+  const Layout& layout = model_->layout();
+  const int64_t steps = config_.train.steps;
+  const int accum = config_.batch.grad_accum(comm_->size());
+  if (log) {
+    spdlog::info("model: {} parameters ({} layers, {} heads, d_model {}, vocab {} padded to {}), precision {}, backend {}",
+                 layout.num_params(), config_.model.n_layer, config_.model.n_head, config_.model.d_model,
+                 config_.model.vocab_size, config_.model.padded_vocab(), precision_name(config_.precision),
+                 backend_->name());
+    spdlog::info("ranks: {} ({}), ZeRO stage {}", comm_->size(), comm_->name(), config_.dist.zero_stage);
+    spdlog::info("memory per rank: weights {:.1f} MiB, gradients {:.1f} MiB, optimizer state {:.1f} MiB, ZeRO working "
+                 "buffers {:.1f} MiB, activations {:.1f} MiB ({} persistent bytes/parameter unsharded)",
+                 mib(params_->weight_bytes()), mib(params_->grad_bytes()), mib(optimizer_->state_bytes()),
+                 mib(params_->working_bytes()), mib(model_->activation_bytes()),
+                 persistent_bytes_per_param(config_.precision));
+    spdlog::info("batch: {} tokens/step = micro batch {} x seq {} x grad accum {} x ranks {}; communication {:.1f} MiB "
+                 "per step per rank",
+                 config_.batch.total_tokens, config_.batch.micro_batch, config_.batch.seq_len, accum, comm_->size(),
+                 mib(params_->comm_bytes_per_step(accum)));
+  }
+  TrainResult result;
+  result.first_step = step_ + 1;
+  const auto start = std::chrono::steady_clock::now();
+  while (step_ < steps) {
+    const int64_t step = step_ + 1;
+    const auto t0 = std::chrono::steady_clock::now();
+    double norm = 0;
+    const double loss = train_step(step, &norm);
+    backend_->synchronize();
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    step_ = step;
+    result.losses.push_back(loss);
+    const double lr = learning_rate(config_.optimizer, step, steps);
+    const double tps = double(config_.batch.total_tokens) / dt;
+    if (lead)
+      append_metrics(metrics, {{"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", norm}, {"tokens_per_s", tps},
+                               {"step_s", dt}, {"elapsed_s", elapsed}, {"tokens", tokens_seen_}});
+    if (log && (step % config_.train.log_every == 0 || step == steps))
+      spdlog::info("step {:>6}/{} | loss {:.4f} | lr {:.3e} | grad norm {:.4f} | {:.0f} tok/s | {:.1f} s", step, steps,
+                   loss, lr, norm, tps, elapsed);
+    if (config_.train.eval_every > 0 && step % config_.train.eval_every == 0 && step < steps) {
+      if (auto v = validate()) {
+        if (lead) append_metrics(metrics, {{"step", step}, {"val_loss", *v}, {"val_perplexity", std::exp(*v)}});
+        if (log) spdlog::info("step {:>6} | val loss {:.4f} | val perplexity {:.3f}", step, *v, std::exp(*v));
+      }
+    }
+    // Every rank must agree on stopping: a signal may reach only some.
+    const int sig = int(comm_->all_reduce_max(double(g_stop_signal.load())));
+    const bool stop_here = options_.stop_after_step > 0 && step >= options_.stop_after_step;
+    if ((config_.checkpoint.every > 0 && step % config_.checkpoint.every == 0) || step == steps || sig || stop_here) {
+      fs::path dir = save(step);
+      if (log) spdlog::info("checkpoint: {}", dir.string());
+    }
+    if (sig) {
+      if (lead)
+        spdlog::warn("received {}: stopped after step {}, checkpoint written; continue with --resume",
+                     sig == SIGTERM ? "SIGTERM" : "SIGINT", step);
+      result.interrupted = true;
+      break;
+    }
+    if (stop_here) {
+      if (log) spdlog::info("stopped after step {} as requested; continue with --resume", step);
+      result.interrupted = true;
+      break;
+    }
+  }
+  result.last_step = step_;
+  result.skipped_steps = skipped_steps_;
+  if (!result.interrupted) {
+    result.val_loss = validate();
+    if (result.val_loss && lead) {
+      append_metrics(metrics, {{"step", step_}, {"val_loss", *result.val_loss},
+                               {"val_perplexity", std::exp(*result.val_loss)}});
+      if (log) spdlog::info("final | val loss {:.4f} | val perplexity {:.3f}", *result.val_loss,
+                            std::exp(*result.val_loss));
+    }
+  }
+  return result;
+}
+
+LoadedModel load_model_for_inference(const fs::path& checkpoint_dir, int batch, int seq_len) {
+  CheckpointReader reader(checkpoint_dir);
+  LoadedModel lm;
+  try {
+    lm.config = config_from_json(reader.state().at("config"), (checkpoint_dir / "manifest.json").string());
+  } catch (const nlohmann::json::exception& e) {
+    fail("checkpoint {}: manifest has no valid config: {}", checkpoint_dir.string(), e.what());
+  }
+  lm.step = reader.step();
+  if (seq_len <= 0) seq_len = lm.config.batch.seq_len;
+  if (batch <= 0) batch = lm.config.batch.micro_batch;
+  if (seq_len > lm.config.model.max_seq_len)
+    fail("sequence length {} exceeds the checkpoint's model.max_seq_len {}", seq_len, lm.config.model.max_seq_len);
+  lm.backend = make_backend(lm.config);
+  lm.comm = make_single_process_communicator(*lm.backend);
+  lm.params = std::make_unique<ParameterStore>(*lm.backend, *lm.comm, gpt2_param_layout(lm.config.model, 1), 0);
+  lm.model = std::make_unique<GPT>(lm.config.model, *lm.params, batch, seq_len);
+  lm.params->load_full_weights(read_layout_tensors(reader, "model.bin", lm.params->layout(), "", lm.backend->dtype()));
+  return lm;
+}
+
+}  // namespace srgpt

@@ -1,0 +1,50 @@
+#include "srgpt/zero.h"
+
+#include <algorithm>
+
+#include "srgpt/error.h"
+
+namespace srgpt {
+
+ZeroShardPlan::ZeroShardPlan(const Layout& layout, int world_size) : world_(world_size) {
+  if (world_size < 1) fail("internal: world size {} < 1", world_size);
+  // Consecutive tensors with the same layer index form a unit; the tensors
+  // before block 0 are the embeddings, those after the last block ln_f.
+  const auto& ts = layout.tensors();
+  for (size_t i = 0; i < ts.size(); ++i) {
+    const bool new_unit = i == 0 || ts[i].layer != ts[i - 1].layer;
+    if (new_unit) {
+      ZeroUnit u;
+      u.layer = ts[i].layer;
+      u.name = u.layer >= 0 ? "h." + std::to_string(u.layer) : (i == 0 ? "embeddings" : "ln_f");
+      u.begin = ts[i].offset;
+      units_.push_back(u);
+    }
+  }
+  for (size_t i = 0; i < units_.size(); ++i) {
+    ZeroUnit& u = units_[i];
+    u.end = i + 1 < units_.size() ? units_[i + 1].begin : layout.total();
+    if (u.size() % (size_t(world_size) * Layout::kAlign) != 0)
+      fail("internal: unit {} of {} elements is not padded for {} ranks", u.name, u.size(), world_size);
+    u.chunk = u.size() / size_t(world_size);
+    u.shard_offset = shard_size_;
+    shard_size_ += u.chunk;
+  }
+}
+
+size_t ZeroShardPlan::unit_of_layer(int layer) const {
+  if (layer < 0 || size_t(layer) + 2 > units_.size()) fail("internal: no unit for layer {}", layer);
+  return size_t(layer) + 1;
+}
+
+size_t ZeroShardPlan::owned_begin(size_t u, int rank) const { return units_.at(u).begin + size_t(rank) * units_[u].chunk; }
+
+nlohmann::json ZeroShardPlan::to_json() const {
+  nlohmann::json units = nlohmann::json::array();
+  for (const ZeroUnit& u : units_)
+    units.push_back({{"name", u.name}, {"begin", u.begin}, {"end", u.end}, {"chunk", u.chunk},
+                     {"shard_offset", u.shard_offset}});
+  return {{"world_size", world_}, {"shard_size", shard_size_}, {"units", units}};
+}
+
+}  // namespace srgpt
