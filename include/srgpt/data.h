@@ -1,0 +1,94 @@
+#pragma once
+// Token shards and the rank-aware batch loader (docs/formats.md).
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace srgpt {
+
+// A read-only memory-mapped shard of token ids. Two formats:
+//  - llm.c: 256 x int32 header (magic 20240520, version 1 = uint16 tokens,
+//    version 2 = uint32 tokens [srgpt extension], token count), then tokens;
+//  - nanoGPT: a headerless file of uint16 tokens (any file whose first int32
+//    is not the llm.c magic; its size must be even).
+// Malformed files (wrong magic/version, size not matching the header) are an
+// Error naming the file and what is wrong.
+class TokenShard {
+ public:
+  explicit TokenShard(const std::string& path);
+  ~TokenShard();
+  TokenShard(TokenShard&& other) noexcept;
+  TokenShard& operator=(TokenShard&& other) noexcept;
+  TokenShard(const TokenShard&) = delete;
+  TokenShard& operator=(const TokenShard&) = delete;
+
+  const std::string& path() const { return path_; }
+  size_t size() const { return count_; }  // tokens
+  int token_bytes() const { return token_bytes_; }
+  bool llmc_format() const { return llmc_; }
+  uint32_t at(size_t i) const;
+  // Copies tokens [begin, begin+count) as int32; any id >= vocab_size is an
+  // Error naming the file and token offset.
+  void copy(size_t begin, size_t count, int32_t* out, int vocab_size) const;
+
+ private:
+  std::string path_;
+  void* map_ = nullptr;
+  size_t map_bytes_ = 0;
+  const unsigned char* tokens_ = nullptr;
+  size_t count_ = 0;
+  int token_bytes_ = 2;
+  bool llmc_ = true;
+};
+
+// Writes an llm.c-format shard (uint16 when every id < 65536, else uint32).
+void write_token_shard(const std::string& path, const std::vector<uint32_t>& tokens);
+
+// Sorted list of files matching a glob pattern; an Error naming `what` (the
+// config key) and the pattern when nothing matches.
+std::vector<std::string> expand_shard_pattern(const std::string& pattern, const std::string& what);
+
+// Where a loader is in its stream; saved in checkpoints.
+struct LoaderPosition {
+  int64_t epoch = 0;
+  int64_t shard = 0;   // index into this epoch's shard order
+  int64_t sample = 0;  // index into the shard's sample order
+};
+nlohmann::json to_json(const LoaderPosition& p);
+LoaderPosition loader_position_from_json(const nlohmann::json& j);
+
+// Yields batches of B sequences of T tokens (inputs and next-token targets).
+// A global batch is world_size * B sequences; each rank reads a disjoint
+// slice of it. A sample is a window of T+1 tokens starting at a multiple of
+// T within a shard. With shuffle, shard order and sample order are permuted
+// deterministically by (seed, epoch); without, both are in file order.
+class TokenLoader {
+ public:
+  TokenLoader(const std::vector<std::string>& files, int B, int T, int rank, int world_size, int vocab_size,
+              bool shuffle, uint64_t seed);
+  // Fills inputs[B*T] and targets[B*T] for this rank and advances.
+  void next_batch(int32_t* inputs, int32_t* targets);
+  LoaderPosition position() const { return pos_; }
+  void seek(const LoaderPosition& p);  // Error if out of range
+  void reset() { seek(LoaderPosition{}); }
+  // Global batches available per epoch.
+  int64_t batches_per_epoch() const;
+  size_t total_tokens() const;
+
+ private:
+  std::vector<TokenShard> shards_;
+  int B_, T_, rank_, world_, vocab_;
+  bool shuffle_;
+  uint64_t seed_;
+  LoaderPosition pos_;
+  std::vector<int64_t> shard_order_;   // this epoch's shard order
+  std::vector<int64_t> sample_order_;  // the current shard's sample order
+  uint64_t epoch_key(int64_t epoch) const;
+  std::vector<int64_t> shard_order(int64_t epoch) const;
+  void prepare_epoch_shard();
+};
+
+}  // namespace srgpt

@@ -1,0 +1,85 @@
+// AdamW over a flat element range, through the per-element functions of
+// srgpt/adamw_math.h that the CUDA kernel shares.
+#include "cpu_ops.h"
+#include "srgpt/backend.h"
+#include "srgpt/error.h"
+
+namespace srgpt::cpu {
+
+namespace {
+
+// Elements are independent, so any split over threads gives the same bits;
+// the flat index i is the SR counter.
+template <typename Update>
+void for_each_element(size_t begin, size_t end, Update update) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = int64_t(begin); i < int64_t(end); ++i) update(size_t(i));
+}
+
+void require(const void* p, const char* buffer, Precision mode) {
+  if (!p) fail("adamw_update: precision {} needs the {} buffer, which is missing", precision_name(mode), buffer);
+}
+
+}  // namespace
+
+void adamw_update(DType storage, Precision mode, const OptimizerBuffers& buffers, size_t begin, size_t end,
+                  const AdamWStep& step) {
+  if (storage != compute_dtype(mode))
+    fail("adamw_update: precision {} computes in {}, but this cpu backend stores {}", precision_name(mode),
+         dtype_name(compute_dtype(mode)), dtype_name(storage));
+  if (begin > end) fail("adamw_update: element range [{}, {}) is reversed", begin, end);
+  require(buffers.weights, "weights", mode);
+  require(buffers.grads, "grads", mode);
+  require(buffers.m, "m", mode);
+  require(buffers.v, "v", mode);
+  if (has_master_weights(mode)) require(buffers.master, "master", mode);
+  if (has_kahan_compensation(mode)) require(buffers.compensation, "compensation", mode);
+
+  const float grad_scale = step.grad_scale;
+  switch (mode) {
+    case Precision::bf16_sr:
+    case Precision::bf16_rn: {
+      const bool sr = mode == Precision::bf16_sr;
+      auto* w = static_cast<bf16*>(buffers.weights);
+      auto* g = static_cast<const bf16*>(buffers.grads);
+      auto* m = static_cast<bf16*>(buffers.m);
+      auto* v = static_cast<bf16*>(buffers.v);
+      for_each_element(begin, end,
+                       [&](size_t i) { adamw_bf16(&w[i], &m[i], &v[i], bf16_to_float(g[i]) * grad_scale, i, sr, step); });
+      return;
+    }
+    case Precision::mixed: {
+      auto* w = static_cast<bf16*>(buffers.weights);
+      auto* g = static_cast<const bf16*>(buffers.grads);
+      auto* m = static_cast<float*>(buffers.m);
+      auto* v = static_cast<float*>(buffers.v);
+      float* master = buffers.master;
+      for_each_element(begin, end, [&](size_t i) {
+        adamw_mixed(&master[i], &w[i], &m[i], &v[i], bf16_to_float(g[i]) * grad_scale, step);
+      });
+      return;
+    }
+    case Precision::fp32: {
+      auto* w = static_cast<float*>(buffers.weights);
+      auto* g = static_cast<const float*>(buffers.grads);
+      auto* m = static_cast<float*>(buffers.m);
+      auto* v = static_cast<float*>(buffers.v);
+      for_each_element(begin, end, [&](size_t i) { adamw_fp32(&w[i], &m[i], &v[i], g[i] * grad_scale, step); });
+      return;
+    }
+    case Precision::bf16_kahan: {
+      auto* w = static_cast<bf16*>(buffers.weights);
+      auto* g = static_cast<const bf16*>(buffers.grads);
+      auto* m = static_cast<bf16*>(buffers.m);
+      auto* v = static_cast<bf16*>(buffers.v);
+      auto* c = static_cast<bf16*>(buffers.compensation);
+      for_each_element(begin, end, [&](size_t i) {
+        adamw_kahan(&w[i], &c[i], &m[i], &v[i], bf16_to_float(g[i]) * grad_scale, step);
+      });
+      return;
+    }
+  }
+  fail("adamw_update: unknown precision mode {}", int(mode));
+}
+
+}  // namespace srgpt::cpu

@@ -1,0 +1,132 @@
+#pragma once
+// Internal to the cpu backend: each op is a template over the storage type S
+// (bf16, float or double), written once in its own file and instantiated
+// there for all three. Arithmetic runs in Math<S> (float for bf16 and float
+// storage, double for double storage); results are rounded to S to nearest.
+// Statistics (layernorm mean/rstd, attention lse, losses) are Math<S>, which
+// is accum_dtype() of the storage dtype.
+//
+// Every reduction has a fixed order that does not depend on the number of
+// OpenMP threads: work is split over output elements, each summed by one
+// thread in ascending order, or over fixed-size chunks whose partial sums
+// are added in order.
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+
+#include "srgpt/adamw_math.h"
+#include "srgpt/bf16.h"
+#include "srgpt/dtype.h"
+#include "srgpt/precision.h"
+
+namespace srgpt {
+struct OptimizerBuffers;
+}
+
+namespace srgpt::cpu {
+
+template <typename S>
+struct MathOf {
+  using type = float;
+};
+template <>
+struct MathOf<double> {
+  using type = double;
+};
+template <typename S>
+using Math = typename MathOf<S>::type;
+
+inline float load(bf16 x) { return bf16_to_float(x); }
+inline float load(float x) { return x; }
+inline double load(double x) { return x; }
+
+template <typename S>
+S store(Math<S> x);
+template <>
+inline bf16 store<bf16>(float x) {
+  return float_to_bf16_rn(x);
+}
+template <>
+inline float store<float>(float x) {
+  return x;
+}
+template <>
+inline double store<double>(double x) {
+  return x;
+}
+
+// "+=" into storage: load, add in Math<S>, round once.
+template <typename S>
+inline void accumulate(S* dst, Math<S> x) {
+  *dst = store<S>(load(*dst) + x);
+}
+
+// GPT-2's tanh approximation of GELU and its derivative.
+template <typename M>
+inline M gelu(M x) {
+  const M sqrt_2_over_pi = M(0.79788456080286535588);
+  M u = sqrt_2_over_pi * (x + M(0.044715) * x * x * x);
+  return M(0.5) * x * (M(1) + std::tanh(u));
+}
+
+template <typename M>
+inline M gelu_derivative(M x) {
+  const M sqrt_2_over_pi = M(0.79788456080286535588);
+  M u = sqrt_2_over_pi * (x + M(0.044715) * x * x * x);
+  M t = std::tanh(u);
+  M du_dx = sqrt_2_over_pi * (M(1) + M(3) * M(0.044715) * x * x);
+  return M(0.5) * (M(1) + t) + M(0.5) * x * (M(1) - t * t) * du_dx;
+}
+
+// Explicit instantiation of an op template for the three storage types.
+#define SRGPT_CPU_INSTANTIATE(op)            \
+  template decltype(op<bf16>) op<bf16>;      \
+  template decltype(op<float>) op<float>;    \
+  template decltype(op<double>) op<double>;
+
+// ---- ops; semantics as documented in srgpt/backend.h.
+template <typename S>
+void embedding_forward(S* out, const int32_t* tokens, const S* wte, const S* wpe, int B, int T, int C);
+template <typename S>
+void embedding_backward(S* dwte, S* dwpe, const S* dout, const int32_t* tokens, int B, int T, int C);
+
+template <typename S>
+void residual_layernorm_forward(S* res_out, S* out, Math<S>* mean, Math<S>* rstd, const S* res_in, const S* delta,
+                                const S* w, const S* b, int N, int C);
+template <typename S>
+void layernorm_backward(S* din, S* dw, S* db, const S* dout, const S* in, const S* w, const Math<S>* mean,
+                        const Math<S>* rstd, int N, int C);
+
+template <typename S>
+void matmul_forward(S* out, S* gelu_pre, const S* in, const S* w, const S* bias, int N, int C, int OC);
+template <typename S>
+void matmul_backward(S* din, S* dw, S* db, const S* dout, const S* in, const S* w, const S* gelu_pre, int N, int C,
+                     int OC);
+
+template <typename S>
+void attention_forward(S* out, Math<S>* lse, const S* qkv, int B, int T, int C, int H);
+template <typename S>
+void attention_backward(S* dqkv, const S* dout, const S* qkv, const S* out, const Math<S>* lse, int B, int T, int C,
+                        int H);
+
+template <typename S>
+void cross_entropy_forward_backward(Math<S>* losses, S* logits, const int32_t* targets, int N, int V, int Vp,
+                                    float dloss);
+
+// dst += src elementwise.
+template <typename S>
+void accumulate_into(S* dst, const S* src, size_t n);
+
+// A is an accumulation type: float or double.
+template <typename A>
+double sum_accum(const A* x, size_t n);
+template <typename S>
+double sum_squares(const S* x, size_t n);
+template <typename S>
+bool all_finite(const S* x, size_t n);
+
+// storage is the backend's dtype; it must be the mode's compute dtype.
+void adamw_update(DType storage, Precision mode, const OptimizerBuffers& buffers, size_t begin, size_t end,
+                  const AdamWStep& step);
+
+}  // namespace srgpt::cpu

@@ -1,0 +1,355 @@
+#include "srgpt/data.h"
+
+#include <fcntl.h>
+#include <glob.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <limits>
+#include <utility>
+
+#include "srgpt/error.h"
+#include "srgpt/sr_hash.h"
+
+namespace srgpt {
+
+namespace {
+
+constexpr int32_t kShardMagic = 20240520;
+constexpr size_t kHeaderInts = 256;
+constexpr size_t kHeaderBytes = kHeaderInts * sizeof(int32_t);
+// Magics of llm.c's other binary files (model weights, debug state,
+// tokenizer, eval examples): such a file is a mistake, not raw tokens.
+constexpr int32_t kOtherLlmcMagics[] = {20240326, 20240327, 20240328, 20240522};
+
+std::string errno_text(int err) { return std::strerror(err); }
+
+int32_t read_int32(const unsigned char* p) {
+  int32_t v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// Owns an open file descriptor for the duration of the constructor.
+struct ScopedFd {
+  int fd;
+  ~ScopedFd() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------- TokenShard
+
+TokenShard::TokenShard(const std::string& path) : path_(path) {
+  ScopedFd file{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
+  if (file.fd < 0) fail("cannot open token shard {}: {}", path, errno_text(errno));
+  struct stat st;
+  if (::fstat(file.fd, &st) != 0) fail("cannot stat token shard {}: {}", path, errno_text(errno));
+  if (!S_ISREG(st.st_mode)) fail("token shard {} is not a regular file", path);
+  if (st.st_size == 0) fail("token shard {} is empty", path);
+  map_bytes_ = size_t(st.st_size);
+  void* map = ::mmap(nullptr, map_bytes_, PROT_READ, MAP_PRIVATE, file.fd, 0);
+  if (map == MAP_FAILED) fail("cannot mmap token shard {}: {}", path, errno_text(errno));
+  map_ = map;
+  // From here on the destructor is not run if we throw, so unmap by hand.
+  try {
+    const unsigned char* bytes = static_cast<const unsigned char*>(map_);
+    int32_t first = map_bytes_ >= 4 ? read_int32(bytes) : 0;
+    if (first == kShardMagic) {
+      if (map_bytes_ < kHeaderBytes)
+        fail("token shard {} is truncated: {} bytes, shorter than the {}-byte llm.c header", path, map_bytes_,
+             kHeaderBytes);
+      int32_t version = read_int32(bytes + 4);
+      if (version != 1 && version != 2)
+        fail("token shard {} has unsupported version {} (1 = uint16 tokens, 2 = uint32 tokens)", path, version);
+      int32_t count = read_int32(bytes + 8);
+      if (count < 0) fail("token shard {} has a negative token count {} in its header", path, count);
+      token_bytes_ = version == 1 ? 2 : 4;
+      size_t expected = kHeaderBytes + size_t(count) * size_t(token_bytes_);
+      if (map_bytes_ < expected)
+        fail("token shard {} is truncated: its header says {} tokens ({} bytes) but the file has {} bytes", path,
+             count, expected, map_bytes_);
+      if (map_bytes_ > expected)
+        fail("token shard {} has {} extra bytes after the {} tokens its header declares", path, map_bytes_ - expected,
+             count);
+      tokens_ = bytes + kHeaderBytes;
+      count_ = size_t(count);
+      llmc_ = true;
+    } else {
+      for (int32_t magic : kOtherLlmcMagics)
+        if (first == magic)
+          fail("{} starts with llm.c magic {}, which is not a token shard (token shards have magic {})", path, magic,
+               kShardMagic);
+      if (map_bytes_ % 2 != 0)
+        fail("token shard {} has odd size {} bytes: a raw (nanoGPT) shard is a sequence of uint16 tokens", path,
+             map_bytes_);
+      token_bytes_ = 2;
+      tokens_ = bytes;
+      count_ = map_bytes_ / 2;
+      llmc_ = false;
+    }
+  } catch (...) {
+    ::munmap(map_, map_bytes_);
+    throw;
+  }
+}
+
+TokenShard::~TokenShard() {
+  if (map_) ::munmap(map_, map_bytes_);
+}
+
+TokenShard::TokenShard(TokenShard&& other) noexcept
+    : path_(std::move(other.path_)),
+      map_(std::exchange(other.map_, nullptr)),
+      map_bytes_(std::exchange(other.map_bytes_, 0)),
+      tokens_(std::exchange(other.tokens_, nullptr)),
+      count_(std::exchange(other.count_, 0)),
+      token_bytes_(other.token_bytes_),
+      llmc_(other.llmc_) {}
+
+TokenShard& TokenShard::operator=(TokenShard&& other) noexcept {
+  if (this != &other) {
+    std::swap(path_, other.path_);
+    std::swap(map_, other.map_);
+    std::swap(map_bytes_, other.map_bytes_);
+    std::swap(tokens_, other.tokens_);
+    std::swap(count_, other.count_);
+    std::swap(token_bytes_, other.token_bytes_);
+    std::swap(llmc_, other.llmc_);
+  }
+  return *this;
+}
+
+uint32_t TokenShard::at(size_t i) const {
+  if (i >= count_) fail("token shard {}: token index {} is out of range (the shard has {} tokens)", path_, i, count_);
+  if (token_bytes_ == 2) {
+    uint16_t v;
+    std::memcpy(&v, tokens_ + 2 * i, 2);
+    return v;
+  }
+  uint32_t v;
+  std::memcpy(&v, tokens_ + 4 * i, 4);
+  return v;
+}
+
+void TokenShard::copy(size_t begin, size_t count, int32_t* out, int vocab_size) const {
+  if (begin > count_ || count > count_ - begin)
+    fail("token shard {}: tokens [{}, {}) are out of range (the shard has {} tokens)", path_, begin, begin + count,
+         count_);
+  for (size_t i = 0; i < count; ++i) {
+    uint32_t id = at(begin + i);
+    if (id >= uint32_t(vocab_size))
+      fail("token shard {}: token {} at index {} is outside the vocabulary (vocab_size {})", path_, id, begin + i,
+           vocab_size);
+    out[i] = int32_t(id);
+  }
+}
+
+// ---------------------------------------------------------------- files
+
+void write_token_shard(const std::string& path, const std::vector<uint32_t>& tokens) {
+  if (tokens.size() > size_t(std::numeric_limits<int32_t>::max()))
+    fail("cannot write token shard {}: {} tokens exceed the format's limit of {}", path, tokens.size(),
+         std::numeric_limits<int32_t>::max());
+  bool narrow = std::all_of(tokens.begin(), tokens.end(), [](uint32_t t) { return t < 65536; });
+  int32_t header[kHeaderInts] = {};
+  header[0] = kShardMagic;
+  header[1] = narrow ? 1 : 2;
+  header[2] = int32_t(tokens.size());
+
+  // Written under a temporary name and renamed, so a reader never sees half a shard.
+  const std::string tmp = path + ".tmp-" + std::to_string(::getpid());
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) fail("cannot create token shard {}: {}", tmp, errno_text(errno));
+    out.write(reinterpret_cast<const char*>(header), sizeof header);
+    if (narrow) {
+      std::vector<uint16_t> narrowed(tokens.begin(), tokens.end());
+      out.write(reinterpret_cast<const char*>(narrowed.data()), std::streamsize(narrowed.size() * 2));
+    } else {
+      out.write(reinterpret_cast<const char*>(tokens.data()), std::streamsize(tokens.size() * 4));
+    }
+    out.close();
+    if (!out) {
+      int err = errno;
+      std::remove(tmp.c_str());
+      fail("cannot write token shard {}: {}", tmp, errno_text(err));
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    int err = errno;
+    std::remove(tmp.c_str());
+    fail("cannot rename {} to {}: {}", tmp, path, errno_text(err));
+  }
+}
+
+std::vector<std::string> expand_shard_pattern(const std::string& pattern, const std::string& what) {
+  struct GlobResult {
+    glob_t g{};
+    ~GlobResult() { globfree(&g); }
+  } result;
+  int rc = ::glob(pattern.c_str(), 0, nullptr, &result.g);
+  if (rc == GLOB_NOMATCH) fail("{}: no files match '{}'", what, pattern);
+  if (rc != 0) fail("{}: cannot expand '{}' (glob error {})", what, pattern, rc == GLOB_ABORTED ? "read error" : "out of memory");
+  std::vector<std::string> files(result.g.gl_pathv, result.g.gl_pathv + result.g.gl_pathc);
+  // glob sorts by the locale's collation; sort bytewise so the order is the same everywhere.
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
+// ---------------------------------------------------------------- positions
+
+nlohmann::json to_json(const LoaderPosition& p) {
+  return {{"epoch", p.epoch}, {"shard", p.shard}, {"sample", p.sample}};
+}
+
+LoaderPosition loader_position_from_json(const nlohmann::json& j) {
+  if (!j.is_object()) fail("loader position must be a JSON object, got {}", j.dump());
+  auto field = [&](const char* key) {
+    if (!j.contains(key)) fail("loader position {} has no \"{}\"", j.dump(), key);
+    const nlohmann::json& v = j.at(key);
+    if (!v.is_number_integer() || v.get<int64_t>() < 0)
+      fail("loader position \"{}\" must be a non-negative integer, got {}", key, v.dump());
+    return v.get<int64_t>();
+  };
+  LoaderPosition p;
+  p.epoch = field("epoch");
+  p.shard = field("shard");
+  p.sample = field("sample");
+  return p;
+}
+
+// ---------------------------------------------------------------- TokenLoader
+
+namespace {
+
+// Keys of the permutations, derived from (seed, epoch[, shard]) with a
+// counter-based mix so they are identical on every platform.
+uint64_t combine(uint64_t key, uint64_t value) { return mix64(key ^ mix64(value + 0x9e3779b97f4a7c15ull)); }
+
+std::vector<int64_t> identity(int64_t n) {
+  std::vector<int64_t> order(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) order[size_t(i)] = i;
+  return order;
+}
+
+// Fisher-Yates driven by mix64(key, i); std::shuffle is not portable across
+// standard libraries. The modulo bias is below 2^-32 for any real shard.
+std::vector<int64_t> permutation(int64_t n, uint64_t key) {
+  std::vector<int64_t> order = identity(n);
+  for (int64_t i = n - 1; i > 0; --i) {
+    uint64_t j = combine(key, uint64_t(i)) % uint64_t(i + 1);
+    std::swap(order[size_t(i)], order[size_t(j)]);
+  }
+  return order;
+}
+
+// Whole samples (windows of T+1 tokens at multiples of T) in a shard.
+int64_t samples_in(const TokenShard& shard, int T) { return (int64_t(shard.size()) - 1) / T; }
+
+constexpr uint64_t kShardOrderStream = 0;
+constexpr uint64_t kSampleOrderStream = 1;
+
+}  // namespace
+
+TokenLoader::TokenLoader(const std::vector<std::string>& files, int B, int T, int rank, int world_size,
+                         int vocab_size, bool shuffle, uint64_t seed)
+    : B_(B), T_(T), rank_(rank), world_(world_size), vocab_(vocab_size), shuffle_(shuffle), seed_(seed) {
+  if (files.empty()) fail("token loader: no shard files given");
+  if (B <= 0 || T <= 0) fail("token loader: batch size {} and sequence length {} must be positive", B, T);
+  if (world_size <= 0 || rank < 0 || rank >= world_size)
+    fail("token loader: rank {} is not in [0, world_size {})", rank, world_size);
+  if (vocab_size <= 0) fail("token loader: vocab_size {} must be positive", vocab_size);
+  const int64_t min_tokens = int64_t(world_) * B_ * T_ + 1;
+  shards_.reserve(files.size());
+  for (const std::string& f : files) {
+    shards_.emplace_back(f);
+    if (int64_t(shards_.back().size()) < min_tokens)
+      fail("token shard {} has {} tokens, too few for one global batch: it needs at least {} "
+           "(world_size {} x batch {} x seq_len {} + 1)",
+           f, shards_.back().size(), min_tokens, world_, B_, T_);
+  }
+  prepare_epoch_shard();
+}
+
+uint64_t TokenLoader::epoch_key(int64_t epoch) const { return combine(mix64(seed_), uint64_t(epoch)); }
+
+std::vector<int64_t> TokenLoader::shard_order(int64_t epoch) const {
+  const int64_t n = int64_t(shards_.size());
+  return shuffle_ ? permutation(n, combine(epoch_key(epoch), kShardOrderStream)) : identity(n);
+}
+
+void TokenLoader::prepare_epoch_shard() {
+  shard_order_ = shard_order(pos_.epoch);
+  const int64_t shard_id = shard_order_[size_t(pos_.shard)];
+  const int64_t samples = samples_in(shards_[size_t(shard_id)], T_);
+  sample_order_ = shuffle_ ? permutation(samples, combine(combine(epoch_key(pos_.epoch), kSampleOrderStream),
+                                                          uint64_t(shard_id)))
+                           : identity(samples);
+}
+
+void TokenLoader::next_batch(int32_t* inputs, int32_t* targets) {
+  const TokenShard& shard = shards_[size_t(shard_order_[size_t(pos_.shard)])];
+  const int64_t first = pos_.sample + int64_t(rank_) * B_;
+  for (int b = 0; b < B_; ++b) {
+    const size_t start = size_t(sample_order_[size_t(first + b)]) * size_t(T_);
+    int32_t* in = inputs + size_t(b) * size_t(T_);
+    int32_t* tgt = targets + size_t(b) * size_t(T_);
+    shard.copy(start, size_t(T_), in, vocab_);
+    std::copy(in + 1, in + T_, tgt);
+    shard.copy(start + size_t(T_), 1, tgt + T_ - 1, vocab_);
+  }
+  LoaderPosition next = pos_;
+  next.sample += int64_t(world_) * B_;
+  seek(next);
+}
+
+// Accepts any sample index up to the shard's end, so a run may resume with a
+// different world size or batch size; a position with less than one global
+// batch left in its shard moves on to the next shard (or epoch).
+void TokenLoader::seek(const LoaderPosition& p) {
+  const int64_t n = int64_t(shards_.size());
+  if (p.epoch < 0 || p.shard < 0 || p.shard >= n || p.sample < 0)
+    fail("token loader: position (epoch {}, shard {}, sample {}) is out of range ({} shards)", p.epoch, p.shard,
+         p.sample, n);
+  const TokenShard& shard = shards_[size_t(shard_order(p.epoch)[size_t(p.shard)])];
+  const int64_t samples = samples_in(shard, T_);
+  if (p.sample > samples)
+    fail("token loader: position (epoch {}, shard {}, sample {}) is past the end of shard {} ({} samples)", p.epoch,
+         p.shard, p.sample, shard.path(), samples);
+
+  LoaderPosition target = p;
+  if (samples - p.sample < int64_t(world_) * B_) {
+    target.sample = 0;
+    if (++target.shard == n) {
+      target.shard = 0;
+      ++target.epoch;
+    }
+  }
+  // Moving within a shard keeps its permutations; they cost O(samples).
+  const bool same_shard = target.epoch == pos_.epoch && target.shard == pos_.shard && !sample_order_.empty();
+  pos_ = target;
+  if (!same_shard) prepare_epoch_shard();
+}
+
+int64_t TokenLoader::batches_per_epoch() const {
+  int64_t batches = 0;
+  for (const TokenShard& s : shards_) batches += samples_in(s, T_) / (int64_t(world_) * B_);
+  return batches;
+}
+
+size_t TokenLoader::total_tokens() const {
+  size_t total = 0;
+  for (const TokenShard& s : shards_) total += s.size();
+  return total;
+}
+
+}  // namespace srgpt
