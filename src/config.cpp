@@ -1,0 +1,562 @@
+#include "srgpt/config.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <initializer_list>
+#include <limits>
+#include <optional>
+#include <set>
+
+#include "srgpt/error.h"
+
+namespace srgpt {
+
+using json = nlohmann::json;
+// The schema keeps keys in declaration order so error messages list them in
+// the same order as docs/config.md.
+using ordered_json = nlohmann::ordered_json;
+
+const char* lr_decay_name(LrDecay d) {
+  switch (d) {
+    case LrDecay::cosine: return "cosine";
+    case LrDecay::linear: return "linear";
+    case LrDecay::constant: return "constant";
+  }
+  return "?";
+}
+
+const char* device_choice_name(DeviceChoice d) {
+  switch (d) {
+    case DeviceChoice::auto_select: return "auto";
+    case DeviceChoice::cpu: return "cpu";
+    case DeviceChoice::cuda: return "cuda";
+  }
+  return "?";
+}
+
+const char* nonfinite_policy_name(NonFinitePolicy p) {
+  switch (p) {
+    case NonFinitePolicy::stop: return "stop";
+    case NonFinitePolicy::skip: return "skip";
+  }
+  return "?";
+}
+
+namespace {
+
+constexpr uint64_t kIntFieldMax = uint64_t(std::numeric_limits<int>::max());
+constexpr uint64_t kInt64FieldMax = uint64_t(std::numeric_limits<int64_t>::max());
+constexpr uint64_t kUint64FieldMax = std::numeric_limits<uint64_t>::max();
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr double kPi = 3.14159265358979323846;
+
+struct RealRange {
+  double lo;
+  bool lo_inclusive;
+  double hi;  // kInf: unbounded
+  bool hi_inclusive;
+
+  bool contains(double x) const {
+    bool above = lo_inclusive ? x >= lo : x > lo;
+    bool below = hi == kInf || (hi_inclusive ? x <= hi : x < hi);
+    return above && below;
+  }
+  std::string describe() const {
+    if (hi == kInf) return fmt::format("a number {} {}", lo_inclusive ? ">=" : ">", lo);
+    return fmt::format("a number in {}{}, {}{}", lo_inclusive ? '[' : '(', lo, hi, hi_inclusive ? ']' : ')');
+  }
+};
+constexpr RealRange kPositive{0, false, kInf, false};
+constexpr RealRange kNonNegative{0, true, kInf, false};
+constexpr RealRange kUnitHalfOpen{0, true, 1, false};
+constexpr RealRange kUnitClosed{0, true, 1, true};
+
+enum class TextRule { any, non_empty };
+
+std::string describe_integers(uint64_t lo, uint64_t hi) {
+  if (hi == kInt64FieldMax) return fmt::format("an integer >= {}", lo);
+  return fmt::format("an integer in [{}, {}]", lo, hi);
+}
+
+template <typename Items>
+std::string join(const Items& items, const char* separator) {
+  std::string out;
+  for (const auto& item : items) {
+    if (!out.empty()) out += separator;
+    out += item;
+  }
+  return out;
+}
+
+std::string dotted(const std::string& prefix, const std::string& key) {
+  return prefix.empty() ? key : prefix + "." + key;
+}
+
+std::string json_pointer_of(const std::string& dotted_path) {
+  std::string pointer = "/" + dotted_path;
+  std::replace(pointer.begin(), pointer.end(), '.', '/');
+  return pointer;
+}
+
+std::vector<std::string> split_dotted(const std::string& path) {
+  std::vector<std::string> parts;
+  size_t start = 0;
+  for (;;) {
+    size_t dot = path.find('.', start);
+    parts.push_back(path.substr(start, dot - start));
+    if (dot == std::string::npos) return parts;
+    start = dot + 1;
+  }
+}
+
+// A value as written, short enough for one line of an error message (JSON
+// cannot spell inf or nan, so dump() would print them as null).
+std::string brief(const json& v) {
+  if (v.is_number_float() && !std::isfinite(v.get<double>())) return fmt::format("{}", v.get<double>());
+  std::string text = v.dump();
+  constexpr size_t kMax = 60;
+  return text.size() <= kMax ? text : text.substr(0, kMax) + "...";
+}
+
+std::string describe_kind(const json& v) {
+  switch (v.type()) {
+    case json::value_t::null: return "null";
+    case json::value_t::boolean: return "a boolean";
+    case json::value_t::object: return "an object";
+    case json::value_t::array: return "an array";
+    case json::value_t::string: {
+      json as_number = json::parse(v.get<std::string>(), nullptr, false);
+      if (!as_number.is_discarded() && as_number.is_number()) return "a string (write numbers without quotes)";
+      return "a string";
+    }
+    case json::value_t::number_float:
+      return std::isfinite(v.get<double>()) ? "a fractional number" : "a non-finite number";
+    default: return "a number";
+  }
+}
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diagonal = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t above = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diagonal = above;
+    }
+  }
+  return row[b.size()];
+}
+
+// `key` is not in the section `section_node` (at `section_path`, "" for the
+// top level): say which keys are, and suggest a near miss.
+std::string unknown_key_message(const std::string& key, const std::string& section_path,
+                                const ordered_json& section_node) {
+  std::vector<std::string> allowed;
+  std::string closest;
+  size_t closest_distance = 3;  // suggest only typos of one or two characters
+  for (const auto& item : section_node.items()) {
+    allowed.push_back(item.key());
+    size_t d = edit_distance(key, item.key());
+    if (d < closest_distance) {
+      closest_distance = d;
+      closest = item.key();
+    }
+  }
+  std::string where = section_path.empty() ? "at the top level" : fmt::format("in '{}'", section_path);
+  std::string message = fmt::format("unknown key '{}'; allowed keys {}: {}", dotted(section_path, key), where,
+                                    join(allowed, ", "));
+  if (!closest.empty()) message += fmt::format(" (did you mean '{}'?)", dotted(section_path, closest));
+  return message;
+}
+
+// Every key of the document, in documentation order, with its constraint.
+// The schema builder, the reader and the writer all walk this one list, so a
+// new key is added in exactly one place.
+template <typename Visitor, typename C>
+void visit_config(Visitor& v, C& c) {
+  v.annotation("comment");
+  v.integer("model.vocab_size", c.model.vocab_size, 1, kIntFieldMax);
+  v.integer("model.max_seq_len", c.model.max_seq_len, 1, kIntFieldMax);
+  v.integer("model.n_layer", c.model.n_layer, 1, kIntFieldMax);
+  v.integer("model.n_head", c.model.n_head, 1, kIntFieldMax);
+  v.integer("model.d_model", c.model.d_model, 1, kIntFieldMax);
+  v.choice("precision", c.precision,
+           {Precision::bf16_sr, Precision::bf16_rn, Precision::mixed, Precision::fp32, Precision::bf16_kahan},
+           precision_name);
+  v.choice("device", c.device, {DeviceChoice::auto_select, DeviceChoice::cpu, DeviceChoice::cuda},
+           device_choice_name);
+  v.real("optimizer.lr", c.optimizer.lr, kPositive);
+  v.real("optimizer.beta1", c.optimizer.beta1, kUnitHalfOpen);
+  v.real("optimizer.beta2", c.optimizer.beta2, kUnitHalfOpen);
+  v.real("optimizer.eps", c.optimizer.eps, kPositive);
+  v.real("optimizer.weight_decay", c.optimizer.weight_decay, kNonNegative);
+  v.real("optimizer.grad_clip", c.optimizer.grad_clip, kNonNegative);
+  v.integer("optimizer.warmup_steps", c.optimizer.warmup_steps, 0, kInt64FieldMax);
+  v.choice("optimizer.decay", c.optimizer.decay, {LrDecay::cosine, LrDecay::linear, LrDecay::constant},
+           lr_decay_name);
+  v.real("optimizer.min_lr_ratio", c.optimizer.min_lr_ratio, kUnitClosed);
+  v.integer("batch.micro_batch", c.batch.micro_batch, 1, kIntFieldMax);
+  v.integer("batch.seq_len", c.batch.seq_len, 1, kIntFieldMax);
+  v.integer("batch.total_tokens", c.batch.total_tokens, 1, kInt64FieldMax);
+  v.text("data.train", c.data.train, TextRule::any);
+  v.text("data.val", c.data.val, TextRule::any);
+  v.integer("train.steps", c.train.steps, 1, kInt64FieldMax);
+  v.integer("train.eval_every", c.train.eval_every, 0, kInt64FieldMax);
+  v.integer("train.eval_tokens", c.train.eval_tokens, 0, kInt64FieldMax);
+  v.integer("train.log_every", c.train.log_every, 1, kInt64FieldMax);
+  v.integer("train.seed", c.train.seed, 0, kUint64FieldMax);
+  v.choice("train.on_nonfinite", c.train.on_nonfinite, {NonFinitePolicy::stop, NonFinitePolicy::skip},
+           nonfinite_policy_name);
+  v.real("train.init_std", c.train.init_std, kPositive);
+  v.integer("checkpoint.every", c.checkpoint.every, 0, kInt64FieldMax);
+  v.integer("checkpoint.keep", c.checkpoint.keep, 1, kIntFieldMax);
+  v.integer("dist.zero_stage", c.dist.zero_stage, 0, 3);
+  v.choice("dist.grad_reduce_dtype", c.dist.grad_reduce_dtype, {DType::bf16, DType::f32}, dtype_name);
+  v.text("out_dir", c.out_dir, TextRule::non_empty);
+}
+
+// Builds the tree of known keys: sections are objects, keys are null.
+struct SchemaBuilder {
+  ordered_json tree = ordered_json::object();
+
+  void add(const char* path) { tree[ordered_json::json_pointer(json_pointer_of(path))] = nullptr; }
+  void annotation(const char* path) { add(path); }
+  template <typename T>
+  void integer(const char* path, T&, uint64_t, uint64_t) { add(path); }
+  void real(const char* path, double&, RealRange) { add(path); }
+  void text(const char* path, std::string&, TextRule) { add(path); }
+  template <typename Field, typename E>
+  void choice(const char* path, Field&, std::initializer_list<E>, const char* (*)(E)) { add(path); }
+};
+
+const ordered_json& schema() {
+  static const ordered_json tree = [] {
+    SchemaBuilder builder;
+    Config config;
+    visit_config(builder, config);
+    return builder.tree;
+  }();
+  return tree;
+}
+
+// Reports keys that are not in the schema and sections that are not objects.
+void check_known_keys(const json& doc, const ordered_json& section, const std::string& section_path,
+                      std::vector<std::string>& problems) {
+  for (const auto& item : doc.items()) {
+    auto known = section.find(item.key());
+    if (known == section.end()) {
+      problems.push_back(unknown_key_message(item.key(), section_path, section));
+      continue;
+    }
+    if (!known->is_object()) continue;  // a value: its type is checked when it is read
+    std::string path = dotted(section_path, item.key());
+    if (!item.value().is_object()) {
+      std::vector<std::string> keys;
+      for (const auto& sub : known->items()) keys.push_back(sub.key());
+      problems.push_back(fmt::format("{} = {}: expected an object with keys {}, found {}", path,
+                                     brief(item.value()), join(keys, ", "), describe_kind(item.value())));
+      continue;
+    }
+    check_known_keys(item.value(), *known, path, problems);
+  }
+}
+
+// Reads the keys present in a document into a Config; absent keys keep their
+// defaults. Every problem is collected so that one run reports them all.
+struct Reader {
+  const json& doc;
+  std::vector<std::string>& problems;
+
+  const json* find(const char* path) const {
+    const json* node = &doc;
+    for (const std::string& part : split_dotted(path)) {
+      if (!node->is_object()) return nullptr;
+      auto it = node->find(part);
+      if (it == node->end()) return nullptr;
+      node = &*it;
+    }
+    return node;
+  }
+  void wrong_kind(const char* path, const json& v, const std::string& allowed) {
+    problems.push_back(fmt::format("{} = {}: expected {}, found {}", path, brief(v), allowed, describe_kind(v)));
+  }
+  void out_of_range(const char* path, const json& v, const std::string& allowed) {
+    problems.push_back(fmt::format("{} = {} is out of range; allowed: {}", path, brief(v), allowed));
+  }
+
+  void annotation(const char* path) {
+    const json* v = find(path);
+    if (v && !v->is_string()) wrong_kind(path, *v, "a string (ignored; for notes)");
+  }
+
+  template <typename T>
+  void integer(const char* path, T& field, uint64_t lo, uint64_t hi) {
+    const json* v = find(path);
+    if (!v) return;
+    std::string allowed = describe_integers(lo, hi);
+    bool negative = false;
+    uint64_t magnitude = 0;
+    if (v->is_number_unsigned()) {
+      magnitude = v->get<uint64_t>();
+    } else if (v->is_number_integer()) {
+      int64_t n = v->get<int64_t>();
+      negative = n < 0;
+      magnitude = negative ? uint64_t(-(n + 1)) + 1 : uint64_t(n);
+    } else if (v->is_number_float()) {
+      // Integral values written as floats (5e5) are accepted; fractions are not.
+      double x = v->get<double>();
+      if (!std::isfinite(x) || std::floor(x) != x) return wrong_kind(path, *v, allowed);
+      if (std::fabs(x) >= 18446744073709551616.0) return out_of_range(path, *v, allowed);
+      negative = x < 0;
+      magnitude = uint64_t(std::fabs(x));
+    } else {
+      return wrong_kind(path, *v, allowed);
+    }
+    if ((negative && magnitude != 0) || magnitude < lo || magnitude > hi) return out_of_range(path, *v, allowed);
+    field = T(magnitude);
+  }
+
+  void real(const char* path, double& field, RealRange range) {
+    const json* v = find(path);
+    if (!v) return;
+    std::string allowed = range.describe();
+    if (!v->is_number()) return wrong_kind(path, *v, allowed);
+    double x = v->get<double>();
+    if (!std::isfinite(x) || !range.contains(x)) return out_of_range(path, *v, allowed);
+    field = x;
+  }
+
+  void text(const char* path, std::string& field, TextRule rule) {
+    const json* v = find(path);
+    if (!v) return;
+    const char* allowed = rule == TextRule::non_empty ? "a non-empty string" : "a string";
+    if (!v->is_string()) return wrong_kind(path, *v, allowed);
+    if (rule == TextRule::non_empty && v->get<std::string>().empty()) return out_of_range(path, *v, allowed);
+    field = v->get<std::string>();
+  }
+
+  template <typename E>
+  void choice(const char* path, E& field, std::initializer_list<E> values, const char* (*name)(E)) {
+    const json* v = find(path);
+    if (!v) return;
+    std::vector<std::string> names;
+    for (E e : values) names.push_back(name(e));
+    std::string allowed = "one of " + join(names, ", ");
+    if (!v->is_string()) return wrong_kind(path, *v, allowed);
+    for (E e : values)
+      if (v->get<std::string>() == name(e)) {
+        field = e;
+        return;
+      }
+    problems.push_back(fmt::format("{} = {} is not a known value; allowed: {}", path, brief(*v), allowed));
+  }
+};
+
+struct Writer {
+  json doc = json::object();
+
+  template <typename T>
+  void put(const char* path, T&& value) {
+    doc[json::json_pointer(json_pointer_of(path))] = std::forward<T>(value);
+  }
+  void annotation(const char*) {}  // notes are not part of the configuration
+  template <typename T>
+  void integer(const char* path, const T& field, uint64_t, uint64_t) { put(path, field); }
+  void real(const char* path, const double& field, RealRange) { put(path, field); }
+  void text(const char* path, const std::string& field, TextRule) { put(path, field); }
+  template <typename E>
+  void choice(const char* path, const E& field, std::initializer_list<E>, const char* (*name)(E)) {
+    put(path, name(field));
+  }
+};
+
+// micro_batch * seq_len * world must divide total_tokens (the remaining
+// factor is the gradient accumulation).
+std::optional<std::string> batch_divisibility_problem(const BatchConfig& b, int world_size) {
+  int64_t per_rank = int64_t(b.micro_batch) * b.seq_len;
+  std::string factors = fmt::format("batch.micro_batch * batch.seq_len * world size = {} * {} * {}", b.micro_batch,
+                                    b.seq_len, world_size);
+  if (per_rank > b.total_tokens / world_size)
+    return fmt::format("batch.total_tokens = {} is smaller than {}; allowed: a positive multiple of that product",
+                       b.total_tokens, factors);
+  int64_t per_micro_step = per_rank * world_size;
+  int64_t below = b.total_tokens / per_micro_step * per_micro_step;
+  if (below == b.total_tokens) return std::nullopt;
+  std::string nearest = std::to_string(below);
+  if (below <= std::numeric_limits<int64_t>::max() - per_micro_step)
+    nearest += " or " + std::to_string(below + per_micro_step);
+  return fmt::format("batch.total_tokens = {} is not a multiple of {} = {}; allowed: a multiple of {}, e.g. {}",
+                     b.total_tokens, factors, per_micro_step, per_micro_step, nearest);
+}
+
+void check_consistency(const Config& c, std::vector<std::string>& problems) {
+  const ModelConfig& m = c.model;
+  if (m.d_model % m.n_head != 0) {
+    int below = m.d_model / m.n_head * m.n_head;
+    problems.push_back(fmt::format(
+        "model.d_model = {} is not divisible by model.n_head = {}; allowed: d_model a multiple of n_head, e.g. {}{}, "
+        "or an n_head that divides {}",
+        m.d_model, m.n_head, below > 0 ? std::to_string(below) + " or " : "", int64_t(below) + m.n_head, m.d_model));
+  }
+  if (c.batch.seq_len > m.max_seq_len)
+    problems.push_back(fmt::format("batch.seq_len = {} exceeds model.max_seq_len = {}; allowed: 1..{}",
+                                   c.batch.seq_len, m.max_seq_len, m.max_seq_len));
+  if (auto problem = batch_divisibility_problem(c.batch, 1)) problems.push_back(*problem);
+  if (c.optimizer.warmup_steps > c.train.steps)
+    problems.push_back(fmt::format("optimizer.warmup_steps = {} exceeds train.steps = {}; allowed: 0..{}",
+                                   c.optimizer.warmup_steps, c.train.steps, c.train.steps));
+}
+
+void raise_if_any(const std::vector<std::string>& problems, const std::string& origin) {
+  if (problems.empty()) return;
+  if (problems.size() == 1) fail("{}: {}", origin, problems.front());
+  fail("{}: {} problems:\n  - {}", origin, problems.size(), join(problems, "\n  - "));
+}
+
+// Duplicate keys are legal JSON but one copy would be silently dropped; in a
+// run config that is a bug, so the parse rejects them.
+json parse_rejecting_duplicates(std::istream& in, const std::string& path) {
+  struct Frame {
+    std::string path;
+    std::set<std::string> keys;
+    std::string last_key;
+    bool is_array;
+  };
+  std::vector<Frame> stack;
+  json::parser_callback_t callback = [&](int, json::parse_event_t event, json& parsed) {
+    switch (event) {
+      case json::parse_event_t::object_start:
+      case json::parse_event_t::array_start: {
+        std::string here;
+        if (!stack.empty())
+          here = stack.back().is_array ? stack.back().path + "[]" : dotted(stack.back().path, stack.back().last_key);
+        stack.push_back({here, {}, {}, event == json::parse_event_t::array_start});
+        break;
+      }
+      case json::parse_event_t::object_end:
+      case json::parse_event_t::array_end: stack.pop_back(); break;
+      case json::parse_event_t::key: {
+        Frame& frame = stack.back();
+        frame.last_key = parsed.get<std::string>();
+        if (!frame.keys.insert(frame.last_key).second)
+          fail("{}: duplicate key '{}'; each key may appear once per object", path,
+               dotted(frame.path, frame.last_key));
+        break;
+      }
+      case json::parse_event_t::value: break;
+    }
+    return true;
+  };
+  try {
+    return json::parse(in, callback);
+  } catch (const json::parse_error& e) {
+    // Drop nlohmann's "[json.exception.parse_error.101] " tag; keep "line L, column C: ...".
+    std::string what = e.what();
+    size_t tag_end = what.find("] ");
+    fail("{}: malformed JSON: {}", path, tag_end == std::string::npos ? what : what.substr(tag_end + 2));
+  }
+}
+
+json read_json_file(const std::string& path) {
+  std::error_code ec;
+  auto status = std::filesystem::status(path, ec);
+  if (!std::filesystem::exists(status))
+    fail("config file '{}' does not exist; pass the path of a JSON run config, e.g. configs/demo.json", path);
+  if (std::filesystem::is_directory(status)) fail("config file '{}' is a directory, not a JSON file", path);
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("config file '{}' cannot be opened: {}", path, std::strerror(errno));
+  return parse_rejecting_duplicates(in, path);
+}
+
+}  // namespace
+
+void Config::validate_for_world(int world_size) const {
+  if (world_size < 1) fail("world size {} is invalid; allowed: 1 or more ranks", world_size);
+  if (auto problem = batch_divisibility_problem(batch, world_size)) fail("{}", *problem);
+}
+
+Config config_from_json(const json& doc, const std::string& origin) {
+  if (!doc.is_object()) fail("{}: the config must be a JSON object {{...}}, found {}", origin, describe_kind(doc));
+  std::vector<std::string> problems;
+  check_known_keys(doc, schema(), "", problems);
+  Config config;
+  Reader reader{doc, problems};
+  visit_config(reader, config);
+  // Cross-key checks on partly default values would only add confusing noise.
+  if (problems.empty()) check_consistency(config, problems);
+  raise_if_any(problems, origin);
+  return config;
+}
+
+json config_to_json(const Config& config) {
+  Writer writer;
+  visit_config(writer, config);
+  return writer.doc;
+}
+
+void apply_override(json& doc, const std::string& assignment) {
+  size_t eq = assignment.find('=');
+  if (eq == std::string::npos || eq == 0)
+    fail("--set '{}': expected KEY=VALUE with a dotted key, e.g. optimizer.lr=3e-4 or data.train=data/x_*.bin",
+         assignment);
+  const std::string key = assignment.substr(0, eq);
+  const std::string text = assignment.substr(eq + 1);
+  if (!doc.is_null() && !doc.is_object())
+    fail("--set '{}': the config is {}, not a JSON object", assignment, describe_kind(doc));
+
+  // The whole path is checked before the document is touched, so a rejected
+  // override leaves it unchanged.
+  std::vector<std::string> parts = split_dotted(key);
+  const ordered_json* known = &schema();
+  std::string known_path;
+  for (const std::string& part : parts) {
+    if (!known->is_object())
+      fail("--set '{}': unknown key '{}'; '{}' is a value, not a section with keys", assignment, key, known_path);
+    auto it = known->find(part);
+    if (it == known->end()) fail("--set '{}': {}", assignment, unknown_key_message(part, known_path, *known));
+    known = &*it;
+    known_path = dotted(known_path, part);
+  }
+  json* target = &doc;
+  std::string section_path;
+  for (size_t i = 0; i + 1 < parts.size(); ++i) {
+    section_path = dotted(section_path, parts[i]);
+    json& section = (*target)[parts[i]];
+    if (section.is_null()) section = json::object();
+    if (!section.is_object())
+      fail("--set '{}': cannot set '{}' because '{}' is {} in the config, not an object", assignment, key,
+           section_path, describe_kind(section));
+    target = &section;
+  }
+  json value = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  (*target)[parts.back()] = value.is_discarded() ? json(text) : std::move(value);
+}
+
+Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  json doc = read_json_file(path);
+  std::string origin = path;
+  for (const std::string& assignment : overrides) {
+    apply_override(doc, assignment);
+    origin += " --set " + assignment;
+  }
+  return config_from_json(doc, origin);
+}
+
+double learning_rate(const OptimizerConfig& o, int64_t t, int64_t total_steps) {
+  if (o.warmup_steps > 0 && t <= o.warmup_steps) return o.lr * double(std::max<int64_t>(t, 0)) / double(o.warmup_steps);
+  int64_t decay_steps = total_steps - o.warmup_steps;
+  if (o.decay == LrDecay::constant || decay_steps <= 0) return o.lr;
+  double progress = std::clamp(double(t - o.warmup_steps) / double(decay_steps), 0.0, 1.0);
+  double min_lr = o.lr * o.min_lr_ratio;
+  double fraction_left = o.decay == LrDecay::cosine ? 0.5 * (1.0 + std::cos(kPi * progress)) : 1.0 - progress;
+  return min_lr + (o.lr - min_lr) * fraction_left;
+}
+
+}  // namespace srgpt
