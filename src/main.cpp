@@ -1,13 +1,32 @@
 // srgpt: pure-BF16 GPT training with stochastic-rounding AdamW.
 #include <cstdio>
 #include <exception>
+#include <string>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
 #include "srgpt/cli.h"
+#include "srgpt/communicator.h"
 #include "srgpt/error.h"
+
+namespace {
+
+// One line on stderr and a non-zero exit; under an MPI launcher the whole
+// job is brought down so no other rank waits forever for this one.
+int report_error(const std::string& msg) {
+  bool mpi = false;
+  try {
+    mpi = srgpt::launched_under_mpi();
+  } catch (const std::exception&) {
+  }
+  if (mpi) srgpt::abort_job(1, "error: " + msg);
+  std::fprintf(stderr, "srgpt: error: %s\n", msg.c_str());
+  return 1;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"srgpt: train GPT-2 models in pure BF16 with stochastic-rounding AdamW"};
@@ -15,23 +34,20 @@ int main(int argc, char** argv) {
   srgpt::add_train_command(app);
   srgpt::add_eval_command(app);
   srgpt::add_info_command(app);
+  srgpt::add_prepare_command(app);
   spdlog::set_pattern("[%H:%M:%S] %v");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   } catch (const srgpt::Error& e) {
-    std::fprintf(stderr, "srgpt: error: %s\n", e.what());
-    return 1;
+    return report_error(e.what());
   } catch (const nlohmann::json::exception& e) {
-    std::fprintf(stderr, "srgpt: error: malformed JSON: %s\n", e.what());
-    return 1;
+    return report_error(std::string("malformed JSON: ") + e.what());
   } catch (const std::bad_alloc&) {
-    std::fprintf(stderr, "srgpt: error: out of host memory; reduce batch.micro_batch or the model size\n");
-    return 1;
+    return report_error("out of host memory; reduce batch.micro_batch or the model size");
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "srgpt: error: %s\n", e.what());
-    return 1;
+    return report_error(e.what());
   }
   return 0;
 }

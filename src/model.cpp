@@ -3,6 +3,7 @@
 #include <cmath>
 #include <string>
 
+#include "srgpt/checkpoint.h"
 #include "srgpt/error.h"
 #include "srgpt/sr_hash.h"
 
@@ -68,7 +69,10 @@ std::vector<float> gpt2_initial_weights(const ModelConfig& cfg, const Layout& la
     const double s = is_proj ? proj_std : std;
     // Padded vocabulary rows of wte stay zero.
     size_t n = t.name == "wte" ? size_t(cfg.vocab_size) * size_t(cfg.d_model) : t.numel;
-    for (size_t i = 0; i < n; ++i) w[t.offset + i] = float(s * hashed_normal(seed, t.offset + i));
+    // Keyed by tensor name and index within the tensor, so the values do
+    // not depend on layout padding (which varies with the world size).
+    const uint64_t key = mix64(seed ^ crc32(t.name.data(), t.name.size()));
+    for (size_t i = 0; i < n; ++i) w[t.offset + i] = float(s * hashed_normal(key, i));
   }
   return w;
 }

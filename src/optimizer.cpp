@@ -64,7 +64,7 @@ void Optimizer::step(int64_t t, double lr, float grad_scale) {
     UnitUpdateView view = params_.update_view(u);
     bufs.weights = view.weights;
     bufs.grads = view.grads;
-    s.index_offset = view.offset;
+    s.index_offset = view.sr_offset;
     // Each tensor's part of the owned range; alignment padding is skipped.
     for (const TensorSpec& tensor : tensors) {
       const size_t a = std::max(view.begin, tensor.offset), b = std::min(view.end, tensor.offset + tensor.numel);

@@ -123,6 +123,7 @@ UnitUpdateView ParameterStore::update_view(size_t u) {
     v.end = unit.end;
     v.weights = weights_.get();
     v.grads = grads_.get();
+    v.sr_offset = unit.canonical_begin - unit.begin;  // wraps modulo 2^64; sums are exact
     return v;
   }
   v.begin = plan_.owned_begin(u, comm_.rank());
@@ -130,6 +131,7 @@ UnitUpdateView ParameterStore::update_view(size_t u) {
   v.offset = v.begin - unit.shard_offset;
   v.weights = stage_ == 3 ? weights_.get() : at(weights_.get(), v.offset);
   v.grads = stage_ >= 2 ? grads_.get() : at(grads_.get(), v.offset);
+  v.sr_offset = v.offset + unit.canonical_begin - unit.begin;
   return v;
 }
 

@@ -93,15 +93,26 @@ std::string broadcast_string(Communicator& comm, std::string s, int root) {
 // A full flat optimizer-state buffer, in `layout`, from a checkpoint written
 // with any world size and ZeRO stage: stage 0 stores it per tensor, stages
 // 1-3 as each rank's flat shard, re-assembled here through the saved plan.
-std::vector<char> read_full_state(CheckpointReader& reader, const StateBuffer& s, const Layout& layout,
-                                  const ModelConfig& model, int saved_world, int saved_stage) {
-  if (saved_stage == 0) return read_layout_tensors(reader, optim_file_name(0), layout, s.name + "/", s.dtype);
-  const size_t es = dtype_size(s.dtype);
+}  // namespace
+
+std::vector<char> read_optimizer_state(CheckpointReader& reader, const std::string& name, DType dtype,
+                                       const ModelConfig& model, const Layout& layout) {
+  int saved_world = 1, saved_stage = 0;
+  try {
+    saved_world = reader.state().at("world_size").get<int>();
+    saved_stage = reader.state().at("zero_stage").get<int>();
+  } catch (const nlohmann::json::exception& e) {
+    fail("checkpoint {}: manifest state has no valid world_size / zero_stage: {}", reader.dir().string(), e.what());
+  }
+  if (saved_world < 1 || saved_stage < 0 || saved_stage > 3)
+    fail("checkpoint {}: world_size {} / zero_stage {} out of range", reader.dir().string(), saved_world, saved_stage);
+  if (saved_stage == 0) return read_layout_tensors(reader, optim_file_name(0), layout, name + "/", dtype);
+  const size_t es = dtype_size(dtype);
   const Layout saved_layout = gpt2_param_layout(model, saved_world);
   const ZeroShardPlan saved_plan(saved_layout, saved_world);
   std::vector<char> saved_full(saved_layout.total() * es, 0), shard(saved_plan.shard_size() * es);
   for (int q = 0; q < saved_world; ++q) {
-    reader.read_tensor(optim_file_name(q), s.name, s.dtype, {int64_t(saved_plan.shard_size())}, shard.data(),
+    reader.read_tensor(optim_file_name(q), name, dtype, {int64_t(saved_plan.shard_size())}, shard.data(),
                        shard.size());
     for (size_t u = 0; u < saved_plan.units().size(); ++u) {
       const ZeroUnit& unit = saved_plan.unit(u);
@@ -114,6 +125,8 @@ std::vector<char> read_full_state(CheckpointReader& reader, const StateBuffer& s
     std::copy_n(saved_full.data() + saved_layout.at(t.name).offset * es, t.numel * es, full.data() + t.offset * es);
   return full;
 }
+
+namespace {
 
 void check_same_model(const Config& ours, const Config& theirs, const fs::path& dir) {
   const ModelConfig &a = ours.model, &b = theirs.model;
@@ -174,7 +187,7 @@ std::unique_ptr<Backend> make_backend(const Config& config, int local_rank) {
 
 std::unique_ptr<Communicator> make_communicator(Backend& backend) {
   if (!launched_under_mpi()) return make_single_process_communicator(backend);
-  if (backend.name() == "cuda") return make_nccl_communicator(backend);
+  if (!backend.memory_on_host()) return make_nccl_communicator(backend);
   return make_mpi_communicator(backend);
 }
 
@@ -201,7 +214,7 @@ EvalResult evaluate(GPT& model, TokenLoader& loader, int64_t max_tokens) {
 }
 
 Trainer::Trainer(Config config, TrainOptions options) : config_(std::move(config)), options_(std::move(options)) {
-  const LaunchInfo launch = launch_info_from_environment();
+  const LaunchInfo launch = options_.single_process ? LaunchInfo{} : launch_info_from_environment();
   config_.validate_for_world(launch.size);
   if (config_.data.train.empty()) fail("data.train is empty: set it to a glob pattern of token shards");
   if (launch.rank == 0) {
@@ -216,8 +229,19 @@ Trainer::Trainer(Config config, TrainOptions options) : config_(std::move(config
   }
 
   backend_ = make_backend(config_, launch.local_rank);
-  comm_ = make_communicator(*backend_);
+  comm_ = options_.single_process ? make_single_process_communicator(*backend_) : make_communicator(*backend_);
+  host_comm_ = comm_.get();
+  if (comm_->size() > 1 && !backend_->memory_on_host()) {
+    host_comm_owned_ = make_mpi_host_communicator();
+    host_comm_ = host_comm_owned_.get();
+  }
   const int rank = comm_->rank(), world = comm_->size();
+  // Every rank must run the same config; a mismatch (say, different --set
+  // values per rank) would silently train different models.
+  const double config_hash = double(crc32(config_to_json(config_).dump().data(), config_to_json(config_).dump().size()));
+  if (comm_->all_reduce_max(config_hash) != -comm_->all_reduce_max(-config_hash))
+    fail("rank {}: the run config differs between ranks; every rank must get the same --config file and --set values",
+         rank);
   const auto& b = config_.batch;
   train_loader_ = std::make_unique<TokenLoader>(expand_shard_pattern(config_.data.train, "data.train"), b.micro_batch,
                                                 b.seq_len, rank, world, config_.model.vocab_size, true,
@@ -251,11 +275,12 @@ Trainer::Trainer(Config config, TrainOptions options) : config_(std::move(config
 Trainer::~Trainer() = default;
 
 fs::path Trainer::save(int64_t step) {
-  Communicator& comm = *comm_;
+  Communicator& comm = *host_comm_;
   const int rank = comm.rank();
   const Layout& layout = params_->layout();
   const size_t weight_elements = params_->weight_bytes() / dtype_size(backend_->dtype());
   const double nonfinite = backend_->all_finite(params_->weights(), weight_elements) ? 0.0 : 1.0;
+  // Scalar collectives work on host values with any communicator.
   if (comm.all_reduce_max(nonfinite) > 0)
     fail("refusing to write a checkpoint at step {}: the weights contain NaN or Inf", step);
   const fs::path root = checkpoint_root(config_);
@@ -342,7 +367,7 @@ void Trainer::load(const fs::path& dir) {
   const Layout& layout = params_->layout();
   params_->load_full_weights(read_layout_tensors(reader, "model.bin", layout, "", backend_->dtype()));
   for (const StateBuffer& s : optimizer_->state_buffers()) {
-    std::vector<char> full = read_full_state(reader, s, layout, config_.model, saved_world, saved_stage);
+    std::vector<char> full = read_optimizer_state(reader, s.name, s.dtype, config_.model, layout);
     const size_t es = dtype_size(s.dtype);
     std::vector<char> local(params_->state_elements() * es, 0);
     for (size_t u = 0; u < params_->plan().units().size(); ++u) {
@@ -432,6 +457,7 @@ TrainResult Trainer::run() {
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     step_ = step;
     result.losses.push_back(loss);
+    if (options_.on_step) options_.on_step(step);
     const double lr = learning_rate(config_.optimizer, step, steps);
     const double tps = double(config_.batch.total_tokens) / dt;
     if (lead)

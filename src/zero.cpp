@@ -21,8 +21,19 @@ ZeroShardPlan::ZeroShardPlan(const Layout& layout, int world_size) : world_(worl
       units_.push_back(u);
     }
   }
+  // Each unit's content: from its begin to the end of its last tensor.
+  std::vector<size_t> content(units_.size(), 0);
+  for (const TensorSpec& t : ts)
+    for (size_t i = units_.size(); i-- > 0;)
+      if (t.offset >= units_[i].begin) {
+        content[i] = std::max(content[i], t.offset + t.numel - units_[i].begin);
+        break;
+      }
+  size_t canonical = 0;
   for (size_t i = 0; i < units_.size(); ++i) {
     ZeroUnit& u = units_[i];
+    u.canonical_begin = canonical;
+    canonical += (content[i] + Layout::kAlign - 1) / Layout::kAlign * Layout::kAlign;
     u.end = i + 1 < units_.size() ? units_[i + 1].begin : layout.total();
     if (u.size() % (size_t(world_size) * Layout::kAlign) != 0)
       fail("internal: unit {} of {} elements is not padded for {} ranks", u.name, u.size(), world_size);
@@ -43,7 +54,7 @@ nlohmann::json ZeroShardPlan::to_json() const {
   nlohmann::json units = nlohmann::json::array();
   for (const ZeroUnit& u : units_)
     units.push_back({{"name", u.name}, {"begin", u.begin}, {"end", u.end}, {"chunk", u.chunk},
-                     {"shard_offset", u.shard_offset}});
+                     {"shard_offset", u.shard_offset}, {"canonical_begin", u.canonical_begin}});
   return {{"world_size", world_}, {"shard_size", shard_size_}, {"units", units}};
 }
 

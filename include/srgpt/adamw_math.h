@@ -21,10 +21,11 @@ struct AdamWStep {
   float bias_correction2;   // 1 - beta2^t
   uint64_t seed;
   uint64_t step;            // t, 1-based; also the SR counter
-  // The SR counter of element i of an update range is i + index_offset: the
-  // element's flat index in the full parameter layout, whether i indexes a
-  // full buffer (offset 0) or a ZeRO shard. This keeps the random bits of an
-  // element independent of which rank owns it.
+  // The SR counter of element i of an update range is i + index_offset
+  // (modulo 2^64): the element's index in the one-rank parameter layout,
+  // whether i indexes a full buffer or a ZeRO shard. This keeps an
+  // element's random bits independent of which rank owns it and of the
+  // world size.
   uint64_t index_offset;
 };
 

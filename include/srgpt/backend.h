@@ -33,6 +33,9 @@ class Backend {
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
   DType dtype() const { return dtype_; }
+  // True when buffers from allocate() are ordinary host memory (the cpu
+  // backend): communicators then use them directly instead of staging.
+  virtual bool memory_on_host() const = 0;
 
   // ---- memory (RAII wrapper: DeviceBuffer below)
   virtual void* allocate(size_t bytes, const char* what) = 0;

@@ -23,7 +23,8 @@ Layout gpt2_param_layout(const ModelConfig& cfg, int world_size = 1);
 // GPT-2 initial values in fp32 for every element of the layout (padding and
 // padded vocab rows zero): N(0, std) for matrices and embeddings, std /
 // sqrt(2 n_layer) for the residual projections, LayerNorm weight 1, biases 0.
-// A pure function of (seed, flat index): independent of platform and threads.
+// A pure function of (seed, tensor name, index in the tensor): independent
+// of platform, threads and world size.
 std::vector<float> gpt2_initial_weights(const ModelConfig& cfg, const Layout& layout, uint64_t seed, double std);
 
 class GPT {

@@ -24,11 +24,13 @@
 namespace srgpt {
 
 // The part of unit u this rank updates: flat layout range [begin, end), and
-// base pointers such that element i of the update (local index i - offset,
-// as used for the optimizer-state buffers) is weights_base[i - offset].
+// base pointers such that the element at flat index i has local index
+// i - offset (its place in the optimizer-state buffers, and in weights and
+// grads through these base pointers).
 struct UnitUpdateView {
   size_t begin = 0, end = 0;  // flat layout indices owned by this rank
   size_t offset = 0;          // flat index - local (state-buffer) index
+  uint64_t sr_offset = 0;     // local index + sr_offset = world-size-independent SR counter
   void* weights = nullptr;    // indexed by local index
   const void* grads = nullptr;
 };

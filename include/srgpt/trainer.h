@@ -3,12 +3,14 @@
 // validation, logging and metrics, checkpoints, resume and preemption.
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "srgpt/backend.h"
+#include "srgpt/checkpoint.h"
 #include "srgpt/communicator.h"
 #include "srgpt/config.h"
 #include "srgpt/data.h"
@@ -41,6 +43,9 @@ struct TrainOptions {
   std::filesystem::path resume_from;  // or from this checkpoint directory
   bool quiet = false;  // no per-step log lines (tests)
   int64_t stop_after_step = 0;  // > 0: checkpoint and stop after this step
+  bool single_process = false;  // ignore an MPI launcher (reference runs in tests)
+  // Called on every rank after each completed step (tests check replicas).
+  std::function<void(int64_t step)> on_step;
 };
 
 struct TrainResult {
@@ -75,6 +80,10 @@ class Trainer {
   TrainOptions options_;
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<Communicator> comm_;
+  // Collectives on host data (checkpoint paths and file tables): comm_
+  // itself unless that one works on device memory (NCCL).
+  std::unique_ptr<Communicator> host_comm_owned_;
+  Communicator* host_comm_ = nullptr;
   std::unique_ptr<ParameterStore> params_;
   std::unique_ptr<GPT> model_;
   std::unique_ptr<Optimizer> optimizer_;
@@ -85,6 +94,14 @@ class Trainer {
   int64_t skipped_steps_ = 0;
   std::vector<int32_t> inputs_, targets_;
 };
+
+// One optimizer-state buffer ("m", "v", "master", "compensation") of a
+// checkpoint written with any world size and ZeRO stage, as a full flat
+// buffer in `layout`: stage 0 stores it per tensor, stages 1-3 as each
+// rank's flat shard, re-assembled here through the saved shard plan. Needs
+// host memory for the whole buffer.
+std::vector<char> read_optimizer_state(CheckpointReader& reader, const std::string& name, DType dtype,
+                                       const ModelConfig& model, const Layout& layout);
 
 // Model weights from a checkpoint into a fresh single-process model (eval,
 // sample, export).

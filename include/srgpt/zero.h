@@ -24,6 +24,12 @@ struct ZeroUnit {
   size_t end = 0;
   size_t chunk = 0;    // elements per rank: (end - begin) / world
   size_t shard_offset = 0;  // where this unit's chunk starts in a shard buffer
+  // Where the unit starts in the one-rank layout. Tensor offsets relative
+  // to the unit's begin are the same for every world size, so
+  // flat index - begin + canonical_begin is an element's index independent
+  // of the world size: the SR counter, so replicas round alike however many
+  // ranks there are.
+  size_t canonical_begin = 0;
   int layer = -1;      // block index, -1 for the embeddings and ln_f
 
   size_t size() const { return end - begin; }

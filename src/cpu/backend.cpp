@@ -38,6 +38,7 @@ class CpuBackend final : public Backend {
   CpuBackend() : Backend(dtype_of<S>()) {}
 
   std::string name() const override { return std::string("cpu-") + dtype_name(dtype()); }
+  bool memory_on_host() const override { return true; }
 
   void* allocate(size_t bytes, const char* what) override {
     // aligned_alloc wants a multiple of the alignment; a zero-byte request

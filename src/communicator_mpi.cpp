@@ -1,0 +1,442 @@
+// The MPI communicator: host buffers (the cpu backend's transport), or
+// device buffers staged through pinned host memory with the backend's
+// download/upload (several ranks sharing one GPU, which NCCL refuses).
+//
+// Reductions never use MPI's own reduction algorithms, whose summation order
+// depends on the implementation and the message size: chunks are exchanged
+// with an all-to-all and each owner sums its chunk in rank order itself.
+#include "srgpt/communicator.h"
+#include "srgpt/error.h"
+
+#ifdef SRGPT_HAVE_MPI
+#include <mpi.h>
+
+#include <algorithm>
+#include <chrono>
+#include <climits>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <thread>
+#include <vector>
+
+#ifdef SRGPT_HAVE_CUDA
+#include <cuda_runtime.h>
+#endif
+
+#include "communicator_detail.h"
+#include "srgpt/backend.h"
+#include "srgpt/bf16.h"
+#endif
+
+namespace srgpt {
+
+#ifdef SRGPT_HAVE_MPI
+namespace {
+
+std::string mpi_error_text(int code) {
+  char text[MPI_MAX_ERROR_STRING];
+  int length = 0;
+  if (MPI_Error_string(code, text, &length) != MPI_SUCCESS) return fmt::format("MPI error code {}", code);
+  return std::string(text, size_t(length));
+}
+
+void check_mpi(int code, const char* call) {
+  if (code == MPI_SUCCESS) return;
+  int rank = -1, initialized = 0;
+  MPI_Initialized(&initialized);
+  if (initialized) MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  fail("rank {}: {} failed: {}", rank, call, mpi_error_text(code));
+}
+
+// MPI is initialised on first use and finalised at process exit, unless
+// something else (a host program, a test runner) initialised it first, in
+// which case that owner finalises it.
+class MpiSession {
+ public:
+  static void ensure() { static MpiSession session; }
+
+ private:
+  MpiSession() {
+    int initialized = 0, finalized = 0;
+    check_mpi(MPI_Initialized(&initialized), "MPI_Initialized");
+    check_mpi(MPI_Finalized(&finalized), "MPI_Finalized");
+    if (finalized) fail("MPI was already finalised in this process; it cannot be initialised again");
+    if (!initialized) {
+      int provided = 0;
+      // Only the main thread calls MPI; OpenMP threads never do.
+      check_mpi(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+      owned_ = true;
+      if (provided < MPI_THREAD_FUNNELED)
+        fail("MPI_Init_thread provided thread level {}, srgpt needs at least MPI_THREAD_FUNNELED ({})", provided,
+             int(MPI_THREAD_FUNNELED));
+    }
+    // Failures come back as return codes (turned into Errors naming the
+    // call) instead of MPI's default of aborting without context.
+    check_mpi(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
+  }
+  ~MpiSession() {
+    int finalized = 1;
+    if (owned_ && MPI_Finalized(&finalized) == MPI_SUCCESS && !finalized) MPI_Finalize();
+  }
+  MpiSession(const MpiSession&) = delete;
+  MpiSession& operator=(const MpiSession&) = delete;
+
+  bool owned_ = false;
+};
+
+class OwnedDatatype {
+ public:
+  OwnedDatatype() = default;
+  OwnedDatatype(const OwnedDatatype&) = delete;
+  OwnedDatatype& operator=(const OwnedDatatype&) = delete;
+  ~OwnedDatatype() {
+    if (type_ != MPI_DATATYPE_NULL) MPI_Type_free(&type_);
+  }
+  MPI_Datatype* out() { return &type_; }
+  MPI_Datatype get() const { return type_; }
+
+ private:
+  MPI_Datatype type_ = MPI_DATATYPE_NULL;
+};
+
+// `piece_bytes` contiguous bytes whose extent is `stride_bytes`: with count
+// 1 per rank, an all-to-all or all-gather then addresses the same piece of
+// every rank's chunk in a [size][chunk] buffer without packing it.
+void make_strided_piece_type(OwnedDatatype& type, size_t piece_bytes, size_t stride_bytes) {
+  OwnedDatatype contiguous;
+  check_mpi(MPI_Type_contiguous(int(piece_bytes), MPI_BYTE, contiguous.out()), "MPI_Type_contiguous");
+  check_mpi(MPI_Type_create_resized(contiguous.get(), 0, MPI_Aint(stride_bytes), type.out()),
+            "MPI_Type_create_resized");
+  check_mpi(MPI_Type_commit(type.out()), "MPI_Type_commit");
+}
+
+// A grow-only host buffer. When it stages device memory it is page-locked
+// if CUDA can provide that, so the backend's downloads and uploads run at
+// full bandwidth; otherwise (no GPU, pinned memory exhausted) it is
+// ordinary memory, which only costs speed.
+class HostStaging {
+ public:
+  explicit HostStaging(bool want_pinned) : want_pinned_(want_pinned) {}
+  HostStaging(const HostStaging&) = delete;
+  HostStaging& operator=(const HostStaging&) = delete;
+  ~HostStaging() { release(); }
+
+  // At least `bytes`; the contents are not kept when it grows.
+  char* get(size_t bytes) {
+    if (bytes <= bytes_ && data_) return data_;
+    release();
+#ifdef SRGPT_HAVE_CUDA
+    void* pinned = nullptr;
+    if (want_pinned_ && cudaMallocHost(&pinned, bytes) == cudaSuccess) {
+      data_ = static_cast<char*>(pinned);
+      pinned_ = true;
+      bytes_ = bytes;
+      return data_;
+    }
+    if (want_pinned_) cudaGetLastError();  // clear the failed allocation's error state
+#endif
+    data_ = new char[bytes];
+    bytes_ = bytes;
+    return data_;
+  }
+
+ private:
+  void release() noexcept {
+#ifdef SRGPT_HAVE_CUDA
+    if (pinned_) cudaFreeHost(data_);
+#endif
+    if (!pinned_) delete[] data_;
+    data_ = nullptr;
+    pinned_ = false;
+    bytes_ = 0;
+  }
+
+  bool want_pinned_;
+  bool pinned_ = false;
+  char* data_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+float widen(bf16 x) { return bf16_to_float(x); }
+float widen(float x) { return x; }
+double widen(double x) { return x; }
+void narrow(float sum, bf16* out) { *out = float_to_bf16_rn(sum); }
+void narrow(float sum, float* out) { *out = sum; }
+void narrow(double sum, double* out) { *out = sum; }
+
+// Below this many elements a parallel region costs more than the sum.
+constexpr size_t kParallelSumElements = size_t(1) << 16;
+
+// out[i] = sum over r = 0..ranks-1, in that order, of contributions[r][i],
+// accumulated in fp32 (fp64 for f64) and rounded once to T.
+template <typename T>
+void sum_typed(const void* contributions, void* out, size_t length, size_t ranks) {
+  const T* in = static_cast<const T*>(contributions);
+  T* result = static_cast<T*>(out);
+  const std::ptrdiff_t n = std::ptrdiff_t(length);
+#pragma omp parallel for schedule(static) if (length >= kParallelSumElements)
+  for (std::ptrdiff_t i = 0; i < n; ++i) {
+    auto sum = widen(in[i]);
+    for (size_t r = 1; r < ranks; ++r) sum += widen(in[r * length + size_t(i)]);
+    narrow(sum, &result[i]);
+  }
+}
+
+void sum_in_rank_order(const void* contributions, void* out, size_t length, size_t ranks, DType dtype) {
+  switch (dtype) {
+    case DType::bf16: return sum_typed<bf16>(contributions, out, length, ranks);
+    case DType::f32: return sum_typed<float>(contributions, out, length, ranks);
+    case DType::f64: return sum_typed<double>(contributions, out, length, ranks);
+  }
+}
+
+const char* bytes_of(const void* p) { return static_cast<const char*>(p); }
+char* bytes_of(void* p) { return static_cast<char*>(p); }
+
+class MpiCommunicator final : public Communicator {
+ public:
+  // `device` is the backend whose memory the buffers are, or null for host
+  // memory.
+  MpiCommunicator(Backend* device, int rank, int size, int local_rank, const CommunicatorOptions& options)
+      : Communicator(rank, size, local_rank),
+        device_(device && !device->memory_on_host() ? device : nullptr),
+        options_(options),
+        outgoing_(device_ != nullptr),
+        incoming_(device_ != nullptr) {
+    // Every piece of a rank's exchange must fit MPI's int byte counts.
+    options_.piece_bytes = std::clamp<size_t>(options_.piece_bytes, 1, size_t(INT_MAX));
+  }
+
+  std::string name() const override { return device_ ? "mpi-host-staged" : "mpi"; }
+
+  void reduce_scatter_sum(const void* send, void* recv, size_t count, DType dtype) override {
+    const size_t element = dtype_size(dtype), ranks = size_t(size());
+    const size_t piece_elements = std::max<size_t>(1, options_.piece_bytes / (ranks * element));
+    for (size_t begin = 0; begin < count; begin += piece_elements) {
+      const size_t length = std::min(piece_elements, count - begin), piece = length * element;
+      char* incoming = incoming_.get(ranks * piece);
+      OwnedDatatype outgoing_type;
+      MPI_Request request;
+      if (device_) {
+        char* outgoing = outgoing_.get(ranks * piece);
+        for (size_t r = 0; r < ranks; ++r)
+          device_->download(outgoing + r * piece, bytes_of(send) + (r * count + begin) * element, piece);
+        check_mpi(MPI_Ialltoall(outgoing, int(piece), MPI_BYTE, incoming, int(piece), MPI_BYTE, MPI_COMM_WORLD,
+                                &request),
+                  "MPI_Ialltoall");
+      } else {
+        make_strided_piece_type(outgoing_type, piece, count * element);
+        check_mpi(MPI_Ialltoall(bytes_of(send) + begin * element, 1, outgoing_type.get(), incoming, int(piece),
+                                MPI_BYTE, MPI_COMM_WORLD, &request),
+                  "MPI_Ialltoall");
+      }
+      wait(request, "MPI_Ialltoall in reduce_scatter_sum");
+      char* destination = bytes_of(recv) + begin * element;
+      char* reduced = device_ ? outgoing_.get(piece) : destination;
+      sum_in_rank_order(incoming, reduced, length, ranks, dtype);
+      if (device_) device_->upload(destination, reduced, piece);
+    }
+  }
+
+  void all_gather(const void* send, void* recv, size_t count, DType dtype) override {
+    const size_t element = dtype_size(dtype), ranks = size_t(size());
+    const bool in_place = send == bytes_of(recv) + size_t(rank()) * count * element;
+    const size_t piece_elements = std::max<size_t>(1, options_.piece_bytes / (ranks * element));
+    for (size_t begin = 0; begin < count; begin += piece_elements) {
+      const size_t length = std::min(piece_elements, count - begin), piece = length * element;
+      MPI_Request request;
+      if (device_) {
+        char* outgoing = outgoing_.get(piece);
+        char* incoming = incoming_.get(ranks * piece);
+        device_->download(outgoing, bytes_of(send) + begin * element, piece);
+        check_mpi(MPI_Iallgather(outgoing, int(piece), MPI_BYTE, incoming, int(piece), MPI_BYTE, MPI_COMM_WORLD,
+                                 &request),
+                  "MPI_Iallgather");
+        wait(request, "MPI_Iallgather in all_gather");
+        for (size_t r = 0; r < ranks; ++r)
+          device_->upload(bytes_of(recv) + (r * count + begin) * element, incoming + r * piece, piece);
+      } else {
+        OwnedDatatype incoming_type;
+        make_strided_piece_type(incoming_type, piece, count * element);
+        const void* source = in_place ? MPI_IN_PLACE : bytes_of(send) + begin * element;
+        check_mpi(MPI_Iallgather(source, int(piece), MPI_BYTE, bytes_of(recv) + begin * element, 1,
+                                 incoming_type.get(), MPI_COMM_WORLD, &request),
+                  "MPI_Iallgather");
+        wait(request, "MPI_Iallgather in all_gather");
+      }
+    }
+  }
+
+  void all_reduce_sum(void* data, size_t count, DType dtype) override {
+    const size_t element = dtype_size(dtype), ranks = size_t(size());
+    const size_t chunk = count / ranks, head = chunk * ranks;
+    char* own_chunk = bytes_of(data) + size_t(rank()) * chunk * element;
+    if (chunk) {
+      reduce_scatter_sum(data, own_chunk, chunk, dtype);
+      all_gather(own_chunk, data, chunk, dtype);
+    }
+    if (head < count) all_reduce_tail(bytes_of(data) + head * element, count - head, dtype);
+  }
+
+  void broadcast(void* data, size_t bytes, int root) override {
+    if (root < 0 || root >= size()) fail("broadcast from rank {}: the world has ranks 0..{}", root, size() - 1);
+    for (size_t begin = 0; begin < bytes; begin += options_.piece_bytes) {
+      const size_t piece = std::min(options_.piece_bytes, bytes - begin);
+      char* target = bytes_of(data) + begin;
+      char* buffer = device_ ? outgoing_.get(piece) : target;
+      if (device_ && rank() == root) device_->download(buffer, target, piece);
+      MPI_Request request;
+      check_mpi(MPI_Ibcast(buffer, int(piece), MPI_BYTE, root, MPI_COMM_WORLD, &request), "MPI_Ibcast");
+      wait(request, "MPI_Ibcast in broadcast");
+      if (device_ && rank() != root) device_->upload(target, buffer, piece);
+    }
+  }
+
+  void barrier() override {
+    MPI_Request request;
+    check_mpi(MPI_Ibarrier(MPI_COMM_WORLD, &request), "MPI_Ibarrier");
+    wait(request, "MPI_Ibarrier in barrier");
+  }
+
+  double all_reduce_sum(double x) override {
+    std::vector<double> values = gather_scalar(x);
+    double sum = values[0];
+    for (size_t r = 1; r < values.size(); ++r) sum += values[r];
+    return sum;
+  }
+
+  double all_reduce_max(double x) override {
+    std::vector<double> values = gather_scalar(x);
+    double largest = values[0];
+    for (double v : values)
+      if (std::isnan(v) || v > largest) largest = v;
+    return largest;
+  }
+
+  [[noreturn]] void abort(int code, const std::string& msg) override {
+    std::fprintf(stderr, "srgpt: rank %d: %s\n", rank(), msg.c_str());
+    std::fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, code);
+    std::_Exit(code);  // MPI_Abort does not return; this is for the compiler
+  }
+
+ private:
+  // Polls instead of blocking so that a rank that never joins turns into an
+  // Error here (and, through the caller's abort, the end of the job) rather
+  // than a hang.
+  void wait(MPI_Request& request, const char* what) {
+    const auto start = std::chrono::steady_clock::now();
+    for (;;) {
+      int done = 0;
+      check_mpi(MPI_Test(&request, &done, MPI_STATUS_IGNORE), what);
+      if (done) return;
+      const std::chrono::duration<double> waited = std::chrono::steady_clock::now() - start;
+      if (waited.count() > options_.timeout_s)
+        fail("rank {}: {} did not complete within {} s: another rank failed, was killed or is stuck before "
+             "reaching it (SRGPT_COMM_TIMEOUT_S sets this limit)",
+             rank(), what, options_.timeout_s);
+      // Spin briefly for low latency, then back off so that ranks sharing
+      // cores (oversubscribed test runs) leave them to the ranks working.
+      if (waited.count() < 1e-3) std::this_thread::yield();
+      else std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+  }
+
+  // The count % size() elements that do not split evenly: every rank
+  // gathers all ranks' tails and sums them in rank order itself; the same
+  // inputs in the same order give the same bits on every rank.
+  void all_reduce_tail(char* data, size_t length, DType dtype) {
+    const size_t piece = length * dtype_size(dtype), ranks = size_t(size());
+    char* local = data;
+    if (device_) {
+      local = outgoing_.get(piece);
+      device_->download(local, data, piece);
+    }
+    char* gathered = incoming_.get(ranks * piece);
+    MPI_Request request;
+    check_mpi(MPI_Iallgather(local, int(piece), MPI_BYTE, gathered, int(piece), MPI_BYTE, MPI_COMM_WORLD, &request),
+              "MPI_Iallgather");
+    wait(request, "MPI_Iallgather in all_reduce_sum");
+    sum_in_rank_order(gathered, local, length, ranks, dtype);
+    if (device_) device_->upload(data, local, piece);
+  }
+
+  std::vector<double> gather_scalar(double x) {
+    std::vector<double> values(static_cast<size_t>(size()));
+    MPI_Request request;
+    check_mpi(MPI_Iallgather(&x, 1, MPI_DOUBLE, values.data(), 1, MPI_DOUBLE, MPI_COMM_WORLD, &request),
+              "MPI_Iallgather");
+    wait(request, "MPI_Iallgather of a scalar");
+    return values;
+  }
+
+  Backend* device_;
+  CommunicatorOptions options_;
+  HostStaging outgoing_, incoming_;
+};
+
+std::unique_ptr<Communicator> make_mpi(Backend* backend, const CommunicatorOptions& options) {
+  MpiSession::ensure();
+  int rank = 0, size = 0, local_rank = 0;
+  check_mpi(MPI_Comm_rank(MPI_COMM_WORLD, &rank), "MPI_Comm_rank");
+  check_mpi(MPI_Comm_size(MPI_COMM_WORLD, &size), "MPI_Comm_size");
+  const LaunchInfo launch = launch_info_from_environment();
+  if (launch.launcher != "none" && (launch.rank != rank || launch.size != size))
+    fail("the {} launcher started this process as rank {} of {}, but MPI_COMM_WORLD has rank {} of {}: MPI did not "
+         "join the launcher's job (under Slurm launch with srun --mpi=pmix, or with mpirun inside the allocation)",
+         launch.launcher, launch.rank, launch.size, rank, size);
+  // The rank on this node, from MPI itself rather than the environment.
+  MPI_Comm node;
+  check_mpi(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node),
+            "MPI_Comm_split_type");
+  const int node_rank_code = MPI_Comm_rank(node, &local_rank);
+  MPI_Comm_free(&node);
+  check_mpi(node_rank_code, "MPI_Comm_rank");
+  return std::make_unique<MpiCommunicator>(backend, rank, size, local_rank, options);
+}
+
+}  // namespace
+
+std::unique_ptr<Communicator> make_mpi_communicator(Backend& backend, const CommunicatorOptions& options) {
+  return make_mpi(&backend, options);
+}
+
+std::unique_ptr<Communicator> make_mpi_host_communicator(const CommunicatorOptions& options) {
+  return make_mpi(nullptr, options);
+}
+
+void abort_job(int code, const std::string& msg) {
+  int initialized = 0, finalized = 0, rank = 0;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  const bool live = initialized && !finalized;
+  if (live) MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  else rank = launched_under_mpi() ? launch_info_from_environment().rank : 0;
+  std::fprintf(stderr, "srgpt: rank %d: %s\n", rank, msg.c_str());
+  std::fflush(stderr);
+  if (live) MPI_Abort(MPI_COMM_WORLD, code);
+  std::_Exit(code);
+}
+
+#else
+
+namespace {
+[[noreturn]] void fail_without_mpi() {
+  fail("srgpt was built without MPI, so it cannot run as one rank of an MPI job; reconfigure with -DSRGPT_MPI=ON "
+       "on a machine with an MPI library (for example apt install libopenmpi-dev)");
+}
+}  // namespace
+
+std::unique_ptr<Communicator> make_mpi_communicator(Backend&, const CommunicatorOptions&) { fail_without_mpi(); }
+std::unique_ptr<Communicator> make_mpi_host_communicator(const CommunicatorOptions&) { fail_without_mpi(); }
+
+void abort_job(int code, const std::string& msg) {
+  std::fprintf(stderr, "srgpt: %s\n", msg.c_str());
+  std::fflush(stderr);
+  std::_Exit(code);
+}
+
+#endif
+
+}  // namespace srgpt

@@ -1,0 +1,114 @@
+#pragma once
+// Helpers shared by the unit tests: temporary directories, synthetic token
+// streams, tiny configs, and running the srgpt binary.
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <sys/wait.h>
+#include <vector>
+
+#include "srgpt/config.h"
+#include "srgpt/data.h"
+
+namespace srgpt_test {
+
+namespace fs = std::filesystem;
+
+class TempDir {
+ public:
+  explicit TempDir(const std::string& tag) {
+    std::random_device rd;
+    path_ = fs::temp_directory_path() / ("srgpt-" + tag + "-" + std::to_string(rd()) + std::to_string(rd()));
+    fs::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::permissions(path_, fs::perms::owner_all, fs::perm_options::add, ec);
+    fs::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const fs::path& path() const { return path_; }
+  std::string str(const std::string& child = "") const { return (child.empty() ? path_ : path_ / child).string(); }
+
+ private:
+  fs::path path_;
+};
+
+// A low-entropy Markov chain over `vocab` symbols: each symbol has a few
+// likely successors, so a model can learn it and the loss must fall.
+inline std::vector<uint32_t> markov_tokens(size_t n, int vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<std::vector<uint32_t>> next(static_cast<size_t>(vocab));
+  for (auto& succ : next)
+    for (int k = 0; k < 3; ++k) succ.push_back(rng() % uint32_t(vocab));
+  std::vector<uint32_t> out(n);
+  uint32_t s = 0;
+  for (size_t i = 0; i < n; ++i) {
+    out[i] = s;
+    uint32_t r = rng() % 8;
+    s = r < 6 ? next[s][r % 3] : rng() % uint32_t(vocab);
+  }
+  return out;
+}
+
+// train_000000.bin, train_000001.bin and val_000000.bin under dir.
+inline void write_markov_shards(const fs::path& dir, int vocab, size_t train_tokens, size_t val_tokens,
+                                uint32_t seed = 7) {
+  fs::create_directories(dir);
+  auto all = markov_tokens(train_tokens + val_tokens, vocab, seed);
+  size_t half = train_tokens / 2;
+  srgpt::write_token_shard((dir / "train_000000.bin").string(), {all.begin(), all.begin() + half});
+  srgpt::write_token_shard((dir / "train_000001.bin").string(), {all.begin() + half, all.begin() + train_tokens});
+  srgpt::write_token_shard((dir / "val_000000.bin").string(), {all.begin() + train_tokens, all.end()});
+}
+
+// A tiny GPT for fast cpu tests.
+inline srgpt::Config tiny_config(const fs::path& data_dir, const fs::path& out_dir) {
+  srgpt::Config c;
+  c.model.vocab_size = 64;
+  c.model.max_seq_len = 16;
+  c.model.n_layer = 2;
+  c.model.n_head = 2;
+  c.model.d_model = 32;
+  c.device = srgpt::DeviceChoice::cpu;
+  c.batch.micro_batch = 4;
+  c.batch.seq_len = 16;
+  c.batch.total_tokens = 128;  // 2 micro-steps of accumulation
+  c.optimizer.lr = 3e-3;
+  c.optimizer.warmup_steps = 2;
+  c.optimizer.weight_decay = 0.1;
+  c.train.steps = 20;
+  c.train.eval_every = 0;
+  c.train.eval_tokens = 0;
+  c.checkpoint.every = 0;
+  c.checkpoint.keep = 2;
+  c.data.train = (data_dir / "train_*.bin").string();
+  c.data.val = (data_dir / "val_*.bin").string();
+  c.out_dir = out_dir.string();
+  return c;
+}
+
+struct CommandResult {
+  int exit_code;
+  std::string output;  // stdout and stderr
+};
+
+// Runs a shell command, capturing its combined output and exit status.
+inline CommandResult run_command(const std::string& cmd) {
+  CommandResult r{-1, ""};
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  if (!p) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
+  int status = pclose(p);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return r;
+}
+
+inline std::string srgpt_bin() { return SRGPT_BIN; }
+
+}  // namespace srgpt_test
