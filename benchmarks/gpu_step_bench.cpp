@@ -1,0 +1,487 @@
+// GPU benchmark (run on the H100 host; prints tables, asserts nothing).
+//
+// 1. Ceilings measured on this device: device-to-device copy bandwidth and
+//    an 8192^3 bf16 cuBLASLt matmul.
+// 2. Each cuda-backend op at GPT-2 d12 training shapes (micro batch 32,
+//    sequence 1024): median time, achieved GB/s (memory-bound ops, counting
+//    each input read and output written once) or TFLOP/s (matmuls,
+//    attention), against the H100's 3.0 TB/s and 790 TFLOP/s and against
+//    the measured ceilings.
+// 3. Whole training steps (forward + backward + grad norm + AdamW) for d12
+//    and d24 in bf16-sr, bf16-rn and mixed: median step time after warm-up,
+//    tokens/s, MFU (6 N + 12 L C T FLOPs per token) and peak memory.
+//
+//   gpu_step_bench [--kernels] [--steps] [--model d12|d24]... [--batch 32] [--seq 1024]
+//                  [--warmup 3] [--iters 10]
+// With neither --kernels nor --steps both parts run.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend.cuh"
+#include "cuda_check.cuh"
+#include "srgpt/backend.h"
+#include "srgpt/communicator.h"
+#include "srgpt/config.h"
+#include "srgpt/error.h"
+#include "srgpt/model.h"
+#include "srgpt/optimizer.h"
+#include "srgpt/param_store.h"
+
+using namespace srgpt;
+
+namespace {
+
+constexpr double kPeakBandwidth = 3.0e12;  // H100 SXM HBM3, bytes/s
+constexpr double kPeakFlops = 790e12;      // measured bf16 dense matmul peak of the test host
+constexpr int kVocab = 50257;
+
+struct Options {
+  bool kernels = false, steps = false;
+  std::vector<std::string> models;
+  int batch = 32, seq = 1024, warmup = 3, iters = 10;
+};
+
+Options parse(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) fail("{} needs a value", a);
+      return argv[++i];
+    };
+    if (a == "--kernels") {
+      o.kernels = true;
+    } else if (a == "--steps") {
+      o.steps = true;
+    } else if (a == "--model") {
+      o.models.push_back(value());
+    } else if (a == "--batch") {
+      o.batch = std::stoi(value());
+    } else if (a == "--seq") {
+      o.seq = std::stoi(value());
+    } else if (a == "--warmup") {
+      o.warmup = std::stoi(value());
+    } else if (a == "--iters") {
+      o.iters = std::stoi(value());
+    } else {
+      fail("unknown argument '{}' (allowed: --kernels --steps --model d12|d24 --batch --seq --warmup --iters)", a);
+    }
+  }
+  if (!o.kernels && !o.steps) o.kernels = o.steps = true;
+  if (o.models.empty()) o.models = {"d12", "d24"};
+  return o;
+}
+
+ModelConfig model_config(const std::string& name, int seq) {
+  ModelConfig cfg;
+  cfg.vocab_size = kVocab;
+  cfg.max_seq_len = std::max(seq, 1024);
+  if (name == "d12") {
+    cfg.n_layer = 12;
+    cfg.n_head = 12;
+    cfg.d_model = 768;
+  } else if (name == "d24") {
+    cfg.n_layer = 24;
+    cfg.n_head = 16;
+    cfg.d_model = 1024;
+  } else {
+    fail("unknown model '{}' (allowed: d12, d24)", name);
+  }
+  return cfg;
+}
+
+gpu::CudaBackend& cuda_of(Backend& be) {
+  auto* cuda = dynamic_cast<gpu::CudaBackend*>(&be);
+  if (!cuda) fail("internal: the benchmark needs the cuda backend");
+  return *cuda;
+}
+
+// Device events around a region of the backend's stream.
+class EventPair {
+ public:
+  EventPair() {
+    CUDA_CHECK(cudaEventCreate(&start_));
+    CUDA_CHECK(cudaEventCreate(&stop_));
+  }
+  EventPair(const EventPair&) = delete;
+  EventPair& operator=(const EventPair&) = delete;
+  ~EventPair() {
+    cudaEventDestroy(start_);
+    cudaEventDestroy(stop_);
+  }
+  template <typename F>
+  double time_ms(cudaStream_t stream, F&& f) {
+    CUDA_CHECK(cudaEventRecord(start_, stream));
+    f();
+    CUDA_CHECK(cudaEventRecord(stop_, stream));
+    CUDA_CHECK(cudaEventSynchronize(stop_));
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, start_, stop_));
+    return ms;
+  }
+
+ private:
+  cudaEvent_t start_ = nullptr, stop_ = nullptr;
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+// Median device time of f over `iters` runs after `warmup` runs.
+template <typename F>
+double median_ms(gpu::CudaBackend& be, int warmup, int iters, F&& f) {
+  EventPair events;
+  for (int i = 0; i < warmup; ++i) f();
+  std::vector<double> times;
+  for (int i = 0; i < iters; ++i) times.push_back(events.time_ms(be.stream(), f));
+  return median(times);
+}
+
+// Fills device memory with random normal values of the backend's dtype (or
+// f32), tiling one random host block: never time on zeros.
+void fill_random(Backend& be, void* dst, size_t count, DType dtype, float stddev = 1.0f) {
+  static std::vector<float> block;
+  if (block.empty()) {
+    std::mt19937_64 rng(42);
+    std::normal_distribution<float> dist(0.0f, 1.0f);
+    block.resize(size_t(1) << 22);
+    for (float& x : block) x = dist(rng);
+  }
+  const size_t es = dtype_size(dtype);
+  std::vector<uint8_t> bytes(block.size() * es);
+  for (size_t i = 0; i < block.size(); ++i) {
+    const float x = block[i] * stddev;
+    if (dtype == DType::bf16) {
+      const bf16 b = float_to_bf16_rn(x);
+      std::memcpy(bytes.data() + 2 * i, &b, 2);
+    } else {
+      std::memcpy(bytes.data() + 4 * i, &x, 4);
+    }
+  }
+  for (size_t done = 0; done < count; done += block.size()) {
+    const size_t n = std::min(block.size(), count - done);
+    be.upload(static_cast<uint8_t*>(dst) + done * es, bytes.data(), n * es);
+  }
+  be.synchronize();
+}
+
+std::vector<int32_t> random_tokens(size_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int32_t> dist(0, kVocab - 1);
+  std::vector<int32_t> v(n);
+  for (int32_t& t : v) t = dist(rng);
+  return v;
+}
+
+struct Ceilings {
+  double bandwidth = kPeakBandwidth;  // bytes/s
+  double flops = kPeakFlops;
+};
+
+Ceilings measure_ceilings(const Options& o) {
+  auto backend = make_cuda_backend(DType::bf16, 0);
+  auto& be = cuda_of(*backend);
+  Ceilings c;
+  const size_t copy_bytes = size_t(2) << 30;
+  DeviceBuffer a(be, copy_bytes, "copy source"), b(be, copy_bytes, "copy destination");
+  fill_random(be, a.get(), copy_bytes / 2, DType::bf16);
+  const double copy_ms = median_ms(be, o.warmup, o.iters, [&] {
+    CUDA_CHECK(cudaMemcpyAsync(b.get(), a.get(), copy_bytes, cudaMemcpyDeviceToDevice, be.stream()));
+  });
+  c.bandwidth = 2.0 * copy_bytes / (copy_ms * 1e-3);
+
+  const int n = 8192;
+  DeviceBuffer x(be, size_t(n) * n * 2, "matmul in"), w(be, size_t(n) * n * 2, "matmul w"),
+      y(be, size_t(n) * n * 2, "matmul out");
+  fill_random(be, x.get(), size_t(n) * n, DType::bf16);
+  fill_random(be, w.get(), size_t(n) * n, DType::bf16, 0.01f);
+  const double mm_ms = median_ms(be, o.warmup, o.iters, [&] {
+    be.matmul_forward(y.get(), nullptr, x.get(), w.get(), nullptr, n, n, n);
+  });
+  c.flops = 2.0 * n * n * double(n) / (mm_ms * 1e-3);
+  std::printf("device: %s\n", be.name().c_str());
+  std::printf("measured ceilings: device copy %.0f GB/s (%.0f%% of %.1f TB/s), bf16 matmul 8192^3 %.0f TFLOP/s "
+              "(%.0f%% of %.0f)\n\n",
+              c.bandwidth / 1e9, 100 * c.bandwidth / kPeakBandwidth, kPeakBandwidth / 1e12, c.flops / 1e12,
+              100 * c.flops / kPeakFlops, kPeakFlops / 1e12);
+  return c;
+}
+
+// ---------------------------------------------------------------- kernels
+struct KernelRow {
+  std::string op, shape;
+  double ms;
+  double amount;  // bytes or FLOPs per call
+  bool flops;
+};
+
+void print_kernel_table(const std::vector<KernelRow>& rows, const Ceilings& c) {
+  std::printf("| op | shape | ms | achieved | of H100 peak | of measured ceiling |\n|---|---|---|---|---|---|\n");
+  for (const auto& r : rows) {
+    const double rate = r.amount / (r.ms * 1e-3);
+    if (r.flops)
+      std::printf("| %s | %s | %.3f | %.0f TFLOP/s | %.0f%% | %.0f%% |\n", r.op.c_str(), r.shape.c_str(), r.ms,
+                  rate / 1e12, 100 * rate / kPeakFlops, 100 * rate / c.flops);
+    else
+      std::printf("| %s | %s | %.3f | %.0f GB/s | %.0f%% | %.0f%% |\n", r.op.c_str(), r.shape.c_str(), r.ms,
+                  rate / 1e9, 100 * rate / kPeakBandwidth, 100 * rate / c.bandwidth);
+  }
+  std::printf("\n");
+}
+
+void bench_kernels(const Options& o, const Ceilings& ceilings) {
+  const ModelConfig cfg = model_config("d12", o.seq);
+  const int B = o.batch, T = o.seq, C = cfg.d_model, H = cfg.n_head, Vp = cfg.padded_vocab();
+  const int N = B * T;
+  const size_t NC = size_t(N) * C;
+  auto backend = make_cuda_backend(DType::bf16, 0);
+  auto& be = cuda_of(*backend);
+  const size_t s = 2;  // bf16 bytes
+  std::vector<KernelRow> rows;
+  const std::string shape_nc = fmt::format("N={} C={}", N, C);
+  auto run = [&](const std::string& op, const std::string& shape, double amount, bool flops, auto&& f) {
+    rows.push_back({op, shape, median_ms(be, o.warmup, o.iters, f), amount, flops});
+    std::printf("  %-28s %-28s %8.3f ms\n", op.c_str(), shape.c_str(), rows.back().ms);
+    std::fflush(stdout);
+  };
+
+  DeviceBuffer tokens(be, size_t(N) * 4, "tokens"), targets(be, size_t(N) * 4, "targets");
+  const auto token_values = random_tokens(N, 1), target_values = random_tokens(N, 2);
+  be.upload(tokens.get(), token_values.data(), size_t(N) * 4);
+  be.upload(targets.get(), target_values.data(), size_t(N) * 4);
+  auto buffer = [&](size_t count, DType dtype, const char* what, float stddev = 1.0f) {
+    DeviceBuffer b(be, count * dtype_size(dtype), what);
+    fill_random(be, b.get(), count, dtype, stddev);
+    return b;
+  };
+  DeviceBuffer wte = buffer(size_t(Vp) * C, DType::bf16, "wte", 0.02f), wpe = buffer(size_t(T) * C, DType::bf16, "wpe");
+  DeviceBuffer x = buffer(NC, DType::bf16, "x"), delta = buffer(NC, DType::bf16, "delta"),
+               y = buffer(NC, DType::bf16, "y"), dy = buffer(NC, DType::bf16, "dy");
+  DeviceBuffer lw = buffer(C, DType::bf16, "ln w"), lb = buffer(C, DType::bf16, "ln b"),
+               ldw = buffer(C, DType::bf16, "ln dw"), ldb = buffer(C, DType::bf16, "ln db");
+  DeviceBuffer mean = buffer(N, DType::f32, "mean"), rstd = buffer(N, DType::f32, "rstd");
+
+  run("embedding_forward", shape_nc, 3.0 * NC * s, false,
+      [&] { be.embedding_forward(y.get(), tokens.as<int32_t>(), wte.get(), wpe.get(), B, T, C); });
+  run("embedding_backward", shape_nc, 3.0 * NC * s, false,
+      [&] { be.embedding_backward(wte.get(), wpe.get(), dy.get(), tokens.as<int32_t>(), B, T, C); });
+  run("residual_layernorm_forward", shape_nc, 4.0 * NC * s, false, [&] {
+    be.residual_layernorm_forward(x.get(), y.get(), mean.get(), rstd.get(), x.get(), delta.get(), lw.get(), lb.get(),
+                                  N, C);
+  });
+  run("layernorm_backward", shape_nc, 4.0 * NC * s, false, [&] {
+    be.layernorm_backward(delta.get(), ldw.get(), ldb.get(), dy.get(), x.get(), lw.get(), mean.get(), rstd.get(), N,
+                          C);
+  });
+
+  // The four matmuls of a block and the LM head, forward and backward.
+  struct Mm {
+    const char* name;
+    int in, out;
+    bool bias, gelu;
+  };
+  const Mm matmuls[] = {{"qkv", C, 3 * C, true, false},
+                        {"attn proj", C, C, true, false},
+                        {"fc + gelu", C, 4 * C, true, true},
+                        {"mlp proj (dgelu)", 4 * C, C, true, false},
+                        {"lm head", C, Vp, false, false}};
+  for (const Mm& m : matmuls) {
+    DeviceBuffer in = buffer(size_t(N) * m.in, DType::bf16, "mm in"),
+                 w = buffer(size_t(m.out) * m.in, DType::bf16, "mm w", 0.02f),
+                 bias = buffer(m.out, DType::bf16, "mm bias"), out = buffer(size_t(N) * m.out, DType::bf16, "mm out"),
+                 pre = buffer(size_t(N) * m.out, DType::bf16, "mm pre"),
+                 din = buffer(size_t(N) * m.in, DType::bf16, "mm din"),
+                 dw = buffer(size_t(m.out) * m.in, DType::bf16, "mm dw"),
+                 db = buffer(m.out, DType::bf16, "mm db");
+    const std::string shape = fmt::format("{}x{}x{}", N, m.in, m.out);
+    const double flops = 2.0 * N * double(m.in) * m.out;
+    run(std::string("matmul_forward ") + m.name, shape, flops, true, [&] {
+      be.matmul_forward(out.get(), m.gelu ? pre.get() : nullptr, in.get(), w.get(), m.bias ? bias.get() : nullptr, N,
+                        m.in, m.out);
+    });
+    // The MLP projection's backward applies the GELU derivative to din.
+    const bool dgelu = std::string(m.name).find("dgelu") != std::string::npos;
+    DeviceBuffer din_pre = dgelu ? buffer(size_t(N) * m.in, DType::bf16, "mm din pre") : DeviceBuffer();
+    run(std::string("matmul_backward ") + m.name, shape, 2 * flops, true, [&] {
+      be.matmul_backward(din.get(), dw.get(), m.bias ? db.get() : nullptr, out.get(), in.get(), w.get(),
+                         dgelu ? din_pre.get() : nullptr, N, m.in, m.out);
+    });
+  }
+
+  {
+    DeviceBuffer qkv = buffer(3 * NC, DType::bf16, "qkv"), att = buffer(NC, DType::bf16, "att out"),
+                 lse = buffer(size_t(B) * H * T, DType::f32, "lse"), dqkv = buffer(3 * NC, DType::bf16, "dqkv");
+    const std::string shape = fmt::format("B={} T={} H={} hd={}", B, T, H, C / H);
+    // Causal: half of the T x T score matrix. Backward counted as 2.5x the
+    // forward (the usual convention; this implementation recomputes S and
+    // dP once more for the separate dQ pass).
+    const double forward_flops = 2.0 * B * double(T) * T * C;
+    run("attention_forward", shape, forward_flops, true,
+        [&] { be.attention_forward(att.get(), lse.get(), qkv.get(), B, T, C, H); });
+    run("attention_backward", shape, 2.5 * forward_flops, true,
+        [&] { be.attention_backward(dqkv.get(), dy.get(), qkv.get(), att.get(), lse.get(), B, T, C, H); });
+  }
+  {
+    DeviceBuffer logits = buffer(size_t(N) * Vp, DType::bf16, "logits", 3.0f),
+                 losses = buffer(N, DType::f32, "losses");
+    run("cross_entropy_forward_backward", fmt::format("N={} Vp={}", N, Vp), 2.0 * N * double(Vp) * s, false, [&] {
+      be.cross_entropy_forward_backward(losses.get(), logits.get(), targets.as<int32_t>(), N, kVocab, Vp,
+                                        1.0f / N);
+    });
+  }
+
+  // Whole-parameter ops over the d12 parameter count.
+  const size_t P = gpt2_param_layout(cfg).total();
+  {
+    DeviceBuffer g = buffer(P, DType::bf16, "grads", 1e-3f);
+    run("sum_squares (grad norm)", fmt::format("n={}", P), double(P) * s, false,
+        [&] { be.sum_squares(g.get(), P); });
+    DeviceBuffer acc = buffer(P, DType::bf16, "accumulate dst");
+    run("accumulate", fmt::format("n={}", P), 3.0 * P * s, false, [&] { be.accumulate(acc.get(), g.get(), P); });
+  }
+  for (Precision mode : {Precision::bf16_sr, Precision::bf16_rn, Precision::mixed, Precision::bf16_kahan}) {
+    const DType sd = adam_state_dtype(mode);
+    DeviceBuffer w = buffer(P, DType::bf16, "w", 0.02f), g = buffer(P, DType::bf16, "g", 1e-3f),
+                 m = buffer(P, sd, "m", 1e-3f), v = buffer(P, sd, "v", 1e-3f);
+    DeviceBuffer master = has_master_weights(mode) ? buffer(P, DType::f32, "master", 0.02f) : DeviceBuffer();
+    DeviceBuffer comp = has_kahan_compensation(mode) ? buffer(P, DType::bf16, "comp", 1e-6f) : DeviceBuffer();
+    OptimizerBuffers bufs;
+    bufs.weights = w.get();
+    bufs.grads = g.get();
+    bufs.m = m.get();
+    bufs.v = v.get();
+    bufs.master = master.as<float>();
+    bufs.compensation = comp.get();
+    AdamWStep step{};
+    step.lr = 3e-4f;
+    step.beta1 = 0.9f;
+    step.beta2 = 0.95f;
+    step.eps = 1e-8f;
+    step.weight_decay = 0.1f;
+    step.grad_scale = 1.0f;
+    step.bias_correction1 = 0.1f;
+    step.bias_correction2 = 0.05f;
+    step.seed = 1234;
+    // Minimal traffic: read w (unless mixed), g, m, v (+ master, comp);
+    // write w, m, v (+ master, comp).
+    const double per_param = has_master_weights(mode) ? 2 + 4 + 4 + 4 + 4 + 4 + 4 + 2
+                                                      : 2 * 4 + 2 * 3 + (has_kahan_compensation(mode) ? 4 : 0);
+    uint64_t t = 0;
+    run(std::string("adamw_update ") + precision_name(mode), fmt::format("n={}", P), per_param * P, false, [&] {
+      step.step = ++t;
+      be.adamw_update(mode, bufs, 0, P, step);
+    });
+  }
+  std::printf("\nper-kernel results, GPT-2 d12 shapes (bf16):\n");
+  print_kernel_table(rows, ceilings);
+}
+
+// ---------------------------------------------------------------- steps
+struct StepRow {
+  std::string model, precision;
+  double step_ms, tokens_per_s, mfu_peak, mfu_measured;
+  double peak_gib, device_used_gib;
+  size_t params;
+};
+
+StepRow bench_steps(const Options& o, const std::string& model_name, Precision precision, const Ceilings& c) {
+  const ModelConfig cfg = model_config(model_name, o.seq);
+  const int B = o.batch, T = o.seq;
+  size_t free0 = 0, total = 0;
+  CUDA_CHECK(cudaMemGetInfo(&free0, &total));
+  auto backend = make_cuda_backend(compute_dtype(precision), 0);
+  auto& be = cuda_of(*backend);
+  auto comm = make_single_process_communicator(be);
+  ParameterStore params(be, *comm, gpt2_param_layout(cfg), 0);
+  GPT model(cfg, params, B, T);
+  OptimizerConfig oc;
+  Optimizer optimizer(params, precision, oc, 1234);
+  optimizer.set_weights(gpt2_initial_weights(cfg, params.layout(), 1234, 0.02));
+  const auto inputs = random_tokens(size_t(B) * T, 3), targets = random_tokens(size_t(B) * T, 4);
+  const float dloss = 1.0f / float(B * T);
+
+  int64_t t = 0;
+  auto step = [&] {
+    params.zero_grads();
+    model.forward_backward(inputs.data(), targets.data(), dloss);
+    params.reduce_gradients();
+    const double norm = std::sqrt(params.grad_norm_squared());
+    const float scale = norm > oc.grad_clip ? float(oc.grad_clip / norm) : 1.0f;
+    optimizer.step(++t, oc.lr, scale);
+  };
+  EventPair events;
+  for (int i = 0; i < o.warmup; ++i) step();
+  std::vector<double> times;
+  for (int i = 0; i < o.iters; ++i) times.push_back(events.time_ms(be.stream(), step));
+  size_t free1 = 0;
+  CUDA_CHECK(cudaMemGetInfo(&free1, &total));
+
+  StepRow r;
+  r.model = model_name;
+  r.precision = precision_name(precision);
+  r.params = params.layout().num_params();
+  r.step_ms = median(times);
+  const double tokens = double(B) * T;
+  const double flops = 6.0 * r.params * tokens + 12.0 * cfg.n_layer * cfg.d_model * double(T) * tokens;
+  r.tokens_per_s = tokens / (r.step_ms * 1e-3);
+  r.mfu_peak = flops / (r.step_ms * 1e-3) / kPeakFlops;
+  r.mfu_measured = flops / (r.step_ms * 1e-3) / c.flops;
+  r.peak_gib = be.peak_allocated_bytes() / double(1 << 30);
+  r.device_used_gib = double(free0 - free1) / double(1 << 30);
+  std::printf("  %s %-8s step %.1f ms, %.0f tokens/s, MFU %.1f%% (of measured %.1f%%), peak %.2f GiB\n",
+              r.model.c_str(), r.precision.c_str(), r.step_ms, r.tokens_per_s, 100 * r.mfu_peak,
+              100 * r.mfu_measured, r.peak_gib);
+  std::fflush(stdout);
+  return r;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    const Options o = parse(argc, argv);
+    if (cuda_device_count() == 0) fail("no CUDA device visible: this benchmark runs on a GPU host");
+    const Ceilings ceilings = measure_ceilings(o);
+    if (o.kernels) bench_kernels(o, ceilings);
+    if (o.steps) {
+      std::vector<StepRow> rows;
+      for (const std::string& m : o.models)
+        for (Precision p : {Precision::bf16_sr, Precision::bf16_rn, Precision::mixed})
+          rows.push_back(bench_steps(o, m, p, ceilings));
+      std::printf("\ntraining steps: micro batch %d, seq %d, median of %d after %d warm-up\n", o.batch, o.seq,
+                  o.iters, o.warmup);
+      std::printf("| model | precision | params | step ms | tokens/s | MFU (790) | MFU (measured %.0f) | peak GiB | "
+                  "device used GiB |\n|---|---|---|---|---|---|---|---|---|\n",
+                  ceilings.flops / 1e12);
+      for (const auto& r : rows)
+        std::printf("| %s | %s | %.1fM | %.1f | %.0f | %.1f%% | %.1f%% | %.2f | %.2f |\n", r.model.c_str(),
+                    r.precision.c_str(), r.params / 1e6, r.step_ms, r.tokens_per_s, 100 * r.mfu_peak,
+                    100 * r.mfu_measured, r.peak_gib, r.device_used_gib);
+      for (const std::string& m : o.models) {
+        const StepRow *sr = nullptr, *mixed = nullptr;
+        for (const auto& r : rows) {
+          if (r.model == m && r.precision == "bf16-sr") sr = &r;
+          if (r.model == m && r.precision == "mixed") mixed = &r;
+        }
+        if (sr && mixed)
+          std::printf("%s: bf16-sr vs mixed: %.2fx throughput, %.2fx peak memory (paper: 1.54x, 0.70x)\n", m.c_str(),
+                      sr->tokens_per_s / mixed->tokens_per_s, sr->peak_gib / mixed->peak_gib);
+      }
+    }
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "gpu_step_bench: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,805 @@
+#include <cmath>
+
+#include "attention.cuh"
+#include "common.cuh"
+#include "cuda_check.cuh"
+#include "srgpt/error.h"
+
+namespace srgpt::gpu {
+namespace {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// =====================================================================
+// Tensor-core building blocks (sm_80+ instructions, fine on sm_90).
+//
+// mma.m16n8k16 fragments, with g = lane / 4 and q = lane % 4:
+//   A (16x16, row-major): a0 = (g, 2q..2q+1), a1 = (g+8, 2q..), a2 = (g, 2q+8..), a3 = (g+8, 2q+8..)
+//   B (16x8, k x n):      b0 = (k 2q..2q+1, n g), b1 = (k 2q+8.., n g)
+//   C (16x8, fp32):       c0,c1 = (g, 2q..2q+1), c2,c3 = (g+8, 2q..2q+1)
+// All shared-memory tiles are row-major [rows][HD + kPad] bf16; the pad
+// shifts consecutive rows by 16 bytes so ldmatrix reads are conflict-free.
+// =====================================================================
+constexpr int kPad = 8;
+constexpr int kWarps = 4;
+constexpr int kThreads = 32 * kWarps;
+constexpr int kTile = 64;  // rows per tile: queries (forward, dQ) and keys (all passes)
+
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const uint16_t* p) {
+  const uint32_t address = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(address));
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const uint16_t* p) {
+  const uint32_t address = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(address));
+}
+
+// Two floats rounded to nearest into a bf16 pair, `low` in the low half.
+__device__ __forceinline__ uint32_t pack_bf16(float low, float high) {
+  uint32_t r;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(high), "f"(low));
+  return r;
+}
+
+// 16-byte global -> shared copy; zero-fills the destination when !valid.
+__device__ __forceinline__ void cp_async_16(uint16_t* shared_dst, const uint16_t* global_src, bool valid) {
+  const uint32_t address = static_cast<uint32_t>(__cvta_generic_to_shared(shared_dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(address), "l"(global_src),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int Pending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending));
+}
+
+// Fragment addressing. Each helper returns the shared-memory address this
+// lane hands to ldmatrix for a 16x16 block at (row0, col0) of a tile.
+//
+// A operand (rows = M, cols = K) from a row-major tile: matrices
+// (rows 0-7, cols 0-7), (8-15, 0-7), (0-7, 8-15), (8-15, 8-15) -> a0..a3.
+template <int Stride>
+__device__ __forceinline__ const uint16_t* a_address(const uint16_t* tile, int row0, int col0, int lane) {
+  return tile + (row0 + (lane % 8) + 8 * ((lane / 8) % 2)) * Stride + col0 + 8 * (lane / 16);
+}
+// B operand whose n index runs along the tile's rows and k along its
+// columns (B = tile^T, e.g. K for S = Q K^T): matrices (rows 0-7, cols 0-7),
+// (0-7, 8-15), (8-15, 0-7), (8-15, 8-15) -> b0, b1 of n-block 0, then b0, b1
+// of n-block 1 (rows 8-15).
+template <int Stride>
+__device__ __forceinline__ const uint16_t* bt_address(const uint16_t* tile, int row0, int col0, int lane) {
+  return tile + (row0 + (lane % 8) + 8 * (lane / 16)) * Stride + col0 + 8 * ((lane / 8) % 2);
+}
+// B operand whose k index runs along the tile's rows and n along its
+// columns (B = tile, e.g. V for O = P V), read with ldmatrix.trans:
+// matrices (rows 0-7, cols 0-7), (8-15, 0-7), (0-7, 8-15), (8-15, 8-15) ->
+// b0, b1 of n-block 0 (cols 0-7), then b0, b1 of n-block 1 (cols 8-15).
+template <int Stride>
+__device__ __forceinline__ const uint16_t* b_address(const uint16_t* tile, int row0, int col0, int lane) {
+  return tile + (row0 + (lane % 8) + 8 * ((lane / 8) % 2)) * Stride + col0 + 8 * (lane / 16);
+}
+
+// acc[16 x 8*NB] += A[16 x 16*KB] (fragments from a row-major tile) times
+// tile_b^T, where tile_b holds 8*NB rows of 16*KB columns.
+template <int Stride, int KB, int NB>
+__device__ __forceinline__ void mma_a_tile_bt_tile(float (&acc)[NB][4], const uint16_t* tile_a, int a_row0,
+                                                   const uint16_t* tile_b, int lane) {
+#pragma unroll
+  for (int kb = 0; kb < KB; ++kb) {
+    uint32_t a[4];
+    ldmatrix_x4(a, a_address<Stride>(tile_a, a_row0, kb * 16, lane));
+#pragma unroll
+    for (int nb = 0; nb < NB / 2; ++nb) {
+      uint32_t b[4];
+      ldmatrix_x4(b, bt_address<Stride>(tile_b, nb * 16, kb * 16, lane));
+      mma_bf16(acc[2 * nb], a, b[0], b[1]);
+      mma_bf16(acc[2 * nb + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+// acc[16 x HD] += P[16 x 16*KB] (fp32 accumulators, rounded to bf16) times
+// tile_b[16*KB rows x HD].
+template <int Stride, int KB, int HD>
+__device__ __forceinline__ void mma_acc_b_tile(float (&acc)[HD / 8][4], const float (&p)[2 * KB][4],
+                                               const uint16_t* tile_b, int lane) {
+#pragma unroll
+  for (int kb = 0; kb < KB; ++kb) {
+    // The C layout of two adjacent n-blocks is the A layout of one k-block.
+    const uint32_t a[4] = {pack_bf16(p[2 * kb][0], p[2 * kb][1]), pack_bf16(p[2 * kb][2], p[2 * kb][3]),
+                           pack_bf16(p[2 * kb + 1][0], p[2 * kb + 1][1]),
+                           pack_bf16(p[2 * kb + 1][2], p[2 * kb + 1][3])};
+#pragma unroll
+    for (int db = 0; db < HD / 16; ++db) {
+      uint32_t b[4];
+      ldmatrix_x4_trans(b, b_address<Stride>(tile_b, kb * 16, db * 16, lane));
+      mma_bf16(acc[2 * db], a, b[0], b[1]);
+      mma_bf16(acc[2 * db + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+// Copies rows [row0, row0 + Rows) x HD columns of a row-major global matrix
+// (row stride `stride` elements, `base` at the head's first column) into a
+// shared tile; rows at or beyond T are zero-filled.
+template <int Rows, int HD>
+__device__ __forceinline__ void load_tile_async(uint16_t* tile, const uint16_t* base, int row0, int T,
+                                                size_t stride) {
+  constexpr int kChunksPerRow = HD / 8;
+  for (int i = threadIdx.x; i < Rows * kChunksPerRow; i += kThreads) {
+    const int r = i / kChunksPerRow, c = (i % kChunksPerRow) * 8;
+    const int t = row0 + r;
+    const bool valid = t < T;
+    cp_async_16(tile + r * (HD + kPad) + c, base + size_t(valid ? t : 0) * stride + c, valid);
+  }
+}
+
+// Writes a warp's 16 x HD fp32 accumulator block (times `scale`) as bf16
+// into rows [row0, row0 + 16) of global memory, staged through the warp's
+// own 16 rows of a shared tile for 16-byte stores.
+template <int HD>
+__device__ __forceinline__ void store_warp_rows(uint16_t* global_base, size_t stride, int row0, int T,
+                                                const float (&acc)[HD / 8][4], float scale, uint16_t* warp_rows,
+                                                int lane) {
+  constexpr int S = HD + kPad;
+  const int g = lane / 4, q = lane % 4;
+#pragma unroll
+  for (int db = 0; db < HD / 8; ++db) {
+    *reinterpret_cast<uint32_t*>(warp_rows + g * S + db * 8 + 2 * q) =
+        pack_bf16(acc[db][0] * scale, acc[db][1] * scale);
+    *reinterpret_cast<uint32_t*>(warp_rows + (g + 8) * S + db * 8 + 2 * q) =
+        pack_bf16(acc[db][2] * scale, acc[db][3] * scale);
+  }
+  __syncwarp();
+  constexpr int kChunksPerRow = HD / 8;
+  for (int i = lane; i < 16 * kChunksPerRow; i += 32) {
+    const int r = i / kChunksPerRow, c = (i % kChunksPerRow) * 8;
+    const int t = row0 + r;
+    if (t < T)
+      *reinterpret_cast<uint4*>(global_base + size_t(t) * stride + c) =
+          *reinterpret_cast<const uint4*>(warp_rows + r * S + c);
+  }
+}
+
+// Row reductions over the 4 lanes that share a fragment row.
+__device__ __forceinline__ float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+// =====================================================================
+// Forward, tensor cores: block = (64-query tile, batch*head), 4 warps of 16
+// queries; key/value tiles double-buffered with cp.async.
+// =====================================================================
+template <int HD>
+constexpr size_t forward_shared_bytes() {
+  return sizeof(uint16_t) * size_t(kTile) * (HD + kPad) * 5;  // Q, 2 x K, 2 x V
+}
+
+template <int HD>
+__global__ void __launch_bounds__(kThreads) attention_forward_tc_kernel(uint16_t* out, float* lse,
+                                                                        const uint16_t* qkv, int T, int C, int H,
+                                                                        float scale_log2) {
+  constexpr int S = HD + kPad;
+  extern __shared__ __align__(16) uint16_t smem[];
+  uint16_t* sQ = smem;
+  uint16_t* sK = sQ + kTile * S;      // [2][kTile][S]
+  uint16_t* sV = sK + 2 * kTile * S;  // [2][kTile][S]
+
+  // Later query tiles attend to more keys: start them first.
+  const int q_tile = gridDim.x - 1 - blockIdx.x;
+  const int bh = blockIdx.y, b = bh / H, h = bh % H;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+  const size_t qkv_stride = 3 * size_t(C);
+  const uint16_t* q_base = qkv + size_t(b) * T * qkv_stride + size_t(h) * HD;
+  const uint16_t* k_base = q_base + C;
+  const uint16_t* v_base = q_base + 2 * C;
+  const int q0 = q_tile * kTile;
+
+  load_tile_async<kTile, HD>(sQ, q_base, q0, T, qkv_stride);
+  load_tile_async<kTile, HD>(sK, k_base, 0, T, qkv_stride);
+  load_tile_async<kTile, HD>(sV, v_base, 0, T, qkv_stride);
+  cp_async_commit();
+
+  uint32_t q_frag[HD / 16][4];
+  float o[HD / 8][4] = {};
+  float row_max[2] = {-INFINITY, -INFINITY};  // log2 domain
+  float row_sum[2] = {0.0f, 0.0f};            // this lane's share; quad-summed at the end
+  const int key_tiles = q_tile + 1;
+  for (int j = 0; j < key_tiles; ++j) {
+    const int buffer = j & 1;
+    if (j + 1 < key_tiles) {
+      load_tile_async<kTile, HD>(sK + (buffer ^ 1) * kTile * S, k_base, (j + 1) * kTile, T, qkv_stride);
+      load_tile_async<kTile, HD>(sV + (buffer ^ 1) * kTile * S, v_base, (j + 1) * kTile, T, qkv_stride);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    if (j == 0) {
+#pragma unroll
+      for (int kb = 0; kb < HD / 16; ++kb) ldmatrix_x4(q_frag[kb], a_address<S>(sQ, warp * 16, kb * 16, lane));
+    }
+    const uint16_t* k_tile = sK + buffer * kTile * S;
+    const uint16_t* v_tile = sV + buffer * kTile * S;
+
+    // S = Q K^T for this warp's 16 queries x 64 keys.
+    float s[kTile / 8][4] = {};
+#pragma unroll
+    for (int kb = 0; kb < HD / 16; ++kb) {
+#pragma unroll
+      for (int nb = 0; nb < kTile / 16; ++nb) {
+        uint32_t kf[4];
+        ldmatrix_x4(kf, bt_address<S>(k_tile, nb * 16, kb * 16, lane));
+        mma_bf16(s[2 * nb], q_frag[kb], kf[0], kf[1]);
+        mma_bf16(s[2 * nb + 1], q_frag[kb], kf[2], kf[3]);
+      }
+    }
+
+    // Scale into the log2 domain, mask the future on the diagonal tile,
+    // and update the running max. Every row keeps at least one key (key 0
+    // of the tile is never after the tile's first query), so no row max
+    // is -inf after the first tile.
+    const bool diagonal = j == q_tile;
+    float tile_max[2] = {row_max[0], row_max[1]};
+#pragma unroll
+    for (int nb = 0; nb < kTile / 8; ++nb) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int half = e / 2;
+        float v = s[nb][e] * scale_log2;
+        if (diagonal) {
+          const int key = j * kTile + nb * 8 + 2 * q + (e & 1);
+          const int query = q0 + warp * 16 + g + 8 * half;
+          if (key > query) v = -INFINITY;
+        }
+        s[nb][e] = v;
+        tile_max[half] = fmaxf(tile_max[half], v);
+      }
+    }
+    float correction[2];
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      tile_max[half] = quad_max(tile_max[half]);
+      correction[half] = exp2f(row_max[half] - tile_max[half]);
+      row_max[half] = tile_max[half];
+      row_sum[half] *= correction[half];
+    }
+#pragma unroll
+    for (int nb = 0; nb < kTile / 8; ++nb) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float p = exp2f(s[nb][e] - row_max[e / 2]);
+        s[nb][e] = p;
+        row_sum[e / 2] += p;
+      }
+    }
+#pragma unroll
+    for (int db = 0; db < HD / 8; ++db) {
+      o[db][0] *= correction[0];
+      o[db][1] *= correction[0];
+      o[db][2] *= correction[1];
+      o[db][3] *= correction[1];
+    }
+    // O += P V
+    mma_acc_b_tile<S, kTile / 16, HD>(o, s, v_tile, lane);
+    __syncthreads();  // the next prefetch overwrites this buffer
+  }
+
+  float inverse[2];
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    row_sum[half] = quad_sum(row_sum[half]);
+    inverse[half] = 1.0f / row_sum[half];
+  }
+#pragma unroll
+  for (int db = 0; db < HD / 8; ++db) {
+    o[db][0] *= inverse[0];
+    o[db][1] *= inverse[0];
+    o[db][2] *= inverse[1];
+    o[db][3] *= inverse[1];
+  }
+  // The warp's Q rows are in registers; reuse them to stage the output.
+  store_warp_rows<HD>(out + size_t(b) * T * C + size_t(h) * HD, size_t(C), q0 + warp * 16, T, o, 1.0f,
+                      sQ + warp * 16 * S, lane);
+  if (q == 0) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int t = q0 + warp * 16 + g + 8 * half;
+      if (t < T) lse[size_t(bh) * T + t] = (row_max[half] + log2f(row_sum[half])) * kLn2;
+    }
+  }
+}
+
+// =====================================================================
+// Backward, tensor cores, dK and dV: block = (64-key tile, batch*head), 4
+// warps of 16 keys; loops over the query tiles at or after the key tile
+// (kQueryTile rows each, double-buffered), accumulating in registers.
+//   S^T = K Q^T, P^T = exp(S^T - lse), dV += P^T dO,
+//   dP^T = V dO^T, dS^T = P^T (dP^T - D), dK += dS^T Q.
+// =====================================================================
+template <int HD>
+constexpr int query_tile_of_dkdv() {
+  return HD == 128 ? 32 : 64;  // keeps the register accumulators in budget
+}
+
+template <int HD>
+constexpr size_t dkdv_shared_bytes() {
+  constexpr int QT = query_tile_of_dkdv<HD>();
+  return sizeof(uint16_t) * size_t(HD + kPad) * (2 * kTile + 4 * QT) + sizeof(float) * 4 * QT;
+}
+
+template <int HD>
+__global__ void __launch_bounds__(kThreads)
+    attention_backward_dkdv_tc_kernel(uint16_t* dqkv, const uint16_t* dout, const uint16_t* qkv, const float* lse,
+                                      const float* row_dot, int T, int C, int H, float scale, float scale_log2) {
+  constexpr int S = HD + kPad;
+  constexpr int QT = query_tile_of_dkdv<HD>();
+  extern __shared__ __align__(16) uint16_t smem[];
+  uint16_t* sK = smem;
+  uint16_t* sV = sK + kTile * S;
+  uint16_t* sQ = sV + kTile * S;       // [2][QT][S]
+  uint16_t* sdO = sQ + 2 * QT * S;     // [2][QT][S]
+  float* sLse = reinterpret_cast<float*>(sdO + 2 * QT * S);  // [2][QT], log2 domain
+  float* sDot = sLse + 2 * QT;                                // [2][QT]
+
+  const int k0 = blockIdx.x * kTile;
+  const int bh = blockIdx.y, b = bh / H, h = bh % H;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+  const size_t qkv_stride = 3 * size_t(C);
+  const uint16_t* q_base = qkv + size_t(b) * T * qkv_stride + size_t(h) * HD;
+  const uint16_t* k_base = q_base + C;
+  const uint16_t* v_base = q_base + 2 * C;
+  const uint16_t* dout_base = dout + size_t(b) * T * C + size_t(h) * HD;
+  const float* lse_row = lse + size_t(bh) * T;
+  const float* dot_row = row_dot + size_t(bh) * T;
+
+  auto load_query_tile = [&](int buffer, int row0) {
+    load_tile_async<QT, HD>(sQ + buffer * QT * S, q_base, row0, T, qkv_stride);
+    load_tile_async<QT, HD>(sdO + buffer * QT * S, dout_base, row0, T, size_t(C));
+    for (int i = threadIdx.x; i < QT; i += kThreads) {
+      const int t = row0 + i;
+      sLse[buffer * QT + i] = t < T ? lse_row[t] * kLog2e : 0.0f;
+      sDot[buffer * QT + i] = t < T ? dot_row[t] : 0.0f;
+    }
+  };
+
+  load_tile_async<kTile, HD>(sK, k_base, k0, T, qkv_stride);
+  load_tile_async<kTile, HD>(sV, v_base, k0, T, qkv_stride);
+  load_query_tile(0, k0);
+  cp_async_commit();
+
+  float dk[HD / 8][4] = {}, dv[HD / 8][4] = {};
+  const int query_tiles = (T - k0 + QT - 1) / QT;
+  for (int i = 0; i < query_tiles; ++i) {
+    const int buffer = i & 1;
+    const int row0 = k0 + i * QT;
+    if (i + 1 < query_tiles) {
+      load_query_tile(buffer ^ 1, row0 + QT);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const uint16_t* q_tile = sQ + buffer * QT * S;
+    const uint16_t* dout_tile = sdO + buffer * QT * S;
+    const float* tile_lse = sLse + buffer * QT;
+    const float* tile_dot = sDot + buffer * QT;
+
+    // P^T for this warp's 16 keys x QT queries (fp32, masked).
+    float p[QT / 8][4] = {};
+    mma_a_tile_bt_tile<S, HD / 16, QT / 8>(p, sK, warp * 16, q_tile, lane);
+#pragma unroll
+    for (int nb = 0; nb < QT / 8; ++nb) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = k0 + warp * 16 + g + 8 * (e / 2);
+        const int column = nb * 8 + 2 * q + (e & 1);
+        const int query = row0 + column;
+        p[nb][e] = (query >= key && query < T) ? exp2f(p[nb][e] * scale_log2 - tile_lse[column]) : 0.0f;
+      }
+    }
+    // dV += P^T dO
+    mma_acc_b_tile<S, QT / 16, HD>(dv, p, dout_tile, lane);
+    // dS^T = P^T (dP^T - D), dP^T = V dO^T
+    float ds[QT / 8][4] = {};
+    mma_a_tile_bt_tile<S, HD / 16, QT / 8>(ds, sV, warp * 16, dout_tile, lane);
+#pragma unroll
+    for (int nb = 0; nb < QT / 8; ++nb) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) ds[nb][e] = p[nb][e] * (ds[nb][e] - tile_dot[nb * 8 + 2 * q + (e & 1)]);
+    }
+    // dK += dS^T Q
+    mma_acc_b_tile<S, QT / 16, HD>(dk, ds, q_tile, lane);
+    __syncthreads();  // the next prefetch overwrites this buffer
+  }
+
+  // Each warp's K and V rows were only read by that warp: stage there.
+  uint16_t* dqkv_base = dqkv + size_t(b) * T * qkv_stride + size_t(h) * HD;
+  store_warp_rows<HD>(dqkv_base + C, qkv_stride, k0 + warp * 16, T, dk, scale, sK + warp * 16 * S, lane);
+  store_warp_rows<HD>(dqkv_base + 2 * C, qkv_stride, k0 + warp * 16, T, dv, 1.0f, sV + warp * 16 * S, lane);
+}
+
+// =====================================================================
+// Backward, tensor cores, dQ: block = (64-query tile, batch*head), 4 warps
+// of 16 queries; loops over the key tiles up to the diagonal.
+//   S = Q K^T, P = exp(S - lse), dP = dO V^T, dS = P (dP - D), dQ += dS K.
+// =====================================================================
+template <int HD>
+constexpr size_t dq_shared_bytes() {
+  return sizeof(uint16_t) * size_t(kTile) * (HD + kPad) * 6;  // Q, dO, 2 x K, 2 x V
+}
+
+template <int HD>
+__global__ void __launch_bounds__(kThreads)
+    attention_backward_dq_tc_kernel(uint16_t* dqkv, const uint16_t* dout, const uint16_t* qkv, const float* lse,
+                                    const float* row_dot, int T, int C, int H, float scale, float scale_log2) {
+  constexpr int S = HD + kPad;
+  extern __shared__ __align__(16) uint16_t smem[];
+  uint16_t* sQ = smem;
+  uint16_t* sdO = sQ + kTile * S;
+  uint16_t* sK = sdO + kTile * S;     // [2][kTile][S]
+  uint16_t* sV = sK + 2 * kTile * S;  // [2][kTile][S]
+
+  const int q_tile = gridDim.x - 1 - blockIdx.x;
+  const int bh = blockIdx.y, b = bh / H, h = bh % H;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+  const size_t qkv_stride = 3 * size_t(C);
+  const uint16_t* q_base = qkv + size_t(b) * T * qkv_stride + size_t(h) * HD;
+  const uint16_t* k_base = q_base + C;
+  const uint16_t* v_base = q_base + 2 * C;
+  const uint16_t* dout_base = dout + size_t(b) * T * C + size_t(h) * HD;
+  const int q0 = q_tile * kTile;
+
+  load_tile_async<kTile, HD>(sQ, q_base, q0, T, qkv_stride);
+  load_tile_async<kTile, HD>(sdO, dout_base, q0, T, size_t(C));
+  load_tile_async<kTile, HD>(sK, k_base, 0, T, qkv_stride);
+  load_tile_async<kTile, HD>(sV, v_base, 0, T, qkv_stride);
+  cp_async_commit();
+
+  float row_lse[2], row_dot_value[2];
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int t = q0 + warp * 16 + g + 8 * half;
+    row_lse[half] = t < T ? lse[size_t(bh) * T + t] * kLog2e : 0.0f;
+    row_dot_value[half] = t < T ? row_dot[size_t(bh) * T + t] : 0.0f;
+  }
+
+  uint32_t q_frag[HD / 16][4];
+  float dq[HD / 8][4] = {};
+  const int key_tiles = q_tile + 1;
+  for (int j = 0; j < key_tiles; ++j) {
+    const int buffer = j & 1;
+    if (j + 1 < key_tiles) {
+      load_tile_async<kTile, HD>(sK + (buffer ^ 1) * kTile * S, k_base, (j + 1) * kTile, T, qkv_stride);
+      load_tile_async<kTile, HD>(sV + (buffer ^ 1) * kTile * S, v_base, (j + 1) * kTile, T, qkv_stride);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    if (j == 0) {
+#pragma unroll
+      for (int kb = 0; kb < HD / 16; ++kb) ldmatrix_x4(q_frag[kb], a_address<S>(sQ, warp * 16, kb * 16, lane));
+    }
+    const uint16_t* k_tile = sK + buffer * kTile * S;
+    const uint16_t* v_tile = sV + buffer * kTile * S;
+
+    float p[kTile / 8][4] = {};
+#pragma unroll
+    for (int kb = 0; kb < HD / 16; ++kb) {
+#pragma unroll
+      for (int nb = 0; nb < kTile / 16; ++nb) {
+        uint32_t kf[4];
+        ldmatrix_x4(kf, bt_address<S>(k_tile, nb * 16, kb * 16, lane));
+        mma_bf16(p[2 * nb], q_frag[kb], kf[0], kf[1]);
+        mma_bf16(p[2 * nb + 1], q_frag[kb], kf[2], kf[3]);
+      }
+    }
+    const bool diagonal = j == q_tile;
+#pragma unroll
+    for (int nb = 0; nb < kTile / 8; ++nb) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int half = e / 2;
+        const int key = j * kTile + nb * 8 + 2 * q + (e & 1);
+        const int query = q0 + warp * 16 + g + 8 * half;
+        p[nb][e] = (diagonal && key > query) ? 0.0f : exp2f(p[nb][e] * scale_log2 - row_lse[half]);
+      }
+    }
+    // dS = P (dP - D), dP = dO V^T
+    float ds[kTile / 8][4] = {};
+    mma_a_tile_bt_tile<S, HD / 16, kTile / 8>(ds, sdO, warp * 16, v_tile, lane);
+#pragma unroll
+    for (int nb = 0; nb < kTile / 8; ++nb) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) ds[nb][e] = p[nb][e] * (ds[nb][e] - row_dot_value[e / 2]);
+    }
+    // dQ += dS K
+    mma_acc_b_tile<S, kTile / 16, HD>(dq, ds, k_tile, lane);
+    __syncthreads();
+  }
+
+  store_warp_rows<HD>(dqkv + size_t(b) * T * qkv_stride + size_t(h) * HD, qkv_stride, q0 + warp * 16, T, dq, scale,
+                      sQ + warp * 16 * S, lane);
+}
+
+// =====================================================================
+// Row dot products D = sum_d dout * out per (batch, head, query), the
+// softmax backward's row term; shared by both backward implementations.
+// One warp per row.
+// =====================================================================
+template <typename S>
+__global__ void attention_row_dot_kernel(float* row_dot, const S* dout, const S* out, int B, int T, int C, int H,
+                                         int hd) {
+  const size_t warp_id = (size_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (warp_id >= size_t(B) * H * T) return;
+  const int t = int(warp_id % T);
+  const int bh = int(warp_id / T), b = bh / H, h = bh % H;
+  const size_t row = (size_t(b) * T + t) * C + size_t(h) * hd;
+  float sum = 0;
+  for (int d = lane; d < hd; d += 32) sum += load_f(dout + row + d) * load_f(out + row + d);
+  sum = warp_sum(sum);
+  if (lane == 0) row_dot[size_t(bh) * T + t] = sum;
+}
+
+// =====================================================================
+// Simple fp32 path (f32 storage, or head sizes the tensor-core kernels do
+// not cover): one warp per row, each lane holding head elements
+// lane, lane + 32, ...; scores are warp-wide dot products.
+// =====================================================================
+constexpr int kMaxHeadDimPerLane = 8;  // head sizes up to 256
+
+template <typename S>
+struct HeadRow {
+  float v[kMaxHeadDimPerLane];
+  __device__ void load(const S* row, int hd, int lane) {
+#pragma unroll
+    for (int i = 0; i < kMaxHeadDimPerLane; ++i) {
+      const int d = lane + 32 * i;
+      v[i] = d < hd ? load_f(row + d) : 0.0f;
+    }
+  }
+  __device__ float dot(const HeadRow& o) const {
+    float sum = 0;
+#pragma unroll
+    for (int i = 0; i < kMaxHeadDimPerLane; ++i) sum += v[i] * o.v[i];
+    return warp_sum(sum);
+  }
+};
+
+template <typename S>
+__device__ void store_head_row(S* row, const float (&v)[kMaxHeadDimPerLane], float scale, int hd, int lane) {
+#pragma unroll
+  for (int i = 0; i < kMaxHeadDimPerLane; ++i) {
+    const int d = lane + 32 * i;
+    if (d < hd) row[d] = store_f<S>(v[i] * scale);
+  }
+}
+
+struct RowIndex {
+  int b, h, t, bh;
+};
+__device__ __forceinline__ bool warp_row(int B, int T, int H, RowIndex* r) {
+  const size_t warp_id = (size_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  if (warp_id >= size_t(B) * H * T) return false;
+  r->t = int(warp_id % T);
+  r->bh = int(warp_id / T);
+  r->b = r->bh / H;
+  r->h = r->bh % H;
+  return true;
+}
+
+template <typename S>
+__global__ void attention_forward_simple_kernel(S* out, float* lse, const S* qkv, int B, int T, int C, int H, int hd,
+                                                float scale) {
+  RowIndex r;
+  if (!warp_row(B, T, H, &r)) return;
+  const int lane = threadIdx.x % 32;
+  const size_t stride = 3 * size_t(C);
+  const S* head = qkv + size_t(r.b) * T * stride + size_t(r.h) * hd;
+  HeadRow<S> query, key, value;
+  query.load(head + size_t(r.t) * stride, hd, lane);
+  float acc[kMaxHeadDimPerLane] = {};
+  float running_max = -INFINITY, sum = 0;
+  for (int j = 0; j <= r.t; ++j) {
+    key.load(head + size_t(j) * stride + C, hd, lane);
+    value.load(head + size_t(j) * stride + 2 * C, hd, lane);
+    const float s = query.dot(key) * scale;
+    const float new_max = fmaxf(running_max, s);
+    const float correction = expf(running_max - new_max), p = expf(s - new_max);
+    sum = sum * correction + p;
+#pragma unroll
+    for (int i = 0; i < kMaxHeadDimPerLane; ++i) acc[i] = acc[i] * correction + p * value.v[i];
+    running_max = new_max;
+  }
+  store_head_row(out + (size_t(r.b) * T + r.t) * C + size_t(r.h) * hd, acc, 1.0f / sum, hd, lane);
+  if (lane == 0) lse[size_t(r.bh) * T + r.t] = running_max + logf(sum);
+}
+
+// dQ for one query row: sum over keys j <= t of dS_j k_j.
+template <typename S>
+__global__ void attention_backward_dq_simple_kernel(S* dqkv, const S* dout, const S* qkv, const float* lse,
+                                                    const float* row_dot, int B, int T, int C, int H, int hd,
+                                                    float scale) {
+  RowIndex r;
+  if (!warp_row(B, T, H, &r)) return;
+  const int lane = threadIdx.x % 32;
+  const size_t stride = 3 * size_t(C);
+  const S* head = qkv + size_t(r.b) * T * stride + size_t(r.h) * hd;
+  HeadRow<S> query, grad_out, key, value;
+  query.load(head + size_t(r.t) * stride, hd, lane);
+  grad_out.load(dout + (size_t(r.b) * T + r.t) * C + size_t(r.h) * hd, hd, lane);
+  const float row_lse = lse[size_t(r.bh) * T + r.t], dot = row_dot[size_t(r.bh) * T + r.t];
+  float dq[kMaxHeadDimPerLane] = {};
+  for (int j = 0; j <= r.t; ++j) {
+    key.load(head + size_t(j) * stride + C, hd, lane);
+    value.load(head + size_t(j) * stride + 2 * C, hd, lane);
+    const float p = expf(query.dot(key) * scale - row_lse);
+    const float ds = p * (grad_out.dot(value) - dot);
+#pragma unroll
+    for (int i = 0; i < kMaxHeadDimPerLane; ++i) dq[i] += ds * key.v[i];
+  }
+  store_head_row(dqkv + (size_t(r.b) * T + r.t) * stride + size_t(r.h) * hd, dq, scale, hd, lane);
+}
+
+// dK and dV for one key row j: sums over queries i >= j.
+template <typename S>
+__global__ void attention_backward_dkdv_simple_kernel(S* dqkv, const S* dout, const S* qkv, const float* lse,
+                                                      const float* row_dot, int B, int T, int C, int H, int hd,
+                                                      float scale) {
+  RowIndex r;
+  if (!warp_row(B, T, H, &r)) return;
+  const int lane = threadIdx.x % 32;
+  const size_t stride = 3 * size_t(C);
+  const S* head = qkv + size_t(r.b) * T * stride + size_t(r.h) * hd;
+  HeadRow<S> key, value, query, grad_out;
+  key.load(head + size_t(r.t) * stride + C, hd, lane);
+  value.load(head + size_t(r.t) * stride + 2 * C, hd, lane);
+  float dk[kMaxHeadDimPerLane] = {}, dv[kMaxHeadDimPerLane] = {};
+  for (int i = r.t; i < T; ++i) {
+    query.load(head + size_t(i) * stride, hd, lane);
+    grad_out.load(dout + (size_t(r.b) * T + i) * C + size_t(r.h) * hd, hd, lane);
+    const float p = expf(query.dot(key) * scale - lse[size_t(r.bh) * T + i]);
+    const float ds = p * (grad_out.dot(value) - row_dot[size_t(r.bh) * T + i]);
+#pragma unroll
+    for (int d = 0; d < kMaxHeadDimPerLane; ++d) {
+      dk[d] += ds * query.v[d];
+      dv[d] += p * grad_out.v[d];
+    }
+  }
+  S* row = dqkv + (size_t(r.b) * T + r.t) * stride + size_t(r.h) * hd;
+  store_head_row(row + C, dk, scale, hd, lane);
+  store_head_row(row + 2 * C, dv, 1.0f, hd, lane);
+}
+
+constexpr int kSimpleThreads = 128;
+
+// The tensor-core kernels put batch x heads on the grid's y dimension.
+constexpr int kMaxGridY = 65535;
+
+int head_dim(int C, int H, const char* op) {
+  if (H <= 0 || C % H != 0) fail("{}: model width {} is not divisible by the number of heads {}", op, C, H);
+  const int hd = C / H;
+  if (hd > 32 * kMaxHeadDimPerLane)
+    fail("{}: head size {} is larger than the cuda backend supports ({})", op, hd, 32 * kMaxHeadDimPerLane);
+  return hd;
+}
+
+unsigned simple_blocks(int B, int T, int H) { return ceil_div(size_t(B) * H * T * 32, kSimpleThreads); }
+
+template <int HD>
+void forward_tc(cudaStream_t stream, void* out, float* lse, const void* qkv, int B, int T, int C, int H) {
+  auto kernel = attention_forward_tc_kernel<HD>;
+  constexpr size_t shared = forward_shared_bytes<HD>();
+  allow_dynamic_shared_memory(kernel, shared, "attention_forward");
+  const dim3 grid(ceil_div(T, kTile), B * H);
+  kernel<<<grid, kThreads, shared, stream>>>(static_cast<uint16_t*>(out), lse, static_cast<const uint16_t*>(qkv), T,
+                                              C, H, kLog2e / sqrtf(float(HD)));
+  CUDA_CHECK_LAUNCH("attention_forward_tc_kernel");
+}
+
+template <int HD>
+void backward_tc(cudaStream_t stream, void* dqkv, const void* dout, const void* qkv, const float* lse,
+                 const float* row_dot, int B, int T, int C, int H) {
+  const float scale = 1.0f / sqrtf(float(HD));
+  const dim3 grid(ceil_div(T, kTile), B * H);
+  auto dkdv = attention_backward_dkdv_tc_kernel<HD>;
+  constexpr size_t dkdv_shared = dkdv_shared_bytes<HD>();
+  allow_dynamic_shared_memory(dkdv, dkdv_shared, "attention_backward");
+  dkdv<<<grid, kThreads, dkdv_shared, stream>>>(static_cast<uint16_t*>(dqkv), static_cast<const uint16_t*>(dout),
+                                                static_cast<const uint16_t*>(qkv), lse, row_dot, T, C, H, scale,
+                                                scale * kLog2e);
+  CUDA_CHECK_LAUNCH("attention_backward_dkdv_tc_kernel");
+  auto dq = attention_backward_dq_tc_kernel<HD>;
+  constexpr size_t dq_shared = dq_shared_bytes<HD>();
+  allow_dynamic_shared_memory(dq, dq_shared, "attention_backward");
+  dq<<<grid, kThreads, dq_shared, stream>>>(static_cast<uint16_t*>(dqkv), static_cast<const uint16_t*>(dout),
+                                            static_cast<const uint16_t*>(qkv), lse, row_dot, T, C, H, scale,
+                                            scale * kLog2e);
+  CUDA_CHECK_LAUNCH("attention_backward_dq_tc_kernel");
+}
+
+}  // namespace
+
+bool attention_uses_tensor_cores(DType dtype, int C, int H, const void* a, const void* b, const void* c) {
+  if (dtype != DType::bf16 || H <= 0 || C % H != 0) return false;
+  const int hd = C / H;
+  // 16-byte rows for cp.async: every row and head offset a multiple of 8.
+  return (hd == 64 || hd == 128) && C % 8 == 0 && all_aligned16(a, b, c);
+}
+
+void attention_forward(DType dtype, cudaStream_t stream, void* out, float* lse, const void* qkv, int B, int T, int C,
+                       int H) {
+  const int hd = head_dim(C, H, "attention_forward");
+  if (B <= 0 || T <= 0) return;
+  if (attention_uses_tensor_cores(dtype, C, H, out, qkv, nullptr) && B * H <= kMaxGridY) {
+    if (hd == 64)
+      forward_tc<64>(stream, out, lse, qkv, B, T, C, H);
+    else
+      forward_tc<128>(stream, out, lse, qkv, B, T, C, H);
+    return;
+  }
+  dispatch_storage(dtype, [&](auto tag) {
+    using S = decltype(tag);
+    attention_forward_simple_kernel<S><<<simple_blocks(B, T, H), kSimpleThreads, 0, stream>>>(
+        static_cast<S*>(out), lse, static_cast<const S*>(qkv), B, T, C, H, hd, 1.0f / sqrtf(float(hd)));
+    CUDA_CHECK_LAUNCH("attention_forward_simple_kernel");
+  });
+}
+
+void attention_backward(DType dtype, cudaStream_t stream, Scratch& scratch, void* dqkv, const void* dout,
+                        const void* qkv, const void* out, const float* lse, int B, int T, int C, int H) {
+  const int hd = head_dim(C, H, "attention_backward");
+  if (B <= 0 || T <= 0) return;
+  float* row_dot = static_cast<float*>(scratch.get(sizeof(float) * size_t(B) * H * T));
+  dispatch_storage(dtype, [&](auto tag) {
+    using S = decltype(tag);
+    attention_row_dot_kernel<S><<<simple_blocks(B, T, H), kSimpleThreads, 0, stream>>>(
+        row_dot, static_cast<const S*>(dout), static_cast<const S*>(out), B, T, C, H, hd);
+    CUDA_CHECK_LAUNCH("attention_row_dot_kernel");
+  });
+  if (attention_uses_tensor_cores(dtype, C, H, dqkv, dout, qkv) && B * H <= kMaxGridY) {
+    if (hd == 64)
+      backward_tc<64>(stream, dqkv, dout, qkv, lse, row_dot, B, T, C, H);
+    else
+      backward_tc<128>(stream, dqkv, dout, qkv, lse, row_dot, B, T, C, H);
+    return;
+  }
+  dispatch_storage(dtype, [&](auto tag) {
+    using S = decltype(tag);
+    const float scale = 1.0f / sqrtf(float(hd));
+    attention_backward_dq_simple_kernel<S><<<simple_blocks(B, T, H), kSimpleThreads, 0, stream>>>(
+        static_cast<S*>(dqkv), static_cast<const S*>(dout), static_cast<const S*>(qkv), lse, row_dot, B, T, C, H, hd,
+        scale);
+    CUDA_CHECK_LAUNCH("attention_backward_dq_simple_kernel");
+    attention_backward_dkdv_simple_kernel<S><<<simple_blocks(B, T, H), kSimpleThreads, 0, stream>>>(
+        static_cast<S*>(dqkv), static_cast<const S*>(dout), static_cast<const S*>(qkv), lse, row_dot, B, T, C, H, hd,
+        scale);
+    CUDA_CHECK_LAUNCH("attention_backward_dkdv_simple_kernel");
+  });
+}
+
+}  // namespace srgpt::gpu

@@ -1,0 +1,159 @@
+#include "accumulate.cuh"
+#include "adamw.cuh"
+#include "attention.cuh"
+#include "backend.cuh"
+#include "cross_entropy.cuh"
+#include "cuda_check.cuh"
+#include "embedding.cuh"
+#include "layernorm.cuh"
+#include "reduce.cuh"
+#include "srgpt/error.h"
+
+namespace srgpt {
+namespace gpu {
+namespace {
+
+StreamHandle make_stream(DType dtype, int device) {
+  if (dtype != DType::bf16 && dtype != DType::f32)
+    fail("cuda backend: dtype {} is not supported on the GPU (allowed: bf16, f32)", dtype_name(dtype));
+  int count = 0;
+  CUDA_CHECK(cudaGetDeviceCount(&count));
+  if (device < 0 || device >= count)
+    fail("cuda backend: device {} does not exist ({} CUDA device(s) visible)", device, count);
+  CUDA_CHECK(cudaSetDevice(device));
+  cudaStream_t stream = nullptr;
+  CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  return StreamHandle(stream);
+}
+
+}  // namespace
+
+CudaBackend::CudaBackend(DType dtype, int device)
+    : Backend(dtype), device_(device), stream_(make_stream(dtype, device)), scratch_(memory_) {
+  cudaDeviceProp properties{};
+  CUDA_CHECK(cudaGetDeviceProperties(&properties, device));
+  device_name_ = properties.name;
+  matmul_ = std::make_unique<Matmul>(memory_);
+}
+
+CudaBackend::~CudaBackend() {
+  // Let queued work finish before its buffers go away.
+  cudaStreamSynchronize(stream_.get());
+}
+
+std::string CudaBackend::name() const {
+  return std::string("cuda-") + dtype_name(dtype()) + " (" + device_name_ + ", device " + std::to_string(device_) +
+         ")";
+}
+
+void* CudaBackend::allocate(size_t bytes, const char* what) { return memory_.allocate(bytes, what); }
+
+void CudaBackend::release(void* p) noexcept {
+  // cudaFree waits for the device, so no queued kernel still uses p.
+  memory_.release(p);
+}
+
+void CudaBackend::upload(void* dst, const void* host_src, size_t bytes) {
+  if (bytes == 0) return;
+  // Ordered with the kernels on our stream; returns once host_src has been
+  // copied out (pageable memory is staged before the call returns).
+  CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, stream_.get()));
+}
+
+void CudaBackend::download(void* host_dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, stream_.get()));
+  CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+}
+
+void CudaBackend::fill_zero(void* dst, size_t bytes) {
+  if (bytes == 0) return;
+  CUDA_CHECK(cudaMemsetAsync(dst, 0, bytes, stream_.get()));
+}
+
+void CudaBackend::synchronize() { CUDA_CHECK(cudaStreamSynchronize(stream_.get())); }
+
+void CudaBackend::embedding_forward(void* out, const int32_t* tokens, const void* wte, const void* wpe, int B, int T,
+                                    int C) {
+  gpu::embedding_forward(dtype(), stream(), out, tokens, wte, wpe, B, T, C);
+}
+
+void CudaBackend::embedding_backward(void* dwte, void* dwpe, const void* dout, const int32_t* tokens, int B, int T,
+                                     int C) {
+  gpu::embedding_backward(dtype(), stream(), scratch_, dwte, dwpe, dout, tokens, B, T, C);
+}
+
+void CudaBackend::residual_layernorm_forward(void* res_out, void* out, void* mean, void* rstd, const void* res_in,
+                                             const void* delta, const void* w, const void* b, int N, int C) {
+  gpu::residual_layernorm_forward(dtype(), stream(), res_out, out, static_cast<float*>(mean),
+                                  static_cast<float*>(rstd), res_in, delta, w, b, N, C);
+}
+
+void CudaBackend::layernorm_backward(void* din, void* dw, void* db, const void* dout, const void* in, const void* w,
+                                     const void* mean, const void* rstd, int N, int C) {
+  gpu::layernorm_backward(dtype(), stream(), scratch_, din, dw, db, dout, in, w, static_cast<const float*>(mean),
+                          static_cast<const float*>(rstd), N, C);
+}
+
+void CudaBackend::matmul_forward(void* out, void* gelu_pre, const void* in, const void* w, const void* bias, int N,
+                                 int C, int OC) {
+  matmul_->forward(dtype(), stream(), scratch_, out, gelu_pre, in, w, bias, N, C, OC);
+}
+
+void CudaBackend::matmul_backward(void* din, void* dw, void* db, const void* dout, const void* in, const void* w,
+                                  const void* gelu_pre, int N, int C, int OC) {
+  matmul_->backward(dtype(), stream(), scratch_, din, dw, db, dout, in, w, gelu_pre, N, C, OC);
+}
+
+void CudaBackend::attention_forward(void* out, void* lse, const void* qkv, int B, int T, int C, int H) {
+  gpu::attention_forward(dtype(), stream(), out, static_cast<float*>(lse), qkv, B, T, C, H);
+}
+
+void CudaBackend::attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out, const void* lse,
+                                     int B, int T, int C, int H) {
+  gpu::attention_backward(dtype(), stream(), scratch_, dqkv, dout, qkv, out, static_cast<const float*>(lse), B, T,
+                          C, H);
+}
+
+void CudaBackend::cross_entropy_forward_backward(void* losses, void* logits, const int32_t* targets, int N, int V,
+                                                 int Vp, float dloss) {
+  gpu::cross_entropy_forward_backward(dtype(), stream(), static_cast<float*>(losses), logits, targets, N, V, Vp,
+                                      dloss);
+}
+
+void CudaBackend::accumulate(void* dst, const void* src, size_t n) {
+  gpu::accumulate(dtype(), stream(), dst, src, n);
+}
+
+double CudaBackend::sum_accum(const void* x, size_t n) {
+  return gpu::sum_accum(stream(), scratch_, static_cast<const float*>(x), n);
+}
+
+double CudaBackend::sum_squares(const void* x, size_t n) {
+  return gpu::sum_squares(dtype(), stream(), scratch_, x, n);
+}
+
+bool CudaBackend::all_finite(const void* x, size_t n) { return gpu::all_finite(dtype(), stream(), scratch_, x, n); }
+
+void CudaBackend::adamw_update(Precision mode, const OptimizerBuffers& buffers, size_t begin, size_t end,
+                               const AdamWStep& step) {
+  gpu::adamw_update(dtype(), stream(), mode, buffers, begin, end, step);
+}
+
+}  // namespace gpu
+
+std::unique_ptr<Backend> make_cuda_backend(DType dtype, int device) {
+  return std::make_unique<gpu::CudaBackend>(dtype, device);
+}
+
+int cuda_device_count() {
+  int count = 0;
+  // No driver or no device: there is simply no GPU to use.
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return count;
+}
+
+}  // namespace srgpt

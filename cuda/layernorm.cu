@@ -1,0 +1,198 @@
+#include <initializer_list>
+
+#include "common.cuh"
+#include "cuda_check.cuh"
+#include "layernorm.cuh"
+#include "reduce.cuh"
+
+namespace srgpt::gpu {
+namespace {
+
+// GPT-2's LayerNorm epsilon (as the cpu backend).
+constexpr float kLayerNormEps = 1e-5f;
+
+// ---- forward: one warp per row; the row (after the residual add, rounded
+// to storage as the cpu backend sees it) is kept in shared memory for the
+// mean, variance and normalise passes.
+constexpr int kForwardRowsPerBlock = 4;
+
+template <typename S, int W>
+__global__ void residual_layernorm_forward_kernel(S* res_out, S* out, float* mean, float* rstd, const S* res_in,
+                                                  const S* delta, const S* w, const S* b, int N, int C,
+                                                  bool write_residual) {
+  extern __shared__ float rows[];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int n = blockIdx.x * kForwardRowsPerBlock + warp;
+  if (n >= N) return;
+  float* x = rows + size_t(warp) * C;
+  const size_t row = size_t(n) * C;
+
+  // res_out may alias res_in (and delta): each element is read before the
+  // same thread writes it.
+  float sum = 0;
+  for (int c = lane * W; c < C; c += 32 * W) {
+    float v[W];
+    load_chunk<W>(res_in + row + c, v);
+    if (delta) {
+      float d[W];
+      load_chunk<W>(delta + row + c, d);
+#pragma unroll
+      for (int k = 0; k < W; ++k) v[k] = round_to_storage<S>(v[k] + d[k]);
+    }
+    if (write_residual) store_chunk<W>(res_out + row + c, v);
+#pragma unroll
+    for (int k = 0; k < W; ++k) {
+      x[c + k] = v[k];
+      sum += v[k];
+    }
+  }
+  const float mu = warp_sum(sum) / float(C);
+  float squares = 0;
+  for (int c = lane * W; c < C; c += 32 * W) {
+#pragma unroll
+    for (int k = 0; k < W; ++k) {
+      const float d = x[c + k] - mu;
+      squares += d * d;
+    }
+  }
+  const float rs = 1.0f / sqrtf(warp_sum(squares) / float(C) + kLayerNormEps);
+  for (int c = lane * W; c < C; c += 32 * W) {
+    float weight[W], bias[W], y[W];
+    load_chunk<W>(w + c, weight);
+    load_chunk<W>(b + c, bias);
+#pragma unroll
+    for (int k = 0; k < W; ++k) y[k] = (x[c + k] - mu) * rs * weight[k] + bias[k];
+    store_chunk<W>(out + row + c, y);
+  }
+  if (lane == 0) {
+    mean[n] = mu;
+    rstd[n] = rs;
+  }
+}
+
+// ---- backward: one warp per row for din; each warp also sums dw and db of
+// its rows into its own shared-memory row (lanes own disjoint columns), and
+// the block adds its warps in order into one fp32 partial row per chunk of
+// kColumnChunkRows rows.
+constexpr int kBackwardMaxWarps = 8;
+
+template <typename S, int W>
+__global__ void layernorm_backward_kernel(S* din, float* dw_partials, float* db_partials, const S* dout, const S* in,
+                                          const S* w, const float* mean, const float* rstd, int N, int C) {
+  extern __shared__ float sums[];  // [warps][2][C]: dw, db
+  const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  float* dw_sum = sums + size_t(warp) * 2 * C;
+  float* db_sum = dw_sum + C;
+  // Zeroed by the lanes that accumulate them: no barrier needed.
+  for (int c = lane * W; c < C; c += 32 * W) {
+#pragma unroll
+    for (int k = 0; k < W; ++k) dw_sum[c + k] = db_sum[c + k] = 0.0f;
+  }
+
+  const int row_begin = blockIdx.x * kColumnChunkRows, row_end = min(row_begin + kColumnChunkRows, N);
+  for (int n = row_begin + warp; n < row_end; n += warps) {
+    const size_t row = size_t(n) * C;
+    const float mu = mean[n], rs = rstd[n];
+    float dxhat_sum = 0, dxhat_xhat_sum = 0;
+    for (int c = lane * W; c < C; c += 32 * W) {
+      float g[W], x[W], weight[W];
+      load_chunk<W>(dout + row + c, g);
+      load_chunk<W>(in + row + c, x);
+      load_chunk<W>(w + c, weight);
+#pragma unroll
+      for (int k = 0; k < W; ++k) {
+        const float xhat = (x[k] - mu) * rs;
+        const float dxhat = g[k] * weight[k];
+        dxhat_sum += dxhat;
+        dxhat_xhat_sum += dxhat * xhat;
+        dw_sum[c + k] += g[k] * xhat;
+        db_sum[c + k] += g[k];
+      }
+    }
+    const float dxhat_mean = warp_sum(dxhat_sum) / float(C);
+    const float dxhat_xhat_mean = warp_sum(dxhat_xhat_sum) / float(C);
+    for (int c = lane * W; c < C; c += 32 * W) {
+      float g[W], x[W], weight[W], d[W];
+      load_chunk<W>(dout + row + c, g);
+      load_chunk<W>(in + row + c, x);
+      load_chunk<W>(w + c, weight);
+      load_chunk<W>(din + row + c, d);
+#pragma unroll
+      for (int k = 0; k < W; ++k) {
+        const float xhat = (x[k] - mu) * rs;
+        d[k] += rs * (g[k] * weight[k] - dxhat_mean - xhat * dxhat_xhat_mean);
+      }
+      store_chunk<W>(din + row + c, d);
+    }
+  }
+  __syncthreads();
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    float dw_total = 0, db_total = 0;
+    for (int k = 0; k < warps; ++k) {
+      dw_total += sums[size_t(k) * 2 * C + c];
+      db_total += sums[size_t(k) * 2 * C + C + c];
+    }
+    dw_partials[size_t(blockIdx.x) * C + c] = dw_total;
+    db_partials[size_t(blockIdx.x) * C + c] = db_total;
+  }
+}
+
+template <typename S>
+bool rows_vectorisable(int C, std::initializer_list<const void*> pointers) {
+  if (C % VecWidth<S>::value != 0) return false;
+  for (const void* p : pointers)
+    if (!aligned16(p)) return false;
+  return true;
+}
+
+}  // namespace
+
+void residual_layernorm_forward(DType dtype, cudaStream_t stream, void* res_out, void* out, float* mean, float* rstd,
+                                const void* res_in, const void* delta, const void* w, const void* b, int N, int C) {
+  if (N <= 0 || C <= 0) return;
+  const bool write_residual = delta != nullptr || res_out != res_in;
+  dispatch_storage(dtype, [&](auto tag) {
+    using S = decltype(tag);
+    const bool vectorised = rows_vectorisable<S>(C, {res_out, out, res_in, delta, w, b});
+    dispatch_width<S>(vectorised, [&](auto width) {
+      constexpr int W = decltype(width)::value;
+      auto kernel = residual_layernorm_forward_kernel<S, W>;
+      const size_t shared = sizeof(float) * kForwardRowsPerBlock * size_t(C);
+      allow_dynamic_shared_memory(kernel, shared, "residual_layernorm_forward");
+      kernel<<<ceil_div(N, kForwardRowsPerBlock), 32 * kForwardRowsPerBlock, shared, stream>>>(
+          static_cast<S*>(res_out), static_cast<S*>(out), mean, rstd, static_cast<const S*>(res_in),
+          static_cast<const S*>(delta), static_cast<const S*>(w), static_cast<const S*>(b), N, C, write_residual);
+      CUDA_CHECK_LAUNCH("residual_layernorm_forward_kernel");
+    });
+  });
+}
+
+void layernorm_backward(DType dtype, cudaStream_t stream, Scratch& scratch, void* din, void* dw, void* db,
+                        const void* dout, const void* in, const void* w, const float* mean, const float* rstd, int N,
+                        int C) {
+  if (N <= 0 || C <= 0) return;
+  const int chunks = column_chunks(N);
+  float* dw_partials = static_cast<float*>(scratch.get(sizeof(float) * 2 * size_t(chunks) * C));
+  float* db_partials = dw_partials + size_t(chunks) * C;
+  // Fewer warps per block for very wide rows, so the per-warp sums fit.
+  int warps = kBackwardMaxWarps;
+  while (warps > 1 && sizeof(float) * 2 * size_t(C) * warps > 100 * 1024) warps /= 2;
+  const size_t shared = sizeof(float) * 2 * size_t(C) * warps;
+  dispatch_storage(dtype, [&](auto tag) {
+    using S = decltype(tag);
+    const bool vectorised = rows_vectorisable<S>(C, {din, dout, in, w});
+    dispatch_width<S>(vectorised, [&](auto width) {
+      constexpr int W = decltype(width)::value;
+      auto kernel = layernorm_backward_kernel<S, W>;
+      allow_dynamic_shared_memory(kernel, shared, "layernorm_backward");
+      kernel<<<chunks, 32 * warps, shared, stream>>>(static_cast<S*>(din), dw_partials, db_partials,
+                                                    static_cast<const S*>(dout), static_cast<const S*>(in),
+                                                    static_cast<const S*>(w), mean, rstd, N, C);
+      CUDA_CHECK_LAUNCH("layernorm_backward_kernel");
+    });
+  });
+  add_column_partials(dtype, stream, dw, dw_partials, chunks, C);
+  add_column_partials(dtype, stream, db, db_partials, chunks, C);
+}
+
+}  // namespace srgpt::gpu

@@ -1,0 +1,68 @@
+#pragma once
+// Matmuls through cuBLASLt with fp32 accumulation: bias and GELU fused as
+// epilogues (GELU_AUX_BIAS forward, DGELU backward) where cuBLASLt supports
+// the shape, else a plain product into fp32 scratch and an epilogue kernel.
+// Bias gradients use the deterministic column reduction of reduce.cuh.
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <memory>
+
+#include "memory.cuh"
+#include "srgpt/dtype.h"
+
+namespace srgpt::gpu {
+
+class Matmul {
+ public:
+  // Creates the cuBLASLt handle and its workspace (from `memory`).
+  explicit Matmul(DeviceMemory& memory);
+  Matmul(const Matmul&) = delete;
+  Matmul& operator=(const Matmul&) = delete;
+  ~Matmul();
+
+  void forward(DType dtype, cudaStream_t stream, Scratch& scratch, void* out, void* gelu_pre, const void* in,
+               const void* w, const void* bias, int N, int C, int OC);
+  void backward(DType dtype, cudaStream_t stream, Scratch& scratch, void* din, void* dw, void* db, const void* dout,
+                const void* in, const void* w, const void* gelu_pre, int N, int C, int OC);
+
+ private:
+  // One column-major product D = op(A) op(B) + beta * D, with an optional
+  // epilogue (bias pointer, GELU aux matrix).
+  struct Gemm {
+    DType dtype = DType::bf16;  // of A, B and bias
+    bool d_is_float = false;  // D in fp32 (fallback path) instead of dtype
+    bool transa = false, transb = false;
+    int m = 0, n = 0, k = 0;
+    const void* a = nullptr;
+    int lda = 0;
+    const void* b = nullptr;
+    int ldb = 0;
+    void* d = nullptr;
+    int ldd = 0;
+    float beta = 0.0f;
+    cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
+    const void* bias = nullptr;
+    void* aux = nullptr;
+    int ld_aux = 0;
+  };
+  // False when cuBLASLt has no algorithm for the configuration (only
+  // possible with an epilogue); throws on any other failure.
+  bool run(const Gemm& g, cudaStream_t stream);
+
+  struct Plan;
+  using PlanKey = std::array<int64_t, 11>;
+  // The cached plan for g's shape, dtypes, epilogue and pointer alignments.
+  Plan& plan_for(const Gemm& g);
+
+  DeviceMemory& memory_;
+  cublasLtHandle_t handle_ = nullptr;
+  void* workspace_ = nullptr;
+  size_t workspace_bytes_ = 0;
+  std::map<PlanKey, std::unique_ptr<Plan>> plans_;
+};
+
+}  // namespace srgpt::gpu

@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""REFERENCE BASELINE, not part of srgpt: GPT-2 training-step throughput in
+PyTorch with torch.compile, for comparison with benchmarks/gpu_step_bench.
+
+Same workload as the srgpt benchmark: GPT-2 d12 (124M) or d24 (350M),
+micro batch 32, sequence 1024, vocabulary padded to 50304, random tokens,
+AdamW (lr 6e-4, betas 0.9/0.95, weight decay 0.1 on matrices), gradient
+clipping at 1.0. Two precision modes:
+
+  mixed  fp32 weights, bf16 autocast for forward/backward, fp32 AdamW state
+         (the usual mixed precision)
+  bf16   pure bf16 weights, gradients and AdamW state
+
+Each (model, mode) runs in its own process so peak memory is measured
+cleanly. Prints the median step time after warm-up, tokens/s, MFU and peak
+memory, one line per run, then a table.
+
+  python3 scripts/bench_pytorch_gpt2.py                 # d12 and d24, both modes
+  python3 scripts/bench_pytorch_gpt2.py --model d12 --mode bf16 --steps 30
+"""
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+
+PEAK_TFLOPS = 790.0  # measured bf16 dense matmul peak of the H100 test host
+
+MODELS = {
+    "d12": dict(n_layer=12, n_head=12, d_model=768),
+    "d24": dict(n_layer=24, n_head=16, d_model=1024),
+}
+
+
+def build_model(torch, cfg, vocab, seq_len):
+    nn = torch.nn
+    F = torch.nn.functional
+
+    class Block(nn.Module):
+        def __init__(self, C, H):
+            super().__init__()
+            self.H = H
+            self.ln_1 = nn.LayerNorm(C)
+            self.c_attn = nn.Linear(C, 3 * C)
+            self.c_proj = nn.Linear(C, C)
+            self.ln_2 = nn.LayerNorm(C)
+            self.c_fc = nn.Linear(C, 4 * C)
+            self.mlp_proj = nn.Linear(4 * C, C)
+
+        def forward(self, x):
+            B, T, C = x.shape
+            q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
+            q, k, v = (t.view(B, T, self.H, C // self.H).transpose(1, 2) for t in (q, k, v))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+            return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
+
+    class GPT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            C = cfg["d_model"]
+            self.wte = nn.Embedding(vocab, C)
+            self.wpe = nn.Embedding(seq_len, C)
+            self.blocks = nn.ModuleList(Block(C, cfg["n_head"]) for _ in range(cfg["n_layer"]))
+            self.ln_f = nn.LayerNorm(C)
+            std = 0.02
+            for name, p in self.named_parameters():
+                if p.dim() == 2:
+                    s = std / math.sqrt(2 * cfg["n_layer"]) if name.endswith("proj.weight") else std
+                    nn.init.normal_(p, 0.0, s)
+                elif name.endswith("bias"):
+                    nn.init.zeros_(p)
+
+        def forward(self, idx, targets):
+            T = idx.shape[1]
+            x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))
+            for block in self.blocks:
+                x = block(x)
+            logits = F.linear(self.ln_f(x), self.wte.weight)  # tied head
+            return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
+
+    return GPT()
+
+
+def run_one(args):
+    import torch
+
+    torch.manual_seed(1234)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    device = "cuda"
+    cfg = MODELS[args.model]
+    vocab, B, T = 50304, args.batch, args.seq
+    model = build_model(torch, cfg, vocab, T).to(device)
+    if args.mode == "bf16":
+        model = model.to(torch.bfloat16)
+    n_params = sum(p.numel() for p in model.parameters())
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=6e-4, betas=(0.9, 0.95), eps=1e-8, fused=True)
+    compiled = torch.compile(model)
+    x = torch.randint(0, 50257, (B, T), device=device)
+    y = torch.randint(0, 50257, (B, T), device=device)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        if args.mode == "mixed":
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+                loss = compiled(x, y)
+        else:
+            loss = compiled(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        return loss
+
+    torch.cuda.reset_peak_memory_stats()
+    for _ in range(args.warmup):
+        step()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        loss = step()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    median = statistics.median(times)
+    tokens = B * T
+    flops = 6 * n_params * tokens + 12 * cfg["n_layer"] * cfg["d_model"] * T * tokens
+    result = dict(
+        impl="pytorch", model=args.model, mode=args.mode, batch=B, seq=T, params=n_params,
+        step_ms=median * 1e3, tokens_per_s=tokens / median,
+        mfu=flops / median / (PEAK_TFLOPS * 1e12),
+        peak_alloc_gib=torch.cuda.max_memory_allocated() / 2**30,
+        peak_reserved_gib=torch.cuda.max_memory_reserved() / 2**30,
+        loss=float(loss), torch=torch.__version__, gpu=torch.cuda.get_device_name())
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=sorted(MODELS), action="append")
+    parser.add_argument("--mode", choices=["mixed", "bf16"], action="append")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seq", type=int, default=1024)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--json", help="also write the results to this file (JSON lines)")
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        args.model, args.mode = args.model[0], args.mode[0]
+        return run_one(args)
+
+    results = []
+    for model in args.model or ["d12", "d24"]:
+        for mode in args.mode or ["mixed", "bf16"]:
+            cmd = [sys.executable, __file__, "--one", "--model", model, "--mode", mode, "--batch", str(args.batch),
+                   "--seq", str(args.seq), "--warmup", str(args.warmup), "--steps", str(args.steps)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+            if proc.returncode != 0 or not lines:
+                tail = (proc.stderr or proc.stdout)[-2000:]
+                print(f"pytorch {model} {mode}: FAILED (exit {proc.returncode})\n{tail}", flush=True)
+                continue
+            result = json.loads(lines[-1][len("RESULT "):])
+            results.append(result)
+            print(json.dumps(result), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            for r in results:
+                f.write(json.dumps(r) + "\n")
+    print("\nPyTorch reference (torch.compile), micro batch %d, seq %d" % (args.batch, args.seq))
+    print("| model | mode | step ms | tokens/s | MFU | peak alloc GiB | peak reserved GiB |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        print("| %s | %s | %.1f | %.0f | %.1f%% | %.2f | %.2f |" % (
+            r["model"], r["mode"], r["step_ms"], r["tokens_per_s"], 100 * r["mfu"], r["peak_alloc_gib"],
+            r["peak_reserved_gib"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+// The whole GPT on the GPU: loss and every parameter gradient match the cpu
+// backend from identical weights, and training is bit-reproducible.
+#include <spdlog/fmt/fmt.h>
+
+#include <cmath>
+
+#include "gpu_test_util.h"
+#include "srgpt/communicator.h"
+#include "srgpt/config.h"
+#include "srgpt/model.h"
+#include "srgpt/optimizer.h"
+#include "srgpt/param_store.h"
+
+using namespace srgpt;
+using namespace srgpt::gpu_test;
+
+namespace {
+
+// Small, but with head size 64 so bf16 attention takes the tensor-core
+// kernels, and a vocabulary that needs padding.
+ModelConfig small_model() {
+  ModelConfig cfg;
+  cfg.vocab_size = 500;
+  cfg.max_seq_len = 256;
+  cfg.n_layer = 2;
+  cfg.n_head = 2;
+  cfg.d_model = 128;
+  return cfg;
+}
+
+// One model with its parameters and optimizer on one backend.
+struct Run {
+  Run(std::unique_ptr<Backend> backend_in, const ModelConfig& cfg, Precision precision, int B, int T)
+      : backend(std::move(backend_in)),
+        comm(make_single_process_communicator(*backend)),
+        params(*backend, *comm, gpt2_param_layout(cfg), 0),
+        model(cfg, params, B, T),
+        optimizer(params, precision, OptimizerConfig{}, 77) {
+    optimizer.set_weights(gpt2_initial_weights(cfg, params.layout(), 2024, 0.02));
+  }
+  // Forward + backward from zeroed gradients; returns the mean loss.
+  double gradients(const std::vector<int32_t>& inputs, const std::vector<int32_t>& targets) {
+    params.zero_grads();
+    const double loss =
+        model.forward_backward(inputs.data(), targets.data(), 1.0f / float(model.batch() * model.seq_len()));
+    params.reduce_gradients();
+    return loss;
+  }
+  std::vector<float> grads() {
+    const Layout& layout = params.layout();
+    std::vector<uint8_t> bytes(layout.total() * dtype_size(backend->dtype()));
+    backend->download(bytes.data(), params.grads(), bytes.size());
+    return from_bytes(backend->dtype(), bytes);
+  }
+
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<Communicator> comm;
+  ParameterStore params;
+  GPT model;
+  Optimizer optimizer;
+};
+
+}  // namespace
+
+TEST_CASE("gpu GPT loss and gradients match the cpu backend", "[gpu]") {
+  if (!have_gpu()) return;
+  const ModelConfig cfg = small_model();
+  const int B = 4, T = 193;  // T not a multiple of the attention tile
+  const auto inputs = random_tokens(size_t(B) * T, cfg.vocab_size, 1001);
+  const auto targets = random_tokens(size_t(B) * T, cfg.vocab_size, 1002);
+  for (Precision precision : {Precision::bf16_sr, Precision::fp32}) {
+    const DType dtype = compute_dtype(precision);
+    Run cpu(make_cpu_backend(dtype), cfg, precision, B, T);
+    Run gpu(make_cuda_backend(dtype, 0), cfg, precision, B, T);
+    const double cpu_loss = cpu.gradients(inputs, targets), gpu_loss = gpu.gradients(inputs, targets);
+    std::printf("[gpu] model %s loss cpu %.6f gpu %.6f\n", dtype_name(dtype), cpu_loss, gpu_loss);
+    CHECK(std::isfinite(gpu_loss));
+    CHECK(std::fabs(gpu_loss - cpu_loss) <= (dtype == DType::bf16 ? 5e-3 : 1e-5) * std::fabs(cpu_loss));
+
+    const auto cpu_grads = cpu.grads(), gpu_grads = gpu.grads();
+    REQUIRE(count_non_finite(gpu_grads) == 0);
+    // Per tensor, so a failure names the op whose gradient is off.
+    for (const TensorSpec& t : cpu.params.layout().tensors()) {
+      const std::vector<float> c(cpu_grads.begin() + t.offset, cpu_grads.begin() + t.offset + t.numel);
+      const std::vector<float> g(gpu_grads.begin() + t.offset, gpu_grads.begin() + t.offset + t.numel);
+      const double error = relative_error(g, c);
+      const double bound = dtype == DType::bf16 ? 5e-2 : 1e-4;
+      std::printf("[gpu] model %s grad %-28s rel.err %.3e (bound %.0e)\n", dtype_name(dtype), t.name.c_str(), error,
+                  bound);
+      INFO(t.name << " relative error " << error);
+      CHECK(error <= bound);
+    }
+  }
+}
+
+TEST_CASE("gpu training is bit-reproducible over 20 steps", "[gpu]") {
+  if (!have_gpu()) return;
+  const ModelConfig cfg = small_model();
+  const int B = 4, T = 256, steps = 20;
+  for (Precision precision : {Precision::bf16_sr, Precision::mixed}) {
+    std::vector<std::vector<double>> losses(2);
+    std::vector<std::vector<uint8_t>> weights(2);
+    for (int run = 0; run < 2; ++run) {
+      Run r(make_cuda_backend(compute_dtype(precision), 0), cfg, precision, B, T);
+      for (int step = 1; step <= steps; ++step) {
+        const auto inputs = random_tokens(size_t(B) * T, cfg.vocab_size, 5000 + step);
+        const auto targets = random_tokens(size_t(B) * T, cfg.vocab_size, 6000 + step);
+        losses[run].push_back(r.gradients(inputs, targets));
+        const double norm = std::sqrt(r.params.grad_norm_squared());
+        r.optimizer.step(step, 1e-3, norm > 1.0 ? float(1.0 / norm) : 1.0f);
+      }
+      weights[run].resize(r.params.weight_bytes());
+      r.backend->download(weights[run].data(), r.params.weights(), weights[run].size());
+    }
+    INFO(precision_name(precision));
+    CHECK(losses[0] == losses[1]);
+    check_same_bytes(std::string("weights after 20 steps, ") + precision_name(precision), weights[1], weights[0]);
+    for (double loss : losses[0]) CHECK(std::isfinite(loss));
+  }
+}

@@ -1,0 +1,323 @@
+// Every cuda-backend op against the cpu backend on fresh random inputs, at
+// several shapes including odd ones, with outputs poisoned before the op.
+#include <spdlog/fmt/fmt.h>
+
+#include <algorithm>
+
+#include "gpu_test_util.h"
+
+using namespace srgpt;
+using namespace srgpt::gpu_test;
+
+namespace {
+
+const DType kDtypes[] = {DType::bf16, DType::f32};
+
+std::string label(const char* op, DType dtype, const std::string& shape) {
+  return fmt::format("{} {} {}", op, dtype_name(dtype), shape);
+}
+
+}  // namespace
+
+TEST_CASE("gpu embedding forward and backward match the cpu backend", "[gpu]") {
+  if (!have_gpu()) return;
+  struct Shape {
+    int B, T, C, V;
+  };
+  // Odd C takes the scalar path; a tiny vocabulary repeats tokens often.
+  const Shape shapes[] = {{1, 1, 8, 50}, {2, 17, 100, 97}, {3, 257, 768, 1000}, {4, 64, 256, 7}};
+  uint64_t seed = 100;
+  for (DType dtype : kDtypes) {
+    for (const Shape& s : shapes) {
+      Backends be(dtype);
+      const size_t N = size_t(s.B) * s.T;
+      const std::string shape = fmt::format("B={} T={} C={} V={}", s.B, s.T, s.C, s.V);
+      Pair wte(be, dtype, size_t(s.V) * s.C), wpe(be, dtype, size_t(s.T) * s.C), out(be, dtype, N * s.C);
+      Pair tokens(be, DType::f32, N);  // raw int32 bytes
+      const auto token_values = random_tokens(N, s.V, ++seed);
+      std::vector<uint8_t> token_bytes(N * 4);
+      std::memcpy(token_bytes.data(), token_values.data(), token_bytes.size());
+      tokens.cpu.set_bytes(token_bytes);
+      tokens.gpu.set_bytes(token_bytes);
+      wte.set(random_normal(wte.cpu.count(), ++seed));
+      wpe.set(random_normal(wpe.cpu.count(), ++seed));
+      out.poison();
+      auto* cpu_tokens = static_cast<const int32_t*>(tokens.cpu.get());
+      auto* gpu_tokens = static_cast<const int32_t*>(tokens.gpu.get());
+      be.cpu->embedding_forward(out.cpu.get(), cpu_tokens, wte.cpu.get(), wpe.cpu.get(), s.B, s.T, s.C);
+      be.gpu->embedding_forward(out.gpu.get(), gpu_tokens, wte.gpu.get(), wpe.gpu.get(), s.B, s.T, s.C);
+      check_close(label("embedding_forward", dtype, shape), out.gpu, out.cpu, bound_for(dtype, 1e-6, 1e-7));
+
+      // Backward accumulates into random existing gradients.
+      Pair dwte(be, dtype, wte.cpu.count()), dwpe(be, dtype, wpe.cpu.count()), dout(be, dtype, N * s.C);
+      dwte.set(random_normal(dwte.cpu.count(), ++seed));
+      dwpe.set(random_normal(dwpe.cpu.count(), ++seed));
+      dout.set(random_normal(dout.cpu.count(), ++seed));
+      be.cpu->embedding_backward(dwte.cpu.get(), dwpe.cpu.get(), dout.cpu.get(), cpu_tokens, s.B, s.T, s.C);
+      be.gpu->embedding_backward(dwte.gpu.get(), dwpe.gpu.get(), dout.gpu.get(), gpu_tokens, s.B, s.T, s.C);
+      check_close(label("embedding_backward dwte", dtype, shape), dwte.gpu, dwte.cpu, bound_for(dtype, 4e-3, 1e-6));
+      check_close(label("embedding_backward dwpe", dtype, shape), dwpe.gpu, dwpe.cpu, bound_for(dtype, 4e-3, 1e-6));
+    }
+  }
+}
+
+TEST_CASE("gpu residual layernorm forward and backward match the cpu backend", "[gpu]") {
+  if (!have_gpu()) return;
+  struct Shape {
+    int N, C;
+  };
+  // C = 100 is not a multiple of the vector width (scalar path); 4096 makes
+  // the backward use fewer warps per block.
+  const Shape shapes[] = {{1, 8}, {37, 100}, {300, 768}, {65, 1600}, {129, 4096}};
+  uint64_t seed = 200;
+  for (DType dtype : kDtypes) {
+    for (const Shape& s : shapes) {
+      for (bool with_delta : {true, false}) {
+        Backends be(dtype);
+        const size_t NC = size_t(s.N) * s.C;
+        const std::string shape = fmt::format("N={} C={} delta={}", s.N, s.C, with_delta);
+        Pair res_in(be, dtype, NC), delta(be, dtype, NC), w(be, dtype, s.C), b(be, dtype, s.C);
+        Pair res_out(be, dtype, NC), out(be, dtype, NC);
+        Pair mean(be, DType::f32, s.N), rstd(be, DType::f32, s.N);
+        res_in.set(random_normal(NC, ++seed, 2.0f));
+        delta.set(random_normal(NC, ++seed));
+        auto weight = random_normal(s.C, ++seed, 0.2f);
+        for (float& x : weight) x += 1.0f;
+        w.set(weight);
+        b.set(random_normal(s.C, ++seed, 0.1f));
+        out.poison();
+        mean.poison();
+        rstd.poison();
+        // Without delta the op runs in place (res_out aliases res_in), as
+        // the model's first layernorm does.
+        void* cpu_res_out = with_delta ? res_out.cpu.get() : res_in.cpu.get();
+        void* gpu_res_out = with_delta ? res_out.gpu.get() : res_in.gpu.get();
+        if (with_delta) res_out.poison();
+        be.cpu->residual_layernorm_forward(cpu_res_out, out.cpu.get(), mean.cpu.get(), rstd.cpu.get(),
+                                           res_in.cpu.get(), with_delta ? delta.cpu.get() : nullptr, w.cpu.get(),
+                                           b.cpu.get(), s.N, s.C);
+        be.gpu->residual_layernorm_forward(gpu_res_out, out.gpu.get(), mean.gpu.get(), rstd.gpu.get(),
+                                           res_in.gpu.get(), with_delta ? delta.gpu.get() : nullptr, w.gpu.get(),
+                                           b.gpu.get(), s.N, s.C);
+        const Pair& residual = with_delta ? res_out : res_in;
+        check_close(label("layernorm_forward res_out", dtype, shape), residual.gpu, residual.cpu,
+                    bound_for(dtype, 1e-6, 1e-7));
+        check_close(label("layernorm_forward out", dtype, shape), out.gpu, out.cpu, bound_for(dtype, 4e-3, 1e-5));
+        // The mean is a sum with cancellation: its relative error is larger.
+        check_close(label("layernorm_forward mean", dtype, shape), mean.gpu, mean.cpu, 1e-4);
+        check_close(label("layernorm_forward rstd", dtype, shape), rstd.gpu, rstd.cpu, 1e-5);
+
+        // Backward from the cpu's statistics, accumulating into random
+        // existing gradients.
+        Pair din(be, dtype, NC), dw(be, dtype, s.C), db(be, dtype, s.C), dout(be, dtype, NC);
+        din.set(random_normal(NC, ++seed));
+        dw.set(random_normal(s.C, ++seed));
+        db.set(random_normal(s.C, ++seed));
+        dout.set(random_normal(NC, ++seed));
+        mean.gpu.set(mean.cpu.values());
+        rstd.gpu.set(rstd.cpu.values());
+        be.cpu->layernorm_backward(din.cpu.get(), dw.cpu.get(), db.cpu.get(), dout.cpu.get(), residual.cpu.get(),
+                                   w.cpu.get(), mean.cpu.get(), rstd.cpu.get(), s.N, s.C);
+        be.gpu->layernorm_backward(din.gpu.get(), dw.gpu.get(), db.gpu.get(), dout.gpu.get(), residual.gpu.get(),
+                                   w.gpu.get(), mean.gpu.get(), rstd.gpu.get(), s.N, s.C);
+        check_close(label("layernorm_backward din", dtype, shape), din.gpu, din.cpu, bound_for(dtype, 4e-3, 1e-5));
+        check_close(label("layernorm_backward dw", dtype, shape), dw.gpu, dw.cpu, bound_for(dtype, 4e-3, 1e-5));
+        check_close(label("layernorm_backward db", dtype, shape), db.gpu, db.cpu, bound_for(dtype, 4e-3, 1e-5));
+      }
+    }
+  }
+}
+
+TEST_CASE("gpu matmul forward and backward match the cpu backend", "[gpu]") {
+  if (!have_gpu()) return;
+  struct Shape {
+    int N, C, OC;
+    bool bias, gelu;
+    size_t offset;  // elements the GPU operands are shifted by (alignment)
+  };
+  // OC or C not a multiple of 8 takes the unfused epilogue fallback; the
+  // shifted operands exercise cuBLASLt's alignment handling.
+  const Shape shapes[] = {{1, 8, 8, true, false, 0},       {64, 768, 2304, true, false, 0},
+                          {37, 100, 75, true, false, 0},   {128, 768, 3072, true, true, 0},
+                          {33, 96, 100, true, true, 0},    {256, 3072, 768, true, false, 0},
+                          {64, 768, 1024, false, false, 0}, {40, 64, 200, false, true, 0},
+                          {48, 128, 256, true, true, 1},   {31, 72, 88, true, false, 3}};
+  uint64_t seed = 300;
+  for (DType dtype : kDtypes) {
+    for (const Shape& s : shapes) {
+      Backends be(dtype);
+      const size_t NC = size_t(s.N) * s.C, NO = size_t(s.N) * s.OC;
+      const std::string shape = fmt::format("N={} C={} OC={} bias={} gelu={} offset={}", s.N, s.C, s.OC, s.bias,
+                                            s.gelu, s.offset);
+      Pair in(be, dtype, NC, s.offset), w(be, dtype, size_t(s.OC) * s.C, s.offset), bias(be, dtype, s.OC, s.offset);
+      Pair out(be, dtype, NO, s.offset), pre(be, dtype, NO, s.offset);
+      in.set(random_normal(NC, ++seed));
+      w.set(random_normal(w.cpu.count(), ++seed, 1.0f / std::sqrt(float(s.C))));
+      bias.set(random_normal(s.OC, ++seed, 0.5f));
+      out.poison();
+      pre.poison();
+      auto bias_of = [&](const Tensor& t) { return s.bias ? t.get() : nullptr; };
+      auto pre_of = [&](const Tensor& t) { return s.gelu ? t.get() : nullptr; };
+      be.cpu->matmul_forward(out.cpu.get(), pre_of(pre.cpu), in.cpu.get(), w.cpu.get(), bias_of(bias.cpu), s.N, s.C,
+                             s.OC);
+      be.gpu->matmul_forward(out.gpu.get(), pre_of(pre.gpu), in.gpu.get(), w.gpu.get(), bias_of(bias.gpu), s.N, s.C,
+                             s.OC);
+      check_close(label("matmul_forward out", dtype, shape), out.gpu, out.cpu, bound_for(dtype, 5e-3, 1e-5));
+      if (s.gelu)
+        check_close(label("matmul_forward gelu_pre", dtype, shape), pre.gpu, pre.cpu, bound_for(dtype, 5e-3, 1e-5));
+
+      Pair din(be, dtype, NC, s.offset), dw(be, dtype, w.cpu.count(), s.offset), db(be, dtype, s.OC, s.offset);
+      Pair dout(be, dtype, NO, s.offset);
+      din.poison();
+      dw.set(random_normal(dw.cpu.count(), ++seed));
+      db.set(random_normal(s.OC, ++seed));
+      dout.set(random_normal(NO, ++seed));
+      // The GELU backward needs a pre-activation for din's forward value:
+      // any random tensor of din's shape serves.
+      Pair din_pre(be, dtype, NC, s.offset);
+      din_pre.set(random_normal(NC, ++seed, 2.0f));
+      be.cpu->matmul_backward(din.cpu.get(), dw.cpu.get(), bias_of(db.cpu), dout.cpu.get(), in.cpu.get(),
+                              w.cpu.get(), pre_of(din_pre.cpu), s.N, s.C, s.OC);
+      be.gpu->matmul_backward(din.gpu.get(), dw.gpu.get(), bias_of(db.gpu), dout.gpu.get(), in.gpu.get(),
+                              w.gpu.get(), pre_of(din_pre.gpu), s.N, s.C, s.OC);
+      check_close(label("matmul_backward din", dtype, shape), din.gpu, din.cpu, bound_for(dtype, 5e-3, 1e-5));
+      check_close(label("matmul_backward dw", dtype, shape), dw.gpu, dw.cpu, bound_for(dtype, 5e-3, 1e-5));
+      if (s.bias)
+        check_close(label("matmul_backward db", dtype, shape), db.gpu, db.cpu, bound_for(dtype, 4e-3, 1e-5));
+    }
+  }
+}
+
+TEST_CASE("gpu attention forward and backward match the cpu backend", "[gpu]") {
+  if (!have_gpu()) return;
+  struct Shape {
+    int B, T, C, H;
+  };
+  // Head sizes 64 and 128 take the tensor-core kernels in bf16 (T not a
+  // multiple of the 64-row tile, and T = 1, included); 32 and 60 the simple
+  // kernel, as does every f32 shape.
+  const Shape shapes[] = {{1, 1, 128, 2},  {2, 257, 256, 2}, {2, 64, 768, 12}, {1, 300, 192, 3},
+                          {2, 100, 96, 3}, {1, 130, 120, 2}, {1, 1000, 128, 1}};
+  uint64_t seed = 400;
+  for (DType dtype : kDtypes) {
+    for (const Shape& s : shapes) {
+      Backends be(dtype);
+      const size_t rows = size_t(s.B) * s.T;
+      const std::string shape = fmt::format("B={} T={} C={} H={} (hd {})", s.B, s.T, s.C, s.H, s.C / s.H);
+      Pair qkv(be, dtype, rows * 3 * s.C), out(be, dtype, rows * s.C), lse(be, DType::f32, size_t(s.B) * s.H * s.T);
+      qkv.set(random_normal(qkv.cpu.count(), ++seed));
+      out.poison();
+      lse.poison();
+      be.cpu->attention_forward(out.cpu.get(), lse.cpu.get(), qkv.cpu.get(), s.B, s.T, s.C, s.H);
+      be.gpu->attention_forward(out.gpu.get(), lse.gpu.get(), qkv.gpu.get(), s.B, s.T, s.C, s.H);
+      check_close(label("attention_forward out", dtype, shape), out.gpu, out.cpu, bound_for(dtype, 1e-2, 2e-5));
+      check_close(label("attention_forward lse", dtype, shape), lse.gpu, lse.cpu, 1e-5);
+
+      // Backward from the cpu's out and lse, so both see the same inputs.
+      Pair dqkv(be, dtype, qkv.cpu.count()), dout(be, dtype, out.cpu.count());
+      dqkv.poison();
+      dout.set(random_normal(dout.cpu.count(), ++seed));
+      out.gpu.set_bytes(out.cpu.bytes());
+      lse.gpu.set_bytes(lse.cpu.bytes());
+      be.cpu->attention_backward(dqkv.cpu.get(), dout.cpu.get(), qkv.cpu.get(), out.cpu.get(), lse.cpu.get(), s.B,
+                                 s.T, s.C, s.H);
+      be.gpu->attention_backward(dqkv.gpu.get(), dout.gpu.get(), qkv.gpu.get(), out.gpu.get(), lse.gpu.get(), s.B,
+                                 s.T, s.C, s.H);
+      check_close(label("attention_backward dqkv", dtype, shape), dqkv.gpu, dqkv.cpu, bound_for(dtype, 2e-2, 2e-5));
+    }
+  }
+}
+
+TEST_CASE("gpu fused cross-entropy matches the cpu backend", "[gpu]") {
+  if (!have_gpu()) return;
+  struct Shape {
+    int N, V, Vp;
+  };
+  // Vp = 101 is not a multiple of the vector width (scalar path).
+  const Shape shapes[] = {{1, 10, 128}, {37, 1000, 1024}, {16, 50257, 50304}, {5, 100, 101}};
+  uint64_t seed = 500;
+  for (DType dtype : kDtypes) {
+    for (const Shape& s : shapes) {
+      Backends be(dtype);
+      const std::string shape = fmt::format("N={} V={} Vp={}", s.N, s.V, s.Vp);
+      Pair logits(be, dtype, size_t(s.N) * s.Vp), losses(be, DType::f32, s.N), targets(be, DType::f32, s.N);
+      logits.set(random_normal(logits.cpu.count(), ++seed, 3.0f));
+      losses.poison();
+      const auto target_values = random_tokens(s.N, s.V, ++seed);
+      std::vector<uint8_t> target_bytes(size_t(s.N) * 4);
+      std::memcpy(target_bytes.data(), target_values.data(), target_bytes.size());
+      targets.cpu.set_bytes(target_bytes);
+      targets.gpu.set_bytes(target_bytes);
+      const float dloss = 1.0f / float(s.N);
+      be.cpu->cross_entropy_forward_backward(losses.cpu.get(), logits.cpu.get(),
+                                             static_cast<const int32_t*>(targets.cpu.get()), s.N, s.V, s.Vp, dloss);
+      be.gpu->cross_entropy_forward_backward(losses.gpu.get(), logits.gpu.get(),
+                                             static_cast<const int32_t*>(targets.gpu.get()), s.N, s.V, s.Vp, dloss);
+      check_close(label("cross_entropy losses", dtype, shape), losses.gpu, losses.cpu, 1e-5);
+      check_close(label("cross_entropy dlogits", dtype, shape), logits.gpu, logits.cpu, bound_for(dtype, 4e-3, 1e-5));
+      // The padded columns are exactly zero.
+      const auto grads = logits.gpu.values();
+      size_t nonzero_padding = 0;
+      for (int n = 0; n < s.N; ++n)
+        for (int j = s.V; j < s.Vp; ++j) nonzero_padding += grads[size_t(n) * s.Vp + j] != 0.0f;
+      CHECK(nonzero_padding == 0);
+    }
+  }
+}
+
+TEST_CASE("gpu reductions match the cpu backend", "[gpu]") {
+  if (!have_gpu()) return;
+  uint64_t seed = 600;
+  for (DType dtype : kDtypes) {
+    Backends be(dtype);
+    // Sizes around the vector width and block sizes; offset 1 makes the
+    // GPU pointer unaligned (scalar path).
+    for (size_t n : {size_t(1), size_t(7), size_t(1000), size_t(1) << 20, (size_t(1) << 22) + 3}) {
+      for (size_t offset : {size_t(0), size_t(1)}) {
+        INFO("dtype " << dtype_name(dtype) << " n " << n << " offset " << offset);
+        Pair losses(be, DType::f32, n, offset), x(be, dtype, n, offset);
+        auto values = random_normal(n, ++seed);
+        for (float& v : values) v = std::fabs(v) + 0.5f;  // positive, like losses
+        losses.set(values);
+        x.set(random_normal(n, ++seed));
+        const double cpu_sum = be.cpu->sum_accum(losses.cpu.get(), n);
+        const double gpu_sum = be.gpu->sum_accum(losses.gpu.get(), n);
+        CHECK(std::fabs(gpu_sum - cpu_sum) <= 1e-12 * std::fabs(cpu_sum));
+        const double cpu_squares = be.cpu->sum_squares(x.cpu.get(), n);
+        const double gpu_squares = be.gpu->sum_squares(x.gpu.get(), n);
+        CHECK(std::fabs(gpu_squares - cpu_squares) <= 1e-12 * cpu_squares);
+        CHECK(be.gpu->all_finite(x.gpu.get(), n));
+
+        // One non-finite element anywhere, first as infinity, then as NaN.
+        auto spoiled = x.cpu.values();
+        const size_t where = size_t(seed * 7919) % n;
+        for (float bad : {INFINITY, -INFINITY, NAN}) {
+          spoiled[where] = bad;
+          x.gpu.set(spoiled);
+          CHECK_FALSE(be.gpu->all_finite(x.gpu.get(), n));
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("gpu accumulate matches the cpu backend", "[gpu]") {
+  if (!have_gpu()) return;
+  uint64_t seed = 650;
+  for (DType dtype : kDtypes) {
+    Backends be(dtype);
+    // Partial last vector and an unaligned start (offset 1).
+    for (size_t n : {size_t(1), size_t(13), (size_t(1) << 20) + 5}) {
+      for (size_t offset : {size_t(0), size_t(1)}) {
+        const std::string shape = fmt::format("n={} offset={}", n, offset);
+        Pair dst(be, dtype, n, offset), src(be, dtype, n, offset);
+        dst.set(random_normal(n, ++seed));
+        src.set(random_normal(n, ++seed));
+        be.cpu->accumulate(dst.cpu.get(), src.cpu.get(), n);
+        be.gpu->accumulate(dst.gpu.get(), src.gpu.get(), n);
+        // One fp32 add rounded once on both sides: the same bits.
+        check_same_bytes(label("accumulate", dtype, shape), dst.gpu.bytes(), dst.cpu.bytes());
+      }
+    }
+  }
+}
