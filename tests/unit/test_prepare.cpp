@@ -1,0 +1,347 @@
+// `srgpt prepare`: document splitting, the deterministic train/val split,
+// shards that decode back to the documents, summary.json, and bad inputs.
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "catch.h"
+#include "srgpt/data.h"
+#include "srgpt/error.h"
+#include "srgpt/prepare.h"
+#include "srgpt/tokenizer.h"
+#include "test_util.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using srgpt_test::TempDir;
+
+void write_file(const fs::path& path, const std::string& contents) {
+  std::ofstream out(path, std::ios::binary);
+  out << contents;
+}
+
+std::string read_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+std::string what_of(const std::function<void()>& action) {
+  try {
+    action();
+  } catch (const srgpt::Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+std::string gpt2_dir() {
+  const std::string dir = std::string(SRGPT_SOURCE_DIR) + "/" + srgpt::kDefaultGpt2TokenizerDir;
+  if (!fs::exists(dir + "/encoder.json") || !fs::exists(dir + "/vocab.bpe")) {
+    FAIL("GPT-2 tokenizer files not found in " << dir << ": run scripts/get_tokenizer.sh");
+  }
+  return dir;
+}
+
+srgpt::PrepareOptions options_for(const TempDir& dir, const std::string& tokenizer) {
+  srgpt::PrepareOptions options;
+  options.inputs = {(dir.path() / "in").string() + "/*.txt"};
+  options.tokenizer = tokenizer;
+  if (tokenizer == "gpt2") options.tokenizer_dir = gpt2_dir();
+  options.out_dir = (dir.path() / "out").string();
+  options.show_progress = false;
+  return options;
+}
+
+// The documents in a split's shards, read back with TokenShard and cut at
+// the end-of-text token.
+std::vector<std::string> documents_in_shards(const std::string& out_dir, const srgpt::SplitSummary& split,
+                                             srgpt::Tokenizer& tokenizer) {
+  std::vector<std::string> documents;
+  std::vector<uint32_t> current;
+  for (const auto& shard_summary : split.shards) {
+    const srgpt::TokenShard shard((fs::path(out_dir) / shard_summary.file).string());
+    REQUIRE(static_cast<int64_t>(shard.size()) == shard_summary.tokens);
+    for (size_t i = 0; i < shard.size(); ++i) {
+      const uint32_t token = shard.at(i);
+      if (token == tokenizer.eot_token()) {
+        documents.push_back(tokenizer.decode(current));
+        current.clear();
+      } else {
+        current.push_back(token);
+      }
+    }
+  }
+  REQUIRE(current.empty());  // every document ends with its separator
+  return documents;
+}
+
+// A random paragraph of words, some with accents, emoji or invalid UTF-8.
+std::string random_paragraph(std::mt19937_64& rng) {
+  static const std::vector<std::string> kWords = {"the", "model", "trains", "in", "pure", "bf16", "café", "日本",
+                                                  "😀", "don't", "42", "x\xff", "rounding", "\t", "data,"};
+  std::uniform_int_distribution<size_t> word(0, kWords.size() - 1), count(1, 40), line_break(0, 9);
+  std::string text;
+  for (size_t k = 0, n = count(rng); k < n; ++k) {
+    if (k > 0) text += line_break(rng) == 0 ? "\n" : " ";
+    text += kWords[word(rng)];
+  }
+  return text;
+}
+
+}  // namespace
+
+TEST_CASE("prepare writes shards that decode back to the documents, split deterministically", "[prepare]") {
+  for (const std::string tokenizer_name : {"byte", "gpt2"}) {
+    INFO("tokenizer " << tokenizer_name);
+    TempDir dir("prepare-e2e");
+    fs::create_directories(dir.path() / "in");
+    // Three files of paragraphs separated by blank lines (one with spaces).
+    std::mt19937_64 rng(21);
+    std::vector<std::string> documents;
+    for (int file = 0; file < 3; ++file) {
+      std::string contents;
+      for (int p = 0; p < 12; ++p) {
+        documents.push_back(random_paragraph(rng));
+        contents += documents.back() + (p % 3 == 0 ? "\n  \n\n" : "\n\n");
+      }
+      write_file(dir.path() / ("in/part" + std::to_string(file) + ".txt"), contents);
+    }
+    auto options = options_for(dir, tokenizer_name);
+    options.split = srgpt::DocumentSplit::Paragraphs;
+    options.val_fraction = 0.25;
+    options.shard_tokens = 97;
+    options.seed = 5;
+    auto tokenizer = srgpt::make_tokenizer(tokenizer_name, options.tokenizer_dir);
+
+    std::vector<std::string> expected_train, expected_val;
+    int64_t train_bytes = 0, val_bytes = 0, invalid_utf8 = 0;
+    for (size_t i = 0; i < documents.size(); ++i) {
+      const bool val = srgpt::document_hash_is_val(options.seed, static_cast<int64_t>(i), options.val_fraction);
+      (val ? expected_val : expected_train).push_back(documents[i]);
+      (val ? val_bytes : train_bytes) += static_cast<int64_t>(documents[i].size());
+      invalid_utf8 += !srgpt::is_valid_utf8(documents[i]);
+    }
+    REQUIRE(!expected_val.empty());
+    REQUIRE(!expected_train.empty());
+    REQUIRE(invalid_utf8 > 0);
+
+    const srgpt::PrepareSummary summary = srgpt::prepare_dataset(options);
+    CHECK(summary.tokenizer == tokenizer_name);
+    CHECK(summary.vocab_size == tokenizer->vocab_size());
+    CHECK(summary.inputs.size() == 3);
+    CHECK(summary.train.documents == static_cast<int64_t>(expected_train.size()));
+    CHECK(summary.val.documents == static_cast<int64_t>(expected_val.size()));
+    CHECK(summary.train.bytes == train_bytes);
+    CHECK(summary.val.bytes == val_bytes);
+    CHECK(summary.train.invalid_utf8_documents + summary.val.invalid_utf8_documents == invalid_utf8);
+    CHECK(documents_in_shards(options.out_dir, summary.train, *tokenizer) == expected_train);
+    CHECK(documents_in_shards(options.out_dir, summary.val, *tokenizer) == expected_val);
+
+    // Tokens: each document's encoding plus its separator, in full shards.
+    int64_t train_tokens = 0;
+    for (const auto& d : expected_train) train_tokens += static_cast<int64_t>(tokenizer->encode(d).size()) + 1;
+    CHECK(summary.train.tokens == train_tokens);
+    REQUIRE(summary.train.shards.size() == static_cast<size_t>((train_tokens + 96) / 97));
+    for (size_t s = 0; s + 1 < summary.train.shards.size(); ++s) CHECK(summary.train.shards[s].tokens == 97);
+    CHECK(summary.train.shards[0].file == "train_000000.bin");
+
+    // summary.json holds the same numbers.
+    const auto reread = srgpt::read_prepare_summary(options.out_dir + "/summary.json");
+    CHECK(srgpt::to_json(reread) == srgpt::to_json(summary));
+    const auto json = nlohmann::json::parse(read_file(fs::path(options.out_dir) / "summary.json"));
+    CHECK(json.at("documents") == documents.size());
+    CHECK(json.at("tokens") == summary.train.tokens + summary.val.tokens);
+    CHECK(json.at("invalid_utf8_documents") == invalid_utf8);
+
+    // Same seed: byte-identical shards. Another seed: another split.
+    auto again = options;
+    again.out_dir = (dir.path() / "again").string();
+    const auto summary_again = srgpt::prepare_dataset(again);
+    REQUIRE(summary_again.train.shards.size() == summary.train.shards.size());
+    for (const auto& shard : summary.train.shards) {
+      CHECK(read_file(fs::path(again.out_dir) / shard.file) == read_file(fs::path(options.out_dir) / shard.file));
+    }
+    auto reseeded = options;
+    reseeded.out_dir = (dir.path() / "reseeded").string();
+    reseeded.seed = 6;
+    const auto summary_reseeded = srgpt::prepare_dataset(reseeded);
+    CHECK(documents_in_shards(reseeded.out_dir, summary_reseeded.val, *tokenizer) != expected_val);
+  }
+}
+
+TEST_CASE("prepare cuts files into documents by file, paragraph or line", "[prepare]") {
+  TempDir dir("prepare-split");
+  fs::create_directories(dir.path() / "in");
+  const std::string contents = "first line\n\n\nsecond b\r\nsecond c\n \t\nthird\n\n";
+  write_file(dir.path() / "in/a.txt", contents);
+  write_file(dir.path() / "in/b.txt", "last, no newline");
+  write_file(dir.path() / "in/empty.txt", "");
+  srgpt::ByteTokenizer tokenizer;
+  auto documents_for = [&](srgpt::DocumentSplit split) {
+    auto options = options_for(dir, "byte");
+    options.split = split;
+    options.val_fraction = 0;
+    const auto summary = srgpt::prepare_dataset(options);
+    CHECK(summary.val.documents == 0);
+    CHECK(summary.val.shards.empty());
+    CHECK(summary.input_bytes == static_cast<int64_t>(contents.size() + 16));
+    return documents_in_shards(options.out_dir, summary.train, tokenizer);
+  };
+  using Documents = std::vector<std::string>;
+  CHECK(documents_for(srgpt::DocumentSplit::Files) == Documents{contents, "last, no newline"});
+  CHECK(documents_for(srgpt::DocumentSplit::Paragraphs) ==
+        Documents{"first line", "second b\r\nsecond c", "third", "last, no newline"});
+  CHECK(documents_for(srgpt::DocumentSplit::Lines) ==
+        Documents{"first line", "second b", "second c", "third", "last, no newline"});
+}
+
+TEST_CASE("prepare keeps both splits non-empty when it can", "[prepare]") {
+  TempDir dir("prepare-min");
+  fs::create_directories(dir.path() / "in");
+  write_file(dir.path() / "in/two.txt", "one document\ntwo documents\n");
+  auto options = options_for(dir, "byte");
+  options.split = srgpt::DocumentSplit::Lines;
+  for (double fraction : {1e-12, 0.999999999}) {
+    options.val_fraction = fraction;
+    const auto summary = srgpt::prepare_dataset(options);
+    CHECK(summary.train.documents == 1);
+    CHECK(summary.val.documents == 1);
+  }
+  write_file(dir.path() / "in/two.txt", "a single document\n");
+  options.val_fraction = 0.5;
+  const auto summary = srgpt::prepare_dataset(options);
+  CHECK(summary.train.documents + summary.val.documents == 1);
+}
+
+TEST_CASE("prepare replaces the shards of an earlier run and reports bytes per token", "[prepare]") {
+  TempDir dir("prepare-rerun");
+  fs::create_directories(dir.path() / "in");
+  fs::create_directories(dir.path() / "out");
+  write_file(dir.path() / "in/a.txt", "alpha beta\n\ngamma delta\n\nepsilon\n\nzeta eta theta\n");
+  write_file(dir.path() / "out/train_000007.bin", "stale");
+  write_file(dir.path() / "out/val_000003.bin", "stale");
+  write_file(dir.path() / "out/notes.txt", "kept");
+  auto options = options_for(dir, "byte");
+  options.split = srgpt::DocumentSplit::Paragraphs;
+  options.val_fraction = 0.3;
+  const auto summary = srgpt::prepare_dataset(options);
+  CHECK_FALSE(fs::exists(dir.path() / "out/train_000007.bin"));
+  CHECK_FALSE(fs::exists(dir.path() / "out/val_000003.bin"));
+  CHECK(fs::exists(dir.path() / "out/notes.txt"));
+
+  const auto train_ratio = srgpt::prepared_bytes_per_token({(dir.path() / "out/train_000000.bin").string()});
+  REQUIRE(train_ratio.has_value());
+  CHECK(*train_ratio == static_cast<double>(summary.train.bytes) / static_cast<double>(summary.train.tokens));
+  CHECK(*train_ratio < 1.0);  // byte tokens plus one separator per document
+  CHECK_FALSE(srgpt::prepared_bytes_per_token(
+                  {(dir.path() / "out/train_000000.bin").string(), (dir.path() / "out/val_000000.bin").string()})
+                  .has_value());
+  CHECK_FALSE(srgpt::prepared_bytes_per_token({(dir.path() / "in/a.txt").string()}).has_value());
+}
+
+TEST_CASE("prepare reports bad inputs as clear errors", "[prepare]") {
+  TempDir dir("prepare-bad");
+  fs::create_directories(dir.path() / "in");
+  write_file(dir.path() / "in/a.txt", "some text\n");
+  auto options = options_for(dir, "byte");
+  auto expect_error = [&](const srgpt::PrepareOptions& bad, const std::vector<std::string>& fragments) {
+    const std::string message = what_of([&] { srgpt::prepare_dataset(bad); });
+    INFO("error: " << message);
+    REQUIRE(!message.empty());
+    for (const auto& fragment : fragments) CHECK(message.find(fragment) != std::string::npos);
+  };
+
+  SECTION("no input matches") {
+    auto bad = options;
+    bad.inputs = {(dir.path() / "in").string() + "/*.md"};
+    expect_error(bad, {"--input", "*.md"});
+  }
+  SECTION("an input is unreadable") {
+    fs::create_directories(dir.path() / "in/folder.txt");
+    expect_error(options, {"folder.txt", "directory"});
+  }
+  SECTION("empty input") {
+    write_file(dir.path() / "in/a.txt", "");
+    expect_error(options, {"empty input", "no bytes"});
+  }
+  SECTION("only blank lines") {
+    write_file(dir.path() / "in/a.txt", "\n \n\t\n");
+    auto bad = options;
+    bad.split = srgpt::DocumentSplit::Lines;
+    expect_error(bad, {"no documents", "lines"});
+  }
+  SECTION("missing tokenizer files") {
+    auto bad = options;
+    bad.tokenizer = "gpt2";
+    bad.tokenizer_dir = (dir.path() / "no-tokenizer").string();
+    expect_error(bad, {"encoder.json", "scripts/get_tokenizer.sh"});
+  }
+  SECTION("corrupt encoder.json") {
+    const fs::path tokenizer_dir = dir.path() / "corrupt";
+    fs::create_directories(tokenizer_dir);
+    fs::copy_file(fs::path(gpt2_dir()) / "vocab.bpe", tokenizer_dir / "vocab.bpe");
+    write_file(tokenizer_dir / "encoder.json", read_file(fs::path(gpt2_dir()) / "encoder.json").substr(0, 5000));
+    auto bad = options;
+    bad.tokenizer = "gpt2";
+    bad.tokenizer_dir = tokenizer_dir.string();
+    expect_error(bad, {"encoder.json", "not valid JSON"});
+  }
+  SECTION("output directory cannot be created") {
+    auto bad = options;
+    bad.out_dir = (dir.path() / "in/a.txt/out").string();
+    expect_error(bad, {"--out", "a.txt/out"});
+  }
+  SECTION("out-of-range numbers") {
+    auto bad = options;
+    bad.val_fraction = 1.0;
+    expect_error(bad, {"--val-fraction", "0 <= F < 1"});
+    bad = options;
+    bad.shard_tokens = 0;
+    expect_error(bad, {"--shard-tokens"});
+  }
+  SECTION("unknown split or tokenizer") {
+    CHECK(what_of([] { srgpt::parse_document_split("sentences"); }).find("files, paragraphs, lines") !=
+          std::string::npos);
+    auto bad = options;
+    bad.tokenizer = "unigram";
+    expect_error(bad, {"unigram", "'byte'"});
+  }
+  CHECK_FALSE(fs::exists(dir.path() / "out/summary.json"));
+}
+
+TEST_CASE("srgpt prepare command line", "[prepare]") {
+  TempDir dir("prepare-cli");
+  fs::create_directories(dir.path() / "in");
+  write_file(dir.path() / "in/a.txt", "first sentence.\nsecond sentence.\nthird one\n");
+  write_file(dir.path() / "in/b.txt", "fourth\n\nfifth\n");
+  const std::string input = "'" + (dir.path() / "in").string() + "/*.txt'";
+  const std::string out = (dir.path() / "out").string();
+
+  const auto ok = srgpt_test::run_command(srgpt_test::srgpt_bin() + " prepare --input " + input +
+                                          " --tokenizer byte --split lines --val-fraction 0.2 --out " + out);
+  INFO(ok.output);
+  REQUIRE(ok.exit_code == 0);
+  CHECK(ok.output.find("train") != std::string::npos);
+  const auto summary = srgpt::read_prepare_summary(out + "/summary.json");
+  CHECK(summary.tokenizer == "byte");
+  CHECK(summary.document_split == "lines");
+  CHECK(summary.train.documents + summary.val.documents == 5);
+  CHECK(summary.val.documents >= 1);
+
+  const auto bad = srgpt_test::run_command(srgpt_test::srgpt_bin() + " prepare --input " + input +
+                                           " --tokenizer byte --val-fraction 1.5 --out " + out);
+  INFO(bad.output);
+  CHECK(bad.exit_code != 0);
+  CHECK(bad.output.find("--val-fraction") != std::string::npos);
+  const auto missing = srgpt_test::run_command(srgpt_test::srgpt_bin() + " prepare --input '" +
+                                               (dir.path() / "none").string() + "/*.txt' --tokenizer byte --out " +
+                                               out);
+  INFO(missing.output);
+  CHECK(missing.exit_code != 0);
+  CHECK(missing.output.find("no files match") != std::string::npos);
+}
