@@ -1,0 +1,252 @@
+// Bad input through the real binary: every case must exit non-zero with a
+// message that names the problem, and never crash or hang.
+#include <fstream>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "catch.h"
+#include "srgpt/config.h"
+#include "test_util.h"
+
+using namespace srgpt_test;
+
+namespace {
+
+struct Fixture {
+  TempDir tmp{"cli"};
+  std::string data = tmp.str("data");
+  std::string good_config = tmp.str("good.json");
+  std::string run_dir = tmp.str("run");
+
+  Fixture() {
+    write_markov_shards(tmp.path() / "data", 64, 20000, 3000);
+    write_json(good_config, base());
+    // A finished 4-step run with a checkpoint, for the checkpoint cases.
+    auto r = run_command(srgpt_bin() + " train --config " + good_config);
+    REQUIRE(r.exit_code == 0);
+  }
+
+  nlohmann::json base() const {
+    srgpt::Config c = tiny_config(tmp.path() / "data", run_dir);
+    c.train.steps = 4;
+    c.checkpoint.every = 2;
+    return srgpt::config_to_json(c);
+  }
+
+  std::string config_with(const std::function<void(nlohmann::json&)>& edit, const std::string& name) const {
+    nlohmann::json j = base();
+    edit(j);
+    std::string path = tmp.str(name + ".json");
+    write_json(path, j);
+    return path;
+  }
+
+  static void write_json(const std::string& path, const nlohmann::json& j) { std::ofstream(path) << j.dump(2); }
+  static void write_text(const std::string& path, const std::string& text) { std::ofstream(path) << text; }
+
+  std::string checkpoint() const { return run_dir + "/checkpoints/step_00000004"; }
+};
+
+void expect_error(const std::string& what, const std::string& cmd, const std::vector<std::string>& needles) {
+  CommandResult r = run_command(cmd);
+  INFO(what << "\ncommand: " << cmd << "\noutput:\n" << r.output);
+  CHECK(r.exit_code != 0);
+  CHECK(r.exit_code < 128);  // not killed by a signal
+  for (const auto& n : needles) CHECK(r.output.find(n) != std::string::npos);
+}
+
+}  // namespace
+
+TEST_CASE("bad inputs give a clear error and a non-zero exit", "[cli][errors]") {
+  Fixture f;
+  const std::string bin = srgpt_bin();
+  const std::string train = bin + " train --config ";
+
+  expect_error("missing config file", train + f.tmp.str("nope.json"), {"nope.json"});
+
+  Fixture::write_text(f.tmp.str("malformed.json"), "{\"model\": {\"n_layer\": 2,,}");
+  expect_error("malformed JSON", train + f.tmp.str("malformed.json"), {"malformed.json", "line"});
+
+  expect_error("unknown key", train + f.config_with([](auto& j) { j["optimizer"]["betas"] = 0.9; }, "unknown"),
+               {"optimizer.betas"});
+  expect_error("wrong type", train + f.config_with([](auto& j) { j["model"]["n_layer"] = "two"; }, "type"),
+               {"model.n_layer"});
+  expect_error("non-integral integer", train + f.config_with([](auto& j) { j["model"]["n_layer"] = 2.5; }, "int"),
+               {"model.n_layer"});
+  expect_error("d_model not divisible by n_head",
+               train + f.config_with([](auto& j) { j["model"]["n_head"] = 3; }, "heads"), {"n_head", "d_model"});
+  expect_error("total batch not a multiple of micro batch x seq",
+               train + f.config_with([](auto& j) { j["batch"]["total_tokens"] = 100; }, "batch"),
+               {"batch.total_tokens"});
+  expect_error("seq_len beyond max_seq_len",
+               train + f.config_with([](auto& j) { j["batch"]["seq_len"] = 32; }, "seq"), {"batch.seq_len"});
+  expect_error("unknown precision", train + f.config_with([](auto& j) { j["precision"] = "fp8"; }, "prec"),
+               {"precision", "bf16-sr"});
+  expect_error("negative learning rate", train + f.config_with([](auto& j) { j["optimizer"]["lr"] = -1; }, "lr"),
+               {"optimizer.lr"});
+  expect_error("malformed --set", train + f.good_config + " --set optimizer.lr", {"--set", "="});
+  expect_error("--set of an unknown key", train + f.good_config + " --set optimizer.momentum=0.9",
+               {"optimizer.momentum"});
+
+  expect_error("no shard matches", train + f.config_with([&](auto& j) { j["data"]["train"] = f.tmp.str("none_*.bin"); }, "nodata"),
+               {"data.train", "none_*.bin"});
+  {
+    // Truncated shard: header says more tokens than the file holds.
+    std::string shard = f.tmp.str("trunc/train_000000.bin");
+    std::filesystem::create_directories(f.tmp.path() / "trunc");
+    std::filesystem::copy_file(f.data + "/train_000000.bin", shard);
+    std::filesystem::resize_file(shard, std::filesystem::file_size(shard) - 100);
+    expect_error("truncated shard",
+                 train + f.config_with([&](auto& j) { j["data"]["train"] = f.tmp.str("trunc/*.bin"); }, "trunc"),
+                 {"train_000000.bin"});
+  }
+  {
+    // A file with an llm.c-like header but the wrong version.
+    std::string shard = f.tmp.str("badver/train_000000.bin");
+    std::filesystem::create_directories(f.tmp.path() / "badver");
+    std::vector<int32_t> header(256, 0);
+    header[0] = 20240520;
+    header[1] = 7;
+    header[2] = 10;
+    std::ofstream(shard, std::ios::binary).write(reinterpret_cast<char*>(header.data()), 1024);
+    expect_error("bad shard version",
+                 train + f.config_with([&](auto& j) { j["data"]["train"] = f.tmp.str("badver/*.bin"); }, "badver"),
+                 {"train_000000.bin", "version"});
+  }
+  {
+    // Token ids beyond the model's vocabulary.
+    std::vector<uint32_t> toks(5000, 200);
+    std::filesystem::create_directories(f.tmp.path() / "oov");
+    srgpt::write_token_shard(f.tmp.str("oov/train_000000.bin"), toks);
+    expect_error("token id >= vocab",
+                 train + f.config_with([&](auto& j) { j["data"]["train"] = f.tmp.str("oov/*.bin"); }, "oov"),
+                 {"train_000000.bin", "200"});
+  }
+  {
+    std::vector<uint32_t> toks(20, 1);
+    std::filesystem::create_directories(f.tmp.path() / "small");
+    srgpt::write_token_shard(f.tmp.str("small/train_000000.bin"), toks);
+    expect_error("shard smaller than one batch",
+                 train + f.config_with([&](auto& j) { j["data"]["train"] = f.tmp.str("small/*.bin"); }, "small"),
+                 {"train_000000.bin"});
+  }
+  {
+    Fixture::write_text(f.tmp.str("afile"), "x");
+    expect_error("unwritable output directory",
+                 train + f.config_with([&](auto& j) { j["out_dir"] = f.tmp.str("afile/run"); }, "outdir"),
+                 {"out_dir"});
+  }
+
+  expect_error("checkpoint does not exist",
+               bin + " eval --checkpoint " + f.tmp.str("no_ckpt") + " --data '" + f.data + "/val_*.bin'",
+               {"no_ckpt", "does not exist"});
+  expect_error("resume with a different model shape",
+               train + f.config_with([](auto& j) { j["model"]["d_model"] = 64; }, "shape") + " --resume-from " +
+                   f.checkpoint(),
+               {"model.d_model"});
+  expect_error("resume with a different precision",
+               train + f.config_with([](auto& j) { j["precision"] = "fp32"; }, "precision") + " --resume-from " +
+                   f.checkpoint(),
+               {"precision"});
+  {
+    // Corrupt: one flipped byte in the weights.
+    std::string ckpt = f.tmp.str("corrupt");
+    std::filesystem::copy(f.checkpoint(), ckpt);
+    std::fstream file(ckpt + "/model.bin", std::ios::in | std::ios::out | std::ios::binary);
+    file.seekg(100);
+    char c;
+    file.read(&c, 1);
+    c = char(c ^ 0x10);
+    file.seekp(100);
+    file.write(&c, 1);
+    file.close();
+    expect_error("corrupt checkpoint", bin + " eval --checkpoint " + ckpt + " --data '" + f.data + "/val_*.bin'",
+                 {"model.bin"});
+  }
+  {
+    std::string ckpt = f.tmp.str("truncated_ckpt");
+    std::filesystem::copy(f.checkpoint(), ckpt);
+    std::filesystem::resize_file(ckpt + "/optim_rank00000.bin",
+                                 std::filesystem::file_size(ckpt + "/optim_rank00000.bin") / 2);
+    expect_error("truncated checkpoint", train + f.good_config + " --resume-from " + ckpt, {"optim_rank00000.bin"});
+  }
+  {
+    std::string ckpt = f.tmp.str("no_manifest");
+    std::filesystem::copy(f.checkpoint(), ckpt);
+    std::filesystem::remove(ckpt + "/manifest.json");
+    expect_error("checkpoint without manifest", bin + " info " + ckpt, {"manifest"});
+  }
+  {
+    std::string ckpt = f.tmp.str("bad_manifest");
+    std::filesystem::copy(f.checkpoint(), ckpt);
+    Fixture::write_text(ckpt + "/manifest.json", "{\"format\": \"srgpt-checkpoint\", \"format_version\": ");
+    expect_error("malformed manifest", bin + " info " + ckpt, {"manifest.json"});
+  }
+}
+
+TEST_CASE("a run killed while saving leaves the previous checkpoint loadable", "[cli][errors][checkpoint]") {
+  Fixture f;  // has checkpoints at steps 2 and 4
+  const std::string cfg = f.config_with([](auto& j) { j["train"]["steps"] = 6; }, "longer");
+  CommandResult r = run_command("SRGPT_FAULT_ABORT_IN_SAVE=1 " + srgpt_bin() + " train --config " + cfg + " --resume");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 86);  // the fault hook killed it mid-save
+  CommandResult info = run_command(srgpt_bin() + " info --verify " + f.run_dir);
+  INFO(info.output);
+  CHECK(info.exit_code == 0);
+  CHECK(info.output.find("step_00000004") != std::string::npos);
+  // And training resumes from it to the end.
+  CommandResult resumed = run_command(srgpt_bin() + " train --config " + cfg + " --resume");
+  INFO(resumed.output);
+  CHECK(resumed.exit_code == 0);
+  CHECK(resumed.output.find("resumed from") != std::string::npos);
+}
+
+TEST_CASE("a diverging run stops with a clear message and never checkpoints NaN", "[cli][errors]") {
+  Fixture f;
+  const std::string cfg = f.config_with(
+      [&](auto& j) {
+        j["optimizer"]["lr"] = 1e30;
+        j["optimizer"]["grad_clip"] = 0;
+        j["optimizer"]["warmup_steps"] = 0;
+        j["out_dir"] = f.tmp.str("diverge");
+        j["checkpoint"]["every"] = 1;
+      },
+      "diverge");
+  CommandResult r = run_command(srgpt_bin() + " train --config " + cfg);
+  INFO(r.output);
+  CHECK(r.exit_code == 1);
+  CHECK(r.output.find("non-finite") != std::string::npos);
+  // Every checkpoint that was written verifies (and holds finite weights:
+  // save refuses NaN).
+  CommandResult info = run_command(srgpt_bin() + " info --verify " + f.tmp.str("diverge"));
+  INFO(info.output);
+  if (std::filesystem::exists(f.tmp.path() / "diverge" / "checkpoints" / "step_00000001"))
+    CHECK(info.exit_code == 0);
+}
+
+TEST_CASE("SIGTERM finishes the step, writes a checkpoint and exits 0", "[cli][signal]") {
+  Fixture f;
+  const std::string cfg = f.config_with(
+      [&](auto& j) {
+        j["train"]["steps"] = 100000;
+        j["out_dir"] = f.tmp.str("preempt");
+      },
+      "preempt");
+  const std::string log = f.tmp.str("preempt.log");
+  // Start training, wait until a few steps are logged, then SIGTERM it.
+  std::string cmd = "(" + srgpt_bin() + " train --config " + cfg + " > " + log +
+                    " 2>&1 & pid=$!; for i in $(seq 1 300); do grep -q 'step      3' " + log +
+                    " && break; sleep 0.1; done; kill -TERM $pid; wait $pid)";
+  CommandResult r = run_command(cmd);
+  std::ifstream in(log);
+  std::string out((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  INFO(out);
+  CHECK(r.exit_code == 0);
+  CHECK(out.find("SIGTERM") != std::string::npos);
+  CommandResult info = run_command(srgpt_bin() + " info --verify " + f.tmp.str("preempt"));
+  INFO(info.output);
+  CHECK(info.exit_code == 0);
+}
