@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what srgpt needs to build, test and fetch data, from Debian
+# packages (and Node.js/npm when absent, for the tokenizer and demo corpus
+# packages). Idempotent: packages already present are not reinstalled.
+set -euo pipefail
+
+packages=(build-essential cmake pkg-config git libopenmpi-dev openmpi-bin nlohmann-json3-dev libspdlog-dev
+          libcli11-dev catch2)
+command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
