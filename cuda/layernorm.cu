@@ -4,12 +4,11 @@
 #include "cuda_check.cuh"
 #include "layernorm.cuh"
 #include "reduce.cuh"
+#include "srgpt/model_config.h"
 
 namespace srgpt::gpu {
 namespace {
 
-// GPT-2's LayerNorm epsilon (as the cpu backend).
-constexpr float kLayerNormEps = 1e-5f;
 
 // ---- forward: one warp per row; the row (after the residual add, rounded
 // to storage as the cpu backend sees it) is kept in shared memory for the
@@ -55,7 +54,7 @@ __global__ void residual_layernorm_forward_kernel(S* res_out, S* out, float* mea
       squares += d * d;
     }
   }
-  const float rs = 1.0f / sqrtf(warp_sum(squares) / float(C) + kLayerNormEps);
+  const float rs = 1.0f / sqrtf(warp_sum(squares) / float(C) + float(kLayerNormEps));
   for (int c = lane * W; c < C; c += 32 * W) {
     float weight[W], bias[W], y[W];
     load_chunk<W>(w + c, weight);

@@ -35,6 +35,9 @@ int main(int argc, char** argv) {
   srgpt::add_eval_command(app);
   srgpt::add_info_command(app);
   srgpt::add_prepare_command(app);
+  srgpt::add_sample_command(app);
+  srgpt::add_export_command(app);
+  srgpt::add_import_command(app);
   spdlog::set_pattern("[%H:%M:%S] %v");
   try {
     app.parse(argc, argv);

@@ -8,6 +8,9 @@ void add_train_command(CLI::App& app);
 void add_eval_command(CLI::App& app);
 void add_info_command(CLI::App& app);
 void add_prepare_command(CLI::App& app);
+void add_sample_command(CLI::App& app);
+void add_export_command(CLI::App& app);
+void add_import_command(CLI::App& app);
 
 }  // namespace srgpt
 

@@ -3,6 +3,10 @@
 
 namespace srgpt {
 
+// GPT-2's LayerNorm epsilon: used by both backends, the sampler, and
+// written to exported Hugging Face configs.
+constexpr double kLayerNormEps = 1e-5;
+
 // GPT-2 shape. The embedding/LM-head table has padded_vocab rows (vocab
 // rounded up to a multiple of 128); rows >= vocab_size are zero and never
 // predicted.

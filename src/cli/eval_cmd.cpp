@@ -1,3 +1,4 @@
+#include <cmath>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -6,6 +7,7 @@
 
 #include "srgpt/cli.h"
 #include "srgpt/data.h"
+#include "srgpt/prepare.h"
 #include "srgpt/trainer.h"
 
 namespace srgpt {
@@ -17,7 +19,7 @@ void add_eval_command(CLI::App& app) {
     int batch = 0, seq_len = 0;
   };
   auto args = std::make_shared<Args>();
-  CLI::App* cmd = app.add_subcommand("eval", "Mean loss and perplexity of a checkpoint on token shards");
+  CLI::App* cmd = app.add_subcommand("eval", "Mean loss, perplexity and bits per byte of a checkpoint on token shards");
   cmd->add_option("--checkpoint", args->checkpoint,
                   "Checkpoint directory, or a run directory (its newest checkpoint is used)")
       ->required();
@@ -29,16 +31,24 @@ void add_eval_command(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   cmd->add_option("--seq-len", args->seq_len, "Tokens per sequence (default: the checkpoint's batch.seq_len)")
       ->check(CLI::PositiveNumber);
-  cmd->footer("Prints a human-readable line, then one JSON object: {\"loss\", \"perplexity\", \"tokens\", \"step\"}.\n"
+  cmd->footer("Prints a human-readable line, then one JSON object: {\"loss\", \"perplexity\", \"tokens\", \"step\"},\n"
+              "plus \"bits_per_byte\" when the shards were written by `srgpt prepare` (its summary.json gives the\n"
+              "split's bytes per token): bits_per_byte = loss / ln(2) / bytes_per_token.\n"
               "Sequences are non-overlapping windows in file order; a trailing partial batch is not evaluated.");
   cmd->callback([args]() {
     LoadedModel lm = load_model_for_inference(resolve_checkpoint_dir(args->checkpoint), args->batch, args->seq_len);
-    TokenLoader loader(expand_shard_pattern(args->data, "--data"), lm.model->batch(), lm.model->seq_len(), 0, 1,
-                       lm.config.model.vocab_size, false, 0);
+    const std::vector<std::string> files = expand_shard_pattern(args->data, "--data");
+    TokenLoader loader(files, lm.model->batch(), lm.model->seq_len(), 0, 1, lm.config.model.vocab_size, false, 0);
     EvalResult r = evaluate(*lm.model, loader, args->max_tokens);
-    std::printf("step %lld | tokens %lld | loss %.6f | perplexity %.4f\n", (long long)lm.step, (long long)r.tokens,
+    std::printf("step %lld | tokens %lld | loss %.6f | perplexity %.4f", (long long)lm.step, (long long)r.tokens,
                 r.loss, r.perplexity());
     nlohmann::json j{{"step", lm.step}, {"tokens", r.tokens}, {"loss", r.loss}, {"perplexity", r.perplexity()}};
+    if (const std::optional<double> bytes_per_token = prepared_bytes_per_token(files)) {
+      const double bits_per_byte = r.loss / std::log(2.0) / *bytes_per_token;
+      std::printf(" | bits/byte %.4f", bits_per_byte);
+      j["bits_per_byte"] = bits_per_byte;
+    }
+    std::printf("\n");
     std::printf("%s\n", j.dump().c_str());
   });
 }

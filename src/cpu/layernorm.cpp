@@ -2,12 +2,11 @@
 #include <algorithm>
 
 #include "cpu_ops.h"
+#include "srgpt/model_config.h"
 
 namespace srgpt::cpu {
 
 namespace {
-// GPT-2's LayerNorm epsilon.
-constexpr double kLayerNormEps = 1e-5;
 // Channels per task of the dw/db reduction: wide enough for contiguous reads
 // of each row, narrow enough to give every thread work.
 constexpr int kChannelBlock = 64;

@@ -1,0 +1,119 @@
+// `srgpt sample`: generate text from a checkpoint.
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "srgpt/cli.h"
+#include "srgpt/error.h"
+#include "srgpt/sample.h"
+#include "srgpt/tokenizer.h"
+#include "srgpt/trainer.h"
+
+namespace srgpt {
+
+namespace {
+
+// The tokenizer named by --tokenizer, or the built-in one whose vocabulary
+// size is the model's; its vocabulary must be the model's either way.
+std::unique_ptr<Tokenizer> tokenizer_for(const std::string& name, const std::string& dir, int model_vocab) {
+  std::string chosen = name;
+  if (chosen.empty()) {
+    if (model_vocab == ByteTokenizer().vocab_size()) chosen = "byte";
+    else if (model_vocab == 50257) chosen = "gpt2";
+    else
+      fail("the model's vocabulary has {} tokens, which matches neither built-in tokenizer (gpt2: 50257, byte: 256); "
+           "pass --tokenizer",
+           model_vocab);
+  }
+  std::unique_ptr<Tokenizer> tokenizer = make_tokenizer(chosen, dir);
+  if (tokenizer->vocab_size() != model_vocab)
+    fail("--tokenizer {} has {} tokens, but the model's vocabulary (model.vocab_size) has {}; they must match",
+         chosen, tokenizer->vocab_size(), model_vocab);
+  return tokenizer;
+}
+
+// The checkpoint's model as a host decoder; the backend copy of the
+// weights is released on return.
+Gpt2Decoder load_decoder(const std::filesystem::path& checkpoint) {
+  LoadedModel lm = load_model_for_inference(checkpoint, 1, 1);
+  return Gpt2Decoder(lm.config.model, weights_as_float(*lm.params));
+}
+
+void write_bytes(std::string_view bytes) {
+  std::fwrite(bytes.data(), 1, bytes.size(), stdout);
+  std::fflush(stdout);
+}
+
+}  // namespace
+
+void add_sample_command(CLI::App& app) {
+  struct Args {
+    std::string checkpoint, prompt, tokenizer, tokenizer_dir;
+    SampleOptions options;
+  };
+  auto args = std::make_shared<Args>();
+  SampleOptions& o = args->options;
+  CLI::App* cmd = app.add_subcommand("sample", "Generate text from a checkpoint");
+  cmd->add_option("--checkpoint", args->checkpoint,
+                  "Checkpoint directory, or a run directory (its newest checkpoint is used)")
+      ->required();
+  cmd->add_option("--prompt", args->prompt,
+                  "Text to continue; \"<|endoftext|>\" in it is GPT-2's special token. Empty (the default): start "
+                  "from the end-of-text token, i.e. a new document");
+  cmd->add_option("--tokens", o.max_new_tokens, "Tokens to generate at most")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--temperature", o.temperature,
+                  "Softmax temperature; 0 picks the most likely token every time (greedy)")
+      ->capture_default_str();
+  cmd->add_option("--top-k", o.top_k, "Sample only among the K most likely tokens (0: all)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--seed", o.seed, "Seed of the random draws; the same seed gives the same text")
+      ->capture_default_str();
+  cmd->add_option("--tokenizer", args->tokenizer,
+                  "gpt2 or byte (default: byte for a 256-token model, gpt2 for a 50257-token model)")
+      ->check(CLI::IsMember({"gpt2", "byte"}));
+  cmd->add_option("--tokenizer-dir", args->tokenizer_dir,
+                  "Directory with GPT-2's encoder.json and vocab.bpe (default data/tokenizer/gpt2)");
+  cmd->footer(
+      "Prints the prompt and its continuation on stdout as they are generated; why generation stopped goes to\n"
+      "stderr. Generation ends after --tokens tokens, at the end-of-text token (not printed), or when prompt +\n"
+      "continuation fill the model's context (model.max_seq_len): srgpt does not slide the window. The model\n"
+      "runs on the host in fp32 with a key/value cache, so each new token costs time linear in its position.");
+  cmd->callback([args]() {
+    if (args->options.temperature < 0)
+      fail("--temperature {} is negative; use 0 (greedy) or a positive number", args->options.temperature);
+    Gpt2Decoder decoder = load_decoder(resolve_checkpoint_dir(args->checkpoint));
+    const ModelConfig& model = decoder.config();
+    std::unique_ptr<Tokenizer> tokenizer = tokenizer_for(args->tokenizer, args->tokenizer_dir, model.vocab_size);
+
+    std::vector<uint32_t> prompt = tokenizer->encode(args->prompt, true);
+    if (prompt.empty()) prompt.push_back(tokenizer->eot_token());
+    SampleOptions options = args->options;
+    options.stop_token = tokenizer->eot_token();
+    if (int64_t(prompt.size()) > model.max_seq_len)
+      fail("--prompt is {} tokens long, more than the model's context of {} positions (model.max_seq_len); shorten "
+           "it",
+           prompt.size(), model.max_seq_len);
+    write_bytes(args->prompt);
+    const SampleResult result =
+        generate(decoder, prompt, options, [&](uint32_t token) { write_bytes(tokenizer->token_bytes(token)); });
+    write_bytes("\n");
+    switch (result.reason) {
+      case StopReason::token_budget:
+        break;
+      case StopReason::stop_token:
+        std::fprintf(stderr, "stopped after %zu tokens at the end-of-text token\n", result.tokens.size());
+        break;
+      case StopReason::context_full:
+        std::fprintf(stderr,
+                     "stopped after %zu tokens: prompt and continuation fill the model's context of %d positions "
+                     "(model.max_seq_len)\n",
+                     result.tokens.size(), model.max_seq_len);
+        break;
+    }
+  });
+}
+
+}  // namespace srgpt
