@@ -38,6 +38,15 @@ const char* device_choice_name(DeviceChoice d) {
   return "?";
 }
 
+const char* communicator_choice_name(CommunicatorChoice c) {
+  switch (c) {
+    case CommunicatorChoice::auto_select: return "auto";
+    case CommunicatorChoice::nccl: return "nccl";
+    case CommunicatorChoice::mpi: return "mpi";
+  }
+  return "?";
+}
+
 const char* nonfinite_policy_name(NonFinitePolicy p) {
   switch (p) {
     case NonFinitePolicy::stop: return "stop";
@@ -218,7 +227,9 @@ void visit_config(Visitor& v, C& c) {
   v.integer("checkpoint.every", c.checkpoint.every, 0, kInt64FieldMax);
   v.integer("checkpoint.keep", c.checkpoint.keep, 1, kIntFieldMax);
   v.integer("dist.zero_stage", c.dist.zero_stage, 0, 3);
-  v.choice("dist.grad_reduce_dtype", c.dist.grad_reduce_dtype, {DType::bf16, DType::f32}, dtype_name);
+  v.choice("dist.communicator", c.dist.communicator,
+           {CommunicatorChoice::auto_select, CommunicatorChoice::nccl, CommunicatorChoice::mpi},
+           communicator_choice_name);
   v.text("out_dir", c.out_dir, TextRule::non_empty);
 }
 

@@ -185,10 +185,14 @@ std::unique_ptr<Backend> make_backend(const Config& config, int local_rank) {
   return make_cpu_backend(dtype);
 }
 
-std::unique_ptr<Communicator> make_communicator(Backend& backend) {
+std::unique_ptr<Communicator> make_communicator(Backend& backend, CommunicatorChoice choice) {
+  if (choice == CommunicatorChoice::nccl && backend.memory_on_host())
+    fail("dist.communicator = \"nccl\" needs the cuda backend, but this run uses {}; use \"auto\" or \"mpi\"",
+         backend.name());
   if (!launched_under_mpi()) return make_single_process_communicator(backend);
-  if (!backend.memory_on_host()) return make_nccl_communicator(backend);
-  return make_mpi_communicator(backend);
+  const bool nccl = choice == CommunicatorChoice::nccl ||
+                    (choice == CommunicatorChoice::auto_select && !backend.memory_on_host());
+  return nccl ? make_nccl_communicator(backend) : make_mpi_communicator(backend);
 }
 
 double EvalResult::perplexity() const { return std::exp(loss); }
@@ -216,7 +220,8 @@ EvalResult evaluate(GPT& model, TokenLoader& loader, int64_t max_tokens) {
 Trainer::Trainer(Config config, TrainOptions options) : config_(std::move(config)), options_(std::move(options)) {
   const LaunchInfo launch = options_.single_process ? LaunchInfo{} : launch_info_from_environment();
   config_.validate_for_world(launch.size);
-  if (config_.data.train.empty()) fail("data.train is empty: set it to a glob pattern of token shards");
+  if (config_.data.train.empty() && !options_.without_data)
+    fail("data.train is empty: set it to a glob pattern of token shards");
   if (launch.rank == 0) {
     std::error_code ec;
     fs::create_directories(config_.out_dir, ec);
@@ -229,7 +234,7 @@ Trainer::Trainer(Config config, TrainOptions options) : config_(std::move(config
   }
 
   backend_ = make_backend(config_, launch.local_rank);
-  comm_ = options_.single_process ? make_single_process_communicator(*backend_) : make_communicator(*backend_);
+  comm_ = options_.single_process ? make_single_process_communicator(*backend_) : make_communicator(*backend_, config_.dist.communicator);
   host_comm_ = comm_.get();
   if (comm_->size() > 1 && !backend_->memory_on_host()) {
     host_comm_owned_ = make_mpi_host_communicator();
@@ -243,10 +248,11 @@ Trainer::Trainer(Config config, TrainOptions options) : config_(std::move(config
     fail("rank {}: the run config differs between ranks; every rank must get the same --config file and --set values",
          rank);
   const auto& b = config_.batch;
-  train_loader_ = std::make_unique<TokenLoader>(expand_shard_pattern(config_.data.train, "data.train"), b.micro_batch,
-                                                b.seq_len, rank, world, config_.model.vocab_size, true,
-                                                config_.train.seed);
-  if (!config_.data.val.empty())
+  if (!options_.without_data)
+    train_loader_ = std::make_unique<TokenLoader>(expand_shard_pattern(config_.data.train, "data.train"),
+                                                  b.micro_batch, b.seq_len, rank, world, config_.model.vocab_size,
+                                                  true, config_.train.seed);
+  if (!config_.data.val.empty() && !options_.without_data)
     val_loader_ = std::make_unique<TokenLoader>(expand_shard_pattern(config_.data.val, "data.val"), b.micro_batch,
                                                 b.seq_len, rank, world, config_.model.vocab_size, false,
                                                 config_.train.seed);
@@ -323,7 +329,7 @@ fs::path Trainer::save(int64_t step) {
   state["step"] = step;
   state["tokens_seen"] = tokens_seen_;
   state["skipped_steps"] = skipped_steps_;
-  state["train_loader"] = to_json(train_loader_->position());
+  state["train_loader"] = to_json(train_loader_ ? train_loader_->position() : LoaderPosition{});
   state["seed"] = config_.train.seed;
   state["precision"] = precision_name(config_.precision);
   state["world_size"] = comm.size();
@@ -358,7 +364,7 @@ void Trainer::load(const fs::path& dir) {
            saved.batch.total_tokens, comm_->size());
     // The loader position counts global batches, so it carries over to any
     // world size with the same global batch.
-    train_loader_->seek(pos);
+    if (train_loader_) train_loader_->seek(pos);
   } catch (const nlohmann::json::exception& e) {
     fail("checkpoint {}: manifest state is incomplete or malformed: {}", dir.string(), e.what());
   }
@@ -420,6 +426,7 @@ std::optional<double> Trainer::validate() {
 }
 
 TrainResult Trainer::run() {
+  if (!train_loader_) fail("internal: this trainer was built without data (TrainOptions::without_data)");
   StopSignalGuard signals;
   const bool lead = comm_->rank() == 0;
   const bool log = lead && !options_.quiet;
@@ -519,7 +526,11 @@ LoadedModel load_model_for_inference(const fs::path& checkpoint_dir, int batch, 
   if (batch <= 0) batch = lm.config.batch.micro_batch;
   if (seq_len > lm.config.model.max_seq_len)
     fail("sequence length {} exceeds the checkpoint's model.max_seq_len {}", seq_len, lm.config.model.max_seq_len);
-  lm.backend = make_backend(lm.config);
+  // Inference runs wherever it can: a checkpoint trained on a GPU can be
+  // evaluated, sampled or exported on a machine without one.
+  Config run = lm.config;
+  run.device = DeviceChoice::auto_select;
+  lm.backend = make_backend(run);
   lm.comm = make_single_process_communicator(*lm.backend);
   lm.params = std::make_unique<ParameterStore>(*lm.backend, *lm.comm, gpt2_param_layout(lm.config.model, 1), 0);
   lm.model = std::make_unique<GPT>(lm.config.model, *lm.params, batch, seq_len);

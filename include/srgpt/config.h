@@ -17,6 +17,7 @@ namespace srgpt {
 enum class LrDecay { cosine, linear, constant };
 enum class NonFinitePolicy { stop, skip };
 enum class DeviceChoice { auto_select, cpu, cuda };
+enum class CommunicatorChoice { auto_select, nccl, mpi };
 
 struct OptimizerConfig {
   double lr = 6e-4;
@@ -62,7 +63,10 @@ struct CheckpointConfig {
 
 struct DistConfig {
   int zero_stage = 0;
-  DType grad_reduce_dtype = DType::f32;
+  // auto: NCCL for the cuda backend, MPI for the cpu backend. mpi with the
+  // cuda backend stages device buffers through host memory, so several
+  // ranks can share one GPU (NCCL refuses that).
+  CommunicatorChoice communicator = CommunicatorChoice::auto_select;
 };
 
 struct Config {
@@ -95,6 +99,7 @@ void apply_override(nlohmann::json& doc, const std::string& assignment);
 
 const char* lr_decay_name(LrDecay d);
 const char* device_choice_name(DeviceChoice d);
+const char* communicator_choice_name(CommunicatorChoice c);
 const char* nonfinite_policy_name(NonFinitePolicy p);
 
 // Learning rate at optimizer step t (1-based): linear warmup over

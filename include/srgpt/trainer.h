@@ -22,9 +22,10 @@ namespace srgpt {
 // Backend for a config: device auto|cpu|cuda and the precision's dtype; a
 // GPU is picked by local rank.
 std::unique_ptr<Backend> make_backend(const Config& config, int local_rank = 0);
-// The communicator for this process: MPI (or NCCL for the cuda backend)
-// when launched by mpirun/srun, else single-process.
-std::unique_ptr<Communicator> make_communicator(Backend& backend);
+// The communicator for this process: when launched by mpirun/srun, NCCL or
+// MPI as dist.communicator says (auto: NCCL for the cuda backend, MPI for
+// the cpu backend); else single-process.
+std::unique_ptr<Communicator> make_communicator(Backend& backend, CommunicatorChoice choice);
 
 struct EvalResult {
   double loss = 0;  // mean per-token cross-entropy, nats
@@ -44,6 +45,9 @@ struct TrainOptions {
   bool quiet = false;  // no per-step log lines (tests)
   int64_t stop_after_step = 0;  // > 0: checkpoint and stop after this step
   bool single_process = false;  // ignore an MPI launcher (reference runs in tests)
+  // No data loaders (data.train may be empty): a trainer only for writing a
+  // checkpoint of given weights with save() (srgpt import); run() refuses.
+  bool without_data = false;
   // Called on every rank after each completed step (tests check replicas).
   std::function<void(int64_t step)> on_step;
 };

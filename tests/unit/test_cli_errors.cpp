@@ -90,6 +90,8 @@ TEST_CASE("bad inputs give a clear error and a non-zero exit", "[cli][errors]") 
   expect_error("malformed --set", train + f.good_config + " --set optimizer.lr", {"--set", "="});
   expect_error("--set of an unknown key", train + f.good_config + " --set optimizer.momentum=0.9",
                {"optimizer.momentum"});
+  expect_error("NCCL asked for on the cpu backend", train + f.good_config + " --set dist.communicator=nccl",
+               {"dist.communicator", "cuda"});
 
   expect_error("no shard matches", train + f.config_with([&](auto& j) { j["data"]["train"] = f.tmp.str("none_*.bin"); }, "nodata"),
                {"data.train", "none_*.bin"});

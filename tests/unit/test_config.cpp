@@ -91,7 +91,8 @@ Config random_valid_config(std::mt19937_64& rng) {
   c.checkpoint.every = integer(0, 100000);
   c.checkpoint.keep = int(integer(1, 100));
   c.dist.zero_stage = int(integer(0, 3));
-  c.dist.grad_reduce_dtype = pick(rng, {srgpt::DType::bf16, srgpt::DType::f32});
+  c.dist.communicator = pick(rng, {srgpt::CommunicatorChoice::auto_select, srgpt::CommunicatorChoice::nccl,
+                                   srgpt::CommunicatorChoice::mpi});
   c.out_dir = "runs/r" + std::to_string(integer(0, 1000000));
   return c;
 }
@@ -115,7 +116,7 @@ TEST_CASE("config defaults: an empty document gives the documented defaults", "[
   CHECK(parsed.precision == srgpt::Precision::bf16_sr);
   CHECK(parsed.device == srgpt::DeviceChoice::auto_select);
   CHECK(parsed.optimizer.decay == srgpt::LrDecay::cosine);
-  CHECK(parsed.dist.grad_reduce_dtype == srgpt::DType::f32);
+  CHECK(parsed.dist.communicator == srgpt::CommunicatorChoice::auto_select);
   CHECK(parsed.out_dir == "runs/default");
   // The defaults themselves are a valid, consistent config.
   CHECK_NOTHROW(parsed.validate_for_world(1));
@@ -182,7 +183,7 @@ TEST_CASE("config errors name the origin, the key, the value and what is allowed
       {R"({"device": "gpu"})", {"device = \"gpu\"", "auto, cpu, cuda"}},
       {R"({"optimizer": {"decay": "exponential"}})", {"optimizer.decay", "cosine, linear, constant"}},
       {R"({"train": {"on_nonfinite": "ignore"}})", {"train.on_nonfinite", "stop, skip"}},
-      {R"({"dist": {"grad_reduce_dtype": "f64"}})", {"dist.grad_reduce_dtype = \"f64\"", "bf16, f32"}},
+      {R"({"dist": {"communicator": "gloo"}})", {"dist.communicator = \"gloo\"", "auto, nccl, mpi"}},
       // inconsistent values
       {R"({"model": {"d_model": 100, "n_head": 3}})",
        {"model.d_model = 100", "model.n_head = 3", "not divisible", "99 or 102"}},
@@ -204,7 +205,7 @@ TEST_CASE("config errors name the origin, the key, the value and what is allowed
   }
 }
 
-TEST_CASE("config errors: several problems are reported together; non-objects and infinities", "[config]") {
+TEST_CASE("config errors: several problems are reported together, non-objects and infinities", "[config]") {
   std::string several = error_of([] {
     srgpt::config_from_json(json::parse(R"({"optimizer": {"lr": -1, "bogus": 1}, "train": {"steps": 0}})"), "x.json");
   });
