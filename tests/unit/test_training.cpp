@@ -36,7 +36,7 @@ std::vector<std::vector<char>> optimizer_state_of(Trainer& t) {
 
 }  // namespace
 
-TEST_CASE("training loss falls in every precision mode; bf16-sr ends within 5% of fp32", "[training]") {
+TEST_CASE("training loss falls in every precision mode and bf16-sr ends within 5% of fp32", "[training]") {
   TempDir tmp("train");
   write_markov_shards(tmp.path() / "data", 64, 60000, 8000);
   double final_loss[5];
