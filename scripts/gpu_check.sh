@@ -23,12 +23,7 @@ stage_build() {
   nvidia-smi >"$LOGS/nvidia-smi.txt" 2>&1 || true
   {
     cmake -S . -B "$BUILD" -DSRGPT_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_BUILD_TYPE=Release &&
-      cmake --build "$BUILD" -j"$JOBS" --target srgpt srgpt_gpu_tests &&
-      if grep -q "add_subdirectory(benchmarks)" CMakeLists.txt; then
-        cmake --build "$BUILD" -j"$JOBS" --target gpu_step_bench
-      else
-        echo "note: benchmarks/ is not added to the top-level CMakeLists.txt; gpu_step_bench not built"
-      fi
+      cmake --build "$BUILD" -j"$JOBS" --target srgpt srgpt_gpu_tests gpu_step_bench
   } >"$LOGS/build.log" 2>&1
   local rc=$?
   tail -n 5 "$LOGS/build.log"
