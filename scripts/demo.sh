@@ -19,5 +19,5 @@ build/srgpt eval --checkpoint runs/demo --data 'data/demo/val_*.bin'
 if build/srgpt sample --help >/dev/null 2>&1; then
   echo
   echo "== a sample from the trained model"
-  build/srgpt sample --checkpoint runs/demo --prompt "The " --tokens 200 --temperature 0.8 --top-k 40 --seed 1
+  build/srgpt sample --checkpoint runs/demo --prompt "The " --tokens 120 --temperature 0.8 --top-k 40 --seed 1
 fi
