@@ -9,44 +9,16 @@
 #include <vector>
 
 #include "catch.h"
+#include "test_util.h"
 #include "srgpt/config.h"
 #include "srgpt/error.h"
 
 using nlohmann::json;
 using srgpt::Config;
+using srgpt_test::contains;
+using srgpt_test::error_message;
 
 namespace {
-
-// The message of the Error thrown by `f`, or "" when nothing is thrown.
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const srgpt::Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
-
-// A directory for config files, removed with everything in it at scope exit.
-struct TempDir {
-  std::filesystem::path path;
-  explicit TempDir(uint64_t salt)
-      : path(std::filesystem::temp_directory_path() / ("srgpt_test_config_" + std::to_string(salt))) {
-    std::filesystem::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-  std::string write(const std::string& name, const std::string& text) const {
-    std::string file = (path / name).string();
-    std::ofstream(file, std::ios::binary) << text;
-    return file;
-  }
-};
 
 template <typename T>
 T pick(std::mt19937_64& rng, std::initializer_list<T> values) {
@@ -197,7 +169,7 @@ TEST_CASE("config errors name the origin, the key, the value and what is allowed
        {"optimizer.warmup_steps = 500", "train.steps = 300", "0..300"}},
   };
   for (const BadDocument& bad : cases) {
-    std::string message = error_of([&] { srgpt::config_from_json(json::parse(bad.text), "bad.json"); });
+    std::string message = error_message([&] { srgpt::config_from_json(json::parse(bad.text), "bad.json"); });
     INFO("document: " << bad.text << "\nmessage: " << message);
     REQUIRE(!message.empty());
     CHECK(contains(message, "bad.json: "));
@@ -206,7 +178,7 @@ TEST_CASE("config errors name the origin, the key, the value and what is allowed
 }
 
 TEST_CASE("config errors: several problems are reported together, non-objects and infinities", "[config]") {
-  std::string several = error_of([] {
+  std::string several = error_message([] {
     srgpt::config_from_json(json::parse(R"({"optimizer": {"lr": -1, "bogus": 1}, "train": {"steps": 0}})"), "x.json");
   });
   CHECK(contains(several, "x.json: 3 problems"));
@@ -214,18 +186,18 @@ TEST_CASE("config errors: several problems are reported together, non-objects an
   CHECK(contains(several, "optimizer.bogus"));
   CHECK(contains(several, "train.steps = 0"));
 
-  CHECK(contains(error_of([] { srgpt::config_from_json(json::array(), "arr.json"); }),
+  CHECK(contains(error_message([] { srgpt::config_from_json(json::array(), "arr.json"); }),
                  "arr.json: the config must be a JSON object"));
 
   json infinite = {{"optimizer", {{"eps", std::numeric_limits<double>::infinity()}}}};
-  std::string message = error_of([&] { srgpt::config_from_json(infinite, "inf.json"); });
+  std::string message = error_message([&] { srgpt::config_from_json(infinite, "inf.json"); });
   CHECK(contains(message, "optimizer.eps = inf"));
   CHECK(contains(message, "a number > 0"));
 
   // Integral values written as floats are integers; this one is too large.
   CHECK(srgpt::config_from_json(json::parse(R"({"batch": {"total_tokens": 5.12e2}})"), "f.json").batch.total_tokens ==
         512);
-  CHECK(contains(error_of([] { srgpt::config_from_json(json::parse(R"({"train": {"seed": 1e30}})"), "s.json"); }),
+  CHECK(contains(error_message([] { srgpt::config_from_json(json::parse(R"({"train": {"seed": 1e30}})"), "s.json"); }),
                  "train.seed = 1e+30 is out of range"));
 }
 
@@ -236,12 +208,12 @@ TEST_CASE("config validate_for_world: total_tokens must divide over the ranks", 
   c.batch.total_tokens = 8 * 128 * 6;
   for (int world : {1, 2, 3, 6}) CHECK_NOTHROW(c.validate_for_world(world));
   for (int world : {1, 2, 3, 6}) CHECK(c.batch.grad_accum(world) == 6 / world);
-  std::string message = error_of([&] { c.validate_for_world(4); });
+  std::string message = error_message([&] { c.validate_for_world(4); });
   CHECK(contains(message, "batch.total_tokens = 6144"));
   CHECK(contains(message, "8 * 128 * 4 = 4096"));
   CHECK(contains(message, "4096 or 8192"));
-  CHECK(contains(error_of([&] { c.validate_for_world(7); }), "smaller than"));
-  CHECK(contains(error_of([&] { c.validate_for_world(0); }), "world size 0"));
+  CHECK(contains(error_message([&] { c.validate_for_world(7); }), "smaller than"));
+  CHECK(contains(error_message([&] { c.validate_for_world(0); }), "world size 0"));
 }
 
 TEST_CASE("config overrides: dotted keys, JSON or plain-string values, clear errors", "[config]") {
@@ -270,49 +242,49 @@ TEST_CASE("config overrides: dotted keys, JSON or plain-string values, clear err
   srgpt::apply_override(quoted, "data.val=\"quoted.bin\"");
   CHECK(quoted["data"]["val"] == "quoted.bin");
 
-  std::string unknown = error_of([&] { srgpt::apply_override(doc, "optimizer.betas=0.9"); });
+  std::string unknown = error_message([&] { srgpt::apply_override(doc, "optimizer.betas=0.9"); });
   CHECK(contains(unknown, "--set 'optimizer.betas=0.9'"));
   CHECK(contains(unknown, "unknown key 'optimizer.betas'"));
   CHECK(contains(unknown, "lr, beta1, beta2"));
-  std::string unknown_top = error_of([&] { srgpt::apply_override(doc, "lr=1"); });
+  std::string unknown_top = error_message([&] { srgpt::apply_override(doc, "lr=1"); });
   CHECK(contains(unknown_top, "unknown key 'lr'"));
   CHECK(contains(unknown_top, "model, precision, device, optimizer"));
   const json before = doc;
-  CHECK(contains(error_of([&] { srgpt::apply_override(doc, "precision.mode=x"); }), "is a value, not a section"));
-  CHECK(contains(error_of([&] { srgpt::apply_override(doc, "dist.bogus=1"); }), "unknown key 'dist.bogus'"));
+  CHECK(contains(error_message([&] { srgpt::apply_override(doc, "precision.mode=x"); }), "is a value, not a section"));
+  CHECK(contains(error_message([&] { srgpt::apply_override(doc, "dist.bogus=1"); }), "unknown key 'dist.bogus'"));
   CHECK(doc == before);  // a rejected override changes nothing
   for (const char* malformed : {"optimizer.lr", "=3", ""}) {
-    std::string message = error_of([&] { srgpt::apply_override(doc, malformed); });
+    std::string message = error_message([&] { srgpt::apply_override(doc, malformed); });
     CHECK(contains(message, "expected KEY=VALUE"));
     CHECK(contains(message, "optimizer.lr=3e-4"));
   }
   json scalar_section = json::parse(R"({"model": 5})");
-  CHECK(contains(error_of([&] { srgpt::apply_override(scalar_section, "model.n_layer=3"); }),
+  CHECK(contains(error_message([&] { srgpt::apply_override(scalar_section, "model.n_layer=3"); }),
                  "'model' is a number in the config, not an object"));
 }
 
 TEST_CASE("config load_config: files, overrides, parse errors and duplicates", "[config]") {
   std::mt19937_64 rng(77);
-  TempDir dir(rng());
+  srgpt_test::TempDir dir("config");
   std::string good = dir.write("good.json", R"({"comment": "x", "optimizer": {"lr": 0.01}})");
   Config c = srgpt::load_config(good, {"optimizer.lr=0.02", "train.steps=50"});
   CHECK(c.optimizer.lr == 0.02);
   CHECK(c.train.steps == 50);
 
-  std::string bad_value = error_of([&] { srgpt::load_config(good, {"optimizer.lr=abc"}); });
+  std::string bad_value = error_message([&] { srgpt::load_config(good, {"optimizer.lr=abc"}); });
   CHECK(contains(bad_value, good + " --set optimizer.lr=abc: optimizer.lr = \"abc\""));
 
-  std::string missing = error_of([&] { srgpt::load_config((dir.path / "nope.json").string(), {}); });
+  std::string missing = error_message([&] { srgpt::load_config((dir.path() / "nope.json").string(), {}); });
   CHECK(contains(missing, "nope.json' does not exist"));
-  CHECK(contains(error_of([&] { srgpt::load_config(dir.path.string(), {}); }), "is a directory"));
+  CHECK(contains(error_message([&] { srgpt::load_config(dir.str(), {}); }), "is a directory"));
 
   std::string broken = dir.write("broken.json", "{\n  \"model\": {\n    \"n_layer\": 4,\n  }\n}\n");
-  std::string parse = error_of([&] { srgpt::load_config(broken, {}); });
+  std::string parse = error_message([&] { srgpt::load_config(broken, {}); });
   CHECK(contains(parse, broken + ": malformed JSON"));
   CHECK(contains(parse, "line 4, column 3"));
 
   std::string twice = dir.write("twice.json", R"({"optimizer": {"lr": 0.1, "lr": 0.2}})");
-  std::string duplicate = error_of([&] { srgpt::load_config(twice, {}); });
+  std::string duplicate = error_message([&] { srgpt::load_config(twice, {}); });
   CHECK(contains(duplicate, twice + ": duplicate key 'optimizer.lr'"));
 }
 

@@ -16,6 +16,8 @@ namespace fs = std::filesystem;
 using srgpt::LoaderPosition;
 using srgpt::TokenLoader;
 using srgpt::TokenShard;
+using srgpt_test::contains;
+using srgpt_test::error_message;
 using srgpt_test::TempDir;
 
 namespace {
@@ -45,17 +47,6 @@ void write_llmc(const fs::path& p, int32_t magic, int32_t version, int32_t count
   if (bytes) std::memcpy(file.data() + 1024, payload, bytes);
   write_bytes(p, file.data(), file.size());
 }
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const srgpt::Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 std::vector<uint32_t> all_tokens(const TokenShard& s) {
   std::vector<uint32_t> t(s.size());
@@ -170,7 +161,7 @@ TEST_CASE("malformed shards are clear errors naming the file", "[data]") {
   const std::vector<uint32_t> tokens = random_tokens(300, 1000, 13);
   std::vector<uint16_t> narrow(tokens.begin(), tokens.end());
   const std::string path = (tmp.path() / "bad.bin").string();
-  auto open_error = [&] { return error_of([&] { TokenShard s(path); }); };
+  auto open_error = [&] { return error_message([&] { TokenShard s(path); }); };
 
   SECTION("truncated") {
     write_llmc(path, 20240520, 1, 300, narrow.data(), 2 * 299);
@@ -214,7 +205,7 @@ TEST_CASE("malformed shards are clear errors naming the file", "[data]") {
     CHECK(contains(open_error(), "empty"));
   }
   SECTION("missing file") {
-    std::string e = error_of([&] { TokenShard s((tmp.path() / "nope.bin").string()); });
+    std::string e = error_message([&] { TokenShard s((tmp.path() / "nope.bin").string()); });
     CHECK(contains(e, "nope.bin"));
     CHECK(contains(e, std::strerror(ENOENT)));
   }
@@ -224,12 +215,12 @@ TEST_CASE("malformed shards are clear errors naming the file", "[data]") {
     srgpt::write_token_shard(path, bad);
     TokenShard s(path);
     std::vector<int32_t> out(300);
-    CHECK(error_of([&] { s.copy(0, 123, out.data(), 1000); }) == "(no error)");
-    std::string e = error_of([&] { s.copy(100, 50, out.data(), 1000); });
+    CHECK(error_message([&] { s.copy(0, 123, out.data(), 1000); }).empty());
+    std::string e = error_message([&] { s.copy(100, 50, out.data(), 1000); });
     CHECK(contains(e, path));
     CHECK(contains(e, "token 1000 at index 123"));
     CHECK(contains(e, "vocab_size 1000"));
-    CHECK(contains(error_of([&] { s.copy(290, 11, out.data(), 2000); }), "out of range"));
+    CHECK(contains(error_message([&] { s.copy(290, 11, out.data(), 2000); }), "out of range"));
   }
 }
 
@@ -241,7 +232,7 @@ TEST_CASE("expand_shard_pattern sorts matches and names the key when none match"
   CHECK(files == std::vector<std::string>{(tmp.path() / "train_000.bin").string(), (tmp.path() / "train_001.bin").string(),
                                           (tmp.path() / "train_002.bin").string()});
   const std::string pattern = (tmp.path() / "test_*.bin").string();
-  std::string e = error_of([&] { srgpt::expand_shard_pattern(pattern, "val_data"); });
+  std::string e = error_message([&] { srgpt::expand_shard_pattern(pattern, "val_data"); });
   CHECK(contains(e, "val_data"));
   CHECK(contains(e, pattern));
 }
@@ -369,13 +360,13 @@ TEST_CASE("invalid loader positions and sizes are errors", "[data]") {
   Corpus corpus(tmp, {9 * T + 1, 4 * T + 1}, kVocab, 18);
   TokenLoader loader(corpus.files, B, T, 0, 1, int(kVocab), true, 3);
 
-  CHECK(contains(error_of([&] { loader.seek({0, 2, 0}); }), "out of range (2 shards)"));
-  CHECK(contains(error_of([&] { loader.seek({0, 0, -1}); }), "out of range"));
-  CHECK(contains(error_of([&] { loader.seek({-1, 0, 0}); }), "out of range"));
-  CHECK(contains(error_of([&] { loader.seek({3, 1, 10}); }), "past the end of shard"));
+  CHECK(contains(error_message([&] { loader.seek({0, 2, 0}); }), "out of range (2 shards)"));
+  CHECK(contains(error_message([&] { loader.seek({0, 0, -1}); }), "out of range"));
+  CHECK(contains(error_message([&] { loader.seek({-1, 0, 0}); }), "out of range"));
+  CHECK(contains(error_message([&] { loader.seek({3, 1, 10}); }), "past the end of shard"));
   // A failed seek leaves the loader where it was.
   loader.seek({4, 1, 2});
-  CHECK(error_of([&] { loader.seek({4, 0, 100}); }) != "(no error)");
+  CHECK(error_message([&] { loader.seek({4, 0, 100}); }) != "");
   CHECK(same_position(loader.position(), LoaderPosition{4, 1, 2}));
   // A position with less than a global batch left moves to the next shard,
   // or the next epoch after the last shard.
@@ -387,9 +378,9 @@ TEST_CASE("invalid loader positions and sizes are errors", "[data]") {
   plain.seek({0, 1, 3});
   CHECK(same_position(plain.position(), LoaderPosition{1, 0, 0}));
 
-  CHECK(contains(error_of([&] { srgpt::loader_position_from_json({{"epoch", 1}, {"shard", 0}}); }),
+  CHECK(contains(error_message([&] { srgpt::loader_position_from_json({{"epoch", 1}, {"shard", 0}}); }),
                  "no \"sample\""));
-  CHECK(contains(error_of([&] { srgpt::loader_position_from_json({{"epoch", 1}, {"shard", -2}, {"sample", 0}}); }),
+  CHECK(contains(error_message([&] { srgpt::loader_position_from_json({{"epoch", 1}, {"shard", -2}, {"sample", 0}}); }),
                  "\"shard\" must be a non-negative integer"));
   CHECK(same_position(srgpt::loader_position_from_json(srgpt::to_json({7, 1, 3})), LoaderPosition{7, 1, 3}));
 }
@@ -399,7 +390,7 @@ TEST_CASE("a shard too small for one global batch is an error, not a hang", "[da
   const int B = 4, T = 16, world = 2;
   // world*B*T+1 = 129 tokens needed; the second shard has 128.
   Corpus corpus(tmp, {129, 128}, kVocab, 19);
-  std::string e = error_of([&] { TokenLoader l(corpus.files, B, T, 1, world, int(kVocab), false, 0); });
+  std::string e = error_message([&] { TokenLoader l(corpus.files, B, T, 1, world, int(kVocab), false, 0); });
   CHECK(contains(e, corpus.files[1]));
   CHECK(contains(e, "has 128 tokens"));
   CHECK(contains(e, "at least 129"));
@@ -408,8 +399,8 @@ TEST_CASE("a shard too small for one global batch is an error, not a hang", "[da
   take(ok, 3, B, T);
   CHECK(ok.position().epoch == 3);
 
-  CHECK(contains(error_of([&] { TokenLoader l(corpus.files, B, T, 2, world, int(kVocab), false, 0); }), "rank 2"));
-  std::string vocab_error = error_of([&] {
+  CHECK(contains(error_message([&] { TokenLoader l(corpus.files, B, T, 2, world, int(kVocab), false, 0); }), "rank 2"));
+  std::string vocab_error = error_message([&] {
     TokenLoader l({corpus.files[0]}, B, T, 0, 1, 1000, false, 0);
     take(l, 1, B, T);
   });

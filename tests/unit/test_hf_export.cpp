@@ -24,17 +24,8 @@ using namespace srgpt_test;
 
 namespace {
 
-std::string what_of(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const srgpt::Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
 void expect_error(const std::function<void()>& action, const std::vector<std::string>& needles) {
-  const std::string message = what_of(action);
+  const std::string message = error_message(action);
   INFO("error: " << message);
   REQUIRE(!message.empty());
   for (const auto& n : needles) CHECK(message.find(n) != std::string::npos);
@@ -295,7 +286,7 @@ TEST_CASE("malformed safetensors and HF directories are clear errors", "[export]
     write_config([](nlohmann::json& c) { c.erase("n_embd"); });
     expect_error(import, {"config.json", "n_embd", "missing"});
     write_config([](nlohmann::json&) {});
-    CHECK(what_of(import).empty());
+    CHECK(error_message(import).empty());
 
     // An extra, untied LM head.
     {

@@ -18,6 +18,8 @@
 namespace {
 
 namespace fs = std::filesystem;
+using srgpt_test::contains;
+using srgpt_test::error_message;
 using srgpt_test::TempDir;
 
 void write_file(const fs::path& path, const std::string& contents) {
@@ -28,15 +30,6 @@ void write_file(const fs::path& path, const std::string& contents) {
 std::string read_file(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-std::string what_of(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const srgpt::Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 std::string gpt2_dir() {
@@ -250,7 +243,7 @@ TEST_CASE("prepare reports bad inputs as clear errors", "[prepare]") {
   write_file(dir.path() / "in/a.txt", "some text\n");
   auto options = options_for(dir, "byte");
   auto expect_error = [&](const srgpt::PrepareOptions& bad, const std::vector<std::string>& fragments) {
-    const std::string message = what_of([&] { srgpt::prepare_dataset(bad); });
+    const std::string message = error_message([&] { srgpt::prepare_dataset(bad); });
     INFO("error: " << message);
     REQUIRE(!message.empty());
     for (const auto& fragment : fragments) CHECK(message.find(fragment) != std::string::npos);
@@ -305,7 +298,7 @@ TEST_CASE("prepare reports bad inputs as clear errors", "[prepare]") {
     expect_error(bad, {"--shard-tokens"});
   }
   SECTION("unknown split or tokenizer") {
-    CHECK(what_of([] { srgpt::parse_document_split("sentences"); }).find("files, paragraphs, lines") !=
+    CHECK(error_message([] { srgpt::parse_document_split("sentences"); }).find("files, paragraphs, lines") !=
           std::string::npos);
     auto bad = options;
     bad.tokenizer = "unigram";

@@ -105,15 +105,6 @@ double mean(const std::vector<double>& v) {
   return s / double(v.size());
 }
 
-std::string what_of(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const srgpt::Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
 }  // namespace
 
 TEST_CASE("the KV-cache decoder matches the backend's full forward pass at every position", "[sample]") {
@@ -196,8 +187,8 @@ TEST_CASE("choose_token draws from softmax(logits / temperature), restricted to 
     CHECK(srgpt::choose_token({1.0f, 3.0f, 3.0f}, 0.0, 0, 1, 0) == 1);
   }
   SECTION("a negative temperature and NaN logits are errors") {
-    CHECK(what_of([&] { srgpt::choose_token(logits, -0.5, 0, 1, 0); }).find("temperature") != std::string::npos);
-    CHECK(what_of([&] { srgpt::choose_token({0.0f, NAN}, 1.0, 0, 1, 0); }).find("NaN") != std::string::npos);
+    CHECK(error_message([&] { srgpt::choose_token(logits, -0.5, 0, 1, 0); }).find("temperature") != std::string::npos);
+    CHECK(error_message([&] { srgpt::choose_token({0.0f, NAN}, 1.0, 0, 1, 0); }).find("NaN") != std::string::npos);
   }
 }
 
@@ -254,10 +245,10 @@ TEST_CASE("generation is deterministic, greedy follows the argmax, and stops whe
   }
   SECTION("bad requests are errors") {
     const auto too_long = random_tokens(size_t(m.max_seq_len) + 1, m.vocab_size, 24);
-    CHECK(what_of([&] { srgpt::generate(decoder, too_long, options); }).find("max_seq_len") != std::string::npos);
+    CHECK(error_message([&] { srgpt::generate(decoder, too_long, options); }).find("max_seq_len") != std::string::npos);
     options.temperature = -1;
-    CHECK(what_of([&] { srgpt::generate(decoder, prompt, options); }).find("temperature") != std::string::npos);
-    CHECK(what_of([&] { decoder.reset(); decoder.step(uint32_t(m.vocab_size)); }).find("vocabulary") !=
+    CHECK(error_message([&] { srgpt::generate(decoder, prompt, options); }).find("temperature") != std::string::npos);
+    CHECK(error_message([&] { decoder.reset(); decoder.step(uint32_t(m.vocab_size)); }).find("vocabulary") !=
           std::string::npos);
   }
 }

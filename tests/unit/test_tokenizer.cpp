@@ -19,6 +19,8 @@
 namespace {
 
 namespace fs = std::filesystem;
+using srgpt_test::contains;
+using srgpt_test::error_message;
 using srgpt_test::TempDir;
 
 // The GPT-2 files are installed by scripts/get_tokenizer.sh (the CI script
@@ -69,15 +71,6 @@ void write_file(const fs::path& path, const std::string& contents) {
   out << contents;
 }
 
-std::string what_of(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const srgpt::Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
 // A tiny GPT-2-format vocabulary: the 256 byte tokens (bytes 'a'..'z' are
 // printable, so their keys are the letters), merges "a a" -> "aa" (rank 0),
 // "aa aa" -> "aaaa" (rank 1), "b c" -> "bc" (rank 2), then <|endoftext|>.
@@ -112,7 +105,7 @@ struct TinyVocabulary {
 };
 
 std::string load_error(const fs::path& dir) {
-  return what_of([&] { srgpt::Gpt2Tokenizer::from_directory(dir.string()); });
+  return error_message([&] { srgpt::Gpt2Tokenizer::from_directory(dir.string()); });
 }
 
 }  // namespace
@@ -191,7 +184,7 @@ TEST_CASE("tokenizers round-trip any bytes and decode any token sequence exactly
       REQUIRE(tokenizer->decode(tokenizer->encode(text)) == text);
     }
     const auto out_of_range = static_cast<uint32_t>(tokenizer->vocab_size());
-    const std::string error = what_of([&] { tokenizer->decode({1, 2, out_of_range}); });
+    const std::string error = error_message([&] { tokenizer->decode({1, 2, out_of_range}); });
     CHECK(error.find("position 2") != std::string::npos);
     CHECK(error.find(std::to_string(out_of_range)) != std::string::npos);
   }
@@ -351,11 +344,11 @@ TEST_CASE("byte tokenizer, factory and UTF-8 validation", "[tokenizer]") {
   CHECK(bytes.vocab_size() == 256);
   CHECK(bytes.eot_token() == 0);
   CHECK(bytes.encode(std::string("A\0\xff", 3)) == std::vector<uint32_t>{65, 0, 255});
-  CHECK(what_of([&] { bytes.token_bytes(256); }).find("0..255") != std::string::npos);
+  CHECK(error_message([&] { bytes.token_bytes(256); }).find("0..255") != std::string::npos);
 
   CHECK(srgpt::make_tokenizer("byte")->name() == "byte");
   CHECK(srgpt::make_tokenizer("gpt2", gpt2_dir())->vocab_size() == 50257);
-  const std::string error = what_of([] { srgpt::make_tokenizer("sentencepiece"); });
+  const std::string error = error_message([] { srgpt::make_tokenizer("sentencepiece"); });
   CHECK(error.find("sentencepiece") != std::string::npos);
   CHECK(error.find("'gpt2'") != std::string::npos);
 

@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <functional>
 #include <random>
 #include <string>
 #include <sys/wait.h>
@@ -11,6 +13,7 @@
 
 #include "srgpt/config.h"
 #include "srgpt/data.h"
+#include "srgpt/error.h"
 
 namespace srgpt_test {
 
@@ -32,6 +35,12 @@ class TempDir {
   TempDir& operator=(const TempDir&) = delete;
   const fs::path& path() const { return path_; }
   std::string str(const std::string& child = "") const { return (child.empty() ? path_ : path_ / child).string(); }
+  // Writes a file under the directory; returns its path.
+  std::string write(const std::string& name, const std::string& text) const {
+    std::string file = str(name);
+    std::ofstream(file, std::ios::binary) << text;
+    return file;
+  }
 
  private:
   fs::path path_;
@@ -110,5 +119,17 @@ inline CommandResult run_command(const std::string& cmd) {
 }
 
 inline std::string srgpt_bin() { return SRGPT_BIN; }
+
+// The message of the srgpt::Error `action` throws, or "" when it throws none.
+inline std::string error_message(const std::function<void()>& action) {
+  try {
+    action();
+  } catch (const srgpt::Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+inline bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 }  // namespace srgpt_test
