@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "srgpt/layout.h"
+#include "srgpt/precision.h"
 
 namespace srgpt {
 
@@ -59,5 +60,24 @@ class ZeroShardPlan {
   std::vector<ZeroUnit> units_;
   size_t shard_size_ = 0;
 };
+
+// Bytes one rank allocates for the model's state, as ParameterStore and
+// Optimizer allocate them; layout is gpt2_param_layout(cfg, world_size).
+//   weights          full, or the shard under stage 3
+//   grads            full for stages 0-1, the shard for stages 2-3
+//   optimizer_state  m, v (+ fp32 master in mixed, + compensation in
+//                    bf16-kahan): full for stage 0, the shard otherwise
+//   working          ZeRO working buffers: stage 3's gathered weights
+//                    (embeddings, ln_f, two block slots); stages 2-3's
+//                    unit gradients (embeddings + the largest other unit)
+//                    and one reduced chunk
+struct RankMemory {
+  size_t weights = 0;
+  size_t grads = 0;
+  size_t optimizer_state = 0;
+  size_t working = 0;
+  size_t persistent() const { return weights + grads + optimizer_state; }
+};
+RankMemory rank_memory(const Layout& layout, Precision precision, int zero_stage, int world_size);
 
 }  // namespace srgpt

@@ -143,6 +143,10 @@ TEST_CASE("bytes per rank for weights + grads + optimizer state follow the ZeRO 
     const double bytes = double(params.weight_bytes() + params.grad_bytes() + opt.state_bytes());
     INFO("stage " << stage << ": " << bytes << " bytes, expected " << expected[stage]);
     CHECK(bytes == expected[stage]);
+    // The function behind docs/distributed.md's memory table agrees.
+    const RankMemory table = rank_memory(layout, Precision::bf16_sr, stage, comm->size());
+    CHECK(double(table.persistent()) == bytes);
+    CHECK(table.working == params.working_bytes());
   }
   // Padding stays small: under 1% of this model's parameters.
   CHECK(P < 1.01 * double(layout.num_params()) + double(Layout::kAlign) * N * (m.n_layer + 2) * 8);

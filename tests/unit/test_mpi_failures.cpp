@@ -1,0 +1,281 @@
+// Failure cases of a data-parallel job, through the real binary under
+// mpiexec with two ranks: a rank that reads a bad data file, a rank killed
+// mid-run, ranks started with different configs, and a data pattern that
+// matches nothing. Each job must end (within the `timeout` below, else the
+// test fails as a hang) with a non-zero exit and a message naming the rank
+// and the reason, and a checkpoint written before the failure must still
+// verify.
+//
+// Hidden tests: ctest runs each under label "mpi" with SRGPT_MPIEXEC set
+// (tests/mpi/CMakeLists.txt); they need srgpt built with MPI (Open MPI: the
+// killed-rank case reads OMPI_COMM_WORLD_RANK).
+#include <algorithm>
+#include <chrono>
+#include <csignal>
+#include <cstdlib>
+#include <fcntl.h>
+#include <fstream>
+#include <iterator>
+#include <optional>
+#include <spawn.h>
+#include <string>
+#include <thread>
+#include <unistd.h>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "catch.h"
+#include "srgpt/config.h"
+#include "srgpt/data.h"
+#include "srgpt/error.h"
+#include "test_util.h"
+
+extern char** environ;
+
+using namespace srgpt_test;
+
+namespace {
+
+// A job that runs longer than this is hung; `timeout` then exits 124.
+constexpr int kJobTimeoutS = 120;
+constexpr int kTimedOut = 124;
+
+std::string mpiexec() {
+  const char* m = std::getenv("SRGPT_MPIEXEC");
+  INFO("SRGPT_MPIEXEC must name the MPI launcher (ctest sets it)");
+  REQUIRE(m != nullptr);
+  return m;
+}
+
+std::string quoted(const std::string& s) { return "'" + s + "'"; }
+
+// "timeout 120 mpiexec --oversubscribe", to be followed by the ranks' specs.
+std::string launcher() {
+  return "timeout " + std::to_string(kJobTimeoutS) + " " + mpiexec() + " --oversubscribe";
+}
+
+struct Run {
+  TempDir tmp{"mpi-fail"};
+  fs::path run_dir = tmp.path() / "run";
+
+  // Two ranks x micro batch 2 x seq 16 = 64 tokens per step, no accumulation;
+  // a checkpoint after every step.
+  srgpt::Config config(const fs::path& data_dir) const {
+    srgpt::Config c = tiny_config(data_dir, run_dir);
+    c.batch.micro_batch = 2;
+    c.batch.total_tokens = 64;
+    c.checkpoint.every = 1;
+    c.checkpoint.keep = 3;
+    c.data.val.clear();
+    return c;
+  }
+
+  std::string write_config(const srgpt::Config& c, const std::string& name) const {
+    const std::string path = tmp.str(name + ".json");
+    std::ofstream(path) << srgpt::config_to_json(c).dump(2);
+    return path;
+  }
+
+  std::string train(int ranks, const std::string& config) const {
+    return launcher() + " -np " + std::to_string(ranks) + " " + quoted(srgpt_bin()) + " train --config " +
+           quoted(config);
+  }
+
+  // The newest complete checkpoint of the run passes `srgpt info --verify`
+  // (and is the one at `step`, when given).
+  void expect_verified_checkpoint(std::optional<int64_t> step) const {
+    CommandResult info = run_command(quoted(srgpt_bin()) + " info --verify " + quoted(run_dir.string()));
+    INFO("srgpt info --verify:\n" << info.output);
+    CHECK(info.exit_code == 0);
+    CHECK(info.output.find("verified") != std::string::npos);
+    if (step) CHECK(info.output.find(fmt::format("step_{:08d}", *step)) != std::string::npos);
+  }
+};
+
+void expect_job_failed(const CommandResult& r, const std::vector<std::string>& needles) {
+  INFO("output:\n" << r.output);
+  REQUIRE(r.exit_code != kTimedOut);  // a hang
+  CHECK(r.exit_code != 0);
+  for (const std::string& n : needles) {
+    INFO("expected in the output: " << n);
+    CHECK(r.output.find(n) != std::string::npos);
+  }
+}
+
+// A started process (argv[0] looked up in PATH) with stdout and stderr to a
+// file; killed and reaped on destruction if it is still running.
+class ChildProcess {
+ public:
+  ChildProcess(const std::vector<std::string>& argv, const fs::path& log) {
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
+    std::vector<char*> args;
+    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    const int rc = posix_spawnp(&pid_, args[0], &actions, nullptr, args.data(), environ);
+    posix_spawn_file_actions_destroy(&actions);
+    if (rc != 0) srgpt::fail("cannot start {}: error {}", argv[0], rc);
+  }
+  ~ChildProcess() {
+    if (pid_ <= 0) return;
+    ::kill(pid_, SIGTERM);  // `timeout` passes it on to mpiexec, which ends the ranks
+    int status;
+    ::waitpid(pid_, &status, 0);
+  }
+  ChildProcess(const ChildProcess&) = delete;
+  ChildProcess& operator=(const ChildProcess&) = delete;
+
+  // The exit code once the process has ended (128 + signal if killed).
+  std::optional<int> poll() {
+    int status;
+    if (pid_ <= 0 || ::waitpid(pid_, &status, WNOHANG) != pid_) return std::nullopt;
+    pid_ = 0;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+  // Blocks until the process ends.
+  int wait() {
+    int status;
+    ::waitpid(pid_, &status, 0);
+    pid_ = 0;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+
+ private:
+  pid_t pid_ = 0;
+};
+
+// Alive and not a zombie (a killed rank's parent may be gone before init
+// reaps it).
+bool process_running(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(stat, line)) return false;
+  const size_t paren = line.rfind(')');
+  return paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] != 'Z';
+}
+
+// mpiexec sends the surviving ranks SIGKILL and may exit a moment before
+// they are gone; a rank still running after 10 s was left behind.
+bool ends_soon(pid_t pid) {
+  for (int i = 0; i < 100 && process_running(pid); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  return !process_running(pid);
+}
+
+size_t lines_in(const fs::path& p) {
+  std::ifstream in(p);
+  return size_t(std::count(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>(), '\n'));
+}
+
+std::string read_file(const fs::path& p) {
+  std::ifstream in(p);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+}  // namespace
+
+TEST_CASE("mpi failure: a rank that reads a bad token stops the job naming the rank, file and offset",
+          "[.mpi-failure-bad-data]") {
+  Run run;
+  constexpr int kRanks = 2, kBatch = 2, kSeq = 16, kFailingStep = 3, kFailingRank = 1;
+  const fs::path data = run.tmp.path() / "data";
+  fs::create_directories(data);
+  const std::string shard = (data / "train_000000.bin").string();
+  const srgpt::Config c = run.config(data);
+  std::vector<uint32_t> tokens = markov_tokens(4000, c.model.vocab_size, 11);
+
+  // Which sample does rank 1 read first at step 3? Tag token 5 of every
+  // sample with its sample index (ids >= vocab, read here with a larger
+  // vocabulary), and follow the trainer's loader.
+  const size_t samples = (tokens.size() - 1) / kSeq;
+  constexpr size_t kTagged = 5;  // inside one sample only, not a window's shared last token
+  std::vector<uint32_t> tagged = tokens;
+  for (size_t s = 0; s < samples; ++s) tagged[s * kSeq + kTagged] = uint32_t(c.model.vocab_size + s);
+  srgpt::write_token_shard(shard, tagged);
+  srgpt::TokenLoader probe({shard}, kBatch, kSeq, kFailingRank, kRanks, c.model.vocab_size + int(samples), true,
+                           c.train.seed);
+  std::vector<int32_t> in(kBatch * kSeq), tgt(in.size());
+  for (int step = 1; step <= kFailingStep; ++step) probe.next_batch(in.data(), tgt.data());
+  REQUIRE(in[kTagged] >= c.model.vocab_size);
+  const size_t bad_index = size_t(in[kTagged] - c.model.vocab_size) * kSeq + kTagged;
+
+  // The real shard: one id outside the vocabulary, in that sample only.
+  tokens[bad_index] = uint32_t(c.model.vocab_size + 7);
+  srgpt::write_token_shard(shard, tokens);
+  srgpt::Config longer = c;
+  longer.train.steps = 10;
+  longer.dist.zero_stage = 2;  // so the checkpoints hold one optimizer shard per rank
+  const CommandResult r = run_command(run.train(kRanks, run.write_config(longer, "bad_data")));
+  expect_job_failed(r, {"srgpt: rank " + std::to_string(kFailingRank) + ": error: token shard", "train_000000.bin",
+                        "index " + std::to_string(bad_index), "outside the vocabulary"});
+  run.expect_verified_checkpoint(kFailingStep - 1);
+}
+
+TEST_CASE("mpi failure: a rank killed mid-run ends the job, and the newest checkpoint verifies",
+          "[.mpi-failure-killed-rank]") {
+  Run run;
+  write_markov_shards(run.tmp.path() / "data", 64, 20000, 3000);
+  srgpt::Config c = run.config(run.tmp.path() / "data");
+  c.train.steps = 100000;  // far more than run before the kill
+  c.dist.zero_stage = 3;   // rank 0 waits for rank 1 inside forward's weight gathers too
+  const std::string config = run.write_config(c, "long");
+  // Each rank records its pid, then becomes srgpt.
+  const std::string rank_cmd = "echo $$ > " + quoted(run.tmp.str("pid.")) + "$OMPI_COMM_WORLD_RANK; exec " +
+                               quoted(srgpt_bin()) + " train --config " + quoted(config);
+  const fs::path log = run.tmp.path() / "mpiexec.log";
+  ChildProcess job({"timeout", std::to_string(kJobTimeoutS), mpiexec(), "--oversubscribe", "-np", "2", "sh", "-c",
+                    rank_cmd},
+                   log);
+
+  // Once rank 0 has logged three steps (so the checkpoints of steps 1 and 2
+  // are complete), kill rank 1.
+  const fs::path metrics = run.run_dir / "metrics.jsonl";
+  std::optional<int> early_exit;
+  while (lines_in(metrics) < 3 && !(early_exit = job.poll()))
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  INFO("mpiexec output:\n" << read_file(log));
+  REQUIRE(!early_exit);
+  const pid_t rank0 = std::stoi(read_file(run.tmp.path() / "pid.0"));
+  const pid_t rank1 = std::stoi(read_file(run.tmp.path() / "pid.1"));
+  REQUIRE(::kill(rank1, SIGKILL) == 0);
+  const int exit_code = job.wait();
+
+  const std::string output = read_file(log);
+  expect_job_failed({exit_code, output}, {"rank 1", "signal 9"});
+  CHECK(ends_soon(rank0));
+  // Rank 1 died at some later step, possibly while rank 0 was saving; the
+  // newest complete checkpoint is whole.
+  run.expect_verified_checkpoint(std::nullopt);
+}
+
+TEST_CASE("mpi failure: ranks started with different configs stop with a clear message",
+          "[.mpi-failure-config-mismatch]") {
+  Run run;
+  write_markov_shards(run.tmp.path() / "data", 64, 20000, 3000);
+  srgpt::Config a = run.config(run.tmp.path() / "data");
+  a.train.steps = 2;
+  const std::string config_a = run.write_config(a, "a");
+  REQUIRE(run_command(run.train(2, config_a)).exit_code == 0);
+
+  // Resume that run with rank 1 on another learning rate (MPMD launch).
+  srgpt::Config b = a;
+  b.train.steps = 4;
+  b.optimizer.lr *= 2;
+  a.train.steps = 4;
+  const std::string bin = quoted(srgpt_bin());
+  const CommandResult r = run_command(launcher() + " -np 1 " + bin + " train --resume --config " +
+                                      quoted(run.write_config(a, "a4")) + " : -np 1 " + bin +
+                                      " train --resume --config " + quoted(run.write_config(b, "b4")));
+  expect_job_failed(r, {"srgpt: rank ", "config differs between ranks"});
+  run.expect_verified_checkpoint(2);
+}
+
+TEST_CASE("mpi failure: a data pattern that matches nothing stops every rank at once",
+          "[.mpi-failure-no-data]") {
+  Run run;
+  srgpt::Config c = run.config(run.tmp.path() / "nowhere");
+  const CommandResult r = run_command(run.train(2, run.write_config(c, "no_data")));
+  expect_job_failed(r, {"srgpt: rank ", "data.train", "nowhere/train_*.bin", "no files match"});
+}
