@@ -50,6 +50,17 @@ class StopSignalGuard {
 
 double mib(size_t bytes) { return double(bytes) / (1024.0 * 1024.0); }
 
+// The bf16 dense matmul rate measured on the H100 test host (DESIGN.md
+// section 10): the denominator of the model FLOPs utilisation we log.
+constexpr double kGpuPeakFlops = 790e12;
+
+// Training FLOPs per token: 6 per parameter (forward and backward matmuls)
+// plus causal attention's 6 * n_layer * T * d_model (half of the full T x T
+// scores, forward and backward).
+double flops_per_token(const ModelConfig& m, size_t params, int T) {
+  return 6.0 * double(params) + 6.0 * m.n_layer * double(T) * m.d_model;
+}
+
 fs::path checkpoint_root(const Config& c) { return fs::path(c.out_dir) / "checkpoints"; }
 
 std::vector<char> download(Backend& be, const void* src, size_t bytes) {
@@ -245,8 +256,7 @@ Trainer::Trainer(Config config, TrainOptions options) : config_(std::move(config
   // values per rank) would silently train different models.
   const double config_hash = double(crc32(config_to_json(config_).dump().data(), config_to_json(config_).dump().size()));
   if (comm_->all_reduce_max(config_hash) != -comm_->all_reduce_max(-config_hash))
-    fail("rank {}: the run config differs between ranks; every rank must get the same --config file and --set values",
-         rank);
+    fail("the run config differs between ranks; every rank must get the same --config file and --set values");
   const auto& b = config_.batch;
   if (!options_.without_data)
     train_loader_ = std::make_unique<TokenLoader>(expand_shard_pattern(config_.data.train, "data.train"),
@@ -467,12 +477,19 @@ TrainResult Trainer::run() {
     if (options_.on_step) options_.on_step(step);
     const double lr = learning_rate(config_.optimizer, step, steps);
     const double tps = double(config_.batch.total_tokens) / dt;
-    if (lead)
-      append_metrics(metrics, {{"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", norm}, {"tokens_per_s", tps},
-                               {"step_s", dt}, {"elapsed_s", elapsed}, {"tokens", tokens_seen_}});
+    nlohmann::json line{{"step", step},   {"loss", loss},   {"lr", lr},          {"grad_norm", norm},
+                        {"tokens_per_s", tps}, {"step_s", dt}, {"elapsed_s", elapsed}, {"tokens", tokens_seen_}};
+    std::string mfu_text;
+    if (!backend_->memory_on_host()) {
+      const double mfu = tps * flops_per_token(config_.model, layout.num_params(), config_.batch.seq_len) /
+                         (kGpuPeakFlops * comm_->size());
+      line["mfu"] = mfu;
+      mfu_text = fmt::format(" | MFU {:.1f}%", 100 * mfu);
+    }
+    if (lead) append_metrics(metrics, line);
     if (log && (step % config_.train.log_every == 0 || step == steps))
-      spdlog::info("step {:>6}/{} | loss {:.4f} | lr {:.3e} | grad norm {:.4f} | {:.0f} tok/s | {:.1f} s", step, steps,
-                   loss, lr, norm, tps, elapsed);
+      spdlog::info("step {:>6}/{} | loss {:.4f} | lr {:.3e} | grad norm {:.4f} | {:.0f} tok/s{} | {:.1f} s", step,
+                   steps, loss, lr, norm, tps, mfu_text, elapsed);
     if (config_.train.eval_every > 0 && step % config_.train.eval_every == 0 && step < steps) {
       if (auto v = validate()) {
         if (lead) append_metrics(metrics, {{"step", step}, {"val_loss", *v}, {"val_perplexity", std::exp(*v)}});
