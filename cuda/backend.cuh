@@ -60,8 +60,8 @@ class CudaBackend final : public Backend {
   int device() const { return device_; }
   cudaStream_t stream() const { return stream_.get(); }
   // Bytes of device memory this backend holds now, and the most it held.
-  size_t allocated_bytes() const { return memory_.current_bytes(); }
-  size_t peak_allocated_bytes() const { return memory_.peak_bytes(); }
+  size_t allocated_bytes() const override { return memory_.current_bytes(); }
+  size_t peak_allocated_bytes() const override { return memory_.peak_bytes(); }
 
  private:
   int device_;

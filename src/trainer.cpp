@@ -476,8 +476,10 @@ TrainResult Trainer::run() {
     if (options_.on_step) options_.on_step(step);
     const double lr = learning_rate(config_.optimizer, step, steps);
     const double tps = double(config_.batch.total_tokens) / dt;
-    nlohmann::json line{{"step", step},   {"loss", loss},   {"lr", lr},          {"grad_norm", norm},
-                        {"tokens_per_s", tps}, {"step_s", dt}, {"elapsed_s", elapsed}, {"tokens", tokens_seen_}};
+    const size_t peak = backend_->peak_allocated_bytes();
+    nlohmann::json line{{"step", step},          {"loss", loss},        {"lr", lr},
+                        {"grad_norm", norm},     {"tokens_per_s", tps}, {"step_s", dt},
+                        {"elapsed_s", elapsed},  {"tokens", tokens_seen_}, {"peak_memory_bytes", peak}};
     std::string mfu_text;
     if (!backend_->memory_on_host()) {
       const double mfu = tps * flops_per_token(config_.model, layout.num_params(), config_.batch.seq_len) /
@@ -487,8 +489,9 @@ TrainResult Trainer::run() {
     }
     if (lead) append_metrics(metrics, line);
     if (log && (step % config_.train.log_every == 0 || step == steps))
-      spdlog::info("step {:>6}/{} | loss {:.4f} | lr {:.3e} | grad norm {:.4f} | {:.0f} tok/s{} | {:.1f} s", step,
-                   steps, loss, lr, norm, tps, mfu_text, elapsed);
+      spdlog::info("step {:>6}/{} | loss {:.4f} | lr {:.3e} | grad norm {:.4f} | {:.0f} tok/s{} | peak mem {:.0f} MiB | "
+                   "{:.1f} s",
+                   step, steps, loss, lr, norm, tps, mfu_text, mib(peak), elapsed);
     if (config_.train.eval_every > 0 && step % config_.train.eval_every == 0 && step < steps) {
       if (auto v = validate()) {
         if (lead) append_metrics(metrics, {{"step", step}, {"val_loss", *v}, {"val_perplexity", std::exp(*v)}});

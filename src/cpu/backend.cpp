@@ -1,9 +1,11 @@
 // The cpu backend: host memory and the op templates of src/cpu/*.cpp behind
 // the Backend interface, one class template over the storage type.
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
+#include <unordered_map>
 
 #include "cpu_ops.h"
 #include "srgpt/backend.h"
@@ -47,9 +49,21 @@ class CpuBackend final : public Backend {
     if (rounded == 0) rounded = kAlignment;
     void* p = std::aligned_alloc(kAlignment, rounded);
     if (!p) fail("cpu backend: out of host memory allocating {} bytes for {}", bytes, what ? what : "a buffer");
+    sizes_[p] = bytes;
+    current_ += bytes;
+    peak_ = std::max(peak_, current_);
     return p;
   }
-  void release(void* p) noexcept override { std::free(p); }
+  void release(void* p) noexcept override {
+    auto it = sizes_.find(p);
+    if (it != sizes_.end()) {
+      current_ -= it->second;
+      sizes_.erase(it);
+    }
+    std::free(p);
+  }
+  size_t allocated_bytes() const override { return current_; }
+  size_t peak_allocated_bytes() const override { return peak_; }
   void upload(void* dst, const void* host_src, size_t bytes) override {
     if (bytes) std::memcpy(dst, host_src, bytes);
   }
@@ -113,6 +127,8 @@ class CpuBackend final : public Backend {
   // Typed views of backend memory: storage (st) and statistics (acc).
   static S* st(void* p) { return static_cast<S*>(p); }
   static const S* st(const void* p) { return static_cast<const S*>(p); }
+  std::unordered_map<void*, size_t> sizes_;  // for the memory report
+  size_t current_ = 0, peak_ = 0;
   static M* acc(void* p) { return static_cast<M*>(p); }
   static const M* acc(const void* p) { return static_cast<const M*>(p); }
 };
