@@ -25,10 +25,7 @@ namespace {
 constexpr const char* kPrefix = "transformer.";
 constexpr const char* kWeightsFile = "model.safetensors";
 constexpr const char* kConfigFile = "config.json";
-// GPT-2's vocabulary and its <|endoftext|> id; the Hugging Face tokenizer
-// file names for encoder.json and vocab.bpe.
-constexpr int kGpt2VocabSize = 50257;
-constexpr int kGpt2EndOfText = 50256;
+// The Hugging Face tokenizer file names for encoder.json and vocab.bpe.
 constexpr const char* kHfVocabFile = "vocab.json";
 constexpr const char* kHfMergesFile = "merges.txt";
 

@@ -83,6 +83,10 @@ class Gpt2Tokenizer final : public Tokenizer {
 // Where scripts/get_tokenizer.sh puts the GPT-2 files, relative to the
 // repository root.
 constexpr const char* kDefaultGpt2TokenizerDir = "data/tokenizer/gpt2";
+// The standard GPT-2 vocabulary size and its <|endoftext|> id, for picking
+// a tokenizer from a model's shape without loading the files.
+constexpr int kGpt2VocabSize = 50257;
+constexpr int kGpt2EndOfText = 50256;
 
 // "gpt2" (files from `dir`, or kDefaultGpt2TokenizerDir when empty) or
 // "byte"; any other name is an Error listing the allowed ones.

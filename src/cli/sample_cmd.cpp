@@ -19,11 +19,11 @@ std::unique_ptr<Tokenizer> tokenizer_for(const std::string& name, const std::str
   std::string chosen = name;
   if (chosen.empty()) {
     if (model_vocab == ByteTokenizer().vocab_size()) chosen = "byte";
-    else if (model_vocab == 50257) chosen = "gpt2";
+    else if (model_vocab == kGpt2VocabSize) chosen = "gpt2";
     else
-      fail("the model's vocabulary has {} tokens, which matches neither built-in tokenizer (gpt2: 50257, byte: 256); "
+      fail("the model's vocabulary has {} tokens, which matches neither built-in tokenizer (gpt2: {}, byte: {}); "
            "pass --tokenizer",
-           model_vocab);
+           model_vocab, kGpt2VocabSize, ByteTokenizer().vocab_size());
   }
   std::unique_ptr<Tokenizer> tokenizer = make_tokenizer(chosen, dir);
   if (tokenizer->vocab_size() != model_vocab)
