@@ -175,6 +175,44 @@ __device__ __forceinline__ void store_warp_rows(uint16_t* global_base, size_t st
   }
 }
 
+// Key and value tiles double-buffered in sK and sV (two kTile-row halves
+// each): starts copying key tile j + 1 into the half tile j does not use,
+// then waits, block-wide, until tile j is in shared memory.
+template <int HD>
+__device__ __forceinline__ void wait_kv_tile_prefetch_next(uint16_t* sK, uint16_t* sV, int j, int key_tiles,
+                                                           const uint16_t* k_base, const uint16_t* v_base, int T,
+                                                           size_t qkv_stride) {
+  constexpr int S = HD + kPad;
+  const int next = (j + 1) & 1;
+  if (j + 1 < key_tiles) {
+    load_tile_async<kTile, HD>(sK + next * kTile * S, k_base, (j + 1) * kTile, T, qkv_stride);
+    load_tile_async<kTile, HD>(sV + next * kTile * S, v_base, (j + 1) * kTile, T, qkv_stride);
+    cp_async_commit();
+    cp_async_wait<1>();
+  } else {
+    cp_async_wait<0>();
+  }
+  __syncthreads();
+}
+
+// s += Q K^T for one warp's 16 queries, whose fragments are in registers,
+// and a key tile of kTile rows.
+template <int HD>
+__device__ __forceinline__ void warp_qk_scores(float (&s)[kTile / 8][4], const uint32_t (&q_frag)[HD / 16][4],
+                                               const uint16_t* k_tile, int lane) {
+  constexpr int S = HD + kPad;
+#pragma unroll
+  for (int kb = 0; kb < HD / 16; ++kb) {
+#pragma unroll
+    for (int nb = 0; nb < kTile / 16; ++nb) {
+      uint32_t kf[4];
+      ldmatrix_x4(kf, bt_address<S>(k_tile, nb * 16, kb * 16, lane));
+      mma_bf16(s[2 * nb], q_frag[kb], kf[0], kf[1]);
+      mma_bf16(s[2 * nb + 1], q_frag[kb], kf[2], kf[3]);
+    }
+  }
+}
+
 // Row reductions over the 4 lanes that share a fragment row.
 __device__ __forceinline__ float quad_max(float x) {
   x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
@@ -226,15 +264,7 @@ __global__ void __launch_bounds__(kThreads) attention_forward_tc_kernel(uint16_t
   const int key_tiles = q_tile + 1;
   for (int j = 0; j < key_tiles; ++j) {
     const int buffer = j & 1;
-    if (j + 1 < key_tiles) {
-      load_tile_async<kTile, HD>(sK + (buffer ^ 1) * kTile * S, k_base, (j + 1) * kTile, T, qkv_stride);
-      load_tile_async<kTile, HD>(sV + (buffer ^ 1) * kTile * S, v_base, (j + 1) * kTile, T, qkv_stride);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
+    wait_kv_tile_prefetch_next<HD>(sK, sV, j, key_tiles, k_base, v_base, T, qkv_stride);
     if (j == 0) {
 #pragma unroll
       for (int kb = 0; kb < HD / 16; ++kb) ldmatrix_x4(q_frag[kb], a_address<S>(sQ, warp * 16, kb * 16, lane));
@@ -244,16 +274,7 @@ __global__ void __launch_bounds__(kThreads) attention_forward_tc_kernel(uint16_t
 
     // S = Q K^T for this warp's 16 queries x 64 keys.
     float s[kTile / 8][4] = {};
-#pragma unroll
-    for (int kb = 0; kb < HD / 16; ++kb) {
-#pragma unroll
-      for (int nb = 0; nb < kTile / 16; ++nb) {
-        uint32_t kf[4];
-        ldmatrix_x4(kf, bt_address<S>(k_tile, nb * 16, kb * 16, lane));
-        mma_bf16(s[2 * nb], q_frag[kb], kf[0], kf[1]);
-        mma_bf16(s[2 * nb + 1], q_frag[kb], kf[2], kf[3]);
-      }
-    }
+    warp_qk_scores<HD>(s, q_frag, k_tile, lane);
 
     // Scale into the log2 domain, mask the future on the diagonal tile,
     // and update the running max. Every row keeps at least one key (key 0
@@ -490,15 +511,7 @@ __global__ void __launch_bounds__(kThreads)
   const int key_tiles = q_tile + 1;
   for (int j = 0; j < key_tiles; ++j) {
     const int buffer = j & 1;
-    if (j + 1 < key_tiles) {
-      load_tile_async<kTile, HD>(sK + (buffer ^ 1) * kTile * S, k_base, (j + 1) * kTile, T, qkv_stride);
-      load_tile_async<kTile, HD>(sV + (buffer ^ 1) * kTile * S, v_base, (j + 1) * kTile, T, qkv_stride);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
+    wait_kv_tile_prefetch_next<HD>(sK, sV, j, key_tiles, k_base, v_base, T, qkv_stride);
     if (j == 0) {
 #pragma unroll
       for (int kb = 0; kb < HD / 16; ++kb) ldmatrix_x4(q_frag[kb], a_address<S>(sQ, warp * 16, kb * 16, lane));
@@ -507,16 +520,7 @@ __global__ void __launch_bounds__(kThreads)
     const uint16_t* v_tile = sV + buffer * kTile * S;
 
     float p[kTile / 8][4] = {};
-#pragma unroll
-    for (int kb = 0; kb < HD / 16; ++kb) {
-#pragma unroll
-      for (int nb = 0; nb < kTile / 16; ++nb) {
-        uint32_t kf[4];
-        ldmatrix_x4(kf, bt_address<S>(k_tile, nb * 16, kb * 16, lane));
-        mma_bf16(p[2 * nb], q_frag[kb], kf[0], kf[1]);
-        mma_bf16(p[2 * nb + 1], q_frag[kb], kf[2], kf[3]);
-      }
-    }
+    warp_qk_scores<HD>(p, q_frag, k_tile, lane);
     const bool diagonal = j == q_tile;
 #pragma unroll
     for (int nb = 0; nb < kTile / 8; ++nb) {
