@@ -213,15 +213,7 @@ void Matmul::forward(DType dtype, cudaStream_t stream, Scratch& scratch, void* o
   if (fused_possible && run(g, stream)) return;
 
   // Fallback: fp32 product into scratch, then bias/GELU and one rounding.
-  float* product = static_cast<float*>(scratch.get(sizeof(float) * size_t(N) * OC));
-  Gemm plain = g;
-  plain.epilogue = CUBLASLT_EPILOGUE_DEFAULT;
-  plain.bias = nullptr;
-  plain.aux = nullptr;
-  plain.ld_aux = 0;
-  plain.d = product;
-  plain.d_is_float = true;
-  run(plain, stream);
+  const float* product = run_fp32_product(g, scratch, stream);
   const size_t count = size_t(N) * OC;
   dispatch_storage(dtype, [&](auto tag) {
     using S = decltype(tag);
@@ -229,6 +221,20 @@ void Matmul::forward(DType dtype, cudaStream_t stream, Scratch& scratch, void* o
         static_cast<S*>(out), static_cast<S*>(gelu_pre), product, static_cast<const S*>(bias), OC, count);
     CUDA_CHECK_LAUNCH("bias_gelu_epilogue_kernel");
   });
+}
+
+float* Matmul::run_fp32_product(const Gemm& g, Scratch& scratch, cudaStream_t stream) {
+  float* product = static_cast<float*>(scratch.get(sizeof(float) * size_t(g.m) * size_t(g.n)));
+  Gemm plain = g;
+  plain.epilogue = CUBLASLT_EPILOGUE_DEFAULT;
+  plain.bias = nullptr;
+  plain.aux = nullptr;
+  plain.ld_aux = 0;
+  plain.d = product;
+  plain.ldd = g.m;
+  plain.d_is_float = true;
+  run(plain, stream);
+  return product;
 }
 
 void Matmul::backward(DType dtype, cudaStream_t stream, Scratch& scratch, void* din, void* dw, void* db,
@@ -256,14 +262,7 @@ void Matmul::backward(DType dtype, cudaStream_t stream, Scratch& scratch, void* 
     din_done = run(g, stream);
   }
   if (!din_done) {
-    float* product = static_cast<float*>(scratch.get(sizeof(float) * size_t(N) * C));
-    Gemm plain = g;
-    plain.epilogue = CUBLASLT_EPILOGUE_DEFAULT;
-    plain.aux = nullptr;
-    plain.ld_aux = 0;
-    plain.d = product;
-    plain.d_is_float = true;
-    run(plain, stream);
+    const float* product = run_fp32_product(g, scratch, stream);
     const size_t count = size_t(N) * C;
     dispatch_storage(dtype, [&](auto tag) {
       using S = decltype(tag);

@@ -52,6 +52,10 @@ class Matmul {
   // False when cuBLASLt has no algorithm for the configuration (only
   // possible with an epilogue); throws on any other failure.
   bool run(const Gemm& g, cudaStream_t stream);
+  // The fallback when cuBLASLt cannot fuse g's epilogue: g's product alone,
+  // in fp32, into scratch (m x n, column-major); the caller applies the
+  // epilogue with its own kernel and rounds once.
+  float* run_fp32_product(const Gemm& g, Scratch& scratch, cudaStream_t stream);
 
   struct Plan;
   using PlanKey = std::array<int64_t, 11>;
