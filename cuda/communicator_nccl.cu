@@ -159,12 +159,7 @@ class NcclCommunicator final : public Communicator {
 
   void all_reduce_sum(void* data, size_t count, DType dtype) override {
     const size_t element = dtype_size(dtype), ranks = size_t(size());
-    const size_t chunk = count / ranks, head = chunk * ranks;
-    char* own_chunk = bytes_of(data) + size_t(rank()) * chunk * element;
-    if (chunk) {
-      reduce_scatter_sum(data, own_chunk, chunk, dtype);
-      all_gather(own_chunk, data, chunk, dtype);
-    }
+    const size_t head = all_reduce_equal_chunks(data, count, dtype);
     if (head == count) return;
     // The count % size() elements left over: every rank gathers all ranks'
     // tails and sums them in rank order, the same bits on every rank.

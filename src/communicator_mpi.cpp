@@ -269,14 +269,8 @@ class MpiCommunicator final : public Communicator {
   }
 
   void all_reduce_sum(void* data, size_t count, DType dtype) override {
-    const size_t element = dtype_size(dtype), ranks = size_t(size());
-    const size_t chunk = count / ranks, head = chunk * ranks;
-    char* own_chunk = bytes_of(data) + size_t(rank()) * chunk * element;
-    if (chunk) {
-      reduce_scatter_sum(data, own_chunk, chunk, dtype);
-      all_gather(own_chunk, data, chunk, dtype);
-    }
-    if (head < count) all_reduce_tail(bytes_of(data) + head * element, count - head, dtype);
+    const size_t head = all_reduce_equal_chunks(data, count, dtype);
+    if (head < count) all_reduce_tail(bytes_of(data) + head * dtype_size(dtype), count - head, dtype);
   }
 
   void broadcast(void* data, size_t bytes, int root) override {

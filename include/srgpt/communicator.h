@@ -61,6 +61,20 @@ class Communicator {
  protected:
   Communicator(int rank, int size, int local_rank) : rank_(rank), size_(size), local_rank_(local_rank) {}
 
+  // The part of all_reduce_sum every implementation shares: the first
+  // count - count % size() elements, reduce-scattered and all-gathered in
+  // place. Returns where the tail left to the implementation begins.
+  size_t all_reduce_equal_chunks(void* data, size_t count, DType dtype) {
+    const size_t element = dtype_size(dtype), ranks = size_t(size());
+    const size_t chunk = count / ranks;
+    char* own_chunk = static_cast<char*>(data) + size_t(rank()) * chunk * element;
+    if (chunk) {
+      reduce_scatter_sum(data, own_chunk, chunk, dtype);
+      all_gather(own_chunk, data, chunk, dtype);
+    }
+    return chunk * ranks;
+  }
+
  private:
   int rank_, size_, local_rank_;
 };
