@@ -47,7 +47,7 @@ TEST_CASE("training loss falls in every precision mode and bf16-sr ends within 5
     c.train.steps = 100;
     c.optimizer.lr = 1e-2;
     c.train.eval_tokens = 4096;
-    Trainer trainer(c, TrainOptions{false, {}, true});
+    Trainer trainer(c, quiet_options());
     TrainResult r = trainer.run();
     REQUIRE(r.losses.size() == 100);
     const double first = mean_of(r.losses, 0, 5), last = mean_of(r.losses, 90, 100);
@@ -72,7 +72,7 @@ TEST_CASE("resume is bit-exact in every precision mode", "[training][resume]") {
       c.precision = p;
       c.train.steps = 12;
       c.data.val.clear();
-      Trainer straight(c, TrainOptions{false, {}, true});
+      Trainer straight(c, quiet_options());
       TrainResult full = straight.run();
       REQUIRE(full.losses.size() == 12);
 
@@ -80,14 +80,12 @@ TEST_CASE("resume is bit-exact in every precision mode", "[training][resume]") {
       // would), then resumed from its checkpoint in a fresh trainer.
       Config split = c;
       split.out_dir = (tmp.path() / "split").string();
-      TrainOptions stop;
-      stop.quiet = true;
+      TrainOptions stop = quiet_options();
       stop.stop_after_step = 6;
       Trainer first(split, stop);
       TrainResult a = first.run();
       REQUIRE(a.losses.size() == 6);
-      TrainOptions resume;
-      resume.quiet = true;
+      TrainOptions resume = quiet_options();
       resume.resume = true;
       Trainer second(split, resume);
       TrainResult b = second.run();

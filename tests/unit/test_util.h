@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "srgpt/config.h"
+#include "srgpt/trainer.h"
 #include "srgpt/data.h"
 #include "srgpt/error.h"
 
@@ -98,6 +99,13 @@ inline srgpt::Config tiny_config(const fs::path& data_dir, const fs::path& out_d
   c.data.val = (data_dir / "val_*.bin").string();
   c.out_dir = out_dir.string();
   return c;
+}
+
+// Options for an in-process training run without log lines.
+inline srgpt::TrainOptions quiet_options() {
+  srgpt::TrainOptions o;
+  o.quiet = true;
+  return o;
 }
 
 struct CommandResult {

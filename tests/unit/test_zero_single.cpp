@@ -60,7 +60,7 @@ TEST_CASE("ZeRO stages 1-3 on one rank train like stage 0", "[zero][training]") 
       c.train.steps = 8;
       c.dist.zero_stage = stage;
       c.data.val.clear();
-      Trainer t(c, TrainOptions{false, {}, true});
+      Trainer t(c, quiet_options());
       TrainResult r = t.run();
       std::vector<char> w = t.params().full_weights_on_host();
       INFO(precision_name(p) << " stage " << stage);
@@ -91,16 +91,14 @@ TEST_CASE("ZeRO-3 resume on one rank is bit-exact", "[zero][resume]") {
   c.train.steps = 8;
   c.dist.zero_stage = 3;
   c.data.val.clear();
-  Trainer straight(c, TrainOptions{false, {}, true});
+  Trainer straight(c, quiet_options());
   TrainResult full = straight.run();
   c.out_dir = (tmp.path() / "split").string();
-  TrainOptions stop;
-  stop.quiet = true;
+  TrainOptions stop = quiet_options();
   stop.stop_after_step = 4;
   Trainer first(c, stop);
   TrainResult a = first.run();
-  TrainOptions resume;
-  resume.quiet = true;
+  TrainOptions resume = quiet_options();
   resume.resume = true;
   Trainer second(c, resume);
   TrainResult b = second.run();
