@@ -389,13 +389,14 @@ void bench_kernels(const Options& o, const Ceilings& ceilings) {
 
 // ---------------------------------------------------------------- steps
 struct StepRow {
-  std::string model, precision;
+  std::string model, precision, recompute;
   double step_ms, tokens_per_s, mfu_peak, mfu_measured;
   double peak_gib, device_used_gib;
   size_t params;
 };
 
-StepRow bench_steps(const Options& o, const std::string& model_name, Precision precision, const Ceilings& c) {
+StepRow bench_steps(const Options& o, const std::string& model_name, Precision precision, Recompute recompute,
+                    const Ceilings& c) {
   const ModelConfig cfg = model_config(model_name, o.seq);
   const int B = o.batch, T = o.seq;
   size_t free0 = 0, total = 0;
@@ -404,7 +405,7 @@ StepRow bench_steps(const Options& o, const std::string& model_name, Precision p
   auto& be = cuda_of(*backend);
   auto comm = make_single_process_communicator(be);
   ParameterStore params(be, *comm, gpt2_param_layout(cfg), 0);
-  GPT model(cfg, params, B, T);
+  GPT model(cfg, params, B, T, recompute);
   OptimizerConfig oc;
   Optimizer optimizer(params, precision, oc, 1234);
   optimizer.set_weights(gpt2_initial_weights(cfg, params.layout(), 1234, 0.02));
@@ -430,6 +431,7 @@ StepRow bench_steps(const Options& o, const std::string& model_name, Precision p
   StepRow r;
   r.model = model_name;
   r.precision = precision_name(precision);
+  r.recompute = recompute_name(recompute);
   r.params = params.layout().num_params();
   r.step_ms = median(times);
   const double tokens = double(B) * T;
@@ -439,8 +441,8 @@ StepRow bench_steps(const Options& o, const std::string& model_name, Precision p
   r.mfu_measured = flops / (r.step_ms * 1e-3) / c.flops;
   r.peak_gib = be.peak_allocated_bytes() / double(1 << 30);
   r.device_used_gib = double(free0 - free1) / double(1 << 30);
-  std::printf("  %s %-8s step %.1f ms, %.0f tokens/s, MFU %.1f%% (of measured %.1f%%), peak %.2f GiB\n",
-              r.model.c_str(), r.precision.c_str(), r.step_ms, r.tokens_per_s, 100 * r.mfu_peak,
+  std::printf("  %s %-8s recompute %-4s step %.1f ms, %.0f tokens/s, MFU %.1f%% (of measured %.1f%%), peak %.2f GiB\n",
+              r.model.c_str(), r.precision.c_str(), r.recompute.c_str(), r.step_ms, r.tokens_per_s, 100 * r.mfu_peak,
               100 * r.mfu_measured, r.peak_gib);
   std::fflush(stdout);
   return r;
@@ -456,23 +458,26 @@ int main(int argc, char** argv) {
     if (o.kernels) bench_kernels(o, ceilings);
     if (o.steps) {
       std::vector<StepRow> rows;
-      for (const std::string& m : o.models)
+      for (const std::string& m : o.models) {
         for (Precision p : {Precision::bf16_sr, Precision::bf16_rn, Precision::mixed})
-          rows.push_back(bench_steps(o, m, p, ceilings));
+          rows.push_back(bench_steps(o, m, p, Recompute::none, ceilings));
+        rows.push_back(bench_steps(o, m, Precision::bf16_sr, Recompute::all, ceilings));
+      }
       std::printf("\ntraining steps: micro batch %d, seq %d, median of %d after %d warm-up\n", o.batch, o.seq,
                   o.iters, o.warmup);
-      std::printf("| model | precision | params | step ms | tokens/s | MFU (790) | MFU (measured %.0f) | peak GiB | "
-                  "device used GiB |\n|---|---|---|---|---|---|---|---|---|\n",
+      std::printf("| model | precision | recompute | params | step ms | tokens/s | MFU (790) | MFU (measured %.0f) | "
+                  "peak GiB | device used GiB |\n|---|---|---|---|---|---|---|---|---|---|\n",
                   ceilings.flops / 1e12);
       for (const auto& r : rows)
-        std::printf("| %s | %s | %.1fM | %.1f | %.0f | %.1f%% | %.1f%% | %.2f | %.2f |\n", r.model.c_str(),
-                    r.precision.c_str(), r.params / 1e6, r.step_ms, r.tokens_per_s, 100 * r.mfu_peak,
+        std::printf("| %s | %s | %s | %.1fM | %.1f | %.0f | %.1f%% | %.1f%% | %.2f | %.2f |\n", r.model.c_str(),
+                    r.precision.c_str(), r.recompute.c_str(), r.params / 1e6, r.step_ms, r.tokens_per_s, 100 * r.mfu_peak,
                     100 * r.mfu_measured, r.peak_gib, r.device_used_gib);
       for (const std::string& m : o.models) {
         const StepRow *sr = nullptr, *mixed = nullptr;
         for (const auto& r : rows) {
-          if (r.model == m && r.precision == "bf16-sr") sr = &r;
-          if (r.model == m && r.precision == "mixed") mixed = &r;
+          if (r.model != m || r.recompute != "none") continue;
+          if (r.precision == "bf16-sr") sr = &r;
+          if (r.precision == "mixed") mixed = &r;
         }
         if (sr && mixed)
           std::printf("%s: bf16-sr vs mixed: %.2fx throughput, %.2fx peak memory (paper: 1.54x, 0.70x)\n", m.c_str(),

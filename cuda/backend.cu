@@ -5,6 +5,7 @@
 #include "cross_entropy.cuh"
 #include "cuda_check.cuh"
 #include "embedding.cuh"
+#include "gelu.cuh"
 #include "layernorm.cuh"
 #include "reduce.cuh"
 #include "srgpt/error.h"
@@ -103,6 +104,10 @@ void CudaBackend::matmul_forward(void* out, void* gelu_pre, const void* in, cons
 void CudaBackend::matmul_backward(void* din, void* dw, void* db, const void* dout, const void* in, const void* w,
                                   const void* gelu_pre, int N, int C, int OC) {
   matmul_->backward(dtype(), stream(), scratch_, din, dw, db, dout, in, w, gelu_pre, N, C, OC);
+}
+
+void CudaBackend::gelu_forward(void* out, const void* pre, size_t n) {
+  gpu::gelu_forward(dtype(), stream(), out, pre, n);
 }
 
 void CudaBackend::attention_forward(void* out, void* lse, const void* qkv, int B, int T, int C, int H) {

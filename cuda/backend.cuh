@@ -45,6 +45,7 @@ class CudaBackend final : public Backend {
                       int OC) override;
   void matmul_backward(void* din, void* dw, void* db, const void* dout, const void* in, const void* w,
                        const void* gelu_pre, int N, int C, int OC) override;
+  void gelu_forward(void* out, const void* pre, size_t n) override;
   void attention_forward(void* out, void* lse, const void* qkv, int B, int T, int C, int H) override;
   void attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out, const void* lse, int B,
                           int T, int C, int H) override;

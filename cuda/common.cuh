@@ -129,8 +129,9 @@ __device__ __forceinline__ float warp_max(float x) {
 }
 
 // Sum over the block (blockDim.x a multiple of 32, at most 1024); every
-// thread gets the result. `shared` holds 32 values; the call begins and ends
-// with a barrier so it may be used repeatedly.
+// thread gets the result. `shared` holds 32 values; the barrier before the
+// writes keeps them clear of a previous call's reads, so calls (block_max
+// too) may follow each other on the same `shared`.
 template <typename A>
 __device__ A block_sum(A x, A* shared) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;

@@ -1,7 +1,8 @@
 #pragma once
-// Matmuls through cuBLASLt with fp32 accumulation: bias and GELU fused as
-// epilogues (GELU_AUX_BIAS forward, DGELU backward) where cuBLASLt supports
-// the shape, else a plain product into fp32 scratch and an epilogue kernel.
+// Matmuls through cuBLASLt with fp32 accumulation: the bias fused as an
+// epilogue, GELU applied to the stored pre-activation by gelu_forward, and
+// GELU's derivative fused (DGELU) in bf16 where cuBLASLt supports the shape;
+// otherwise a plain product into fp32 scratch and an epilogue kernel.
 // Bias gradients use the deterministic column reduction of reduce.cuh.
 #include <cublasLt.h>
 #include <cuda_runtime.h>

@@ -55,6 +55,16 @@ const char* nonfinite_policy_name(NonFinitePolicy p) {
   return "?";
 }
 
+const char* recompute_name(Recompute r) {
+  switch (r) {
+    case Recompute::none: return "none";
+    case Recompute::gelu: return "gelu";
+    case Recompute::layernorm: return "layernorm";
+    case Recompute::all: return "all";
+  }
+  return "?";
+}
+
 namespace {
 
 constexpr uint64_t kIntFieldMax = uint64_t(std::numeric_limits<int>::max());
@@ -224,6 +234,8 @@ void visit_config(Visitor& v, C& c) {
   v.choice("train.on_nonfinite", c.train.on_nonfinite, {NonFinitePolicy::stop, NonFinitePolicy::skip},
            nonfinite_policy_name);
   v.real("train.init_std", c.train.init_std, kPositive);
+  v.choice("train.recompute", c.train.recompute,
+           {Recompute::none, Recompute::gelu, Recompute::layernorm, Recompute::all}, recompute_name);
   v.integer("checkpoint.every", c.checkpoint.every, 0, kInt64FieldMax);
   v.integer("checkpoint.keep", c.checkpoint.keep, 1, kIntFieldMax);
   v.integer("dist.zero_stage", c.dist.zero_stage, 0, 3);

@@ -77,22 +77,24 @@ std::vector<float> gpt2_initial_weights(const ModelConfig& cfg, const Layout& la
   return w;
 }
 
-GPT::GPT(const ModelConfig& cfg, ParameterStore& params, int B, int T)
-    : cfg_(cfg), params_(params), backend_(params.backend()), B_(B), T_(T) {
+GPT::GPT(const ModelConfig& cfg, ParameterStore& params, int B, int T, Recompute recompute)
+    : cfg_(cfg), params_(params), backend_(params.backend()), B_(B), T_(T), recompute_(recompute) {
   if (params.layout().total() != gpt2_param_layout(cfg, params.comm().size()).total())
     fail("internal: the parameter store does not hold this model's layout");
   Backend& backend = backend_;
   if (T > cfg.max_seq_len) fail("sequence length {} exceeds model.max_seq_len {}", T, cfg.max_seq_len);
   const int64_t N = int64_t(B) * T, C = cfg.d_model, Vp = cfg.padded_vocab(), H = cfg.n_head;
   act_layout_.add("encoded", {N, C});
+  if (recompute_layernorm()) act_layout_.add("ln", {N, C});
+  if (recompute_gelu()) act_layout_.add("fch_gelu", {N, 4 * C});
   for (int l = 0; l < cfg.n_layer; ++l) {
-    act_layout_.add(tensor_name("ln1", l), {N, C});
+    if (!recompute_layernorm()) act_layout_.add(tensor_name("ln1", l), {N, C});
     act_layout_.add(tensor_name("qkv", l), {N, 3 * C});
     act_layout_.add(tensor_name("atty", l), {N, C});
     act_layout_.add(tensor_name("res2", l), {N, C});
-    act_layout_.add(tensor_name("ln2", l), {N, C});
+    if (!recompute_layernorm()) act_layout_.add(tensor_name("ln2", l), {N, C});
     act_layout_.add(tensor_name("fch", l), {N, 4 * C});
-    act_layout_.add(tensor_name("fch_gelu", l), {N, 4 * C});
+    if (!recompute_gelu()) act_layout_.add(tensor_name("fch_gelu", l), {N, 4 * C});
     act_layout_.add(tensor_name("res3", l), {N, C});
     stat_layout_.add(tensor_name("ln1_mean", l), {N});
     stat_layout_.add(tensor_name("ln1_rstd", l), {N});
@@ -151,6 +153,9 @@ void* GPT::stat(const char* name, int layer) {
   return stats_.as<char>() + stat_layout_.at(tensor_name(name, layer)).offset * dtype_size(accum_dtype(backend_.dtype()));
 }
 void* GPT::residual(int l) { return l == 0 ? act("encoded") : act("res3", l - 1); }
+void* GPT::ln1(int l) { return recompute_layernorm() ? act("ln") : act("ln1", l); }
+void* GPT::ln2(int l) { return recompute_layernorm() ? act("ln") : act("ln2", l); }
+void* GPT::fch_gelu(int l) { return recompute_gelu() ? act("fch_gelu") : act("fch_gelu", l); }
 
 double GPT::forward(const int32_t* inputs, const int32_t* targets, float dloss) {
   Backend& be = backend_;
@@ -163,23 +168,23 @@ double GPT::forward(const int32_t* inputs, const int32_t* targets, float dloss) 
   acquire(plan.embeddings_unit());
   acquire(plan.unit_of_layer(0));
   be.embedding_forward(act("encoded"), tok, w("wte"), w("wpe"), B_, T_, C);
-  be.residual_layernorm_forward(act("encoded"), act("ln1", 0), stat("ln1_mean", 0), stat("ln1_rstd", 0),
+  be.residual_layernorm_forward(act("encoded"), ln1(0), stat("ln1_mean", 0), stat("ln1_rstd", 0),
                                 act("encoded"), nullptr, w("ln_1.weight", 0), w("ln_1.bias", 0), N, C);
   for (int l = 0; l < L; ++l) {
-    be.matmul_forward(act("qkv", l), nullptr, act("ln1", l), w("attn.c_attn.weight", l), w("attn.c_attn.bias", l), N,
+    be.matmul_forward(act("qkv", l), nullptr, ln1(l), w("attn.c_attn.weight", l), w("attn.c_attn.bias", l), N,
                       C, 3 * C);
     be.attention_forward(act("atty", l), stat("lse", l), act("qkv", l), B_, T_, C, H);
     be.matmul_forward(act("delta"), nullptr, act("atty", l), w("attn.c_proj.weight", l), w("attn.c_proj.bias", l), N,
                       C, C);
-    be.residual_layernorm_forward(act("res2", l), act("ln2", l), stat("ln2_mean", l), stat("ln2_rstd", l),
+    be.residual_layernorm_forward(act("res2", l), ln2(l), stat("ln2_mean", l), stat("ln2_rstd", l),
                                   residual(l), act("delta"), w("ln_2.weight", l), w("ln_2.bias", l), N, C);
-    be.matmul_forward(act("fch_gelu", l), act("fch", l), act("ln2", l), w("mlp.c_fc.weight", l),
+    be.matmul_forward(fch_gelu(l), act("fch", l), ln2(l), w("mlp.c_fc.weight", l),
                       w("mlp.c_fc.bias", l), N, C, 4 * C);
-    be.matmul_forward(act("delta"), nullptr, act("fch_gelu", l), w("mlp.c_proj.weight", l), w("mlp.c_proj.bias", l),
+    be.matmul_forward(act("delta"), nullptr, fch_gelu(l), w("mlp.c_proj.weight", l), w("mlp.c_proj.bias", l),
                       N, 4 * C, C);
     const bool last = l + 1 == L;
     acquire(last ? plan.final_unit() : plan.unit_of_layer(l + 1));
-    be.residual_layernorm_forward(act("res3", l), last ? act("lnf") : act("ln1", l + 1),
+    be.residual_layernorm_forward(act("res3", l), last ? act("lnf") : ln1(l + 1),
                                   last ? stat("lnf_mean") : stat("ln1_mean", l + 1),
                                   last ? stat("lnf_rstd") : stat("ln1_rstd", l + 1), act("res2", l), act("delta"),
                                   last ? w("ln_f.weight") : w("ln_1.weight", l + 1),
@@ -218,16 +223,25 @@ void GPT::backward() {
   params_.grads_done(plan.final_unit());
   for (int l = L - 1; l >= 0; --l) {
     acquire(plan.unit_of_layer(l));
-    be.matmul_backward(dbig, g("mlp.c_proj.weight", l), g("mlp.c_proj.bias", l), dres, act("fch_gelu", l),
+    if (recompute_gelu()) be.gelu_forward(fch_gelu(l), act("fch", l), size_t(N) * 4 * C);
+    be.matmul_backward(dbig, g("mlp.c_proj.weight", l), g("mlp.c_proj.bias", l), dres, fch_gelu(l),
                        w("mlp.c_proj.weight", l), act("fch", l), N, 4 * C, C);
-    be.matmul_backward(dln, g("mlp.c_fc.weight", l), g("mlp.c_fc.bias", l), dbig, act("ln2", l),
+    // Normalising the stored residual again gives forward's bits (and
+    // rewrites the same mean and rstd).
+    if (recompute_layernorm())
+      be.residual_layernorm_forward(act("res2", l), ln2(l), stat("ln2_mean", l), stat("ln2_rstd", l), act("res2", l),
+                                    nullptr, w("ln_2.weight", l), w("ln_2.bias", l), N, C);
+    be.matmul_backward(dln, g("mlp.c_fc.weight", l), g("mlp.c_fc.bias", l), dbig, ln2(l),
                        w("mlp.c_fc.weight", l), nullptr, N, C, 4 * C);
     be.layernorm_backward(dres, g("ln_2.weight", l), g("ln_2.bias", l), dln, act("res2", l), w("ln_2.weight", l),
                           stat("ln2_mean", l), stat("ln2_rstd", l), N, C);
     be.matmul_backward(act("datty"), g("attn.c_proj.weight", l), g("attn.c_proj.bias", l), dres, act("atty", l),
                        w("attn.c_proj.weight", l), nullptr, N, C, C);
     be.attention_backward(dbig, act("datty"), act("qkv", l), act("atty", l), stat("lse", l), B_, T_, C, H);
-    be.matmul_backward(dln, g("attn.c_attn.weight", l), g("attn.c_attn.bias", l), dbig, act("ln1", l),
+    if (recompute_layernorm())
+      be.residual_layernorm_forward(residual(l), ln1(l), stat("ln1_mean", l), stat("ln1_rstd", l), residual(l),
+                                    nullptr, w("ln_1.weight", l), w("ln_1.bias", l), N, C);
+    be.matmul_backward(dln, g("attn.c_attn.weight", l), g("attn.c_attn.bias", l), dbig, ln1(l),
                        w("attn.c_attn.weight", l), nullptr, N, C, 3 * C);
     be.layernorm_backward(dres, g("ln_1.weight", l), g("ln_1.bias", l), dln, residual(l), w("ln_1.weight", l),
                           stat("ln1_mean", l), stat("ln1_rstd", l), N, C);

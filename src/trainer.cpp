@@ -267,7 +267,7 @@ Trainer::Trainer(Config config, TrainOptions options) : config_(std::move(config
                                                 config_.train.seed);
   params_ = std::make_unique<ParameterStore>(*backend_, *comm_, gpt2_param_layout(config_.model, world),
                                              config_.dist.zero_stage);
-  model_ = std::make_unique<GPT>(config_.model, *params_, b.micro_batch, b.seq_len);
+  model_ = std::make_unique<GPT>(config_.model, *params_, b.micro_batch, b.seq_len, config_.train.recompute);
   optimizer_ = std::make_unique<Optimizer>(*params_, config_.precision, config_.optimizer, config_.train.seed);
   inputs_.resize(size_t(b.micro_batch) * b.seq_len);
   targets_.resize(inputs_.size());
@@ -451,9 +451,9 @@ TrainResult Trainer::run() {
                  backend_->name());
     spdlog::info("ranks: {} ({}), ZeRO stage {}", comm_->size(), comm_->name(), config_.dist.zero_stage);
     spdlog::info("memory per rank: weights {:.1f} MiB, gradients {:.1f} MiB, optimizer state {:.1f} MiB, ZeRO working "
-                 "buffers {:.1f} MiB, activations {:.1f} MiB ({} persistent bytes/parameter unsharded)",
+                 "buffers {:.1f} MiB, activations {:.1f} MiB (recompute {}) ({} persistent bytes/parameter unsharded)",
                  mib(params_->weight_bytes()), mib(params_->grad_bytes()), mib(optimizer_->state_bytes()),
-                 mib(params_->working_bytes()), mib(model_->activation_bytes()),
+                 mib(params_->working_bytes()), mib(model_->activation_bytes()), recompute_name(config_.train.recompute),
                  persistent_bytes_per_param(config_.precision));
     spdlog::info("batch: {} tokens/step = micro batch {} x seq {} x grad accum {} x ranks {}; communication {:.1f} MiB "
                  "per step per rank",

@@ -56,6 +56,7 @@ class ScrambledMemoryBackend final : public Backend {
                        int) override {
     no_op("matmul_backward");
   }
+  void gelu_forward(void*, const void*, size_t) override { no_op("gelu_forward"); }
   void attention_forward(void*, void*, const void*, int, int, int, int) override { no_op("attention_forward"); }
   void attention_backward(void*, const void*, const void*, const void*, const void*, int, int, int, int) override {
     no_op("attention_backward");

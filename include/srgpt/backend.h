@@ -63,9 +63,14 @@ class Backend {
   virtual void layernorm_backward(void* din, void* dw, void* db, const void* dout, const void* in, const void* w,
                                   const void* mean, const void* rstd, int N, int C) = 0;
   // out[N,OC] = in[N,C] @ w[OC,C]^T + bias (bias may be null). With
-  // gelu_pre non-null the pre-activation goes there and out = gelu(pre).
+  // gelu_pre non-null the pre-activation goes there and out = gelu(pre),
+  // GELU taken of pre as stored (rounded to dtype()), as PyTorch computes it
+  // after a bf16 linear layer and as gelu_forward recomputes it.
   virtual void matmul_forward(void* out, void* gelu_pre, const void* in, const void* w, const void* bias, int N,
                               int C, int OC) = 0;
+  // out = gelu(pre) elementwise over n elements: recomputes matmul_forward's
+  // GELU output from the stored pre-activation (GPT's recompute option).
+  virtual void gelu_forward(void* out, const void* pre, size_t n) = 0;
   // din = dout @ w (times gelu'(gelu_pre) when gelu_pre is non-null: the
   // backward of a GELU applied to din's forward value); dw += dout^T @ in;
   // db += sum_rows dout (db may be null).

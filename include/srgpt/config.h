@@ -54,6 +54,7 @@ struct TrainConfig {
   uint64_t seed = 1337;        // init, data order and SR bits
   NonFinitePolicy on_nonfinite = NonFinitePolicy::stop;
   double init_std = 0.02;
+  Recompute recompute = Recompute::none;
 };
 
 struct CheckpointConfig {
@@ -101,6 +102,7 @@ const char* lr_decay_name(LrDecay d);
 const char* device_choice_name(DeviceChoice d);
 const char* communicator_choice_name(CommunicatorChoice c);
 const char* nonfinite_policy_name(NonFinitePolicy p);
+const char* recompute_name(Recompute r);
 
 // Learning rate at optimizer step t (1-based): linear warmup over
 // warmup_steps, then decay to lr * min_lr_ratio at total_steps.

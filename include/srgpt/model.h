@@ -29,8 +29,9 @@ std::vector<float> gpt2_initial_weights(const ModelConfig& cfg, const Layout& la
 
 class GPT {
  public:
-  // params must hold gpt2_param_layout(cfg, world size).
-  GPT(const ModelConfig& cfg, ParameterStore& params, int B, int T);
+  // params must hold gpt2_param_layout(cfg, world size). recompute trades
+  // backward work for activation memory; gradients are the same bits.
+  GPT(const ModelConfig& cfg, ParameterStore& params, int B, int T, Recompute recompute = Recompute::none);
 
   const ModelConfig& config() const { return cfg_; }
   const Layout& layout() const { return params_.layout(); }
@@ -56,11 +57,19 @@ class GPT {
   void* act(const char* name, int layer = -1);
   void* stat(const char* name, int layer = -1);
   void* residual(int l);  // input to block l (l == n_layer: input to lnf)
+  // Where block l's LayerNorm outputs and GELU output live: per layer when
+  // kept, one shared buffer when backward recomputes them.
+  void* ln1(int l);
+  void* ln2(int l);
+  void* fch_gelu(int l);
+  bool recompute_gelu() const { return recompute_ == Recompute::gelu || recompute_ == Recompute::all; }
+  bool recompute_layernorm() const { return recompute_ == Recompute::layernorm || recompute_ == Recompute::all; }
 
   ModelConfig cfg_;
   ParameterStore& params_;
   Backend& backend_;
   int B_, T_;
+  Recompute recompute_;
   Layout act_layout_, stat_layout_;
   DeviceBuffer acts_, stats_, tokens_;
   std::vector<const void*> unit_weights_;  // acquired base pointer per unit

@@ -21,4 +21,9 @@ struct ModelConfig {
   int head_dim() const { return d_model / n_head; }
 };
 
+// Activations the backward pass recomputes instead of keeping them from
+// forward: each block's GELU output (4 d_model per token), its two
+// LayerNorm outputs (2 d_model per token), or both.
+enum class Recompute { none, gelu, layernorm, all };
+
 }  // namespace srgpt

@@ -100,6 +100,7 @@ class CpuBackend final : public Backend {
                        const void* gelu_pre, int N, int C, int OC) override {
     cpu::matmul_backward(st(din), st(dw), st(db), st(dout), st(in), st(w), st(gelu_pre), N, C, OC);
   }
+  void gelu_forward(void* out, const void* pre, size_t n) override { cpu::gelu_forward(st(out), st(pre), n); }
   void attention_forward(void* out, void* lse, const void* qkv, int B, int T, int C, int H) override {
     cpu::attention_forward(st(out), acc(lse), st(qkv), B, T, C, H);
   }

@@ -104,6 +104,9 @@ void matmul_backward(S* din, S* dw, S* db, const S* dout, const S* in, const S* 
                      int OC);
 
 template <typename S>
+void gelu_forward(S* out, const S* pre, size_t n);
+
+template <typename S>
 void attention_forward(S* out, Math<S>* lse, const S* qkv, int B, int T, int C, int H);
 template <typename S>
 void attention_backward(S* dqkv, const S* dout, const S* qkv, const S* out, const Math<S>* lse, int B, int T, int C,

@@ -111,10 +111,10 @@ void matmul_forward(S* out, S* gelu_pre, const S* in, const S* w, const S* bias,
     M pre = bias ? value + load(bias[o]) : value;
     const size_t index = n * size_t(OC) + o;
     if (gelu_pre) {
-      // Like a fused GELU epilogue: the activation comes from the unrounded
-      // pre-activation, which is stored rounded for the backward pass.
+      // GELU of the pre-activation as stored, so backward's gelu' and a
+      // recomputed activation (gelu_forward) see the same value.
       gelu_pre[index] = store<S>(pre);
-      out[index] = store<S>(gelu(pre));
+      out[index] = store<S>(gelu(load(gelu_pre[index])));
     } else {
       out[index] = store<S>(pre);
     }

@@ -321,3 +321,24 @@ TEST_CASE("gpu accumulate matches the cpu backend", "[gpu]") {
     }
   }
 }
+
+TEST_CASE("gpu gelu_forward matches the cpu backend", "[gpu]") {
+  if (!have_gpu()) return;
+  uint64_t seed = 700;
+  for (DType dtype : kDtypes) {
+    Backends be(dtype);
+    for (size_t n : {size_t(3), size_t(1000), (size_t(1) << 20) + 7}) {
+      for (size_t offset : {size_t(0), size_t(1)}) {
+        const std::string shape = fmt::format("n={} offset={}", n, offset);
+        Pair pre(be, dtype, n, offset), out(be, dtype, n, offset);
+        pre.set(random_normal(n, ++seed, 2.0f));
+        out.poison();
+        be.cpu->gelu_forward(out.cpu.get(), pre.cpu.get(), n);
+        be.gpu->gelu_forward(out.gpu.get(), pre.gpu.get(), n);
+        // tanhf on the device and std::tanh on the host may differ in the
+        // last fp32 bit, which can move a bf16 rounding by one ulp.
+        check_close(label("gelu_forward", dtype, shape), out.gpu, out.cpu, bound_for(dtype, 4e-3, 1e-6));
+      }
+    }
+  }
+}

@@ -60,6 +60,8 @@ Config random_valid_config(std::mt19937_64& rng) {
   c.train.seed = rng();
   c.train.on_nonfinite = pick(rng, {srgpt::NonFinitePolicy::stop, srgpt::NonFinitePolicy::skip});
   c.train.init_std = real(1e-4, 1);
+  c.train.recompute = pick(rng, {srgpt::Recompute::none, srgpt::Recompute::gelu, srgpt::Recompute::layernorm,
+                                 srgpt::Recompute::all});
   c.checkpoint.every = integer(0, 100000);
   c.checkpoint.keep = int(integer(1, 100));
   c.dist.zero_stage = int(integer(0, 3));
@@ -101,7 +103,7 @@ TEST_CASE("config round trip: to_json, text, from_json gives an identical config
   std::mt19937_64 rng(20240520);
   std::vector<std::string> default_keys;
   collect_keys(srgpt::config_to_json(Config{}), "", default_keys);
-  CHECK(default_keys.size() == 33);  // every key of the schema, comment excluded
+  CHECK(default_keys.size() == 34);  // every key of the schema, comment excluded
   for (int trial = 0; trial < 200; ++trial) {
     Config original = random_valid_config(rng);
     json doc = srgpt::config_to_json(original);
@@ -155,6 +157,7 @@ TEST_CASE("config errors name the origin, the key, the value and what is allowed
       {R"({"device": "gpu"})", {"device = \"gpu\"", "auto, cpu, cuda"}},
       {R"({"optimizer": {"decay": "exponential"}})", {"optimizer.decay", "cosine, linear, constant"}},
       {R"({"train": {"on_nonfinite": "ignore"}})", {"train.on_nonfinite", "stop, skip"}},
+      {R"({"train": {"recompute": "attention"}})", {"train.recompute = \"attention\"", "none, gelu, layernorm, all"}},
       {R"({"dist": {"communicator": "gloo"}})", {"dist.communicator = \"gloo\"", "auto, nccl, mpi"}},
       // inconsistent values
       {R"({"model": {"d_model": 100, "n_head": 3}})",
@@ -342,6 +345,7 @@ TEST_CASE("config names", "[config]") {
   CHECK(std::string(srgpt::lr_decay_name(srgpt::LrDecay::constant)) == "constant");
   CHECK(std::string(srgpt::device_choice_name(srgpt::DeviceChoice::auto_select)) == "auto");
   CHECK(std::string(srgpt::nonfinite_policy_name(srgpt::NonFinitePolicy::skip)) == "skip");
+  CHECK(std::string(srgpt::recompute_name(srgpt::Recompute::layernorm)) == "layernorm");
 }
 
 TEST_CASE("config shipped configs parse and have the documented shapes", "[config]") {

@@ -1,0 +1,124 @@
+// Recomputing GELU and LayerNorm outputs in backward: the loss and every
+// gradient are the same bits as keeping them, and the activation buffer
+// shrinks by exactly the kept tensors.
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "catch.h"
+#include "srgpt/backend.h"
+#include "srgpt/bf16.h"
+#include "srgpt/communicator.h"
+#include "srgpt/config.h"
+#include "srgpt/model.h"
+
+using namespace srgpt;
+
+namespace {
+
+struct RunResult {
+  std::vector<double> losses;
+  std::vector<char> grads;
+  size_t activation_bytes = 0;
+};
+
+// Two micro-steps of forward+backward (gradients accumulate) at the given
+// ZeRO stage on one process, from fixed random weights and tokens.
+RunResult run(const ModelConfig& cfg, DType dtype, Recompute recompute, int zero_stage, int B, int T) {
+  auto backend = make_cpu_backend(dtype);
+  auto comm = make_single_process_communicator(*backend);
+  ParameterStore params(*backend, *comm, gpt2_param_layout(cfg), zero_stage);
+  GPT model(cfg, params, B, T, recompute);
+
+  // Weights well away from init so every path carries signal.
+  std::vector<float> w = gpt2_initial_weights(cfg, params.layout(), 4242, 0.3);
+  std::mt19937_64 rng(99);
+  std::normal_distribution<float> noise(0.0f, 0.2f);
+  for (const TensorSpec& t : params.layout().tensors())
+    if (t.name != "wte")
+      for (size_t i = 0; i < t.numel; ++i) w[t.offset + i] += noise(rng);
+  params.set_weights(w);
+  params.zero_grads();
+
+  RunResult r;
+  std::vector<int32_t> in(size_t(B) * T), tg(in.size());
+  for (int micro = 0; micro < 2; ++micro) {
+    for (size_t i = 0; i < in.size(); ++i) {
+      in[i] = int32_t(rng() % cfg.vocab_size);
+      tg[i] = int32_t(rng() % cfg.vocab_size);
+    }
+    r.losses.push_back(model.forward_backward(in.data(), tg.data(), 0.5f / float(in.size())));
+  }
+  params.reduce_gradients();
+  r.grads.resize(params.grad_bytes());
+  backend->download(r.grads.data(), params.grads(), r.grads.size());
+  r.activation_bytes = model.activation_bytes();
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("recompute: gradients are bit-identical and activation memory shrinks by the kept tensors",
+          "[recompute]") {
+  ModelConfig cfg;
+  cfg.vocab_size = 70;
+  cfg.max_seq_len = 16;
+  cfg.n_layer = 3;
+  cfg.n_head = 2;
+  cfg.d_model = 32;
+  const int B = 2, T = 16;  // N * C = 1024: a multiple of the layout alignment, so savings are exact
+  const size_t NC = size_t(B) * T * cfg.d_model, L = size_t(cfg.n_layer);
+
+  for (DType dtype : {DType::bf16, DType::f32}) {
+    for (int zero_stage : {0, 3}) {
+      const RunResult kept = run(cfg, dtype, Recompute::none, zero_stage, B, T);
+      for (Recompute recompute : {Recompute::gelu, Recompute::layernorm, Recompute::all}) {
+        INFO("dtype " << dtype_name(dtype) << ", ZeRO " << zero_stage << ", recompute " << recompute_name(recompute));
+        const RunResult again = run(cfg, dtype, recompute, zero_stage, B, T);
+        REQUIRE(again.losses.size() == kept.losses.size());
+        for (size_t i = 0; i < kept.losses.size(); ++i) CHECK(std::memcmp(&again.losses[i], &kept.losses[i], 8) == 0);
+        REQUIRE(again.grads.size() == kept.grads.size());
+        CHECK(std::memcmp(again.grads.data(), kept.grads.data(), kept.grads.size()) == 0);
+
+        // GELU: L per-layer [N, 4C] outputs become one shared buffer;
+        // LayerNorm: 2L per-layer [N, C] outputs become one.
+        size_t saved = 0;
+        if (recompute == Recompute::gelu || recompute == Recompute::all) saved += (L - 1) * 4 * NC;
+        if (recompute == Recompute::layernorm || recompute == Recompute::all) saved += (2 * L - 1) * NC;
+        CHECK(kept.activation_bytes - again.activation_bytes == saved * dtype_size(dtype));
+      }
+    }
+  }
+}
+
+TEST_CASE("gelu_forward recomputes matmul_forward's GELU output bit for bit", "[recompute]") {
+  for (DType dtype : {DType::bf16, DType::f32}) {
+    auto backend = make_cpu_backend(dtype);
+    const int N = 7, C = 13, OC = 29;  // odd sizes
+    const size_t es = dtype_size(dtype);
+    std::mt19937_64 rng(5);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    auto random_buffer = [&](size_t n) {
+      std::vector<float> v(n);
+      for (float& x : v) x = nd(rng);
+      DeviceBuffer b(*backend, n * es, "test");
+      std::vector<char> bytes(n * es);
+      for (size_t i = 0; i < n; ++i) {
+        if (dtype == DType::bf16) reinterpret_cast<bf16*>(bytes.data())[i] = float_to_bf16_rn(v[i]);
+        else reinterpret_cast<float*>(bytes.data())[i] = v[i];
+      }
+      backend->upload(b.get(), bytes.data(), bytes.size());
+      return b;
+    };
+    DeviceBuffer in = random_buffer(size_t(N) * C), w = random_buffer(size_t(OC) * C), bias = random_buffer(OC);
+    DeviceBuffer out(*backend, size_t(N) * OC * es, "out"), pre(*backend, size_t(N) * OC * es, "pre"),
+        again(*backend, size_t(N) * OC * es, "again");
+    backend->matmul_forward(out.get(), pre.get(), in.get(), w.get(), bias.get(), N, C, OC);
+    backend->gelu_forward(again.get(), pre.get(), size_t(N) * OC);
+    std::vector<char> a(out.bytes()), b(again.bytes());
+    backend->download(a.data(), out.get(), a.size());
+    backend->download(b.data(), again.get(), b.size());
+    INFO("dtype " << dtype_name(dtype));
+    CHECK(std::memcmp(a.data(), b.data(), a.size()) == 0);
+  }
+}
