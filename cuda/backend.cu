@@ -57,8 +57,8 @@ void CudaBackend::release(void* p) noexcept {
 void CudaBackend::upload(void* dst, const void* host_src, size_t bytes) {
   if (bytes == 0) return;
   // Ordered with the kernels on our stream; returns once host_src has been
-  // copied out (pageable memory is staged before the call returns).
-  CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, stream_.get()));
+  // read (host_staging.cuh).
+  staging_.upload(stream_.get(), dst, host_src, bytes);
 }
 
 void CudaBackend::download(void* host_dst, const void* src, size_t bytes) {

@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 
+#include "host_staging.cuh"
 #include "matmul.cuh"
 #include "memory.cuh"
 #include "srgpt/backend.h"
@@ -70,6 +71,7 @@ class CudaBackend final : public Backend {
   // Declaration order is destruction order reversed: the stream outlives
   // the scratch and matmul state that enqueue work on it.
   StreamHandle stream_;
+  PinnedUploadStaging staging_;
   DeviceMemory memory_;
   Scratch scratch_;
   std::unique_ptr<Matmul> matmul_;
