@@ -1,4 +1,4 @@
-// rank_memory (the formulas behind bench/zero_memory_table and
+// rank_memory (the formulas behind benchmarks/zero_memory_table and
 // docs/distributed.md) against the buffers ParameterStore and Optimizer
 // really allocate, for every ZeRO stage, precision and several world sizes.
 // Allocation needs no collectives, so one process stands in for rank r of
