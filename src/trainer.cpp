@@ -303,6 +303,14 @@ fs::path Trainer::save(int64_t step) {
   // Rank 0 writes the model and, without sharding, the optimizer state per
   // tensor; with ZeRO every rank writes its flat optimizer shard.
   std::vector<char> weights = params_->full_weights_on_host();
+  // Replicas must hold bit-identical weights (docs/distributed.md); check it
+  // on every save, before anything is written, so a divergence is caught
+  // with the last good checkpoint intact.
+  const double weights_crc = crc32(weights.data(), weights.size());
+  if (comm.all_reduce_max(weights_crc) != -comm.all_reduce_max(-weights_crc))
+    fail("refusing to write a checkpoint at step {}: the ranks' weights are not bit-identical (this rank's crc32 "
+         "{:08x}); replicas have diverged, which is a bug in srgpt or a faulty device",
+         step, uint32_t(weights_crc));
   std::vector<std::vector<char>> state_host;
   std::vector<CheckpointFile> files;
   if (rank == 0) files.push_back({"model.bin", layout_tensors(layout, "", backend_->dtype(), weights)});
@@ -344,6 +352,7 @@ fs::path Trainer::save(int64_t step) {
   state["world_size"] = comm.size();
   state["zero_stage"] = config_.dist.zero_stage;
   state["zero_plan"] = params_->plan().to_json();
+  state["weights_crc32"] = uint32_t(weights_crc);  // the same on every rank, checked above
   // The checkpoint exists once rank 0's rename lands; the others learn its
   // path (or rank 0's failure aborts the job).
   const std::string final_dir =
@@ -503,7 +512,9 @@ TrainResult Trainer::run() {
     const bool stop_here = options_.stop_after_step > 0 && step >= options_.stop_after_step;
     if ((config_.checkpoint.every > 0 && step % config_.checkpoint.every == 0) || step == steps || sig || stop_here) {
       fs::path dir = save(step);
-      if (log) spdlog::info("checkpoint: {}", dir.string());
+      if (log)
+        spdlog::info("checkpoint: {}{}", dir.string(),
+                     comm_->size() > 1 ? fmt::format(" (weights bit-identical on all {} ranks)", comm_->size()) : "");
     }
     if (sig) {
       if (lead)

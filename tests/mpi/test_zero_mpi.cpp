@@ -181,6 +181,34 @@ TEST_CASE("resume on the same world size is bit-exact for every ZeRO stage", "[z
   }
 }
 
+TEST_CASE("a checkpoint save refuses replicas whose weights differ, and writes nothing", "[zero][replicas]") {
+  SharedDir dir("replicas");
+  write_data_once(dir);
+  for (int stage : {0, 2}) {
+    INFO("ZeRO stage " << stage);
+    Config c = mpi_config(dir.path() / "data", dir.path() / ("run" + std::to_string(stage)), Precision::bf16_sr,
+                          stage);
+    c.train.steps = 2;
+    Trainer trainer(c, quiet_options());
+    trainer.run();  // saves step 2: replicas agree
+    // The last rank's copy drifts by one bit in one weight (the cpu
+    // backend's weights are host memory).
+    if (world().rank() == world().size() - 1) static_cast<unsigned char*>(trainer.params().weights())[6] ^= 1;
+    std::string error;
+    try {
+      trainer.save(3);
+    } catch (const Error& e) {
+      error = e.what();
+    }
+    INFO(error);
+    CHECK(contains(error, "refusing to write a checkpoint at step 3: the ranks' weights are not bit-identical"));
+    world().barrier();
+    const auto latest = latest_checkpoint(fs::path(c.out_dir) / "checkpoints");
+    REQUIRE(latest.has_value());
+    CHECK(latest->filename() == "step_00000002");
+  }
+}
+
 // Resharding across world sizes runs as two ctest entries sharing
 // SRGPT_RESHARD_DIR: one world size trains 3 of 6 steps and records the
 // state; another resumes from that checkpoint. The resumed weights and
