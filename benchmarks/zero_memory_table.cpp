@@ -51,7 +51,7 @@ void print_table(const char* title, Precision precision, const std::function<siz
       std::printf("| %s | %.0fM | %d |", shape.name, params_m, stage);
       for (int n : kWorldSizes)
         std::printf(" %.2f |", gib(bytes(srgpt::rank_memory(srgpt::gpt2_param_layout(shape.model, n), precision,
-                                                             stage, n))));
+                                                             stage, n, srgpt::compute_dtype(precision)))));
       std::printf("\n");
     }
   }

@@ -1,17 +1,19 @@
-// dst += src elementwise (ZeRO-2/3 gradient shards), rounded once like the
-// cpu backend's accumulate.
+// dst += src elementwise (gradient accumulation: ZeRO-2/3 shards, fp32
+// gradients), rounded once like the cpu backend's accumulate.
 #include "accumulate.cuh"
 #include "common.cuh"
 #include "cuda_check.cuh"
+#include "srgpt/error.h"
 
 namespace srgpt::gpu {
 namespace {
 
 constexpr int kThreads = 256;
 
-// One thread per W-element chunk; the last chunk may be partial.
-template <typename S, int W>
-__global__ void accumulate_kernel(S* dst, const S* src, size_t n) {
+// One thread per W-element chunk; the last chunk may be partial. W is dst's
+// vector width (a narrower src is read element by element).
+template <typename D, typename S, int W>
+__global__ void accumulate_kernel(D* dst, const S* src, size_t n) {
   const size_t first = (size_t(blockIdx.x) * blockDim.x + threadIdx.x) * W;
   if (first >= n) return;
   if (first + W <= n) {
@@ -26,19 +28,37 @@ __global__ void accumulate_kernel(S* dst, const S* src, size_t n) {
   }
 }
 
+template <typename D, typename S>
+void launch(cudaStream_t stream, void* dst, const void* src, size_t n) {
+  dispatch_width<D>(all_aligned16(dst, src), [&](auto width) {
+    constexpr int W = decltype(width)::value;
+    accumulate_kernel<D, S, W><<<ceil_div(ceil_div(n, W), kThreads), kThreads, 0, stream>>>(
+        static_cast<D*>(dst), static_cast<const S*>(src), n);
+    CUDA_CHECK_LAUNCH("accumulate_kernel");
+  });
+}
+
 }  // namespace
 
-void accumulate(DType dtype, cudaStream_t stream, void* dst, const void* src, size_t n) {
+void accumulate(DType storage, cudaStream_t stream, void* dst, DType dst_dtype, const void* src, DType src_dtype,
+                size_t n) {
   if (n == 0) return;
-  dispatch_storage(dtype, [&](auto tag) {
-    using S = decltype(tag);
-    dispatch_width<S>(all_aligned16(dst, src), [&](auto width) {
-      constexpr int W = decltype(width)::value;
-      accumulate_kernel<S, W><<<ceil_div(ceil_div(n, W), kThreads), kThreads, 0, stream>>>(
-          static_cast<S*>(dst), static_cast<const S*>(src), n);
-      CUDA_CHECK_LAUNCH("accumulate_kernel");
+  if (dst_dtype == storage && src_dtype == storage) {
+    dispatch_storage(storage, [&](auto tag) {
+      using S = decltype(tag);
+      launch<S, S>(stream, dst, src, n);
     });
-  });
+  } else if (dst_dtype == DType::f32 && src_dtype == DType::f32) {
+    launch<float, float>(stream, dst, src, n);
+  } else if (dst_dtype == DType::f32 && src_dtype == storage) {
+    dispatch_storage(storage, [&](auto tag) {
+      using S = decltype(tag);
+      launch<float, S>(stream, dst, src, n);
+    });
+  } else {
+    fail("cuda backend ({}): accumulate of {} into {} is not supported (allowed: into {} or f32)",
+         dtype_name(storage), dtype_name(src_dtype), dtype_name(dst_dtype), dtype_name(storage));
+  }
 }
 
 }  // namespace srgpt::gpu

@@ -8,6 +8,9 @@
 
 namespace srgpt::gpu {
 
-void accumulate(DType dtype, cudaStream_t stream, void* dst, const void* src, size_t n);
+// (dst_dtype, src_dtype): (storage, storage), (f32, storage) or (f32, f32),
+// storage being the backend's dtype.
+void accumulate(DType storage, cudaStream_t stream, void* dst, DType dst_dtype, const void* src, DType src_dtype,
+                size_t n);
 
 }  // namespace srgpt::gpu

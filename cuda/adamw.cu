@@ -48,8 +48,9 @@ __device__ __forceinline__ void store_group(T* dst, const Group<T>& src, size_t 
   }
 }
 
-// The storage of each buffer per mode (precision.h): weights and grads in
-// the compute dtype, m and v in the Adam state dtype.
+// The storage of each buffer per mode (precision.h): weights in the compute
+// dtype, m and v in the Adam state dtype; gradients (G below) in the compute
+// dtype or f32.
 template <Precision Mode>
 struct ModeTypes {
   using Weight = bf16;
@@ -66,7 +67,7 @@ struct ModeTypes<Precision::fp32> {
   using State = float;
 };
 
-template <Precision Mode>
+template <Precision Mode, typename G>
 __global__ void __launch_bounds__(kThreads)
     adamw_kernel(OptimizerBuffers buffers, size_t begin, size_t end, size_t first_group, size_t groups,
                  AdamWStep step, bool aligned) {
@@ -80,10 +81,11 @@ __global__ void __launch_bounds__(kThreads)
   const bool whole = aligned && lo == first && hi == first + kGroup;
 
   auto* weights = static_cast<W*>(buffers.weights);
-  auto* grads = static_cast<const W*>(buffers.grads);
+  auto* grads = static_cast<const G*>(buffers.grads);
   auto* m_state = static_cast<M*>(buffers.m);
   auto* v_state = static_cast<M*>(buffers.v);
-  Group<W> w, g;
+  Group<W> w;
+  Group<G> g;
   Group<M> m, v;
   load_group(w, weights, first, lo, hi, whole);
   load_group(g, grads, first, lo, hi, whole);
@@ -96,7 +98,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int k = 0; k < kGroup; ++k)
       if (first + k >= lo && first + k < hi)
-        adamw_mixed(&master.x[k], &w.x[k], &m.x[k], &v.x[k], bf16_to_float(g.x[k]) * step.grad_scale, step);
+        adamw_mixed(&master.x[k], &w.x[k], &m.x[k], &v.x[k], load_f(&g.x[k]) * step.grad_scale, step);
     store_group(buffers.master, master, first, lo, hi, whole);
   } else if constexpr (Mode == Precision::bf16_kahan) {
     auto* compensation = static_cast<bf16*>(buffers.compensation);
@@ -105,20 +107,19 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int k = 0; k < kGroup; ++k)
       if (first + k >= lo && first + k < hi)
-        adamw_kahan(&w.x[k], &c.x[k], &m.x[k], &v.x[k], bf16_to_float(g.x[k]) * step.grad_scale, step);
+        adamw_kahan(&w.x[k], &c.x[k], &m.x[k], &v.x[k], load_f(&g.x[k]) * step.grad_scale, step);
     store_group(compensation, c, first, lo, hi, whole);
   } else if constexpr (Mode == Precision::fp32) {
 #pragma unroll
     for (int k = 0; k < kGroup; ++k)
       if (first + k >= lo && first + k < hi)
-        adamw_fp32(&w.x[k], &m.x[k], &v.x[k], g.x[k] * step.grad_scale, step);
+        adamw_fp32(&w.x[k], &m.x[k], &v.x[k], load_f(&g.x[k]) * step.grad_scale, step);
   } else {
     constexpr bool kStochastic = Mode == Precision::bf16_sr;
 #pragma unroll
     for (int k = 0; k < kGroup; ++k)
       if (first + k >= lo && first + k < hi)
-        adamw_bf16(&w.x[k], &m.x[k], &v.x[k], bf16_to_float(g.x[k]) * step.grad_scale, first + k, kStochastic,
-                   step);
+        adamw_bf16(&w.x[k], &m.x[k], &v.x[k], load_f(&g.x[k]) * step.grad_scale, first + k, kStochastic, step);
   }
   store_group(weights, w, first, lo, hi, whole);
   store_group(m_state, m, first, lo, hi, whole);
@@ -131,8 +132,12 @@ void launch(cudaStream_t stream, const OptimizerBuffers& buffers, size_t begin, 
   const size_t groups = (end + kGroup - 1) / kGroup - first_group;
   const bool aligned = all_aligned16(buffers.weights, buffers.grads, buffers.m, buffers.v, buffers.master,
                                      buffers.compensation);
-  adamw_kernel<Mode><<<ceil_div(groups, kThreads), kThreads, 0, stream>>>(buffers, begin, end, first_group, groups,
-                                                                         step, aligned);
+  if (buffers.f32_grads)
+    adamw_kernel<Mode, float><<<ceil_div(groups, kThreads), kThreads, 0, stream>>>(buffers, begin, end, first_group,
+                                                                                  groups, step, aligned);
+  else
+    adamw_kernel<Mode, typename ModeTypes<Mode>::Weight><<<ceil_div(groups, kThreads), kThreads, 0, stream>>>(
+        buffers, begin, end, first_group, groups, step, aligned);
   CUDA_CHECK_LAUNCH("adamw_kernel");
 }
 

@@ -126,16 +126,19 @@ void CudaBackend::cross_entropy_forward_backward(void* losses, void* logits, con
                                       dloss);
 }
 
-void CudaBackend::accumulate(void* dst, const void* src, size_t n) {
-  gpu::accumulate(dtype(), stream(), dst, src, n);
+void CudaBackend::accumulate(void* dst, DType dst_dtype, const void* src, DType src_dtype, size_t n) {
+  gpu::accumulate(dtype(), stream(), dst, dst_dtype, src, src_dtype, n);
 }
 
 double CudaBackend::sum_accum(const void* x, size_t n) {
   return gpu::sum_accum(stream(), scratch_, static_cast<const float*>(x), n);
 }
 
-double CudaBackend::sum_squares(const void* x, size_t n) {
-  return gpu::sum_squares(dtype(), stream(), scratch_, x, n);
+double CudaBackend::sum_squares(const void* x, DType x_dtype, size_t n) {
+  if (x_dtype != dtype() && x_dtype != DType::f32)
+    fail("cuda backend ({}): sum_squares of {} data is not supported (allowed: {} or f32)", dtype_name(dtype()),
+         dtype_name(x_dtype), dtype_name(dtype()));
+  return gpu::sum_squares(x_dtype, stream(), scratch_, x, n);
 }
 
 bool CudaBackend::all_finite(const void* x, size_t n) { return gpu::all_finite(dtype(), stream(), scratch_, x, n); }

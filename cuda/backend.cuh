@@ -52,9 +52,9 @@ class CudaBackend final : public Backend {
                           int T, int C, int H) override;
   void cross_entropy_forward_backward(void* losses, void* logits, const int32_t* targets, int N, int V, int Vp,
                                       float dloss) override;
-  void accumulate(void* dst, const void* src, size_t n) override;
+  void accumulate(void* dst, DType dst_dtype, const void* src, DType src_dtype, size_t n) override;
   double sum_accum(const void* x, size_t n) override;
-  double sum_squares(const void* x, size_t n) override;
+  double sum_squares(const void* x, DType x_dtype, size_t n) override;
   bool all_finite(const void* x, size_t n) override;
   void adamw_update(Precision mode, const OptimizerBuffers& buffers, size_t begin, size_t end,
                     const AdamWStep& step) override;

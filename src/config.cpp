@@ -55,6 +55,24 @@ const char* nonfinite_policy_name(NonFinitePolicy p) {
   return "?";
 }
 
+const char* grad_reduce_choice_name(GradReduceChoice g) {
+  switch (g) {
+    case GradReduceChoice::auto_select: return "auto";
+    case GradReduceChoice::bf16: return "bf16";
+    case GradReduceChoice::fp32: return "fp32";
+  }
+  return "?";
+}
+
+DType DistConfig::grad_dtype(Precision precision) const {
+  switch (grad_reduce_dtype) {
+    case GradReduceChoice::auto_select: return compute_dtype(precision);
+    case GradReduceChoice::bf16: return DType::bf16;
+    case GradReduceChoice::fp32: return DType::f32;
+  }
+  return compute_dtype(precision);
+}
+
 const char* recompute_name(Recompute r) {
   switch (r) {
     case Recompute::none: return "none";
@@ -242,6 +260,8 @@ void visit_config(Visitor& v, C& c) {
   v.choice("dist.communicator", c.dist.communicator,
            {CommunicatorChoice::auto_select, CommunicatorChoice::nccl, CommunicatorChoice::mpi},
            communicator_choice_name);
+  v.choice("dist.grad_reduce_dtype", c.dist.grad_reduce_dtype,
+           {GradReduceChoice::auto_select, GradReduceChoice::bf16, GradReduceChoice::fp32}, grad_reduce_choice_name);
   v.text("out_dir", c.out_dir, TextRule::non_empty);
 }
 
@@ -435,6 +455,11 @@ void check_consistency(const Config& c, std::vector<std::string>& problems) {
   if (c.optimizer.warmup_steps > c.train.steps)
     problems.push_back(fmt::format("optimizer.warmup_steps = {} exceeds train.steps = {}; allowed: 0..{}",
                                    c.optimizer.warmup_steps, c.train.steps, c.train.steps));
+  if (c.dist.grad_reduce_dtype == GradReduceChoice::bf16 && compute_dtype(c.precision) != DType::bf16)
+    problems.push_back(fmt::format(
+        "dist.grad_reduce_dtype = \"bf16\" needs a bf16 precision mode, but precision = \"{}\" computes gradients "
+        "in {}; allowed: auto or fp32",
+        precision_name(c.precision), dtype_name(compute_dtype(c.precision))));
 }
 
 void raise_if_any(const std::vector<std::string>& problems, const std::string& origin) {

@@ -59,6 +59,7 @@ void Optimizer::step(int64_t t, double lr, float grad_scale) {
   bufs.v = v_.get();
   bufs.master = master_.as<float>();
   bufs.compensation = compensation_.get();
+  bufs.f32_grads = params_.grad_dtype() != params_.backend().dtype();
   const auto& tensors = params_.layout().tensors();
   for (size_t u = 0; u < params_.plan().units().size(); ++u) {
     UnitUpdateView view = params_.update_view(u);

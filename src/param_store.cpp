@@ -25,29 +25,42 @@ std::vector<char> encode(const float* values, size_t n, DType dtype) {
 }  // namespace
 
 ParameterStore::ParameterStore(Backend& backend, Communicator& comm, Layout layout, int zero_stage)
+    : ParameterStore(backend, comm, std::move(layout), zero_stage, backend.dtype()) {}
+
+ParameterStore::ParameterStore(Backend& backend, Communicator& comm, Layout layout, int zero_stage, DType grad_dtype)
     : backend_(backend),
       comm_(comm),
       layout_(std::move(layout)),
       plan_(layout_, comm.size()),
       stage_(zero_stage),
-      es_(dtype_size(backend.dtype())) {
+      grad_dtype_(grad_dtype),
+      es_(dtype_size(backend.dtype())),
+      ges_(dtype_size(grad_dtype)) {
   if (zero_stage < 0 || zero_stage > 3) fail("dist.zero_stage = {} is not allowed; use 0, 1, 2 or 3", zero_stage);
+  if (grad_dtype != backend.dtype() && !(grad_dtype == DType::f32 && backend.dtype() == DType::bf16))
+    fail("dist.grad_reduce_dtype: gradients in {} on a {} backend are not supported (allowed: {} or fp32)",
+         dtype_name(grad_dtype), dtype_name(backend.dtype()), dtype_name(backend.dtype()));
   for (const ZeroUnit& u : plan_.units())
     if (u.layer >= 0) max_block_ = std::max(max_block_, u.size());
   const ZeroUnit& emb = plan_.unit(plan_.embeddings_unit());
   const ZeroUnit& lnf = plan_.unit(plan_.final_unit());
   weights_ = DeviceBuffer(backend, (stage_ == 3 ? plan_.shard_size() : layout_.total()) * es_,
                           stage_ == 3 ? "weight shard" : "weights");
-  grads_ = DeviceBuffer(backend, (stage_ >= 2 ? plan_.shard_size() : layout_.total()) * es_,
+  grads_ = DeviceBuffer(backend, (stage_ >= 2 ? plan_.shard_size() : layout_.total()) * ges_,
                         stage_ >= 2 ? "gradient shard" : "gradients");
   backend.fill_zero(weights_.get(), weights_.bytes());
   if (stage_ == 3)
     work_weights_ = DeviceBuffer(backend, (emb.size() + lnf.size() + 2 * max_block_) * es_, "gathered weights");
-  if (stage_ >= 2) {
+  if (unit_work_buffers())
     work_grads_ = DeviceBuffer(backend, (emb.size() + std::max(max_block_, lnf.size())) * es_, "unit gradients");
-    size_t max_chunk = 0;
-    for (const ZeroUnit& u : plan_.units()) max_chunk = std::max(max_chunk, u.chunk);
-    reduced_chunk_ = DeviceBuffer(backend, max_chunk * es_, "reduced gradient chunk");
+  if (stage_ >= 2) {
+    size_t max_chunk = 0, max_unit = 0;
+    for (const ZeroUnit& u : plan_.units()) {
+      max_chunk = std::max(max_chunk, u.chunk);
+      max_unit = std::max(max_unit, u.size());
+    }
+    reduced_chunk_ = DeviceBuffer(backend, max_chunk * ges_, "reduced gradient chunk");
+    if (grad_dtype_ != backend.dtype()) wide_unit_ = DeviceBuffer(backend, max_unit * ges_, "fp32 unit gradients");
   }
   grads_active_.assign(plan_.units().size(), false);
   zero_grads();
@@ -71,7 +84,7 @@ const void* ParameterStore::acquire_weights(size_t u) {
 
 void* ParameterStore::unit_grads(size_t u) {
   const ZeroUnit& unit = plan_.unit(u);
-  if (stage_ < 2) return at(grads_.get(), unit.begin);
+  if (!unit_work_buffers()) return at(grads_.get(), unit.begin);
   char* slot = at(work_grads_.get(), u == plan_.embeddings_unit() ? 0 : plan_.unit(plan_.embeddings_unit()).size());
   if (!grads_active_[u]) {
     backend_.fill_zero(slot, unit.size() * es_);
@@ -81,10 +94,24 @@ void* ParameterStore::unit_grads(size_t u) {
 }
 
 void ParameterStore::grads_done(size_t u) {
-  if (stage_ < 2) return;
+  if (!unit_work_buffers()) return;
   const ZeroUnit& unit = plan_.unit(u);
-  comm_.reduce_scatter_sum(unit_grads(u), reduced_chunk_.get(), unit.chunk, backend_.dtype());
-  backend_.accumulate(at(grads_.get(), unit.shard_offset), reduced_chunk_.get(), unit.chunk);
+  const DType dtype = backend_.dtype();
+  const void* micro_step = unit_grads(u);
+  if (stage_ < 2) {
+    // f32 gradients, reduced after the last micro-step.
+    backend_.accumulate(grad_at(grads_.get(), unit.begin), grad_dtype_, micro_step, dtype, unit.size());
+  } else {
+    const void* send = micro_step;
+    if (grad_dtype_ != dtype) {
+      backend_.fill_zero(wide_unit_.get(), unit.size() * ges_);
+      backend_.accumulate(wide_unit_.get(), grad_dtype_, micro_step, dtype, unit.size());
+      send = wide_unit_.get();
+    }
+    comm_.reduce_scatter_sum(send, reduced_chunk_.get(), unit.chunk, grad_dtype_);
+    backend_.accumulate(grad_at(grads_.get(), unit.shard_offset), grad_dtype_, reduced_chunk_.get(), grad_dtype_,
+                        unit.chunk);
+  }
   grads_active_[u] = false;
 }
 
@@ -95,22 +122,23 @@ void ParameterStore::zero_grads() {
 
 void ParameterStore::reduce_gradients() {
   if (stage_ == 0) {
-    comm_.all_reduce_sum(grads_.get(), layout_.total(), backend_.dtype());
+    comm_.all_reduce_sum(grads_.get(), layout_.total(), grad_dtype_);
   } else if (stage_ == 1) {
     for (size_t u = 0; u < plan_.units().size(); ++u) {
       const ZeroUnit& unit = plan_.unit(u);
-      comm_.reduce_scatter_sum(at(grads_.get(), unit.begin), at(grads_.get(), plan_.owned_begin(u, comm_.rank())),
-                               unit.chunk, backend_.dtype());
+      comm_.reduce_scatter_sum(grad_at(grads_.get(), unit.begin),
+                               grad_at(grads_.get(), plan_.owned_begin(u, comm_.rank())), unit.chunk, grad_dtype_);
     }
   }
 }
 
 double ParameterStore::grad_norm_squared() {
-  if (stage_ == 0) return backend_.sum_squares(grads_.get(), layout_.total());
+  if (stage_ == 0) return backend_.sum_squares(grads_.get(), grad_dtype_, layout_.total());
   double local = 0;
   for (size_t u = 0; u < plan_.units().size(); ++u) {
     UnitUpdateView v = update_view(u);
-    local += backend_.sum_squares(at(const_cast<void*>(v.grads), v.begin - v.offset), v.end - v.begin);
+    local += backend_.sum_squares(grad_at(const_cast<void*>(v.grads), v.begin - v.offset), grad_dtype_,
+                                  v.end - v.begin);
   }
   return comm_.all_reduce_sum(local);
 }
@@ -130,7 +158,7 @@ UnitUpdateView ParameterStore::update_view(size_t u) {
   v.end = v.begin + unit.chunk;
   v.offset = v.begin - unit.shard_offset;
   v.weights = stage_ == 3 ? weights_.get() : at(weights_.get(), v.offset);
-  v.grads = stage_ >= 2 ? grads_.get() : at(grads_.get(), v.offset);
+  v.grads = stage_ >= 2 ? grads_.get() : grad_at(grads_.get(), v.offset);
   v.sr_offset = v.offset + unit.canonical_begin - unit.begin;
   return v;
 }
@@ -187,18 +215,21 @@ void ParameterStore::load_full_weights(const std::vector<char>& host) {
 size_t ParameterStore::weight_bytes() const { return weights_.bytes(); }
 size_t ParameterStore::grad_bytes() const { return grads_.bytes(); }
 size_t ParameterStore::working_bytes() const {
-  return work_weights_.bytes() + work_grads_.bytes() + reduced_chunk_.bytes();
+  return work_weights_.bytes() + work_grads_.bytes() + wide_unit_.bytes() + reduced_chunk_.bytes();
 }
 
 size_t ParameterStore::comm_bytes_per_step(int grad_accum) const {
   const size_t n = size_t(comm_.size());
   if (n == 1) return 0;
-  const size_t one_pass = layout_.total() * es_ * (n - 1) / n;  // a ring reduce-scatter or all-gather
+  // One ring reduce-scatter or all-gather of the whole layout, of weights
+  // and of gradients.
+  const size_t weight_pass = layout_.total() * es_ * (n - 1) / n, grad_pass = layout_.total() * ges_ * (n - 1) / n;
+  const size_t accum = size_t(grad_accum);
   switch (stage_) {
-    case 0: return 2 * one_pass;
-    case 1: return 2 * one_pass;
-    case 2: return size_t(grad_accum) * one_pass + one_pass;
-    default: return size_t(grad_accum) * 3 * one_pass;  // gather for forward and backward, reduce-scatter
+    case 0: return 2 * grad_pass;
+    case 1: return grad_pass + weight_pass;
+    case 2: return accum * grad_pass + weight_pass;
+    default: return accum * (2 * weight_pass + grad_pass);  // gather for forward and backward, reduce-scatter
   }
 }
 

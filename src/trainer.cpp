@@ -266,7 +266,7 @@ Trainer::Trainer(Config config, TrainOptions options) : config_(std::move(config
                                                 b.seq_len, rank, world, config_.model.vocab_size, false,
                                                 config_.train.seed);
   params_ = std::make_unique<ParameterStore>(*backend_, *comm_, gpt2_param_layout(config_.model, world),
-                                             config_.dist.zero_stage);
+                                             config_.dist.zero_stage, config_.dist.grad_dtype(config_.precision));
   model_ = std::make_unique<GPT>(config_.model, *params_, b.micro_batch, b.seq_len, config_.train.recompute);
   optimizer_ = std::make_unique<Optimizer>(*params_, config_.precision, config_.optimizer, config_.train.seed);
   inputs_.resize(size_t(b.micro_batch) * b.seq_len);

@@ -58,26 +58,30 @@ nlohmann::json ZeroShardPlan::to_json() const {
   return {{"world_size", world_}, {"shard_size", shard_size_}, {"units", units}};
 }
 
-RankMemory rank_memory(const Layout& layout, Precision precision, int zero_stage, int world_size) {
+RankMemory rank_memory(const Layout& layout, Precision precision, int zero_stage, int world_size,
+                       DType grad_dtype) {
   if (zero_stage < 0 || zero_stage > 3) fail("dist.zero_stage = {} is not allowed; use 0, 1, 2 or 3", zero_stage);
   const ZeroShardPlan plan(layout, world_size);
-  const size_t es = dtype_size(compute_dtype(precision));
+  const size_t es = dtype_size(compute_dtype(precision)), ges = dtype_size(grad_dtype);
+  const bool wide = grad_dtype != compute_dtype(precision);
   const size_t full = layout.total(), shard = plan.shard_size();
   RankMemory r;
   r.weights = (zero_stage == 3 ? shard : full) * es;
-  r.grads = (zero_stage >= 2 ? shard : full) * es;
+  r.grads = (zero_stage >= 2 ? shard : full) * ges;
   const size_t state = zero_stage == 0 ? full : shard;
   r.optimizer_state = 2 * state * dtype_size(adam_state_dtype(precision));
   if (has_master_weights(precision)) r.optimizer_state += state * sizeof(float);
   if (has_kahan_compensation(precision)) r.optimizer_state += state * dtype_size(DType::bf16);
-  size_t max_block = 0, max_chunk = 0;
+  size_t max_block = 0, max_chunk = 0, max_unit = 0;
   for (const ZeroUnit& u : plan.units()) {
     if (u.layer >= 0) max_block = std::max(max_block, u.size());
     max_chunk = std::max(max_chunk, u.chunk);
+    max_unit = std::max(max_unit, u.size());
   }
   const size_t embeddings = plan.unit(plan.embeddings_unit()).size(), ln_f = plan.unit(plan.final_unit()).size();
   if (zero_stage == 3) r.working += (embeddings + ln_f + 2 * max_block) * es;
-  if (zero_stage >= 2) r.working += (embeddings + std::max(max_block, ln_f) + max_chunk) * es;
+  if (zero_stage >= 2 || wide) r.working += (embeddings + std::max(max_block, ln_f)) * es;
+  if (zero_stage >= 2) r.working += max_chunk * ges + (wide ? max_unit * ges : 0);
   return r;
 }
 

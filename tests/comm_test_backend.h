@@ -64,9 +64,9 @@ class ScrambledMemoryBackend final : public Backend {
   void cross_entropy_forward_backward(void*, void*, const int32_t*, int, int, int, float) override {
     no_op("cross_entropy_forward_backward");
   }
-  void accumulate(void*, const void*, size_t) override { no_op("accumulate"); }
+  void accumulate(void*, DType, const void*, DType, size_t) override { no_op("accumulate"); }
   double sum_accum(const void*, size_t) override { no_op("sum_accum"); }
-  double sum_squares(const void*, size_t) override { no_op("sum_squares"); }
+  double sum_squares(const void*, DType, size_t) override { no_op("sum_squares"); }
   bool all_finite(const void*, size_t) override { no_op("all_finite"); }
   void adamw_update(Precision, const OptimizerBuffers&, size_t, size_t, const AdamWStep&) override {
     no_op("adamw_update");

@@ -5,6 +5,8 @@
 // losses) in accum_dtype(dtype()). Pointers are backend memory from
 // allocate(). Shapes are row-major; N = B*T rows. "+=" marks outputs that
 // accumulate into what is already there; all other outputs are overwritten.
+// Gradients reduced across ranks may also be kept in f32 on a bf16 backend
+// (dist.grad_reduce_dtype): the ops that handle them take explicit dtypes.
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -21,7 +23,8 @@ namespace srgpt {
 // the mode does not have that buffer. All share the parameter layout.
 struct OptimizerBuffers {
   void* weights = nullptr;      // compute dtype
-  const void* grads = nullptr;  // compute dtype
+  const void* grads = nullptr;  // compute dtype, or f32 when f32_grads
+  bool f32_grads = false;       // f32 gradients with a bf16 compute dtype (dist.grad_reduce_dtype)
   void* m = nullptr;            // adam_state_dtype
   void* v = nullptr;            // adam_state_dtype
   float* master = nullptr;      // mixed only
@@ -86,12 +89,15 @@ class Backend {
   // dloss * (softmax - onehot), zero in the padded columns.
   virtual void cross_entropy_forward_backward(void* losses, void* logits, const int32_t* targets, int N, int V,
                                               int Vp, float dloss) = 0;
-  // dst[i] += src[i] for n dtype() elements (ZeRO gradient accumulation).
-  virtual void accumulate(void* dst, const void* src, size_t n) = 0;
+  // dst[i] += src[i] over n elements, rounded once to dst_dtype (gradient
+  // accumulation). (dst_dtype, src_dtype) is (dtype(), dtype()), or on a
+  // bf16 backend also (f32, bf16) or (f32, f32).
+  virtual void accumulate(void* dst, DType dst_dtype, const void* src, DType src_dtype, size_t n) = 0;
   // Sum of an accum_dtype vector (losses), in double.
   virtual double sum_accum(const void* x, size_t n) = 0;
-  // Sum of squares of a dtype() vector, in double.
-  virtual double sum_squares(const void* x, size_t n) = 0;
+  // Sum of squares of a vector of dtype() elements (or f32 on a bf16
+  // backend), in double.
+  virtual double sum_squares(const void* x, DType x_dtype, size_t n) = 0;
   // True when every element of a dtype() vector is finite.
   virtual bool all_finite(const void* x, size_t n) = 0;
 

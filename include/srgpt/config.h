@@ -18,6 +18,7 @@ enum class LrDecay { cosine, linear, constant };
 enum class NonFinitePolicy { stop, skip };
 enum class DeviceChoice { auto_select, cpu, cuda };
 enum class CommunicatorChoice { auto_select, nccl, mpi };
+enum class GradReduceChoice { auto_select, bf16, fp32 };
 
 struct OptimizerConfig {
   double lr = 6e-4;
@@ -68,6 +69,15 @@ struct DistConfig {
   // cuda backend stages device buffers through host memory, so several
   // ranks can share one GPU (NCCL refuses that).
   CommunicatorChoice communicator = CommunicatorChoice::auto_select;
+  // The dtype gradients are accumulated over micro-steps, reduced across
+  // ranks and handed to the optimizer in. auto: the precision's compute
+  // dtype (bf16 in the bf16 modes, the wire carrying bf16 while sums are
+  // taken in fp32 and rounded once); fp32: each micro-step's bf16 gradients
+  // are added into fp32 buffers, reduced in fp32 (twice the bytes on the
+  // wire) and the optimizer reads fp32 gradients (docs/distributed.md).
+  GradReduceChoice grad_reduce_dtype = GradReduceChoice::auto_select;
+  // The resolved dtype for a precision mode.
+  DType grad_dtype(Precision precision) const;
 };
 
 struct Config {
@@ -101,6 +111,7 @@ void apply_override(nlohmann::json& doc, const std::string& assignment);
 const char* lr_decay_name(LrDecay d);
 const char* device_choice_name(DeviceChoice d);
 const char* communicator_choice_name(CommunicatorChoice c);
+const char* grad_reduce_choice_name(GradReduceChoice g);
 const char* nonfinite_policy_name(NonFinitePolicy p);
 const char* recompute_name(Recompute r);
 

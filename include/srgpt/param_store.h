@@ -12,6 +12,13 @@
 //
 // The model asks for each unit's weights and gradient buffer through this
 // class; the optimizer asks for the range of each unit this rank updates.
+//
+// Gradients are kept in grad_dtype: the backend's dtype, or f32 on a bf16
+// backend (dist.grad_reduce_dtype = fp32). Backward always writes a
+// micro-step's gradients in the backend's dtype; with f32 gradients it
+// writes them into per-unit working buffers, which grads_done adds into the
+// f32 gradients (stages 0-1) or converts to f32 and reduce-scatters
+// (stages 2-3), so sums over micro-steps and ranks are taken in f32.
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -38,12 +45,14 @@ struct UnitUpdateView {
 class ParameterStore {
  public:
   ParameterStore(Backend& backend, Communicator& comm, Layout layout, int zero_stage);
+  ParameterStore(Backend& backend, Communicator& comm, Layout layout, int zero_stage, DType grad_dtype);
 
   Backend& backend() { return backend_; }
   Communicator& comm() { return comm_; }
   const Layout& layout() const { return layout_; }
   const ZeroShardPlan& plan() const { return plan_; }
   int zero_stage() const { return stage_; }
+  DType grad_dtype() const { return grad_dtype_; }
   // Elements of each optimizer-state buffer on this rank.
   size_t state_elements() const { return stage_ == 0 ? layout_.total() : plan_.shard_size(); }
 
@@ -55,14 +64,15 @@ class ParameterStore {
   // until another unit is acquired into the same slot.
   const void* acquire_weights(size_t u);
   // Base pointer (as above) of the buffer backward accumulates unit u's
-  // gradients into during the current micro-step.
+  // gradients into during the current micro-step (backend dtype).
   void* unit_grads(size_t u);
   // Backward has finished unit u for this micro-step.
   void grads_done(size_t u);
 
   // ---- the trainer's and optimizer's side
   // This rank's weight buffer: the full layout for stages 0-2, the shard
-  // for stage 3; and the gradient buffer: full for stages 0-1, shard after.
+  // for stage 3; and the gradient buffer (grad_dtype): full for stages 0-1,
+  // shard after.
   void* weights() { return weights_.get(); }
   void* grads() { return grads_.get(); }
   void zero_grads();
@@ -91,19 +101,24 @@ class ParameterStore {
 
  private:
   char* at(void* base, size_t elements) const { return static_cast<char*>(base) + elements * es_; }
+  char* grad_at(void* base, size_t elements) const { return static_cast<char*>(base) + elements * ges_; }
   size_t working_slot(size_t u) const;
+  // Backward writes into per-unit working buffers rather than grads_.
+  bool unit_work_buffers() const { return stage_ >= 2 || grad_dtype_ != backend_.dtype(); }
 
   Backend& backend_;
   Communicator& comm_;
   Layout layout_;
   ZeroShardPlan plan_;
   int stage_;
-  size_t es_;
+  DType grad_dtype_;
+  size_t es_, ges_;
   DeviceBuffer weights_;     // full (stages 0-2) or shard (stage 3)
-  DeviceBuffer grads_;       // full (stages 0-1) or shard (stages 2-3)
+  DeviceBuffer grads_;       // grad dtype: full (stages 0-1) or shard (stages 2-3)
   DeviceBuffer work_weights_;  // stage 3: embeddings | ln_f | block slot 0 | block slot 1
-  DeviceBuffer work_grads_;    // stages 2-3: embeddings | other unit
-  DeviceBuffer reduced_chunk_; // stages 2-3: one unit's reduce-scatter result
+  DeviceBuffer work_grads_;    // unit_work_buffers(): embeddings | other unit
+  DeviceBuffer wide_unit_;     // stages 2-3 with f32 gradients: one unit's gradients in f32
+  DeviceBuffer reduced_chunk_; // stages 2-3: one unit's reduce-scatter result (grad dtype)
   std::vector<bool> grads_active_;
   size_t max_block_ = 0;
 };

@@ -64,13 +64,16 @@ class ZeroShardPlan {
 // Bytes one rank allocates for the model's state, as ParameterStore and
 // Optimizer allocate them; layout is gpt2_param_layout(cfg, world_size).
 //   weights          full, or the shard under stage 3
-//   grads            full for stages 0-1, the shard for stages 2-3
+//   grads            full for stages 0-1, the shard for stages 2-3, in
+//                    grad_dtype (the compute dtype, or f32)
 //   optimizer_state  m, v (+ fp32 master in mixed, + compensation in
 //                    bf16-kahan): full for stage 0, the shard otherwise
 //   working          ZeRO working buffers: stage 3's gathered weights
-//                    (embeddings, ln_f, two block slots); stages 2-3's
+//                    (embeddings, ln_f, two block slots); the micro-step
 //                    unit gradients (embeddings + the largest other unit)
-//                    and one reduced chunk
+//                    of stages 2-3, and of stages 0-1 with f32 gradients;
+//                    stages 2-3's reduced chunk, and with f32 gradients
+//                    one unit converted to f32
 struct RankMemory {
   size_t weights = 0;
   size_t grads = 0;
@@ -78,6 +81,7 @@ struct RankMemory {
   size_t working = 0;
   size_t persistent() const { return weights + grads + optimizer_state; }
 };
-RankMemory rank_memory(const Layout& layout, Precision precision, int zero_stage, int world_size);
+RankMemory rank_memory(const Layout& layout, Precision precision, int zero_stage, int world_size,
+                       DType grad_dtype);
 
 }  // namespace srgpt

@@ -20,6 +20,15 @@ void require(const void* p, const char* buffer, Precision mode) {
   if (!p) fail("adamw_update: precision {} needs the {} buffer, which is missing", precision_name(mode), buffer);
 }
 
+// Element i of the gradients as float, from bf16 or f32 storage.
+struct GradientReader {
+  const void* data;
+  bool f32;
+  float operator()(size_t i) const {
+    return f32 ? static_cast<const float*>(data)[i] : bf16_to_float(static_cast<const bf16*>(data)[i]);
+  }
+};
+
 }  // namespace
 
 void adamw_update(DType storage, Precision mode, const OptimizerBuffers& buffers, size_t begin, size_t end,
@@ -34,48 +43,41 @@ void adamw_update(DType storage, Precision mode, const OptimizerBuffers& buffers
   require(buffers.v, "v", mode);
   if (has_master_weights(mode)) require(buffers.master, "master", mode);
   if (has_kahan_compensation(mode)) require(buffers.compensation, "compensation", mode);
-
   const float grad_scale = step.grad_scale;
+  const GradientReader g{buffers.grads, buffers.f32_grads || storage == DType::f32};
   switch (mode) {
     case Precision::bf16_sr:
     case Precision::bf16_rn: {
       const bool sr = mode == Precision::bf16_sr;
       auto* w = static_cast<bf16*>(buffers.weights);
-      auto* g = static_cast<const bf16*>(buffers.grads);
       auto* m = static_cast<bf16*>(buffers.m);
       auto* v = static_cast<bf16*>(buffers.v);
-      for_each_element(begin, end,
-                       [&](size_t i) { adamw_bf16(&w[i], &m[i], &v[i], bf16_to_float(g[i]) * grad_scale, i, sr, step); });
+      for_each_element(begin, end, [&](size_t i) { adamw_bf16(&w[i], &m[i], &v[i], g(i) * grad_scale, i, sr, step); });
       return;
     }
     case Precision::mixed: {
       auto* w = static_cast<bf16*>(buffers.weights);
-      auto* g = static_cast<const bf16*>(buffers.grads);
       auto* m = static_cast<float*>(buffers.m);
       auto* v = static_cast<float*>(buffers.v);
       float* master = buffers.master;
-      for_each_element(begin, end, [&](size_t i) {
-        adamw_mixed(&master[i], &w[i], &m[i], &v[i], bf16_to_float(g[i]) * grad_scale, step);
-      });
+      for_each_element(begin, end,
+                       [&](size_t i) { adamw_mixed(&master[i], &w[i], &m[i], &v[i], g(i) * grad_scale, step); });
       return;
     }
     case Precision::fp32: {
       auto* w = static_cast<float*>(buffers.weights);
-      auto* g = static_cast<const float*>(buffers.grads);
       auto* m = static_cast<float*>(buffers.m);
       auto* v = static_cast<float*>(buffers.v);
-      for_each_element(begin, end, [&](size_t i) { adamw_fp32(&w[i], &m[i], &v[i], g[i] * grad_scale, step); });
+      for_each_element(begin, end, [&](size_t i) { adamw_fp32(&w[i], &m[i], &v[i], g(i) * grad_scale, step); });
       return;
     }
     case Precision::bf16_kahan: {
       auto* w = static_cast<bf16*>(buffers.weights);
-      auto* g = static_cast<const bf16*>(buffers.grads);
       auto* m = static_cast<bf16*>(buffers.m);
       auto* v = static_cast<bf16*>(buffers.v);
       auto* c = static_cast<bf16*>(buffers.compensation);
-      for_each_element(begin, end, [&](size_t i) {
-        adamw_kahan(&w[i], &c[i], &m[i], &v[i], bf16_to_float(g[i]) * grad_scale, step);
-      });
+      for_each_element(begin, end,
+                       [&](size_t i) { adamw_kahan(&w[i], &c[i], &m[i], &v[i], g(i) * grad_scale, step); });
       return;
     }
   }

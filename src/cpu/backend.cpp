@@ -5,6 +5,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <unordered_map>
 
 #include "cpu_ops.h"
@@ -112,11 +113,25 @@ class CpuBackend final : public Backend {
                                       float dloss) override {
     cpu::cross_entropy_forward_backward(acc(losses), st(logits), targets, N, V, Vp, dloss);
   }
-  void accumulate(void* dst, const void* src, size_t n) override {
-    cpu::accumulate_into(st(dst), st(src), n);
+  void accumulate(void* dst, DType dst_dtype, const void* src, DType src_dtype, size_t n) override {
+    if (dst_dtype == dtype() && src_dtype == dtype()) return cpu::accumulate_into(st(dst), st(src), n);
+    // f32 gradients exist on bf16 backends only (param_store.h).
+    if constexpr (std::is_same_v<S, bf16>) {
+      if (dst_dtype == DType::f32 && src_dtype == DType::bf16)
+        return cpu::accumulate_into(static_cast<float*>(dst), st(src), n);
+      if (dst_dtype == DType::f32 && src_dtype == DType::f32)
+        return cpu::accumulate_into(static_cast<float*>(dst), static_cast<const float*>(src), n);
+    }
+    fail("cpu backend ({}): accumulate of {} into {} is not supported (allowed: into {} or f32)",
+         dtype_name(dtype()), dtype_name(src_dtype), dtype_name(dst_dtype), dtype_name(dtype()));
   }
   double sum_accum(const void* x, size_t n) override { return cpu::sum_accum(acc(x), n); }
-  double sum_squares(const void* x, size_t n) override { return cpu::sum_squares(st(x), n); }
+  double sum_squares(const void* x, DType x_dtype, size_t n) override {
+    if (x_dtype == dtype()) return cpu::sum_squares(st(x), n);
+    if (x_dtype == DType::f32 && dtype() == DType::bf16) return cpu::sum_squares(static_cast<const float*>(x), n);
+    fail("cpu backend ({}): sum_squares of {} data is not supported (allowed: {} or f32)", dtype_name(dtype()),
+         dtype_name(x_dtype), dtype_name(dtype()));
+  }
   bool all_finite(const void* x, size_t n) override { return cpu::all_finite(st(x), n); }
 
   void adamw_update(Precision mode, const OptimizerBuffers& buffers, size_t begin, size_t end,

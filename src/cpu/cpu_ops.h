@@ -116,9 +116,9 @@ template <typename S>
 void cross_entropy_forward_backward(Math<S>* losses, S* logits, const int32_t* targets, int N, int V, int Vp,
                                     float dloss);
 
-// dst += src elementwise.
-template <typename S>
-void accumulate_into(S* dst, const S* src, size_t n);
+// dst += src elementwise, rounded once to D.
+template <typename D, typename S>
+void accumulate_into(D* dst, const S* src, size_t n);
 
 // A is an accumulation type: float or double.
 template <typename A>

@@ -26,11 +26,13 @@ AdamWStep make_step(uint64_t t, float weight_decay, float grad_scale, uint64_t i
   return s;
 }
 
-// The optimizer buffers of one precision mode on one backend.
+// The optimizer buffers of one precision mode on one backend, with
+// gradients in the compute dtype or (dist.grad_reduce_dtype = fp32) f32.
 struct State {
-  State(Backend& be, Precision mode, size_t n)
-      : weights(be, compute_dtype(mode), n),
-        grads(be, compute_dtype(mode), n),
+  State(Backend& be, Precision mode, size_t n, bool f32_grads)
+      : f32_grads(f32_grads),
+        weights(be, compute_dtype(mode), n),
+        grads(be, f32_grads ? DType::f32 : compute_dtype(mode), n),
         m(be, adam_state_dtype(mode), n),
         v(be, adam_state_dtype(mode), n),
         master(be, DType::f32, has_master_weights(mode) ? n : 0),
@@ -44,10 +46,12 @@ struct State {
     b.v = v.get();
     b.master = master.count() ? static_cast<float*>(master.get()) : nullptr;
     b.compensation = compensation.count() ? compensation.get() : nullptr;
+    b.f32_grads = f32_grads;
     return b;
   }
   std::vector<const Tensor*> all() const { return {&weights, &grads, &m, &v, &master, &compensation}; }
 
+  bool f32_grads;
   Tensor weights, grads, m, v, master, compensation;
 };
 
@@ -59,11 +63,18 @@ TEST_CASE("gpu adamw_update is bit-identical to the cpu backend in every precisi
                              Precision::bf16_kahan};
   const size_t n = 100003;
   uint64_t seed = 700;
+  // Every mode with gradients in its compute dtype, and the bf16 modes with
+  // f32 gradients too.
+  std::vector<std::pair<Precision, bool>> cases;
   for (Precision mode : modes) {
+    cases.push_back({mode, false});
+    if (compute_dtype(mode) == DType::bf16) cases.push_back({mode, true});
+  }
+  for (const auto& [mode, f32_grads] : cases) {
     const DType dtype = compute_dtype(mode);
     auto cpu = make_cpu_backend(dtype);
     auto gpu = make_cuda_backend(dtype, 0);
-    State on_cpu(*cpu, mode, n), on_gpu(*gpu, mode, n);
+    State on_cpu(*cpu, mode, n, f32_grads), on_gpu(*gpu, mode, n, f32_grads);
     // Initial state: weights ~ N(0, 0.02), moments as after some steps.
     auto weights = random_normal(n, ++seed, 0.02f);
     auto m = random_normal(n, ++seed, 1e-3f);
@@ -94,7 +105,8 @@ TEST_CASE("gpu adamw_update is bit-identical to the cpu backend in every precisi
       const auto cpu_tensors = on_cpu.all(), gpu_tensors = on_gpu.all();
       const char* names[] = {"weights", "grads", "m", "v", "master", "compensation"};
       for (size_t i = 0; i < cpu_tensors.size(); ++i)
-        check_same_bytes(std::string(precision_name(mode)) + " step " + std::to_string(t) + " " + names[i],
+        check_same_bytes(std::string(precision_name(mode)) + (f32_grads ? " (f32 gradients)" : "") + " step " +
+                             std::to_string(t) + " " + names[i],
                          gpu_tensors[i]->bytes(), cpu_tensors[i]->bytes());
     }
     // The weights did move: a step that did nothing would also match.

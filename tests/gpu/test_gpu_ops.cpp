@@ -283,8 +283,8 @@ TEST_CASE("gpu reductions match the cpu backend", "[gpu]") {
         const double cpu_sum = be.cpu->sum_accum(losses.cpu.get(), n);
         const double gpu_sum = be.gpu->sum_accum(losses.gpu.get(), n);
         CHECK(std::fabs(gpu_sum - cpu_sum) <= 1e-12 * std::fabs(cpu_sum));
-        const double cpu_squares = be.cpu->sum_squares(x.cpu.get(), n);
-        const double gpu_squares = be.gpu->sum_squares(x.gpu.get(), n);
+        const double cpu_squares = be.cpu->sum_squares(x.cpu.get(), dtype, n);
+        const double gpu_squares = be.gpu->sum_squares(x.gpu.get(), dtype, n);
         CHECK(std::fabs(gpu_squares - cpu_squares) <= 1e-12 * cpu_squares);
         CHECK(be.gpu->all_finite(x.gpu.get(), n));
 
@@ -313,11 +313,35 @@ TEST_CASE("gpu accumulate matches the cpu backend", "[gpu]") {
         Pair dst(be, dtype, n, offset), src(be, dtype, n, offset);
         dst.set(random_normal(n, ++seed));
         src.set(random_normal(n, ++seed));
-        be.cpu->accumulate(dst.cpu.get(), src.cpu.get(), n);
-        be.gpu->accumulate(dst.gpu.get(), src.gpu.get(), n);
+        be.cpu->accumulate(dst.cpu.get(), dtype, src.cpu.get(), dtype, n);
+        be.gpu->accumulate(dst.gpu.get(), dtype, src.gpu.get(), dtype, n);
         // One fp32 add rounded once on both sides: the same bits.
         check_same_bytes(label("accumulate", dtype, shape), dst.gpu.bytes(), dst.cpu.bytes());
       }
+    }
+  }
+  // f32 gradients on a bf16 backend: f32 += bf16, f32 += f32, and the sum
+  // of squares of f32 data.
+  Backends be(DType::bf16);
+  for (size_t n : {size_t(13), (size_t(1) << 20) + 5}) {
+    for (size_t offset : {size_t(0), size_t(1)}) {
+      const std::string shape = fmt::format("n={} offset={}", n, offset);
+      Pair dst(be, DType::f32, n, offset), narrow(be, DType::bf16, n, offset), wide(be, DType::f32, n, offset);
+      dst.set(random_normal(n, ++seed));
+      narrow.set(random_normal(n, ++seed));
+      wide.set(random_normal(n, ++seed));
+      for (Backend* b : {be.cpu.get(), be.gpu.get()}) {
+        const bool on_gpu = b == be.gpu.get();
+        void* d = on_gpu ? dst.gpu.get() : dst.cpu.get();
+        b->accumulate(d, DType::f32, on_gpu ? narrow.gpu.get() : narrow.cpu.get(), DType::bf16, n);
+        b->accumulate(d, DType::f32, on_gpu ? wide.gpu.get() : wide.cpu.get(), DType::f32, n);
+      }
+      check_same_bytes(label("accumulate f32 += bf16, f32 += f32", DType::bf16, shape), dst.gpu.bytes(),
+                       dst.cpu.bytes());
+      const double cpu_squares = be.cpu->sum_squares(dst.cpu.get(), DType::f32, n);
+      const double gpu_squares = be.gpu->sum_squares(dst.gpu.get(), DType::f32, n);
+      INFO(shape << ": sum of squares of f32 data, cpu " << cpu_squares << ", gpu " << gpu_squares);
+      CHECK(std::fabs(gpu_squares - cpu_squares) <= 1e-12 * cpu_squares);
     }
   }
 }

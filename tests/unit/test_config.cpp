@@ -67,6 +67,11 @@ Config random_valid_config(std::mt19937_64& rng) {
   c.dist.zero_stage = int(integer(0, 3));
   c.dist.communicator = pick(rng, {srgpt::CommunicatorChoice::auto_select, srgpt::CommunicatorChoice::nccl,
                                    srgpt::CommunicatorChoice::mpi});
+  c.dist.grad_reduce_dtype =
+      c.precision == srgpt::Precision::fp32
+          ? pick(rng, {srgpt::GradReduceChoice::auto_select, srgpt::GradReduceChoice::fp32})
+          : pick(rng, {srgpt::GradReduceChoice::auto_select, srgpt::GradReduceChoice::bf16,
+                       srgpt::GradReduceChoice::fp32});
   c.out_dir = "runs/r" + std::to_string(integer(0, 1000000));
   return c;
 }
@@ -103,7 +108,7 @@ TEST_CASE("config round trip: to_json, text, from_json gives an identical config
   std::mt19937_64 rng(20240520);
   std::vector<std::string> default_keys;
   collect_keys(srgpt::config_to_json(Config{}), "", default_keys);
-  CHECK(default_keys.size() == 34);  // every key of the schema, comment excluded
+  CHECK(default_keys.size() == 35);  // every key of the schema, comment excluded
   for (int trial = 0; trial < 200; ++trial) {
     Config original = random_valid_config(rng);
     json doc = srgpt::config_to_json(original);
@@ -159,6 +164,9 @@ TEST_CASE("config errors name the origin, the key, the value and what is allowed
       {R"({"train": {"on_nonfinite": "ignore"}})", {"train.on_nonfinite", "stop, skip"}},
       {R"({"train": {"recompute": "attention"}})", {"train.recompute = \"attention\"", "none, gelu, layernorm, all"}},
       {R"({"dist": {"communicator": "gloo"}})", {"dist.communicator = \"gloo\"", "auto, nccl, mpi"}},
+      {R"({"dist": {"grad_reduce_dtype": "fp16"}})", {"dist.grad_reduce_dtype = \"fp16\"", "auto, bf16, fp32"}},
+      {R"({"precision": "fp32", "dist": {"grad_reduce_dtype": "bf16"}})",
+       {"dist.grad_reduce_dtype = \"bf16\" needs a bf16 precision mode", "allowed: auto or fp32"}},
       // inconsistent values
       {R"({"model": {"d_model": 100, "n_head": 3}})",
        {"model.d_model = 100", "model.n_head = 3", "not divisible", "99 or 102"}},

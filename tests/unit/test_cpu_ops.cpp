@@ -650,7 +650,11 @@ TEST_CASE("cpu ops: reductions", "[cpu_ops]") {
     Device dev(type);
     auto storage = dev.put(x), stats = dev.put_stats(x);
     INFO(dtype_name(type));
-    CHECK(std::fabs(dev.be().sum_squares(storage.get(), n) - squares) < 1e-9 * squares);
+    CHECK(std::fabs(dev.be().sum_squares(storage.get(), type, n) - squares) < 1e-9 * squares);
+    if (type == DType::bf16) {  // f32 gradients on a bf16 backend
+      auto wide = dev.put_bytes(encode(DType::f32, x));
+      CHECK(dev.be().sum_squares(wide.get(), DType::f32, n) == dev.be().sum_squares(storage.get(), type, n));
+    }
     CHECK(std::fabs(dev.be().sum_accum(stats.get(), n) - sum) < 1e-9 * max_abs(x) * n);
     CHECK(dev.be().all_finite(storage.get(), n));
     for (double bad : {double(INFINITY), -double(INFINITY), double(NAN)}) {
@@ -669,7 +673,7 @@ TEST_CASE("cpu ops: accumulate adds elementwise, rounding once", "[cpu_ops]") {
   for (DType type : {DType::f64, DType::f32, DType::bf16}) {
     Device dev(type);
     auto d = dev.put(dst), s = dev.put(src);
-    dev.be().accumulate(d.get(), s.get(), n);
+    dev.be().accumulate(d.get(), type, s.get(), type, n);
     const Values got = dev.get(d, n);
     size_t mismatches = 0;
     for (size_t i = 0; i < n; ++i) {
@@ -682,6 +686,20 @@ TEST_CASE("cpu ops: accumulate adds elementwise, rounding once", "[cpu_ops]") {
     CHECK(mismatches == 0);
     CHECK(got != dst);
   }
+  // f32 gradients on a bf16 backend: f32 += bf16 and f32 += f32, one fp32
+  // add each; any other pair of dtypes is refused.
+  Device dev(DType::bf16);
+  const Values wide_dst = random_values(rng, n);
+  auto d = dev.put_bytes(encode(DType::f32, wide_dst)), narrow = dev.put(src);
+  auto wide_src = dev.put_bytes(encode(DType::f32, src));
+  dev.be().accumulate(d.get(), DType::f32, narrow.get(), DType::bf16, n);
+  dev.be().accumulate(d.get(), DType::f32, wide_src.get(), DType::f32, n);
+  const Values got = decode(DType::f32, dev.get_bytes(d));
+  size_t mismatches = 0;
+  for (size_t i = 0; i < n; ++i) mismatches += got[i] != double((float(wide_dst[i]) + float(src[i])) + float(src[i]));
+  CHECK(mismatches == 0);
+  CHECK_THROWS_WITH(dev.be().accumulate(narrow.get(), DType::bf16, d.get(), DType::f32, n),
+                    "cpu backend (bf16): accumulate of f32 into bf16 is not supported (allowed: into bf16 or f32)");
 }
 
 namespace {
@@ -744,7 +762,7 @@ std::vector<Bytes> reduction_outputs(DType type, int threads) {
     results.push_back(dev.get_bytes(losses));
     const size_t n = 100003;
     auto big = dev.put(random_values(rng, n)), big_stats = dev.put_stats(random_values(rng, n));
-    const double sums[] = {dev.be().sum_squares(big.get(), n), dev.be().sum_accum(big_stats.get(), n)};
+    const double sums[] = {dev.be().sum_squares(big.get(), type, n), dev.be().sum_accum(big_stats.get(), n)};
     Bytes sum_bytes(sizeof(sums));
     std::memcpy(sum_bytes.data(), sums, sizeof(sums));
     results.push_back(sum_bytes);

@@ -51,18 +51,21 @@ TEST_CASE("rank_memory equals the bytes ParameterStore and Optimizer allocate", 
   m.d_model = 48;
   for (Precision p : kAllModes) {
     auto backend = make_cpu_backend(compute_dtype(p));
-    for (int world : {1, 2, 3, 4, 8}) {
-      const Layout layout = gpt2_param_layout(m, world);
-      for (int stage = 0; stage <= 3; ++stage) {
-        INFO(precision_name(p) << ", ZeRO stage " << stage << ", world " << world);
-        PlaceOnlyCommunicator comm(world - 1, world);
-        ParameterStore params(*backend, comm, layout, stage);
-        Optimizer opt(params, p, OptimizerConfig{}, 1);
-        const RankMemory expected = rank_memory(layout, p, stage, world);
-        CHECK(params.weight_bytes() == expected.weights);
-        CHECK(params.grad_bytes() == expected.grads);
-        CHECK(opt.state_bytes() == expected.optimizer_state);
-        CHECK(params.working_bytes() == expected.working);
+    for (DType grad_dtype : {compute_dtype(p), DType::f32}) {
+      for (int world : {1, 2, 3, 4, 8}) {
+        const Layout layout = gpt2_param_layout(m, world);
+        for (int stage = 0; stage <= 3; ++stage) {
+          INFO(precision_name(p) << ", gradients " << dtype_name(grad_dtype) << ", ZeRO stage " << stage << ", world "
+                                 << world);
+          PlaceOnlyCommunicator comm(world - 1, world);
+          ParameterStore params(*backend, comm, layout, stage, grad_dtype);
+          Optimizer opt(params, p, OptimizerConfig{}, 1);
+          const RankMemory expected = rank_memory(layout, p, stage, world, grad_dtype);
+          CHECK(params.weight_bytes() == expected.weights);
+          CHECK(params.grad_bytes() == expected.grads);
+          CHECK(opt.state_bytes() == expected.optimizer_state);
+          CHECK(params.working_bytes() == expected.working);
+        }
       }
     }
   }
@@ -83,10 +86,14 @@ TEST_CASE("rank_memory gives the per-parameter byte counts of each ZeRO stage", 
     const double bf16_sr[4] = {8 * P, 4 * P + 4 * P / N, 2 * P + 6 * P / N, 8 * P / N};
     // mixed: bf16 weights and grads, fp32 m, v and master weights.
     const double mixed[4] = {16 * P, 4 * P + 12 * P / N, 2 * P + 14 * P / N, 16 * P / N};
+    // bf16-sr with fp32 gradients: 4 gradient bytes instead of 2.
+    const double bf16_sr_fp32_grads[4] = {10 * P, 6 * P + 4 * P / N, 2 * P + 8 * P / N, 10 * P / N};
     for (int stage = 0; stage <= 3; ++stage) {
-      CHECK(double(rank_memory(layout, Precision::bf16_sr, stage, world).persistent()) == bf16_sr[stage]);
-      CHECK(double(rank_memory(layout, Precision::mixed, stage, world).persistent()) == mixed[stage]);
+      CHECK(double(rank_memory(layout, Precision::bf16_sr, stage, world, DType::bf16).persistent()) == bf16_sr[stage]);
+      CHECK(double(rank_memory(layout, Precision::mixed, stage, world, DType::bf16).persistent()) == mixed[stage]);
+      CHECK(double(rank_memory(layout, Precision::bf16_sr, stage, world, DType::f32).persistent()) ==
+            bf16_sr_fp32_grads[stage]);
     }
   }
-  CHECK_THROWS(rank_memory(gpt2_param_layout(m, 1), Precision::bf16_sr, 4, 1));
+  CHECK_THROWS(rank_memory(gpt2_param_layout(m, 1), Precision::bf16_sr, 4, 1, DType::bf16));
 }
