@@ -458,12 +458,14 @@ TrainResult Trainer::run() {
                  layout.num_params(), config_.model.n_layer, config_.model.n_head, config_.model.d_model,
                  config_.model.vocab_size, config_.model.padded_vocab(), precision_name(config_.precision),
                  backend_->name());
-    spdlog::info("ranks: {} ({}), ZeRO stage {}", comm_->size(), comm_->name(), config_.dist.zero_stage);
-    spdlog::info("memory per rank: weights {:.1f} MiB, gradients {:.1f} MiB, optimizer state {:.1f} MiB, ZeRO working "
-                 "buffers {:.1f} MiB, activations {:.1f} MiB (recompute {}) ({} persistent bytes/parameter unsharded)",
+    spdlog::info("ranks: {} ({}), ZeRO stage {}, gradients reduced in {}", comm_->size(), comm_->name(),
+                 config_.dist.zero_stage, dtype_name(params_->grad_dtype()));
+    const size_t persistent = params_->weight_bytes() + params_->grad_bytes() + optimizer_->state_bytes();
+    spdlog::info("memory per rank: weights {:.1f} MiB, gradients {:.1f} MiB, optimizer state {:.1f} MiB ({:.2f} bytes "
+                 "per parameter), working buffers {:.1f} MiB, activations {:.1f} MiB (recompute {})",
                  mib(params_->weight_bytes()), mib(params_->grad_bytes()), mib(optimizer_->state_bytes()),
-                 mib(params_->working_bytes()), mib(model_->activation_bytes()), recompute_name(config_.train.recompute),
-                 persistent_bytes_per_param(config_.precision));
+                 double(persistent) / double(layout.num_params()), mib(params_->working_bytes()),
+                 mib(model_->activation_bytes()), recompute_name(config_.train.recompute));
     spdlog::info("batch: {} tokens/step = micro batch {} x seq {} x grad accum {} x ranks {}; communication {:.1f} MiB "
                  "per step per rank",
                  config_.batch.total_tokens, config_.batch.micro_batch, config_.batch.seq_len, accum, comm_->size(),

@@ -23,13 +23,4 @@ inline DType adam_state_dtype(Precision p) {
 inline bool has_master_weights(Precision p) { return p == Precision::mixed; }
 inline bool has_kahan_compensation(Precision p) { return p == Precision::bf16_kahan; }
 
-// Persistent bytes per parameter: weights + grads + m + v (+ master or
-// compensation). bf16-sr is 8, mixed is 16; the paper's memory claim.
-inline size_t persistent_bytes_per_param(Precision p) {
-  size_t b = 2 * dtype_size(compute_dtype(p)) + 2 * dtype_size(adam_state_dtype(p));
-  if (has_master_weights(p)) b += 4;
-  if (has_kahan_compensation(p)) b += 2;
-  return b;
-}
-
 }  // namespace srgpt
