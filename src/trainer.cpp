@@ -246,7 +246,9 @@ Trainer::Trainer(Config config, TrainOptions options) : config_(std::move(config
   backend_ = make_backend(config_, launch.local_rank);
   comm_ = options_.single_process ? make_single_process_communicator(*backend_) : make_communicator(*backend_, config_.dist.communicator);
   host_comm_ = comm_.get();
-  if (comm_->size() > 1 && !backend_->memory_on_host()) {
+  // A device-memory communicator (NCCL, or MPI staged through the host)
+  // cannot move host data, even with one rank.
+  if (!backend_->memory_on_host() && !options_.single_process && launched_under_mpi()) {
     host_comm_owned_ = make_mpi_host_communicator();
     host_comm_ = host_comm_owned_.get();
   }

@@ -85,7 +85,7 @@ class Trainer {
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<Communicator> comm_;
   // Collectives on host data (checkpoint paths and file tables): comm_
-  // itself unless that one works on device memory (NCCL).
+  // itself unless that one works on device memory (NCCL, host-staged MPI).
   std::unique_ptr<Communicator> host_comm_owned_;
   Communicator* host_comm_ = nullptr;
   std::unique_ptr<ParameterStore> params_;
