@@ -254,6 +254,7 @@ void visit_config(Visitor& v, C& c) {
   v.real("train.init_std", c.train.init_std, kPositive);
   v.choice("train.recompute", c.train.recompute,
            {Recompute::none, Recompute::gelu, Recompute::layernorm, Recompute::all}, recompute_name);
+  v.integer("train.lm_head_chunks", c.train.lm_head_chunks, 1, kIntFieldMax);
   v.integer("checkpoint.every", c.checkpoint.every, 0, kInt64FieldMax);
   v.integer("checkpoint.keep", c.checkpoint.keep, 1, kIntFieldMax);
   v.integer("dist.zero_stage", c.dist.zero_stage, 0, 3);
@@ -455,6 +456,12 @@ void check_consistency(const Config& c, std::vector<std::string>& problems) {
   if (c.optimizer.warmup_steps > c.train.steps)
     problems.push_back(fmt::format("optimizer.warmup_steps = {} exceeds train.steps = {}; allowed: 0..{}",
                                    c.optimizer.warmup_steps, c.train.steps, c.train.steps));
+  if (int64_t(c.train.lm_head_chunks) > int64_t(c.batch.micro_batch) * c.batch.seq_len)
+    problems.push_back(fmt::format(
+        "train.lm_head_chunks = {} exceeds the {} rows of a micro-batch (batch.micro_batch x batch.seq_len); "
+        "allowed: 1..{}",
+        c.train.lm_head_chunks, int64_t(c.batch.micro_batch) * c.batch.seq_len,
+        int64_t(c.batch.micro_batch) * c.batch.seq_len));
   if (c.dist.grad_reduce_dtype == GradReduceChoice::bf16 && compute_dtype(c.precision) != DType::bf16)
     problems.push_back(fmt::format(
         "dist.grad_reduce_dtype = \"bf16\" needs a bf16 precision mode, but precision = \"{}\" computes gradients "

@@ -1,5 +1,6 @@
 #include "srgpt/model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -77,8 +78,12 @@ std::vector<float> gpt2_initial_weights(const ModelConfig& cfg, const Layout& la
   return w;
 }
 
-GPT::GPT(const ModelConfig& cfg, ParameterStore& params, int B, int T, Recompute recompute)
-    : cfg_(cfg), params_(params), backend_(params.backend()), B_(B), T_(T), recompute_(recompute) {
+GPT::GPT(const ModelConfig& cfg, ParameterStore& params, int B, int T, ActivationOptions options)
+    : cfg_(cfg), params_(params), backend_(params.backend()), B_(B), T_(T), options_(options) {
+  if (options.lm_head_chunks < 1 || int64_t(options.lm_head_chunks) > int64_t(B) * T)
+    fail("train.lm_head_chunks = {} is not allowed with {} rows per micro-batch; allowed: 1..{}",
+         options.lm_head_chunks, int64_t(B) * T, int64_t(B) * T);
+  head_rows_ = int((int64_t(B) * T + options.lm_head_chunks - 1) / options.lm_head_chunks);
   if (params.layout().total() != gpt2_param_layout(cfg, params.comm().size()).total())
     fail("internal: the parameter store does not hold this model's layout");
   Backend& backend = backend_;
@@ -103,7 +108,7 @@ GPT::GPT(const ModelConfig& cfg, ParameterStore& params, int B, int T, Recompute
     stat_layout_.add(tensor_name("lse", l), {B, H, T});
   }
   act_layout_.add("lnf", {N, C});
-  act_layout_.add("logits", {N, Vp});
+  act_layout_.add("logits", {head_rows_, Vp});
   // Scratch: the branch output added to the residual stream in forward, and
   // gradients in backward (dqkv reuses dbig).
   act_layout_.add("delta", {N, C});
@@ -157,7 +162,7 @@ void* GPT::ln1(int l) { return recompute_layernorm() ? act("ln") : act("ln1", l)
 void* GPT::ln2(int l) { return recompute_layernorm() ? act("ln") : act("ln2", l); }
 void* GPT::fch_gelu(int l) { return recompute_gelu() ? act("fch_gelu") : act("fch_gelu", l); }
 
-double GPT::forward(const int32_t* inputs, const int32_t* targets, float dloss) {
+double GPT::forward_pass(const int32_t* inputs, const int32_t* targets, float dloss, bool train) {
   Backend& be = backend_;
   const int N = B_ * T_, C = cfg_.d_model, H = cfg_.n_head, L = cfg_.n_layer;
   int32_t* tok = tokens_.as<int32_t>();
@@ -190,14 +195,30 @@ double GPT::forward(const int32_t* inputs, const int32_t* targets, float dloss) 
                                   last ? w("ln_f.weight") : w("ln_1.weight", l + 1),
                                   last ? w("ln_f.bias") : w("ln_1.bias", l + 1), N, C);
   }
-  be.matmul_forward(act("logits"), nullptr, act("lnf"), w("wte"), nullptr, N, C, cfg_.padded_vocab());
-  be.cross_entropy_forward_backward(stat("losses"), act("logits"), tok + N, N, cfg_.vocab_size, cfg_.padded_vocab(),
-                                    dloss);
+  // The LM head chunk by chunk: logits, the loss (leaving dlogits in place)
+  // and, when training, the head's backward, before the next chunk reuses
+  // the logits buffer.
+  const int Vp = cfg_.padded_vocab();
+  const size_t es = dtype_size(be.dtype()), as = dtype_size(accum_dtype(be.dtype()));
+  for (int r0 = 0; r0 < N; r0 += head_rows_) {
+    const int rows = std::min(head_rows_, N - r0);
+    const char* lnf = static_cast<const char*>(act("lnf")) + size_t(r0) * C * es;
+    be.matmul_forward(act("logits"), nullptr, lnf, w("wte"), nullptr, rows, C, Vp);
+    be.cross_entropy_forward_backward(static_cast<char*>(stat("losses")) + size_t(r0) * as, act("logits"),
+                                      tok + N + r0, rows, cfg_.vocab_size, Vp, dloss);
+    if (train)
+      be.matmul_backward(static_cast<char*>(act("dln")) + size_t(r0) * C * es, g("wte"), nullptr, act("logits"), lnf,
+                         w("wte"), nullptr, rows, C, Vp);
+  }
   return be.sum_accum(stat("losses"), size_t(N)) / N;
 }
 
+double GPT::forward(const int32_t* inputs, const int32_t* targets) {
+  return forward_pass(inputs, targets, 0.0f, false);
+}
+
 double GPT::forward_backward(const int32_t* inputs, const int32_t* targets, float dloss) {
-  double loss = forward(inputs, targets, dloss);
+  const double loss = forward_pass(inputs, targets, dloss, true);
   backward();
   return loss;
 }
@@ -215,9 +236,8 @@ void GPT::backward() {
 
   // The residual stream's gradient flows unchanged through each residual
   // add, so one dres buffer carries it from the top to the embeddings.
+  // forward_pass left the LM head's input gradient in dln.
   be.fill_zero(dres, size_t(N) * C * dtype_size(be.dtype()));
-  be.matmul_backward(dln, g("wte"), nullptr, act("logits"), act("lnf"), w("wte"), nullptr, N, C,
-                     cfg_.padded_vocab());
   be.layernorm_backward(dres, g("ln_f.weight"), g("ln_f.bias"), dln, residual(L), w("ln_f.weight"), stat("lnf_mean"),
                         stat("lnf_rstd"), N, C);
   params_.grads_done(plan.final_unit());

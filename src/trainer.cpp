@@ -218,7 +218,7 @@ EvalResult evaluate(GPT& model, TokenLoader& loader, int64_t max_tokens) {
   double sum = 0;
   for (int64_t i = 0; i < batches; ++i) {
     loader.next_batch(in.data(), tg.data());
-    sum += model.forward(in.data(), tg.data(), 0.0f);
+    sum += model.forward(in.data(), tg.data());
   }
   Communicator& comm = model.params().comm();
   EvalResult r;
@@ -269,7 +269,8 @@ Trainer::Trainer(Config config, TrainOptions options) : config_(std::move(config
                                                 config_.train.seed);
   params_ = std::make_unique<ParameterStore>(*backend_, *comm_, gpt2_param_layout(config_.model, world),
                                              config_.dist.zero_stage, config_.dist.grad_dtype(config_.precision));
-  model_ = std::make_unique<GPT>(config_.model, *params_, b.micro_batch, b.seq_len, config_.train.recompute);
+  model_ = std::make_unique<GPT>(config_.model, *params_, b.micro_batch, b.seq_len,
+                                 ActivationOptions{config_.train.recompute, config_.train.lm_head_chunks});
   optimizer_ = std::make_unique<Optimizer>(*params_, config_.precision, config_.optimizer, config_.train.seed);
   inputs_.resize(size_t(b.micro_batch) * b.seq_len);
   targets_.resize(inputs_.size());

@@ -56,6 +56,7 @@ struct TrainConfig {
   NonFinitePolicy on_nonfinite = NonFinitePolicy::stop;
   double init_std = 0.02;
   Recompute recompute = Recompute::none;
+  int lm_head_chunks = 1;  // row chunks of the LM head + loss (model_config.h)
 };
 
 struct CheckpointConfig {

@@ -29,9 +29,11 @@ std::vector<float> gpt2_initial_weights(const ModelConfig& cfg, const Layout& la
 
 class GPT {
  public:
-  // params must hold gpt2_param_layout(cfg, world size). recompute trades
-  // backward work for activation memory; gradients are the same bits.
-  GPT(const ModelConfig& cfg, ParameterStore& params, int B, int T, Recompute recompute = Recompute::none);
+  // params must hold gpt2_param_layout(cfg, world size). The activation
+  // options trade work for activation memory: recompute gives the same
+  // gradient bits; LM-head chunks too, except the wte gradient, which adds
+  // each chunk's part with its own rounding.
+  GPT(const ModelConfig& cfg, ParameterStore& params, int B, int T, ActivationOptions options = {});
 
   const ModelConfig& config() const { return cfg_; }
   const Layout& layout() const { return params_.layout(); }
@@ -41,14 +43,18 @@ class GPT {
   int seq_len() const { return T_; }
   size_t activation_bytes() const { return acts_.bytes() + stats_.bytes(); }
 
-  // Mean loss over the B*T tokens; leaves dlogits in the logits buffer.
-  // inputs and targets are host arrays of B*T token ids.
-  double forward(const int32_t* inputs, const int32_t* targets, float dloss);
-  // forward() then backward(), gradients accumulated (+=) into grads();
-  // dloss scales the gradient of the summed token losses (e.g. 1/(B*T*accum)).
+  // Mean loss over the B*T tokens (evaluation). inputs and targets are
+  // host arrays of B*T token ids.
+  double forward(const int32_t* inputs, const int32_t* targets);
+  // Mean loss, with gradients accumulated (+=) into the parameter store;
+  // dloss scales the gradient of the summed token losses (e.g.
+  // 1/(B*T*accum)).
   double forward_backward(const int32_t* inputs, const int32_t* targets, float dloss);
 
  private:
+  // Forward through the loss; with `train`, each LM-head chunk's backward
+  // too (dlnf and the wte gradient), so backward() continues from ln_f.
+  double forward_pass(const int32_t* inputs, const int32_t* targets, float dloss, bool train);
   void backward();
   size_t unit_of(const TensorSpec& t) const;
   void acquire(size_t unit);
@@ -62,14 +68,19 @@ class GPT {
   void* ln1(int l);
   void* ln2(int l);
   void* fch_gelu(int l);
-  bool recompute_gelu() const { return recompute_ == Recompute::gelu || recompute_ == Recompute::all; }
-  bool recompute_layernorm() const { return recompute_ == Recompute::layernorm || recompute_ == Recompute::all; }
+  bool recompute_gelu() const {
+    return options_.recompute == Recompute::gelu || options_.recompute == Recompute::all;
+  }
+  bool recompute_layernorm() const {
+    return options_.recompute == Recompute::layernorm || options_.recompute == Recompute::all;
+  }
 
   ModelConfig cfg_;
   ParameterStore& params_;
   Backend& backend_;
   int B_, T_;
-  Recompute recompute_;
+  ActivationOptions options_;
+  int head_rows_;  // rows per LM-head chunk
   Layout act_layout_, stat_layout_;
   DeviceBuffer acts_, stats_, tokens_;
   std::vector<const void*> unit_weights_;  // acquired base pointer per unit

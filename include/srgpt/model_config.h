@@ -26,4 +26,15 @@ struct ModelConfig {
 // LayerNorm outputs (2 d_model per token), or both.
 enum class Recompute { none, gelu, layernorm, all };
 
+// How the model trades work for activation memory (train.recompute,
+// train.lm_head_chunks).
+struct ActivationOptions {
+  Recompute recompute = Recompute::none;
+  // The LM head and cross-entropy run over this many row chunks of the
+  // micro-batch, each chunk's logits (vocab-wide, the largest activation)
+  // going through the loss and the head's backward before the next chunk
+  // reuses the buffer.
+  int lm_head_chunks = 1;
+};
+
 }  // namespace srgpt

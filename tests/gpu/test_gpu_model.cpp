@@ -35,7 +35,7 @@ struct Run {
       : backend(std::move(backend_in)),
         comm(make_single_process_communicator(*backend)),
         params(*backend, *comm, gpt2_param_layout(cfg), 0),
-        model(cfg, params, B, T, recompute),
+        model(cfg, params, B, T, {recompute}),
         optimizer(params, precision, OptimizerConfig{}, 77) {
     optimizer.set_weights(gpt2_initial_weights(cfg, params.layout(), 2024, 0.02));
   }

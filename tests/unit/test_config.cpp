@@ -60,6 +60,7 @@ Config random_valid_config(std::mt19937_64& rng) {
   c.train.seed = rng();
   c.train.on_nonfinite = pick(rng, {srgpt::NonFinitePolicy::stop, srgpt::NonFinitePolicy::skip});
   c.train.init_std = real(1e-4, 1);
+  c.train.lm_head_chunks = int(integer(1, int64_t(c.batch.micro_batch) * c.batch.seq_len));
   c.train.recompute = pick(rng, {srgpt::Recompute::none, srgpt::Recompute::gelu, srgpt::Recompute::layernorm,
                                  srgpt::Recompute::all});
   c.checkpoint.every = integer(0, 100000);
@@ -108,7 +109,7 @@ TEST_CASE("config round trip: to_json, text, from_json gives an identical config
   std::mt19937_64 rng(20240520);
   std::vector<std::string> default_keys;
   collect_keys(srgpt::config_to_json(Config{}), "", default_keys);
-  CHECK(default_keys.size() == 35);  // every key of the schema, comment excluded
+  CHECK(default_keys.size() == 36);  // every key of the schema, comment excluded
   for (int trial = 0; trial < 200; ++trial) {
     Config original = random_valid_config(rng);
     json doc = srgpt::config_to_json(original);
@@ -162,6 +163,8 @@ TEST_CASE("config errors name the origin, the key, the value and what is allowed
       {R"({"device": "gpu"})", {"device = \"gpu\"", "auto, cpu, cuda"}},
       {R"({"optimizer": {"decay": "exponential"}})", {"optimizer.decay", "cosine, linear, constant"}},
       {R"({"train": {"on_nonfinite": "ignore"}})", {"train.on_nonfinite", "stop, skip"}},
+      {R"({"batch": {"micro_batch": 2, "seq_len": 8, "total_tokens": 16}, "train": {"lm_head_chunks": 17}})",
+       {"train.lm_head_chunks = 17 exceeds the 16 rows of a micro-batch", "allowed: 1..16"}},
       {R"({"train": {"recompute": "attention"}})", {"train.recompute = \"attention\"", "none, gelu, layernorm, all"}},
       {R"({"dist": {"communicator": "gloo"}})", {"dist.communicator = \"gloo\"", "auto, nccl, mpi"}},
       {R"({"dist": {"grad_reduce_dtype": "fp16"}})", {"dist.grad_reduce_dtype = \"fp16\"", "auto, bf16, fp32"}},

@@ -72,7 +72,7 @@ TEST_CASE("fp32 analytic gradients match fp64 central finite differences on ever
   CpuModel m64(cfg, DType::f64, B, T);
   auto loss64 = [&](const std::vector<double>& x) {
     m64.backend->upload(m64.params.weights(), x.data(), P * sizeof(double));
-    return m64.model.forward(in.data(), tg.data(), 0.0f);
+    return m64.model.forward(in.data(), tg.data());
   };
   // fp64 analytic gradient too: checks the backward formulas tightly.
   m64.backend->upload(m64.params.weights(), w.data(), P * sizeof(double));

@@ -1,6 +1,9 @@
-// Recomputing GELU and LayerNorm outputs in backward: the loss and every
-// gradient are the same bits as keeping them, and the activation buffer
-// shrinks by exactly the kept tensors.
+// The activation options: recomputing GELU and LayerNorm outputs in
+// backward gives the same loss and gradient bits as keeping them, and the
+// LM head in row chunks the same loss and the same gradients but wte's
+// (whose chunks are rounded in one by one); the activation buffer shrinks by
+// exactly what is no longer kept.
+#include <cmath>
 #include <cstring>
 #include <random>
 #include <vector>
@@ -24,11 +27,11 @@ struct RunResult {
 
 // Two micro-steps of forward+backward (gradients accumulate) at the given
 // ZeRO stage on one process, from fixed random weights and tokens.
-RunResult run(const ModelConfig& cfg, DType dtype, Recompute recompute, int zero_stage, int B, int T) {
+RunResult run(const ModelConfig& cfg, DType dtype, ActivationOptions options, int zero_stage, int B, int T) {
   auto backend = make_cpu_backend(dtype);
   auto comm = make_single_process_communicator(*backend);
   ParameterStore params(*backend, *comm, gpt2_param_layout(cfg), zero_stage);
-  GPT model(cfg, params, B, T, recompute);
+  GPT model(cfg, params, B, T, options);
 
   // Weights well away from init so every path carries signal.
   std::vector<float> w = gpt2_initial_weights(cfg, params.layout(), 4242, 0.3);
@@ -71,10 +74,10 @@ TEST_CASE("recompute: gradients are bit-identical and activation memory shrinks 
 
   for (DType dtype : {DType::bf16, DType::f32}) {
     for (int zero_stage : {0, 3}) {
-      const RunResult kept = run(cfg, dtype, Recompute::none, zero_stage, B, T);
+      const RunResult kept = run(cfg, dtype, {}, zero_stage, B, T);
       for (Recompute recompute : {Recompute::gelu, Recompute::layernorm, Recompute::all}) {
         INFO("dtype " << dtype_name(dtype) << ", ZeRO " << zero_stage << ", recompute " << recompute_name(recompute));
-        const RunResult again = run(cfg, dtype, recompute, zero_stage, B, T);
+        const RunResult again = run(cfg, dtype, {recompute}, zero_stage, B, T);
         REQUIRE(again.losses.size() == kept.losses.size());
         for (size_t i = 0; i < kept.losses.size(); ++i) CHECK(std::memcmp(&again.losses[i], &kept.losses[i], 8) == 0);
         REQUIRE(again.grads.size() == kept.grads.size());
@@ -120,5 +123,51 @@ TEST_CASE("gelu_forward recomputes matmul_forward's GELU output bit for bit", "[
     backend->download(b.data(), again.get(), b.size());
     INFO("dtype " << dtype_name(dtype));
     CHECK(std::memcmp(a.data(), b.data(), a.size()) == 0);
+  }
+}
+
+TEST_CASE("lm_head_chunks: the same loss and gradients, wte's within rounding, and a chunk-sized logits buffer",
+          "[recompute]") {
+  ModelConfig cfg;
+  cfg.vocab_size = 300;  // padded to 384: logits dominate this model's activations
+  cfg.max_seq_len = 16;
+  cfg.n_layer = 2;
+  cfg.n_head = 2;
+  cfg.d_model = 32;
+  const int B = 2, T = 16, N = B * T;
+  const Layout layout = gpt2_param_layout(cfg);
+  const TensorSpec& wte = layout.at("wte");
+  for (DType dtype : {DType::bf16, DType::f32}) {
+    for (int zero_stage : {0, 2}) {
+      const RunResult whole = run(cfg, dtype, {}, zero_stage, B, T);
+      // 4 chunks of 8 rows, and 5 chunks of 7 rows with a short last one.
+      for (int chunks : {4, 5}) {
+        INFO("dtype " << dtype_name(dtype) << ", ZeRO " << zero_stage << ", " << chunks << " chunks");
+        const RunResult chunked = run(cfg, dtype, {Recompute::none, chunks}, zero_stage, B, T);
+        for (size_t i = 0; i < whole.losses.size(); ++i)
+          CHECK(std::memcmp(&chunked.losses[i], &whole.losses[i], 8) == 0);
+        // Everything after wte in the layout is the same bits (one rank: the
+        // gradient shard is the whole layout).
+        const size_t es = dtype_size(dtype), after_wte = (wte.offset + wte.numel) * es;
+        REQUIRE(chunked.grads.size() == whole.grads.size());
+        CHECK(std::memcmp(chunked.grads.data() + after_wte, whole.grads.data() + after_wte,
+                          whole.grads.size() - after_wte) == 0);
+        // wte: every chunk's part rounded into it separately.
+        double diff = 0, norm = 0;
+        for (size_t i = wte.offset; i < wte.offset + wte.numel; ++i) {
+          auto value = [&](const RunResult& r) {
+            if (dtype == DType::f32) return double(reinterpret_cast<const float*>(r.grads.data())[i]);
+            return double(bf16_to_float(reinterpret_cast<const bf16*>(r.grads.data())[i]));
+          };
+          diff += (value(chunked) - value(whole)) * (value(chunked) - value(whole));
+          norm += value(whole) * value(whole);
+        }
+        INFO("wte gradient relative difference " << std::sqrt(diff / norm));
+        CHECK(norm > 0);
+        CHECK(std::sqrt(diff / norm) < (dtype == DType::bf16 ? 1e-2 : 1e-6));
+        const size_t rows = size_t((N + chunks - 1) / chunks);
+        CHECK(whole.activation_bytes - chunked.activation_bytes == (size_t(N) - rows) * cfg.padded_vocab() * es);
+      }
+    }
   }
 }

@@ -86,7 +86,7 @@ struct BackendModel {
     srgpt::GPT gpt(m, *params, B, T);
     std::vector<int32_t> in(inputs.begin(), inputs.begin() + long(B) * T);
     std::vector<int32_t> tg(targets.begin(), targets.begin() + long(B) * T);
-    return gpt.forward(in.data(), tg.data(), 0.0f);
+    return gpt.forward(in.data(), tg.data());
   }
 };
 
