@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <cstring>
 
 #include "cuda_check.cuh"
@@ -35,17 +36,21 @@ void PinnedUploadStaging::release() noexcept {
 }
 
 void PinnedUploadStaging::upload(cudaStream_t stream, void* dst, const void* host_src, size_t bytes) {
-  if (bytes > kSlotBytes) {
-    CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, stream));
-    return;
+  // Larger uploads go slot by slot too: a direct cudaMemcpyAsync from a
+  // caller's pinned buffer (the MPI communicator's staging) would return
+  // before the buffer has been read.
+  const char* source = static_cast<const char*>(host_src);
+  char* target = static_cast<char*>(dst);
+  for (size_t done = 0; done < bytes; done += kSlotBytes) {
+    const size_t chunk = std::min(kSlotBytes, bytes - done);
+    const int slot = next_;
+    next_ = (next_ + 1) % kSlots;
+    // Usually long done: the slot was last used kSlots copies ago.
+    CUDA_CHECK(cudaEventSynchronize(copied_[slot]));
+    std::memcpy(slots_[slot], source + done, chunk);
+    CUDA_CHECK(cudaMemcpyAsync(target + done, slots_[slot], chunk, cudaMemcpyHostToDevice, stream));
+    CUDA_CHECK(cudaEventRecord(copied_[slot], stream));
   }
-  const int slot = next_;
-  next_ = (next_ + 1) % kSlots;
-  // Usually long done: the slot was last used kSlots uploads ago.
-  CUDA_CHECK(cudaEventSynchronize(copied_[slot]));
-  std::memcpy(slots_[slot], host_src, bytes);
-  CUDA_CHECK(cudaMemcpyAsync(dst, slots_[slot], bytes, cudaMemcpyHostToDevice, stream));
-  CUDA_CHECK(cudaEventRecord(copied_[slot], stream));
 }
 
 }  // namespace srgpt::gpu

@@ -2,10 +2,10 @@
 // Uploads through pinned host memory. cudaMemcpyAsync from pageable memory
 // may wait for the stream's queued kernels before it returns, which stalls
 // the host's launching of the next micro-step behind the GPU; from pinned
-// memory it only queues the copy. Small uploads (token ids, every
-// micro-step) are copied into one of a few pinned slots and sent from
-// there; each slot's event says when its last copy has finished, so a slot
-// is refilled only once the device has read it.
+// memory it only queues the copy. Uploads (token ids, every micro-step) are
+// copied into one of a few pinned slots, a slot's worth at a time, and sent
+// from there; each slot's event says when its last copy has finished, so a
+// slot is refilled only once the device has read it.
 #include <cuda_runtime.h>
 
 #include <array>
@@ -20,8 +20,7 @@ class PinnedUploadStaging {
   PinnedUploadStaging& operator=(const PinnedUploadStaging&) = delete;
   ~PinnedUploadStaging();
 
-  // Largest upload a slot holds; larger ones go straight from the caller's
-  // memory.
+  // Bytes a slot holds; larger uploads take several slots in turn.
   static constexpr size_t kSlotBytes = size_t(4) << 20;
 
   // Queues dst <- host_src on the stream. Returns once host_src has been

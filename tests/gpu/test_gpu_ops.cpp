@@ -370,9 +370,10 @@ TEST_CASE("gpu gelu_forward matches the cpu backend", "[gpu]") {
 TEST_CASE("gpu uploads through the pinned slots land intact and free the host buffer at once", "[gpu]") {
   if (!have_gpu()) return;
   auto gpu = make_cuda_backend(DType::f32, 0);
-  // More uploads than staging slots, of varied sizes (one larger than a
-  // slot), each from one host buffer overwritten right after the call.
-  const std::vector<size_t> counts = {1, 17, 4096, 250000, (size_t(5) << 20) / 4, 3, 100000, 77, 65536, 5};
+  // More uploads than staging slots, of varied sizes (one larger than all
+  // slots together, ending in a partial slot), each from one host buffer
+  // overwritten right after the call.
+  const std::vector<size_t> counts = {1, 17, 4096, 250000, (size_t(17) << 20) / 4 + 3, 3, 100000, 77, 65536, 5};
   std::vector<std::unique_ptr<Tensor>> tensors;
   std::vector<std::vector<float>> expected;
   std::vector<float> host;
