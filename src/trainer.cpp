@@ -1,5 +1,6 @@
 #include "srgpt/trainer.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -568,7 +569,11 @@ LoadedModel load_model_for_inference(const fs::path& checkpoint_dir, int batch, 
   lm.backend = make_backend(run);
   lm.comm = make_single_process_communicator(*lm.backend);
   lm.params = std::make_unique<ParameterStore>(*lm.backend, *lm.comm, gpt2_param_layout(lm.config.model, 1), 0);
-  lm.model = std::make_unique<GPT>(lm.config.model, *lm.params, batch, seq_len);
+  // The training run's LM-head chunking bounds the logits memory here too
+  // (recompute only concerns backward).
+  const int head_chunks = int(std::min<int64_t>(lm.config.train.lm_head_chunks, int64_t(batch) * seq_len));
+  lm.model = std::make_unique<GPT>(lm.config.model, *lm.params, batch, seq_len,
+                                   ActivationOptions{Recompute::none, head_chunks});
   lm.params->load_full_weights(read_layout_tensors(reader, "model.bin", lm.params->layout(), "", lm.backend->dtype()));
   return lm;
 }
