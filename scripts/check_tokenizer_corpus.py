@@ -75,7 +75,9 @@ def main():
     p.add_argument("--keep", metavar="DIR", help="write the text and srgpt's gpt2 shards here and keep them")
     args = p.parse_args()
 
-    from transformers import GPT2Tokenizer, GPT2TokenizerFast
+    from transformers import GPT2TokenizerFast
+
+    from hf_gpt2_tokenizers import load_gpt2_tokenizers
 
     vocab = os.path.join(args.tokenizer_dir, "encoder.json")
     merges = os.path.join(args.tokenizer_dir, "vocab.bpe")
@@ -110,9 +112,9 @@ def main():
         for shard in sorted(glob.glob(os.path.join(out_dir, "train_*.bin"))):
             ours.extend(read_llmc_shard(shard))
 
-    tokenizers = {"GPT2TokenizerFast": GPT2TokenizerFast(vocab_file=vocab, merges_file=merges)}
-    if not args.fast_only:
-        tokenizers["GPT2Tokenizer"] = GPT2Tokenizer(vocab, merges)
+    tokenizers = load_gpt2_tokenizers(vocab, merges)
+    if args.fast_only:
+        del tokenizers["GPT2Tokenizer"]
     if args.hf_dir:
         tokenizers[f"exported {args.hf_dir}"] = GPT2TokenizerFast.from_pretrained(args.hf_dir)
 

@@ -35,17 +35,14 @@ def main():
     args = parser.parse_args()
 
     import regex
-    from transformers import GPT2Tokenizer, GPT2TokenizerFast
+    from hf_gpt2_tokenizers import load_gpt2_tokenizers
 
     vocab = os.path.join(args.tokenizer_dir, "encoder.json")
     merges = os.path.join(args.tokenizer_dir, "vocab.bpe")
     for path in (vocab, merges):
         if not os.path.isfile(path):
             sys.exit(f"error: {path} not found; run scripts/get_tokenizer.sh")
-    tokenizers = {
-        "GPT2Tokenizer": GPT2Tokenizer(vocab, merges),
-        "GPT2TokenizerFast": GPT2TokenizerFast(vocab_file=vocab, merges_file=merges),
-    }
+    tokenizers = load_gpt2_tokenizers(vocab, merges)
     with open(args.reference, encoding="utf-8") as f:
         cases = json.load(f)["cases"]
 

@@ -49,10 +49,10 @@ SRGPT_HD void adamw_bf16(bf16* w, bf16* m, bf16* v, float g, uint64_t index, boo
   float dir = adamw_moments(g, &mf, &vf, s);
   float wn = adamw_new_weight(wf, dir, s);
   if (sr) {
-    const uint64_t counter = index + s.index_offset;
-    *m = float_to_bf16_sr(mf, sr_random_bits(s.seed, s.step, counter, kSrAdamM));
-    *v = float_to_bf16_sr(vf, sr_random_bits(s.seed, s.step, counter, kSrAdamV));
-    *w = float_to_bf16_sr(wn, sr_random_bits(s.seed, s.step, counter, kSrWeights));
+    const uint64_t bits = sr_element_bits(s.seed, s.step, index + s.index_offset);
+    *m = float_to_bf16_sr(mf, sr_field(bits, kSrAdamM));
+    *v = float_to_bf16_sr(vf, sr_field(bits, kSrAdamV));
+    *w = float_to_bf16_sr(wn, sr_field(bits, kSrWeights));
   } else {
     *m = float_to_bf16_rn(mf);
     *v = float_to_bf16_rn(vf);

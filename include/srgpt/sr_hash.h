@@ -9,7 +9,8 @@
 
 namespace srgpt {
 
-// Independent streams for the three tensors an optimizer step rounds.
+// The three tensors an optimizer step rounds; each takes its own 16-bit
+// field of the element's random bits (bf16 SR needs 16 bits).
 enum SrStream : uint32_t { kSrWeights = 0, kSrAdamM = 1, kSrAdamV = 2 };
 
 // SplitMix64's finalizer: a bijective avalanche mix of 64 bits.
@@ -22,10 +23,21 @@ SRGPT_HD uint64_t mix64(uint64_t x) {
   return x;
 }
 
+// 64 random bits for element `index` at `step`. The per-step key does not
+// depend on the element, so a kernel computes it once for all its elements
+// and one mix per element serves all three roundings.
+SRGPT_HD uint64_t sr_element_bits(uint64_t seed, uint64_t step, uint64_t index) {
+  const uint64_t key = mix64(mix64(seed ^ 0x9e3779b97f4a7c15ull) ^ (step * 0xd1b54a32d192ed03ull));
+  return mix64(key ^ index);
+}
+
+// A stream's 16-bit field of an element's random bits.
+SRGPT_HD uint32_t sr_field(uint64_t element_bits, uint32_t stream) {
+  return uint32_t(element_bits >> (16 * stream)) & 0xffffu;
+}
+
 SRGPT_HD uint32_t sr_random_bits(uint64_t seed, uint64_t step, uint64_t index, uint32_t stream) {
-  uint64_t key = mix64(seed ^ 0x9e3779b97f4a7c15ull);
-  key = mix64(key ^ (step * 0xd1b54a32d192ed03ull + stream));
-  return uint32_t(mix64(key ^ index) >> 32);
+  return sr_field(sr_element_bits(seed, step, index), stream);
 }
 
 }  // namespace srgpt

@@ -115,13 +115,29 @@ TEST_CASE("SR bits are a pure function of (seed, step, index, stream), independe
   omp_set_num_threads(omp_get_num_procs());
 }
 
-TEST_CASE("SR random bits are uniform in their low 16 bits", "[sr]") {
-  // Chi-square over 256 buckets of the top byte of the 16 bits SR uses.
-  std::vector<int> hist(256, 0);
+TEST_CASE("SR random bits are uniform in each stream's 16 bits, and the streams independent", "[sr]") {
+  // Chi-square over 256 buckets: the top byte of each stream's 16 bits,
+  // and (top 4 bits of one stream, top 4 bits of another) jointly, since
+  // the three streams share one hash per element.
   const int n = 1 << 20;
-  for (int i = 0; i < n; ++i) ++hist[(sr_random_bits(7, 1, uint64_t(i), 0) >> 8) & 0xff];
-  double chi2 = 0, expect = double(n) / 256;
-  for (int h : hist) chi2 += (h - expect) * (h - expect) / expect;
+  auto chi2_of = [n](auto bucket) {
+    std::vector<int> hist(256, 0);
+    for (int i = 0; i < n; ++i) ++hist[bucket(uint64_t(i))];
+    double chi2 = 0, expect = double(n) / 256;
+    for (int h : hist) chi2 += (h - expect) * (h - expect) / expect;
+    return chi2;
+  };
   // 255 degrees of freedom: mean 255, sd ~22.6; 6 sigma bound.
-  CHECK(chi2 < 255 + 6 * 22.6);
+  const double bound = 255 + 6 * 22.6;
+  for (uint32_t stream : {kSrWeights, kSrAdamM, kSrAdamV}) {
+    INFO("stream " << stream);
+    CHECK(chi2_of([stream](uint64_t i) { return (sr_random_bits(7, 1, i, stream) >> 8) & 0xff; }) < bound);
+  }
+  const std::pair<uint32_t, uint32_t> pairs[] = {{kSrWeights, kSrAdamM}, {kSrWeights, kSrAdamV}, {kSrAdamM, kSrAdamV}};
+  for (const auto& [a, b] : pairs) {
+    INFO("streams " << a << " and " << b);
+    CHECK(chi2_of([a = a, b = b](uint64_t i) {
+            return ((sr_random_bits(7, 1, i, a) >> 12) << 4) | (sr_random_bits(7, 1, i, b) >> 12);
+          }) < bound);
+  }
 }
