@@ -1,8 +1,9 @@
 #pragma once
-// Matmuls through cuBLASLt with fp32 accumulation: the bias fused as an
-// epilogue, GELU applied to the stored pre-activation by gelu_forward, and
-// GELU's derivative fused (DGELU) in bf16 where cuBLASLt supports the shape;
-// otherwise a plain product into fp32 scratch and an epilogue kernel.
+// Matmuls through cuBLASLt with fp32 accumulation: bias and, in bf16, GELU
+// (GELU_AUX) and its derivative (DGELU) fused as epilogues where cuBLASLt
+// supports the shape; otherwise GELU applied to the stored pre-activation by
+// gelu_forward, and a plain product into fp32 scratch with an epilogue
+// kernel where no algorithm fits.
 // Bias gradients use the deterministic column reduction of reduce.cuh.
 #include <cublasLt.h>
 #include <cuda_runtime.h>

@@ -66,9 +66,13 @@ class Backend {
   virtual void layernorm_backward(void* din, void* dw, void* db, const void* dout, const void* in, const void* w,
                                   const void* mean, const void* rstd, int N, int C) = 0;
   // out[N,OC] = in[N,C] @ w[OC,C]^T + bias (bias may be null). With
-  // gelu_pre non-null the pre-activation goes there and out = gelu(pre),
-  // GELU taken of pre as stored (rounded to dtype()), as PyTorch computes it
-  // after a bf16 linear layer and as gelu_forward recomputes it.
+  // gelu_pre non-null the pre-activation goes there and out = gelu(pre):
+  // GELU of pre as stored (rounded to dtype()) on the cpu backend, as
+  // PyTorch computes it after a bf16 linear layer; the cuda backend may fuse
+  // it into the matmul in bf16, taking the fp32 value before rounding
+  // (within bf16 tolerance). A caller that recomputes out later with
+  // gelu_forward and needs the same bits computes it with gelu_forward in
+  // the first place (the model's GELU recompute does).
   virtual void matmul_forward(void* out, void* gelu_pre, const void* in, const void* w, const void* bias, int N,
                               int C, int OC) = 0;
   // out = gelu(pre) elementwise over n elements: recomputes matmul_forward's

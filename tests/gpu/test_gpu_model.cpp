@@ -134,15 +134,22 @@ TEST_CASE("gpu recompute keeps the loss and gradients and saves activation memor
     const double loss = again.gradients(inputs, targets);
     const auto grads = again.grads();
     const double error = relative_error(grads, kept_grads);
-    std::printf("[gpu] recompute %-9s activations %.1f -> %.1f MiB, gradient rel.err %.3e (bound 0)\n",
+    std::printf("[gpu] recompute %-9s activations %.1f -> %.1f MiB, loss %.6f vs %.6f, gradient rel.err %.3e\n",
                 recompute_name(recompute), kept.model.activation_bytes() / 1048576.0,
-                again.model.activation_bytes() / 1048576.0, error);
+                again.model.activation_bytes() / 1048576.0, loss, kept_loss, error);
     INFO("recompute " << recompute_name(recompute) << ": gradient relative error " << error);
     CHECK(again.model.activation_bytes() < kept.model.activation_bytes());
-    // Forward is unchanged, and backward recomputes forward's bits (GELU and
-    // LayerNorm are their own kernels in forward too).
-    CHECK(loss == kept_loss);
-    CHECK(error == 0.0);
+    // LayerNorm recompute gives forward's bits. With GELU recompute, forward
+    // runs GELU as its own kernel (the bits backward recomputes), where the
+    // kept run fuses it into the matmul from the unrounded value: equal
+    // within bf16 rounding.
+    if (recompute == Recompute::layernorm) {
+      CHECK(loss == kept_loss);
+      CHECK(error == 0.0);
+    } else {
+      CHECK(std::fabs(loss - kept_loss) <= 1e-3 * std::fabs(kept_loss));
+      CHECK(error <= 1e-2);
+    }
   }
 }
 
