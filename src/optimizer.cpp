@@ -85,6 +85,15 @@ std::vector<StateBuffer> Optimizer::state_buffers() {
   return out;
 }
 
+std::vector<std::vector<char>> Optimizer::state_on_host() {
+  std::vector<std::vector<char>> host;
+  for (const StateBuffer& s : state_buffers()) {
+    host.emplace_back(params_.state_elements() * dtype_size(s.dtype));
+    params_.backend().download(host.back().data(), s.data, host.back().size());
+  }
+  return host;
+}
+
 size_t Optimizer::state_bytes() const {
   return m_.bytes() + v_.bytes() + master_.bytes() + compensation_.bytes();
 }

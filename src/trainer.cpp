@@ -63,12 +63,6 @@ double flops_per_token(const ModelConfig& m, size_t params, int T) {
 
 fs::path checkpoint_root(const Config& c) { return fs::path(c.out_dir) / "checkpoints"; }
 
-std::vector<char> download(Backend& be, const void* src, size_t bytes) {
-  std::vector<char> host(bytes);
-  be.download(host.data(), src, bytes);
-  return host;
-}
-
 // One checkpoint tensor per layout tensor, pointing into a host copy of a
 // full flat buffer.
 std::vector<CheckpointTensor> layout_tensors(const Layout& layout, const std::string& prefix, DType dtype,
@@ -315,21 +309,21 @@ fs::path Trainer::save(int64_t step) {
     fail("refusing to write a checkpoint at step {}: the ranks' weights are not bit-identical (this rank's crc32 "
          "{:08x}); replicas have diverged, which is a bug in srgpt or a faulty device",
          step, uint32_t(weights_crc));
-  std::vector<std::vector<char>> state_host;
+  std::vector<std::vector<char>> state_host;  // outlives `files`, which point into it
   std::vector<CheckpointFile> files;
   if (rank == 0) files.push_back({"model.bin", layout_tensors(layout, "", backend_->dtype(), weights)});
   const auto states = optimizer_->state_buffers();
   const bool sharded = config_.dist.zero_stage > 0;
   if (sharded || rank == 0) {
     CheckpointFile optim{optim_file_name(rank), {}};
-    state_host.reserve(states.size());
-    for (const StateBuffer& s : states) {
-      const size_t bytes = params_->state_elements() * dtype_size(s.dtype);
-      state_host.push_back(download(*backend_, s.data, bytes));
+    state_host = optimizer_->state_on_host();
+    for (size_t i = 0; i < states.size(); ++i) {
+      const StateBuffer& s = states[i];
       if (sharded)
-        optim.tensors.push_back({s.name, s.dtype, {int64_t(params_->state_elements())}, state_host.back().data(), bytes});
+        optim.tensors.push_back(
+            {s.name, s.dtype, {int64_t(params_->state_elements())}, state_host[i].data(), state_host[i].size()});
       else
-        for (auto& t : layout_tensors(layout, s.name + "/", s.dtype, state_host.back())) optim.tensors.push_back(t);
+        for (auto& t : layout_tensors(layout, s.name + "/", s.dtype, state_host[i])) optim.tensors.push_back(t);
     }
     files.push_back(std::move(optim));
   }

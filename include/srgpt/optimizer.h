@@ -32,6 +32,8 @@ class Optimizer {
   // are all-gathered afterwards where the ZeRO stage needs it.
   void step(int64_t t, double lr, float grad_scale);
   std::vector<StateBuffer> state_buffers();
+  // Each state buffer's bytes in host memory, in state_buffers() order.
+  std::vector<std::vector<char>> state_on_host();
   size_t state_bytes() const;
 
  private:
