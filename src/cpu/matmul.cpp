@@ -45,6 +45,24 @@ void multiply_tile(size_t depth, const M* __restrict a_panel, const M* __restric
     for (int j = 0; j < kTileCols; ++j) tile[r * kTileCols + j] = sum[r][j];
 }
 
+// Packs `panels` panels of Width lines (a's rows or b's columns) over the
+// whole depth: packed[(panel * depth + k) * Width + w] = value(k, line),
+// line = panel * Width + w, zero past `lines`. An orphaned worksharing loop:
+// called inside the product's parallel region, it splits the panels over
+// its threads.
+template <int Width, typename M, typename Value>
+void pack_panels(M* packed, int64_t panels, size_t depth, size_t lines, Value value) {
+#pragma omp for schedule(static)
+  for (int64_t panel = 0; panel < panels; ++panel) {
+    M* dst = packed + size_t(panel) * depth * Width;
+    for (size_t k = 0; k < depth; ++k)
+      for (int w = 0; w < Width; ++w) {
+        const size_t line = size_t(panel) * Width + w;
+        dst[k * Width + w] = line < lines ? value(k, line) : M(0);
+      }
+  }
+}
+
 // product(i, j) = sum_k a(i, k) * b(k, j) for i < rows, j < cols, handed to
 // epilogue(i, j, value). The operands are converted to Math<S> once, into
 // zero-padded panels laid out in the order the tile kernel reads them.
@@ -60,24 +78,8 @@ void matrix_product(size_t rows, size_t cols, size_t depth, Operand<S> a, Operan
 
 #pragma omp parallel
   {
-#pragma omp for schedule(static)
-    for (int64_t tile = 0; tile < row_tiles; ++tile) {
-      M* dst = a_packed.data() + size_t(tile) * depth * kTileRows;
-      for (size_t k = 0; k < depth; ++k)
-        for (int r = 0; r < kTileRows; ++r) {
-          size_t i = size_t(tile) * kTileRows + r;
-          dst[k * kTileRows + r] = i < rows ? a.at(i, k) : M(0);
-        }
-    }
-#pragma omp for schedule(static)
-    for (int64_t panel = 0; panel < col_panels; ++panel) {
-      M* dst = b_packed.data() + size_t(panel) * depth * kTileCols;
-      for (size_t k = 0; k < depth; ++k)
-        for (int j = 0; j < kTileCols; ++j) {
-          size_t c = size_t(panel) * kTileCols + j;
-          dst[k * kTileCols + j] = c < cols ? b.at(k, c) : M(0);
-        }
-    }
+    pack_panels<kTileRows>(a_packed.data(), row_tiles, depth, rows, [&](size_t k, size_t i) { return a.at(i, k); });
+    pack_panels<kTileCols>(b_packed.data(), col_panels, depth, cols, [&](size_t k, size_t j) { return b.at(k, j); });
 
     M tile_values[kTileRows * kTileCols];
     for (int64_t first_panel = 0; first_panel < col_panels; first_panel += panels_per_pass) {
