@@ -15,10 +15,18 @@ Each (model, mode) runs in its own process so peak memory is measured
 cleanly. Prints the median step time after warm-up, tokens/s, MFU and peak
 memory, one line per run, then a table.
 
+--attention instead times PyTorch's causal scaled_dot_product_attention
+alone, forward and backward, at the models' shapes (bf16, [B, H, T, hd]),
+for each SDPA backend this PyTorch offers (its default choice, flash,
+cuDNN, memory-efficient), with the same FLOP counts as gpu_step_bench's
+per-kernel table: forward 4 B H T^2 hd / 2, backward 2.5x that.
+
   python3 scripts/bench_pytorch_gpt2.py                 # d12 and d24, both modes
   python3 scripts/bench_pytorch_gpt2.py --model d12 --mode bf16 --steps 30
+  python3 scripts/bench_pytorch_gpt2.py --attention
 """
 import argparse
+import contextlib
 import json
 import math
 import statistics
@@ -141,6 +149,74 @@ def run_one(args):
     print("RESULT " + json.dumps(result), flush=True)
 
 
+def median_cuda_ms(torch, fn, warmup=5, reps=20):
+    """Median of `reps` timings of fn() with CUDA events, after warm-up."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def attention_table(args):
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backends = [("default", None), ("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION),
+                ("efficient", SDPBackend.EFFICIENT_ATTENTION)]
+    rows = []
+    for model in args.model or ["d12", "d24"]:
+        cfg = MODELS[model]
+        B, T, H = args.batch, args.seq, cfg["n_head"]
+        hd = cfg["d_model"] // H
+        forward_flops = 4.0 * B * H * T * T * hd / 2
+        gen = torch.Generator(device="cuda").manual_seed(1)
+        q, k, v = (torch.randn(B, H, T, hd, device="cuda", dtype=torch.bfloat16, generator=gen).requires_grad_()
+                   for _ in range(3))
+        dout = torch.randn(B, H, T, hd, device="cuda", dtype=torch.bfloat16, generator=gen)
+
+        def forward():
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+        def forward_backward():
+            torch.autograd.grad(forward(), (q, k, v), dout)
+
+        for name, backend in backends:
+            try:
+                with sdpa_kernel([backend]) if backend is not None else contextlib.nullcontext():
+                    fwd_ms = median_cuda_ms(torch, forward)
+                    both_ms = median_cuda_ms(torch, forward_backward)
+            except RuntimeError as error:
+                print(f"attention {model} {name}: unavailable ({str(error).splitlines()[0][:120]})", flush=True)
+                continue
+            bwd_ms = both_ms - fwd_ms
+            row = dict(model=model, backend=name, B=B, T=T, H=H, hd=hd, forward_ms=fwd_ms, backward_ms=bwd_ms,
+                       forward_tflops=forward_flops / fwd_ms / 1e9, backward_tflops=2.5 * forward_flops / bwd_ms / 1e9,
+                       torch=torch.__version__, gpu=torch.cuda.get_device_name())
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+    print("\nPyTorch causal SDPA, bf16, batch %d, seq %d (backward = forward+backward minus forward)" % (
+        args.batch, args.seq))
+    print("| model | backend | forward ms | TFLOP/s | backward ms | TFLOP/s |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print("| %s (H=%d hd=%d) | %s | %.3f | %.0f | %.3f | %.0f |" % (
+            r["model"], r["H"], r["hd"], r["backend"], r["forward_ms"], r["forward_tflops"], r["backward_ms"],
+            r["backward_tflops"]))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=sorted(MODELS), action="append")
@@ -150,8 +226,12 @@ def main():
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--json", help="also write the results to this file (JSON lines)")
+    parser.add_argument("--attention", action="store_true",
+                        help="time causal scaled_dot_product_attention alone, per SDPA backend")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.attention:
+        return attention_table(args)
     if args.one:
         args.model, args.mode = args.model[0], args.mode[0]
         return run_one(args)

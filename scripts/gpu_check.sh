@@ -95,7 +95,14 @@ stage_pytorch() {
   local rc=$?
   tail -n 12 "$LOGS/pytorch.log"
   echo "pytorch: exit $rc (log $LOGS/pytorch.log)"
-  return $rc
+  # PyTorch's attention alone, per SDPA backend, beside gpu_step_bench's
+  # attention rows.
+  python3 scripts/bench_pytorch_gpt2.py --attention --json "$LOGS/pytorch-attention.jsonl" \
+    >"$LOGS/pytorch-attention.log" 2>&1
+  local attention_rc=$?
+  tail -n 12 "$LOGS/pytorch-attention.log"
+  echo "pytorch attention: exit $attention_rc (log $LOGS/pytorch-attention.log)"
+  [ $rc -eq 0 ] && [ $attention_rc -eq 0 ]
 }
 
 # ---- end-to-end checks: dist, export, demo ---------------------------------
