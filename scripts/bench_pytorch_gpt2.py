@@ -149,6 +149,12 @@ def run_one(args):
     print("RESULT " + json.dumps(result), flush=True)
 
 
+def write_json_lines(path, rows):
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
 def median_cuda_ms(torch, fn, warmup=5, reps=20):
     """Median of `reps` timings of fn() with CUDA events, after warm-up."""
     for _ in range(warmup):
@@ -204,9 +210,7 @@ def attention_table(args):
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
+        write_json_lines(args.json, rows)
     print("\nPyTorch causal SDPA, bf16, batch %d, seq %d (backward = forward+backward minus forward)" % (
         args.batch, args.seq))
     print("| model | backend | forward ms | TFLOP/s | backward ms | TFLOP/s |")
@@ -251,9 +255,7 @@ def main():
             results.append(result)
             print(json.dumps(result), flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            for r in results:
-                f.write(json.dumps(r) + "\n")
+        write_json_lines(args.json, results)
     print("\nPyTorch reference (torch.compile), micro batch %d, seq %d" % (args.batch, args.seq))
     print("| model | mode | step ms | tokens/s | MFU | peak alloc GiB | peak reserved GiB |")
     print("|---|---|---|---|---|---|---|")
