@@ -24,7 +24,22 @@ constexpr float kLn2 = 0.6931471805599453f;
 constexpr int kPad = 8;
 constexpr int kWarps = 4;
 constexpr int kThreads = 32 * kWarps;
-constexpr int kTile = 64;  // rows per tile: queries (forward, dQ) and keys (all passes)
+
+// Tiling per head size. Each warp owns 16 * kBlocksPerWarp rows (queries
+// in the forward and dQ passes, keys in the dK/dV pass). With two 16-row
+// blocks every fragment a warp reads from shared memory feeds two mma
+// instead of one, halving the shared-memory traffic per mma and giving
+// each warp two independent chains; head size 128 keeps one block so that
+// its accumulators stay within 255 registers.
+template <int HD>
+struct AttentionTiles {
+  static constexpr int kBlocksPerWarp = HD == 64 ? 2 : 1;
+  static constexpr int kRowsPerWarp = 16 * kBlocksPerWarp;
+  static constexpr int kRows = kWarps * kRowsPerWarp;  // rows one block owns
+  static constexpr int kForwardKeys = 64;              // key tile of the forward pass
+  static constexpr int kDqKeys = HD == 64 ? 32 : 64;   // key tile of the dQ pass
+  static constexpr int kDkdvQueries = 32;              // query tile of the dK/dV pass
+};
 
 __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm volatile(
@@ -93,42 +108,90 @@ __device__ __forceinline__ const uint16_t* b_address(const uint16_t* tile, int r
   return tile + (row0 + (lane % 8) + 8 * ((lane / 8) % 2)) * Stride + col0 + 8 * (lane / 16);
 }
 
-// acc[16 x 8*NB] += A[16 x 16*KB] (fragments from a row-major tile) times
-// tile_b^T, where tile_b holds 8*NB rows of 16*KB columns.
-template <int Stride, int KB, int NB>
-__device__ __forceinline__ void mma_a_tile_bt_tile(float (&acc)[NB][4], const uint16_t* tile_a, int a_row0,
-                                                   const uint16_t* tile_b, int lane) {
+// A fragments of MB row blocks (rows row0 + 16 m) x KB column blocks of a
+// row-major tile, held in registers.
+template <int Stride, int MB, int KB>
+__device__ __forceinline__ void load_a_fragments(uint32_t (&a)[MB][KB][4], const uint16_t* tile, int row0,
+                                                 int lane) {
+#pragma unroll
+  for (int m = 0; m < MB; ++m) {
+#pragma unroll
+    for (int kb = 0; kb < KB; ++kb) ldmatrix_x4(a[m][kb], a_address<Stride>(tile, row0 + 16 * m, kb * 16, lane));
+  }
+}
+
+// Sources of the A operand for mma_a_bt_tile: fill a[m] with k-block kb of
+// row block m, from fragments held in registers, or read from a shared tile
+// one k-block at a time (fewer registers, more shared-memory reads).
+template <int MB, int KB>
+struct FragmentsInRegisters {
+  const uint32_t (&fragments)[MB][KB][4];
+  __device__ __forceinline__ void operator()(int kb, uint32_t (&a)[MB][4]) const {
+#pragma unroll
+    for (int m = 0; m < MB; ++m) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) a[m][i] = fragments[m][kb][i];
+    }
+  }
+};
+template <int Stride, int MB>
+struct FragmentsInShared {
+  const uint16_t* tile;
+  int row0, lane;
+  __device__ __forceinline__ void operator()(int kb, uint32_t (&a)[MB][4]) const {
+#pragma unroll
+    for (int m = 0; m < MB; ++m) ldmatrix_x4(a[m], a_address<Stride>(tile, row0 + 16 * m, kb * 16, lane));
+  }
+};
+
+// acc[m] (16 x 8*NB) += A_m (16 x 16*KB) times tile_b^T, where tile_b holds
+// 8*NB rows of 16*KB columns. Each B fragment read from shared memory
+// serves all MB row blocks.
+template <int Stride, int MB, int KB, int NB, typename ASource>
+__device__ __forceinline__ void mma_a_bt_tile(float (&acc)[MB][NB][4], const ASource& a_source,
+                                              const uint16_t* tile_b, int lane) {
 #pragma unroll
   for (int kb = 0; kb < KB; ++kb) {
-    uint32_t a[4];
-    ldmatrix_x4(a, a_address<Stride>(tile_a, a_row0, kb * 16, lane));
+    uint32_t a[MB][4];
+    a_source(kb, a);
 #pragma unroll
     for (int nb = 0; nb < NB / 2; ++nb) {
       uint32_t b[4];
       ldmatrix_x4(b, bt_address<Stride>(tile_b, nb * 16, kb * 16, lane));
-      mma_bf16(acc[2 * nb], a, b[0], b[1]);
-      mma_bf16(acc[2 * nb + 1], a, b[2], b[3]);
+#pragma unroll
+      for (int m = 0; m < MB; ++m) {
+        mma_bf16(acc[m][2 * nb], a[m], b[0], b[1]);
+        mma_bf16(acc[m][2 * nb + 1], a[m], b[2], b[3]);
+      }
     }
   }
 }
 
-// acc[16 x HD] += P[16 x 16*KB] (fp32 accumulators, rounded to bf16) times
-// tile_b[16*KB rows x HD].
-template <int Stride, int KB, int HD>
-__device__ __forceinline__ void mma_acc_b_tile(float (&acc)[HD / 8][4], const float (&p)[2 * KB][4],
-                                               const uint16_t* tile_b, int lane) {
+// acc[m] (16 x HD) += P_m (16 x 16*KB fp32 accumulators, rounded to bf16)
+// times tile_b (16*KB rows x HD).
+template <int Stride, int MB, int KB, int HD>
+__device__ __forceinline__ void mma_p_b_tile(float (&acc)[MB][HD / 8][4], const float (&p)[MB][2 * KB][4],
+                                             const uint16_t* tile_b, int lane) {
 #pragma unroll
   for (int kb = 0; kb < KB; ++kb) {
     // The C layout of two adjacent n-blocks is the A layout of one k-block.
-    const uint32_t a[4] = {pack_bf16(p[2 * kb][0], p[2 * kb][1]), pack_bf16(p[2 * kb][2], p[2 * kb][3]),
-                           pack_bf16(p[2 * kb + 1][0], p[2 * kb + 1][1]),
-                           pack_bf16(p[2 * kb + 1][2], p[2 * kb + 1][3])};
+    uint32_t a[MB][4];
+#pragma unroll
+    for (int m = 0; m < MB; ++m) {
+      a[m][0] = pack_bf16(p[m][2 * kb][0], p[m][2 * kb][1]);
+      a[m][1] = pack_bf16(p[m][2 * kb][2], p[m][2 * kb][3]);
+      a[m][2] = pack_bf16(p[m][2 * kb + 1][0], p[m][2 * kb + 1][1]);
+      a[m][3] = pack_bf16(p[m][2 * kb + 1][2], p[m][2 * kb + 1][3]);
+    }
 #pragma unroll
     for (int db = 0; db < HD / 16; ++db) {
       uint32_t b[4];
       ldmatrix_x4_trans(b, b_address<Stride>(tile_b, kb * 16, db * 16, lane));
-      mma_bf16(acc[2 * db], a, b[0], b[1]);
-      mma_bf16(acc[2 * db + 1], a, b[2], b[3]);
+#pragma unroll
+      for (int m = 0; m < MB; ++m) {
+        mma_bf16(acc[m][2 * db], a[m], b[0], b[1]);
+        mma_bf16(acc[m][2 * db + 1], a[m], b[2], b[3]);
+      }
     }
   }
 }
@@ -149,8 +212,8 @@ __device__ __forceinline__ void load_tile_async(uint16_t* tile, const uint16_t* 
 }
 
 // Writes a warp's 16 x HD fp32 accumulator block (times `scale`) as bf16
-// into rows [row0, row0 + 16) of global memory, staged through the warp's
-// own 16 rows of a shared tile for 16-byte stores.
+// into rows [row0, row0 + 16) of global memory, staged through 16 rows of
+// a shared tile that only this warp uses, for 16-byte stores.
 template <int HD>
 __device__ __forceinline__ void store_warp_rows(uint16_t* global_base, size_t stride, int row0, int T,
                                                 const float (&acc)[HD / 8][4], float scale, uint16_t* warp_rows,
@@ -175,40 +238,62 @@ __device__ __forceinline__ void store_warp_rows(uint16_t* global_base, size_t st
   }
 }
 
-// Key and value tiles double-buffered in sK and sV (two kTile-row halves
-// each): starts copying key tile j + 1 into the half tile j does not use,
-// then waits, block-wide, until tile j is in shared memory.
-template <int HD>
-__device__ __forceinline__ void wait_kv_tile_prefetch_next(uint16_t* sK, uint16_t* sV, int j, int key_tiles,
-                                                           const uint16_t* k_base, const uint16_t* v_base, int T,
-                                                           size_t qkv_stride) {
-  constexpr int S = HD + kPad;
-  const int next = (j + 1) & 1;
-  if (j + 1 < key_tiles) {
-    load_tile_async<kTile, HD>(sK + next * kTile * S, k_base, (j + 1) * kTile, T, qkv_stride);
-    load_tile_async<kTile, HD>(sV + next * kTile * S, v_base, (j + 1) * kTile, T, qkv_stride);
-    cp_async_commit();
-    cp_async_wait<1>();
-  } else {
-    cp_async_wait<0>();
-  }
-  __syncthreads();
+// Stores all MB row blocks of a warp (rows row0 + 16 m), staging through
+// the warp's own rows of a shared tile.
+template <int HD, int MB>
+__device__ __forceinline__ void store_warp_blocks(uint16_t* global_base, size_t stride, int row0, int T,
+                                                  const float (&acc)[MB][HD / 8][4], float scale,
+                                                  uint16_t* warp_rows, int lane) {
+#pragma unroll
+  for (int m = 0; m < MB; ++m)
+    store_warp_rows<HD>(global_base, stride, row0 + 16 * m, T, acc[m], scale, warp_rows + 16 * m * (HD + kPad),
+                        lane);
 }
 
-// s += Q K^T for one warp's 16 queries, whose fragments are in registers,
-// and a key tile of kTile rows.
-template <int HD>
-__device__ __forceinline__ void warp_qk_scores(float (&s)[kTile / 8][4], const uint32_t (&q_frag)[HD / 16][4],
-                                               const uint16_t* k_tile, int lane) {
-  constexpr int S = HD + kPad;
+// The loop every pass runs over its streamed tiles, double-buffered: the
+// caller has issued and committed tile 0's copies into buffer 0. For tile
+// i, load(i + 1, buffer) issues the next tile's copies into the other
+// buffer, then, once tile i is in shared memory block-wide, body(i, buffer)
+// computes on it; the barrier after it lets the next load reuse the buffer.
+template <typename Load, typename Body>
+__device__ __forceinline__ void walk_tiles(int tiles, Load&& load, Body&& body) {
+  for (int i = 0; i < tiles; ++i) {
+    const int buffer = i & 1;
+    if (i + 1 < tiles) {
+      load(i + 1, buffer ^ 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    body(i, buffer);
+    __syncthreads();
+  }
+}
+
+// Scores S = Q K^T of a warp's MB query blocks (first query `query0`)
+// against keys key0.. into the log2 domain (times scale_log2); a key after
+// its query gets -inf.
+template <int MB, int NB>
+__device__ __forceinline__ void scale_and_mask_scores(float (&s)[MB][NB][4], float scale_log2, int key0, int query0,
+                                                      int lane) {
+  const int g = lane / 4, q = lane % 4;
+  const bool needs_mask = key0 + 8 * NB - 1 > query0;
 #pragma unroll
-  for (int kb = 0; kb < HD / 16; ++kb) {
+  for (int m = 0; m < MB; ++m) {
 #pragma unroll
-    for (int nb = 0; nb < kTile / 16; ++nb) {
-      uint32_t kf[4];
-      ldmatrix_x4(kf, bt_address<S>(k_tile, nb * 16, kb * 16, lane));
-      mma_bf16(s[2 * nb], q_frag[kb], kf[0], kf[1]);
-      mma_bf16(s[2 * nb + 1], q_frag[kb], kf[2], kf[3]);
+    for (int nb = 0; nb < NB; ++nb) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float v = s[m][nb][e] * scale_log2;
+        if (needs_mask) {
+          const int key = key0 + nb * 8 + 2 * q + (e & 1);
+          const int query = query0 + 16 * m + g + 8 * (e / 2);
+          if (key > query) v = -INFINITY;
+        }
+        s[m][nb][e] = v;
+      }
     }
   }
 }
@@ -224,168 +309,156 @@ __device__ __forceinline__ float quad_sum(float x) {
 }
 
 // =====================================================================
-// Forward, tensor cores: block = (64-query tile, batch*head), 4 warps of 16
-// queries; key/value tiles double-buffered with cp.async.
+// Forward, tensor cores: block = (kRows-query tile, batch*head), each warp
+// kRowsPerWarp queries; key/value tiles streamed through walk_tiles.
 // =====================================================================
 template <int HD>
 constexpr size_t forward_shared_bytes() {
-  return sizeof(uint16_t) * size_t(kTile) * (HD + kPad) * 5;  // Q, 2 x K, 2 x V
+  using Tiles = AttentionTiles<HD>;
+  return sizeof(uint16_t) * size_t(HD + kPad) * (Tiles::kRows + 4 * Tiles::kForwardKeys);  // Q, 2 x K, 2 x V
 }
 
 template <int HD>
 __global__ void __launch_bounds__(kThreads) attention_forward_tc_kernel(uint16_t* out, float* lse,
                                                                         const uint16_t* qkv, int T, int C, int H,
                                                                         float scale_log2) {
-  constexpr int S = HD + kPad;
+  using Tiles = AttentionTiles<HD>;
+  constexpr int S = HD + kPad, MB = Tiles::kBlocksPerWarp, KT = Tiles::kForwardKeys;
   extern __shared__ __align__(16) uint16_t smem[];
-  uint16_t* sQ = smem;
-  uint16_t* sK = sQ + kTile * S;      // [2][kTile][S]
-  uint16_t* sV = sK + 2 * kTile * S;  // [2][kTile][S]
+  uint16_t* sQ = smem;                   // [kRows][S]
+  uint16_t* sK = sQ + Tiles::kRows * S;  // [2][KT][S]
+  uint16_t* sV = sK + 2 * KT * S;        // [2][KT][S]
 
   // Later query tiles attend to more keys: start them first.
-  const int q_tile = gridDim.x - 1 - blockIdx.x;
+  const int q0 = (gridDim.x - 1 - blockIdx.x) * Tiles::kRows;
   const int bh = blockIdx.y, b = bh / H, h = bh % H;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+  const int warp_q0 = q0 + warp * Tiles::kRowsPerWarp;  // this warp's first query
   const size_t qkv_stride = 3 * size_t(C);
   const uint16_t* q_base = qkv + size_t(b) * T * qkv_stride + size_t(h) * HD;
   const uint16_t* k_base = q_base + C;
   const uint16_t* v_base = q_base + 2 * C;
-  const int q0 = q_tile * kTile;
 
-  load_tile_async<kTile, HD>(sQ, q_base, q0, T, qkv_stride);
-  load_tile_async<kTile, HD>(sK, k_base, 0, T, qkv_stride);
-  load_tile_async<kTile, HD>(sV, v_base, 0, T, qkv_stride);
+  load_tile_async<Tiles::kRows, HD>(sQ, q_base, q0, T, qkv_stride);
+  load_tile_async<KT, HD>(sK, k_base, 0, T, qkv_stride);
+  load_tile_async<KT, HD>(sV, v_base, 0, T, qkv_stride);
   cp_async_commit();
 
-  uint32_t q_frag[HD / 16][4];
-  float o[HD / 8][4] = {};
-  float row_max[2] = {-INFINITY, -INFINITY};  // log2 domain
-  float row_sum[2] = {0.0f, 0.0f};            // this lane's share; quad-summed at the end
-  const int key_tiles = q_tile + 1;
-  for (int j = 0; j < key_tiles; ++j) {
-    const int buffer = j & 1;
-    wait_kv_tile_prefetch_next<HD>(sK, sV, j, key_tiles, k_base, v_base, T, qkv_stride);
-    if (j == 0) {
+  uint32_t q_frag[MB][HD / 16][4];
+  float o[MB][HD / 8][4] = {};
+  float row_max[MB][2], row_sum[MB][2];  // log2 domain; row_sum is this lane's share, quad-summed at the end
 #pragma unroll
-      for (int kb = 0; kb < HD / 16; ++kb) ldmatrix_x4(q_frag[kb], a_address<S>(sQ, warp * 16, kb * 16, lane));
-    }
-    const uint16_t* k_tile = sK + buffer * kTile * S;
-    const uint16_t* v_tile = sV + buffer * kTile * S;
-
-    // S = Q K^T for this warp's 16 queries x 64 keys.
-    float s[kTile / 8][4] = {};
-    warp_qk_scores<HD>(s, q_frag, k_tile, lane);
-
-    // Scale into the log2 domain, mask the future on the diagonal tile,
-    // and update the running max. Every row keeps at least one key (key 0
-    // of the tile is never after the tile's first query), so no row max
-    // is -inf after the first tile.
-    const bool diagonal = j == q_tile;
-    float tile_max[2] = {row_max[0], row_max[1]};
+  for (int m = 0; m < MB; ++m) {
+    row_max[m][0] = row_max[m][1] = -INFINITY;
+    row_sum[m][0] = row_sum[m][1] = 0.0f;
+  }
+  const int key_tiles = (min(q0 + Tiles::kRows, T) + KT - 1) / KT;
+  walk_tiles(
+      key_tiles,
+      [&](int j, int buffer) {
+        load_tile_async<KT, HD>(sK + buffer * KT * S, k_base, j * KT, T, qkv_stride);
+        load_tile_async<KT, HD>(sV + buffer * KT * S, v_base, j * KT, T, qkv_stride);
+      },
+      [&](int j, int buffer) {
+        if (j == 0) load_a_fragments<S, MB, HD / 16>(q_frag, sQ, warp * Tiles::kRowsPerWarp, lane);
+        const int key0 = j * KT;
+        // Tiles wholly after this warp's queries, and warps wholly past T,
+        // have nothing to add. Tile 0 is never skipped by a row below T, so
+        // every stored row has a finite max.
+        if (key0 > warp_q0 + Tiles::kRowsPerWarp - 1 || warp_q0 >= T) return;
+        float s[MB][KT / 8][4] = {};
+        mma_a_bt_tile<S, MB, HD / 16, KT / 8>(s, FragmentsInRegisters<MB, HD / 16>{q_frag}, sK + buffer * KT * S,
+                                              lane);
+        scale_and_mask_scores(s, scale_log2, key0, warp_q0, lane);
 #pragma unroll
-    for (int nb = 0; nb < kTile / 8; ++nb) {
+        for (int m = 0; m < MB; ++m) {
+          float tile_max[2] = {row_max[m][0], row_max[m][1]};
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int half = e / 2;
-        float v = s[nb][e] * scale_log2;
-        if (diagonal) {
-          const int key = j * kTile + nb * 8 + 2 * q + (e & 1);
-          const int query = q0 + warp * 16 + g + 8 * half;
-          if (key > query) v = -INFINITY;
+          for (int nb = 0; nb < KT / 8; ++nb) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) tile_max[e / 2] = fmaxf(tile_max[e / 2], s[m][nb][e]);
+          }
+          float correction[2];
+#pragma unroll
+          for (int half = 0; half < 2; ++half) {
+            tile_max[half] = quad_max(tile_max[half]);
+            correction[half] = exp2f(row_max[m][half] - tile_max[half]);
+            row_max[m][half] = tile_max[half];
+            row_sum[m][half] *= correction[half];
+          }
+#pragma unroll
+          for (int nb = 0; nb < KT / 8; ++nb) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const float p = exp2f(s[m][nb][e] - row_max[m][e / 2]);
+              s[m][nb][e] = p;
+              row_sum[m][e / 2] += p;
+            }
+          }
+#pragma unroll
+          for (int db = 0; db < HD / 8; ++db) {
+            o[m][db][0] *= correction[0];
+            o[m][db][1] *= correction[0];
+            o[m][db][2] *= correction[1];
+            o[m][db][3] *= correction[1];
+          }
         }
-        s[nb][e] = v;
-        tile_max[half] = fmaxf(tile_max[half], v);
-      }
-    }
-    float correction[2];
+        mma_p_b_tile<S, MB, KT / 16, HD>(o, s, sV + buffer * KT * S, lane);  // O += P V
+      });
+
+#pragma unroll
+  for (int m = 0; m < MB; ++m) {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      tile_max[half] = quad_max(tile_max[half]);
-      correction[half] = exp2f(row_max[half] - tile_max[half]);
-      row_max[half] = tile_max[half];
-      row_sum[half] *= correction[half];
-    }
+      row_sum[m][half] = quad_sum(row_sum[m][half]);
+      const float inverse = 1.0f / row_sum[m][half];
 #pragma unroll
-    for (int nb = 0; nb < kTile / 8; ++nb) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float p = exp2f(s[nb][e] - row_max[e / 2]);
-        s[nb][e] = p;
-        row_sum[e / 2] += p;
+      for (int db = 0; db < HD / 8; ++db) {
+        o[m][db][2 * half] *= inverse;
+        o[m][db][2 * half + 1] *= inverse;
       }
+      const int t = warp_q0 + 16 * m + g + 8 * half;
+      if (q == 0 && t < T) lse[size_t(bh) * T + t] = (row_max[m][half] + log2f(row_sum[m][half])) * kLn2;
     }
-#pragma unroll
-    for (int db = 0; db < HD / 8; ++db) {
-      o[db][0] *= correction[0];
-      o[db][1] *= correction[0];
-      o[db][2] *= correction[1];
-      o[db][3] *= correction[1];
-    }
-    // O += P V
-    mma_acc_b_tile<S, kTile / 16, HD>(o, s, v_tile, lane);
-    __syncthreads();  // the next prefetch overwrites this buffer
-  }
-
-  float inverse[2];
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    row_sum[half] = quad_sum(row_sum[half]);
-    inverse[half] = 1.0f / row_sum[half];
-  }
-#pragma unroll
-  for (int db = 0; db < HD / 8; ++db) {
-    o[db][0] *= inverse[0];
-    o[db][1] *= inverse[0];
-    o[db][2] *= inverse[1];
-    o[db][3] *= inverse[1];
   }
   // The warp's Q rows are in registers; reuse them to stage the output.
-  store_warp_rows<HD>(out + size_t(b) * T * C + size_t(h) * HD, size_t(C), q0 + warp * 16, T, o, 1.0f,
-                      sQ + warp * 16 * S, lane);
-  if (q == 0) {
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int t = q0 + warp * 16 + g + 8 * half;
-      if (t < T) lse[size_t(bh) * T + t] = (row_max[half] + log2f(row_sum[half])) * kLn2;
-    }
-  }
+  store_warp_blocks<HD, MB>(out + size_t(b) * T * C + size_t(h) * HD, size_t(C), warp_q0, T, o, 1.0f,
+                            sQ + warp * Tiles::kRowsPerWarp * S, lane);
 }
 
 // =====================================================================
-// Backward, tensor cores, dK and dV: block = (64-key tile, batch*head), 4
-// warps of 16 keys; loops over the query tiles at or after the key tile
-// (kQueryTile rows each, double-buffered), accumulating in registers.
+// Backward, tensor cores, dK and dV: block = (kRows-key tile, batch*head),
+// each warp kRowsPerWarp keys; streams the query tiles at or after the key
+// tile (kDkdvQueries rows each), accumulating in registers.
 //   S^T = K Q^T, P^T = exp(S^T - lse), dV += P^T dO,
 //   dP^T = V dO^T, dS^T = P^T (dP^T - D), dK += dS^T Q.
 // =====================================================================
 template <int HD>
-constexpr int query_tile_of_dkdv() {
-  return HD == 128 ? 32 : 64;  // keeps the register accumulators in budget
-}
-
-template <int HD>
 constexpr size_t dkdv_shared_bytes() {
-  constexpr int QT = query_tile_of_dkdv<HD>();
-  return sizeof(uint16_t) * size_t(HD + kPad) * (2 * kTile + 4 * QT) + sizeof(float) * 4 * QT;
+  using Tiles = AttentionTiles<HD>;
+  constexpr int QT = Tiles::kDkdvQueries;
+  return sizeof(uint16_t) * size_t(HD + kPad) * (2 * Tiles::kRows + 4 * QT) + sizeof(float) * 4 * QT;
 }
 
 template <int HD>
 __global__ void __launch_bounds__(kThreads)
     attention_backward_dkdv_tc_kernel(uint16_t* dqkv, const uint16_t* dout, const uint16_t* qkv, const float* lse,
                                       const float* row_dot, int T, int C, int H, float scale, float scale_log2) {
-  constexpr int S = HD + kPad;
-  constexpr int QT = query_tile_of_dkdv<HD>();
+  using Tiles = AttentionTiles<HD>;
+  constexpr int S = HD + kPad, MB = Tiles::kBlocksPerWarp, QT = Tiles::kDkdvQueries;
   extern __shared__ __align__(16) uint16_t smem[];
-  uint16_t* sK = smem;
-  uint16_t* sV = sK + kTile * S;
-  uint16_t* sQ = sV + kTile * S;       // [2][QT][S]
-  uint16_t* sdO = sQ + 2 * QT * S;     // [2][QT][S]
+  uint16_t* sK = smem;                                       // [kRows][S]
+  uint16_t* sV = sK + Tiles::kRows * S;                      // [kRows][S]
+  uint16_t* sQ = sV + Tiles::kRows * S;                      // [2][QT][S]
+  uint16_t* sdO = sQ + 2 * QT * S;                           // [2][QT][S]
   float* sLse = reinterpret_cast<float*>(sdO + 2 * QT * S);  // [2][QT], log2 domain
-  float* sDot = sLse + 2 * QT;                                // [2][QT]
+  float* sDot = sLse + 2 * QT;                               // [2][QT]
 
-  const int k0 = blockIdx.x * kTile;
+  // Earlier key tiles see more queries; they come first in launch order.
+  const int k0 = blockIdx.x * Tiles::kRows;
   const int bh = blockIdx.y, b = bh / H, h = bh % H;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+  const int warp_k0 = k0 + warp * Tiles::kRowsPerWarp;  // this warp's first key
   const size_t qkv_stride = 3 * size_t(C);
   const uint16_t* q_base = qkv + size_t(b) * T * qkv_stride + size_t(h) * HD;
   const uint16_t* k_base = q_base + C;
@@ -394,159 +467,165 @@ __global__ void __launch_bounds__(kThreads)
   const float* lse_row = lse + size_t(bh) * T;
   const float* dot_row = row_dot + size_t(bh) * T;
 
-  auto load_query_tile = [&](int buffer, int row0) {
+  auto load_query_tile = [&](int i, int buffer) {
+    const int row0 = k0 + i * QT;
     load_tile_async<QT, HD>(sQ + buffer * QT * S, q_base, row0, T, qkv_stride);
     load_tile_async<QT, HD>(sdO + buffer * QT * S, dout_base, row0, T, size_t(C));
-    for (int i = threadIdx.x; i < QT; i += kThreads) {
-      const int t = row0 + i;
-      sLse[buffer * QT + i] = t < T ? lse_row[t] * kLog2e : 0.0f;
-      sDot[buffer * QT + i] = t < T ? dot_row[t] : 0.0f;
+    for (int r = threadIdx.x; r < QT; r += kThreads) {
+      const int t = row0 + r;
+      sLse[buffer * QT + r] = t < T ? lse_row[t] * kLog2e : 0.0f;
+      sDot[buffer * QT + r] = t < T ? dot_row[t] : 0.0f;
     }
   };
 
-  load_tile_async<kTile, HD>(sK, k_base, k0, T, qkv_stride);
-  load_tile_async<kTile, HD>(sV, v_base, k0, T, qkv_stride);
-  load_query_tile(0, k0);
+  load_tile_async<Tiles::kRows, HD>(sK, k_base, k0, T, qkv_stride);
+  load_tile_async<Tiles::kRows, HD>(sV, v_base, k0, T, qkv_stride);
+  load_query_tile(0, 0);
   cp_async_commit();
 
-  float dk[HD / 8][4] = {}, dv[HD / 8][4] = {};
-  const int query_tiles = (T - k0 + QT - 1) / QT;
-  for (int i = 0; i < query_tiles; ++i) {
-    const int buffer = i & 1;
+  float dk[MB][HD / 8][4] = {}, dv[MB][HD / 8][4] = {};
+  walk_tiles((T - k0 + QT - 1) / QT, load_query_tile, [&](int i, int buffer) {
     const int row0 = k0 + i * QT;
-    if (i + 1 < query_tiles) {
-      load_query_tile(buffer ^ 1, row0 + QT);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
+    // Query tiles wholly before this warp's keys, and warps wholly past T,
+    // have nothing to add.
+    if (row0 + QT - 1 < warp_k0 || warp_k0 >= T) return;
     const uint16_t* q_tile = sQ + buffer * QT * S;
     const uint16_t* dout_tile = sdO + buffer * QT * S;
     const float* tile_lse = sLse + buffer * QT;
     const float* tile_dot = sDot + buffer * QT;
 
-    // P^T for this warp's 16 keys x QT queries (fp32, masked).
-    float p[QT / 8][4] = {};
-    mma_a_tile_bt_tile<S, HD / 16, QT / 8>(p, sK, warp * 16, q_tile, lane);
+    // P^T for this warp's keys x QT queries (fp32, masked).
+    float p[MB][QT / 8][4] = {};
+    mma_a_bt_tile<S, MB, HD / 16, QT / 8>(p, FragmentsInShared<S, MB>{sK, warp * Tiles::kRowsPerWarp, lane}, q_tile,
+                                          lane);
 #pragma unroll
-    for (int nb = 0; nb < QT / 8; ++nb) {
+    for (int m = 0; m < MB; ++m) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int key = k0 + warp * 16 + g + 8 * (e / 2);
-        const int column = nb * 8 + 2 * q + (e & 1);
-        const int query = row0 + column;
-        p[nb][e] = (query >= key && query < T) ? exp2f(p[nb][e] * scale_log2 - tile_lse[column]) : 0.0f;
+      for (int nb = 0; nb < QT / 8; ++nb) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int key = warp_k0 + 16 * m + g + 8 * (e / 2);
+          const int column = nb * 8 + 2 * q + (e & 1);
+          const int query = row0 + column;
+          const float value = exp2f(p[m][nb][e] * scale_log2 - tile_lse[column]);
+          p[m][nb][e] = query >= key && query < T ? value : 0.0f;
+        }
       }
     }
-    // dV += P^T dO
-    mma_acc_b_tile<S, QT / 16, HD>(dv, p, dout_tile, lane);
+    mma_p_b_tile<S, MB, QT / 16, HD>(dv, p, dout_tile, lane);  // dV += P^T dO
     // dS^T = P^T (dP^T - D), dP^T = V dO^T
-    float ds[QT / 8][4] = {};
-    mma_a_tile_bt_tile<S, HD / 16, QT / 8>(ds, sV, warp * 16, dout_tile, lane);
+    float ds[MB][QT / 8][4] = {};
+    mma_a_bt_tile<S, MB, HD / 16, QT / 8>(ds, FragmentsInShared<S, MB>{sV, warp * Tiles::kRowsPerWarp, lane},
+                                          dout_tile, lane);
 #pragma unroll
-    for (int nb = 0; nb < QT / 8; ++nb) {
+    for (int m = 0; m < MB; ++m) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) ds[nb][e] = p[nb][e] * (ds[nb][e] - tile_dot[nb * 8 + 2 * q + (e & 1)]);
+      for (int nb = 0; nb < QT / 8; ++nb) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          ds[m][nb][e] = p[m][nb][e] * (ds[m][nb][e] - tile_dot[nb * 8 + 2 * q + (e & 1)]);
+      }
     }
-    // dK += dS^T Q
-    mma_acc_b_tile<S, QT / 16, HD>(dk, ds, q_tile, lane);
-    __syncthreads();  // the next prefetch overwrites this buffer
-  }
+    mma_p_b_tile<S, MB, QT / 16, HD>(dk, ds, q_tile, lane);  // dK += dS^T Q
+  });
 
   // Each warp's K and V rows were only read by that warp: stage there.
   uint16_t* dqkv_base = dqkv + size_t(b) * T * qkv_stride + size_t(h) * HD;
-  store_warp_rows<HD>(dqkv_base + C, qkv_stride, k0 + warp * 16, T, dk, scale, sK + warp * 16 * S, lane);
-  store_warp_rows<HD>(dqkv_base + 2 * C, qkv_stride, k0 + warp * 16, T, dv, 1.0f, sV + warp * 16 * S, lane);
+  store_warp_blocks<HD, MB>(dqkv_base + C, qkv_stride, warp_k0, T, dk, scale, sK + warp * Tiles::kRowsPerWarp * S,
+                            lane);
+  store_warp_blocks<HD, MB>(dqkv_base + 2 * C, qkv_stride, warp_k0, T, dv, 1.0f,
+                            sV + warp * Tiles::kRowsPerWarp * S, lane);
 }
 
 // =====================================================================
-// Backward, tensor cores, dQ: block = (64-query tile, batch*head), 4 warps
-// of 16 queries; loops over the key tiles up to the diagonal.
+// Backward, tensor cores, dQ: block = (kRows-query tile, batch*head), each
+// warp kRowsPerWarp queries; streams the key tiles up to the diagonal.
 //   S = Q K^T, P = exp(S - lse), dP = dO V^T, dS = P (dP - D), dQ += dS K.
 // =====================================================================
 template <int HD>
 constexpr size_t dq_shared_bytes() {
-  return sizeof(uint16_t) * size_t(kTile) * (HD + kPad) * 6;  // Q, dO, 2 x K, 2 x V
+  using Tiles = AttentionTiles<HD>;
+  return sizeof(uint16_t) * size_t(HD + kPad) * (2 * Tiles::kRows + 4 * Tiles::kDqKeys);  // Q, dO, 2 x K, 2 x V
 }
 
 template <int HD>
 __global__ void __launch_bounds__(kThreads)
     attention_backward_dq_tc_kernel(uint16_t* dqkv, const uint16_t* dout, const uint16_t* qkv, const float* lse,
                                     const float* row_dot, int T, int C, int H, float scale, float scale_log2) {
-  constexpr int S = HD + kPad;
+  using Tiles = AttentionTiles<HD>;
+  constexpr int S = HD + kPad, MB = Tiles::kBlocksPerWarp, KT = Tiles::kDqKeys;
   extern __shared__ __align__(16) uint16_t smem[];
-  uint16_t* sQ = smem;
-  uint16_t* sdO = sQ + kTile * S;
-  uint16_t* sK = sdO + kTile * S;     // [2][kTile][S]
-  uint16_t* sV = sK + 2 * kTile * S;  // [2][kTile][S]
+  uint16_t* sQ = smem;                    // [kRows][S]
+  uint16_t* sdO = sQ + Tiles::kRows * S;  // [kRows][S]
+  uint16_t* sK = sdO + Tiles::kRows * S;  // [2][KT][S]
+  uint16_t* sV = sK + 2 * KT * S;         // [2][KT][S]
 
-  const int q_tile = gridDim.x - 1 - blockIdx.x;
+  const int q0 = (gridDim.x - 1 - blockIdx.x) * Tiles::kRows;
   const int bh = blockIdx.y, b = bh / H, h = bh % H;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
+  const int warp_q0 = q0 + warp * Tiles::kRowsPerWarp;
   const size_t qkv_stride = 3 * size_t(C);
   const uint16_t* q_base = qkv + size_t(b) * T * qkv_stride + size_t(h) * HD;
   const uint16_t* k_base = q_base + C;
   const uint16_t* v_base = q_base + 2 * C;
   const uint16_t* dout_base = dout + size_t(b) * T * C + size_t(h) * HD;
-  const int q0 = q_tile * kTile;
 
-  load_tile_async<kTile, HD>(sQ, q_base, q0, T, qkv_stride);
-  load_tile_async<kTile, HD>(sdO, dout_base, q0, T, size_t(C));
-  load_tile_async<kTile, HD>(sK, k_base, 0, T, qkv_stride);
-  load_tile_async<kTile, HD>(sV, v_base, 0, T, qkv_stride);
+  load_tile_async<Tiles::kRows, HD>(sQ, q_base, q0, T, qkv_stride);
+  load_tile_async<Tiles::kRows, HD>(sdO, dout_base, q0, T, size_t(C));
+  load_tile_async<KT, HD>(sK, k_base, 0, T, qkv_stride);
+  load_tile_async<KT, HD>(sV, v_base, 0, T, qkv_stride);
   cp_async_commit();
 
-  float row_lse[2], row_dot_value[2];
+  float row_lse[MB][2], row_dot_value[MB][2];
 #pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int t = q0 + warp * 16 + g + 8 * half;
-    row_lse[half] = t < T ? lse[size_t(bh) * T + t] * kLog2e : 0.0f;
-    row_dot_value[half] = t < T ? row_dot[size_t(bh) * T + t] : 0.0f;
+  for (int m = 0; m < MB; ++m) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int t = warp_q0 + 16 * m + g + 8 * half;
+      row_lse[m][half] = t < T ? lse[size_t(bh) * T + t] * kLog2e : 0.0f;
+      row_dot_value[m][half] = t < T ? row_dot[size_t(bh) * T + t] : 0.0f;
+    }
   }
 
-  uint32_t q_frag[HD / 16][4];
-  float dq[HD / 8][4] = {};
-  const int key_tiles = q_tile + 1;
-  for (int j = 0; j < key_tiles; ++j) {
-    const int buffer = j & 1;
-    wait_kv_tile_prefetch_next<HD>(sK, sV, j, key_tiles, k_base, v_base, T, qkv_stride);
-    if (j == 0) {
+  uint32_t q_frag[MB][HD / 16][4];
+  float dq[MB][HD / 8][4] = {};
+  const int key_tiles = (min(q0 + Tiles::kRows, T) + KT - 1) / KT;
+  walk_tiles(
+      key_tiles,
+      [&](int j, int buffer) {
+        load_tile_async<KT, HD>(sK + buffer * KT * S, k_base, j * KT, T, qkv_stride);
+        load_tile_async<KT, HD>(sV + buffer * KT * S, v_base, j * KT, T, qkv_stride);
+      },
+      [&](int j, int buffer) {
+        if (j == 0) load_a_fragments<S, MB, HD / 16>(q_frag, sQ, warp * Tiles::kRowsPerWarp, lane);
+        const int key0 = j * KT;
+        if (key0 > warp_q0 + Tiles::kRowsPerWarp - 1 || warp_q0 >= T) return;
+        const uint16_t* k_tile = sK + buffer * KT * S;
+        float p[MB][KT / 8][4] = {};
+        mma_a_bt_tile<S, MB, HD / 16, KT / 8>(p, FragmentsInRegisters<MB, HD / 16>{q_frag}, k_tile, lane);
+        scale_and_mask_scores(p, scale_log2, key0, warp_q0, lane);
+        // dS = P (dP - D), dP = dO V^T
+        // dO's fragments are read again for every tile: holding them as well
+        // as Q's would exceed the register budget.
+        float ds[MB][KT / 8][4] = {};
+        mma_a_bt_tile<S, MB, HD / 16, KT / 8>(ds, FragmentsInShared<S, MB>{sdO, warp * Tiles::kRowsPerWarp, lane},
+                                              sV + buffer * KT * S, lane);
 #pragma unroll
-      for (int kb = 0; kb < HD / 16; ++kb) ldmatrix_x4(q_frag[kb], a_address<S>(sQ, warp * 16, kb * 16, lane));
-    }
-    const uint16_t* k_tile = sK + buffer * kTile * S;
-    const uint16_t* v_tile = sV + buffer * kTile * S;
+        for (int m = 0; m < MB; ++m) {
+#pragma unroll
+          for (int nb = 0; nb < KT / 8; ++nb) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const float p_value = exp2f(p[m][nb][e] - row_lse[m][e / 2]);
+              ds[m][nb][e] = p_value * (ds[m][nb][e] - row_dot_value[m][e / 2]);
+            }
+          }
+        }
+        mma_p_b_tile<S, MB, KT / 16, HD>(dq, ds, k_tile, lane);  // dQ += dS K
+      });
 
-    float p[kTile / 8][4] = {};
-    warp_qk_scores<HD>(p, q_frag, k_tile, lane);
-    const bool diagonal = j == q_tile;
-#pragma unroll
-    for (int nb = 0; nb < kTile / 8; ++nb) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int half = e / 2;
-        const int key = j * kTile + nb * 8 + 2 * q + (e & 1);
-        const int query = q0 + warp * 16 + g + 8 * half;
-        p[nb][e] = (diagonal && key > query) ? 0.0f : exp2f(p[nb][e] * scale_log2 - row_lse[half]);
-      }
-    }
-    // dS = P (dP - D), dP = dO V^T
-    float ds[kTile / 8][4] = {};
-    mma_a_tile_bt_tile<S, HD / 16, kTile / 8>(ds, sdO, warp * 16, v_tile, lane);
-#pragma unroll
-    for (int nb = 0; nb < kTile / 8; ++nb) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) ds[nb][e] = p[nb][e] * (ds[nb][e] - row_dot_value[e / 2]);
-    }
-    // dQ += dS K
-    mma_acc_b_tile<S, kTile / 16, HD>(dq, ds, k_tile, lane);
-    __syncthreads();
-  }
-
-  store_warp_rows<HD>(dqkv + size_t(b) * T * qkv_stride + size_t(h) * HD, qkv_stride, q0 + warp * 16, T, dq, scale,
-                      sQ + warp * 16 * S, lane);
+  store_warp_blocks<HD, MB>(dqkv + size_t(b) * T * qkv_stride + size_t(h) * HD, qkv_stride, warp_q0, T, dq, scale,
+                            sQ + warp * Tiles::kRowsPerWarp * S, lane);
 }
 
 // =====================================================================
@@ -719,7 +798,7 @@ void forward_tc(cudaStream_t stream, void* out, float* lse, const void* qkv, int
   auto kernel = attention_forward_tc_kernel<HD>;
   constexpr size_t shared = forward_shared_bytes<HD>();
   allow_dynamic_shared_memory(kernel, shared, "attention_forward");
-  const dim3 grid(ceil_div(T, kTile), B * H);
+  const dim3 grid(ceil_div(T, AttentionTiles<HD>::kRows), B * H);
   kernel<<<grid, kThreads, shared, stream>>>(static_cast<uint16_t*>(out), lse, static_cast<const uint16_t*>(qkv), T,
                                               C, H, kLog2e / sqrtf(float(HD)));
   CUDA_CHECK_LAUNCH("attention_forward_tc_kernel");
@@ -729,7 +808,7 @@ template <int HD>
 void backward_tc(cudaStream_t stream, void* dqkv, const void* dout, const void* qkv, const float* lse,
                  const float* row_dot, int B, int T, int C, int H) {
   const float scale = 1.0f / sqrtf(float(HD));
-  const dim3 grid(ceil_div(T, kTile), B * H);
+  const dim3 grid(ceil_div(T, AttentionTiles<HD>::kRows), B * H);
   auto dkdv = attention_backward_dkdv_tc_kernel<HD>;
   constexpr size_t dkdv_shared = dkdv_shared_bytes<HD>();
   allow_dynamic_shared_memory(dkdv, dkdv_shared, "attention_backward");

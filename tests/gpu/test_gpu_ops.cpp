@@ -193,11 +193,12 @@ TEST_CASE("gpu attention forward and backward match the cpu backend", "[gpu]") {
   struct Shape {
     int B, T, C, H;
   };
-  // Head sizes 64 and 128 take the tensor-core kernels in bf16 (T not a
-  // multiple of the 64-row tile, and T = 1, included); 32 and 60 the simple
-  // kernel, as does every f32 shape.
-  const Shape shapes[] = {{1, 1, 128, 2},  {2, 257, 256, 2}, {2, 64, 768, 12}, {1, 300, 192, 3},
-                          {2, 100, 96, 3}, {1, 130, 120, 2}, {1, 1000, 128, 1}};
+  // Head sizes 64 and 128 take the tensor-core kernels in bf16; T = 1 and T
+  // not a multiple of any tile (32, 64, 128 rows) are included, so partial
+  // tiles, warps wholly past T and skipped diagonal tiles are exercised.
+  // Head sizes 32 and 60 take the simple kernel, as does every f32 shape.
+  const Shape shapes[] = {{1, 1, 128, 2},  {2, 257, 256, 2}, {2, 64, 768, 12},  {1, 300, 192, 3}, {2, 100, 96, 3},
+                          {1, 130, 120, 2}, {1, 1000, 128, 1}, {2, 200, 256, 4}, {1, 33, 128, 2}};
   uint64_t seed = 400;
   for (DType dtype : kDtypes) {
     for (const Shape& s : shapes) {
@@ -233,8 +234,10 @@ TEST_CASE("gpu fused cross-entropy matches the cpu backend", "[gpu]") {
   struct Shape {
     int N, V, Vp;
   };
-  // Vp = 101 is not a multiple of the vector width (scalar path).
-  const Shape shapes[] = {{1, 10, 128}, {37, 1000, 1024}, {16, 50257, 50304}, {5, 100, 101}};
+  // Rows held in registers (bf16 up to 65536, f32 up to 32768 columns) and
+  // rows read per phase (70016 columns; 50304 in f32); Vp = 101 is not a
+  // multiple of the vector width (scalar path).
+  const Shape shapes[] = {{1, 10, 128}, {37, 1000, 1024}, {16, 50257, 50304}, {3, 70000, 70016}, {5, 100, 101}};
   uint64_t seed = 500;
   for (DType dtype : kDtypes) {
     for (const Shape& s : shapes) {
