@@ -47,11 +47,9 @@ struct VecWidth {
   static constexpr int value = 16 / sizeof(S);
 };
 
-// Loads the 16 bytes at an aligned address as floats. A plain (coherent)
-// load, so it is also right for data the same kernel writes elsewhere.
+// The floats in 16 bytes of storage S.
 template <typename S>
-__device__ __forceinline__ void load_vec(const S* p, float (&out)[VecWidth<S>::value]) {
-  uint4 raw = *reinterpret_cast<const uint4*>(p);
+__device__ __forceinline__ void unpack_vec(uint4 raw, float (&out)[VecWidth<S>::value]) {
   if constexpr (sizeof(S) == 2) {
     const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
 #pragma unroll
@@ -65,6 +63,13 @@ __device__ __forceinline__ void load_vec(const S* p, float (&out)[VecWidth<S>::v
     out[2] = __uint_as_float(raw.z);
     out[3] = __uint_as_float(raw.w);
   }
+}
+
+// Loads the 16 bytes at an aligned address as floats. A plain (coherent)
+// load, so it is also right for data the same kernel writes elsewhere.
+template <typename S>
+__device__ __forceinline__ void load_vec(const S* p, float (&out)[VecWidth<S>::value]) {
+  unpack_vec<S>(*reinterpret_cast<const uint4*>(p), out);
 }
 
 // Rounds to nearest and stores kVec elements at a 16-byte aligned address.

@@ -8,21 +8,16 @@
 namespace srgpt::gpu {
 namespace {
 
-constexpr int kThreads = 512;
+constexpr int kThreads = 1024;
+// 16-byte chunks of a row each thread can hold in registers: rows up to
+// 65536 bf16 (or 32768 fp32) logits are read from memory once.
+constexpr int kResidentChunks = 8;
 
-// Folds x into a running (max, sum of exp(x - max)) pair.
-__device__ __forceinline__ void online_softmax_add(float x, float* running_max, float* sum) {
-  if (x > *running_max) {
-    *sum = *sum * expf(*running_max - x) + 1.0f;
-    *running_max = x;
-  } else {
-    *sum += expf(x - *running_max);
-  }
-}
-
-// One block per row: one read for the max and sum of exponentials (online),
-// a second read to write the gradient over the logits.
-template <typename S, int W>
+// One block per row, in three phases: the row max, the sum of
+// exponentials, then the gradient written over the logits. With Resident
+// the row is read once into registers (W is then the vector width);
+// otherwise each phase reads it from memory again.
+template <typename S, int W, bool Resident>
 __global__ void __launch_bounds__(kThreads)
     cross_entropy_kernel(float* losses, S* logits, const int32_t* targets, int V, int Vp, float dloss) {
   const int n = blockIdx.x;
@@ -32,38 +27,67 @@ __global__ void __launch_bounds__(kThreads)
   // Read before the barriers inside the reductions, so before any write.
   const float target_logit = target_valid && threadIdx.x == 0 ? load_f(row + target) : 0.0f;
 
-  float running_max = -INFINITY, sum = 0.0f;
   const int chunks = Vp / W;
-  for (int chunk = threadIdx.x; chunk < chunks; chunk += kThreads) {
-    const int j0 = chunk * W;
-    if (j0 >= V) break;
-    float x[W];
-    load_chunk<W>(row + j0, x);
+  uint4 held[Resident ? kResidentChunks : 1];
+  if constexpr (Resident) {
+#pragma unroll
+    for (int c = 0; c < kResidentChunks; ++c) {
+      const int chunk = threadIdx.x + c * kThreads;
+      if (chunk < chunks) held[c] = *reinterpret_cast<const uint4*>(row + size_t(chunk) * W);
+    }
+  }
+  // Calls f(first column, values) for each of this thread's chunks.
+  auto for_each_chunk = [&](auto&& f) {
+    if constexpr (Resident) {
+#pragma unroll
+      for (int c = 0; c < kResidentChunks; ++c) {
+        const int chunk = threadIdx.x + c * kThreads;
+        if (chunk < chunks) {
+          float x[W];
+          unpack_vec<S>(held[c], x);
+          f(chunk * W, x);
+        }
+      }
+    } else {
+      for (int chunk = threadIdx.x; chunk < chunks; chunk += kThreads) {
+        float x[W];
+        load_chunk<W>(row + size_t(chunk) * W, x);
+        f(chunk * W, x);
+      }
+    }
+  };
+
+  __shared__ float shared[32];
+  float thread_max = -INFINITY;
+  for_each_chunk([&](int j0, const float(&x)[W]) {
 #pragma unroll
     for (int k = 0; k < W; ++k)
-      if (j0 + k < V) online_softmax_add(x[k], &running_max, &sum);
-  }
-  __shared__ float shared[32];
-  const float row_max = block_max(running_max, shared);
-  const float row_sum = block_sum(running_max == -INFINITY ? 0.0f : sum * expf(running_max - row_max), shared);
+      if (j0 + k < V) thread_max = fmaxf(thread_max, x[k]);
+  });
+  const float row_max = block_max(thread_max, shared);
+  float thread_sum = 0.0f;
+  for_each_chunk([&](int j0, const float(&x)[W]) {
+#pragma unroll
+    for (int k = 0; k < W; ++k)
+      if (j0 + k < V) thread_sum += expf(x[k] - row_max);
+  });
+  const float row_sum = block_sum(thread_sum, shared);
   const float scale = dloss / row_sum;
 
-  for (int chunk = threadIdx.x; chunk < chunks; chunk += kThreads) {
-    const int j0 = chunk * W;
-    float x[W];
-    load_chunk<W>(row + j0, x);
+  for_each_chunk([&](int j0, const float(&x)[W]) {
+    float grad[W];
 #pragma unroll
     for (int k = 0; k < W; ++k) {
       const int j = j0 + k;
       if (j >= V)
-        x[k] = 0.0f;
+        grad[k] = 0.0f;
       else if (j == target)
-        x[k] = (expf(x[k] - row_max) / row_sum - 1.0f) * dloss;
+        grad[k] = (expf(x[k] - row_max) / row_sum - 1.0f) * dloss;
       else
-        x[k] = expf(x[k] - row_max) * scale;
+        grad[k] = expf(x[k] - row_max) * scale;
     }
-    store_chunk<W>(row + j0, x);
-  }
+    store_chunk<W>(row + j0, grad);
+  });
   if (threadIdx.x == 0) losses[n] = target_valid ? row_max + logf(row_sum) - target_logit : NAN;
 }
 
@@ -75,9 +99,18 @@ void cross_entropy_forward_backward(DType dtype, cudaStream_t stream, float* los
   if (N <= 0) return;
   dispatch_storage(dtype, [&](auto tag) {
     using S = decltype(tag);
-    dispatch_width<S>(Vp % VecWidth<S>::value == 0 && aligned16(logits), [&](auto width) {
+    constexpr int kVec = VecWidth<S>::value;
+    const bool vectorised = Vp % kVec == 0 && aligned16(logits);
+    if (vectorised && Vp / kVec <= kThreads * kResidentChunks) {
+      cross_entropy_kernel<S, kVec, true>
+          <<<N, kThreads, 0, stream>>>(losses, static_cast<S*>(logits), targets, V, Vp, dloss);
+      CUDA_CHECK_LAUNCH("cross_entropy_kernel");
+      return;
+    }
+    dispatch_width<S>(vectorised, [&](auto width) {
       constexpr int W = decltype(width)::value;
-      cross_entropy_kernel<S, W><<<N, kThreads, 0, stream>>>(losses, static_cast<S*>(logits), targets, V, Vp, dloss);
+      cross_entropy_kernel<S, W, false>
+          <<<N, kThreads, 0, stream>>>(losses, static_cast<S*>(logits), targets, V, Vp, dloss);
       CUDA_CHECK_LAUNCH("cross_entropy_kernel");
     });
   });
