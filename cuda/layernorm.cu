@@ -72,31 +72,62 @@ __global__ void residual_layernorm_forward_kernel(S* res_out, S* out, float* mea
 // ---- backward: one warp per row for din; each warp also sums dw and db of
 // its rows into its own shared-memory row (lanes own disjoint columns), and
 // the block adds its warps in order into one fp32 partial row per chunk of
-// kColumnChunkRows rows.
+// kColumnChunkRows rows. The row's dout and input are read once into
+// registers when they fit (Held: at most kHeldChunks 16-byte chunks per
+// lane, C <= 1024 in bf16); otherwise the second pass reads them again.
 constexpr int kBackwardMaxWarps = 8;
+constexpr int kHeldChunks = 4;
 
-template <typename S, int W>
+template <typename S, int W, bool Held>
 __global__ void layernorm_backward_kernel(S* din, float* dw_partials, float* db_partials, const S* dout, const S* in,
                                           const S* w, const float* mean, const float* rstd, int N, int C) {
   extern __shared__ float sums[];  // [warps][2][C]: dw, db
   const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   float* dw_sum = sums + size_t(warp) * 2 * C;
   float* db_sum = dw_sum + C;
+  // Calls f(i, c) for this lane's chunks (the i-th at column c); unrolled
+  // when Held so that i indexes registers.
+  auto for_lane_chunks = [&](auto&& f) {
+    if constexpr (Held) {
+#pragma unroll
+      for (int i = 0; i < kHeldChunks; ++i) {
+        const int c = (lane + 32 * i) * W;
+        if (c < C) f(i, c);
+      }
+    } else {
+      for (int i = 0, c = lane * W; c < C; ++i, c += 32 * W) f(i, c);
+    }
+  };
   // Zeroed by the lanes that accumulate them: no barrier needed.
-  for (int c = lane * W; c < C; c += 32 * W) {
+  for_lane_chunks([&](int, int c) {
 #pragma unroll
     for (int k = 0; k < W; ++k) dw_sum[c + k] = db_sum[c + k] = 0.0f;
-  }
+  });
 
+  uint4 held_dout[Held ? kHeldChunks : 1], held_in[Held ? kHeldChunks : 1];
   const int row_begin = blockIdx.x * kColumnChunkRows, row_end = min(row_begin + kColumnChunkRows, N);
   for (int n = row_begin + warp; n < row_end; n += warps) {
     const size_t row = size_t(n) * C;
+    // dout and the input of chunk i at column c, from memory on the first
+    // pass (kept when Held) and from registers on the second when Held.
+    auto row_chunks = [&](int i, int c, bool first, float(&g)[W], float(&x)[W]) {
+      if constexpr (Held) {
+        if (first) {
+          held_dout[i] = *reinterpret_cast<const uint4*>(dout + row + c);
+          held_in[i] = *reinterpret_cast<const uint4*>(in + row + c);
+        }
+        unpack_vec<S>(held_dout[i], g);
+        unpack_vec<S>(held_in[i], x);
+      } else {
+        load_chunk<W>(dout + row + c, g);
+        load_chunk<W>(in + row + c, x);
+      }
+    };
     const float mu = mean[n], rs = rstd[n];
     float dxhat_sum = 0, dxhat_xhat_sum = 0;
-    for (int c = lane * W; c < C; c += 32 * W) {
+    for_lane_chunks([&](int i, int c) {
       float g[W], x[W], weight[W];
-      load_chunk<W>(dout + row + c, g);
-      load_chunk<W>(in + row + c, x);
+      row_chunks(i, c, true, g, x);
       load_chunk<W>(w + c, weight);
 #pragma unroll
       for (int k = 0; k < W; ++k) {
@@ -107,13 +138,12 @@ __global__ void layernorm_backward_kernel(S* din, float* dw_partials, float* db_
         dw_sum[c + k] += g[k] * xhat;
         db_sum[c + k] += g[k];
       }
-    }
+    });
     const float dxhat_mean = warp_sum(dxhat_sum) / float(C);
     const float dxhat_xhat_mean = warp_sum(dxhat_xhat_sum) / float(C);
-    for (int c = lane * W; c < C; c += 32 * W) {
+    for_lane_chunks([&](int i, int c) {
       float g[W], x[W], weight[W], d[W];
-      load_chunk<W>(dout + row + c, g);
-      load_chunk<W>(in + row + c, x);
+      row_chunks(i, c, false, g, x);
       load_chunk<W>(w + c, weight);
       load_chunk<W>(din + row + c, d);
 #pragma unroll
@@ -122,7 +152,7 @@ __global__ void layernorm_backward_kernel(S* din, float* dw_partials, float* db_
         d[k] += rs * (g[k] * weight[k] - dxhat_mean - xhat * dxhat_xhat_mean);
       }
       store_chunk<W>(din + row + c, d);
-    }
+    });
   }
   __syncthreads();
   for (int c = threadIdx.x; c < C; c += blockDim.x) {
@@ -179,16 +209,21 @@ void layernorm_backward(DType dtype, cudaStream_t stream, Scratch& scratch, void
   const size_t shared = sizeof(float) * 2 * size_t(C) * warps;
   dispatch_storage(dtype, [&](auto tag) {
     using S = decltype(tag);
+    constexpr int kVec = VecWidth<S>::value;
     const bool vectorised = rows_vectorisable<S>(C, {din, dout, in, w});
-    dispatch_width<S>(vectorised, [&](auto width) {
-      constexpr int W = decltype(width)::value;
-      auto kernel = layernorm_backward_kernel<S, W>;
+    auto launch = [&](auto kernel) {
       allow_dynamic_shared_memory(kernel, shared, "layernorm_backward");
       kernel<<<chunks, 32 * warps, shared, stream>>>(static_cast<S*>(din), dw_partials, db_partials,
                                                     static_cast<const S*>(dout), static_cast<const S*>(in),
                                                     static_cast<const S*>(w), mean, rstd, N, C);
       CUDA_CHECK_LAUNCH("layernorm_backward_kernel");
-    });
+    };
+    if (vectorised && C <= 32 * kVec * kHeldChunks) {
+      launch(layernorm_backward_kernel<S, kVec, true>);
+      return;
+    }
+    dispatch_width<S>(vectorised,
+                      [&](auto width) { launch(layernorm_backward_kernel<S, decltype(width)::value, false>); });
   });
   add_column_partials(dtype, stream, dw, dw_partials, chunks, C);
   add_column_partials(dtype, stream, db, db_partials, chunks, C);
