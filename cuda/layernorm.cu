@@ -9,60 +9,104 @@
 namespace srgpt::gpu {
 namespace {
 
+// Rows that fit in registers: at most kHeldChunks 16-byte chunks per lane
+// (C <= 1024 in bf16, 512 in fp32) are read from memory once; wider rows
+// are kept in shared memory (forward) or read again (backward).
+constexpr int kHeldChunks = 4;
+
+// Calls f(i, c) for a lane's W-wide chunks of a C-wide row (the i-th at
+// column c); unrolled over kHeldChunks when Held, so that i may index
+// register arrays.
+template <int W, bool Held, typename F>
+__device__ __forceinline__ void for_lane_chunks(int C, int lane, F&& f) {
+  if constexpr (Held) {
+#pragma unroll
+    for (int i = 0; i < kHeldChunks; ++i) {
+      const int c = (lane + 32 * i) * W;
+      if (c < C) f(i, c);
+    }
+  } else {
+    for (int i = 0, c = lane * W; c < C; ++i, c += 32 * W) f(i, c);
+  }
+}
 
 // ---- forward: one warp per row; the row (after the residual add, rounded
-// to storage as the cpu backend sees it) is kept in shared memory for the
-// mean, variance and normalise passes.
+// to storage as the cpu backend sees it) is kept for the mean, variance and
+// normalise passes, in registers when Held, else in shared memory.
 constexpr int kForwardRowsPerBlock = 4;
 
-template <typename S, int W>
+template <typename S, int W, bool Held>
 __global__ void residual_layernorm_forward_kernel(S* res_out, S* out, float* mean, float* rstd, const S* res_in,
                                                   const S* delta, const S* w, const S* b, int N, int C,
                                                   bool write_residual) {
-  extern __shared__ float rows[];
+  extern __shared__ float rows[];  // [kForwardRowsPerBlock][C] unless Held
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int n = blockIdx.x * kForwardRowsPerBlock + warp;
   if (n >= N) return;
-  float* x = rows + size_t(warp) * C;
   const size_t row = size_t(n) * C;
+  float held[Held ? kHeldChunks : 1][W];
+  // This lane's values of chunk i (at column c) of the row.
+  auto x = [&](int i, int c) -> float* {
+    if constexpr (Held)
+      return held[i];
+    else
+      return rows + size_t(warp) * C + c;
+  };
 
   // res_out may alias res_in (and delta): each element is read before the
-  // same thread writes it.
+  // same thread writes it. When Held, every load is issued before the first
+  // store, which the compiler could not do itself across the aliasing.
+  uint4 held_res[Held ? kHeldChunks : 1], held_delta[Held ? kHeldChunks : 1];
+  if constexpr (Held) {
+    for_lane_chunks<W, Held>(C, lane, [&](int i, int c) {
+      held_res[i] = *reinterpret_cast<const uint4*>(res_in + row + c);
+      if (delta) held_delta[i] = *reinterpret_cast<const uint4*>(delta + row + c);
+    });
+  }
   float sum = 0;
-  for (int c = lane * W; c < C; c += 32 * W) {
+  for_lane_chunks<W, Held>(C, lane, [&](int i, int c) {
     float v[W];
-    load_chunk<W>(res_in + row + c, v);
+    if constexpr (Held)
+      unpack_vec<S>(held_res[i], v);
+    else
+      load_chunk<W>(res_in + row + c, v);
     if (delta) {
       float d[W];
-      load_chunk<W>(delta + row + c, d);
+      if constexpr (Held)
+        unpack_vec<S>(held_delta[i], d);
+      else
+        load_chunk<W>(delta + row + c, d);
 #pragma unroll
       for (int k = 0; k < W; ++k) v[k] = round_to_storage<S>(v[k] + d[k]);
     }
     if (write_residual) store_chunk<W>(res_out + row + c, v);
+    float* xc = x(i, c);
 #pragma unroll
     for (int k = 0; k < W; ++k) {
-      x[c + k] = v[k];
+      xc[k] = v[k];
       sum += v[k];
     }
-  }
+  });
   const float mu = warp_sum(sum) / float(C);
   float squares = 0;
-  for (int c = lane * W; c < C; c += 32 * W) {
+  for_lane_chunks<W, Held>(C, lane, [&](int i, int c) {
+    const float* xc = x(i, c);
 #pragma unroll
     for (int k = 0; k < W; ++k) {
-      const float d = x[c + k] - mu;
+      const float d = xc[k] - mu;
       squares += d * d;
     }
-  }
+  });
   const float rs = 1.0f / sqrtf(warp_sum(squares) / float(C) + float(kLayerNormEps));
-  for (int c = lane * W; c < C; c += 32 * W) {
+  for_lane_chunks<W, Held>(C, lane, [&](int i, int c) {
+    const float* xc = x(i, c);
     float weight[W], bias[W], y[W];
     load_chunk<W>(w + c, weight);
     load_chunk<W>(b + c, bias);
 #pragma unroll
-    for (int k = 0; k < W; ++k) y[k] = (x[c + k] - mu) * rs * weight[k] + bias[k];
+    for (int k = 0; k < W; ++k) y[k] = (xc[k] - mu) * rs * weight[k] + bias[k];
     store_chunk<W>(out + row + c, y);
-  }
+  });
   if (lane == 0) {
     mean[n] = mu;
     rstd[n] = rs;
@@ -73,10 +117,8 @@ __global__ void residual_layernorm_forward_kernel(S* res_out, S* out, float* mea
 // its rows into its own shared-memory row (lanes own disjoint columns), and
 // the block adds its warps in order into one fp32 partial row per chunk of
 // kColumnChunkRows rows. The row's dout and input are read once into
-// registers when they fit (Held: at most kHeldChunks 16-byte chunks per
-// lane, C <= 1024 in bf16); otherwise the second pass reads them again.
+// registers when Held; otherwise the second pass reads them again.
 constexpr int kBackwardMaxWarps = 8;
-constexpr int kHeldChunks = 4;
 
 template <typename S, int W, bool Held>
 __global__ void layernorm_backward_kernel(S* din, float* dw_partials, float* db_partials, const S* dout, const S* in,
@@ -85,21 +127,8 @@ __global__ void layernorm_backward_kernel(S* din, float* dw_partials, float* db_
   const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   float* dw_sum = sums + size_t(warp) * 2 * C;
   float* db_sum = dw_sum + C;
-  // Calls f(i, c) for this lane's chunks (the i-th at column c); unrolled
-  // when Held so that i indexes registers.
-  auto for_lane_chunks = [&](auto&& f) {
-    if constexpr (Held) {
-#pragma unroll
-      for (int i = 0; i < kHeldChunks; ++i) {
-        const int c = (lane + 32 * i) * W;
-        if (c < C) f(i, c);
-      }
-    } else {
-      for (int i = 0, c = lane * W; c < C; ++i, c += 32 * W) f(i, c);
-    }
-  };
   // Zeroed by the lanes that accumulate them: no barrier needed.
-  for_lane_chunks([&](int, int c) {
+  for_lane_chunks<W, Held>(C, lane, [&](int, int c) {
 #pragma unroll
     for (int k = 0; k < W; ++k) dw_sum[c + k] = db_sum[c + k] = 0.0f;
   });
@@ -125,7 +154,7 @@ __global__ void layernorm_backward_kernel(S* din, float* dw_partials, float* db_
     };
     const float mu = mean[n], rs = rstd[n];
     float dxhat_sum = 0, dxhat_xhat_sum = 0;
-    for_lane_chunks([&](int i, int c) {
+    for_lane_chunks<W, Held>(C, lane, [&](int i, int c) {
       float g[W], x[W], weight[W];
       row_chunks(i, c, true, g, x);
       load_chunk<W>(w + c, weight);
@@ -141,7 +170,7 @@ __global__ void layernorm_backward_kernel(S* din, float* dw_partials, float* db_
     });
     const float dxhat_mean = warp_sum(dxhat_sum) / float(C);
     const float dxhat_xhat_mean = warp_sum(dxhat_xhat_sum) / float(C);
-    for_lane_chunks([&](int i, int c) {
+    for_lane_chunks<W, Held>(C, lane, [&](int i, int c) {
       float g[W], x[W], weight[W], d[W];
       row_chunks(i, c, false, g, x);
       load_chunk<W>(w + c, weight);
@@ -182,16 +211,22 @@ void residual_layernorm_forward(DType dtype, cudaStream_t stream, void* res_out,
   const bool write_residual = delta != nullptr || res_out != res_in;
   dispatch_storage(dtype, [&](auto tag) {
     using S = decltype(tag);
+    constexpr int kVec = VecWidth<S>::value;
     const bool vectorised = rows_vectorisable<S>(C, {res_out, out, res_in, delta, w, b});
-    dispatch_width<S>(vectorised, [&](auto width) {
-      constexpr int W = decltype(width)::value;
-      auto kernel = residual_layernorm_forward_kernel<S, W>;
-      const size_t shared = sizeof(float) * kForwardRowsPerBlock * size_t(C);
+    auto launch = [&](auto kernel, size_t shared) {
       allow_dynamic_shared_memory(kernel, shared, "residual_layernorm_forward");
       kernel<<<ceil_div(N, kForwardRowsPerBlock), 32 * kForwardRowsPerBlock, shared, stream>>>(
           static_cast<S*>(res_out), static_cast<S*>(out), mean, rstd, static_cast<const S*>(res_in),
           static_cast<const S*>(delta), static_cast<const S*>(w), static_cast<const S*>(b), N, C, write_residual);
       CUDA_CHECK_LAUNCH("residual_layernorm_forward_kernel");
+    };
+    if (vectorised && C <= 32 * kVec * kHeldChunks) {
+      launch(residual_layernorm_forward_kernel<S, kVec, true>, 0);
+      return;
+    }
+    dispatch_width<S>(vectorised, [&](auto width) {
+      launch(residual_layernorm_forward_kernel<S, decltype(width)::value, false>,
+             sizeof(float) * kForwardRowsPerBlock * size_t(C));
     });
   });
 }
