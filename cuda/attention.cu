@@ -298,6 +298,42 @@ __device__ __forceinline__ void scale_and_mask_scores(float (&s)[MB][NB][4], flo
   }
 }
 
+// The key loop the forward and dQ passes share, for a block owning queries
+// q0 .. q0 + kRows - 1: streams the key/value tiles (KT rows) up to the
+// block's last query through walk_tiles (the caller has committed tile 0's
+// copies together with the block's Q tile in sQ) and, for each tile with a
+// key at or before one of this warp's queries, calls body(s, k_tile,
+// v_tile) with s = Q K^T of the warp's MB query blocks in the log2 domain
+// (times scale_log2), keys after their query at -inf. Tiles wholly after
+// the warp's queries, and warps wholly past T, are skipped; tile 0 never is
+// for a query below T, so every such row sees a finite score.
+template <int HD, int KT, int MB, typename Body>
+__device__ __forceinline__ void for_each_key_tile(const uint16_t* sQ, uint16_t* sK, uint16_t* sV, int q0,
+                                                  int block_rows, int T, const uint16_t* k_base,
+                                                  const uint16_t* v_base, size_t qkv_stride, float scale_log2,
+                                                  Body&& body) {
+  constexpr int S = HD + kPad;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int warp_q0 = q0 + warp * 16 * MB;
+  uint32_t q_frag[MB][HD / 16][4];
+  walk_tiles(
+      (min(q0 + block_rows, T) + KT - 1) / KT,
+      [&](int j, int buffer) {
+        load_tile_async<KT, HD>(sK + buffer * KT * S, k_base, j * KT, T, qkv_stride);
+        load_tile_async<KT, HD>(sV + buffer * KT * S, v_base, j * KT, T, qkv_stride);
+      },
+      [&](int j, int buffer) {
+        if (j == 0) load_a_fragments<S, MB, HD / 16>(q_frag, sQ, warp_q0 - q0, lane);
+        const int key0 = j * KT;
+        if (key0 > warp_q0 + 16 * MB - 1 || warp_q0 >= T) return;
+        const uint16_t* k_tile = sK + buffer * KT * S;
+        float s[MB][KT / 8][4] = {};
+        mma_a_bt_tile<S, MB, HD / 16, KT / 8>(s, FragmentsInRegisters<MB, HD / 16>{q_frag}, k_tile, lane);
+        scale_and_mask_scores(s, scale_log2, key0, warp_q0, lane);
+        body(s, k_tile, sV + buffer * KT * S);
+      });
+}
+
 // Row reductions over the 4 lanes that share a fragment row.
 __device__ __forceinline__ float quad_max(float x) {
   x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
@@ -344,7 +380,6 @@ __global__ void __launch_bounds__(kThreads) attention_forward_tc_kernel(uint16_t
   load_tile_async<KT, HD>(sV, v_base, 0, T, qkv_stride);
   cp_async_commit();
 
-  uint32_t q_frag[MB][HD / 16][4];
   float o[MB][HD / 8][4] = {};
   float row_max[MB][2], row_sum[MB][2];  // log2 domain; row_sum is this lane's share, quad-summed at the end
 #pragma unroll
@@ -352,24 +387,9 @@ __global__ void __launch_bounds__(kThreads) attention_forward_tc_kernel(uint16_t
     row_max[m][0] = row_max[m][1] = -INFINITY;
     row_sum[m][0] = row_sum[m][1] = 0.0f;
   }
-  const int key_tiles = (min(q0 + Tiles::kRows, T) + KT - 1) / KT;
-  walk_tiles(
-      key_tiles,
-      [&](int j, int buffer) {
-        load_tile_async<KT, HD>(sK + buffer * KT * S, k_base, j * KT, T, qkv_stride);
-        load_tile_async<KT, HD>(sV + buffer * KT * S, v_base, j * KT, T, qkv_stride);
-      },
-      [&](int j, int buffer) {
-        if (j == 0) load_a_fragments<S, MB, HD / 16>(q_frag, sQ, warp * Tiles::kRowsPerWarp, lane);
-        const int key0 = j * KT;
-        // Tiles wholly after this warp's queries, and warps wholly past T,
-        // have nothing to add. Tile 0 is never skipped by a row below T, so
-        // every stored row has a finite max.
-        if (key0 > warp_q0 + Tiles::kRowsPerWarp - 1 || warp_q0 >= T) return;
-        float s[MB][KT / 8][4] = {};
-        mma_a_bt_tile<S, MB, HD / 16, KT / 8>(s, FragmentsInRegisters<MB, HD / 16>{q_frag}, sK + buffer * KT * S,
-                                              lane);
-        scale_and_mask_scores(s, scale_log2, key0, warp_q0, lane);
+  for_each_key_tile<HD, KT, MB>(
+      sQ, sK, sV, q0, Tiles::kRows, T, k_base, v_base, qkv_stride, scale_log2,
+      [&](float(&s)[MB][KT / 8][4], const uint16_t*, const uint16_t* v_tile) {
 #pragma unroll
         for (int m = 0; m < MB; ++m) {
           float tile_max[2] = {row_max[m][0], row_max[m][1]};
@@ -403,7 +423,7 @@ __global__ void __launch_bounds__(kThreads) attention_forward_tc_kernel(uint16_t
             o[m][db][3] *= correction[1];
           }
         }
-        mma_p_b_tile<S, MB, KT / 16, HD>(o, s, sV + buffer * KT * S, lane);  // O += P V
+        mma_p_b_tile<S, MB, KT / 16, HD>(o, s, v_tile, lane);  // O += P V
       });
 
 #pragma unroll
@@ -587,29 +607,16 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
 
-  uint32_t q_frag[MB][HD / 16][4];
   float dq[MB][HD / 8][4] = {};
-  const int key_tiles = (min(q0 + Tiles::kRows, T) + KT - 1) / KT;
-  walk_tiles(
-      key_tiles,
-      [&](int j, int buffer) {
-        load_tile_async<KT, HD>(sK + buffer * KT * S, k_base, j * KT, T, qkv_stride);
-        load_tile_async<KT, HD>(sV + buffer * KT * S, v_base, j * KT, T, qkv_stride);
-      },
-      [&](int j, int buffer) {
-        if (j == 0) load_a_fragments<S, MB, HD / 16>(q_frag, sQ, warp * Tiles::kRowsPerWarp, lane);
-        const int key0 = j * KT;
-        if (key0 > warp_q0 + Tiles::kRowsPerWarp - 1 || warp_q0 >= T) return;
-        const uint16_t* k_tile = sK + buffer * KT * S;
-        float p[MB][KT / 8][4] = {};
-        mma_a_bt_tile<S, MB, HD / 16, KT / 8>(p, FragmentsInRegisters<MB, HD / 16>{q_frag}, k_tile, lane);
-        scale_and_mask_scores(p, scale_log2, key0, warp_q0, lane);
-        // dS = P (dP - D), dP = dO V^T
-        // dO's fragments are read again for every tile: holding them as well
-        // as Q's would exceed the register budget.
+  for_each_key_tile<HD, KT, MB>(
+      sQ, sK, sV, q0, Tiles::kRows, T, k_base, v_base, qkv_stride, scale_log2,
+      [&](float(&p)[MB][KT / 8][4], const uint16_t* k_tile, const uint16_t* v_tile) {
+        // dS = P (dP - D), dP = dO V^T. dO's fragments are read again for
+        // every tile: holding them as well as Q's would exceed the register
+        // budget.
         float ds[MB][KT / 8][4] = {};
         mma_a_bt_tile<S, MB, HD / 16, KT / 8>(ds, FragmentsInShared<S, MB>{sdO, warp * Tiles::kRowsPerWarp, lane},
-                                              sV + buffer * KT * S, lane);
+                                              v_tile, lane);
 #pragma unroll
         for (int m = 0; m < MB; ++m) {
 #pragma unroll
