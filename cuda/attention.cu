@@ -298,6 +298,20 @@ __device__ __forceinline__ void scale_and_mask_scores(float (&s)[MB][NB][4], flo
   }
 }
 
+// Where the block's (batch, head) pair, blockIdx.y, lives: element offsets
+// of its row 0 in the interleaved [B, T, 3C] qkv (and dqkv) tensor, whose
+// Q, K and V sit at +0, +C, +2C; in [B, T, C] tensors (out, dout); and in
+// the [B, H, T] row statistics (lse, row_dot).
+struct HeadOffsets {
+  size_t qkv, out, stats, qkv_stride;
+  __device__ HeadOffsets(int T, int C, int H, int head_dim) : qkv_stride(3 * size_t(C)) {
+    const int bh = blockIdx.y, b = bh / H, h = bh % H;
+    qkv = size_t(b) * T * qkv_stride + size_t(h) * head_dim;
+    out = size_t(b) * T * C + size_t(h) * head_dim;
+    stats = size_t(bh) * T;
+  }
+};
+
 // The key loop the forward and dQ passes share, for a block owning queries
 // q0 .. q0 + kRows - 1: streams the key/value tiles (KT rows) up to the
 // block's last query through walk_tiles (the caller has committed tile 0's
@@ -367,11 +381,11 @@ __global__ void __launch_bounds__(kThreads) attention_forward_tc_kernel(uint16_t
 
   // Later query tiles attend to more keys: start them first.
   const int q0 = (gridDim.x - 1 - blockIdx.x) * Tiles::kRows;
-  const int bh = blockIdx.y, b = bh / H, h = bh % H;
+  const HeadOffsets head(T, C, H, HD);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
   const int warp_q0 = q0 + warp * Tiles::kRowsPerWarp;  // this warp's first query
-  const size_t qkv_stride = 3 * size_t(C);
-  const uint16_t* q_base = qkv + size_t(b) * T * qkv_stride + size_t(h) * HD;
+  const size_t qkv_stride = head.qkv_stride;
+  const uint16_t* q_base = qkv + head.qkv;
   const uint16_t* k_base = q_base + C;
   const uint16_t* v_base = q_base + 2 * C;
 
@@ -438,11 +452,11 @@ __global__ void __launch_bounds__(kThreads) attention_forward_tc_kernel(uint16_t
         o[m][db][2 * half + 1] *= inverse;
       }
       const int t = warp_q0 + 16 * m + g + 8 * half;
-      if (q == 0 && t < T) lse[size_t(bh) * T + t] = (row_max[m][half] + log2f(row_sum[m][half])) * kLn2;
+      if (q == 0 && t < T) lse[head.stats + t] = (row_max[m][half] + log2f(row_sum[m][half])) * kLn2;
     }
   }
   // The warp's Q rows are in registers; reuse them to stage the output.
-  store_warp_blocks<HD, MB>(out + size_t(b) * T * C + size_t(h) * HD, size_t(C), warp_q0, T, o, 1.0f,
+  store_warp_blocks<HD, MB>(out + head.out, size_t(C), warp_q0, T, o, 1.0f,
                             sQ + warp * Tiles::kRowsPerWarp * S, lane);
 }
 
@@ -476,16 +490,16 @@ __global__ void __launch_bounds__(kThreads)
 
   // Earlier key tiles see more queries; they come first in launch order.
   const int k0 = blockIdx.x * Tiles::kRows;
-  const int bh = blockIdx.y, b = bh / H, h = bh % H;
+  const HeadOffsets head(T, C, H, HD);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
   const int warp_k0 = k0 + warp * Tiles::kRowsPerWarp;  // this warp's first key
-  const size_t qkv_stride = 3 * size_t(C);
-  const uint16_t* q_base = qkv + size_t(b) * T * qkv_stride + size_t(h) * HD;
+  const size_t qkv_stride = head.qkv_stride;
+  const uint16_t* q_base = qkv + head.qkv;
   const uint16_t* k_base = q_base + C;
   const uint16_t* v_base = q_base + 2 * C;
-  const uint16_t* dout_base = dout + size_t(b) * T * C + size_t(h) * HD;
-  const float* lse_row = lse + size_t(bh) * T;
-  const float* dot_row = row_dot + size_t(bh) * T;
+  const uint16_t* dout_base = dout + head.out;
+  const float* lse_row = lse + head.stats;
+  const float* dot_row = row_dot + head.stats;
 
   auto load_query_tile = [&](int i, int buffer) {
     const int row0 = k0 + i * QT;
@@ -550,7 +564,7 @@ __global__ void __launch_bounds__(kThreads)
   });
 
   // Each warp's K and V rows were only read by that warp: stage there.
-  uint16_t* dqkv_base = dqkv + size_t(b) * T * qkv_stride + size_t(h) * HD;
+  uint16_t* dqkv_base = dqkv + head.qkv;
   store_warp_blocks<HD, MB>(dqkv_base + C, qkv_stride, warp_k0, T, dk, scale, sK + warp * Tiles::kRowsPerWarp * S,
                             lane);
   store_warp_blocks<HD, MB>(dqkv_base + 2 * C, qkv_stride, warp_k0, T, dv, 1.0f,
@@ -581,14 +595,14 @@ __global__ void __launch_bounds__(kThreads)
   uint16_t* sV = sK + 2 * KT * S;         // [2][KT][S]
 
   const int q0 = (gridDim.x - 1 - blockIdx.x) * Tiles::kRows;
-  const int bh = blockIdx.y, b = bh / H, h = bh % H;
+  const HeadOffsets head(T, C, H, HD);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
   const int warp_q0 = q0 + warp * Tiles::kRowsPerWarp;
-  const size_t qkv_stride = 3 * size_t(C);
-  const uint16_t* q_base = qkv + size_t(b) * T * qkv_stride + size_t(h) * HD;
+  const size_t qkv_stride = head.qkv_stride;
+  const uint16_t* q_base = qkv + head.qkv;
   const uint16_t* k_base = q_base + C;
   const uint16_t* v_base = q_base + 2 * C;
-  const uint16_t* dout_base = dout + size_t(b) * T * C + size_t(h) * HD;
+  const uint16_t* dout_base = dout + head.out;
 
   load_tile_async<Tiles::kRows, HD>(sQ, q_base, q0, T, qkv_stride);
   load_tile_async<Tiles::kRows, HD>(sdO, dout_base, q0, T, size_t(C));
@@ -602,8 +616,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int t = warp_q0 + 16 * m + g + 8 * half;
-      row_lse[m][half] = t < T ? lse[size_t(bh) * T + t] * kLog2e : 0.0f;
-      row_dot_value[m][half] = t < T ? row_dot[size_t(bh) * T + t] : 0.0f;
+      row_lse[m][half] = t < T ? lse[head.stats + t] * kLog2e : 0.0f;
+      row_dot_value[m][half] = t < T ? row_dot[head.stats + t] : 0.0f;
     }
   }
 
@@ -631,7 +645,7 @@ __global__ void __launch_bounds__(kThreads)
         mma_p_b_tile<S, MB, KT / 16, HD>(dq, ds, k_tile, lane);  // dQ += dS K
       });
 
-  store_warp_blocks<HD, MB>(dqkv + size_t(b) * T * qkv_stride + size_t(h) * HD, qkv_stride, warp_q0, T, dq, scale,
+  store_warp_blocks<HD, MB>(dqkv + head.qkv, qkv_stride, warp_q0, T, dq, scale,
                             sQ + warp * Tiles::kRowsPerWarp * S, lane);
 }
 
