@@ -116,6 +116,23 @@ inline bool all_aligned16(const P*... p) {
   return (aligned16(p) && ...);
 }
 
+// Calls f(i, index) for index = first + i * stride while index < count.
+// When Held the loop is unrolled over MaxHeld iterations, so that i may
+// index register arrays holding the items (the caller guarantees that
+// MaxHeld iterations cover count); otherwise it is a plain loop.
+template <bool Held, int MaxHeld, typename F>
+__device__ __forceinline__ void for_strided(int first, int stride, int count, F&& f) {
+  if constexpr (Held) {
+#pragma unroll
+    for (int i = 0; i < MaxHeld; ++i) {
+      const int index = first + i * stride;
+      if (index < count) f(i, index);
+    }
+  } else {
+    for (int i = 0, index = first; index < count; ++i, index += stride) f(i, index);
+  }
+}
+
 // ---- reductions in a fixed order (butterfly), so results are reproducible
 __device__ __forceinline__ float warp_sum(float x) {
 #pragma unroll

@@ -30,31 +30,20 @@ __global__ void __launch_bounds__(kThreads)
   const int chunks = Vp / W;
   uint4 held[Resident ? kResidentChunks : 1];
   if constexpr (Resident) {
-#pragma unroll
-    for (int c = 0; c < kResidentChunks; ++c) {
-      const int chunk = threadIdx.x + c * kThreads;
-      if (chunk < chunks) held[c] = *reinterpret_cast<const uint4*>(row + size_t(chunk) * W);
-    }
+    for_strided<true, kResidentChunks>(threadIdx.x, kThreads, chunks, [&](int c, int chunk) {
+      held[c] = *reinterpret_cast<const uint4*>(row + size_t(chunk) * W);
+    });
   }
   // Calls f(first column, values) for each of this thread's chunks.
   auto for_each_chunk = [&](auto&& f) {
-    if constexpr (Resident) {
-#pragma unroll
-      for (int c = 0; c < kResidentChunks; ++c) {
-        const int chunk = threadIdx.x + c * kThreads;
-        if (chunk < chunks) {
-          float x[W];
-          unpack_vec<S>(held[c], x);
-          f(chunk * W, x);
-        }
-      }
-    } else {
-      for (int chunk = threadIdx.x; chunk < chunks; chunk += kThreads) {
-        float x[W];
+    for_strided<Resident, kResidentChunks>(threadIdx.x, kThreads, chunks, [&](int c, int chunk) {
+      float x[W];
+      if constexpr (Resident)
+        unpack_vec<S>(held[c], x);
+      else
         load_chunk<W>(row + size_t(chunk) * W, x);
-        f(chunk * W, x);
-      }
-    }
+      f(chunk * W, x);
+    });
   };
 
   __shared__ float shared[32];

@@ -15,19 +15,11 @@ namespace {
 constexpr int kHeldChunks = 4;
 
 // Calls f(i, c) for a lane's W-wide chunks of a C-wide row (the i-th at
-// column c); unrolled over kHeldChunks when Held, so that i may index
-// register arrays.
+// column c; W divides C); unrolled over kHeldChunks when Held, so that i may
+// index register arrays.
 template <int W, bool Held, typename F>
 __device__ __forceinline__ void for_lane_chunks(int C, int lane, F&& f) {
-  if constexpr (Held) {
-#pragma unroll
-    for (int i = 0; i < kHeldChunks; ++i) {
-      const int c = (lane + 32 * i) * W;
-      if (c < C) f(i, c);
-    }
-  } else {
-    for (int i = 0, c = lane * W; c < C; ++i, c += 32 * W) f(i, c);
-  }
+  for_strided<Held, kHeldChunks>(lane, 32, C / W, [&](int i, int chunk) { f(i, chunk * W); });
 }
 
 // ---- forward: one warp per row; the row (after the residual add, rounded
