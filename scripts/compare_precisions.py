@@ -13,28 +13,28 @@ final validation loss per seed, their mean, and the mean's difference from
 the fp32 runs' mean; the seed-to-seed spread of fp32 is the noise to judge
 it against. A run that fails stops the script with its exit status.
 
-Standard library only.
+Standard library only (and compare_runs.py beside it, for reading metrics).
 """
 import argparse
-import json
 import os
 import statistics
 import subprocess
 import sys
 import time
 
+from compare_runs import RunError, read_metrics
 
-def final_validation(metrics_path):
-    """(step, val_loss) of the last validation record in a metrics.jsonl."""
-    last = None
-    with open(metrics_path) as f:
-        for line in f:
-            record = json.loads(line)
-            if "val_loss" in record:
-                last = (record["step"], record["val_loss"])
-    if last is None:
-        raise SystemExit(f"{metrics_path}: no validation record (set train.eval_every)")
-    return last
+
+def final_validation(run_dir):
+    """(step, val_loss) of the run's last validation."""
+    try:
+        _, vals = read_metrics(run_dir)
+    except RunError as e:
+        raise SystemExit(str(e))
+    if not vals:
+        raise SystemExit(f"{run_dir}: no validation record (set train.eval_every)")
+    step = max(vals)
+    return step, vals[step]
 
 
 def main():
@@ -65,7 +65,7 @@ def main():
             if proc.returncode != 0:
                 sys.stderr.write(proc.stderr[-3000:])
                 raise SystemExit(f"{' '.join(cmd)}: exit {proc.returncode}")
-            step, val = final_validation(os.path.join(out_dir, "metrics.jsonl"))
+            step, val = final_validation(out_dir)
             losses[(mode, seed)] = val
             print(f"{mode} seed {seed}: step {step} val_loss {val:.4f} ({time.time() - start:.0f} s)", flush=True)
 
