@@ -133,6 +133,24 @@ __device__ __forceinline__ void for_strided(int first, int stride, int count, F&
   }
 }
 
+// The 16-byte chunks of a row one thread reads more than once: with Held,
+// fetch(i, p) keeps chunk i in registers (i a compile-time index, see
+// for_strided) and get() unpacks it from there; without, fetch does nothing
+// and get() reads memory again (W may then be 1, the scalar path).
+template <typename S, int W, bool Held, int MaxHeld>
+struct HeldChunks {
+  uint4 raw[Held ? MaxHeld : 1];
+  __device__ __forceinline__ void fetch(int i, const S* p) {
+    if constexpr (Held) raw[i] = *reinterpret_cast<const uint4*>(p);
+  }
+  __device__ __forceinline__ void get(int i, const S* p, float (&out)[W]) const {
+    if constexpr (Held)
+      unpack_vec<S>(raw[i], out);
+    else
+      load_chunk<W>(p, out);
+  }
+};
+
 // ---- reductions in a fixed order (butterfly), so results are reproducible
 __device__ __forceinline__ float warp_sum(float x) {
 #pragma unroll

@@ -28,23 +28,17 @@ __global__ void __launch_bounds__(kThreads)
   const float target_logit = target_valid && threadIdx.x == 0 ? load_f(row + target) : 0.0f;
 
   const int chunks = Vp / W;
-  uint4 held[Resident ? kResidentChunks : 1];
-  if constexpr (Resident) {
-    for_strided<true, kResidentChunks>(threadIdx.x, kThreads, chunks, [&](int c, int chunk) {
-      held[c] = *reinterpret_cast<const uint4*>(row + size_t(chunk) * W);
-    });
-  }
+  HeldChunks<S, W, Resident, kResidentChunks> held;
   // Calls f(first column, values) for each of this thread's chunks.
   auto for_each_chunk = [&](auto&& f) {
     for_strided<Resident, kResidentChunks>(threadIdx.x, kThreads, chunks, [&](int c, int chunk) {
       float x[W];
-      if constexpr (Resident)
-        unpack_vec<S>(held[c], x);
-      else
-        load_chunk<W>(row + size_t(chunk) * W, x);
+      held.get(c, row + size_t(chunk) * W, x);
       f(chunk * W, x);
     });
   };
+  for_strided<Resident, kResidentChunks>(threadIdx.x, kThreads, chunks,
+                                         [&](int c, int chunk) { held.fetch(c, row + size_t(chunk) * W); });
 
   __shared__ float shared[32];
   float thread_max = -INFINITY;

@@ -48,26 +48,18 @@ __global__ void residual_layernorm_forward_kernel(S* res_out, S* out, float* mea
   // res_out may alias res_in (and delta): each element is read before the
   // same thread writes it. When Held, every load is issued before the first
   // store, which the compiler could not do itself across the aliasing.
-  uint4 held_res[Held ? kHeldChunks : 1], held_delta[Held ? kHeldChunks : 1];
-  if constexpr (Held) {
-    for_lane_chunks<W, Held>(C, lane, [&](int i, int c) {
-      held_res[i] = *reinterpret_cast<const uint4*>(res_in + row + c);
-      if (delta) held_delta[i] = *reinterpret_cast<const uint4*>(delta + row + c);
-    });
-  }
+  HeldChunks<S, W, Held, kHeldChunks> held_res, held_delta;
+  for_lane_chunks<W, Held>(C, lane, [&](int i, int c) {
+    held_res.fetch(i, res_in + row + c);
+    if (delta) held_delta.fetch(i, delta + row + c);
+  });
   float sum = 0;
   for_lane_chunks<W, Held>(C, lane, [&](int i, int c) {
     float v[W];
-    if constexpr (Held)
-      unpack_vec<S>(held_res[i], v);
-    else
-      load_chunk<W>(res_in + row + c, v);
+    held_res.get(i, res_in + row + c, v);
     if (delta) {
       float d[W];
-      if constexpr (Held)
-        unpack_vec<S>(held_delta[i], d);
-      else
-        load_chunk<W>(delta + row + c, d);
+      held_delta.get(i, delta + row + c, d);
 #pragma unroll
       for (int k = 0; k < W; ++k) v[k] = round_to_storage<S>(v[k] + d[k]);
     }
@@ -125,30 +117,18 @@ __global__ void layernorm_backward_kernel(S* din, float* dw_partials, float* db_
     for (int k = 0; k < W; ++k) dw_sum[c + k] = db_sum[c + k] = 0.0f;
   });
 
-  uint4 held_dout[Held ? kHeldChunks : 1], held_in[Held ? kHeldChunks : 1];
+  HeldChunks<S, W, Held, kHeldChunks> held_dout, held_in;
   const int row_begin = blockIdx.x * kColumnChunkRows, row_end = min(row_begin + kColumnChunkRows, N);
   for (int n = row_begin + warp; n < row_end; n += warps) {
     const size_t row = size_t(n) * C;
-    // dout and the input of chunk i at column c, from memory on the first
-    // pass (kept when Held) and from registers on the second when Held.
-    auto row_chunks = [&](int i, int c, bool first, float(&g)[W], float(&x)[W]) {
-      if constexpr (Held) {
-        if (first) {
-          held_dout[i] = *reinterpret_cast<const uint4*>(dout + row + c);
-          held_in[i] = *reinterpret_cast<const uint4*>(in + row + c);
-        }
-        unpack_vec<S>(held_dout[i], g);
-        unpack_vec<S>(held_in[i], x);
-      } else {
-        load_chunk<W>(dout + row + c, g);
-        load_chunk<W>(in + row + c, x);
-      }
-    };
     const float mu = mean[n], rs = rstd[n];
     float dxhat_sum = 0, dxhat_xhat_sum = 0;
     for_lane_chunks<W, Held>(C, lane, [&](int i, int c) {
       float g[W], x[W], weight[W];
-      row_chunks(i, c, true, g, x);
+      held_dout.fetch(i, dout + row + c);
+      held_in.fetch(i, in + row + c);
+      held_dout.get(i, dout + row + c, g);
+      held_in.get(i, in + row + c, x);
       load_chunk<W>(w + c, weight);
 #pragma unroll
       for (int k = 0; k < W; ++k) {
@@ -164,7 +144,8 @@ __global__ void layernorm_backward_kernel(S* din, float* dw_partials, float* db_
     const float dxhat_xhat_mean = warp_sum(dxhat_xhat_sum) / float(C);
     for_lane_chunks<W, Held>(C, lane, [&](int i, int c) {
       float g[W], x[W], weight[W], d[W];
-      row_chunks(i, c, false, g, x);
+      held_dout.get(i, dout + row + c, g);
+      held_in.get(i, in + row + c, x);
       load_chunk<W>(w + c, weight);
       load_chunk<W>(din + row + c, d);
 #pragma unroll
