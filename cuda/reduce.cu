@@ -63,7 +63,7 @@ double reduce_sum(cudaStream_t stream, Scratch& scratch, const S* x, size_t n, T
   double* result = partials + blocks;
   dispatch_width<S>(aligned16(x), [&](auto width) {
     constexpr int W = decltype(width)::value;
-    partial_sum_kernel<S, W><<<blocks, kSumThreads, 0, stream>>>(partials, x, n, term);
+    partial_sum_kernel<S, W, Term><<<blocks, kSumThreads, 0, stream>>>(partials, x, n, term);
     CUDA_CHECK_LAUNCH("partial_sum_kernel");
   });
   final_sum_kernel<<<1, kFinalThreads, 0, stream>>>(result, partials, blocks);
