@@ -1,0 +1,361 @@
+// Fibers switch with _setjmp/_longjmp between their stacks (ucontext only
+// starts them): swapcontext saves the signal mask with a system call at
+// every switch, which made the emulation several times slower. glibc's
+// fortified longjmp refuses to jump to another stack, hence the undef.
+#undef _FORTIFY_SOURCE
+#include "device_emulator.h"
+
+#include <setjmp.h>
+#include <sys/mman.h>
+#include <ucontext.h>
+
+#include <algorithm>
+#include <deque>
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "srgpt/error.h"
+
+namespace srgpt::emulation {
+namespace {
+
+constexpr size_t kStackBytes = 256 * 1024;
+constexpr size_t kSharedGuardBytes = 4096;
+constexpr unsigned char kSharedPoison = 0xFF;  // NaN in bf16 and fp32
+constexpr unsigned char kGuardByte = 0xA5;
+constexpr int kErrorInvalidValue = 1;
+constexpr int kErrorInvalidConfiguration = 9;
+
+struct Copy {
+  void* dst;
+  const void* src;
+  size_t bytes, src_bytes;
+};
+
+enum class State { ready, at_block_barrier, at_warp_operation, done };
+
+struct Fiber {
+  ucontext_t start;
+  jmp_buf resume;
+  bool started = false;
+  uint3 index;
+  State state = State::ready;
+  uint64_t waiting_for = 0;  // the barrier generation that releases it
+  std::vector<Copy> open_group;
+  std::deque<std::vector<Copy>> committed_groups;
+};
+
+struct Warp {
+  int lanes = 0, arrived = 0, exited = 0;
+  uint64_t generation = 0;
+  const char* kind = nullptr;
+  size_t in_bytes = 0, out_bytes = 0;
+  unsigned char in[32 * kMaxCollectiveBytes], out[32 * kMaxCollectiveBytes];
+};
+
+// Fiber stacks, kept across launches; mapped lazily, so only the pages a
+// kernel touches cost memory.
+class Stacks {
+ public:
+  ~Stacks() {
+    if (base_) munmap(base_, bytes_);
+  }
+  char* get(size_t count) {
+    const size_t bytes = count * kStackBytes;
+    if (bytes > bytes_) {
+      if (base_) munmap(base_, bytes_);
+      void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+      if (p == MAP_FAILED) fail("device emulator: cannot map {} bytes of fiber stacks", bytes);
+      base_ = static_cast<char*>(p);
+      bytes_ = bytes;
+    }
+    return base_;
+  }
+
+ private:
+  char* base_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+struct Block {
+  uint3 index;
+  dim3 dim, grid;
+  std::vector<Fiber> fibers;
+  std::vector<Warp> warps;
+  int alive = 0, arrived = 0;
+  uint64_t generation = 0;
+  std::vector<unsigned char> shared;  // dynamic shared memory, then the guard
+  size_t shared_bytes = 0;
+  std::string error;
+};
+
+Schedule g_schedule;
+std::map<const void*, size_t> g_max_dynamic_shared;
+int g_launch_error = 0;
+Stacks g_stacks;
+Block* g_block = nullptr;
+Fiber* g_fiber = nullptr;
+jmp_buf g_scheduler;
+const std::function<void()>* g_thread_body = nullptr;
+
+Block& block() {
+  if (!g_block || !g_fiber) fail("device emulator: a device function was called outside a kernel");
+  return *g_block;
+}
+int linear_index(const Block& b, const uint3& i) { return int(i.x + b.dim.x * (i.y + b.dim.y * i.z)); }
+Warp& my_warp() { return block().warps[linear_index(*g_block, g_fiber->index) / 32]; }
+
+void yield() {
+  if (_setjmp(g_fiber->resume) == 0) _longjmp(g_scheduler, 1);
+}
+
+void perform(const Copy& c) {
+  std::memcpy(c.dst, c.src, c.src_bytes);
+  std::memset(static_cast<char*>(c.dst) + c.src_bytes, 0, c.bytes - c.src_bytes);
+}
+
+[[noreturn]] void fiber_entry() {
+  Fiber& fiber = *g_fiber;
+  Block& b = *g_block;
+  try {
+    (*g_thread_body)();
+    if (!fiber.open_group.empty() || !fiber.committed_groups.empty())
+      fail("cp.async copies issued but never waited for (cp.async.wait_group)");
+  } catch (const std::exception& e) {
+    if (b.error.empty())
+      b.error = fmt::format("thread ({},{},{}) of block ({},{},{}): {}", fiber.index.x, fiber.index.y, fiber.index.z,
+                            b.index.x, b.index.y, b.index.z, e.what());
+  }
+  fiber.state = State::done;
+  --b.alive;
+  Warp& warp = b.warps[linear_index(b, fiber.index) / 32];
+  ++warp.exited;
+  if (warp.arrived > 0 && b.error.empty())
+    b.error = fmt::format("a lane of warp {} of block ({},{},{}) exited while the others wait at {}",
+                          linear_index(b, fiber.index) / 32, b.index.x, b.index.y, b.index.z, warp.kind);
+  // Exited threads no longer hold up __syncthreads.
+  if (b.arrived > 0 && b.arrived == b.alive) {
+    b.arrived = 0;
+    ++b.generation;
+  }
+  _longjmp(g_scheduler, 1);
+}
+
+bool runnable(const Block& b, const Fiber& f) {
+  switch (f.state) {
+    case State::ready: return true;
+    case State::at_block_barrier: return b.generation != f.waiting_for;
+    case State::at_warp_operation: return b.warps[linear_index(b, f.index) / 32].generation != f.waiting_for;
+    case State::done: return false;
+  }
+  return false;
+}
+
+// Its own frame, so that no local of the scheduler loop lives across the
+// _setjmp that the fiber's _longjmp returns to.
+[[gnu::noinline]] void run_until_it_yields(Fiber& f) {
+  g_fiber = &f;
+  if (_setjmp(g_scheduler) == 0) {
+    if (f.started) _longjmp(f.resume, 1);
+    f.started = true;
+    setcontext(&f.start);
+  }
+  g_fiber = nullptr;
+}
+
+void run_block(Block& b, char* stacks) {
+  std::fill(b.shared.begin(), b.shared.begin() + b.shared_bytes, kSharedPoison);
+  std::fill(b.shared.begin() + b.shared_bytes, b.shared.end(), kGuardByte);
+  const int threads = int(b.fibers.size());
+  b.alive = threads;
+  b.arrived = 0;
+  for (size_t w = 0; w < b.warps.size(); ++w) {
+    b.warps[w] = Warp{};
+    b.warps[w].lanes = std::min(32, threads - int(32 * w));
+  }
+  for (int t = 0; t < threads; ++t) {
+    Fiber& f = b.fibers[t];
+    f = Fiber{};
+    f.index = uint3{unsigned(t % b.dim.x), unsigned(t / b.dim.x % b.dim.y), unsigned(t / (b.dim.x * b.dim.y))};
+    getcontext(&f.start);
+    f.start.uc_stack.ss_sp = stacks + size_t(t) * kStackBytes;
+    f.start.uc_stack.ss_size = kStackBytes;
+    f.start.uc_link = nullptr;  // fiber_entry never returns
+    makecontext(&f.start, fiber_entry, 0);
+  }
+  g_block = &b;
+  // Fibers at positions (in priority order) below scan_from are not
+  // runnable: only a barrier's release can change that, so only a release
+  // moves scan_from back.
+  auto fiber_at = [&](int position) -> Fiber& {
+    return b.fibers[g_schedule.descending ? threads - 1 - position : position];
+  };
+  int scan_from = 0;
+  for (;;) {
+    int position = scan_from;
+    while (position < threads && !runnable(b, fiber_at(position))) ++position;
+    if (position == threads) {
+      if (b.alive == 0) break;
+      int at_block = 0, at_warp = 0;
+      for (const Fiber& f : b.fibers) {
+        at_block += f.state == State::at_block_barrier;
+        at_warp += f.state == State::at_warp_operation;
+      }
+      g_block = nullptr;
+      fail("device emulator: deadlock in block ({},{},{}): {} threads wait at __syncthreads, {} at a warp-wide "
+           "operation, {} have exited",
+           b.index.x, b.index.y, b.index.z, at_block, at_warp, threads - b.alive);
+    }
+    Fiber& f = fiber_at(position);
+    const int warp = linear_index(b, f.index) / 32;
+    const uint64_t block_generation = b.generation, warp_generation = b.warps[warp].generation;
+    f.state = State::ready;
+    run_until_it_yields(f);
+    if (!b.error.empty()) {
+      g_block = nullptr;
+      fail("device emulator: {}", b.error);
+    }
+    scan_from = position;
+    if (b.generation != block_generation) {
+      scan_from = 0;
+    } else if (b.warps[warp].generation != warp_generation) {
+      const int first_lane = 32 * warp, last_lane = std::min(threads, 32 * warp + 32) - 1;
+      scan_from = std::min(scan_from, g_schedule.descending ? threads - 1 - last_lane : first_lane);
+    }
+  }
+  g_block = nullptr;
+  for (size_t i = b.shared_bytes; i < b.shared.size(); ++i)
+    if (b.shared[i] != kGuardByte)
+      fail("device emulator: block ({},{},{}) wrote {} bytes past the end of its {} bytes of dynamic shared memory",
+           b.index.x, b.index.y, b.index.z, i - b.shared_bytes + 1, b.shared_bytes);
+}
+
+}  // namespace
+
+std::string Schedule::name() const {
+  return fmt::format("{} threads, cp.async data at {}", descending ? "descending" : "ascending",
+                     copies_at_issue ? "issue" : "wait");
+}
+
+void set_schedule(const Schedule& schedule) { g_schedule = schedule; }
+
+void set_max_dynamic_shared(const void* kernel, size_t bytes) { g_max_dynamic_shared[kernel] = bytes; }
+
+int take_launch_error() { return std::exchange(g_launch_error, 0); }
+
+void run_kernel(const void* kernel, const Launch& launch, const std::function<void()>& thread) {
+  if (g_block) fail("device emulator: a kernel launched another kernel");
+  const size_t threads = size_t(launch.block.x) * launch.block.y * launch.block.z;
+  const size_t blocks = size_t(launch.grid.x) * launch.grid.y * launch.grid.z;
+  const auto limit = g_max_dynamic_shared.find(kernel);
+  const size_t shared_limit = limit == g_max_dynamic_shared.end() ? kDefaultDynamicShared : limit->second;
+  if (threads == 0 || threads > kMaxThreadsPerBlock || blocks == 0 || launch.grid.y > 65535 ||
+      launch.grid.z > 65535) {
+    g_launch_error = kErrorInvalidConfiguration;
+    return;
+  }
+  if (launch.shared_bytes > shared_limit || launch.shared_bytes > kMaxDynamicSharedOptIn) {
+    g_launch_error = kErrorInvalidValue;
+    return;
+  }
+  Block b;
+  b.dim = launch.block;
+  b.grid = launch.grid;
+  b.fibers.resize(threads);
+  b.warps.resize((threads + 31) / 32);
+  b.shared_bytes = launch.shared_bytes;
+  b.shared.resize(launch.shared_bytes + kSharedGuardBytes);
+  char* stacks = g_stacks.get(threads);
+  g_thread_body = &thread;
+  for (unsigned z = 0; z < launch.grid.z; ++z)
+    for (unsigned y = 0; y < launch.grid.y; ++y)
+      for (unsigned x = 0; x < launch.grid.x; ++x) {
+        b.index = uint3{x, y, z};
+        run_block(b, stacks);
+      }
+  g_thread_body = nullptr;
+}
+
+const uint3& thread_index() {
+  block();  // fails outside a kernel
+  return g_fiber->index;
+}
+const uint3& block_index() { return block().index; }
+const dim3& block_dim() { return block().dim; }
+const dim3& grid_dim() { return block().grid; }
+unsigned char* dynamic_shared() { return block().shared.data(); }
+
+bool in_shared(const void* p, size_t bytes) {
+  const Block& b = block();
+  const auto* c = static_cast<const unsigned char*>(p);
+  return c >= b.shared.data() && c + bytes <= b.shared.data() + b.shared_bytes;
+}
+
+void fault(const std::string& message) { fail("{}", message); }
+
+void sync_threads() {
+  Block& b = block();
+  if (++b.arrived == b.alive) {
+    b.arrived = 0;
+    ++b.generation;
+    return;
+  }
+  g_fiber->state = State::at_block_barrier;
+  g_fiber->waiting_for = b.generation;
+  yield();
+}
+
+void warp_collective(const char* kind, const void* in, size_t in_bytes, void* out, size_t out_bytes,
+                     CollectiveCompute compute) {
+  Warp& warp = my_warp();
+  const int lane = linear_index(*g_block, g_fiber->index) % 32;
+  if (warp.lanes != 32) fault(fmt::format("{} in a warp of {} threads (the block size is not a multiple of 32)", kind, warp.lanes));
+  if (warp.exited) fault(fmt::format("{} in a warp some of whose lanes have exited", kind));
+  if (warp.arrived == 0) {
+    warp.kind = kind;
+    warp.in_bytes = in_bytes;
+    warp.out_bytes = out_bytes;
+  } else if (std::strcmp(warp.kind, kind) != 0) {
+    fault(fmt::format("lanes of one warp at different warp-wide operations: {} and {}", warp.kind, kind));
+  }
+  std::memcpy(warp.in + lane * in_bytes, in, in_bytes);
+  if (++warp.arrived == 32) {
+    compute(warp.in, warp.out);
+    warp.arrived = 0;
+    ++warp.generation;
+  } else {
+    g_fiber->state = State::at_warp_operation;
+    g_fiber->waiting_for = warp.generation;
+    yield();
+  }
+  std::memcpy(out, warp.out + lane * out_bytes, out_bytes);
+}
+
+void cp_async(void* shared_dst, const void* src, size_t bytes, size_t src_bytes) {
+  if (!in_shared(shared_dst, bytes)) fault("cp.async destination outside the block's dynamic shared memory");
+  if (reinterpret_cast<uintptr_t>(shared_dst) % bytes || reinterpret_cast<uintptr_t>(src) % bytes)
+    fault(fmt::format("cp.async of {} bytes with a misaligned address", bytes));
+  if (src_bytes > bytes) fault("cp.async source size larger than the copy");
+  Copy copy{shared_dst, src, bytes, src_bytes};
+  if (g_schedule.copies_at_issue)
+    perform(copy);
+  else
+    g_fiber->open_group.push_back(copy);
+}
+
+void cp_async_commit() {
+  Fiber& f = *g_fiber;
+  f.committed_groups.push_back(std::move(f.open_group));
+  f.open_group.clear();
+}
+
+void cp_async_wait(int pending_groups) {
+  Fiber& f = *g_fiber;
+  while (int(f.committed_groups.size()) > pending_groups) {
+    for (const Copy& c : f.committed_groups.front()) perform(c);
+    f.committed_groups.pop_front();
+  }
+}
+
+}  // namespace srgpt::emulation

@@ -1,0 +1,140 @@
+#pragma once
+// Stands in for the CUDA runtime header when the kernel sources are built
+// for the CPU device emulator (tests/emulation): the CUDA keywords and
+// built-in variables, the device functions the kernels call, and the few
+// runtime calls their launchers make, over host memory.
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#include "device_emulator.h"
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __shared__ static
+#define __restrict__ __restrict
+#define __align__(n) alignas(n)
+#define __launch_bounds__(...)
+
+#define threadIdx (::srgpt::emulation::thread_index())
+#define blockIdx (::srgpt::emulation::block_index())
+#define blockDim (::srgpt::emulation::block_dim())
+#define gridDim (::srgpt::emulation::grid_dim())
+
+inline void __syncthreads() { ::srgpt::emulation::sync_threads(); }
+
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  if (mask != 0xffffffffu) ::srgpt::emulation::fault("__syncwarp with a partial mask is not emulated");
+  ::srgpt::emulation::warp_collective<char, char>("__syncwarp", 0, [](const unsigned char*, unsigned char*) {});
+}
+
+template <typename T>
+T __shfl_xor_sync(unsigned mask, T value, int lane_mask, int width = 32) {
+  if (mask != 0xffffffffu || width != 32)
+    ::srgpt::emulation::fault("__shfl_xor_sync with a partial mask or width is not emulated");
+  struct In {
+    T value;
+    int lane_mask;
+  };
+  return ::srgpt::emulation::warp_collective<In, T>(
+      "__shfl_xor_sync", In{value, lane_mask}, [](const unsigned char* in, unsigned char* out) {
+        for (int lane = 0; lane < 32; ++lane) {
+          In mine;
+          std::memcpy(&mine, in + lane * sizeof(In), sizeof(In));
+          const int source = lane ^ mine.lane_mask;
+          std::memcpy(out + lane * sizeof(T), in + (source < 32 ? source : lane) * sizeof(In), sizeof(T));
+        }
+      });
+}
+
+inline float __uint_as_float(unsigned u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline unsigned __float_as_uint(float f) {
+  unsigned u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+using std::isfinite;
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
+
+// ---- runtime API over host memory
+struct CUstream_st;
+typedef CUstream_st* cudaStream_t;
+
+enum cudaError_t {
+  cudaSuccess = 0,
+  cudaErrorInvalidValue = 1,
+  cudaErrorMemoryAllocation = 2,
+  cudaErrorInvalidConfiguration = 9,
+};
+enum cudaMemcpyKind {
+  cudaMemcpyHostToHost = 0,
+  cudaMemcpyHostToDevice = 1,
+  cudaMemcpyDeviceToHost = 2,
+  cudaMemcpyDeviceToDevice = 3,
+  cudaMemcpyDefault = 4,
+};
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+enum cudaDeviceAttr { cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
+
+inline const char* cudaGetErrorName(cudaError_t err) {
+  switch (err) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+  }
+  return "cudaErrorUnknown";
+}
+inline const char* cudaGetErrorString(cudaError_t err) {
+  switch (err) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+  }
+  return "unknown error";
+}
+inline cudaError_t cudaGetLastError() { return cudaError_t(::srgpt::emulation::take_launch_error()); }
+
+inline cudaError_t cudaMalloc(void** p, size_t bytes) {
+  *p = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
+  return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+inline cudaError_t cudaFree(void* p) {
+  std::free(p);
+  return cudaSuccess;
+}
+inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind, cudaStream_t = nullptr) {
+  std::memcpy(dst, src, bytes);
+  return cudaSuccess;
+}
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+inline cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+inline cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
+  *free_bytes = *total_bytes = 0;
+  return cudaSuccess;
+}
+inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int) {
+  if (attr != cudaDevAttrMaxSharedMemoryPerBlockOptin) return cudaErrorInvalidValue;
+  *value = int(::srgpt::emulation::kMaxDynamicSharedOptIn);
+  return cudaSuccess;
+}
+template <typename... P>
+cudaError_t cudaFuncSetAttribute(void (*kernel)(P...), cudaFuncAttribute attr, int value) {
+  if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 ||
+      size_t(value) > ::srgpt::emulation::kMaxDynamicSharedOptIn)
+    return cudaErrorInvalidValue;
+  ::srgpt::emulation::set_max_dynamic_shared(reinterpret_cast<const void*>(kernel), size_t(value));
+  return cudaSuccess;
+}
