@@ -115,11 +115,12 @@ __global__ void __launch_bounds__(kThreads)
       if (first + k >= lo && first + k < hi)
         adamw_fp32(&w.x[k], &m.x[k], &v.x[k], load_f(&g.x[k]) * step.grad_scale, step);
   } else {
-    constexpr bool kStochastic = Mode == Precision::bf16_sr;
+    const uint64_t sr_key = sr_step_key(step.seed, step.step);
+    const uint64_t* key = Mode == Precision::bf16_sr ? &sr_key : nullptr;
 #pragma unroll
     for (int k = 0; k < kGroup; ++k)
       if (first + k >= lo && first + k < hi)
-        adamw_bf16(&w.x[k], &m.x[k], &v.x[k], load_f(&g.x[k]) * step.grad_scale, first + k, kStochastic, step);
+        adamw_bf16(&w.x[k], &m.x[k], &v.x[k], load_f(&g.x[k]) * step.grad_scale, first + k, key, step);
   }
   store_group(weights, w, first, lo, hi, whole);
   store_group(m_state, m, first, lo, hi, whole);

@@ -42,14 +42,16 @@ SRGPT_HD float adamw_new_weight(float w, float direction, const AdamWStep& s) {
   return w - s.lr * (direction + s.weight_decay * w);
 }
 
-// bf16 weights and state; stochastic (sr = true) or nearest rounding.
-SRGPT_HD void adamw_bf16(bf16* w, bf16* m, bf16* v, float g, uint64_t index, bool sr, const AdamWStep& s) {
+// bf16 weights and state; stochastic rounding with the step's key
+// (sr_key = sr_step_key(s.seed, s.step)), or to nearest when sr_key is null.
+SRGPT_HD void adamw_bf16(bf16* w, bf16* m, bf16* v, float g, uint64_t index, const uint64_t* sr_key,
+                         const AdamWStep& s) {
   float mf = bf16_to_float(*m), vf = bf16_to_float(*v);
   float wf = bf16_to_float(*w);
   float dir = adamw_moments(g, &mf, &vf, s);
   float wn = adamw_new_weight(wf, dir, s);
-  if (sr) {
-    const uint64_t bits = sr_element_bits(s.seed, s.step, index + s.index_offset);
+  if (sr_key) {
+    const uint64_t bits = sr_element_bits(*sr_key, index + s.index_offset);
     *m = float_to_bf16_sr(mf, sr_field(bits, kSrAdamM));
     *v = float_to_bf16_sr(vf, sr_field(bits, kSrAdamV));
     *w = float_to_bf16_sr(wn, sr_field(bits, kSrWeights));

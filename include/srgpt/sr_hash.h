@@ -23,13 +23,17 @@ SRGPT_HD uint64_t mix64(uint64_t x) {
   return x;
 }
 
-// 64 random bits for element `index` at `step`. The per-step key does not
-// depend on the element, so a kernel computes it once for all its elements
-// and one mix per element serves all three roundings.
-SRGPT_HD uint64_t sr_element_bits(uint64_t seed, uint64_t step, uint64_t index) {
-  const uint64_t key = mix64(mix64(seed ^ 0x9e3779b97f4a7c15ull) ^ (step * 0xd1b54a32d192ed03ull));
-  return mix64(key ^ index);
+// The key of one optimizer step: it does not depend on the element, so a
+// caller computes it once (per step, or per GPU thread) rather than per
+// element; the compilers do not hoist it out of the element loop on their
+// own.
+SRGPT_HD uint64_t sr_step_key(uint64_t seed, uint64_t step) {
+  return mix64(mix64(seed ^ 0x9e3779b97f4a7c15ull) ^ (step * 0xd1b54a32d192ed03ull));
 }
+
+// 64 random bits for element `index` in the step with key `step_key`: one
+// mix per element serves all three roundings.
+SRGPT_HD uint64_t sr_element_bits(uint64_t step_key, uint64_t index) { return mix64(step_key ^ index); }
 
 // A stream's 16-bit field of an element's random bits.
 SRGPT_HD uint32_t sr_field(uint64_t element_bits, uint32_t stream) {
@@ -37,7 +41,7 @@ SRGPT_HD uint32_t sr_field(uint64_t element_bits, uint32_t stream) {
 }
 
 SRGPT_HD uint32_t sr_random_bits(uint64_t seed, uint64_t step, uint64_t index, uint32_t stream) {
-  return sr_field(sr_element_bits(seed, step, index), stream);
+  return sr_field(sr_element_bits(sr_step_key(seed, step), index), stream);
 }
 
 }  // namespace srgpt

@@ -48,11 +48,12 @@ void adamw_update(DType storage, Precision mode, const OptimizerBuffers& buffers
   switch (mode) {
     case Precision::bf16_sr:
     case Precision::bf16_rn: {
-      const bool sr = mode == Precision::bf16_sr;
+      const uint64_t sr_key = sr_step_key(step.seed, step.step);
+      const uint64_t* key = mode == Precision::bf16_sr ? &sr_key : nullptr;
       auto* w = static_cast<bf16*>(buffers.weights);
       auto* m = static_cast<bf16*>(buffers.m);
       auto* v = static_cast<bf16*>(buffers.v);
-      for_each_element(begin, end, [&](size_t i) { adamw_bf16(&w[i], &m[i], &v[i], g(i) * grad_scale, i, sr, step); });
+      for_each_element(begin, end, [&](size_t i) { adamw_bf16(&w[i], &m[i], &v[i], g(i) * grad_scale, i, key, step); });
       return;
     }
     case Precision::mixed: {

@@ -912,12 +912,13 @@ OptimizerState backend_adamw(Precision mode, OptimizerState s, size_t begin, siz
 
 // The same update as direct per-element calls of adamw_math.h.
 OptimizerState direct_adamw(Precision mode, OptimizerState s, size_t begin, size_t end, const AdamWStep& step) {
+  const uint64_t sr_key = sr_step_key(step.seed, step.step);
   for (size_t i = begin; i < end; ++i) {
     switch (mode) {
       case Precision::bf16_sr:
       case Precision::bf16_rn:
         adamw_bf16(&s.w16[i], &s.m16[i], &s.v16[i], bf16_to_float(s.g16[i]) * step.grad_scale, i,
-                   mode == Precision::bf16_sr, step);
+                   mode == Precision::bf16_sr ? &sr_key : nullptr, step);
         break;
       case Precision::mixed:
         adamw_mixed(&s.master[i], &s.w16[i], &s.m32[i], &s.v32[i], bf16_to_float(s.g16[i]) * step.grad_scale, step);
