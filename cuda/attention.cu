@@ -232,27 +232,23 @@ __device__ __forceinline__ void walk_tiles(int tiles, Load&& load, Body&& body) 
   }
 }
 
-// Scores S = Q K^T of a warp's MB query blocks (first query `query0`)
-// against keys key0.. into the log2 domain (times scale_log2); a key after
-// its query gets -inf.
+// Masks the scores S = Q K^T of a warp's MB query blocks (first query
+// `query0`) against keys key0..: a key after its query gets -inf. Scores
+// stay unscaled: the softmax folds the scale into the one FFMA that feeds
+// each exponential, exp2(s * scale_log2 - offset).
 template <int MB, int NB>
-__device__ __forceinline__ void scale_and_mask_scores(float (&s)[MB][NB][4], float scale_log2, int key0, int query0,
-                                                      int lane) {
+__device__ __forceinline__ void mask_scores(float (&s)[MB][NB][4], int key0, int query0, int lane) {
+  if (key0 + 8 * NB - 1 <= query0) return;  // every key at or before every query
   const int g = lane / 4, q = lane % 4;
-  const bool needs_mask = key0 + 8 * NB - 1 > query0;
 #pragma unroll
   for (int m = 0; m < MB; ++m) {
 #pragma unroll
     for (int nb = 0; nb < NB; ++nb) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        float v = s[m][nb][e] * scale_log2;
-        if (needs_mask) {
-          const int key = key0 + nb * 8 + 2 * q + (e & 1);
-          const int query = query0 + 16 * m + g + 8 * (e / 2);
-          if (key > query) v = -INFINITY;
-        }
-        s[m][nb][e] = v;
+        const int key = key0 + nb * 8 + 2 * q + (e & 1);
+        const int query = query0 + 16 * m + g + 8 * (e / 2);
+        if (key > query) s[m][nb][e] = -INFINITY;
       }
     }
   }
@@ -277,15 +273,16 @@ struct HeadOffsets {
 // block's last query through walk_tiles (the caller has committed tile 0's
 // copies together with the block's Q tile in sQ) and, for each tile with a
 // key at or before one of this warp's queries, calls body(s, k_tile,
-// v_tile) with s = Q K^T of the warp's MB query blocks in the log2 domain
-// (times scale_log2), keys after their query at -inf. Tiles wholly after
-// the warp's queries, and warps wholly past T, are skipped; tile 0 never is
-// for a query below T, so every such row sees a finite score.
+// v_tile) with s = Q K^T of the warp's MB query blocks (unscaled), keys
+// after their query at -inf. Tiles wholly after the warp's queries, and
+// warps wholly past T, are skipped; every tile passed to body has, for each
+// of the warp's rows, a key at or before it (tiles and warp rows are both
+// aligned to KT and 16 * MB, KT a multiple of 16 * MB), so every row sees a
+// finite score in every tile.
 template <int HD, int KT, int MB, typename Body>
 __device__ __forceinline__ void for_each_key_tile(const uint16_t* sQ, uint16_t* sK, uint16_t* sV, int q0,
                                                   int block_rows, int T, const uint16_t* k_base,
-                                                  const uint16_t* v_base, size_t qkv_stride, float scale_log2,
-                                                  Body&& body) {
+                                                  const uint16_t* v_base, size_t qkv_stride, Body&& body) {
   constexpr int S = HD + kPad;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int warp_q0 = q0 + warp * 16 * MB;
@@ -303,7 +300,7 @@ __device__ __forceinline__ void for_each_key_tile(const uint16_t* sQ, uint16_t* 
         const uint16_t* k_tile = sK + buffer * KT * S;
         float s[MB][KT / 8][4] = {};
         mma_a_bt_tile<S, MB, HD / 16, KT / 8>(s, FragmentsInRegisters<MB, HD / 16>{q_frag}, k_tile, lane);
-        scale_and_mask_scores(s, scale_log2, key0, warp_q0, lane);
+        mask_scores(s, key0, warp_q0, lane);
         body(s, k_tile, sV + buffer * KT * S);
       });
 }
@@ -355,14 +352,16 @@ __global__ void __launch_bounds__(kThreads) attention_forward_tc_kernel(uint16_t
   cp_async_commit();
 
   float o[MB][HD / 8][4] = {};
-  float row_max[MB][2], row_sum[MB][2];  // log2 domain; row_sum is this lane's share, quad-summed at the end
+  // row_max of the unscaled scores; row_sum this lane's share of the sum of
+  // exp2(scale_log2 (s - row_max)), quad-summed at the end.
+  float row_max[MB][2], row_sum[MB][2];
 #pragma unroll
   for (int m = 0; m < MB; ++m) {
     row_max[m][0] = row_max[m][1] = -INFINITY;
     row_sum[m][0] = row_sum[m][1] = 0.0f;
   }
   for_each_key_tile<HD, KT, MB>(
-      sQ, sK, sV, q0, Tiles::kRows, T, k_base, v_base, qkv_stride, scale_log2,
+      sQ, sK, sV, q0, Tiles::kRows, T, k_base, v_base, qkv_stride,
       [&](float(&s)[MB][KT / 8][4], const uint16_t*, const uint16_t* v_tile) {
 #pragma unroll
         for (int m = 0; m < MB; ++m) {
@@ -372,19 +371,20 @@ __global__ void __launch_bounds__(kThreads) attention_forward_tc_kernel(uint16_t
 #pragma unroll
             for (int e = 0; e < 4; ++e) tile_max[e / 2] = fmaxf(tile_max[e / 2], s[m][nb][e]);
           }
-          float correction[2];
+          float correction[2], max_scaled[2];
 #pragma unroll
           for (int half = 0; half < 2; ++half) {
             tile_max[half] = quad_max(tile_max[half]);
-            correction[half] = exp2f(row_max[m][half] - tile_max[half]);
+            correction[half] = exp2f((row_max[m][half] - tile_max[half]) * scale_log2);
             row_max[m][half] = tile_max[half];
+            max_scaled[half] = tile_max[half] * scale_log2;
             row_sum[m][half] *= correction[half];
           }
 #pragma unroll
           for (int nb = 0; nb < KT / 8; ++nb) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-              const float p = exp2f(s[m][nb][e] - row_max[m][e / 2]);
+              const float p = exp2f(s[m][nb][e] * scale_log2 - max_scaled[e / 2]);  // one FFMA
               s[m][nb][e] = p;
               row_sum[m][e / 2] += p;
             }
@@ -412,7 +412,7 @@ __global__ void __launch_bounds__(kThreads) attention_forward_tc_kernel(uint16_t
         o[m][db][2 * half + 1] *= inverse;
       }
       const int t = warp_q0 + 16 * m + g + 8 * half;
-      if (q == 0 && t < T) lse[head.stats + t] = (row_max[m][half] + log2f(row_sum[m][half])) * kLn2;
+      if (q == 0 && t < T) lse[head.stats + t] = (row_max[m][half] * scale_log2 + log2f(row_sum[m][half])) * kLn2;
     }
   }
   // The warp's Q rows are in registers; reuse them to stage the output.
@@ -488,7 +488,9 @@ __global__ void __launch_bounds__(kThreads)
     const float* tile_lse = sLse + buffer * QT;
     const float* tile_dot = sDot + buffer * QT;
 
-    // P^T for this warp's keys x QT queries (fp32, masked).
+    // P^T for this warp's keys x QT queries (fp32, masked). The mask is
+    // applied to every tile: skipping it where no element is masked costs
+    // the dK/dV kernels more spills than it saves.
     float p[MB][QT / 8][4] = {};
     mma_a_bt_tile<S, MB, HD / 16, QT / 8>(p, FragmentsInShared<S, MB>{sK, warp * Tiles::kRowsPerWarp, lane}, q_tile,
                                           lane);
@@ -501,7 +503,7 @@ __global__ void __launch_bounds__(kThreads)
           const int key = warp_k0 + 16 * m + g + 8 * (e / 2);
           const int column = nb * 8 + 2 * q + (e & 1);
           const int query = row0 + column;
-          const float value = exp2f(p[m][nb][e] * scale_log2 - tile_lse[column]);
+          const float value = exp2f(p[m][nb][e] * scale_log2 - tile_lse[column]);  // one FFMA
           p[m][nb][e] = query >= key && query < T ? value : 0.0f;
         }
       }
@@ -583,7 +585,7 @@ __global__ void __launch_bounds__(kThreads)
 
   float dq[MB][HD / 8][4] = {};
   for_each_key_tile<HD, KT, MB>(
-      sQ, sK, sV, q0, Tiles::kRows, T, k_base, v_base, qkv_stride, scale_log2,
+      sQ, sK, sV, q0, Tiles::kRows, T, k_base, v_base, qkv_stride,
       [&](float(&p)[MB][KT / 8][4], const uint16_t* k_tile, const uint16_t* v_tile) {
         // dS = P (dP - D), dP = dO V^T. dO's fragments are read again for
         // every tile: holding them as well as Q's would exceed the register
@@ -597,7 +599,7 @@ __global__ void __launch_bounds__(kThreads)
           for (int nb = 0; nb < KT / 8; ++nb) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-              const float p_value = exp2f(p[m][nb][e] - row_lse[m][e / 2]);
+              const float p_value = exp2f(p[m][nb][e] * scale_log2 - row_lse[m][e / 2]);  // one FFMA
               ds[m][nb][e] = p_value * (ds[m][nb][e] - row_dot_value[m][e / 2]);
             }
           }
