@@ -23,7 +23,7 @@ void check_repeatable(const std::string& what, const std::vector<Tensor*>& outpu
 
 }  // namespace
 
-TEST_CASE("gpu ops are deterministic", "[gpu]") {
+TEST_CASE("gpu ops are deterministic", "[gpu][determinism]") {
   if (!have_gpu()) return;
   uint64_t seed = 800;
   for (DType dtype : {DType::bf16, DType::f32}) {

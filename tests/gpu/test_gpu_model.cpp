@@ -94,7 +94,7 @@ TEST_CASE("gpu GPT loss and gradients match the cpu backend", "[gpu]") {
   }
 }
 
-TEST_CASE("gpu training is bit-reproducible over 20 steps", "[gpu]") {
+TEST_CASE("gpu training is bit-reproducible over 20 steps", "[gpu][determinism]") {
   if (!have_gpu()) return;
   const ModelConfig cfg = small_model();
   const int B = 4, T = 256, steps = 20;
