@@ -68,12 +68,16 @@ inline int max(int a, int b) { return a > b ? a : b; }
 struct CUstream_st;
 typedef CUstream_st* cudaStream_t;
 
-enum cudaError_t {
+// Named as in the CUDA headers (enum cudaError), so that functions taking a
+// cudaError_t have the same linker names as in srgpt_cuda, which CUDA builds
+// link beside the emulated objects.
+enum cudaError {
   cudaSuccess = 0,
   cudaErrorInvalidValue = 1,
   cudaErrorMemoryAllocation = 2,
   cudaErrorInvalidConfiguration = 9,
 };
+typedef cudaError cudaError_t;
 enum cudaMemcpyKind {
   cudaMemcpyHostToHost = 0,
   cudaMemcpyHostToDevice = 1,
