@@ -27,19 +27,20 @@ constexpr int kWarps = 4;
 constexpr int kThreads = 32 * kWarps;
 
 // Tiling per head size. Each warp owns 16 * kBlocksPerWarp rows (queries
-// in the forward and dQ passes, keys in the dK/dV pass). With two 16-row
+// in the forward pass, keys in the backward pass). With two 16-row
 // blocks every fragment a warp reads from shared memory feeds two mma
 // instead of one, halving the shared-memory traffic per mma and giving
 // each warp two independent chains; head size 128 keeps one block so that
 // its accumulators stay within 255 registers.
+constexpr int kBackwardQueryTile = 32;  // query rows per step of the backward pass
+
 template <int HD>
 struct AttentionTiles {
   static constexpr int kBlocksPerWarp = HD == 64 ? 2 : 1;
   static constexpr int kRowsPerWarp = 16 * kBlocksPerWarp;
   static constexpr int kRows = kWarps * kRowsPerWarp;  // rows one block owns
   static constexpr int kForwardKeys = 64;              // key tile of the forward pass
-  static constexpr int kDqKeys = HD == 64 ? 32 : 64;   // key tile of the dQ pass
-  static constexpr int kDkdvQueries = 32;              // query tile of the dK/dV pass
+  static constexpr int kBackwardQueries = kBackwardQueryTile;
 };
 
 // Fragment addressing. Each helper returns the shared-memory address this
@@ -268,7 +269,7 @@ struct HeadOffsets {
   }
 };
 
-// The key loop the forward and dQ passes share, for a block owning queries
+// The forward pass's key loop, for a block owning queries
 // q0 .. q0 + kRows - 1: streams the key/value tiles (KT rows) up to the
 // block's last query through walk_tiles (the caller has committed tile 0's
 // copies together with the block's Q tile in sQ) and, for each tile with a
@@ -421,34 +422,48 @@ __global__ void __launch_bounds__(kThreads) attention_forward_tc_kernel(uint16_t
 }
 
 // =====================================================================
-// Backward, tensor cores, dK and dV: block = (kRows-key tile, batch*head),
-// each warp kRowsPerWarp keys; streams the query tiles at or after the key
-// tile (kDkdvQueries rows each), accumulating in registers.
+// Backward, tensor cores, one pass: block = (kRows-key tile j,
+// batch*head), each warp kRowsPerWarp keys; streams the query tiles at or
+// after the key tile (kBackwardQueries rows each) from the last down,
+// accumulating dK and dV in registers:
 //   S^T = K Q^T, P^T = exp(S^T - lse), dV += P^T dO,
-//   dP^T = V dO^T, dS^T = P^T (dP^T - D), dK += dS^T Q.
+//   dP^T = V dO^T, dS^T = P^T (dP^T - D), dK += dS^T Q,
+// and adding each query tile's share of dQ, dS K_j, to an fp32 accumulator
+// in global memory. The adds to one query tile are ordered by key tile: a
+// flag per query tile counts the key tiles added so far, and block j waits
+// for it to read j. So dQ sums in the same order on every run, without a
+// second pass that recomputes S and dP. Because every block walks the
+// query tiles from the last down, the blocks of a head reach a query tile
+// at about the same step and each waits only for its predecessor's add;
+// blocks start in launch order (j ascending), so the one waited for has
+// always started.
 // =====================================================================
 template <int HD>
-constexpr size_t dkdv_shared_bytes() {
+constexpr size_t backward_shared_bytes() {
   using Tiles = AttentionTiles<HD>;
-  constexpr int QT = Tiles::kDkdvQueries;
-  return sizeof(uint16_t) * size_t(HD + kPad) * (2 * Tiles::kRows + 4 * QT) + sizeof(float) * 4 * QT;
+  constexpr int QT = Tiles::kBackwardQueries;
+  return sizeof(uint16_t) * (size_t(HD + kPad) * (2 * Tiles::kRows + 4 * QT) + size_t(QT + kPad) * Tiles::kRows) +
+         sizeof(float) * 4 * QT;
 }
 
 template <int HD>
 __global__ void __launch_bounds__(kThreads)
-    attention_backward_dkdv_tc_kernel(uint16_t* dqkv, const uint16_t* dout, const uint16_t* qkv, const float* lse,
-                                      const float* row_dot, int T, int C, int H, float scale, float scale_log2) {
+    attention_backward_tc_kernel(uint16_t* dqkv, float* dq_accum, unsigned* dq_flags, const uint16_t* dout,
+                                 const uint16_t* qkv, const float* lse, const float* row_dot, int T, int C, int H,
+                                 float scale, float scale_log2) {
   using Tiles = AttentionTiles<HD>;
-  constexpr int S = HD + kPad, MB = Tiles::kBlocksPerWarp, QT = Tiles::kDkdvQueries;
+  constexpr int S = HD + kPad, MB = Tiles::kBlocksPerWarp, QT = Tiles::kBackwardQueries, SD = QT + kPad;
+  // The dQ share splits into 4 pieces of 16 queries x HD/2: one per warp.
+  static_assert(QT == 32 && kWarps == 4, "the dQ share is split as 2 row blocks x 2 column halves");
   extern __shared__ __align__(16) uint16_t smem[];
   uint16_t* sK = smem;                                       // [kRows][S]
   uint16_t* sV = sK + Tiles::kRows * S;                      // [kRows][S]
   uint16_t* sQ = sV + Tiles::kRows * S;                      // [2][QT][S]
   uint16_t* sdO = sQ + 2 * QT * S;                           // [2][QT][S]
-  float* sLse = reinterpret_cast<float*>(sdO + 2 * QT * S);  // [2][QT], log2 domain
-  float* sDot = sLse + 2 * QT;                               // [2][QT]
+  uint16_t* sdS = sdO + 2 * QT * S;                          // [kRows][SD]: dS^T of the current query tile
+  float* sLse = reinterpret_cast<float*>(sdS + Tiles::kRows * SD);  // [2][QT], log2 domain
+  float* sDot = sLse + 2 * QT;                                      // [2][QT]
 
-  // Earlier key tiles see more queries; they come first in launch order.
   const int k0 = blockIdx.x * Tiles::kRows;
   const HeadOffsets head(T, C, H, HD);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
@@ -460,9 +475,14 @@ __global__ void __launch_bounds__(kThreads)
   const uint16_t* dout_base = dout + head.out;
   const float* lse_row = lse + head.stats;
   const float* dot_row = row_dot + head.stats;
+  float* dq_rows = dq_accum + head.stats * HD;                         // [T][HD] of this (batch, head)
+  unsigned* flags = dq_flags + size_t(blockIdx.y) * ((T + QT - 1) / QT);  // one per query tile
+  const int tiles = (T - k0 + QT - 1) / QT;
+  // Step i works on the i-th query tile from the last.
+  auto tile_row0 = [&](int i) { return k0 + (tiles - 1 - i) * QT; };
 
   auto load_query_tile = [&](int i, int buffer) {
-    const int row0 = k0 + i * QT;
+    const int row0 = tile_row0(i);
     load_tile_async<QT, HD>(sQ + buffer * QT * S, q_base, row0, T, qkv_stride);
     load_tile_async<QT, HD>(sdO + buffer * QT * S, dout_base, row0, T, size_t(C));
     for (int r = threadIdx.x; r < QT; r += kThreads) {
@@ -478,54 +498,107 @@ __global__ void __launch_bounds__(kThreads)
   cp_async_commit();
 
   float dk[MB][HD / 8][4] = {}, dv[MB][HD / 8][4] = {};
-  walk_tiles((T - k0 + QT - 1) / QT, load_query_tile, [&](int i, int buffer) {
-    const int row0 = k0 + i * QT;
+  walk_tiles(tiles, load_query_tile, [&](int i, int buffer) {
+    const int row0 = tile_row0(i);
+    uint16_t* warp_ds = sdS + warp * Tiles::kRowsPerWarp * SD;
     // Query tiles wholly before this warp's keys, and warps wholly past T,
-    // have nothing to add.
-    if (row0 + QT - 1 < warp_k0 || warp_k0 >= T) return;
-    const uint16_t* q_tile = sQ + buffer * QT * S;
-    const uint16_t* dout_tile = sdO + buffer * QT * S;
-    const float* tile_lse = sLse + buffer * QT;
-    const float* tile_dot = sDot + buffer * QT;
+    // add nothing to dK and dV, and zeros to dQ.
+    if (row0 + QT - 1 < warp_k0 || warp_k0 >= T) {
+      for (int pair = lane; pair < Tiles::kRowsPerWarp * QT / 2; pair += 32)
+        reinterpret_cast<uint32_t*>(warp_ds + (pair / (QT / 2)) * SD)[pair % (QT / 2)] = 0;
+    } else {
+      const uint16_t* q_tile = sQ + buffer * QT * S;
+      const uint16_t* dout_tile = sdO + buffer * QT * S;
+      const float* tile_lse = sLse + buffer * QT;
+      const float* tile_dot = sDot + buffer * QT;
 
-    // P^T for this warp's keys x QT queries (fp32, masked). The mask is
-    // applied to every tile: skipping it where no element is masked costs
-    // the dK/dV kernels more spills than it saves.
-    float p[MB][QT / 8][4] = {};
-    mma_a_bt_tile<S, MB, HD / 16, QT / 8>(p, FragmentsInShared<S, MB>{sK, warp * Tiles::kRowsPerWarp, lane}, q_tile,
-                                          lane);
+      // P^T for this warp's keys x QT queries (fp32, masked). The mask is
+      // applied to every tile: skipping it where no element is masked costs
+      // this kernel more spills than it saves.
+      float p[MB][QT / 8][4] = {};
+      mma_a_bt_tile<S, MB, HD / 16, QT / 8>(p, FragmentsInShared<S, MB>{sK, warp * Tiles::kRowsPerWarp, lane},
+                                            q_tile, lane);
 #pragma unroll
-    for (int m = 0; m < MB; ++m) {
+      for (int m = 0; m < MB; ++m) {
 #pragma unroll
-      for (int nb = 0; nb < QT / 8; ++nb) {
+        for (int nb = 0; nb < QT / 8; ++nb) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int key = warp_k0 + 16 * m + g + 8 * (e / 2);
-          const int column = nb * 8 + 2 * q + (e & 1);
-          const int query = row0 + column;
-          const float value = exp2f(p[m][nb][e] * scale_log2 - tile_lse[column]);  // one FFMA
-          p[m][nb][e] = query >= key && query < T ? value : 0.0f;
+          for (int e = 0; e < 4; ++e) {
+            const int key = warp_k0 + 16 * m + g + 8 * (e / 2);
+            const int column = nb * 8 + 2 * q + (e & 1);
+            const int query = row0 + column;
+            const float value = exp2f(p[m][nb][e] * scale_log2 - tile_lse[column]);  // one FFMA
+            p[m][nb][e] = query >= key && query < T ? value : 0.0f;
+          }
         }
       }
+      mma_p_b_tile<S, MB, QT / 16, HD>(dv, p, dout_tile, lane);  // dV += P^T dO
+      // dS^T = P^T (dP^T - D), dP^T = V dO^T
+      float ds[MB][QT / 8][4] = {};
+      mma_a_bt_tile<S, MB, HD / 16, QT / 8>(ds, FragmentsInShared<S, MB>{sV, warp * Tiles::kRowsPerWarp, lane},
+                                            dout_tile, lane);
+#pragma unroll
+      for (int m = 0; m < MB; ++m) {
+#pragma unroll
+        for (int nb = 0; nb < QT / 8; ++nb) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+            ds[m][nb][e] = p[m][nb][e] * (ds[m][nb][e] - tile_dot[nb * 8 + 2 * q + (e & 1)]);
+          // dS^T as bf16, the A operand of dQ's share (rounded as dK's is).
+          *reinterpret_cast<uint32_t*>(warp_ds + (16 * m + g) * SD + nb * 8 + 2 * q) =
+              pack_bf16(ds[m][nb][0], ds[m][nb][1]);
+          *reinterpret_cast<uint32_t*>(warp_ds + (16 * m + g + 8) * SD + nb * 8 + 2 * q) =
+              pack_bf16(ds[m][nb][2], ds[m][nb][3]);
+        }
+      }
+      mma_p_b_tile<S, MB, QT / 16, HD>(dk, ds, q_tile, lane);  // dK += dS^T Q
     }
-    mma_p_b_tile<S, MB, QT / 16, HD>(dv, p, dout_tile, lane);  // dV += P^T dO
-    // dS^T = P^T (dP^T - D), dP^T = V dO^T
-    float ds[MB][QT / 8][4] = {};
-    mma_a_bt_tile<S, MB, HD / 16, QT / 8>(ds, FragmentsInShared<S, MB>{sV, warp * Tiles::kRowsPerWarp, lane},
-                                          dout_tile, lane);
+    __syncthreads();  // dS^T of all the block's keys is in sdS
+
+    // This warp's piece of dQ's share: queries rb*16.., columns col0.. (HD/2).
+    const int rb = warp % 2, col0 = (warp / 2) * (HD / 2);
+    float dq[HD / 16][4] = {};
 #pragma unroll
-    for (int m = 0; m < MB; ++m) {
+    for (int kb = 0; kb < Tiles::kRows / 16; ++kb) {
+      // A = dS (queries x keys), read transposed from dS^T.
+      uint32_t a[4];
+      ldmatrix_x4_trans(a, bt_address<SD>(sdS, kb * 16, rb * 16, lane));
 #pragma unroll
-      for (int nb = 0; nb < QT / 8; ++nb) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          ds[m][nb][e] = p[m][nb][e] * (ds[m][nb][e] - tile_dot[nb * 8 + 2 * q + (e & 1)]);
+      for (int db = 0; db < HD / 32; ++db) {
+        uint32_t b[4];
+        ldmatrix_x4_trans(b, b_address<S>(sK, kb * 16, col0 + db * 16, lane));
+        mma_bf16(dq[2 * db], a, b[0], b[1]);
+        mma_bf16(dq[2 * db + 1], a, b[2], b[3]);
       }
     }
-    mma_p_b_tile<S, MB, QT / 16, HD>(dk, ds, q_tile, lane);  // dK += dS^T Q
+
+    // Add it after the key tiles before this one, in order.
+    const int tile = row0 / QT;
+    if (threadIdx.x == 0) wait_for_flag(flags + tile, blockIdx.x);
+    __syncthreads();
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int t = row0 + rb * 16 + g + 8 * half;
+      if (t >= T) continue;
+#pragma unroll
+      for (int nb = 0; nb < HD / 16; ++nb) {
+        auto* target = reinterpret_cast<float2*>(dq_rows + size_t(t) * HD + col0 + nb * 8 + 2 * q);
+        float2 value = make_float2(dq[nb][2 * half], dq[nb][2 * half + 1]);
+        if (blockIdx.x > 0) {  // key tile 0 adds first: it writes
+          const float2 before = __ldcg(target);
+          value.x += before.x;
+          value.y += before.y;
+        }
+        *target = value;
+      }
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) release_flag(flags + tile, blockIdx.x + 1);
   });
 
-  // Each warp's K and V rows were only read by that warp: stage there.
+  // Each warp's K and V rows were only read by that warp since the last
+  // barrier of walk_tiles: stage there.
   uint16_t* dqkv_base = dqkv + head.qkv;
   store_warp_blocks<HD, MB>(dqkv_base + C, qkv_stride, warp_k0, T, dk, scale, sK + warp * Tiles::kRowsPerWarp * S,
                             lane);
@@ -533,82 +606,27 @@ __global__ void __launch_bounds__(kThreads)
                             sV + warp * Tiles::kRowsPerWarp * S, lane);
 }
 
-// =====================================================================
-// Backward, tensor cores, dQ: block = (kRows-query tile, batch*head), each
-// warp kRowsPerWarp queries; streams the key tiles up to the diagonal.
-//   S = Q K^T, P = exp(S - lse), dP = dO V^T, dS = P (dP - D), dQ += dS K.
-// =====================================================================
+// dQ from its fp32 accumulator ([batch*head][T][HD]) into the Q columns of
+// dqkv, times scale: one thread per 8 elements.
 template <int HD>
-constexpr size_t dq_shared_bytes() {
-  using Tiles = AttentionTiles<HD>;
-  return sizeof(uint16_t) * size_t(HD + kPad) * (2 * Tiles::kRows + 4 * Tiles::kDqKeys);  // Q, dO, 2 x K, 2 x V
-}
-
-template <int HD>
-__global__ void __launch_bounds__(kThreads)
-    attention_backward_dq_tc_kernel(uint16_t* dqkv, const uint16_t* dout, const uint16_t* qkv, const float* lse,
-                                    const float* row_dot, int T, int C, int H, float scale, float scale_log2) {
-  using Tiles = AttentionTiles<HD>;
-  constexpr int S = HD + kPad, MB = Tiles::kBlocksPerWarp, KT = Tiles::kDqKeys;
-  extern __shared__ __align__(16) uint16_t smem[];
-  uint16_t* sQ = smem;                    // [kRows][S]
-  uint16_t* sdO = sQ + Tiles::kRows * S;  // [kRows][S]
-  uint16_t* sK = sdO + Tiles::kRows * S;  // [2][KT][S]
-  uint16_t* sV = sK + 2 * KT * S;         // [2][KT][S]
-
-  const int q0 = (gridDim.x - 1 - blockIdx.x) * Tiles::kRows;
-  const HeadOffsets head(T, C, H, HD);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
-  const int warp_q0 = q0 + warp * Tiles::kRowsPerWarp;
-  const size_t qkv_stride = head.qkv_stride;
-  const uint16_t* q_base = qkv + head.qkv;
-  const uint16_t* k_base = q_base + C;
-  const uint16_t* v_base = q_base + 2 * C;
-  const uint16_t* dout_base = dout + head.out;
-
-  load_tile_async<Tiles::kRows, HD>(sQ, q_base, q0, T, qkv_stride);
-  load_tile_async<Tiles::kRows, HD>(sdO, dout_base, q0, T, size_t(C));
-  load_tile_async<KT, HD>(sK, k_base, 0, T, qkv_stride);
-  load_tile_async<KT, HD>(sV, v_base, 0, T, qkv_stride);
-  cp_async_commit();
-
-  float row_lse[MB][2], row_dot_value[MB][2];
+__global__ void store_dq_kernel(uint16_t* dqkv, const float* dq_accum, int T, int C, int H, float scale,
+                                size_t chunks) {
+  constexpr int kChunksPerRow = HD / 8;
+  const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= chunks) return;
+  const size_t row = i / kChunksPerRow;  // (batch*head, t)
+  const int c = int(i % kChunksPerRow) * 8;
+  const size_t bh = row / T;
+  const int t = int(row % T), b = int(bh / H), h = int(bh % H);
+  float low[4], high[4], v[8];
+  load_vec(dq_accum + row * HD + c, low);
+  load_vec(dq_accum + row * HD + c + 4, high);
 #pragma unroll
-  for (int m = 0; m < MB; ++m) {
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int t = warp_q0 + 16 * m + g + 8 * half;
-      row_lse[m][half] = t < T ? lse[head.stats + t] * kLog2e : 0.0f;
-      row_dot_value[m][half] = t < T ? row_dot[head.stats + t] : 0.0f;
-    }
+  for (int k = 0; k < 4; ++k) {
+    v[k] = low[k] * scale;
+    v[k + 4] = high[k] * scale;
   }
-
-  float dq[MB][HD / 8][4] = {};
-  for_each_key_tile<HD, KT, MB>(
-      sQ, sK, sV, q0, Tiles::kRows, T, k_base, v_base, qkv_stride,
-      [&](float(&p)[MB][KT / 8][4], const uint16_t* k_tile, const uint16_t* v_tile) {
-        // dS = P (dP - D), dP = dO V^T. dO's fragments are read again for
-        // every tile: holding them as well as Q's would exceed the register
-        // budget.
-        float ds[MB][KT / 8][4] = {};
-        mma_a_bt_tile<S, MB, HD / 16, KT / 8>(ds, FragmentsInShared<S, MB>{sdO, warp * Tiles::kRowsPerWarp, lane},
-                                              v_tile, lane);
-#pragma unroll
-        for (int m = 0; m < MB; ++m) {
-#pragma unroll
-          for (int nb = 0; nb < KT / 8; ++nb) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const float p_value = exp2f(p[m][nb][e] * scale_log2 - row_lse[m][e / 2]);  // one FFMA
-              ds[m][nb][e] = p_value * (ds[m][nb][e] - row_dot_value[m][e / 2]);
-            }
-          }
-        }
-        mma_p_b_tile<S, MB, KT / 16, HD>(dq, ds, k_tile, lane);  // dQ += dS K
-      });
-
-  store_warp_blocks<HD, MB>(dqkv + head.qkv, qkv_stride, warp_q0, T, dq, scale,
-                            sQ + warp * Tiles::kRowsPerWarp * S, lane);
+  store_vec(reinterpret_cast<bf16*>(dqkv) + (size_t(b) * T + t) * 3 * size_t(C) + size_t(h) * HD + c, v);
 }
 
 // =====================================================================
@@ -788,24 +806,23 @@ void forward_tc(cudaStream_t stream, void* out, float* lse, const void* qkv, int
 }
 
 template <int HD>
-void backward_tc(cudaStream_t stream, void* dqkv, const void* dout, const void* qkv, const float* lse,
-                 const float* row_dot, int B, int T, int C, int H) {
+void backward_tc(cudaStream_t stream, void* dqkv, float* dq_accum, unsigned* dq_flags, size_t flag_count,
+                 const void* dout, const void* qkv, const float* lse, const float* row_dot, int B, int T, int C,
+                 int H) {
   const float scale = 1.0f / sqrtf(float(HD));
   const dim3 grid(ceil_div(T, AttentionTiles<HD>::kRows), B * H);
-  auto dkdv = attention_backward_dkdv_tc_kernel<HD>;
-  constexpr size_t dkdv_shared = dkdv_shared_bytes<HD>();
-  allow_dynamic_shared_memory(dkdv, dkdv_shared, "attention_backward");
-  dkdv<<<grid, kThreads, dkdv_shared, stream>>>(static_cast<uint16_t*>(dqkv), static_cast<const uint16_t*>(dout),
-                                                static_cast<const uint16_t*>(qkv), lse, row_dot, T, C, H, scale,
-                                                scale * kLog2e);
-  CUDA_CHECK_LAUNCH("attention_backward_dkdv_tc_kernel");
-  auto dq = attention_backward_dq_tc_kernel<HD>;
-  constexpr size_t dq_shared = dq_shared_bytes<HD>();
-  allow_dynamic_shared_memory(dq, dq_shared, "attention_backward");
-  dq<<<grid, kThreads, dq_shared, stream>>>(static_cast<uint16_t*>(dqkv), static_cast<const uint16_t*>(dout),
-                                            static_cast<const uint16_t*>(qkv), lse, row_dot, T, C, H, scale,
-                                            scale * kLog2e);
-  CUDA_CHECK_LAUNCH("attention_backward_dq_tc_kernel");
+  CUDA_CHECK(cudaMemsetAsync(dq_flags, 0, sizeof(unsigned) * flag_count, stream));
+  auto kernel = attention_backward_tc_kernel<HD>;
+  constexpr size_t shared = backward_shared_bytes<HD>();
+  allow_dynamic_shared_memory(kernel, shared, "attention_backward");
+  kernel<<<grid, kThreads, shared, stream>>>(static_cast<uint16_t*>(dqkv), dq_accum, dq_flags,
+                                              static_cast<const uint16_t*>(dout), static_cast<const uint16_t*>(qkv),
+                                              lse, row_dot, T, C, H, scale, scale * kLog2e);
+  CUDA_CHECK_LAUNCH("attention_backward_tc_kernel");
+  const size_t chunks = size_t(B) * H * T * (HD / 8);
+  store_dq_kernel<HD><<<ceil_div(chunks, kSimpleThreads), kSimpleThreads, 0, stream>>>(
+      static_cast<uint16_t*>(dqkv), dq_accum, T, C, H, scale, chunks);
+  CUDA_CHECK_LAUNCH("store_dq_kernel");
 }
 
 }  // namespace
@@ -840,18 +857,40 @@ void attention_backward(DType dtype, cudaStream_t stream, Scratch& scratch, void
                         const void* qkv, const void* out, const float* lse, int B, int T, int C, int H) {
   const int hd = head_dim(C, H, "attention_backward");
   if (B <= 0 || T <= 0) return;
-  float* row_dot = static_cast<float*>(scratch.get(sizeof(float) * size_t(B) * H * T));
+  const bool tensor_cores = attention_uses_tensor_cores(dtype, C, H, dqkv, dout, qkv) && B * H <= kMaxGridY;
+  // Scratch: the row dot products; for the tensor-core pass also dQ's fp32
+  // accumulator and a flag per query tile.
+  const size_t rows = size_t(B) * H * T;
+  const size_t flag_count = size_t(B) * H * ceil_div(T, kBackwardQueryTile);
+  auto carve = [&](ScratchCarver& carver) {
+    struct Pieces {
+      float* row_dot;
+      float* dq_accum;
+      unsigned* dq_flags;
+    } p;
+    p.row_dot = carver.take<float>(rows);
+    p.dq_accum = tensor_cores ? carver.take<float>(rows * hd) : nullptr;
+    p.dq_flags = tensor_cores ? carver.take<unsigned>(flag_count) : nullptr;
+    return p;
+  };
+  ScratchCarver measure(nullptr);
+  carve(measure);
+  ScratchCarver carver(scratch.get(measure.used()));
+  const auto pieces = carve(carver);
+  float* row_dot = pieces.row_dot;
   dispatch_storage(dtype, [&](auto tag) {
     using S = decltype(tag);
     attention_row_dot_kernel<S><<<simple_blocks(B, T, H), kSimpleThreads, 0, stream>>>(
         row_dot, static_cast<const S*>(dout), static_cast<const S*>(out), B, T, C, H, hd);
     CUDA_CHECK_LAUNCH("attention_row_dot_kernel");
   });
-  if (attention_uses_tensor_cores(dtype, C, H, dqkv, dout, qkv) && B * H <= kMaxGridY) {
+  if (tensor_cores) {
     if (hd == 64)
-      backward_tc<64>(stream, dqkv, dout, qkv, lse, row_dot, B, T, C, H);
+      backward_tc<64>(stream, dqkv, pieces.dq_accum, pieces.dq_flags, flag_count, dout, qkv, lse, row_dot, B, T, C,
+                      H);
     else
-      backward_tc<128>(stream, dqkv, dout, qkv, lse, row_dot, B, T, C, H);
+      backward_tc<128>(stream, dqkv, pieces.dq_accum, pieces.dq_flags, flag_count, dout, qkv, lse, row_dot, B, T, C,
+                       H);
     return;
   }
   dispatch_storage(dtype, [&](auto tag) {

@@ -3,8 +3,10 @@
 // bf16 with head size 64 or 128 runs flash-style tiled kernels on the tensor
 // cores (mma.sync m16n8k16, fp32 accumulation, online softmax, only the
 // log-sum-exp saved); other shapes and f32 storage run a simple fp32 kernel
-// with one warp per row. Both are deterministic: the backward pass computes
-// dK/dV with one block per key tile and dQ in a separate pass, no atomics.
+// with one warp per row. Both are deterministic: the tensor-core backward
+// is one pass with a block per key tile, which adds its share of dQ to an
+// fp32 accumulator in key-tile order (a flag per query tile); the simple
+// backward computes dQ and dK/dV in separate passes. No atomics.
 #include <cuda_runtime.h>
 
 #include "memory.cuh"

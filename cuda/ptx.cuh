@@ -1,7 +1,7 @@
 #pragma once
 // The PTX instructions the tensor-core kernels use (sm_80+, fine on sm_90),
 // one wrapper each: bf16 mma with fp32 accumulation, ldmatrix, the bf16 pair
-// conversion and cp.async. Kept apart so that the CPU kernel emulator
+// conversion, cp.async, and the acquire/release flag that orders blocks. Kept apart so that the CPU kernel emulator
 // (tests/emulation) can stand in its own definitions of exactly these.
 #include <cuda_runtime.h>
 
@@ -48,6 +48,20 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int Pending>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending));
+}
+
+// Spins until *flag == value; the load has acquire semantics at GPU scope,
+// so what the thread that stored the value wrote before its release is
+// visible after the wait.
+__device__ __forceinline__ void wait_for_flag(const unsigned* flag, unsigned value) {
+  unsigned seen;
+  do {
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(seen) : "l"(flag) : "memory");
+  } while (seen != value);
+}
+// Stores value with release semantics at GPU scope.
+__device__ __forceinline__ void release_flag(unsigned* flag, unsigned value) {
+  asm volatile("st.release.gpu.global.u32 [%0], %1;\n" ::"l"(flag), "r"(value) : "memory");
 }
 
 }  // namespace srgpt::gpu

@@ -3,10 +3,11 @@
 // cuda/ptx.cuh, from the PTX ISA's description of each instruction: the
 // mma.m16n8k16 fragment layouts, ldmatrix's row addressing (lanes 8i..8i+7
 // give the rows of matrix i; lane l receives row l/4, columns 2(l%4) and
-// 2(l%4)+1, or with .trans the transposed pair), cvt.rn.bf16x2 and
-// cp.async with zero fill.
+// 2(l%4)+1, or with .trans the transposed pair), cvt.rn.bf16x2,
+// cp.async with zero fill, and the acquire/release flag.
 #include <cstdint>
 #include <cstring>
+#include <string>
 
 #include "device_emulator.h"
 #include "srgpt/bf16.h"
@@ -129,5 +130,15 @@ template <int Pending>
 void cp_async_wait() {
   emulation::cp_async_wait(Pending);
 }
+
+// Blocks run one after another in launch order here, so a wait for a value
+// the flag does not hold yet would, on a GPU, wait for a later block (or
+// forever): an error rather than a spin.
+inline void wait_for_flag(const unsigned* flag, unsigned value) {
+  if (*flag != value)
+    emulation::fault("waits for a flag to become " + std::to_string(value) + " but it is " + std::to_string(*flag) +
+                     ": no block launched earlier will store that value");
+}
+inline void release_flag(unsigned* flag, unsigned value) { *flag = value; }
 
 }  // namespace srgpt::gpu

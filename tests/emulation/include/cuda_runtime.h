@@ -50,6 +50,13 @@ T __shfl_xor_sync(unsigned mask, T value, int lane_mask, int width = 32) {
       });
 }
 
+// Memory is sequentially consistent here: fences order nothing more.
+inline void __threadfence() {}
+template <typename T>
+T __ldcg(const T* p) {
+  return *p;
+}
+
 inline float __uint_as_float(unsigned u) {
   float f;
   std::memcpy(&f, &u, 4);
