@@ -54,10 +54,12 @@ __device__ __forceinline__ void cp_async_wait() {
 // so what the thread that stored the value wrote before its release is
 // visible after the wait.
 __device__ __forceinline__ void wait_for_flag(const unsigned* flag, unsigned value) {
-  unsigned seen;
-  do {
+  for (;;) {
+    unsigned seen;
     asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(seen) : "l"(flag) : "memory");
-  } while (seen != value);
+    if (seen == value) return;
+    __nanosleep(32);  // poll gently: the other blocks share the L2
+  }
 }
 // Stores value with release semantics at GPU scope.
 __device__ __forceinline__ void release_flag(unsigned* flag, unsigned value) {
