@@ -95,7 +95,7 @@ Matmul::Plan& Matmul::plan_for(const Gemm& g) {
   const uint32_t align_a = pointer_alignment(g.a), align_b = pointer_alignment(g.b), align_d = pointer_alignment(g.d);
   const uint32_t align_bias = g.bias ? pointer_alignment(g.bias) : 0, align_aux = g.aux ? pointer_alignment(g.aux) : 0;
   const int64_t flags = int64_t(g.d_is_float) | int64_t(g.transa) << 1 | int64_t(g.transb) << 2 |
-                        int64_t(g.beta != 0.0f) << 3;
+                        int64_t(g.beta != 0.0f) << 3 | int64_t(g.bias_is_float) << 4;
   const int64_t alignments = int64_t(align_a) | int64_t(align_b) << 9 | int64_t(align_d) << 18 |
                              int64_t(align_bias) << 27 | int64_t(align_aux) << 36;
   const PlanKey key{int64_t(g.dtype), flags, alignments, g.m, g.n, g.k, g.lda, g.ldb, g.ldd, int64_t(g.epilogue),
@@ -115,7 +115,7 @@ Matmul::Plan& Matmul::plan_for(const Gemm& g) {
   set_attribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, g.epilogue);
   if (g.bias) {
     set_attribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, g.bias);
-    set_attribute(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, int32_t(type));
+    set_attribute(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, int32_t(g.bias_is_float ? CUDA_R_32F : type));
   }
   if (g.aux) {
     set_attribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, g.aux);
@@ -291,6 +291,21 @@ void Matmul::backward(DType dtype, cudaStream_t stream, Scratch& scratch, void* 
   weight.d = dw;
   weight.ldd = C;
   weight.beta = 1.0f;
+  if (db) {
+    // db += sum over rows of dout: the sum of B over k, which the BGRADB
+    // epilogue computes during this product, saving a pass over dout. It
+    // writes (in fp32, to scratch) rather than adds; db then gets it with
+    // one rounding, as from the column reduction below.
+    float* bias_grad = static_cast<float*>(scratch.get(sizeof(float) * size_t(OC)));
+    Gemm fused = weight;
+    fused.epilogue = CUBLASLT_EPILOGUE_BGRADB;
+    fused.bias = bias_grad;
+    fused.bias_is_float = true;
+    if (run(fused, stream)) {
+      add_column_partials(dtype, stream, db, bias_grad, 1, OC);
+      return;
+    }
+  }
   run(weight, stream);
 
   if (db) {

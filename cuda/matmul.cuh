@@ -4,7 +4,9 @@
 // supports the shape; otherwise GELU applied to the stored pre-activation by
 // gelu_forward, and a plain product into fp32 scratch with an epilogue
 // kernel where no algorithm fits.
-// Bias gradients use the deterministic column reduction of reduce.cuh.
+// Bias gradients come from cuBLASLt's BGRADB epilogue on the weight-gradient
+// product where it supports the shape, else from the deterministic column
+// reduction of reduce.cuh.
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
@@ -35,7 +37,7 @@ class Matmul {
   // One column-major product D = op(A) op(B) + beta * D, with an optional
   // epilogue (bias pointer, GELU aux matrix).
   struct Gemm {
-    DType dtype = DType::bf16;  // of A, B and bias
+    DType dtype = DType::bf16;  // of A, B and bias (unless bias_is_float)
     bool d_is_float = false;  // D in fp32 (fallback path) instead of dtype
     bool transa = false, transb = false;
     int m = 0, n = 0, k = 0;
@@ -47,7 +49,8 @@ class Matmul {
     int ldd = 0;
     float beta = 0.0f;
     cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
-    const void* bias = nullptr;
+    const void* bias = nullptr;  // BGRADB writes the bias gradient here
+    bool bias_is_float = false;
     void* aux = nullptr;
     int ld_aux = 0;
   };

@@ -7,7 +7,9 @@
 // rounded once to D's type, then the epilogue (bias per row of D; GELU_AUX
 // writes the pre-activation to the aux matrix, rounded to D's type, and
 // GELU of the unrounded value to D; DGELU multiplies by GELU's derivative
-// at the aux matrix). GELU is the tanh form (cuBLASLt's, and common.cuh's).
+// at the aux matrix; BGRADB writes the sums of op(B) over k, one per column
+// of D, to the bias pointer in the bias data type). GELU is the tanh form
+// (cuBLASLt's, and common.cuh's).
 // A stand-in for testing srgpt's use of the library, not for its speed or
 // its exact fp32 rounding.
 #include <cmath>
@@ -32,6 +34,7 @@ enum cublasLtEpilogue_t {
   CUBLASLT_EPILOGUE_GELU_AUX = 160,
   CUBLASLT_EPILOGUE_GELU_AUX_BIAS = 164,
   CUBLASLT_EPILOGUE_DGELU = 192,
+  CUBLASLT_EPILOGUE_BGRADB = 512,
 };
 enum cublasLtMatmulDescAttributes_t {
   CUBLASLT_MATMUL_DESC_TRANSA = 3,
@@ -229,6 +232,12 @@ inline cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t desc
     for (uint64_t l = 0; l < k; ++l)
       b_cols[j * k + l] = lt::load(B, b->type, desc->transb == CUBLAS_OP_T ? j + l * b->ld : l + j * b->ld);
   for (uint64_t j = 0; j < n; ++j) {
+    if (desc->epilogue == CUBLASLT_EPILOGUE_BGRADB) {
+      if (!desc->bias) return CUBLAS_STATUS_INVALID_VALUE;
+      double sum = 0;
+      for (uint64_t l = 0; l < k; ++l) sum += b_cols[j * k + l];
+      lt::store(const_cast<void*>(desc->bias), cudaDataType_t(desc->bias_type), j, float(sum));
+    }
     for (uint64_t i = 0; i < m; ++i) {
       double sum = 0;
       const double* x = &a_rows[i * k];
