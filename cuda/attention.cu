@@ -26,21 +26,20 @@ constexpr int kPad = 8;
 constexpr int kWarps = 4;
 constexpr int kThreads = 32 * kWarps;
 
+constexpr int kBackwardQueryTile = 32;  // query rows per step of the backward pass
+
 // Tiling per head size. Each warp owns 16 * kBlocksPerWarp rows (queries
 // in the forward pass, keys in the backward pass). With two 16-row
 // blocks every fragment a warp reads from shared memory feeds two mma
 // instead of one, halving the shared-memory traffic per mma and giving
 // each warp two independent chains; head size 128 keeps one block so that
 // its accumulators stay within 255 registers.
-constexpr int kBackwardQueryTile = 32;  // query rows per step of the backward pass
-
 template <int HD>
 struct AttentionTiles {
   static constexpr int kBlocksPerWarp = HD == 64 ? 2 : 1;
   static constexpr int kRowsPerWarp = 16 * kBlocksPerWarp;
   static constexpr int kRows = kWarps * kRowsPerWarp;  // rows one block owns
   static constexpr int kForwardKeys = 64;              // key tile of the forward pass
-  static constexpr int kBackwardQueries = kBackwardQueryTile;
 };
 
 // Fragment addressing. Each helper returns the shared-memory address this
@@ -424,7 +423,7 @@ __global__ void __launch_bounds__(kThreads) attention_forward_tc_kernel(uint16_t
 // =====================================================================
 // Backward, tensor cores, one pass: block = (kRows-key tile j,
 // batch*head), each warp kRowsPerWarp keys; streams the query tiles at or
-// after the key tile (kBackwardQueries rows each) from the last down,
+// after the key tile (kBackwardQueryTile rows each) from the last down,
 // accumulating dK and dV in registers:
 //   S^T = K Q^T, P^T = exp(S^T - lse), dV += P^T dO,
 //   dP^T = V dO^T, dS^T = P^T (dP^T - D), dK += dS^T Q,
@@ -441,7 +440,7 @@ __global__ void __launch_bounds__(kThreads) attention_forward_tc_kernel(uint16_t
 template <int HD>
 constexpr size_t backward_shared_bytes() {
   using Tiles = AttentionTiles<HD>;
-  constexpr int QT = Tiles::kBackwardQueries;
+  constexpr int QT = kBackwardQueryTile;
   return sizeof(uint16_t) * (size_t(HD + kPad) * (2 * Tiles::kRows + 4 * QT) + size_t(QT + kPad) * Tiles::kRows) +
          sizeof(float) * 4 * QT;
 }
@@ -452,7 +451,7 @@ __global__ void __launch_bounds__(kThreads)
                                  const uint16_t* qkv, const float* lse, const float* row_dot, int T, int C, int H,
                                  float scale, float scale_log2) {
   using Tiles = AttentionTiles<HD>;
-  constexpr int S = HD + kPad, MB = Tiles::kBlocksPerWarp, QT = Tiles::kBackwardQueries, SD = QT + kPad;
+  constexpr int S = HD + kPad, MB = Tiles::kBlocksPerWarp, QT = kBackwardQueryTile, SD = QT + kPad;
   // The dQ share splits into 4 pieces of 16 queries x HD/2: one per warp.
   static_assert(QT == 32 && kWarps == 4, "the dQ share is split as 2 row blocks x 2 column halves");
   extern __shared__ __align__(16) uint16_t smem[];

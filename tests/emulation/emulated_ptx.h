@@ -16,13 +16,10 @@ namespace srgpt::gpu {
 
 namespace emulated_ptx {
 
-inline float bf16_bits_to_float(uint16_t bits) {
-  const uint32_t u = uint32_t(bits) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
+// The bf16 in the low (high = 0) or high half of a 32-bit register, as a float.
+inline float bf16_half(uint32_t word, int high) {
+  return bf16_to_float(bf16{uint16_t(high ? word >> 16 : word & 0xffffu)});
 }
-inline uint16_t half(uint32_t word, int high) { return uint16_t(high ? word >> 16 : word & 0xffffu); }
 
 struct MmaIn {
   uint32_t a[4], b[2];
@@ -44,13 +41,13 @@ inline void mma_m16n8k16(const unsigned char* inputs, unsigned char* outputs) {
     const int g = lane / 4, q = lane % 4;
     for (int r = 0; r < 4; ++r) {
       const int row = g + 8 * (r % 2), col = 2 * q + 8 * (r / 2);
-      A[row][col] = bf16_bits_to_float(half(in.a[r], 0));
-      A[row][col + 1] = bf16_bits_to_float(half(in.a[r], 1));
+      A[row][col] = bf16_half(in.a[r], 0);
+      A[row][col + 1] = bf16_half(in.a[r], 1);
     }
     for (int r = 0; r < 2; ++r) {
       const int k = 2 * q + 8 * r;
-      B[k][g] = bf16_bits_to_float(half(in.b[r], 0));
-      B[k + 1][g] = bf16_bits_to_float(half(in.b[r], 1));
+      B[k][g] = bf16_half(in.b[r], 0);
+      B[k + 1][g] = bf16_half(in.b[r], 1);
     }
     for (int e = 0; e < 4; ++e) C[g + 8 * (e / 2)][2 * q + e % 2] = in.c[e];
   }
