@@ -10,6 +10,7 @@
 #include <ucontext.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <deque>
 #include <map>
 #include <memory>
@@ -90,7 +91,6 @@ struct Block {
   std::string error;
 };
 
-Schedule g_schedule;
 std::map<const void*, size_t> g_max_dynamic_shared;
 int g_launch_error = 0;
 Stacks g_stacks;
@@ -98,6 +98,15 @@ Block* g_block = nullptr;
 Fiber* g_fiber = nullptr;
 jmp_buf g_scheduler;
 const std::function<void()>* g_thread_body = nullptr;
+
+// The schedule in force: SRGPT_EMULATOR_SCHEDULE's until set_schedule.
+Schedule& schedule() {
+  static Schedule current = [] {
+    const char* text = std::getenv("SRGPT_EMULATOR_SCHEDULE");
+    return parse_schedule(text ? text : "");
+  }();
+  return current;
+}
 
 Block& block() {
   if (!g_block || !g_fiber) fail("device emulator: a device function was called outside a kernel");
@@ -188,8 +197,9 @@ void run_block(Block& b, char* stacks) {
   // Fibers at positions (in priority order) below scan_from are not
   // runnable: only a barrier's release can change that, so only a release
   // moves scan_from back.
+  const bool descending = schedule().descending;
   auto fiber_at = [&](int position) -> Fiber& {
-    return b.fibers[g_schedule.descending ? threads - 1 - position : position];
+    return b.fibers[descending ? threads - 1 - position : position];
   };
   int scan_from = 0;
   for (;;) {
@@ -221,7 +231,7 @@ void run_block(Block& b, char* stacks) {
       scan_from = 0;
     } else if (b.warps[warp].generation != warp_generation) {
       const int first_lane = 32 * warp, last_lane = std::min(threads, 32 * warp + 32) - 1;
-      scan_from = std::min(scan_from, g_schedule.descending ? threads - 1 - last_lane : first_lane);
+      scan_from = std::min(scan_from, descending ? threads - 1 - last_lane : first_lane);
     }
   }
   g_block = nullptr;
@@ -233,12 +243,26 @@ void run_block(Block& b, char* stacks) {
 
 }  // namespace
 
-std::string Schedule::name() const {
-  return fmt::format("{} threads, cp.async data at {}", descending ? "descending" : "ascending",
-                     copies_at_issue ? "issue" : "wait");
+Schedule parse_schedule(const std::string& text) {
+  Schedule parsed;
+  size_t start = 0;
+  while (start < text.size()) {
+    const size_t end = std::min(text.find('+', start), text.size());
+    const std::string flag = text.substr(start, end - start);
+    if (flag == "descending")
+      parsed.descending = true;
+    else if (flag == "copies_at_issue")
+      parsed.copies_at_issue = true;
+    else
+      fail("device emulator: unknown schedule flag '{}' in SRGPT_EMULATOR_SCHEDULE='{}' (allowed: descending, "
+           "copies_at_issue, joined with '+'; empty for the default)",
+           flag, text);
+    start = end + 1;
+  }
+  return parsed;
 }
 
-void set_schedule(const Schedule& schedule) { g_schedule = schedule; }
+void set_schedule(const Schedule& chosen) { schedule() = chosen; }
 
 void set_max_dynamic_shared(const void* kernel, size_t bytes) { g_max_dynamic_shared[kernel] = bytes; }
 
@@ -338,7 +362,7 @@ void cp_async(void* shared_dst, const void* src, size_t bytes, size_t src_bytes)
     fault(fmt::format("cp.async of {} bytes with a misaligned address", bytes));
   if (src_bytes > bytes) fault("cp.async source size larger than the copy");
   Copy copy{shared_dst, src, bytes, src_bytes};
-  if (g_schedule.copies_at_issue)
+  if (schedule().copies_at_issue)
     perform(copy);
   else
     g_fiber->open_group.push_back(copy);

@@ -59,14 +59,18 @@ struct Launch {
 // priority: the runnable thread with the lowest (descending: highest)
 // index always runs next, so warps drift as far apart as the barriers let
 // them. cp.async data lands when the copy is issued, or only at the
-// cp.async.wait_group that covers it. Tests run every kernel under all four
-// combinations: a missing barrier then shows in at least one of them.
+// cp.async.wait_group that covers it. The kernels with barriers are tested
+// under all four combinations: a missing barrier then shows in at least one.
+//
+// A process starts with the schedule SRGPT_EMULATOR_SCHEDULE names (see
+// parse_schedule; unset: ascending, data at the wait); ctest sets it.
 struct Schedule {
   bool descending = false;
   bool copies_at_issue = false;
-  std::string name() const;
 };
-const Schedule kAllSchedules[] = {{false, false}, {true, false}, {false, true}, {true, true}};
+// "" for the default, else flags joined with '+': "descending",
+// "copies_at_issue". Throws srgpt::Error naming an unknown flag.
+Schedule parse_schedule(const std::string& text);
 void set_schedule(const Schedule& schedule);
 
 // Device limits the launch checks (those of an H100).

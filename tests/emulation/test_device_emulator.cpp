@@ -154,3 +154,18 @@ TEST_CASE("device emulator: launches the device would refuse leave a launch erro
   overflow_kernel ^ Launch(1, 2048) ^ kernel_arguments(0);
   CHECK(cudaGetLastError() == cudaErrorInvalidConfiguration);
 }
+
+TEST_CASE("device emulator: SRGPT_EMULATOR_SCHEDULE flags parse, and an unknown one is an error naming it", "[emulated]") {
+  const auto none = emulation::parse_schedule("");
+  CHECK_FALSE(none.descending);
+  CHECK_FALSE(none.copies_at_issue);
+  const auto both = emulation::parse_schedule("descending+copies_at_issue");
+  CHECK(both.descending);
+  CHECK(both.copies_at_issue);
+  const auto one = emulation::parse_schedule("copies_at_issue");
+  CHECK_FALSE(one.descending);
+  CHECK(one.copies_at_issue);
+  const std::string message = error_of([] { emulation::parse_schedule("descending+backwards"); });
+  CHECK(message.find("unknown schedule flag 'backwards'") != std::string::npos);
+  CHECK(message.find("allowed: descending, copies_at_issue") != std::string::npos);
+}

@@ -1,5 +1,7 @@
 // Every cuda-backend op against the cpu backend on fresh random inputs, at
 // several shapes including odd ones, with outputs poisoned before the op.
+// [schedules]: kernels with shared memory and barriers, which the CPU
+// device emulator (tests/emulation) also runs under every thread schedule.
 #include <spdlog/fmt/fmt.h>
 
 #include <algorithm>
@@ -61,7 +63,7 @@ TEST_CASE("gpu embedding forward and backward match the cpu backend", "[gpu]") {
   }
 }
 
-TEST_CASE("gpu residual layernorm forward and backward match the cpu backend", "[gpu]") {
+TEST_CASE("gpu residual layernorm forward and backward match the cpu backend", "[gpu][schedules]") {
   if (!have_gpu()) return;
   struct Shape {
     int N, C;
@@ -188,7 +190,7 @@ TEST_CASE("gpu matmul forward and backward match the cpu backend", "[gpu]") {
   }
 }
 
-TEST_CASE("gpu attention forward and backward match the cpu backend", "[gpu]") {
+TEST_CASE("gpu attention forward and backward match the cpu backend", "[gpu][schedules]") {
   if (!have_gpu()) return;
   struct Shape {
     int B, T, C, H;
@@ -229,7 +231,7 @@ TEST_CASE("gpu attention forward and backward match the cpu backend", "[gpu]") {
   }
 }
 
-TEST_CASE("gpu fused cross-entropy matches the cpu backend", "[gpu]") {
+TEST_CASE("gpu fused cross-entropy matches the cpu backend", "[gpu][schedules]") {
   if (!have_gpu()) return;
   struct Shape {
     int N, V, Vp;
@@ -268,7 +270,7 @@ TEST_CASE("gpu fused cross-entropy matches the cpu backend", "[gpu]") {
   }
 }
 
-TEST_CASE("gpu reductions match the cpu backend", "[gpu]") {
+TEST_CASE("gpu reductions match the cpu backend", "[gpu][schedules]") {
   if (!have_gpu()) return;
   uint64_t seed = 600;
   for (DType dtype : kDtypes) {
