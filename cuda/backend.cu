@@ -14,7 +14,7 @@ namespace srgpt {
 namespace gpu {
 namespace {
 
-StreamHandle make_stream(DType dtype, int device) {
+StreamHandle open_device_stream(DType dtype, int device) {
   if (dtype != DType::bf16 && dtype != DType::f32)
     fail("cuda backend: dtype {} is not supported on the GPU (allowed: bf16, f32)", dtype_name(dtype));
   int count = 0;
@@ -22,15 +22,13 @@ StreamHandle make_stream(DType dtype, int device) {
   if (device < 0 || device >= count)
     fail("cuda backend: device {} does not exist ({} CUDA device(s) visible)", device, count);
   CUDA_CHECK(cudaSetDevice(device));
-  cudaStream_t stream = nullptr;
-  CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  return StreamHandle(stream);
+  return make_stream();
 }
 
 }  // namespace
 
 CudaBackend::CudaBackend(DType dtype, int device)
-    : Backend(dtype), device_(device), stream_(make_stream(dtype, device)), scratch_(memory_) {
+    : Backend(dtype), device_(device), stream_(open_device_stream(dtype, device)), scratch_(memory_) {
   cudaDeviceProp properties{};
   CUDA_CHECK(cudaGetDeviceProperties(&properties, device));
   device_name_ = properties.name;

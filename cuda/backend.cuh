@@ -10,14 +10,10 @@
 #include "host_staging.cuh"
 #include "matmul.cuh"
 #include "memory.cuh"
+#include "stream.cuh"
 #include "srgpt/backend.h"
 
 namespace srgpt::gpu {
-
-struct StreamDeleter {
-  void operator()(cudaStream_t stream) const { cudaStreamDestroy(stream); }
-};
-using StreamHandle = std::unique_ptr<CUstream_st, StreamDeleter>;
 
 class CudaBackend final : public Backend {
  public:

@@ -74,21 +74,26 @@ struct Matmul::Plan {
   bool supported = false;
 };
 
-Matmul::Matmul(DeviceMemory& memory) : memory_(memory) {
-  CUBLAS_CHECK(cublasLtCreate(&handle_));
-  try {
-    workspace_ = memory_.allocate(kWorkspaceBytes, "cuBLASLt workspace");
-  } catch (...) {
-    cublasLtDestroy(handle_);
-    throw;
-  }
-  workspace_bytes_ = kWorkspaceBytes;
+namespace {
+cublasLtHandle_t create_handle() {
+  cublasLtHandle_t handle = nullptr;
+  CUBLAS_CHECK(cublasLtCreate(&handle));
+  return handle;
 }
+}  // namespace
+
+Matmul::Matmul(DeviceMemory& memory)
+    : handle_(create_handle()),
+      workspace_(memory, kWorkspaceBytes, "cuBLASLt workspace"),
+      weight_stream_(make_stream()),
+      weight_workspace_(memory, kWorkspaceBytes, "cuBLASLt workspace of the weight-gradient stream"),
+      weight_scratch_(memory),
+      dout_ready_(make_event()),
+      weight_done_(make_event()) {}
 
 Matmul::~Matmul() {
-  plans_.clear();
-  memory_.release(workspace_);
-  cublasLtDestroy(handle_);
+  // Work queued on the weight stream may still use its scratch and workspace.
+  cudaStreamSynchronize(weight_stream_.get());
 }
 
 Matmul::Plan& Matmul::plan_for(const Gemm& g) {
@@ -129,7 +134,7 @@ Matmul::Plan& Matmul::plan_for(const Gemm& g) {
   CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&preference));
   PreferencePtr preference_owner(preference);
   CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                    &workspace_bytes_, sizeof(workspace_bytes_)));
+                                                    &kWorkspaceBytes, sizeof(kWorkspaceBytes)));
   const std::pair<cublasLtMatmulPreferenceAttributes_t, uint32_t> alignment_prefs[] = {
       {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, align_a},
       {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, align_b},
@@ -140,7 +145,7 @@ Matmul::Plan& Matmul::plan_for(const Gemm& g) {
 
   cublasLtMatmulHeuristicResult_t result{};
   int returned = 0;
-  cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(handle_, desc, plan->a.get(), plan->b.get(), plan->d.get(),
+  cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(handle_.get(), desc, plan->a.get(), plan->b.get(), plan->d.get(),
                                                          plan->d.get(), preference, 1, &result, &returned);
   if (status == CUBLAS_STATUS_SUCCESS && returned > 0) {
     plan->algo = result.algo;
@@ -155,7 +160,7 @@ Matmul::Plan& Matmul::plan_for(const Gemm& g) {
   return *stored;
 }
 
-bool Matmul::run(const Gemm& g, cudaStream_t stream) {
+bool Matmul::run(const Gemm& g, Lane lane) {
   Plan& plan = plan_for(g);
   if (!plan.supported) return false;
   // The plan is shared by calls with equally aligned pointers: set this
@@ -164,8 +169,8 @@ bool Matmul::run(const Gemm& g, cudaStream_t stream) {
   if (g.aux) set_attribute(plan.desc.get(), CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, g.aux);
   const float alpha = 1.0f;
   const cublasStatus_t status =
-      cublasLtMatmul(handle_, plan.desc.get(), &alpha, g.a, plan.a.get(), g.b, plan.b.get(), &g.beta, g.d,
-                     plan.d.get(), g.d, plan.d.get(), &plan.algo, workspace_, workspace_bytes_, stream);
+      cublasLtMatmul(handle_.get(), plan.desc.get(), &alpha, g.a, plan.a.get(), g.b, plan.b.get(), &g.beta, g.d,
+                     plan.d.get(), g.d, plan.d.get(), &plan.algo, lane.workspace, kWorkspaceBytes, lane.stream);
   // An epilogue the heuristic offered but the launch refuses: remember it
   // and let the caller take the unfused path.
   if (status == CUBLAS_STATUS_NOT_SUPPORTED && g.epilogue != CUBLASLT_EPILOGUE_DEFAULT) {
@@ -179,6 +184,7 @@ bool Matmul::run(const Gemm& g, cudaStream_t stream) {
 void Matmul::forward(DType dtype, cudaStream_t stream, Scratch& scratch, void* out, void* gelu_pre, const void* in,
                      const void* w, const void* bias, int N, int C, int OC) {
   if (N <= 0 || OC <= 0) return;
+  const Lane lane{stream, workspace_.get()};
   // Row-major out[N,OC] = in[N,C] w[OC,C]^T is column-major
   // out^T[OC,N] = (w^T)^T[OC,C] in^T[C,N].
   Gemm g;
@@ -204,16 +210,16 @@ void Matmul::forward(DType dtype, cudaStream_t stream, Scratch& scratch, void* o
     fused.epilogue = bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX;
     fused.aux = gelu_pre;
     fused.ld_aux = OC;
-    if (run(fused, stream)) return;
+    if (run(fused, lane)) return;
   }
   // Otherwise the product goes to gelu_pre and out = gelu(gelu_pre) follows:
   // GELU of the pre-activation as stored, the bits gelu_forward recomputes.
   void* pre = gelu_pre ? gelu_pre : out;
   g.d = pre;
   if (bias) g.epilogue = CUBLASLT_EPILOGUE_BIAS;
-  if (!run(g, stream)) {
+  if (!run(g, lane)) {
     // Fallback: fp32 product into scratch, then the bias and one rounding.
-    const float* product = run_fp32_product(g, scratch, stream);
+    const float* product = run_fp32_product(g, scratch, lane);
     const size_t count = size_t(N) * OC;
     dispatch_storage(dtype, [&](auto tag) {
       using S = decltype(tag);
@@ -225,7 +231,7 @@ void Matmul::forward(DType dtype, cudaStream_t stream, Scratch& scratch, void* o
   if (gelu_pre) gelu_forward(dtype, stream, out, gelu_pre, size_t(N) * OC);
 }
 
-float* Matmul::run_fp32_product(const Gemm& g, Scratch& scratch, cudaStream_t stream) {
+float* Matmul::run_fp32_product(const Gemm& g, Scratch& scratch, Lane lane) {
   float* product = static_cast<float*>(scratch.get(sizeof(float) * size_t(g.m) * size_t(g.n)));
   Gemm plain = g;
   plain.epilogue = CUBLASLT_EPILOGUE_DEFAULT;
@@ -235,13 +241,20 @@ float* Matmul::run_fp32_product(const Gemm& g, Scratch& scratch, cudaStream_t st
   plain.d = product;
   plain.ldd = g.m;
   plain.d_is_float = true;
-  run(plain, stream);
+  run(plain, lane);
   return product;
 }
 
 void Matmul::backward(DType dtype, cudaStream_t stream, Scratch& scratch, void* din, void* dw, void* db,
                       const void* dout, const void* in, const void* w, const void* gelu_pre, int N, int C, int OC) {
   if (N <= 0 || C <= 0 || OC <= 0) return;
+  // Everything queued on `stream` so far (dout, in) happens before the
+  // weight gradient; `stream` goes on only once it is done.
+  const Lane lane{stream, workspace_.get()}, weight_lane{weight_stream_.get(), weight_workspace_.get()};
+  CUDA_CHECK(cudaEventRecord(dout_ready_.get(), stream));
+  CUDA_CHECK(cudaStreamWaitEvent(weight_lane.stream, dout_ready_.get(), 0));
+  weight_gradient(dtype, weight_lane, dw, db, dout, in, N, C, OC);
+
   // din[N,C] = dout[N,OC] w[OC,C]: column-major din^T[C,N] = w^T[C,OC] dout^T[OC,N].
   Gemm g;
   g.dtype = dtype;
@@ -262,12 +275,12 @@ void Matmul::backward(DType dtype, cudaStream_t stream, Scratch& scratch, void* 
     g.epilogue = CUBLASLT_EPILOGUE_DGELU;
     g.aux = const_cast<void*>(gelu_pre);  // read-only for DGELU
     g.ld_aux = C;
-    if (dtype == DType::bf16 && C % 8 == 0) din_done = run(g, stream);
+    if (dtype == DType::bf16 && C % 8 == 0) din_done = run(g, lane);
   } else {
-    din_done = run(g, stream);
+    din_done = run(g, lane);
   }
   if (!din_done) {
-    const float* product = run_fp32_product(g, scratch, stream);
+    const float* product = run_fp32_product(g, scratch, lane);
     const size_t count = size_t(N) * C;
     dispatch_storage(dtype, [&](auto tag) {
       using S = decltype(tag);
@@ -277,6 +290,12 @@ void Matmul::backward(DType dtype, cudaStream_t stream, Scratch& scratch, void* 
     });
   }
 
+  CUDA_CHECK(cudaEventRecord(weight_done_.get(), weight_lane.stream));
+  CUDA_CHECK(cudaStreamWaitEvent(stream, weight_done_.get(), 0));
+}
+
+void Matmul::weight_gradient(DType dtype, Lane lane, void* dw, void* db, const void* dout, const void* in, int N,
+                             int C, int OC) {
   // dw[OC,C] += dout^T[OC,N] in[N,C]: column-major dw^T[C,OC] += in^T[C,N] dout[N,OC].
   Gemm weight;
   weight.dtype = dtype;
@@ -296,23 +315,23 @@ void Matmul::backward(DType dtype, cudaStream_t stream, Scratch& scratch, void* 
     // epilogue computes during this product, saving a pass over dout. It
     // writes (in fp32, to scratch) rather than adds; db then gets it with
     // one rounding, as from the column reduction below.
-    float* bias_grad = static_cast<float*>(scratch.get(sizeof(float) * size_t(OC)));
+    float* bias_grad = static_cast<float*>(weight_scratch_.get(sizeof(float) * size_t(OC)));
     Gemm fused = weight;
     fused.epilogue = CUBLASLT_EPILOGUE_BGRADB;
     fused.bias = bias_grad;
     fused.bias_is_float = true;
-    if (run(fused, stream)) {
-      add_column_partials(dtype, stream, db, bias_grad, 1, OC);
+    if (run(fused, lane)) {
+      add_column_partials(dtype, lane.stream, db, bias_grad, 1, OC);
       return;
     }
   }
-  run(weight, stream);
+  run(weight, lane);
 
   if (db) {
     const int chunks = column_chunks(N);
-    float* partials = static_cast<float*>(scratch.get(sizeof(float) * size_t(chunks) * OC));
-    column_partials(dtype, stream, partials, dout, N, OC);
-    add_column_partials(dtype, stream, db, partials, chunks, OC);
+    float* partials = static_cast<float*>(weight_scratch_.get(sizeof(float) * size_t(chunks) * OC));
+    column_partials(dtype, lane.stream, partials, dout, N, OC);
+    add_column_partials(dtype, lane.stream, db, partials, chunks, OC);
   }
 }
 

@@ -7,6 +7,10 @@
 // Bias gradients come from cuBLASLt's BGRADB epilogue on the weight-gradient
 // product where it supports the shape, else from the deterministic column
 // reduction of reduce.cuh.
+// In backward the weight gradient runs on a second stream, beside the input
+// gradient: its output (C x OC) has few tiles, so alone it leaves SMs idle
+// in its last wave, which the input-gradient product fills. The caller's
+// stream waits for both before backward's work counts as done.
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
@@ -16,13 +20,15 @@
 #include <memory>
 
 #include "memory.cuh"
+#include "stream.cuh"
 #include "srgpt/dtype.h"
 
 namespace srgpt::gpu {
 
 class Matmul {
  public:
-  // Creates the cuBLASLt handle and its workspace (from `memory`).
+  // Creates the cuBLASLt handle, the weight-gradient stream and a workspace
+  // per stream (from `memory`).
   explicit Matmul(DeviceMemory& memory);
   Matmul(const Matmul&) = delete;
   Matmul& operator=(const Matmul&) = delete;
@@ -54,23 +60,39 @@ class Matmul {
     void* aux = nullptr;
     int ld_aux = 0;
   };
+  // A stream with the cuBLASLt workspace that only work on it uses.
+  struct Lane {
+    cudaStream_t stream;
+    void* workspace;
+  };
   // False when cuBLASLt has no algorithm for the configuration (only
   // possible with an epilogue); throws on any other failure.
-  bool run(const Gemm& g, cudaStream_t stream);
+  bool run(const Gemm& g, Lane lane);
   // The fallback when cuBLASLt cannot fuse g's epilogue: g's product alone,
   // in fp32, into scratch (m x n, column-major); the caller applies the
   // epilogue with its own kernel and rounds once.
-  float* run_fp32_product(const Gemm& g, Scratch& scratch, cudaStream_t stream);
+  float* run_fp32_product(const Gemm& g, Scratch& scratch, Lane lane);
+  // dw += dout^T in and db += column sums of dout, on `lane`.
+  void weight_gradient(DType dtype, Lane lane, void* dw, void* db, const void* dout, const void* in, int N, int C,
+                       int OC);
 
   struct Plan;
   using PlanKey = std::array<int64_t, 11>;
   // The cached plan for g's shape, dtypes, epilogue and pointer alignments.
   Plan& plan_for(const Gemm& g);
 
-  DeviceMemory& memory_;
-  cublasLtHandle_t handle_ = nullptr;
-  void* workspace_ = nullptr;
-  size_t workspace_bytes_ = 0;
+  struct HandleDeleter {
+    void operator()(cublasLtHandle_t handle) const { cublasLtDestroy(handle); }
+  };
+  std::unique_ptr<cublasLtContext, HandleDeleter> handle_;
+  DeviceBuffer workspace_;  // of the caller's stream
+  // The weight gradient's stream, its workspace and its own scratch (the
+  // caller's scratch serves the caller's stream); the events fork it from
+  // and join it back to the caller's stream.
+  StreamHandle weight_stream_;
+  DeviceBuffer weight_workspace_;
+  Scratch weight_scratch_;
+  EventHandle dout_ready_, weight_done_;
   std::map<PlanKey, std::unique_ptr<Plan>> plans_;
 };
 

@@ -31,6 +31,24 @@ class DeviceMemory {
   size_t peak_ = 0;
 };
 
+// One allocation from a DeviceMemory, released when the owner goes.
+class DeviceBuffer {
+ public:
+  DeviceBuffer(DeviceMemory& memory, size_t bytes, const char* what)
+      : memory_(memory), ptr_(memory.allocate(bytes, what)), bytes_(bytes) {}
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() { memory_.release(ptr_); }
+
+  void* get() const { return ptr_; }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  DeviceMemory& memory_;
+  void* ptr_;
+  size_t bytes_;
+};
+
 // One buffer reused by every op that needs temporaries. Ops run in order on
 // the backend's single stream, so the next op reuses it only after the
 // previous one is done with it. Growing frees the old buffer first
