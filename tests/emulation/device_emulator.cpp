@@ -18,6 +18,23 @@
 
 #include "srgpt/error.h"
 
+// A stream's queue: the work not yet run, in order. An item may wait for
+// another stream's first `after_position` items (an event wait; no work).
+struct CUstream_st {
+  struct Item {
+    std::function<void()> work;
+    CUstream_st* after_stream = nullptr;
+    uint64_t after_position = 0;
+  };
+  std::deque<Item> queue;
+  uint64_t enqueued = 0, completed = 0;  // items ever queued, ever run
+};
+// Recorded: the work queued on `stream` before the record.
+struct CUevent_st {
+  CUstream_st* stream = nullptr;
+  uint64_t position = 0;
+};
+
 namespace srgpt::emulation {
 namespace {
 
@@ -268,7 +285,7 @@ void set_max_dynamic_shared(const void* kernel, size_t bytes) { g_max_dynamic_sh
 
 int take_launch_error() { return std::exchange(g_launch_error, 0); }
 
-void run_kernel(const void* kernel, const Launch& launch, const std::function<void()>& thread) {
+bool accept_launch(const void* kernel, const Launch& launch) {
   if (g_block) fail("device emulator: a kernel launched another kernel");
   const size_t threads = size_t(launch.block.x) * launch.block.y * launch.block.z;
   const size_t blocks = size_t(launch.grid.x) * launch.grid.y * launch.grid.z;
@@ -277,12 +294,17 @@ void run_kernel(const void* kernel, const Launch& launch, const std::function<vo
   if (threads == 0 || threads > kMaxThreadsPerBlock || blocks == 0 || launch.grid.y > 65535 ||
       launch.grid.z > 65535) {
     g_launch_error = kErrorInvalidConfiguration;
-    return;
+    return false;
   }
   if (launch.shared_bytes > shared_limit || launch.shared_bytes > kMaxDynamicSharedOptIn) {
     g_launch_error = kErrorInvalidValue;
-    return;
+    return false;
   }
+  return true;
+}
+
+void run_kernel(const Launch& launch, const std::function<void()>& thread) {
+  const size_t threads = size_t(launch.block.x) * launch.block.y * launch.block.z;
   Block b;
   b.dim = launch.block;
   b.grid = launch.grid;
@@ -380,6 +402,129 @@ void cp_async_wait(int pending_groups) {
     for (const Copy& c : f.committed_groups.front()) perform(c);
     f.committed_groups.pop_front();
   }
+}
+
+// ---- Streams and events
+
+namespace {
+
+// Every stream ever created, in creation order; the legacy default stream
+// first. Destroyed streams stay (emptied), so events and waits that name
+// them remain valid.
+std::vector<std::unique_ptr<CUstream_st>>& streams() {
+  static std::vector<std::unique_ptr<CUstream_st>> all = [] {
+    std::vector<std::unique_ptr<CUstream_st>> created;
+    created.push_back(std::make_unique<CUstream_st>());
+    return created;
+  }();
+  return all;
+}
+CUstream_st* resolve(CUstream_st* stream) { return stream ? stream : streams().front().get(); }
+
+std::map<const char*, size_t> g_pinned;  // start -> bytes
+
+bool runnable(const CUstream_st& stream) {
+  const CUstream_st::Item& front = stream.queue.front();
+  return !front.after_stream || front.after_stream->completed >= front.after_position;
+}
+
+void run_front(CUstream_st& stream) {
+  CUstream_st::Item item = std::move(stream.queue.front());
+  stream.queue.pop_front();
+  if (item.work) item.work();
+  ++stream.completed;
+}
+
+// Ascending: only what the stream's first `position` items need.
+void run_needed(CUstream_st& stream, uint64_t position) {
+  while (stream.completed < position) {
+    const CUstream_st::Item& front = stream.queue.front();
+    if (front.after_stream) run_needed(*front.after_stream, front.after_position);
+    run_front(stream);
+  }
+}
+
+// Descending: any runnable item, newest stream first, until the target is
+// reached. Waits name items queued before them, so one is always runnable.
+void run_newest_first(const CUstream_st& target, uint64_t position) {
+  while (target.completed < position) {
+    auto& all = streams();
+    auto pick = std::find_if(all.rbegin(), all.rend(), [](const auto& s) { return !s->queue.empty() && runnable(*s); });
+    run_front(**pick);
+  }
+}
+
+void run_until(CUstream_st& stream, uint64_t position) {
+  try {
+    if (schedule().descending)
+      run_newest_first(stream, position);
+    else
+      run_needed(stream, position);
+  } catch (...) {
+    // The device is unusable after a fault: drop the rest of the work.
+    for (auto& s : streams()) {
+      s->queue.clear();
+      s->completed = s->enqueued;
+    }
+    throw;
+  }
+}
+
+}  // namespace
+
+CUstream_st* create_stream() {
+  streams().push_back(std::make_unique<CUstream_st>());
+  return streams().back().get();
+}
+
+void destroy_stream(CUstream_st* stream) { synchronize_stream(stream); }
+
+void enqueue(CUstream_st* stream, std::function<void()> work) {
+  CUstream_st& s = *resolve(stream);
+  s.queue.push_back({std::move(work)});
+  ++s.enqueued;
+}
+
+CUevent_st* create_event() { return new CUevent_st; }
+void destroy_event(CUevent_st* event) { delete event; }
+
+void record_event(CUevent_st* event, CUstream_st* stream) {
+  event->stream = resolve(stream);
+  event->position = event->stream->enqueued;
+}
+
+void stream_wait_event(CUstream_st* stream, CUevent_st* event) {
+  if (!event->stream) return;  // never recorded: nothing to wait for
+  CUstream_st& s = *resolve(stream);
+  s.queue.push_back({nullptr, event->stream, event->position});
+  ++s.enqueued;
+}
+
+void synchronize_event(CUevent_st* event) {
+  if (event->stream) run_until(*event->stream, event->position);
+}
+
+void synchronize_stream(CUstream_st* stream) {
+  CUstream_st& s = *resolve(stream);
+  run_until(s, s.enqueued);
+}
+
+void synchronize_device() {
+  auto& all = streams();
+  if (schedule().descending)
+    for (auto it = all.rbegin(); it != all.rend(); ++it) run_until(**it, (*it)->enqueued);
+  else
+    for (auto& s : all) run_until(*s, s->enqueued);
+}
+
+void register_pinned(const void* p, size_t bytes) { g_pinned[static_cast<const char*>(p)] = bytes; }
+void unregister_pinned(const void* p) { g_pinned.erase(static_cast<const char*>(p)); }
+bool is_pinned(const void* p) {
+  const char* c = static_cast<const char*>(p);
+  auto it = g_pinned.upper_bound(c);
+  if (it == g_pinned.begin()) return false;
+  --it;
+  return c < it->first + it->second;
 }
 
 }  // namespace srgpt::emulation

@@ -15,11 +15,16 @@
 // memory, cp.async copies never waited for, and launch configurations the
 // device would refuse (too much shared memory, too many threads).
 //
+// Streams are asynchronous as on the device: kernels, copies and library
+// calls queue on their stream and run when a synchronising call needs them
+// (Streams and events, below).
+//
 // What it cannot show: speed, register pressure, and races that depend on
 // timing. It narrows the last: dynamic shared memory starts as NaN bytes,
-// and the Schedule below pushes the order of threads and the arrival of
-// cp.async data to extremes, so that a missing barrier reads stale or
-// poisoned data, or overwrites data still in use, under one of them.
+// and the Schedule below pushes the order of threads, the arrival of
+// cp.async data and the order of the streams' work to extremes, so that a
+// missing barrier or stream wait reads stale or poisoned data, or
+// overwrites data still in use, under one of them.
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -36,6 +41,10 @@ struct dim3 {
   unsigned x, y, z;
   constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
 };
+// The runtime's stream and event types: an emulated stream's queue of work
+// and an event's place in it.
+struct CUstream_st;
+struct CUevent_st;
 struct alignas(16) uint4 {
   unsigned x, y, z, w;
 };
@@ -49,10 +58,11 @@ namespace srgpt::emulation {
 
 // A kernel launch's <<<grid, block, shared bytes, stream>>>.
 struct Launch {
-  Launch(dim3 grid_, dim3 block_, size_t shared_bytes_ = 0, const void* = nullptr)
-      : grid(grid_), block(block_), shared_bytes(shared_bytes_) {}
+  Launch(dim3 grid_, dim3 block_, size_t shared_bytes_ = 0, CUstream_st* stream_ = nullptr)
+      : grid(grid_), block(block_), shared_bytes(shared_bytes_), stream(stream_) {}
   dim3 grid, block;
   size_t shared_bytes;
+  CUstream_st* stream;
 };
 
 // How the emulator settles what the hardware leaves open. Threads run by
@@ -61,6 +71,10 @@ struct Launch {
 // them. cp.async data lands when the copy is issued, or only at the
 // cp.async.wait_group that covers it. The kernels with barriers are tested
 // under all four combinations: a missing barrier then shows in at least one.
+// Streams: ascending runs only the work a synchronising call needs, oldest
+// stream first, leaving work nothing waits for queued (a missing join shows);
+// descending runs all runnable work, newest stream first, so a stream's work
+// runs as early as its event waits allow (a missing fork shows).
 //
 // A process starts with the schedule SRGPT_EMULATOR_SCHEDULE names (see
 // parse_schedule; unset: ascending, data at the wait); ctest sets it.
@@ -83,10 +97,37 @@ void set_max_dynamic_shared(const void* kernel, size_t bytes);
 // The launch error a kernel launch left (cudaGetLastError): 0 for none.
 int take_launch_error();
 
+// False, leaving a launch error, for a configuration the device would
+// refuse.
+bool accept_launch(const void* kernel, const Launch& launch);
 // Runs `thread` for every thread of every block of the launch; throws
-// srgpt::Error when the emulation detects a fault. A configuration the
-// device would refuse is not run but leaves a launch error.
-void run_kernel(const void* kernel, const Launch& launch, const std::function<void()>& thread);
+// srgpt::Error when the emulation detects a fault.
+void run_kernel(const Launch& launch, const std::function<void()>& thread);
+
+// ---- Streams and events
+// Kernels, copies, memsets and library calls queue on their stream (null:
+// the legacy default stream, the oldest) and run when a synchronisation
+// needs them, in the order the Schedule picks among streams; within a
+// stream, in order, and after the work of the events it waits for. Faults
+// of queued work are thrown by the synchronising call that ran it; the
+// queues are then emptied.
+CUstream_st* create_stream();
+void destroy_stream(CUstream_st* stream);  // runs its queued work first
+void enqueue(CUstream_st* stream, std::function<void()> work);
+CUevent_st* create_event();
+void destroy_event(CUevent_st* event);
+void record_event(CUevent_st* event, CUstream_st* stream);
+// The stream's later work waits for the work before the event's last record.
+void stream_wait_event(CUstream_st* stream, CUevent_st* event);
+void synchronize_event(CUevent_st* event);
+void synchronize_stream(CUstream_st* stream);
+void synchronize_device();
+// Page-locked host memory (cudaHostAlloc): copies from it read it when
+// they run; copies from other host memory read it when queued, as the
+// runtime stages pageable memory before it returns.
+void register_pinned(const void* p, size_t bytes);
+void unregister_pinned(const void* p);
+bool is_pinned(const void* p);
 
 // Inside a kernel.
 const uint3& thread_index();
@@ -142,8 +183,10 @@ std::tuple<std::decay_t<A>...> kernel_arguments(A&&... arguments) {
 template <typename... P, typename... A>
 void operator^(const BoundLaunch<P...>& bound, const std::tuple<A...>& arguments) {
   static_assert(sizeof...(P) == sizeof...(A), "kernel launched with the wrong number of arguments");
-  run_kernel(reinterpret_cast<const void*>(bound.kernel), bound.launch,
-             [&] { std::apply([&](const auto&... a) { bound.kernel(a...); }, arguments); });
+  if (!accept_launch(reinterpret_cast<const void*>(bound.kernel), bound.launch)) return;
+  enqueue(bound.launch.stream, [kernel = bound.kernel, launch = bound.launch, arguments] {
+    run_kernel(launch, [&] { std::apply([&](const auto&... a) { kernel(a...); }, arguments); });
+  });
 }
 
 }  // namespace srgpt::emulation

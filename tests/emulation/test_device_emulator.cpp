@@ -1,6 +1,8 @@
 // The CPU device emulator itself: that it turns the synchronisation and
 // addressing faults it claims to catch into errors or poisoned results,
-// and that correct kernels give the same result in both thread schedules.
+// that correct kernels give the same result in both thread schedules, and
+// that streams run their work asynchronously, so that a missing event wait
+// shows in one of the schedules.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -52,6 +54,12 @@ __global__ void cp_async_kernel(uint16_t* out, const uint16_t* in, bool wait) {
   if (!wait) gpu::cp_async_wait<0>();
 }
 
+// out[i] = in[i] + 1 for n values, one thread each.
+__global__ void increment_kernel(float* out, const float* in, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = in[i] + 1.0f;
+}
+
 __global__ void ldmatrix_global_kernel(uint32_t* out, const uint16_t* global_rows) {
   uint32_t r[4];
   gpu::ldmatrix_x4(r, global_rows + 8 * (threadIdx.x % 32));
@@ -66,6 +74,9 @@ __global__ void early_exit_kernel(float* out) {
   if (threadIdx.x % 32 == 5) return;
   out[threadIdx.x] = gpu::warp_sum(1.0f);
 }
+
+// Runs the launches queued so far.
+void finish() { emulation::synchronize_device(); }
 
 // The message of the error f throws, or "" when it throws none.
 template <typename F>
@@ -83,6 +94,7 @@ std::vector<float> run_neighbour(bool barrier, const Schedule& schedule) {
   std::vector<float> in(32 * kWarps), out(kWarps, 0.0f);
   for (size_t i = 0; i < in.size(); ++i) in[i] = float(i % 7) - 3.0f + 0.25f * float(i / 32);
   neighbour_kernel ^ Launch(1, 32 * kWarps, kWarps * sizeof(float)) ^ kernel_arguments(out.data(), in.data(), barrier);
+  finish();
   return out;
 }
 
@@ -113,7 +125,7 @@ TEST_CASE("device emulator: a missing __syncthreads reads unwritten shared memor
 TEST_CASE("device emulator: threads waiting on each other at different barriers are a deadlock error", "[emulated]") {
   emulation::set_schedule(Schedule{false, false});
   std::vector<float> out(32);
-  CHECK(error_of([&] { divergent_barrier_kernel ^ Launch(1, 32) ^ kernel_arguments(out.data()); }).find("deadlock") != std::string::npos);
+  CHECK(error_of([&] { divergent_barrier_kernel ^ Launch(1, 32) ^ kernel_arguments(out.data()); finish(); }).find("deadlock") != std::string::npos);
 }
 
 TEST_CASE("device emulator: cp.async data arrives only at the wait", "[emulated]") {
@@ -122,6 +134,7 @@ TEST_CASE("device emulator: cp.async data arrives only at the wait", "[emulated]
   for (size_t i = 0; i < in.size(); ++i) in[i] = uint16_t(0x3f80 + i);  // finite bf16
   for (bool wait : {true, false}) {
     cp_async_kernel ^ Launch(1, 32, in.size() * 2) ^ kernel_arguments(out.data(), in.data(), wait);
+    finish();
     for (int t = 0; t < 32; ++t) CHECK(out[t] == (wait ? in[8 * t] : 0xFFFF));
   }
 }
@@ -130,17 +143,17 @@ TEST_CASE("device emulator: ldmatrix from global memory is an error", "[emulated
   emulation::set_schedule(Schedule{false, false});
   std::vector<uint16_t> rows(8 * 32, 0x3f80);
   std::vector<uint32_t> out(32);
-  CHECK(error_of([&] { ldmatrix_global_kernel ^ Launch(1, 32, 1024) ^ kernel_arguments(out.data(), rows.data()); }).find("ldmatrix row outside") != std::string::npos);
+  CHECK(error_of([&] { ldmatrix_global_kernel ^ Launch(1, 32, 1024) ^ kernel_arguments(out.data(), rows.data()); finish(); }).find("ldmatrix row outside") != std::string::npos);
 }
 
 TEST_CASE("device emulator: writing past the dynamic shared memory is an error", "[emulated]") {
-  CHECK_NOTHROW(overflow_kernel ^ Launch(1, 32, 256) ^ kernel_arguments(255));
-  CHECK(error_of([&] { overflow_kernel ^ Launch(1, 32, 256) ^ kernel_arguments(256); }).find("past the end") != std::string::npos);
+  CHECK(error_of([&] { overflow_kernel ^ Launch(1, 32, 256) ^ kernel_arguments(255); finish(); }).empty());
+  CHECK(error_of([&] { overflow_kernel ^ Launch(1, 32, 256) ^ kernel_arguments(256); finish(); }).find("past the end") != std::string::npos);
 }
 
 TEST_CASE("device emulator: a shuffle after a lane has exited is an error", "[emulated]") {
   std::vector<float> out(32);
-  CHECK(error_of([&] { early_exit_kernel ^ Launch(1, 32) ^ kernel_arguments(out.data()); }).find("exited") != std::string::npos);
+  CHECK(error_of([&] { early_exit_kernel ^ Launch(1, 32) ^ kernel_arguments(out.data()); finish(); }).find("exited") != std::string::npos);
 }
 
 TEST_CASE("device emulator: launches the device would refuse leave a launch error", "[emulated]") {
@@ -153,6 +166,111 @@ TEST_CASE("device emulator: launches the device would refuse leave a launch erro
   CHECK(cudaGetLastError() == cudaSuccess);
   overflow_kernel ^ Launch(1, 2048) ^ kernel_arguments(0);
   CHECK(cudaGetLastError() == cudaErrorInvalidConfiguration);
+  finish();
+}
+
+namespace {
+
+// Two streams as the matmul backward uses them: `main` writes x; `side`
+// reads x into y, forked after the write (or not); main joins side before
+// its last work (or not). The result is y as the host sees it after
+// synchronising main.
+struct ForkJoin {
+  bool fork = true, join = true;
+  std::vector<float> run(const Schedule& schedule) const {
+    emulation::set_schedule(schedule);
+    constexpr int n = 64;
+    std::vector<float> host(n), x(n, -100.0f), y(n, -100.0f), result(n);
+    for (int i = 0; i < n; ++i) host[i] = float(i);
+    cudaStream_t main = nullptr, side = nullptr;
+    cudaEvent_t forked = nullptr, joined = nullptr;
+    REQUIRE(cudaStreamCreateWithFlags(&main, cudaStreamNonBlocking) == cudaSuccess);
+    REQUIRE(cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking) == cudaSuccess);
+    REQUIRE(cudaEventCreateWithFlags(&forked, cudaEventDisableTiming) == cudaSuccess);
+    REQUIRE(cudaEventCreateWithFlags(&joined, cudaEventDisableTiming) == cudaSuccess);
+    REQUIRE(cudaMemcpyAsync(x.data(), host.data(), n * sizeof(float), cudaMemcpyHostToDevice, main) == cudaSuccess);
+    if (fork) {
+      REQUIRE(cudaEventRecord(forked, main) == cudaSuccess);
+      REQUIRE(cudaStreamWaitEvent(side, forked, 0) == cudaSuccess);
+    }
+    increment_kernel ^ Launch(1, n, 0, side) ^ kernel_arguments(y.data(), x.data(), n);
+    if (join) {
+      REQUIRE(cudaEventRecord(joined, side) == cudaSuccess);
+      REQUIRE(cudaStreamWaitEvent(main, joined, 0) == cudaSuccess);
+    }
+    REQUIRE(cudaMemcpyAsync(result.data(), y.data(), n * sizeof(float), cudaMemcpyDeviceToHost, main) == cudaSuccess);
+    REQUIRE(cudaStreamSynchronize(main) == cudaSuccess);
+    REQUIRE(cudaEventDestroy(forked) == cudaSuccess);
+    REQUIRE(cudaEventDestroy(joined) == cudaSuccess);
+    REQUIRE(cudaStreamDestroy(side) == cudaSuccess);
+    REQUIRE(cudaStreamDestroy(main) == cudaSuccess);
+    return result;
+  }
+};
+
+std::vector<float> incremented(int n) {
+  std::vector<float> v(n);
+  for (int i = 0; i < n; ++i) v[i] = float(i) + 1.0f;
+  return v;
+}
+
+}  // namespace
+
+TEST_CASE("device emulator: work queued on a stream runs when a synchronisation needs it", "[emulated]") {
+  emulation::set_schedule(Schedule{false, false});
+  std::vector<float> in{1.0f, 2.0f}, out{0.0f, 0.0f};
+  cudaStream_t stream = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) == cudaSuccess);
+  increment_kernel ^ Launch(1, 32, 0, stream) ^ kernel_arguments(out.data(), in.data(), 2);
+  CHECK(out == std::vector<float>{0.0f, 0.0f});
+  REQUIRE(cudaStreamSynchronize(stream) == cudaSuccess);
+  CHECK(out == std::vector<float>{2.0f, 3.0f});
+  REQUIRE(cudaStreamDestroy(stream) == cudaSuccess);
+}
+
+TEST_CASE("device emulator: streams forked and joined by events give the same result in every schedule", "[emulated]") {
+  for (const Schedule schedule : {Schedule{false, false}, Schedule{true, false}})
+    CHECK(ForkJoin{}.run(schedule) == incremented(64));
+}
+
+TEST_CASE("device emulator: a missing join leaves the side stream's work undone in the ascending schedule", "[emulated]") {
+  const auto result = ForkJoin{true, false}.run(Schedule{false, false});
+  CHECK(result[0] == -100.0f);
+  finish();
+}
+
+TEST_CASE("device emulator: a missing fork runs the side stream's work first in the descending schedule", "[emulated]") {
+  const auto result = ForkJoin{false, true}.run(Schedule{true, false});
+  CHECK(result[0] == -99.0f);  // x as it was before main's copy, plus one
+}
+
+TEST_CASE("device emulator: a copy from pageable host memory reads it when queued, from pinned memory when run", "[emulated]") {
+  emulation::set_schedule(Schedule{false, false});
+  float device_value = 0.0f, pageable = 1.0f;
+  float* pinned = nullptr;
+  REQUIRE(cudaHostAlloc(reinterpret_cast<void**>(&pinned), sizeof(float), cudaHostAllocDefault) == cudaSuccess);
+  REQUIRE(cudaMemcpyAsync(&device_value, &pageable, sizeof(float), cudaMemcpyHostToDevice, nullptr) == cudaSuccess);
+  pageable = 2.0f;
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  CHECK(device_value == 1.0f);
+  *pinned = 3.0f;
+  REQUIRE(cudaMemcpyAsync(&device_value, pinned, sizeof(float), cudaMemcpyHostToDevice, nullptr) == cudaSuccess);
+  *pinned = 4.0f;
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  CHECK(device_value == 4.0f);
+  REQUIRE(cudaFreeHost(pinned) == cudaSuccess);
+}
+
+TEST_CASE("device emulator: a fault in queued work is the synchronising call's error, until a device reset", "[emulated]") {
+  emulation::set_schedule(Schedule{false, false});
+  std::vector<float> out(32);
+  early_exit_kernel ^ Launch(1, 32) ^ kernel_arguments(out.data());
+  CHECK(cudaGetLastError() == cudaSuccess);  // the launch itself is fine
+  CHECK(cudaDeviceSynchronize() == cudaErrorLaunchFailure);
+  CHECK(std::string(cudaGetErrorString(cudaErrorLaunchFailure)).find("exited") != std::string::npos);
+  CHECK(cudaDeviceSynchronize() == cudaErrorLaunchFailure);
+  REQUIRE(cudaDeviceReset() == cudaSuccess);
+  CHECK(cudaDeviceSynchronize() == cudaSuccess);
 }
 
 TEST_CASE("device emulator: SRGPT_EMULATOR_SCHEDULE flags parse, and an unknown one is an error naming it", "[emulated]") {

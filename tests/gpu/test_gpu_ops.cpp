@@ -1,7 +1,8 @@
 // Every cuda-backend op against the cpu backend on fresh random inputs, at
 // several shapes including odd ones, with outputs poisoned before the op.
-// [schedules]: kernels with shared memory and barriers, which the CPU
-// device emulator (tests/emulation) also runs under every thread schedule.
+// [schedules]: kernels with shared memory and barriers, and ops on more
+// than one stream, which the CPU device emulator (tests/emulation) also
+// runs under every schedule.
 #include <spdlog/fmt/fmt.h>
 
 #include <algorithm>
@@ -130,7 +131,7 @@ TEST_CASE("gpu residual layernorm forward and backward match the cpu backend", "
   }
 }
 
-TEST_CASE("gpu matmul forward and backward match the cpu backend", "[gpu]") {
+TEST_CASE("gpu matmul forward and backward match the cpu backend", "[gpu][schedules]") {
   if (!have_gpu()) return;
   struct Shape {
     int N, C, OC;

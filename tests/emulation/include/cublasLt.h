@@ -18,6 +18,8 @@
 #include <cstring>
 #include <vector>
 
+#include "cuda_runtime.h"
+
 #include "srgpt/bf16.h"
 
 enum cublasStatus_t {
@@ -213,30 +215,27 @@ inline cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtM
   return CUBLAS_STATUS_SUCCESS;
 }
 
-inline cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t desc, const void* alpha, const void* A,
-                                     cublasLtMatrixLayout_t a, const void* B, cublasLtMatrixLayout_t b,
-                                     const void* beta, const void* C, cublasLtMatrixLayout_t c, void* D,
-                                     cublasLtMatrixLayout_t d, const cublasLtMatmulAlgo_t*, void*, size_t, void*) {
-  namespace lt = srgpt::emulation::cublaslt;
-  if (!lt::shapes_agree(desc, a, b, d)) return CUBLAS_STATUS_INVALID_VALUE;
-  const float alpha_value = *static_cast<const float*>(alpha), beta_value = *static_cast<const float*>(beta);
-  const uint64_t m = d->rows, n = d->cols, k = desc->transa == CUBLAS_OP_T ? a->rows : a->cols;
-  const bool bias = desc->epilogue == CUBLASLT_EPILOGUE_BIAS || desc->epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
-  if (bias && !desc->bias) return CUBLAS_STATUS_INVALID_VALUE;
+namespace srgpt::emulation::cublaslt {
+// D = alpha op(A) op(B) + beta C with the epilogue, in double, rounded once.
+inline void matmul(const cublasLtMatmulDescOpaque_t& desc, float alpha_value, const void* A,
+                   const cublasLtMatrixLayoutOpaque_t& a, const void* B, const cublasLtMatrixLayoutOpaque_t& b,
+                   float beta_value, const void* C, const cublasLtMatrixLayoutOpaque_t& c, void* D,
+                   const cublasLtMatrixLayoutOpaque_t& d) {
+  const uint64_t m = d.rows, n = d.cols, k = desc.transa == CUBLAS_OP_T ? a.rows : a.cols;
+  const bool bias = desc.epilogue == CUBLASLT_EPILOGUE_BIAS || desc.epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
   // op(A) by rows and op(B) by columns, each contiguous over k.
   std::vector<double> a_rows(m * k), b_cols(n * k);
   for (uint64_t i = 0; i < m; ++i)
     for (uint64_t l = 0; l < k; ++l)
-      a_rows[i * k + l] = lt::load(A, a->type, desc->transa == CUBLAS_OP_T ? l + i * a->ld : i + l * a->ld);
+      a_rows[i * k + l] = load(A, a.type, desc.transa == CUBLAS_OP_T ? l + i * a.ld : i + l * a.ld);
   for (uint64_t j = 0; j < n; ++j)
     for (uint64_t l = 0; l < k; ++l)
-      b_cols[j * k + l] = lt::load(B, b->type, desc->transb == CUBLAS_OP_T ? j + l * b->ld : l + j * b->ld);
+      b_cols[j * k + l] = load(B, b.type, desc.transb == CUBLAS_OP_T ? j + l * b.ld : l + j * b.ld);
   for (uint64_t j = 0; j < n; ++j) {
-    if (desc->epilogue == CUBLASLT_EPILOGUE_BGRADB) {
-      if (!desc->bias) return CUBLAS_STATUS_INVALID_VALUE;
+    if (desc.epilogue == CUBLASLT_EPILOGUE_BGRADB) {
       double sum = 0;
       for (uint64_t l = 0; l < k; ++l) sum += b_cols[j * k + l];
-      lt::store(const_cast<void*>(desc->bias), cudaDataType_t(desc->bias_type), j, float(sum));
+      store(const_cast<void*>(desc.bias), cudaDataType_t(desc.bias_type), j, float(sum));
     }
     for (uint64_t i = 0; i < m; ++i) {
       double sum = 0;
@@ -244,23 +243,42 @@ inline cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t desc
       const double* y = &b_cols[j * k];
       for (uint64_t l = 0; l < k; ++l) sum += x[l] * y[l];
       double value = alpha_value * sum;
-      if (beta_value != 0.0f) value += beta_value * lt::load(C, c->type, i + j * c->ld);
-      if (bias) value += lt::load(desc->bias, cudaDataType_t(desc->bias_type), i);
+      if (beta_value != 0.0f) value += beta_value * load(C, c.type, i + j * c.ld);
+      if (bias) value += load(desc.bias, cudaDataType_t(desc.bias_type), i);
       float result = float(value);
-      const size_t aux_index = i + j * size_t(desc->aux_ld);
-      switch (desc->epilogue) {
+      const size_t aux_index = i + j * size_t(desc.aux_ld);
+      switch (desc.epilogue) {
         case CUBLASLT_EPILOGUE_GELU_AUX:
         case CUBLASLT_EPILOGUE_GELU_AUX_BIAS:
-          lt::store(desc->aux, d->type, aux_index, result);
-          result = lt::gelu(result);
+          store(desc.aux, d.type, aux_index, result);
+          result = gelu(result);
           break;
         case CUBLASLT_EPILOGUE_DGELU:
-          result *= lt::gelu_derivative(float(lt::load(desc->aux, d->type, aux_index)));
+          result *= gelu_derivative(float(load(desc.aux, d.type, aux_index)));
           break;
         default: break;
       }
-      lt::store(D, d->type, i + j * d->ld, result);
+      store(D, d.type, i + j * d.ld, result);
     }
   }
+}
+}  // namespace srgpt::emulation::cublaslt
+
+// Checks the call, then queues the product on the stream with the
+// descriptor and layouts as they are now (as cuBLASLt reads them at the call).
+inline cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t desc, const void* alpha, const void* A,
+                                     cublasLtMatrixLayout_t a, const void* B, cublasLtMatrixLayout_t b,
+                                     const void* beta, const void* C, cublasLtMatrixLayout_t c, void* D,
+                                     cublasLtMatrixLayout_t d, const cublasLtMatmulAlgo_t*, void*, size_t,
+                                     cudaStream_t stream) {
+  namespace lt = srgpt::emulation::cublaslt;
+  if (!lt::shapes_agree(desc, a, b, d)) return CUBLAS_STATUS_INVALID_VALUE;
+  const bool bias = desc->epilogue == CUBLASLT_EPILOGUE_BIAS || desc->epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS ||
+                    desc->epilogue == CUBLASLT_EPILOGUE_BGRADB;
+  if (bias && !desc->bias) return CUBLAS_STATUS_INVALID_VALUE;
+  const float alpha_value = *static_cast<const float*>(alpha), beta_value = *static_cast<const float*>(beta);
+  srgpt::emulation::enqueue(stream, [desc = *desc, alpha_value, A, a = *a, B, b = *b, beta_value, C, c = *c, D, d = *d] {
+    lt::matmul(desc, alpha_value, A, a, B, b, beta_value, C, c, D, d);
+  });
   return CUBLAS_STATUS_SUCCESS;
 }

@@ -7,6 +7,10 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
+#include <memory>
+#include <string>
+#include <vector>
 
 #include "device_emulator.h"
 
@@ -83,6 +87,7 @@ enum cudaError {
   cudaErrorInvalidValue = 1,
   cudaErrorMemoryAllocation = 2,
   cudaErrorInvalidConfiguration = 9,
+  cudaErrorLaunchFailure = 719,
 };
 typedef cudaError cudaError_t;
 enum cudaMemcpyKind {
@@ -95,12 +100,38 @@ enum cudaMemcpyKind {
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 enum cudaDeviceAttr { cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
 
+namespace srgpt::emulation::runtime {
+// The message of the last fault a synchronising call ran into: the
+// description of cudaErrorLaunchFailure, as the runtime reports a kernel's
+// fault at the next synchronisation.
+inline std::string& last_fault() {
+  static std::string message;
+  return message;
+}
+// Runs a synchronising call; a fault of the work it ran becomes
+// cudaErrorLaunchFailure (destructors that synchronise must not throw),
+// returned by every later synchronising call too, as the runtime's errors
+// of this kind stick to the context.
+template <typename Call>
+cudaError_t synchronizing(Call call) {
+  if (!last_fault().empty()) return cudaErrorLaunchFailure;
+  try {
+    call();
+    return cudaSuccess;
+  } catch (const std::exception& e) {
+    last_fault() = e.what();
+    return cudaErrorLaunchFailure;
+  }
+}
+}  // namespace srgpt::emulation::runtime
+
 inline const char* cudaGetErrorName(cudaError_t err) {
   switch (err) {
     case cudaSuccess: return "cudaSuccess";
     case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
     case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
     case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
   }
   return "cudaErrorUnknown";
 }
@@ -110,6 +141,7 @@ inline const char* cudaGetErrorString(cudaError_t err) {
     case cudaErrorInvalidValue: return "invalid argument";
     case cudaErrorMemoryAllocation: return "out of memory";
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorLaunchFailure: return ::srgpt::emulation::runtime::last_fault().c_str();
   }
   return "unknown error";
 }
@@ -120,26 +152,41 @@ inline cudaError_t cudaMalloc(void** p, size_t bytes) {
   return *p ? cudaSuccess : cudaErrorMemoryAllocation;
 }
 inline cudaError_t cudaFree(void* p) {
+  // As the runtime's, waits for the device first.
+  const cudaError_t err = ::srgpt::emulation::runtime::synchronizing(::srgpt::emulation::synchronize_device);
   std::free(p);
+  return err;
+}
+inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
+                                   cudaStream_t stream = nullptr) {
+  if (kind == cudaMemcpyHostToDevice && !::srgpt::emulation::is_pinned(src)) {
+    auto staged = std::make_shared<std::vector<unsigned char>>(static_cast<const unsigned char*>(src),
+                                                               static_cast<const unsigned char*>(src) + bytes);
+    ::srgpt::emulation::enqueue(stream, [dst, staged] { std::memcpy(dst, staged->data(), staged->size()); });
+  } else {
+    ::srgpt::emulation::enqueue(stream, [dst, src, bytes] { std::memcpy(dst, src, bytes); });
+  }
   return cudaSuccess;
 }
-inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind, cudaStream_t = nullptr) {
-  std::memcpy(dst, src, bytes);
+inline cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t stream = nullptr) {
+  ::srgpt::emulation::enqueue(stream, [dst, value, bytes] { std::memset(dst, value, bytes); });
   return cudaSuccess;
 }
-inline cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t = nullptr) {
-  std::memset(dst, value, bytes);
-  return cudaSuccess;
+inline cudaError_t cudaHostAlloc(void** p, size_t bytes, unsigned) {
+  const cudaError_t err = cudaMalloc(p, bytes);
+  if (err == cudaSuccess) ::srgpt::emulation::register_pinned(*p, bytes);
+  return err;
 }
-inline cudaError_t cudaHostAlloc(void** p, size_t bytes, unsigned) { return cudaMalloc(p, bytes); }
-inline cudaError_t cudaFreeHost(void* p) { return cudaFree(p); }
+inline cudaError_t cudaFreeHost(void* p) {
+  ::srgpt::emulation::unregister_pinned(p);
+  return cudaFree(p);
+}
 
-// One emulated device; kernels run to completion at launch, so streams and
-// events are always idle.
+// One emulated device; streams and events are the emulator's
+// (device_emulator.h: work runs when a synchronisation needs it).
 constexpr unsigned cudaStreamNonBlocking = 1;
 constexpr unsigned cudaHostAllocDefault = 0;
 constexpr unsigned cudaEventDisableTiming = 2;
-struct CUevent_st {};
 typedef CUevent_st* cudaEvent_t;
 struct cudaDeviceProp {
   char name[256];
@@ -155,23 +202,43 @@ inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* properties, int devic
   return cudaSuccess;
 }
 inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned) {
-  static char token;
-  *stream = reinterpret_cast<cudaStream_t>(&token);
+  *stream = ::srgpt::emulation::create_stream();
   return cudaSuccess;
 }
-inline cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
-inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+inline cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+  return ::srgpt::emulation::runtime::synchronizing([&] { ::srgpt::emulation::destroy_stream(stream); });
+}
+inline cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+  return ::srgpt::emulation::runtime::synchronizing([&] { ::srgpt::emulation::synchronize_stream(stream); });
+}
+inline cudaError_t cudaDeviceSynchronize() {
+  return ::srgpt::emulation::runtime::synchronizing(::srgpt::emulation::synchronize_device);
+}
+// Drops queued work and clears a stuck fault.
+inline cudaError_t cudaDeviceReset() {
+  ::srgpt::emulation::runtime::synchronizing(::srgpt::emulation::synchronize_device);
+  ::srgpt::emulation::runtime::last_fault().clear();
+  return cudaSuccess;
+}
 inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned) {
-  *event = new CUevent_st;
+  *event = ::srgpt::emulation::create_event();
   return cudaSuccess;
 }
 inline cudaError_t cudaEventDestroy(cudaEvent_t event) {
-  delete event;
+  ::srgpt::emulation::destroy_event(event);
   return cudaSuccess;
 }
-inline cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t = nullptr) { return cudaSuccess; }
-inline cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
-inline cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned) { return cudaSuccess; }
+inline cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream = nullptr) {
+  ::srgpt::emulation::record_event(event, stream);
+  return cudaSuccess;
+}
+inline cudaError_t cudaEventSynchronize(cudaEvent_t event) {
+  return ::srgpt::emulation::runtime::synchronizing([&] { ::srgpt::emulation::synchronize_event(event); });
+}
+inline cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned) {
+  ::srgpt::emulation::stream_wait_event(stream, event);
+  return cudaSuccess;
+}
 inline cudaError_t cudaGetDevice(int* device) {
   *device = 0;
   return cudaSuccess;

@@ -16,21 +16,23 @@ struct DeviceRadixSort {
   template <typename Key, typename Value>
   static cudaError_t SortPairs(void* temp_storage, size_t& temp_storage_bytes, const Key* keys_in, Key* keys_out,
                                const Value* values_in, Value* values_out, int num_items, int begin_bit = 0,
-                               int end_bit = int(sizeof(Key) * 8), cudaStream_t = nullptr) {
+                               int end_bit = int(sizeof(Key) * 8), cudaStream_t stream = nullptr) {
     if (!temp_storage) {
       temp_storage_bytes = 16;
       return cudaSuccess;
     }
-    const int bits = end_bit - begin_bit;
-    const auto mask = bits >= int(sizeof(Key) * 8) ? ~Key(0) : Key((Key(1) << bits) - 1);
-    auto digit = [&](int i) { return Key(keys_in[i] >> begin_bit) & mask; };
-    std::vector<int> order(size_t(std::max(num_items, 0)));
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return digit(a) < digit(b); });
-    for (int i = 0; i < num_items; ++i) {
-      keys_out[i] = keys_in[order[i]];
-      values_out[i] = values_in[order[i]];
-    }
+    ::srgpt::emulation::enqueue(stream, [=] {
+      const int bits = end_bit - begin_bit;
+      const auto mask = bits >= int(sizeof(Key) * 8) ? ~Key(0) : Key((Key(1) << bits) - 1);
+      auto digit = [&](int i) { return Key(keys_in[i] >> begin_bit) & mask; };
+      std::vector<int> order(size_t(std::max(num_items, 0)));
+      std::iota(order.begin(), order.end(), 0);
+      std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return digit(a) < digit(b); });
+      for (int i = 0; i < num_items; ++i) {
+        keys_out[i] = keys_in[order[i]];
+        values_out[i] = values_in[order[i]];
+      }
+    });
     return cudaSuccess;
   }
 };
