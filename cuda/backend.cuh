@@ -1,6 +1,7 @@
 #pragma once
 // The CUDA backend: the Backend interface over the kernels of this
-// directory. Everything runs in order on one stream owned by the backend;
+// directory. Everything runs in order on one stream owned by the backend
+// (the matmul backward forks onto a stream of its own and joins back);
 // memory is plain cudaMalloc, counted so peak usage can be reported.
 #include <cuda_runtime.h>
 
