@@ -12,9 +12,14 @@
 //    tokens/s, MFU (6 N + 12 L C T FLOPs per token) and peak memory.
 //
 //   gpu_step_bench [--kernels] [--steps] [--model d12|d24]... [--batch 32] [--seq 1024]
-//                  [--warmup 3] [--iters 10]
-// With neither --kernels nor --steps both parts run.
+//                  [--warmup 3] [--iters 10] [--json FILE]
+// With neither --kernels nor --steps both parts run. --json also writes the
+// step rows as JSON lines (scripts/bench_targets.py reads them beside
+// PyTorch's).
 #include <cuda_runtime.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -48,6 +53,7 @@ struct Options {
   bool kernels = false, steps = false;
   std::vector<std::string> models;
   int batch = 32, seq = 1024, warmup = 3, iters = 10;
+  std::string json;  // step rows as JSON lines, if set
 };
 
 Options parse(int argc, char** argv) {
@@ -72,8 +78,11 @@ Options parse(int argc, char** argv) {
       o.warmup = std::stoi(value());
     } else if (a == "--iters") {
       o.iters = std::stoi(value());
+    } else if (a == "--json") {
+      o.json = value();
     } else {
-      fail("unknown argument '{}' (allowed: --kernels --steps --model d12|d24 --batch --seq --warmup --iters)", a);
+      fail("unknown argument '{}' (allowed: --kernels --steps --model d12|d24 --batch --seq --warmup --iters --json)",
+           a);
     }
   }
   if (!o.kernels && !o.steps) o.kernels = o.steps = true;
@@ -396,6 +405,20 @@ struct StepRow {
   size_t params;
 };
 
+void write_json_lines(const std::string& path, const std::vector<StepRow>& rows, const Options& o) {
+  std::ofstream out(path);
+  if (!out) fail("--json: cannot open '{}' for writing", path);
+  for (const auto& r : rows)
+    out << nlohmann::json{{"model", r.model},         {"precision", r.precision},
+                          {"activations", r.activations}, {"batch", o.batch},
+                          {"seq", o.seq},             {"params", r.params},
+                          {"step_ms", r.step_ms},     {"tokens_per_s", r.tokens_per_s},
+                          {"mfu", r.mfu_peak},        {"peak_gib", r.peak_gib}}
+               .dump()
+        << "\n";
+  if (!out.flush()) fail("--json: writing '{}' failed", path);
+}
+
 StepRow bench_steps(const Options& o, const std::string& model_name, Precision precision,
                     ActivationOptions activations, const Ceilings& c) {
   const ModelConfig cfg = model_config(model_name, o.seq);
@@ -479,6 +502,7 @@ int main(int argc, char** argv) {
         std::printf("| %s | %s | %s | %.1fM | %.1f | %.0f | %.1f%% | %.1f%% | %.2f | %.2f |\n", r.model.c_str(),
                     r.precision.c_str(), r.activations.c_str(), r.params / 1e6, r.step_ms, r.tokens_per_s,
                     100 * r.mfu_peak, 100 * r.mfu_measured, r.peak_gib, r.device_used_gib);
+      if (!o.json.empty()) write_json_lines(o.json, rows, o);
       for (const std::string& m : o.models) {
         const StepRow *sr = nullptr, *mixed = nullptr;
         for (const auto& r : rows) {

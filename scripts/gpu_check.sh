@@ -14,7 +14,9 @@
 #   export   GPT-2 tokenizer ids against Hugging Face's, and `srgpt export`
 #            models' losses in transformers against `srgpt eval`
 #   demo     configs/demo.json on the GPU and on the cpu: validation losses
-#   bench    benchmarks/gpu_step_bench;  pytorch: scripts/bench_pytorch_gpt2.py
+#   bench    benchmarks/gpu_step_bench;  pytorch: scripts/bench_pytorch_gpt2.py, then
+#            (after bench in the same call) scripts/bench_targets.py: issue 4's
+#            targets table, $OUT/targets.md
 #
 # Stages can be run one per call (the build directory, build-gpu, is kept
 # between them); dist, export and demo need the prepared demo data
@@ -93,7 +95,7 @@ stage_bench() {
   local bin="$BUILD/benchmarks/gpu_step_bench"
   [ -x "$bin" ] || bin="$BUILD/gpu_step_bench"
   # shellcheck disable=SC2086
-  "$bin" ${BENCH_ARGS:-} >"$LOGS/bench.log" 2>&1
+  "$bin" --json "$LOGS/srgpt-steps.jsonl" ${BENCH_ARGS:-} >"$LOGS/bench.log" 2>&1
   local rc=$?
   tail -n 45 "$LOGS/bench.log"
   echo "bench: exit $rc (log $LOGS/bench.log)"
@@ -113,6 +115,11 @@ stage_pytorch() {
   local attention_rc=$?
   tail -n 12 "$LOGS/pytorch-attention.log"
   echo "pytorch attention: exit $attention_rc (log $LOGS/pytorch-attention.log)"
+  # Issue 4's targets, when the bench stage ran its steps in this call too.
+  if [ -s "$LOGS/srgpt-steps.jsonl" ] && [ -s "$LOGS/pytorch.jsonl" ]; then
+    python3 scripts/bench_targets.py "$LOGS/srgpt-steps.jsonl" "$LOGS/pytorch.jsonl" >"$LOGS/targets.md" 2>&1
+    cat "$LOGS/targets.md"
+  fi
   [ $rc -eq 0 ] && [ $attention_rc -eq 0 ]
 }
 
