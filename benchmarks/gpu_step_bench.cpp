@@ -12,8 +12,9 @@
 //    tokens/s, MFU (6 N + 12 L C T FLOPs per token) and peak memory.
 //
 //   gpu_step_bench [--kernels] [--steps] [--model d12|d24]... [--batch 32] [--seq 1024]
-//                  [--warmup 3] [--iters 10] [--json FILE]
-// With neither --kernels nor --steps both parts run. --json also writes the
+//                  [--warmup 3] [--iters 10] [--json FILE] [--only TEXT]
+// With neither --kernels nor --steps both parts run. --only times just the
+// kernel rows whose op name contains TEXT (e.g. "attention"). --json also writes the
 // step rows as JSON lines (scripts/bench_targets.py reads them beside
 // PyTorch's).
 #include <cuda_runtime.h>
@@ -54,6 +55,7 @@ struct Options {
   std::vector<std::string> models;
   int batch = 32, seq = 1024, warmup = 3, iters = 10;
   std::string json;  // step rows as JSON lines, if set
+  std::string only;  // kernel rows whose op contains this, if set
 };
 
 Options parse(int argc, char** argv) {
@@ -80,8 +82,11 @@ Options parse(int argc, char** argv) {
       o.iters = std::stoi(value());
     } else if (a == "--json") {
       o.json = value();
+    } else if (a == "--only") {
+      o.only = value();
     } else {
-      fail("unknown argument '{}' (allowed: --kernels --steps --model d12|d24 --batch --seq --warmup --iters --json)",
+      fail("unknown argument '{}' (allowed: --kernels --steps --model d12|d24 --batch --seq --warmup --iters --json "
+           "--only)",
            a);
     }
   }
@@ -260,6 +265,7 @@ void bench_kernels(const Options& o, const Ceilings& ceilings) {
   std::vector<KernelRow> rows;
   const std::string shape_nc = fmt::format("N={} C={}", N, C);
   auto run = [&](const std::string& op, const std::string& shape, double amount, bool flops, auto&& f) {
+    if (op.find(o.only) == std::string::npos) return;
     rows.push_back({op, shape, median_ms(be, o.warmup, o.iters, f), amount, flops});
     std::printf("  %-28s %-28s %8.3f ms\n", op.c_str(), shape.c_str(), rows.back().ms);
     std::fflush(stdout);
@@ -333,8 +339,8 @@ void bench_kernels(const Options& o, const Ceilings& ceilings) {
                  lse = buffer(size_t(B) * H * T, DType::f32, "lse"), dqkv = buffer(3 * NC, DType::bf16, "dqkv");
     const std::string shape = fmt::format("B={} T={} H={} hd={}", B, T, H, C / H);
     // Causal: half of the T x T score matrix. Backward counted as 2.5x the
-    // forward (the usual convention; this implementation recomputes S and
-    // dP once more for the separate dQ pass).
+    // forward (the usual convention: five matmuls of the score matrix's
+    // size against the forward's two).
     const double forward_flops = 2.0 * B * double(T) * T * C;
     run("attention_forward", shape, forward_flops, true,
         [&] { be.attention_forward(att.get(), lse.get(), qkv.get(), B, T, C, H); });

@@ -28,19 +28,39 @@ constexpr int kThreads = 32 * kWarps;
 
 constexpr int kBackwardQueryTile = 32;  // query rows per step of the backward pass
 
-// Tiling per head size. Each warp owns 16 * kBlocksPerWarp rows (queries
-// in the forward pass, keys in the backward pass). With two 16-row
-// blocks every fragment a warp reads from shared memory feeds two mma
-// instead of one, halving the shared-memory traffic per mma and giving
+// Tile shapes per pass and head size. Each warp owns 16 * kBlocksPerWarp
+// rows (queries in the forward pass, keys in the backward pass). With two
+// 16-row blocks every fragment a warp reads from shared memory feeds two
+// mma instead of one, halving the shared-memory traffic per mma and giving
 // each warp two independent chains; head size 128 keeps one block so that
 // its accumulators stay within 255 registers.
-template <int HD>
-struct AttentionTiles {
-  static constexpr int kBlocksPerWarp = HD == 64 ? 2 : 1;
-  static constexpr int kRowsPerWarp = 16 * kBlocksPerWarp;
+//
+// The head-size-64 shapes can be set at compile time: the attention tiling
+// sweep (`scripts/gpu_check.sh sweep`, SRGPT_ATTENTION_SWEEP in
+// benchmarks/CMakeLists.txt) builds alternatives and measures them on the
+// GPU host in one call; the defaults are the shapes in use.
+#ifndef SRGPT_ATTENTION_HD64_FORWARD_BLOCKS
+#define SRGPT_ATTENTION_HD64_FORWARD_BLOCKS 2
+#endif
+#ifndef SRGPT_ATTENTION_HD64_FORWARD_KEYS
+#define SRGPT_ATTENTION_HD64_FORWARD_KEYS 64
+#endif
+#ifndef SRGPT_ATTENTION_HD64_BACKWARD_BLOCKS
+#define SRGPT_ATTENTION_HD64_BACKWARD_BLOCKS 2
+#endif
+
+template <int BlocksPerWarp>
+struct WarpRows {
+  static constexpr int kBlocksPerWarp = BlocksPerWarp;
+  static constexpr int kRowsPerWarp = 16 * BlocksPerWarp;
   static constexpr int kRows = kWarps * kRowsPerWarp;  // rows one block owns
-  static constexpr int kForwardKeys = 64;              // key tile of the forward pass
 };
+template <int HD>
+struct ForwardTiles : WarpRows<HD == 64 ? SRGPT_ATTENTION_HD64_FORWARD_BLOCKS : 1> {
+  static constexpr int kKeys = HD == 64 ? SRGPT_ATTENTION_HD64_FORWARD_KEYS : 64;  // key tile
+};
+template <int HD>
+struct BackwardTiles : WarpRows<HD == 64 ? SRGPT_ATTENTION_HD64_BACKWARD_BLOCKS : 1> {};
 
 // Fragment addressing. Each helper returns the shared-memory address this
 // lane hands to ldmatrix for a 16x16 block at (row0, col0) of a tile.
@@ -321,16 +341,17 @@ __device__ __forceinline__ float quad_sum(float x) {
 // =====================================================================
 template <int HD>
 constexpr size_t forward_shared_bytes() {
-  using Tiles = AttentionTiles<HD>;
-  return sizeof(uint16_t) * size_t(HD + kPad) * (Tiles::kRows + 4 * Tiles::kForwardKeys);  // Q, 2 x K, 2 x V
+  using Tiles = ForwardTiles<HD>;
+  return sizeof(uint16_t) * size_t(HD + kPad) * (Tiles::kRows + 4 * Tiles::kKeys);  // Q, 2 x K, 2 x V
 }
 
 template <int HD>
 __global__ void __launch_bounds__(kThreads) attention_forward_tc_kernel(uint16_t* out, float* lse,
                                                                         const uint16_t* qkv, int T, int C, int H,
                                                                         float scale_log2) {
-  using Tiles = AttentionTiles<HD>;
-  constexpr int S = HD + kPad, MB = Tiles::kBlocksPerWarp, KT = Tiles::kForwardKeys;
+  using Tiles = ForwardTiles<HD>;
+  constexpr int S = HD + kPad, MB = Tiles::kBlocksPerWarp, KT = Tiles::kKeys;
+  static_assert(KT % (16 * MB) == 0, "the key tile must be a multiple of a warp's query rows (for_each_key_tile)");
   extern __shared__ __align__(16) uint16_t smem[];
   uint16_t* sQ = smem;                   // [kRows][S]
   uint16_t* sK = sQ + Tiles::kRows * S;  // [2][KT][S]
@@ -439,7 +460,7 @@ __global__ void __launch_bounds__(kThreads) attention_forward_tc_kernel(uint16_t
 // =====================================================================
 template <int HD>
 constexpr size_t backward_shared_bytes() {
-  using Tiles = AttentionTiles<HD>;
+  using Tiles = BackwardTiles<HD>;
   constexpr int QT = kBackwardQueryTile;
   return sizeof(uint16_t) * (size_t(HD + kPad) * (2 * Tiles::kRows + 4 * QT) + size_t(QT + kPad) * Tiles::kRows) +
          sizeof(float) * 4 * QT;
@@ -450,7 +471,7 @@ __global__ void __launch_bounds__(kThreads)
     attention_backward_tc_kernel(uint16_t* dqkv, float* dq_accum, unsigned* dq_flags, const uint16_t* dout,
                                  const uint16_t* qkv, const float* lse, const float* row_dot, int T, int C, int H,
                                  float scale, float scale_log2) {
-  using Tiles = AttentionTiles<HD>;
+  using Tiles = BackwardTiles<HD>;
   constexpr int S = HD + kPad, MB = Tiles::kBlocksPerWarp, QT = kBackwardQueryTile, SD = QT + kPad;
   // The dQ share splits into 4 pieces of 16 queries x HD/2: one per warp.
   static_assert(QT == 32 && kWarps == 4, "the dQ share is split as 2 row blocks x 2 column halves");
@@ -798,7 +819,7 @@ void forward_tc(cudaStream_t stream, void* out, float* lse, const void* qkv, int
   auto kernel = attention_forward_tc_kernel<HD>;
   constexpr size_t shared = forward_shared_bytes<HD>();
   allow_dynamic_shared_memory(kernel, shared, "attention_forward");
-  const dim3 grid(ceil_div(T, AttentionTiles<HD>::kRows), B * H);
+  const dim3 grid(ceil_div(T, ForwardTiles<HD>::kRows), B * H);
   kernel<<<grid, kThreads, shared, stream>>>(static_cast<uint16_t*>(out), lse, static_cast<const uint16_t*>(qkv), T,
                                               C, H, kLog2e / sqrtf(float(HD)));
   CUDA_CHECK_LAUNCH("attention_forward_tc_kernel");
@@ -809,7 +830,7 @@ void backward_tc(cudaStream_t stream, void* dqkv, float* dq_accum, unsigned* dq_
                  const void* dout, const void* qkv, const float* lse, const float* row_dot, int B, int T, int C,
                  int H) {
   const float scale = 1.0f / sqrtf(float(HD));
-  const dim3 grid(ceil_div(T, AttentionTiles<HD>::kRows), B * H);
+  const dim3 grid(ceil_div(T, BackwardTiles<HD>::kRows), B * H);
   CUDA_CHECK(cudaMemsetAsync(dq_flags, 0, sizeof(unsigned) * flag_count, stream));
   auto kernel = attention_backward_tc_kernel<HD>;
   constexpr size_t shared = backward_shared_bytes<HD>();

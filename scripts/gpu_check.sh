@@ -4,7 +4,7 @@
 # check training end to end against the cpu backend, run the benchmarks
 # (srgpt and the PyTorch reference).
 #
-#   scripts/gpu_check.sh [all|build|test|dist|export|demo|bench|pytorch]...   (default: all)
+#   scripts/gpu_check.sh [all|build|test|dist|export|demo|bench|pytorch|sweep]...   (default: all)
 #
 #   build    cmake + build srgpt, srgpt_gpu_tests, gpu_step_bench into build-gpu
 #   test     srgpt_gpu_tests (every op against the cpu backend) and ctest -L gpu
@@ -17,6 +17,8 @@
 #   bench    benchmarks/gpu_step_bench;  pytorch: scripts/bench_pytorch_gpt2.py, then
 #            (after bench in the same call) scripts/bench_targets.py: issue 4's
 #            targets table, $OUT/targets.md
+#   sweep    the attention tile shapes of SWEEP_VARIANTS, each built into its
+#            own attention test and benchmark: checked, then timed (not in all)
 #
 # Stages can be run one per call (the build directory, build-gpu, is kept
 # between them); dist, export and demo need the prepared demo data
@@ -35,6 +37,9 @@
 #                GPU: MPI stands in for NCCL, and the GPU-vs-cpu comparisons
 #                become trivially exact.
 #   RUN_LIMIT_S  seconds allowed per training run in those stages (default 240)
+#   SWEEP_VARIANTS  the sweep's head-size-64 attention shapes, space-separated
+#                fwd_blocks:fwd_keys:bwd_blocks (default "1:64:1 1:128:1 2:32:2 2:64:2";
+#                cuda/attention.cu's defaults are 2:64:2)
 set -uo pipefail
 
 cd "$(dirname "$0")/.." || exit 1
@@ -49,11 +54,15 @@ RUNS="$BUILD/checks"
 mkdir -p "$LOGS"
 status=0
 
+# configure [cmake arguments...]: the CUDA build in $BUILD.
+configure() {
+  cmake -S . -B "$BUILD" -DSRGPT_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_BUILD_TYPE=Release "$@"
+}
+
 stage_build() {
   nvidia-smi >"$LOGS/nvidia-smi.txt" 2>&1 || true
   {
-    cmake -S . -B "$BUILD" -DSRGPT_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_BUILD_TYPE=Release &&
-      cmake --build "$BUILD" -j"$JOBS" --target srgpt srgpt_gpu_tests gpu_step_bench
+    configure && cmake --build "$BUILD" -j"$JOBS" --target srgpt srgpt_gpu_tests gpu_step_bench
   } >"$LOGS/build.log" 2>&1
   local rc=$?
   tail -n 5 "$LOGS/build.log"
@@ -121,6 +130,58 @@ stage_pytorch() {
     cat "$LOGS/targets.md"
   fi
   [ $rc -eq 0 ] && [ $attention_rc -eq 0 ]
+}
+
+SWEEP_VARIANTS="${SWEEP_VARIANTS:-1:64:1 1:128:1 2:32:2 2:64:2}"
+
+stage_sweep() {
+  local variants=() targets=() v name
+  read -r -a variants <<<"$SWEEP_VARIANTS"
+  for v in "${variants[@]}"; do
+    name=${v//:/_}
+    targets+=("gpu_step_bench_attention_$name" "srgpt_gpu_ops_tests_attention_$name")
+  done
+  local list
+  list=$(IFS=';' && echo "${variants[*]}")
+  {
+    configure "-DSRGPT_ATTENTION_SWEEP=$list" && cmake --build "$BUILD" -j"$JOBS" --target srgpt "${targets[@]}"
+  } >"$LOGS/sweep-build.log" 2>&1
+  local rc=$?
+  if [ $rc -ne 0 ]; then
+    tail -n 20 "$LOGS/sweep-build.log"
+    echo "sweep: build exit $rc (log $LOGS/sweep-build.log)"
+    return 1
+  fi
+  # Each variant's attention test first (time-limited: the backward orders
+  # its blocks through flags), then its attention rows of the benchmark.
+  local failed=0 test_rc bench_rc forward backward
+  {
+    echo "| variant (fwd blocks:fwd keys:bwd blocks) | attention test | forward ms | backward ms |"
+    echo "|---|---|---|---|"
+  } >"$LOGS/sweep.md"
+  for v in "${variants[@]}"; do
+    name=${v//:/_}
+    export SRGPT_REQUIRE_GPU=1
+    timeout 120 "$BUILD/benchmarks/srgpt_gpu_ops_tests_attention_$name" \
+      "gpu attention forward and backward match the cpu backend" >"$LOGS/sweep-test-$name.log" 2>&1
+    test_rc=$?
+    forward=- backward=-
+    if [ $test_rc -eq 0 ]; then
+      timeout 300 "$BUILD/benchmarks/gpu_step_bench_attention_$name" --kernels --only attention \
+        >"$LOGS/sweep-bench-$name.log" 2>&1
+      bench_rc=$?
+      forward=$(awk -F'|' '$2 ~ /^ attention_forward / {gsub(/ /, "", $4); print $4}' "$LOGS/sweep-bench-$name.log")
+      backward=$(awk -F'|' '$2 ~ /^ attention_backward / {gsub(/ /, "", $4); print $4}' "$LOGS/sweep-bench-$name.log")
+      [ $bench_rc -eq 0 ] || failed=1
+    else
+      failed=1
+    fi
+    echo "| $v | $([ $test_rc -eq 0 ] && echo pass || echo "FAIL (exit $test_rc)") | ${forward:--} | ${backward:--} |" \
+      >>"$LOGS/sweep.md"
+  done
+  cat "$LOGS/sweep.md"
+  echo "sweep: $([ $failed -eq 0 ] && echo "every variant checked and timed" || echo "some variant FAILED") (table $LOGS/sweep.md)"
+  [ $failed -eq 0 ]
 }
 
 # ---- end-to-end checks: dist, export, demo ---------------------------------
@@ -410,8 +471,9 @@ for stage in "${stages[@]}"; do
     demo) stage_demo || status=1 ;;
     bench) stage_bench || status=1 ;;
     pytorch) stage_pytorch || status=1 ;;
+    sweep) stage_sweep || status=1 ;;
     *)
-      echo "unknown stage '$stage' (allowed: all, build, test, dist, export, demo, bench, pytorch)" >&2
+      echo "unknown stage '$stage' (allowed: all, build, test, dist, export, demo, bench, pytorch, sweep)" >&2
       exit 2
       ;;
   esac
