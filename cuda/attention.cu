@@ -452,7 +452,8 @@ __global__ void __launch_bounds__(kThreads) attention_forward_tc_kernel(uint16_t
 // in global memory. The adds to one query tile are ordered by key tile: a
 // flag per query tile counts the key tiles added so far, and block j waits
 // for it to read j. So dQ sums in the same order on every run, without a
-// second pass that recomputes S and dP. Because every block walks the
+// second pass that recomputes S and dP. The last key tile to add to a query
+// tile (the one on its diagonal) writes the sum as dQ, in bf16. Because every block walks the
 // query tiles from the last down, the blocks of a head reach a query tile
 // at about the same step and each waits only for its predecessor's add;
 // blocks start in launch order (j ascending), so the one waited for has
@@ -495,6 +496,7 @@ __global__ void __launch_bounds__(kThreads)
   const uint16_t* dout_base = dout + head.out;
   const float* lse_row = lse + head.stats;
   const float* dot_row = row_dot + head.stats;
+  uint16_t* dqkv_base = dqkv + head.qkv;
   float* dq_rows = dq_accum + head.stats * HD;                         // [T][HD] of this (batch, head)
   unsigned* flags = dq_flags + size_t(blockIdx.y) * ((T + QT - 1) / QT);  // one per query tile
   const int tiles = (T - k0 + QT - 1) / QT;
@@ -592,8 +594,11 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
 
-    // Add it after the key tiles before this one, in order.
+    // Add it after the key tiles before this one, in order. No later key
+    // tile adds to this block's own (diagonal) query tiles: there it writes
+    // the finished dQ, times the scale, as bf16 into dqkv instead.
     const int tile = row0 / QT;
+    const bool finishes = row0 < k0 + Tiles::kRows;
     if (threadIdx.x == 0) wait_for_flag(flags + tile, blockIdx.x);
     __syncthreads();
 #pragma unroll
@@ -602,14 +607,19 @@ __global__ void __launch_bounds__(kThreads)
       if (t >= T) continue;
 #pragma unroll
       for (int nb = 0; nb < HD / 16; ++nb) {
-        auto* target = reinterpret_cast<float2*>(dq_rows + size_t(t) * HD + col0 + nb * 8 + 2 * q);
+        const int column = col0 + nb * 8 + 2 * q;
+        float* target = dq_rows + size_t(t) * HD + column;
         float2 value = make_float2(dq[nb][2 * half], dq[nb][2 * half + 1]);
-        if (blockIdx.x > 0) {  // key tile 0 adds first: it writes
-          const float2 before = __ldcg(target);
+        if (blockIdx.x > 0) {  // key tile 0 adds first: nothing before it
+          const float2 before = __ldcg(reinterpret_cast<const float2*>(target));
           value.x += before.x;
           value.y += before.y;
         }
-        *target = value;
+        if (finishes)
+          *reinterpret_cast<uint32_t*>(dqkv_base + size_t(t) * qkv_stride + column) =
+              pack_bf16(value.x * scale, value.y * scale);
+        else
+          *reinterpret_cast<float2*>(target) = value;
       }
     }
     __threadfence();
@@ -619,34 +629,10 @@ __global__ void __launch_bounds__(kThreads)
 
   // Each warp's K and V rows were only read by that warp since the last
   // barrier of walk_tiles: stage there.
-  uint16_t* dqkv_base = dqkv + head.qkv;
   store_warp_blocks<HD, MB>(dqkv_base + C, qkv_stride, warp_k0, T, dk, scale, sK + warp * Tiles::kRowsPerWarp * S,
                             lane);
   store_warp_blocks<HD, MB>(dqkv_base + 2 * C, qkv_stride, warp_k0, T, dv, 1.0f,
                             sV + warp * Tiles::kRowsPerWarp * S, lane);
-}
-
-// dQ from its fp32 accumulator ([batch*head][T][HD]) into the Q columns of
-// dqkv, times scale: one thread per 8 elements.
-template <int HD>
-__global__ void store_dq_kernel(uint16_t* dqkv, const float* dq_accum, int T, int C, int H, float scale,
-                                size_t chunks) {
-  constexpr int kChunksPerRow = HD / 8;
-  const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= chunks) return;
-  const size_t row = i / kChunksPerRow;  // (batch*head, t)
-  const int c = int(i % kChunksPerRow) * 8;
-  const size_t bh = row / T;
-  const int t = int(row % T), b = int(bh / H), h = int(bh % H);
-  float low[4], high[4], v[8];
-  load_vec(dq_accum + row * HD + c, low);
-  load_vec(dq_accum + row * HD + c + 4, high);
-#pragma unroll
-  for (int k = 0; k < 4; ++k) {
-    v[k] = low[k] * scale;
-    v[k + 4] = high[k] * scale;
-  }
-  store_vec(reinterpret_cast<bf16*>(dqkv) + (size_t(b) * T + t) * 3 * size_t(C) + size_t(h) * HD + c, v);
 }
 
 // =====================================================================
@@ -839,10 +825,6 @@ void backward_tc(cudaStream_t stream, void* dqkv, float* dq_accum, unsigned* dq_
                                               static_cast<const uint16_t*>(dout), static_cast<const uint16_t*>(qkv),
                                               lse, row_dot, T, C, H, scale, scale * kLog2e);
   CUDA_CHECK_LAUNCH("attention_backward_tc_kernel");
-  const size_t chunks = size_t(B) * H * T * (HD / 8);
-  store_dq_kernel<HD><<<ceil_div(chunks, kSimpleThreads), kSimpleThreads, 0, stream>>>(
-      static_cast<uint16_t*>(dqkv), dq_accum, T, C, H, scale, chunks);
-  CUDA_CHECK_LAUNCH("store_dq_kernel");
 }
 
 }  // namespace

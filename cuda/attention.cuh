@@ -5,8 +5,9 @@
 // log-sum-exp saved); other shapes and f32 storage run a simple fp32 kernel
 // with one warp per row. Both are deterministic: the tensor-core backward
 // is one pass with a block per key tile, which adds its share of dQ to an
-// fp32 accumulator in key-tile order (a flag per query tile); the simple
-// backward computes dQ and dK/dV in separate passes. No atomics.
+// fp32 accumulator in key-tile order (a flag per query tile), the last
+// adder writing dQ; the simple backward computes dQ and dK/dV in separate
+// passes. No atomics.
 #include <cuda_runtime.h>
 
 #include "memory.cuh"
