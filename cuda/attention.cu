@@ -638,21 +638,36 @@ __global__ void __launch_bounds__(kThreads)
 // =====================================================================
 // Row dot products D = sum_d dout * out per (batch, head, query), the
 // softmax backward's row term; shared by both backward implementations.
-// One warp per row.
+// kRowDotLanes lanes per row, each summing W-element chunks strided over
+// the head (16-byte vectors where rows allow, else single elements), then
+// summed across the lanes in a fixed order.
 // =====================================================================
-template <typename S>
+constexpr int kRowDotLanes = 8;
+
+template <typename S, int W>
 __global__ void attention_row_dot_kernel(float* row_dot, const S* dout, const S* out, int B, int T, int C, int H,
                                          int hd) {
-  const size_t warp_id = (size_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
-  const int lane = threadIdx.x % 32;
-  if (warp_id >= size_t(B) * H * T) return;
-  const int t = int(warp_id % T);
-  const int bh = int(warp_id / T), b = bh / H, h = bh % H;
-  const size_t row = (size_t(b) * T + t) * C + size_t(h) * hd;
+  const size_t thread = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const size_t row_id = thread / kRowDotLanes;  // (batch * head, t)
+  const int member = int(thread % kRowDotLanes);
+  // Lanes past the last row still take part in the shuffles.
+  const bool valid = row_id < size_t(B) * H * T;
   float sum = 0;
-  for (int d = lane; d < hd; d += 32) sum += load_f(dout + row + d) * load_f(out + row + d);
-  sum = warp_sum(sum);
-  if (lane == 0) row_dot[size_t(bh) * T + t] = sum;
+  if (valid) {
+    const int t = int(row_id % T);
+    const int bh = int(row_id / T), b = bh / H, h = bh % H;
+    const size_t row = (size_t(b) * T + t) * C + size_t(h) * hd;
+    for (int d = member * W; d < hd; d += kRowDotLanes * W) {
+      float x[W], y[W];
+      load_chunk<W>(dout + row + d, x);
+      load_chunk<W>(out + row + d, y);
+#pragma unroll
+      for (int i = 0; i < W; ++i) sum += x[i] * y[i];
+    }
+  }
+#pragma unroll
+  for (int offset = kRowDotLanes / 2; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+  if (valid && member == 0) row_dot[row_id] = sum;
 }
 
 // =====================================================================
@@ -882,8 +897,14 @@ void attention_backward(DType dtype, cudaStream_t stream, Scratch& scratch, void
   float* row_dot = pieces.row_dot;
   dispatch_storage(dtype, [&](auto tag) {
     using S = decltype(tag);
-    attention_row_dot_kernel<S><<<simple_blocks(B, T, H), kSimpleThreads, 0, stream>>>(
-        row_dot, static_cast<const S*>(dout), static_cast<const S*>(out), B, T, C, H, hd);
+    constexpr int kVec = VecWidth<S>::value;
+    const unsigned blocks = ceil_div(size_t(B) * H * T * kRowDotLanes, kSimpleThreads);
+    if (hd % kVec == 0 && C % kVec == 0 && all_aligned16(dout, out))
+      attention_row_dot_kernel<S, kVec><<<blocks, kSimpleThreads, 0, stream>>>(
+          row_dot, static_cast<const S*>(dout), static_cast<const S*>(out), B, T, C, H, hd);
+    else
+      attention_row_dot_kernel<S, 1><<<blocks, kSimpleThreads, 0, stream>>>(
+          row_dot, static_cast<const S*>(dout), static_cast<const S*>(out), B, T, C, H, hd);
     CUDA_CHECK_LAUNCH("attention_row_dot_kernel");
   });
   if (tensor_cores) {
