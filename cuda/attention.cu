@@ -26,8 +26,6 @@ constexpr int kPad = 8;
 constexpr int kWarps = 4;
 constexpr int kThreads = 32 * kWarps;
 
-constexpr int kBackwardQueryTile = 32;  // query rows per step of the backward pass
-
 // Tile shapes per pass and head size. Each warp owns 16 * kBlocksPerWarp
 // rows (queries in the forward pass, keys in the backward pass). With two
 // 16-row blocks every fragment a warp reads from shared memory feeds two
@@ -48,6 +46,9 @@ constexpr int kBackwardQueryTile = 32;  // query rows per step of the backward p
 #ifndef SRGPT_ATTENTION_HD64_BACKWARD_BLOCKS
 #define SRGPT_ATTENTION_HD64_BACKWARD_BLOCKS 2
 #endif
+#ifndef SRGPT_ATTENTION_HD64_BACKWARD_QUERIES
+#define SRGPT_ATTENTION_HD64_BACKWARD_QUERIES 32
+#endif
 
 template <int BlocksPerWarp>
 struct WarpRows {
@@ -60,7 +61,11 @@ struct ForwardTiles : WarpRows<HD == 64 ? SRGPT_ATTENTION_HD64_FORWARD_BLOCKS : 
   static constexpr int kKeys = HD == 64 ? SRGPT_ATTENTION_HD64_FORWARD_KEYS : 64;  // key tile
 };
 template <int HD>
-struct BackwardTiles : WarpRows<HD == 64 ? SRGPT_ATTENTION_HD64_BACKWARD_BLOCKS : 1> {};
+struct BackwardTiles : WarpRows<HD == 64 ? SRGPT_ATTENTION_HD64_BACKWARD_BLOCKS : 1> {
+  // Query rows per step. Larger steps mean fewer of the ordered dQ adds
+  // (each a wait on another block) but more registers per warp.
+  static constexpr int kQueries = HD == 64 ? SRGPT_ATTENTION_HD64_BACKWARD_QUERIES : 32;
+};
 
 // Fragment addressing. Each helper returns the shared-memory address this
 // lane hands to ldmatrix for a 16x16 block at (row0, col0) of a tile.
@@ -444,7 +449,7 @@ __global__ void __launch_bounds__(kThreads) attention_forward_tc_kernel(uint16_t
 // =====================================================================
 // Backward, tensor cores, one pass: block = (kRows-key tile j,
 // batch*head), each warp kRowsPerWarp keys; streams the query tiles at or
-// after the key tile (kBackwardQueryTile rows each) from the last down,
+// after the key tile (kQueries rows each) from the last down,
 // accumulating dK and dV in registers:
 //   S^T = K Q^T, P^T = exp(S^T - lse), dV += P^T dO,
 //   dP^T = V dO^T, dS^T = P^T (dP^T - D), dK += dS^T Q,
@@ -462,7 +467,7 @@ __global__ void __launch_bounds__(kThreads) attention_forward_tc_kernel(uint16_t
 template <int HD>
 constexpr size_t backward_shared_bytes() {
   using Tiles = BackwardTiles<HD>;
-  constexpr int QT = kBackwardQueryTile;
+  constexpr int QT = Tiles::kQueries;
   return sizeof(uint16_t) * (size_t(HD + kPad) * (2 * Tiles::kRows + 4 * QT) + size_t(QT + kPad) * Tiles::kRows) +
          sizeof(float) * 4 * QT;
 }
@@ -473,9 +478,14 @@ __global__ void __launch_bounds__(kThreads)
                                  const uint16_t* qkv, const float* lse, const float* row_dot, int T, int C, int H,
                                  float scale, float scale_log2) {
   using Tiles = BackwardTiles<HD>;
-  constexpr int S = HD + kPad, MB = Tiles::kBlocksPerWarp, QT = kBackwardQueryTile, SD = QT + kPad;
-  // The dQ share splits into 4 pieces of 16 queries x HD/2: one per warp.
-  static_assert(QT == 32 && kWarps == 4, "the dQ share is split as 2 row blocks x 2 column halves");
+  constexpr int S = HD + kPad, MB = Tiles::kBlocksPerWarp, QT = Tiles::kQueries, SD = QT + kPad;
+  // The dQ share (QT queries x HD) splits into a piece per warp: QT / 16
+  // row blocks x kDqParts column parts of kDqColumns.
+  constexpr int kRowBlocks = QT / 16, kDqParts = kWarps / kRowBlocks, kDqColumns = HD / kDqParts;
+  static_assert(QT % 16 == 0 && kWarps % kRowBlocks == 0 && kDqColumns % 16 == 0,
+                "the dQ share must split into one piece per warp");
+  // A query tile lies within one key tile, so the diagonal block finishes it.
+  static_assert(Tiles::kRows % QT == 0, "the key tile must be a multiple of the query tile");
   extern __shared__ __align__(16) uint16_t smem[];
   uint16_t* sK = smem;                                       // [kRows][S]
   uint16_t* sV = sK + Tiles::kRows * S;                      // [kRows][S]
@@ -577,16 +587,16 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();  // dS^T of all the block's keys is in sdS
 
-    // This warp's piece of dQ's share: queries rb*16.., columns col0.. (HD/2).
-    const int rb = warp % 2, col0 = (warp / 2) * (HD / 2);
-    float dq[HD / 16][4] = {};
+    // This warp's piece of dQ's share: queries rb*16.., columns col0...
+    const int rb = warp % kRowBlocks, col0 = (warp / kRowBlocks) * kDqColumns;
+    float dq[kDqColumns / 8][4] = {};
 #pragma unroll
     for (int kb = 0; kb < Tiles::kRows / 16; ++kb) {
       // A = dS (queries x keys), read transposed from dS^T.
       uint32_t a[4];
       ldmatrix_x4_trans(a, bt_address<SD>(sdS, kb * 16, rb * 16, lane));
 #pragma unroll
-      for (int db = 0; db < HD / 32; ++db) {
+      for (int db = 0; db < kDqColumns / 16; ++db) {
         uint32_t b[4];
         ldmatrix_x4_trans(b, b_address<S>(sK, kb * 16, col0 + db * 16, lane));
         mma_bf16(dq[2 * db], a, b[0], b[1]);
@@ -606,7 +616,7 @@ __global__ void __launch_bounds__(kThreads)
       const int t = row0 + rb * 16 + g + 8 * half;
       if (t >= T) continue;
 #pragma unroll
-      for (int nb = 0; nb < HD / 16; ++nb) {
+      for (int nb = 0; nb < kDqColumns / 8; ++nb) {
         const int column = col0 + nb * 8 + 2 * q;
         float* target = dq_rows + size_t(t) * HD + column;
         float2 value = make_float2(dq[nb][2 * half], dq[nb][2 * half + 1]);
@@ -878,7 +888,8 @@ void attention_backward(DType dtype, cudaStream_t stream, Scratch& scratch, void
   // Scratch: the row dot products; for the tensor-core pass also dQ's fp32
   // accumulator and a flag per query tile.
   const size_t rows = size_t(B) * H * T;
-  const size_t flag_count = size_t(B) * H * ceil_div(T, kBackwardQueryTile);
+  const int query_tile = hd == 64 ? BackwardTiles<64>::kQueries : BackwardTiles<128>::kQueries;
+  const size_t flag_count = size_t(B) * H * ceil_div(T, query_tile);
   auto carve = [&](ScratchCarver& carver) {
     struct Pieces {
       float* row_dot;

@@ -38,8 +38,9 @@
 #                become trivially exact.
 #   RUN_LIMIT_S  seconds allowed per training run in those stages (default 240)
 #   SWEEP_VARIANTS  the sweep's head-size-64 attention shapes, space-separated
-#                fwd_blocks:fwd_keys:bwd_blocks (default "1:64:1 1:128:1 2:32:2 2:64:2";
-#                cuda/attention.cu's defaults are 2:64:2)
+#                fwd_blocks:fwd_keys:bwd_blocks:bwd_queries (default
+#                "1:64:1:32 1:128:1:64 2:32:2:32 2:64:2:32"; cuda/attention.cu's
+#                defaults are 2:64:2:32)
 set -uo pipefail
 
 cd "$(dirname "$0")/.." || exit 1
@@ -132,7 +133,7 @@ stage_pytorch() {
   [ $rc -eq 0 ] && [ $attention_rc -eq 0 ]
 }
 
-SWEEP_VARIANTS="${SWEEP_VARIANTS:-1:64:1 1:128:1 2:32:2 2:64:2}"
+SWEEP_VARIANTS="${SWEEP_VARIANTS:-1:64:1:32 1:128:1:64 2:32:2:32 2:64:2:32}"
 
 stage_sweep() {
   local variants=() targets=() v name
@@ -156,7 +157,7 @@ stage_sweep() {
   # its blocks through flags), then its attention rows of the benchmark.
   local failed=0 test_rc bench_rc forward backward
   {
-    echo "| variant (fwd blocks:fwd keys:bwd blocks) | attention test | forward ms | backward ms |"
+    echo "| variant (fwd blocks:fwd keys:bwd blocks:bwd queries) | attention test | forward ms | backward ms |"
     echo "|---|---|---|---|"
   } >"$LOGS/sweep.md"
   for v in "${variants[@]}"; do
