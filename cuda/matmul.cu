@@ -145,8 +145,9 @@ Matmul::Plan& Matmul::plan_for(const Gemm& g) {
 
   cublasLtMatmulHeuristicResult_t result{};
   int returned = 0;
-  cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(handle_.get(), desc, plan->a.get(), plan->b.get(), plan->d.get(),
-                                                         plan->d.get(), preference, 1, &result, &returned);
+  cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(handle_.get(), desc, plan->a.get(), plan->b.get(),
+                                                         plan->d.get(), plan->d.get(), preference, 1, &result,
+                                                         &returned);
   if (status == CUBLAS_STATUS_SUCCESS && returned > 0) {
     plan->algo = result.algo;
     plan->supported = true;

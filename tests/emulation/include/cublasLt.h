@@ -277,8 +277,9 @@ inline cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t desc
                     desc->epilogue == CUBLASLT_EPILOGUE_BGRADB;
   if (bias && !desc->bias) return CUBLAS_STATUS_INVALID_VALUE;
   const float alpha_value = *static_cast<const float*>(alpha), beta_value = *static_cast<const float*>(beta);
-  srgpt::emulation::enqueue(stream, [desc = *desc, alpha_value, A, a = *a, B, b = *b, beta_value, C, c = *c, D, d = *d] {
-    lt::matmul(desc, alpha_value, A, a, B, b, beta_value, C, c, D, d);
-  });
+  srgpt::emulation::enqueue(stream,
+                            [desc = *desc, alpha_value, A, a = *a, B, b = *b, beta_value, C, c = *c, D, d = *d] {
+                              lt::matmul(desc, alpha_value, A, a, B, b, beta_value, C, c, D, d);
+                            });
   return CUBLAS_STATUS_SUCCESS;
 }
