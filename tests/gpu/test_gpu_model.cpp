@@ -1,5 +1,8 @@
 // The whole GPT on the GPU: loss and every parameter gradient match the cpu
 // backend from identical weights, and training is bit-reproducible.
+// [schedules]: as in test_gpu_ops.cpp, the CPU device emulator also runs it
+// under every schedule, so stream waits missing anywhere in a whole
+// forward and backward (buffers reused across layers) show.
 #include <spdlog/fmt/fmt.h>
 
 #include <cmath>
@@ -63,7 +66,7 @@ struct Run {
 
 }  // namespace
 
-TEST_CASE("gpu GPT loss and gradients match the cpu backend", "[gpu]") {
+TEST_CASE("gpu GPT loss and gradients match the cpu backend", "[gpu][schedules]") {
   if (!have_gpu()) return;
   const ModelConfig cfg = small_model();
   const int B = 4, T = 193;  // T not a multiple of the attention tile
