@@ -1,11 +1,13 @@
 #pragma once
 // The PTX instructions the tensor-core kernels use (sm_80+, fine on sm_90),
 // one wrapper each: bf16 mma with fp32 accumulation, ldmatrix, the bf16 pair
-// conversion, cp.async, and the acquire/release flag that orders blocks. Kept apart so that the CPU kernel emulator
-// (tests/emulation) can stand in its own definitions of exactly these.
+// conversion, cp.async, and the acquire/release flag that orders blocks.
+// Kept apart so that the CPU kernel emulator (tests/emulation) can stand in
+// its own definitions of exactly these.
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdio>
 
 namespace srgpt::gpu {
 
@@ -50,17 +52,40 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending));
 }
 
+// Nanoseconds of the GPU's global timer.
+__device__ __forceinline__ uint64_t global_timer_ns() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
+// How long a block waits for another's flag before it concludes that the
+// other is not running (a real wait lasts microseconds): it then traps, so
+// the launch fails with an error instead of hanging the run.
+constexpr uint64_t kFlagWaitLimitNs = 10'000'000'000ull;
+
 // Spins until *flag == value; the load has acquire semantics at GPU scope,
 // so what the thread that stored the value wrote before its release is
 // visible after the wait.
 __device__ __forceinline__ void wait_for_flag(const unsigned* flag, unsigned value) {
+  uint64_t start = 0;
   for (;;) {
     unsigned seen;
     asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(seen) : "l"(flag) : "memory");
     if (seen == value) return;
+    const uint64_t now = global_timer_ns();
+    if (start == 0) {
+      start = now;
+    } else if (now - start > kFlagWaitLimitNs) {
+      printf("srgpt: block (%d, %d) waited over 10 s for a flag to become %u (it is %u): the block that sets it "
+             "is not running; aborting the kernel\n",
+             int(blockIdx.x), int(blockIdx.y), value, seen);
+      __trap();
+    }
     __nanosleep(32);  // poll gently: the other blocks share the L2
   }
 }
+
 // Stores value with release semantics at GPU scope.
 __device__ __forceinline__ void release_flag(unsigned* flag, unsigned value) {
   asm volatile("st.release.gpu.global.u32 [%0], %1;\n" ::"l"(flag), "r"(value) : "memory");
