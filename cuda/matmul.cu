@@ -84,12 +84,16 @@ cublasLtHandle_t create_handle() {
 
 Matmul::Matmul(DeviceMemory& memory)
     : handle_(create_handle()),
-      workspace_(memory, kWorkspaceBytes, "cuBLASLt workspace"),
+      workspace_(memory, "cuBLASLt workspace"),
       weight_stream_(make_stream()),
-      weight_workspace_(memory, kWorkspaceBytes, "cuBLASLt workspace of the weight-gradient stream"),
-      weight_scratch_(memory),
+      weight_workspace_(memory, "cuBLASLt workspace of the weight-gradient stream"),
+      weight_scratch_(memory, "scratch of the weight-gradient stream"),
       dout_ready_(make_event()),
-      weight_done_(make_event()) {}
+      weight_done_(make_event()) {
+  // Allocated up front, so they count from the start.
+  workspace_.get(kWorkspaceBytes);
+  weight_workspace_.get(kWorkspaceBytes);
+}
 
 Matmul::~Matmul() {
   // Work queued on the weight stream may still use its scratch and workspace.
@@ -185,7 +189,7 @@ bool Matmul::run(const Gemm& g, Lane lane) {
 void Matmul::forward(DType dtype, cudaStream_t stream, Scratch& scratch, void* out, void* gelu_pre, const void* in,
                      const void* w, const void* bias, int N, int C, int OC) {
   if (N <= 0 || OC <= 0) return;
-  const Lane lane{stream, workspace_.get()};
+  const Lane lane{stream, workspace_.get(kWorkspaceBytes)};
   // Row-major out[N,OC] = in[N,C] w[OC,C]^T is column-major
   // out^T[OC,N] = (w^T)^T[OC,C] in^T[C,N].
   Gemm g;
@@ -251,7 +255,8 @@ void Matmul::backward(DType dtype, cudaStream_t stream, Scratch& scratch, void* 
   if (N <= 0 || C <= 0 || OC <= 0) return;
   // Everything queued on `stream` so far (dout, in) happens before the
   // weight gradient; `stream` goes on only once it is done.
-  const Lane lane{stream, workspace_.get()}, weight_lane{weight_stream_.get(), weight_workspace_.get()};
+  const Lane lane{stream, workspace_.get(kWorkspaceBytes)},
+      weight_lane{weight_stream_.get(), weight_workspace_.get(kWorkspaceBytes)};
   CUDA_CHECK(cudaEventRecord(dout_ready_.get(), stream));
   CUDA_CHECK(cudaStreamWaitEvent(weight_lane.stream, dout_ready_.get(), 0));
   weight_gradient(dtype, weight_lane, dw, db, dout, in, N, C, OC);

@@ -85,12 +85,12 @@ class Matmul {
     void operator()(cublasLtHandle_t handle) const { cublasLtDestroy(handle); }
   };
   std::unique_ptr<cublasLtContext, HandleDeleter> handle_;
-  DeviceBuffer workspace_;  // of the caller's stream
+  Scratch workspace_;  // of the caller's stream
   // The weight gradient's stream, its workspace and its own scratch (the
   // caller's scratch serves the caller's stream); the events fork it from
   // and join it back to the caller's stream.
   StreamHandle weight_stream_;
-  DeviceBuffer weight_workspace_;
+  Scratch weight_workspace_;
   Scratch weight_scratch_;
   EventHandle dout_ready_, weight_done_;
   std::map<PlanKey, std::unique_ptr<Plan>> plans_;

@@ -54,7 +54,7 @@ void* Scratch::get(size_t bytes) {
   memory_.release(ptr_);
   ptr_ = nullptr;
   bytes_ = 0;
-  ptr_ = memory_.allocate(bytes, "scratch for op temporaries");
+  ptr_ = memory_.allocate(bytes, what_);
   bytes_ = bytes;
   return ptr_;
 }

@@ -31,31 +31,16 @@ class DeviceMemory {
   size_t peak_ = 0;
 };
 
-// One allocation from a DeviceMemory, released when the owner goes.
-class DeviceBuffer {
- public:
-  DeviceBuffer(DeviceMemory& memory, size_t bytes, const char* what)
-      : memory_(memory), ptr_(memory.allocate(bytes, what)), bytes_(bytes) {}
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  ~DeviceBuffer() { memory_.release(ptr_); }
-
-  void* get() const { return ptr_; }
-  size_t bytes() const { return bytes_; }
-
- private:
-  DeviceMemory& memory_;
-  void* ptr_;
-  size_t bytes_;
-};
-
-// One buffer reused by every op that needs temporaries. Ops run in order on
-// the backend's single stream, so the next op reuses it only after the
-// previous one is done with it. Growing frees the old buffer first
-// (cudaFree waits for the device), so the largest request is allocated once.
+// A grow-only buffer reused by the work on one stream: the backend's for
+// every op that needs temporaries, the matmul's cuBLASLt workspaces. Work on
+// a stream runs in order, so the next use comes only after the previous one
+// is done with it. Growing frees the old buffer first (cudaFree waits for
+// the device), so the largest request is allocated once. `what` names it in
+// out-of-memory errors.
 class Scratch {
  public:
-  explicit Scratch(DeviceMemory& memory) : memory_(memory) {}
+  explicit Scratch(DeviceMemory& memory, const char* what = "scratch for op temporaries")
+      : memory_(memory), what_(what) {}
   Scratch(const Scratch&) = delete;
   Scratch& operator=(const Scratch&) = delete;
   ~Scratch();
@@ -66,6 +51,7 @@ class Scratch {
 
  private:
   DeviceMemory& memory_;
+  const char* what_;
   void* ptr_ = nullptr;
   size_t bytes_ = 0;
 };
