@@ -24,6 +24,7 @@
 
 #include "communicator_nccl.cuh"
 #include "cuda_check.cuh"
+#include "stream.cuh"
 #include "srgpt/backend.h"
 #include "srgpt/bf16.h"
 #include "srgpt/error.h"
@@ -52,18 +53,6 @@ __global__ void sum_in_rank_order_kernel(const T* contributions, T* out, size_t 
 
 const char* bytes_of(const void* p) { return static_cast<const char*>(p); }
 char* bytes_of(void* p) { return static_cast<char*>(p); }
-
-class OwnedStream {
- public:
-  OwnedStream() { CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
-  OwnedStream(const OwnedStream&) = delete;
-  OwnedStream& operator=(const OwnedStream&) = delete;
-  ~OwnedStream() { cudaStreamDestroy(stream_); }
-  cudaStream_t get() const { return stream_; }
-
- private:
-  cudaStream_t stream_ = nullptr;
-};
 
 // Owns an ncclComm_t; abort() tears it down without waiting for peers (the
 // way out of a collective that will never complete).
@@ -264,7 +253,7 @@ class NcclCommunicator final : public Communicator {
   Backend& backend_;
   std::unique_ptr<Communicator> host_;
   CommunicatorOptions options_;
-  OwnedStream stream_;
+  StreamHandle stream_ = make_stream();
   OwnedNcclComm comm_;
   DeviceBuffer scratch_;
 };
