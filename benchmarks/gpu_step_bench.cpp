@@ -14,9 +14,9 @@
 //   gpu_step_bench [--kernels] [--steps] [--model d12|d24]... [--batch 32] [--seq 1024]
 //                  [--warmup 3] [--iters 10] [--json FILE] [--only TEXT]
 // With neither --kernels nor --steps both parts run. --only times just the
-// kernel rows whose op name contains TEXT (e.g. "attention"). --json also writes the
-// step rows as JSON lines (scripts/bench_targets.py reads them beside
-// PyTorch's).
+// kernel rows whose op name contains TEXT (e.g. "attention"). --json also
+// writes the step rows as JSON lines (scripts/bench_targets.py reads them
+// beside PyTorch's).
 #include <cuda_runtime.h>
 
 #include <fstream>

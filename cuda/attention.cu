@@ -458,11 +458,11 @@ __global__ void __launch_bounds__(kThreads) attention_forward_tc_kernel(uint16_t
 // flag per query tile counts the key tiles added so far, and block j waits
 // for it to read j. So dQ sums in the same order on every run, without a
 // second pass that recomputes S and dP. The last key tile to add to a query
-// tile (the one on its diagonal) writes the sum as dQ, in bf16. Because every block walks the
-// query tiles from the last down, the blocks of a head reach a query tile
-// at about the same step and each waits only for its predecessor's add;
-// blocks start in launch order (j ascending), so the one waited for has
-// always started.
+// tile (the one on its diagonal) writes the sum as dQ, in bf16. Because
+// every block walks the query tiles from the last down, the blocks of a
+// head reach a query tile at about the same step and each waits only for
+// its predecessor's add; blocks start in launch order (j ascending), so the
+// one waited for has always started.
 // =====================================================================
 template <int HD>
 constexpr size_t backward_shared_bytes() {

@@ -133,6 +133,11 @@ stage_pytorch() {
   [ $rc -eq 0 ] && [ $attention_rc -eq 0 ]
 }
 
+# kernel_ms OP LOG: the ms column of OP's row in gpu_step_bench's kernel table.
+kernel_ms() {
+  awk -F'|' -v op=" $1 " '$2 == op {gsub(/ /, "", $4); print $4}' "$2"
+}
+
 SWEEP_VARIANTS="${SWEEP_VARIANTS:-1:64:1:32 1:128:1:64 2:32:2:32 2:64:2:32}"
 
 stage_sweep() {
@@ -156,13 +161,13 @@ stage_sweep() {
   # Each variant's attention test first (time-limited: the backward orders
   # its blocks through flags), then its attention rows of the benchmark.
   local failed=0 test_rc bench_rc forward backward
+  export SRGPT_REQUIRE_GPU=1
   {
     echo "| variant (fwd blocks:fwd keys:bwd blocks:bwd queries) | attention test | forward ms | backward ms |"
     echo "|---|---|---|---|"
   } >"$LOGS/sweep.md"
   for v in "${variants[@]}"; do
     name=${v//:/_}
-    export SRGPT_REQUIRE_GPU=1
     timeout 120 "$BUILD/benchmarks/srgpt_gpu_ops_tests_attention_$name" \
       "gpu attention forward and backward match the cpu backend" >"$LOGS/sweep-test-$name.log" 2>&1
     test_rc=$?
@@ -171,8 +176,8 @@ stage_sweep() {
       timeout 300 "$BUILD/benchmarks/gpu_step_bench_attention_$name" --kernels --only attention \
         >"$LOGS/sweep-bench-$name.log" 2>&1
       bench_rc=$?
-      forward=$(awk -F'|' '$2 ~ /^ attention_forward / {gsub(/ /, "", $4); print $4}' "$LOGS/sweep-bench-$name.log")
-      backward=$(awk -F'|' '$2 ~ /^ attention_backward / {gsub(/ /, "", $4); print $4}' "$LOGS/sweep-bench-$name.log")
+      forward=$(kernel_ms attention_forward "$LOGS/sweep-bench-$name.log")
+      backward=$(kernel_ms attention_backward "$LOGS/sweep-bench-$name.log")
       [ $bench_rc -eq 0 ] || failed=1
     else
       failed=1
