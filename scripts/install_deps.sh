@@ -5,7 +5,7 @@
 set -euo pipefail
 
 packages=(build-essential cmake pkg-config git libopenmpi-dev openmpi-bin nlohmann-json3-dev libspdlog-dev
-          libcli11-dev catch2)
+          libcli11-dev catch2 python3)
 command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
 
 missing=()
