@@ -23,6 +23,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -34,6 +35,7 @@
 
 #include "backend.cuh"
 #include "cuda_check.cuh"
+#include "stream.cuh"
 #include "srgpt/backend.h"
 #include "srgpt/communicator.h"
 #include "srgpt/config.h"
@@ -58,6 +60,15 @@ struct Options {
   std::string only;  // kernel rows whose op contains this, if set
 };
 
+int int_at_least(const std::string& flag, const std::string& text, int minimum) {
+  int v = 0;
+  const char* end = text.data() + text.size();
+  const auto [stop, error] = std::from_chars(text.data(), end, v);
+  if (error != std::errc() || stop != end || v < minimum)
+    fail("{} needs an integer >= {}, got '{}'", flag, minimum, text);
+  return v;
+}
+
 Options parse(int argc, char** argv) {
   Options o;
   for (int i = 1; i < argc; ++i) {
@@ -73,13 +84,13 @@ Options parse(int argc, char** argv) {
     } else if (a == "--model") {
       o.models.push_back(value());
     } else if (a == "--batch") {
-      o.batch = std::stoi(value());
+      o.batch = int_at_least(a, value(), 1);
     } else if (a == "--seq") {
-      o.seq = std::stoi(value());
+      o.seq = int_at_least(a, value(), 1);
     } else if (a == "--warmup") {
-      o.warmup = std::stoi(value());
+      o.warmup = int_at_least(a, value(), 0);
     } else if (a == "--iters") {
-      o.iters = std::stoi(value());
+      o.iters = int_at_least(a, value(), 1);
     } else if (a == "--json") {
       o.json = value();
     } else if (a == "--only") {
@@ -122,29 +133,19 @@ gpu::CudaBackend& cuda_of(Backend& be) {
 // Device events around a region of the backend's stream.
 class EventPair {
  public:
-  EventPair() {
-    CUDA_CHECK(cudaEventCreate(&start_));
-    CUDA_CHECK(cudaEventCreate(&stop_));
-  }
-  EventPair(const EventPair&) = delete;
-  EventPair& operator=(const EventPair&) = delete;
-  ~EventPair() {
-    cudaEventDestroy(start_);
-    cudaEventDestroy(stop_);
-  }
   template <typename F>
   double time_ms(cudaStream_t stream, F&& f) {
-    CUDA_CHECK(cudaEventRecord(start_, stream));
+    CUDA_CHECK(cudaEventRecord(start_.get(), stream));
     f();
-    CUDA_CHECK(cudaEventRecord(stop_, stream));
-    CUDA_CHECK(cudaEventSynchronize(stop_));
+    CUDA_CHECK(cudaEventRecord(stop_.get(), stream));
+    CUDA_CHECK(cudaEventSynchronize(stop_.get()));
     float ms = 0;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, start_, stop_));
+    CUDA_CHECK(cudaEventElapsedTime(&ms, start_.get(), stop_.get()));
     return ms;
   }
 
  private:
-  cudaEvent_t start_ = nullptr, stop_ = nullptr;
+  gpu::EventHandle start_ = gpu::make_event(gpu::EventUse::timing), stop_ = gpu::make_event(gpu::EventUse::timing);
 };
 
 double median(std::vector<double> v) {
@@ -411,9 +412,7 @@ struct StepRow {
   size_t params;
 };
 
-void write_json_lines(const std::string& path, const std::vector<StepRow>& rows, const Options& o) {
-  std::ofstream out(path);
-  if (!out) fail("--json: cannot open '{}' for writing", path);
+void write_json_lines(std::ofstream& out, const std::vector<StepRow>& rows, const Options& o) {
   for (const auto& r : rows)
     out << nlohmann::json{{"model", r.model},         {"precision", r.precision},
                           {"activations", r.activations}, {"batch", o.batch},
@@ -422,7 +421,7 @@ void write_json_lines(const std::string& path, const std::vector<StepRow>& rows,
                           {"mfu", r.mfu_peak},        {"peak_gib", r.peak_gib}}
                .dump()
         << "\n";
-  if (!out.flush()) fail("--json: writing '{}' failed", path);
+  if (!out.flush()) fail("--json: writing '{}' failed", o.json);
 }
 
 StepRow bench_steps(const Options& o, const std::string& model_name, Precision precision,
@@ -487,6 +486,12 @@ StepRow bench_steps(const Options& o, const std::string& model_name, Precision p
 int main(int argc, char** argv) {
   try {
     const Options o = parse(argc, argv);
+    // Opened before minutes of measuring, so a bad path fails at once.
+    std::ofstream json_out;
+    if (!o.json.empty()) {
+      json_out.open(o.json);
+      if (!json_out) fail("--json: cannot open '{}' for writing", o.json);
+    }
     if (cuda_device_count() == 0) fail("no CUDA device visible: this benchmark runs on a GPU host");
     const Ceilings ceilings = measure_ceilings(o);
     if (o.kernels) bench_kernels(o, ceilings);
@@ -510,7 +515,7 @@ int main(int argc, char** argv) {
         std::printf("| %s | %s | %s | %.1fM | %.1f | %.0f | %.1f%% | %.1f%% | %.2f | %.2f |\n", r.model.c_str(),
                     r.precision.c_str(), r.activations.c_str(), r.params / 1e6, r.step_ms, r.tokens_per_s,
                     100 * r.mfu_peak, 100 * r.mfu_measured, r.peak_gib, r.device_used_gib);
-      if (!o.json.empty()) write_json_lines(o.json, rows, o);
+      if (json_out.is_open()) write_json_lines(json_out, rows, o);
       for (const std::string& m : o.models) {
         const StepRow *sr = nullptr, *mixed = nullptr;
         for (const auto& r : rows) {

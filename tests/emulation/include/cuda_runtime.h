@@ -186,6 +186,7 @@ inline cudaError_t cudaFreeHost(void* p) {
 // (device_emulator.h: work runs when a synchronisation needs it).
 constexpr unsigned cudaStreamNonBlocking = 1;
 constexpr unsigned cudaHostAllocDefault = 0;
+constexpr unsigned cudaEventDefault = 0;
 constexpr unsigned cudaEventDisableTiming = 2;
 typedef CUevent_st* cudaEvent_t;
 struct cudaDeviceProp {
