@@ -9,7 +9,7 @@
 // GELU of the unrounded value to D; DGELU multiplies by GELU's derivative
 // at the aux matrix; BGRADB writes the sums of op(B) over k, one per column
 // of D, to the bias pointer in the bias data type). GELU is the tanh form
-// (cuBLASLt's, and common.cuh's).
+// (cuBLASLt's), as the cpu backend computes it.
 // A stand-in for testing srgpt's use of the library, not for its speed or
 // its exact fp32 rounding.
 #include <cmath>
@@ -20,6 +20,7 @@
 
 #include "cuda_runtime.h"
 
+#include "cpu/cpu_ops.h"
 #include "srgpt/bf16.h"
 
 enum cublasStatus_t {
@@ -184,15 +185,6 @@ inline void store(void* base, cudaDataType_t type, size_t i, float x) {
   else
     static_cast<float*>(base)[i] = x;
 }
-inline float gelu(float x) {
-  const float u = 0.79788456080286535588f * (x + 0.044715f * x * x * x);
-  return 0.5f * x * (1.0f + std::tanh(u));
-}
-inline float gelu_derivative(float x) {
-  const float u = 0.79788456080286535588f * (x + 0.044715f * x * x * x);
-  const float t = std::tanh(u);
-  return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * 0.79788456080286535588f * (1.0f + 3.0f * 0.044715f * x * x);
-}
 
 }  // namespace srgpt::emulation::cublaslt
 
@@ -251,10 +243,10 @@ inline void matmul(const cublasLtMatmulDescOpaque_t& desc, float alpha_value, co
         case CUBLASLT_EPILOGUE_GELU_AUX:
         case CUBLASLT_EPILOGUE_GELU_AUX_BIAS:
           store(desc.aux, d.type, aux_index, result);
-          result = gelu(result);
+          result = srgpt::cpu::gelu(result);
           break;
         case CUBLASLT_EPILOGUE_DGELU:
-          result *= gelu_derivative(float(load(desc.aux, d.type, aux_index)));
+          result *= srgpt::cpu::gelu_derivative(float(load(desc.aux, d.type, aux_index)));
           break;
         default: break;
       }
