@@ -126,11 +126,14 @@ stage_pytorch() {
   tail -n 12 "$LOGS/pytorch-attention.log"
   echo "pytorch attention: exit $attention_rc (log $LOGS/pytorch-attention.log)"
   # Issue 4's targets, when the bench stage ran its steps in this call too.
+  local targets_rc=0
   if [ -s "$LOGS/srgpt-steps.jsonl" ] && [ -s "$LOGS/pytorch.jsonl" ]; then
     python3 scripts/bench_targets.py "$LOGS/srgpt-steps.jsonl" "$LOGS/pytorch.jsonl" >"$LOGS/targets.md" 2>&1
+    targets_rc=$?
     cat "$LOGS/targets.md"
+    echo "targets table: exit $targets_rc ($LOGS/targets.md)"
   fi
-  [ $rc -eq 0 ] && [ $attention_rc -eq 0 ]
+  [ $rc -eq 0 ] && [ $attention_rc -eq 0 ] && [ $targets_rc -eq 0 ]
 }
 
 # kernel_ms OP LOG: the ms column of OP's row in gpu_step_bench's kernel table.
