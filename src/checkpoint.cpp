@@ -16,6 +16,7 @@
 #include <spdlog/spdlog.h>
 
 #include "srgpt/error.h"
+#include "srgpt/json_parse.h"
 
 namespace srgpt {
 
@@ -432,11 +433,7 @@ CheckpointReader::CheckpointReader(const fs::path& dir) : dir_(dir) {
   std::string text(fs::file_size(manifest_path, ec), '\0');
   if (ec) fail("cannot stat {}: {}", manifest_path.string(), ec.message());
   Fd(manifest_path, O_RDONLY).read_all(text.data(), text.size(), 0);
-  try {
-    manifest_ = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::parse_error& e) {
-    fail("{}: malformed JSON: {}", manifest_path.string(), e.what());
-  }
+  manifest_ = parse_json(text, manifest_path.string());
   validate_manifest(manifest_, manifest_path);
 
   for (const nlohmann::json& f : manifest_.at("files")) {

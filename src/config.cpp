@@ -12,6 +12,7 @@
 #include <set>
 
 #include "srgpt/error.h"
+#include "srgpt/json_parse.h"
 
 namespace srgpt {
 
@@ -509,14 +510,7 @@ json parse_rejecting_duplicates(std::istream& in, const std::string& path) {
     }
     return true;
   };
-  try {
-    return json::parse(in, callback);
-  } catch (const json::parse_error& e) {
-    // Drop nlohmann's "[json.exception.parse_error.101] " tag; keep "line L, column C: ...".
-    std::string what = e.what();
-    size_t tag_end = what.find("] ");
-    fail("{}: malformed JSON: {}", path, tag_end == std::string::npos ? what : what.substr(tag_end + 2));
-  }
+  return parse_json(in, path, "", callback);
 }
 
 json read_json_file(const std::string& path) {

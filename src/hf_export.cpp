@@ -10,6 +10,7 @@
 #include "srgpt/bf16.h"
 #include "srgpt/checkpoint.h"
 #include "srgpt/error.h"
+#include "srgpt/json_parse.h"
 #include "srgpt/model.h"
 #include "srgpt/safetensors.h"
 #include "srgpt/sample.h"
@@ -216,12 +217,7 @@ HfModel read_hf_model(const fs::path& dir) {
   if (!fs::is_regular_file(config_path, ec))
     fail("{}: missing; a Hugging Face GPT-2 directory holds {} and {}", config_path.string(), kConfigFile,
          kWeightsFile);
-  nlohmann::json config;
-  try {
-    config = nlohmann::json::parse(read_text_file(config_path));
-  } catch (const nlohmann::json::parse_error& e) {
-    fail("{}: not valid JSON: {}", config_path.string(), e.what());
-  }
+  const nlohmann::json config = parse_json(read_text_file(config_path), config_path.string());
   HfModel hf;
   hf.model = parse_hf_config(config, config_path);
   if (!fs::is_regular_file(weights_path, ec))

@@ -21,6 +21,7 @@
 
 #include "srgpt/data.h"
 #include "srgpt/error.h"
+#include "srgpt/json_parse.h"
 #include "srgpt/tokenizer.h"
 
 namespace srgpt {
@@ -368,13 +369,7 @@ PrepareSummary prepare_summary_from_json(const json& object, const std::string& 
 PrepareSummary read_prepare_summary(const std::string& path) {
   std::ifstream in(path);
   if (!in) fail("cannot open prepare summary '{}': {}", path, std::strerror(errno));
-  json object;
-  try {
-    object = json::parse(in);
-  } catch (const json::parse_error& e) {
-    fail("{}: not valid JSON ({})", path, e.what());
-  }
-  return prepare_summary_from_json(object, path);
+  return prepare_summary_from_json(parse_json(in, path), path);
 }
 
 std::optional<double> prepared_bytes_per_token(const std::vector<std::string>& shard_files) {

@@ -12,6 +12,7 @@
 
 #include "srgpt/bf16.h"
 #include "srgpt/error.h"
+#include "srgpt/json_parse.h"
 
 namespace srgpt {
 
@@ -238,12 +239,7 @@ SafetensorsReader::SafetensorsReader(const fs::path& path) : path_(path) {
   data_begin_ = 8 + header_length;
   const uint64_t data_bytes = file_size - data_begin_;
 
-  nlohmann::json header;
-  try {
-    header = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::parse_error& e) {
-    fail("{}: header is not valid JSON: {}", path_.string(), e.what());
-  }
+  const nlohmann::json header = parse_json(text, path_.string() + " header");
   if (!header.is_object()) fail("{}: header is not a JSON object", path_.string());
   for (const auto& [name, info] : header.items()) {
     if (name == kMetadataKey) {

@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "srgpt/error.h"
+#include "srgpt/json_parse.h"
 #include "srgpt/tokenizer.h"
 
 namespace srgpt {
@@ -391,13 +392,8 @@ struct Gpt2Tokenizer::Impl {
   }
 
   nlohmann::json load_encoder(const std::string& path) {
-    nlohmann::json encoder;
-    try {
-      encoder = nlohmann::json::parse(read_tokenizer_file(path));
-    } catch (const nlohmann::json::parse_error& e) {
-      fail("{}: not valid JSON ({}); expected GPT-2's encoder.json, an object mapping token strings to ids", path,
-           e.what());
-    }
+    nlohmann::json encoder = parse_json(read_tokenizer_file(path), path,
+                                        "GPT-2's encoder.json, an object mapping token strings to ids");
     if (!encoder.is_object() || encoder.empty()) {
       fail("{}: expected a non-empty JSON object mapping token strings to ids, found {}", path,
            encoder.is_object() ? "an empty object" : encoder.type_name());

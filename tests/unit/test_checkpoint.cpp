@@ -231,7 +231,7 @@ TEST_CASE("CheckpointReader names the file and problem of a damaged checkpoint",
     write_text(manifest, text.substr(0, text.size() / 2));
     std::string e = open_error();
     CHECK(contains(e, manifest.string()));
-    CHECK(contains(e, "malformed JSON"));
+    CHECK(contains(e, "not valid JSON"));
   }
   SECTION("wrong format") {
     nlohmann::json m = good;

@@ -294,8 +294,13 @@ TEST_CASE("config load_config: files, overrides, parse errors and duplicates", "
 
   std::string broken = dir.write("broken.json", "{\n  \"model\": {\n    \"n_layer\": 4,\n  }\n}\n");
   std::string parse = error_message([&] { srgpt::load_config(broken, {}); });
-  CHECK(contains(parse, broken + ": malformed JSON"));
+  CHECK(contains(parse, broken + ": not valid JSON"));
   CHECK(contains(parse, "line 4, column 3"));
+  // A number beyond double's range is nlohmann's out_of_range, not a parse_error: reported the same way.
+  std::string overflow = dir.write("overflow.json", R"({"train": {"steps": 1e400}})");
+  std::string too_big = error_message([&] { srgpt::load_config(overflow, {}); });
+  CHECK(contains(too_big, overflow + ": not valid JSON: number overflow parsing '1e400'"));
+  CHECK(!contains(too_big, "json.exception"));
 
   std::string twice = dir.write("twice.json", R"({"optimizer": {"lr": 0.1, "lr": 0.2}})");
   std::string duplicate = error_message([&] { srgpt::load_config(twice, {}); });

@@ -1,0 +1,35 @@
+#include "srgpt/json_parse.h"
+
+#include "srgpt/error.h"
+
+namespace srgpt {
+namespace {
+
+template <typename Input>
+nlohmann::json parse_or_fail(Input& input, const std::string& origin, const std::string& expected,
+                             const nlohmann::json::parser_callback_t& callback) {
+  try {
+    return nlohmann::json::parse(input, callback);
+  } catch (const nlohmann::json::exception& e) {
+    // Drop nlohmann's "[json.exception.parse_error.101] " tag: it means nothing to a user.
+    const std::string what = e.what();
+    const size_t tag_end = what.find("] ");
+    const std::string reason = tag_end == std::string::npos ? what : what.substr(tag_end + 2);
+    if (expected.empty()) fail("{}: not valid JSON: {}", origin, reason);
+    fail("{}: not valid JSON: {}; expected {}", origin, reason, expected);
+  }
+}
+
+}  // namespace
+
+nlohmann::json parse_json(const std::string& text, const std::string& origin, const std::string& expected,
+                          const nlohmann::json::parser_callback_t& callback) {
+  return parse_or_fail(text, origin, expected, callback);
+}
+
+nlohmann::json parse_json(std::istream& in, const std::string& origin, const std::string& expected,
+                          const nlohmann::json::parser_callback_t& callback) {
+  return parse_or_fail(in, origin, expected, callback);
+}
+
+}  // namespace srgpt
