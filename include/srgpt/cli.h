@@ -18,6 +18,11 @@ void add_import_command(CLI::App& app);
 
 namespace srgpt {
 
+// Checks an integer option: a whole number >= minimum, or an error naming the
+// value and the allowed range (CLI11's NonNegativeNumber prints its range up
+// to the largest double).
+CLI::Validator integer_at_least(long long minimum);
+
 // A checkpoint directory, or a run directory / checkpoints root, resolved to
 // the checkpoint directory to read (the newest one for the latter two).
 std::filesystem::path resolve_checkpoint_dir(const std::filesystem::path& path);

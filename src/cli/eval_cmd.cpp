@@ -26,11 +26,11 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("--data", args->data, "Glob pattern of token shards, e.g. 'data/demo/val_*.bin'")->required();
   cmd->add_option("--max-tokens", args->max_tokens,
                   "Evaluate at most this many tokens (whole batches; default: the whole split)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(integer_at_least(0));
   cmd->add_option("--batch", args->batch, "Sequences per batch (default: the checkpoint's batch.micro_batch)")
-      ->check(CLI::PositiveNumber);
+      ->check(integer_at_least(1));
   cmd->add_option("--seq-len", args->seq_len, "Tokens per sequence (default: the checkpoint's batch.seq_len)")
-      ->check(CLI::PositiveNumber);
+      ->check(integer_at_least(1));
   cmd->footer("Prints a human-readable line, then one JSON object: {\"loss\", \"perplexity\", \"tokens\", \"step\"},\n"
               "plus \"bits_per_byte\" when the shards were written by `srgpt prepare` (its summary.json gives the\n"
               "split's bytes per token): bits_per_byte = loss / ln(2) / bytes_per_token.\n"

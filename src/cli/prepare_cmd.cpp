@@ -44,7 +44,9 @@ void add_prepare_command(CLI::App& app) {
   cmd->add_option("--val-fraction", options.val_fraction, "Fraction of documents that go to the val split, in [0, 1)")
       ->capture_default_str();
   cmd->add_option("--shard-tokens", options.shard_tokens, "Tokens per shard")->capture_default_str();
-  cmd->add_option("--seed", options.seed, "Seed of the train/val assignment")->capture_default_str();
+  cmd->add_option("--seed", options.seed, "Seed of the train/val assignment")
+      ->check(integer_at_least(0))
+      ->capture_default_str();
   cmd->add_flag("--no-progress", args->no_progress, "Print no progress on stderr");
   cmd->callback([args]() {
     args->options.split = parse_document_split(args->split);

@@ -142,6 +142,15 @@ TEST_CASE("bad inputs give a clear error and a non-zero exit", "[cli][errors]") 
                  {"out_dir"});
   }
 
+  expect_error("negative prepare seed",
+               bin + " prepare --input '" + f.good_config + "' --out " + f.tmp.str("p") + " --tokenizer byte --seed -1",
+               {"--seed", "-1 is below 0"});
+  expect_error("negative sample seed", bin + " sample --checkpoint " + f.checkpoint() + " --seed -5",
+               {"--seed", "-5 is below 0"});
+  expect_error("seed beyond uint64", bin + " sample --checkpoint " + f.checkpoint() + " --seed 18446744073709551616",
+               {"--seed", "too large"});
+  expect_error("fractional stop step", train + f.good_config + " --stop-after 1.5", {"--stop-after", "'1.5'"});
+
   expect_error("checkpoint does not exist",
                bin + " eval --checkpoint " + f.tmp.str("no_ckpt") + " --data '" + f.data + "/val_*.bin'",
                {"no_ckpt", "does not exist"});

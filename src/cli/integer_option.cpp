@@ -1,0 +1,33 @@
+#include <cerrno>
+#include <cstdlib>
+#include <string>
+
+#include "srgpt/cli.h"
+
+namespace srgpt {
+
+CLI::Validator integer_at_least(long long minimum) {
+  const std::string allowed = "allowed: a whole number >= " + std::to_string(minimum);
+  return CLI::Validator(
+      [minimum, allowed](std::string& text) -> std::string {
+        const bool negative = !text.empty() && text[0] == '-';
+        const size_t first_digit = negative ? 1 : 0;
+        if (text.size() == first_digit || text.find_first_not_of("0123456789", first_digit) != std::string::npos)
+          return "'" + text + "' is not a whole number; " + allowed;
+        bool below = true;
+        if (negative) {
+          below = std::strtoll(text.c_str(), nullptr, 10) < minimum;
+        } else {
+          // Parsed as unsigned, so every uint64 seed passes.
+          errno = 0;
+          const unsigned long long value = std::strtoull(text.c_str(), nullptr, 10);
+          if (errno == ERANGE) return text + " is too large; " + allowed;
+          below = minimum > 0 && value < static_cast<unsigned long long>(minimum);
+        }
+        if (below) return text + " is below " + std::to_string(minimum) + "; " + allowed;
+        return std::string();
+      },
+      ">= " + std::to_string(minimum));
+}
+
+}  // namespace srgpt
