@@ -80,9 +80,9 @@ LaunchInfo launch_info_from_environment() {
         fail("{}={} but the world has {} ranks ({}={}): the local rank must be below the world size", local_variable,
              info.local_rank, info.size, vars.size, info.size);
     } else if (info.size > 1) {
-      fail("the {} launcher set {} and {} but no local rank ({}, {}, {} or {}): cannot tell which GPU this rank "
-           "should use",
-           vars.launcher, vars.rank, vars.size, vars.local_rank, kLaunchers[0].local_rank, kLaunchers[1].local_rank,
+      fail("the {} launcher set {} and {} but no local rank (none of {}, {}, {} is set): cannot tell which GPU "
+           "this rank should use",
+           vars.launcher, vars.rank, vars.size, kLaunchers[0].local_rank, kLaunchers[1].local_rank,
            kLaunchers[2].local_rank);
     }
     return info;
