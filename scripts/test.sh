@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The test command (README, .ci/run): installs dependencies, builds from
-# scratch into build/, fetches the GPT-2 tokenizer files the tokenizer tests
+# The test command (README, .ci/run): installs dependencies, builds into
+# build/ (incrementally: a fresh clone builds everything), fetches the GPT-2 tokenizer files the tokenizer tests
 # need, and runs every test that needs no GPU (unit tests and the multi-rank
 # tests under mpirun).
 set -euo pipefail
