@@ -104,17 +104,33 @@ __global__ void residual_layernorm_forward_kernel(S* res_out, S* out, float* mea
 // registers when Held; otherwise the second pass reads them again.
 constexpr int kBackwardMaxWarps = 8;
 
+// Where element k of chunk `chunk` (columns chunk * W ..) sits in a warp's
+// shared dw or db row: the 32 chunks a warp's lanes handle together are
+// stored element-major, so for each k the lanes touch 32 consecutive
+// words, one per bank (at chunk * W + k their W-wide chunks would fall on
+// 32 / W banks, a W-way conflict on every add). A row takes C rounded up
+// to 32 W words.
+template <int W>
+__device__ __forceinline__ int sum_slot(int chunk, int k) {
+  return (chunk / 32) * (32 * W) + k * 32 + chunk % 32;
+}
+template <int W>
+__host__ __device__ constexpr int sum_row_words(int C) {
+  return (C + 32 * W - 1) / (32 * W) * (32 * W);
+}
+
 template <typename S, int W, bool Held>
 __global__ void layernorm_backward_kernel(S* din, float* dw_partials, float* db_partials, const S* dout, const S* in,
                                           const S* w, const float* mean, const float* rstd, int N, int C) {
-  extern __shared__ float sums[];  // [warps][2][C]: dw, db
+  extern __shared__ float sums[];  // [warps][2][sum_row_words]: dw, db
   const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  float* dw_sum = sums + size_t(warp) * 2 * C;
-  float* db_sum = dw_sum + C;
+  const int row_words = sum_row_words<W>(C);
+  float* dw_sum = sums + size_t(warp) * 2 * row_words;
+  float* db_sum = dw_sum + row_words;
   // Zeroed by the lanes that accumulate them: no barrier needed.
   for_lane_chunks<W, Held>(C, lane, [&](int, int c) {
 #pragma unroll
-    for (int k = 0; k < W; ++k) dw_sum[c + k] = db_sum[c + k] = 0.0f;
+    for (int k = 0; k < W; ++k) dw_sum[sum_slot<W>(c / W, k)] = db_sum[sum_slot<W>(c / W, k)] = 0.0f;
   });
 
   HeldChunks<S, W, Held, kHeldChunks> held_dout, held_in;
@@ -136,8 +152,8 @@ __global__ void layernorm_backward_kernel(S* din, float* dw_partials, float* db_
         const float dxhat = g[k] * weight[k];
         dxhat_sum += dxhat;
         dxhat_xhat_sum += dxhat * xhat;
-        dw_sum[c + k] += g[k] * xhat;
-        db_sum[c + k] += g[k];
+        dw_sum[sum_slot<W>(c / W, k)] += g[k] * xhat;
+        db_sum[sum_slot<W>(c / W, k)] += g[k];
       }
     });
     const float dxhat_mean = warp_sum(dxhat_sum) / float(C);
@@ -158,10 +174,11 @@ __global__ void layernorm_backward_kernel(S* din, float* dw_partials, float* db_
   }
   __syncthreads();
   for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    const int slot = sum_slot<W>(c / W, c % W);
     float dw_total = 0, db_total = 0;
     for (int k = 0; k < warps; ++k) {
-      dw_total += sums[size_t(k) * 2 * C + c];
-      db_total += sums[size_t(k) * 2 * C + C + c];
+      dw_total += sums[size_t(k) * 2 * row_words + slot];
+      db_total += sums[size_t(k) * 2 * row_words + row_words + slot];
     }
     dw_partials[size_t(blockIdx.x) * C + c] = dw_total;
     db_partials[size_t(blockIdx.x) * C + c] = db_total;
@@ -211,15 +228,15 @@ void layernorm_backward(DType dtype, cudaStream_t stream, Scratch& scratch, void
   const int chunks = column_chunks(N);
   float* dw_partials = static_cast<float*>(scratch.get(sizeof(float) * 2 * size_t(chunks) * C));
   float* db_partials = dw_partials + size_t(chunks) * C;
-  // Fewer warps per block for very wide rows, so the per-warp sums fit.
-  int warps = kBackwardMaxWarps;
-  while (warps > 1 && sizeof(float) * 2 * size_t(C) * warps > 100 * 1024) warps /= 2;
-  const size_t shared = sizeof(float) * 2 * size_t(C) * warps;
   dispatch_storage(dtype, [&](auto tag) {
     using S = decltype(tag);
     constexpr int kVec = VecWidth<S>::value;
     const bool vectorised = rows_vectorisable<S>(C, {din, dout, in, w});
-    auto launch = [&](auto kernel) {
+    auto launch = [&](auto kernel, int row_words) {
+      // Fewer warps per block for very wide rows, so the per-warp sums fit.
+      int warps = kBackwardMaxWarps;
+      while (warps > 1 && sizeof(float) * 2 * size_t(row_words) * warps > 100 * 1024) warps /= 2;
+      const size_t shared = sizeof(float) * 2 * size_t(row_words) * warps;
       allow_dynamic_shared_memory(kernel, shared, "layernorm_backward");
       kernel<<<chunks, 32 * warps, shared, stream>>>(static_cast<S*>(din), dw_partials, db_partials,
                                                     static_cast<const S*>(dout), static_cast<const S*>(in),
@@ -227,11 +244,13 @@ void layernorm_backward(DType dtype, cudaStream_t stream, Scratch& scratch, void
       CUDA_CHECK_LAUNCH("layernorm_backward_kernel");
     };
     if (vectorised && C <= 32 * kVec * kHeldChunks) {
-      launch(layernorm_backward_kernel<S, kVec, true>);
+      launch(layernorm_backward_kernel<S, kVec, true>, sum_row_words<kVec>(C));
       return;
     }
-    dispatch_width<S>(vectorised,
-                      [&](auto width) { launch(layernorm_backward_kernel<S, decltype(width)::value, false>); });
+    dispatch_width<S>(vectorised, [&](auto width) {
+      constexpr int W = decltype(width)::value;
+      launch(layernorm_backward_kernel<S, W, false>, sum_row_words<W>(C));
+    });
   });
   add_column_partials(dtype, stream, dw, dw_partials, chunks, C);
   add_column_partials(dtype, stream, db, db_partials, chunks, C);
