@@ -461,8 +461,10 @@ __global__ void __launch_bounds__(kThreads) attention_forward_tc_kernel(uint16_t
 // tile (the one on its diagonal) writes the sum as dQ, in bf16. Because
 // every block walks the query tiles from the last down, the blocks of a
 // head reach a query tile at about the same step and each waits only for
-// its predecessor's add; blocks start in launch order (j ascending), so the
-// one waited for has always started.
+// its predecessor's add. A block's key tile j is the ticket it draws from
+// its head's counter when it starts, not blockIdx.x: the block it waits
+// for drew ticket j - 1 and so has started, whatever order the hardware
+// starts blocks in (CUDA promises none).
 // =====================================================================
 template <int HD>
 constexpr size_t backward_shared_bytes() {
@@ -495,7 +497,14 @@ __global__ void __launch_bounds__(kThreads)
   float* sLse = reinterpret_cast<float*>(sdS + Tiles::kRows * SD);  // [2][QT], log2 domain
   float* sDot = sLse + 2 * QT;                                      // [2][QT]
 
-  const int k0 = blockIdx.x * Tiles::kRows;
+  // This (batch, head)'s ticket counter, then a flag per query tile.
+  unsigned* const head_flags = dq_flags + size_t(blockIdx.y) * (1 + (T + QT - 1) / QT);
+  unsigned* const flags = head_flags + 1;
+  __shared__ int ticket;
+  if (threadIdx.x == 0) ticket = int(atomicAdd(head_flags, 1u));
+  __syncthreads();
+  const int key_tile = ticket;
+  const int k0 = key_tile * Tiles::kRows;
   const HeadOffsets head(T, C, H, HD);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
   const int warp_k0 = k0 + warp * Tiles::kRowsPerWarp;  // this warp's first key
@@ -508,7 +517,6 @@ __global__ void __launch_bounds__(kThreads)
   const float* dot_row = row_dot + head.stats;
   uint16_t* dqkv_base = dqkv + head.qkv;
   float* dq_rows = dq_accum + head.stats * HD;                         // [T][HD] of this (batch, head)
-  unsigned* flags = dq_flags + size_t(blockIdx.y) * ((T + QT - 1) / QT);  // one per query tile
   const int tiles = (T - k0 + QT - 1) / QT;
   // Step i works on the i-th query tile from the last.
   auto tile_row0 = [&](int i) { return k0 + (tiles - 1 - i) * QT; };
@@ -609,7 +617,7 @@ __global__ void __launch_bounds__(kThreads)
     // the finished dQ, times the scale, as bf16 into dqkv instead.
     const int tile = row0 / QT;
     const bool finishes = row0 < k0 + Tiles::kRows;
-    if (threadIdx.x == 0) wait_for_flag(flags + tile, blockIdx.x);
+    if (threadIdx.x == 0) wait_for_flag(flags + tile, unsigned(key_tile));
     __syncthreads();
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
@@ -620,7 +628,7 @@ __global__ void __launch_bounds__(kThreads)
         const int column = col0 + nb * 8 + 2 * q;
         float* target = dq_rows + size_t(t) * HD + column;
         float2 value = make_float2(dq[nb][2 * half], dq[nb][2 * half + 1]);
-        if (blockIdx.x > 0) {  // key tile 0 adds first: nothing before it
+        if (key_tile > 0) {  // key tile 0 adds first: nothing before it
           const float2 before = __ldcg(reinterpret_cast<const float2*>(target));
           value.x += before.x;
           value.y += before.y;
@@ -632,9 +640,10 @@ __global__ void __launch_bounds__(kThreads)
           *reinterpret_cast<float2*>(target) = value;
       }
     }
-    __threadfence();
+    // The barrier orders every thread's adds before thread 0's release,
+    // whose GPU-scope release semantics cover them (no fence per thread).
     __syncthreads();
-    if (threadIdx.x == 0) release_flag(flags + tile, blockIdx.x + 1);
+    if (threadIdx.x == 0) release_flag(flags + tile, unsigned(key_tile) + 1);
   });
 
   // Each warp's K and V rows were only read by that warp since the last
@@ -886,10 +895,11 @@ void attention_backward(DType dtype, cudaStream_t stream, Scratch& scratch, void
   if (B <= 0 || T <= 0) return;
   const bool tensor_cores = attention_uses_tensor_cores(dtype, C, H, dqkv, dout, qkv) && B * H <= kMaxGridY;
   // Scratch: the row dot products; for the tensor-core pass also dQ's fp32
-  // accumulator and a flag per query tile.
+  // accumulator and, per (batch, head), a ticket counter and a flag per
+  // query tile.
   const size_t rows = size_t(B) * H * T;
   const int query_tile = hd == 64 ? BackwardTiles<64>::kQueries : BackwardTiles<128>::kQueries;
-  const size_t flag_count = size_t(B) * H * ceil_div(T, query_tile);
+  const size_t flag_count = size_t(B) * H * (1 + ceil_div(T, query_tile));
   auto carve = [&](ScratchCarver& carver) {
     struct Pieces {
       float* row_dot;

@@ -314,12 +314,14 @@ void run_kernel(const Launch& launch, const std::function<void()>& thread) {
   b.shared.resize(launch.shared_bytes + kSharedGuardBytes);
   char* stacks = g_stacks.get(threads);
   g_thread_body = &thread;
-  for (unsigned z = 0; z < launch.grid.z; ++z)
-    for (unsigned y = 0; y < launch.grid.y; ++y)
-      for (unsigned x = 0; x < launch.grid.x; ++x) {
-        b.index = uint3{x, y, z};
-        run_block(b, stacks);
-      }
+  const size_t blocks = size_t(launch.grid.x) * launch.grid.y * launch.grid.z;
+  const bool descending = schedule().descending;
+  for (size_t position = 0; position < blocks; ++position) {
+    const size_t i = descending ? blocks - 1 - position : position;
+    b.index = uint3{unsigned(i % launch.grid.x), unsigned(i / launch.grid.x % launch.grid.y),
+                    unsigned(i / (size_t(launch.grid.x) * launch.grid.y))};
+    run_block(b, stacks);
+  }
   g_thread_body = nullptr;
 }
 

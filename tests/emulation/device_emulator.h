@@ -65,7 +65,9 @@ struct Launch {
   CUstream_st* stream;
 };
 
-// How the emulator settles what the hardware leaves open. Threads run by
+// How the emulator settles what the hardware leaves open. Blocks run one
+// at a time, in blockIdx order (descending: the last first; CUDA promises
+// no order). Threads run by
 // priority: the runnable thread with the lowest (descending: highest)
 // index always runs next, so warps drift as far apart as the barriers let
 // them. cp.async data lands when the copy is issued, or only at the

@@ -128,13 +128,13 @@ void cp_async_wait() {
   emulation::cp_async_wait(Pending);
 }
 
-// Blocks run one after another in launch order here, so a wait for a value
-// the flag does not hold yet would, on a GPU, wait for a later block (or
+// Blocks run one after another here, so a wait for a value the flag does
+// not hold yet would, on a GPU, wait for a block that started later (or
 // forever): an error rather than a spin.
 inline void wait_for_flag(const unsigned* flag, unsigned value) {
   if (*flag != value)
     emulation::fault("waits for a flag to become " + std::to_string(value) + " but it is " + std::to_string(*flag) +
-                     ": no block launched earlier will store that value");
+                     ": no block that started earlier will store that value");
 }
 inline void release_flag(unsigned* flag, unsigned value) { *flag = value; }
 

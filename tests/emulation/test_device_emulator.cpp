@@ -70,6 +70,11 @@ __global__ void overflow_kernel(int bytes) {
   if (threadIdx.x == 0) emulation::dynamic_shared()[bytes] = 1;
 }
 
+// Each block records the ticket it draws: its place in the start order.
+__global__ void ticket_kernel(unsigned* counter, unsigned* order) {
+  if (threadIdx.x == 0) order[blockIdx.x] = atomicAdd(counter, 1u);
+}
+
 __global__ void early_exit_kernel(float* out) {
   if (threadIdx.x % 32 == 5) return;
   out[threadIdx.x] = gpu::warp_sum(1.0f);
@@ -120,6 +125,20 @@ TEST_CASE("device emulator: a missing __syncthreads reads unwritten shared memor
   CHECK(std::isnan(ascending[0]));
   CHECK(std::isnan(descending[3]));
   CHECK(std::isfinite(descending[0]));
+}
+
+TEST_CASE("device emulator: blocks start in blockIdx order, or the reverse in the descending schedule", "[emulated]") {
+  constexpr unsigned kBlocks = 5;
+  for (const bool descending : {false, true}) {
+    emulation::set_schedule(Schedule{descending, false});
+    unsigned counter = 0;
+    std::vector<unsigned> order(kBlocks, 99);
+    ticket_kernel ^ Launch(kBlocks, 64) ^ kernel_arguments(&counter, order.data());
+    finish();
+    CHECK(counter == kBlocks);
+    for (unsigned i = 0; i < kBlocks; ++i) CHECK(order[i] == (descending ? kBlocks - 1 - i : i));
+  }
+  emulation::set_schedule(Schedule{false, false});
 }
 
 TEST_CASE("device emulator: threads waiting on each other at different barriers are a deadlock error", "[emulated]") {

@@ -54,8 +54,13 @@ T __shfl_xor_sync(unsigned mask, T value, int lane_mask, int width = 32) {
       });
 }
 
-// Memory is sequentially consistent here: fences order nothing more.
-inline void __threadfence() {}
+// One fiber runs at a time and switches only at barriers and warp
+// collectives, so a plain read-modify-write is atomic here.
+inline unsigned atomicAdd(unsigned* address, unsigned value) {
+  const unsigned old = *address;
+  *address = old + value;
+  return old;
+}
 template <typename T>
 T __ldcg(const T* p) {
   return *p;
