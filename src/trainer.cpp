@@ -95,6 +95,38 @@ std::string broadcast_string(Communicator& comm, std::string s, int root) {
   return s;
 }
 
+// A value every rank must hold alike, what it is, and what to do when the
+// ranks differ on it.
+struct SharedValue {
+  std::string what;
+  double value;  // exact: counts below 2^53 and CRC-32s
+  std::string remedy;
+};
+
+// Ranks that start from different points call different collectives later
+// (a crash or a hang) or silently train a mix of models, so the run stops
+// here, on every rank, naming the first value that differs.
+void require_same_on_every_rank(Communicator& comm, const std::vector<SharedValue>& values) {
+  for (const SharedValue& v : values) {
+    const double high = comm.all_reduce_max(v.value), low = -comm.all_reduce_max(-v.value);
+    if (high != low)
+      fail("the {} ranks disagree on {}: from {} to {} across ranks, {} on rank {}; {}", comm.size(), v.what, low, high,
+           v.value, comm.rank(), v.remedy);
+  }
+}
+
+// "optimizer.lr = 0.1 on rank 0 but 0.2 on rank 3" for the first key where
+// this rank's config differs from rank 0's, or "" where they are the same.
+std::string config_difference(const nlohmann::json& lead, const nlohmann::json& mine, int rank) {
+  const nlohmann::json patch = nlohmann::json::diff(lead, mine);
+  if (patch.empty()) return "";
+  const nlohmann::json::json_pointer where(patch.front().at("path").get<std::string>());
+  std::string key = where.to_string().substr(1);
+  std::replace(key.begin(), key.end(), '/', '.');
+  auto value_in = [&](const nlohmann::json& config) { return config.contains(where) ? config.at(where).dump() : "(absent)"; };
+  return fmt::format("{} = {} on rank 0 but {} on rank {}", key, value_in(lead), value_in(mine), rank);
+}
+
 // A full flat optimizer-state buffer, in `layout`, from a checkpoint written
 // with any world size and ZeRO stage: stage 0 stores it per tensor, stages
 // 1-3 as each rank's flat shard, re-assembled here through the saved plan.
@@ -250,9 +282,15 @@ Trainer::Trainer(Config config, TrainOptions options) : config_(std::move(config
   const int rank = comm_->rank(), world = comm_->size();
   // Every rank must run the same config; a mismatch (say, different --set
   // values per rank) would silently train different models.
-  const double config_hash = double(crc32(config_to_json(config_).dump().data(), config_to_json(config_).dump().size()));
-  if (comm_->all_reduce_max(config_hash) != -comm_->all_reduce_max(-config_hash))
-    fail("the run config differs between ranks; every rank must get the same --config file and --set values");
+  const nlohmann::json config_json = config_to_json(config_);
+  const std::string config_text = config_json.dump();
+  const double config_hash = double(crc32(config_text.data(), config_text.size()));
+  if (comm_->all_reduce_max(config_hash) != -comm_->all_reduce_max(-config_hash)) {
+    const std::string lead = broadcast_string(*host_comm_, config_text, 0);
+    const std::string difference = config_difference(nlohmann::json::parse(lead), config_json, rank);
+    fail("the run config differs between ranks ({}); every rank must get the same --config file and --set values",
+         difference.empty() ? "another rank's differs from rank 0's" : difference);
+  }
   const auto& b = config_.batch;
   if (!options_.without_data)
     train_loader_ = std::make_unique<TokenLoader>(expand_shard_pattern(config_.data.train, "data.train"),
@@ -277,8 +315,23 @@ Trainer::Trainer(Config config, TrainOptions options) : config_(std::move(config
     else if (!options_.quiet && rank == 0)
       spdlog::info("--resume: no checkpoint in {}, starting from scratch", checkpoint_root(config_).string());
   }
-  if (!resume_dir.empty()) {
-    load(resume_dir);
+  std::optional<CheckpointReader> checkpoint;
+  if (!resume_dir.empty()) checkpoint.emplace(resume_dir);
+  const std::string same_files = "the same on every rank (with out_dir on a file system all ranks share)";
+  require_same_on_every_rank(
+      *comm_,
+      {{"the step to resume from (0: a fresh start)", checkpoint ? double(checkpoint->step()) : 0.0,
+        "give every rank the same --resume or --resume-from, and keep the checkpoints " + same_files},
+       {"the checkpoint's weights (CRC-32 in its manifest; 0: a fresh start)",
+        checkpoint ? double(checkpoint->state().value("weights_crc32", uint32_t(0))) : 0.0,
+        "every rank must resume from the same checkpoint, " + same_files},
+       {"--stop-after", double(options_.stop_after_step), "give every rank the same --stop-after"},
+       {"the tokens in data.train", train_loader_ ? double(train_loader_->total_tokens()) : -1.0,
+        "every rank must read the same token shards " + same_files},
+       {"the tokens in data.val", val_loader_ ? double(val_loader_->total_tokens()) : -1.0,
+        "every rank must read the same token shards " + same_files}});
+  if (checkpoint) {
+    load(*checkpoint);
   } else {
     optimizer_->set_weights(gpt2_initial_weights(config_.model, model_->layout(), config_.train.seed,
                                                  config_.train.init_std));
@@ -358,8 +411,8 @@ fs::path Trainer::save(int64_t step) {
   return broadcast_string(comm, final_dir, 0);
 }
 
-void Trainer::load(const fs::path& dir) {
-  CheckpointReader reader(dir);
+void Trainer::load(CheckpointReader& reader) {
+  const fs::path& dir = reader.dir();
   const nlohmann::json& st = reader.state();
   Config saved;
   int saved_world = 1, saved_stage = 0;

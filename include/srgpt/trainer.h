@@ -76,7 +76,7 @@ class Trainer {
   std::filesystem::path save(int64_t step);
 
  private:
-  void load(const std::filesystem::path& dir);
+  void load(CheckpointReader& reader);
   double train_step(int64_t step, double* grad_norm);
   std::optional<double> validate();
 

@@ -1,7 +1,8 @@
 // Failure cases of a data-parallel job, through the real binary under
 // mpiexec with two ranks: a rank that reads a bad data file, a rank killed
-// mid-run, ranks started with different configs, and a data pattern that
-// matches nothing. Each job must end (within the `timeout` below, else the
+// mid-run, ranks started with different configs or from different points
+// (checkpoint, --stop-after, data), and a data pattern that matches
+// nothing. Each job must end (within the `timeout` below, else the
 // test fails as a hang) with a non-zero exit and a message naming the rank
 // and the reason, and a checkpoint written before the failure must still
 // verify.
@@ -268,7 +269,57 @@ TEST_CASE("mpi failure: ranks started with different configs stop with a clear m
   const CommandResult r = run_command(launcher() + " -np 1 " + bin + " train --resume --config " +
                                       quoted(run.write_config(a, "a4")) + " : -np 1 " + bin +
                                       " train --resume --config " + quoted(run.write_config(b, "b4")));
-  expect_job_failed(r, {"srgpt: rank ", "config differs between ranks"});
+  expect_job_failed(r, {"srgpt: rank ", "config differs between ranks", "optimizer.lr = "});
+  run.expect_verified_checkpoint(2);
+}
+
+TEST_CASE("mpi failure: ranks that would start from different points stop before the first step, naming what differs",
+          "[.mpi-failure-start-mismatch]") {
+  Run run;
+  const fs::path data = run.tmp.path() / "data";
+  write_markov_shards(data, 64, 20000, 3000);
+  srgpt::Config c = run.config(data);
+  c.train.steps = 2;
+  const std::string config = run.write_config(c, "two_steps");
+  REQUIRE(run_command(run.train(2, config)).exit_code == 0);
+  c.train.steps = 4;
+  const std::string four = run.write_config(c, "four_steps");
+  const std::string train = quoted(srgpt_bin()) + " train --config " + quoted(four);
+  // Each rank of an MPMD launch gets its own arguments.
+  auto job = [&](const std::string& rank0_args, const std::string& rank1_args) {
+    return run_command(launcher() + " -np 1 " + train + rank0_args + " : -np 1 " + train + rank1_args);
+  };
+
+  SECTION("only rank 0 resumes") {
+    expect_job_failed(job(" --resume", ""), {"disagree on the step to resume from", "--resume"});
+  }
+  SECTION("the ranks resume from different checkpoints of the same step") {
+    // A copy of step 2 with other weights: the same run with another seed.
+    srgpt::Config other = c;
+    other.train.steps = 2;
+    other.train.seed += 1;
+    other.out_dir = run.tmp.str("other");
+    REQUIRE(run_command(run.train(2, run.write_config(other, "other"))).exit_code == 0);
+    const std::string from = " --resume-from " + quoted(run.tmp.str("other/checkpoints/step_00000002"));
+    expect_job_failed(job(" --resume", from), {"disagree on the checkpoint's weights"});
+  }
+  SECTION("only rank 0 stops early") {
+    expect_job_failed(job(" --resume --stop-after 3", " --resume"), {"disagree on --stop-after"});
+  }
+  SECTION("the ranks read different data under the same pattern (node-local copies)") {
+    // data.train relative to each rank's working directory; rank 1's copy is shorter.
+    srgpt::Config local = c;
+    local.data.train = "data/train_*.bin";
+    const std::string local_config = run.write_config(local, "local_data");
+    write_markov_shards(run.tmp.path() / "node0" / "data", 64, 20000, 3000);
+    write_markov_shards(run.tmp.path() / "node1" / "data", 64, 10000, 3000);
+    const std::string train_local = quoted(srgpt_bin()) + " train --resume --config " + quoted(local_config);
+    const CommandResult r = run_command(launcher() + " -np 1 -wdir " + quoted(run.tmp.str("node0")) + " " +
+                                        train_local + " : -np 1 -wdir " + quoted(run.tmp.str("node1")) + " " +
+                                        train_local);
+    expect_job_failed(r, {"disagree on the tokens in data.train"});
+  }
+  // Nothing was trained or written past the saved step.
   run.expect_verified_checkpoint(2);
 }
 
