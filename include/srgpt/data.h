@@ -33,8 +33,11 @@ class TokenShard {
   // Copies tokens [begin, begin+count) as int32; any id >= vocab_size is an
   // Error naming the file and token offset.
   void copy(size_t begin, size_t count, int32_t* out, int vocab_size) const;
+  // at() and copy() are an Error naming the file, not a crash, if it shrank
+  // since it was opened (the shard is memory-mapped: SIGBUS is caught).
 
  private:
+  uint32_t token(size_t i) const;  // unchecked read from the mapping
   std::string path_;
   void* map_ = nullptr;
   size_t map_bytes_ = 0;

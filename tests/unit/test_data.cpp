@@ -156,6 +156,27 @@ TEST_CASE("write_token_shard uses uint32 tokens for ids over 65535", "[data]") {
   CHECK(std::distance(fs::directory_iterator(tmp.path()), fs::directory_iterator()) == 1);
 }
 
+TEST_CASE("a shard that shrinks while open is an error naming the file, not a crash", "[data]") {
+  TempDir tmp("data-shrink");
+  const std::vector<uint32_t> tokens = random_tokens(100000, 50000, 14);
+  const std::string path = (tmp.path() / "shrinks.bin").string();
+  srgpt::write_token_shard(path, tokens);
+  TokenShard s(path);
+  fs::resize_file(path, 8192);  // the header and 3584 tokens remain; the pages past them are gone
+  std::vector<int32_t> out(100);
+  // Twice each: the first SIGBUS must not leave the signal blocked (a
+  // blocked SIGBUS raised by a fault kills the process).
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    const std::string copy_error = error_message([&] { s.copy(90000, out.size(), out.data(), 50000); });
+    CHECK(contains(copy_error, path));
+    CHECK(contains(copy_error, "shrank while being read"));
+    CHECK(contains(error_message([&] { s.at(95000); }), "shrank while being read"));
+  }
+  // What is still in the file reads as before.
+  s.copy(1000, out.size(), out.data(), 50000);
+  for (size_t i = 0; i < out.size(); ++i) CHECK(uint32_t(out[i]) == tokens[1000 + i]);
+}
+
 TEST_CASE("malformed shards are clear errors naming the file", "[data]") {
   TempDir tmp("data-bad");
   const std::vector<uint32_t> tokens = random_tokens(300, 1000, 13);
