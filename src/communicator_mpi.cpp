@@ -43,10 +43,8 @@ std::string mpi_error_text(int code) {
 
 void check_mpi(int code, const char* call) {
   if (code == MPI_SUCCESS) return;
-  int rank = -1, initialized = 0;
-  MPI_Initialized(&initialized);
-  if (initialized) MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  fail("rank {}: {} failed: {}", rank, call, mpi_error_text(code));
+  // The error reporter names this rank already (see abort_job).
+  fail("{} failed: {}", call, mpi_error_text(code));
 }
 
 // MPI is initialised on first use and finalised at process exit, unless
@@ -327,9 +325,9 @@ class MpiCommunicator final : public Communicator {
       if (done) return;
       const std::chrono::duration<double> waited = std::chrono::steady_clock::now() - start;
       if (waited.count() > options_.timeout_s)
-        fail("rank {}: {} did not complete within {} s: another rank failed, was killed or is stuck before "
-             "reaching it (SRGPT_COMM_TIMEOUT_S sets this limit)",
-             rank(), what, options_.timeout_s);
+        fail("{} did not complete within {} s: another rank failed, was killed or is stuck before reaching it "
+             "(SRGPT_COMM_TIMEOUT_S sets this limit)",
+             what, options_.timeout_s);
       // Spin briefly for low latency, then back off so that ranks sharing
       // cores (oversubscribed test runs) leave them to the ranks working.
       if (waited.count() < 1e-3) std::this_thread::yield();

@@ -46,7 +46,9 @@ int main(int argc, char** argv) {
   } catch (const srgpt::Error& e) {
     return report_error(e.what());
   } catch (const nlohmann::json::exception& e) {
-    return report_error(std::string("malformed JSON: ") + e.what());
+    // Parse errors are srgpt::Errors (parse_json); this is a JSON file's
+    // content of an unexpected type or shape.
+    return report_error(std::string("unexpected JSON content: ") + e.what());
   } catch (const std::bad_alloc&) {
     return report_error("out of host memory; reduce batch.micro_batch or the model size");
   } catch (const std::exception& e) {

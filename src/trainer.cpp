@@ -144,6 +144,15 @@ std::vector<char> read_optimizer_state(CheckpointReader& reader, const std::stri
   if (saved_world < 1 || saved_stage < 0 || saved_stage > 3)
     fail("checkpoint {}: world_size {} / zero_stage {} out of range", reader.dir().string(), saved_world, saved_stage);
   if (saved_stage == 0) return read_layout_tensors(reader, optim_file_name(0), layout, name + "/", dtype);
+  // One shard file per saving rank; checked before world_size sizes anything.
+  const auto& files = reader.manifest().at("files");
+  const auto shard_files = std::count_if(files.begin(), files.end(), [](const nlohmann::json& f) {
+    return f.at("name").get_ref<const std::string&>().rfind("optim_rank", 0) == 0;
+  });
+  if (shard_files != saved_world)
+    fail("checkpoint {}: its manifest says world_size {} at ZeRO stage {}, but lists {} optimizer shard files "
+         "(optim_rank*.bin); a sharded checkpoint has one per rank",
+         reader.dir().string(), saved_world, saved_stage, shard_files);
   const size_t es = dtype_size(dtype);
   const Layout saved_layout = gpt2_param_layout(model, saved_world);
   const ZeroShardPlan saved_plan(saved_layout, saved_world);

@@ -185,6 +185,24 @@ TEST_CASE("bad inputs give a clear error and a non-zero exit", "[cli][errors]") 
     expect_error("truncated checkpoint", train + f.good_config + " --resume-from " + ckpt, {"optim_rank00000.bin"});
   }
   {
+    // A sharded checkpoint whose manifest claims more ranks than it has
+    // shard files (before: a world_size this large ran out of host memory).
+    const std::string sharded_dir = f.tmp.str("sharded");
+    const std::string sharded = f.config_with(
+        [&](auto& j) {
+          j["dist"]["zero_stage"] = 1;
+          j["out_dir"] = sharded_dir;
+        },
+        "sharded");
+    REQUIRE(run_command(train + sharded).exit_code == 0);
+    const std::string manifest = sharded_dir + "/checkpoints/step_00000004/manifest.json";
+    nlohmann::json m = nlohmann::json::parse(std::ifstream(manifest));
+    m["state"]["world_size"] = 2147483647;
+    Fixture::write_json(manifest, m);
+    expect_error("manifest world_size beyond its shard files", train + sharded + " --resume",
+                 {"world_size 2147483647", "lists 1 optimizer shard files"});
+  }
+  {
     std::string ckpt = f.tmp.str("no_manifest");
     std::filesystem::copy(f.checkpoint(), ckpt);
     std::filesystem::remove(ckpt + "/manifest.json");
