@@ -46,7 +46,9 @@ void add_train_command(CLI::App& app) {
     opts.stop_after_step = args->stop_after;
     Trainer trainer(std::move(config), opts);
     TrainResult r = trainer.run();
-    if (r.val_loss) std::printf("val_loss %.6f perplexity %.4f\n", *r.val_loss, std::exp(*r.val_loss));
+    // Every rank has the same value; one line for the job.
+    if (r.val_loss && trainer.comm().rank() == 0)
+      std::printf("val_loss %.6f perplexity %.4f\n", *r.val_loss, std::exp(*r.val_loss));
   });
 }
 
