@@ -17,6 +17,7 @@ Standard library only (and compare_runs.py beside it, for reading metrics).
 """
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -56,6 +57,8 @@ def main():
     for mode in modes:
         for seed in seeds:
             out_dir = os.path.join(args.out, f"{mode}-{seed}")
+            # A fresh run each time: srgpt refuses an out_dir with another run's checkpoints.
+            shutil.rmtree(out_dir, ignore_errors=True)
             cmd = [args.srgpt, "train", "--config", args.config, "--set", f"precision={mode}",
                    "--set", f"train.seed={seed}", "--set", f"out_dir={out_dir}"]
             for override in args.set:

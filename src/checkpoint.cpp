@@ -414,12 +414,18 @@ fs::path save_checkpoint(const fs::path& root, int64_t step, const nlohmann::jso
   return commit_checkpoint(root, step, staging, state, file_table, keep);
 }
 
-std::optional<fs::path> latest_checkpoint(const fs::path& root) {
+std::optional<std::pair<int64_t, fs::path>> latest_checkpoint_with_step(const fs::path& root) {
   std::error_code ec;
   if (!fs::is_directory(root, ec)) return std::nullopt;
   auto found = complete_checkpoints(root);
   if (found.empty()) return std::nullopt;
-  return found.back().second;
+  return found.back();
+}
+
+std::optional<fs::path> latest_checkpoint(const fs::path& root) {
+  auto latest = latest_checkpoint_with_step(root);
+  if (!latest) return std::nullopt;
+  return latest->second;
 }
 
 CheckpointReader::CheckpointReader(const fs::path& dir) : dir_(dir) {

@@ -339,6 +339,17 @@ Trainer::Trainer(Config config, TrainOptions options) : config_(std::move(config
         "every rank must read the same token shards " + same_files},
        {"the tokens in data.val", val_loader_ ? double(val_loader_->total_tokens()) : -1.0,
         "every rank must read the same token shards " + same_files}});
+  // Checkpoints in out_dir past the starting step are another run's (or
+  // this run's future, if resuming from an earlier one): training on would
+  // mix the two histories, and --resume would later pick the other one.
+  const int64_t start_step = checkpoint ? checkpoint->step() : 0;
+  const auto newest = rank == 0 ? latest_checkpoint_with_step(checkpoint_root(config_)) : std::nullopt;
+  const double newest_step = comm_->all_reduce_max(newest ? double(newest->first) : -1.0);
+  if (newest_step > double(start_step))
+    fail("out_dir '{}' already holds checkpoints up to step {}{}, but this run starts at step {}: it would mix two "
+         "runs' checkpoints. Continue the newest with --resume, or use another out_dir, or delete {}",
+         config_.out_dir, int64_t(newest_step), newest ? " (" + newest->second.string() + ")" : "", start_step,
+         checkpoint_root(config_).string());
   if (checkpoint) {
     load(*checkpoint);
   } else {

@@ -53,8 +53,10 @@ std::filesystem::path commit_checkpoint(const std::filesystem::path& root, int64
                                         const std::filesystem::path& staging, const nlohmann::json& state,
                                         const nlohmann::json& file_table, int keep);
 
-// The newest complete checkpoint under root, if any.
+// The newest complete checkpoint under root, if any (with its step).
 std::optional<std::filesystem::path> latest_checkpoint(const std::filesystem::path& root);
+std::optional<std::pair<int64_t, std::filesystem::path>> latest_checkpoint_with_step(
+    const std::filesystem::path& root);
 
 class CheckpointReader {
  public:

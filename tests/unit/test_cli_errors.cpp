@@ -124,7 +124,12 @@ TEST_CASE("bad inputs give a clear error and a non-zero exit", "[cli][errors]") 
     std::filesystem::create_directories(f.tmp.path() / "oov");
     srgpt::write_token_shard(f.tmp.str("oov/train_000000.bin"), toks);
     expect_error("token id >= vocab",
-                 train + f.config_with([&](auto& j) { j["data"]["train"] = f.tmp.str("oov/*.bin"); }, "oov"),
+                 train + f.config_with(
+                             [&](auto& j) {
+                               j["data"]["train"] = f.tmp.str("oov/*.bin");
+                               j["out_dir"] = f.tmp.str("oov_run");  // the fixture's run has checkpoints
+                             },
+                             "oov"),
                  {"train_000000.bin", "200"});
   }
   {
@@ -150,6 +155,15 @@ TEST_CASE("bad inputs give a clear error and a non-zero exit", "[cli][errors]") 
   expect_error("seed beyond uint64", bin + " sample --checkpoint " + f.checkpoint() + " --seed 18446744073709551616",
                {"--seed", "too large"});
   expect_error("fractional stop step", train + f.good_config + " --stop-after 1.5", {"--stop-after", "'1.5'"});
+
+  // Training into an out_dir that holds checkpoints past the starting step
+  // would mix two runs' checkpoints (and --resume would pick the other's).
+  expect_error("a fresh run over another run's checkpoints", train + f.good_config,
+               {"already holds checkpoints up to step 4", "starts at step 0", "--resume"});
+  expect_error("resuming from an earlier checkpoint of the same out_dir",
+               train + f.good_config + " --resume-from " + f.run_dir + "/checkpoints/step_00000002",
+               {"already holds checkpoints up to step 4", "starts at step 2"});
+  CHECK(run_command(bin + " info --verify " + f.checkpoint()).exit_code == 0);
 
   expect_error("checkpoint does not exist",
                bin + " eval --checkpoint " + f.tmp.str("no_ckpt") + " --data '" + f.data + "/val_*.bin'",

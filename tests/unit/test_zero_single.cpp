@@ -55,7 +55,8 @@ TEST_CASE("ZeRO stages 1-3 on one rank train like stage 0", "[zero][training]") 
     std::vector<double> base;
     std::vector<char> base_weights;
     for (int stage = 0; stage <= 3; ++stage) {
-      Config c = tiny_config(tmp.path() / "data", tmp.path() / ("s" + std::to_string(stage)));
+      Config c = tiny_config(tmp.path() / "data",
+                             tmp.path() / (std::string(precision_name(p)) + "-s" + std::to_string(stage)));
       c.precision = p;
       c.train.steps = 8;
       c.dist.zero_stage = stage;
