@@ -123,7 +123,9 @@ std::string config_difference(const nlohmann::json& lead, const nlohmann::json& 
   const nlohmann::json::json_pointer where(patch.front().at("path").get<std::string>());
   std::string key = where.to_string().substr(1);
   std::replace(key.begin(), key.end(), '/', '.');
-  auto value_in = [&](const nlohmann::json& config) { return config.contains(where) ? config.at(where).dump() : "(absent)"; };
+  auto value_in = [&](const nlohmann::json& config) {
+    return config.contains(where) ? config.at(where).dump() : "(absent)";
+  };
   return fmt::format("{} = {} on rank 0 but {} on rank {}", key, value_in(lead), value_in(mine), rank);
 }
 

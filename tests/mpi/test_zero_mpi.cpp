@@ -92,7 +92,8 @@ TEST_CASE("every ZeRO stage and precision: losses match one process, replicas bi
   for (Precision p : kAllModes) {
     // The single-process reference with the same global batch (each rank
     // computes it alone, in its own directory).
-    Config ref_cfg = mpi_config(dir.path() / "data", dir.path() / ("ref-" + std::string(precision_name(p)) + "-" + std::to_string(rank)), p, 0);
+    const fs::path ref_dir = dir.path() / ("ref-" + std::string(precision_name(p)) + "-" + std::to_string(rank));
+    Config ref_cfg = mpi_config(dir.path() / "data", ref_dir, p, 0);
     TrainOptions ref_opts;
     ref_opts.quiet = true;
     ref_opts.single_process = true;
@@ -128,7 +129,8 @@ TEST_CASE("fp32 gradient reduction: losses match one process, replicas bit-ident
   write_data_once(dir);
   const int rank = world().rank();
   for (Precision p : {Precision::bf16_sr, Precision::mixed}) {
-    Config ref_cfg = mpi_config(dir.path() / "data", dir.path() / ("ref-" + std::string(precision_name(p)) + "-" + std::to_string(rank)), p, 0);
+    const fs::path ref_dir = dir.path() / ("ref-" + std::string(precision_name(p)) + "-" + std::to_string(rank));
+    Config ref_cfg = mpi_config(dir.path() / "data", ref_dir, p, 0);
     ref_cfg.dist.grad_reduce_dtype = GradReduceChoice::fp32;
     TrainOptions ref_opts = quiet_options();
     ref_opts.single_process = true;
