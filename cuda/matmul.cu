@@ -2,6 +2,7 @@
 
 #include "common.cuh"
 #include "cuda_check.cuh"
+#include "accumulate.cuh"
 #include "gelu.cuh"
 #include "matmul.cuh"
 #include "reduce.cuh"
@@ -103,8 +104,8 @@ Matmul::~Matmul() {
 Matmul::Plan& Matmul::plan_for(const Gemm& g) {
   const uint32_t align_a = pointer_alignment(g.a), align_b = pointer_alignment(g.b), align_d = pointer_alignment(g.d);
   const uint32_t align_bias = g.bias ? pointer_alignment(g.bias) : 0, align_aux = g.aux ? pointer_alignment(g.aux) : 0;
-  const int64_t flags = int64_t(g.d_is_float) | int64_t(g.transa) << 1 | int64_t(g.transb) << 2 |
-                        int64_t(g.beta != 0.0f) << 3 | int64_t(g.bias_is_float) << 4;
+  const int64_t flags =
+      int64_t(g.d_is_float) | int64_t(g.transa) << 1 | int64_t(g.transb) << 2 | int64_t(g.beta != 0.0f) << 3;
   const int64_t alignments = int64_t(align_a) | int64_t(align_b) << 9 | int64_t(align_d) << 18 |
                              int64_t(align_bias) << 27 | int64_t(align_aux) << 36;
   const PlanKey key{int64_t(g.dtype), flags, alignments, g.m, g.n, g.k, g.lda, g.ldb, g.ldd, int64_t(g.epilogue),
@@ -122,10 +123,9 @@ Matmul::Plan& Matmul::plan_for(const Gemm& g) {
   set_attribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, op_a);
   set_attribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, op_b);
   set_attribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, g.epilogue);
-  if (g.bias) {
-    set_attribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, g.bias);
-    set_attribute(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, int32_t(g.bias_is_float ? CUDA_R_32F : type));
-  }
+  // The bias (or bias gradient) vector has D's type, cuBLASLt's rule
+  // outside IMMA and fp8 kernels (BIAS_DATA_TYPE's default).
+  if (g.bias) set_attribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, g.bias);
   if (g.aux) {
     set_attribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, g.aux);
     set_attribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, int64_t(g.ld_aux));
@@ -319,15 +319,17 @@ void Matmul::weight_gradient(DType dtype, Lane lane, void* dw, void* db, const v
   if (db) {
     // db += sum over rows of dout: the sum of B over k, which the BGRADB
     // epilogue computes during this product, saving a pass over dout. It
-    // writes (in fp32, to scratch) rather than adds; db then gets it with
-    // one rounding, as from the column reduction below.
-    float* bias_grad = static_cast<float*>(weight_scratch_.get(sizeof(float) * size_t(OC)));
+    // writes rather than adds, in D's type (scratch), and db gets it
+    // added. In bf16 that rounds twice where the column reduction below
+    // rounds once, but only when db already holds an earlier micro-step's
+    // gradient: with one micro-step db is zero and the second rounding is
+    // exact.
+    void* bias_grad = weight_scratch_.get(dtype_size(dtype) * size_t(OC));
     Gemm fused = weight;
     fused.epilogue = CUBLASLT_EPILOGUE_BGRADB;
     fused.bias = bias_grad;
-    fused.bias_is_float = true;
     if (run(fused, lane)) {
-      add_column_partials(dtype, lane.stream, db, bias_grad, 1, OC);
+      accumulate(dtype, lane.stream, db, dtype, bias_grad, dtype, size_t(OC));
       return;
     }
   }

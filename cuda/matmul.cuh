@@ -43,7 +43,7 @@ class Matmul {
   // One column-major product D = op(A) op(B) + beta * D, with an optional
   // epilogue (bias pointer, GELU aux matrix).
   struct Gemm {
-    DType dtype = DType::bf16;  // of A, B and bias (unless bias_is_float)
+    DType dtype = DType::bf16;  // of A, B, D (unless d_is_float) and bias
     bool d_is_float = false;  // D in fp32 (fallback path) instead of dtype
     bool transa = false, transb = false;
     int m = 0, n = 0, k = 0;
@@ -55,8 +55,7 @@ class Matmul {
     int ldd = 0;
     float beta = 0.0f;
     cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
-    const void* bias = nullptr;  // BGRADB writes the bias gradient here
-    bool bias_is_float = false;
+    const void* bias = nullptr;  // of D's type; BGRADB writes the bias gradient here
     void* aux = nullptr;
     int ld_aux = 0;
   };

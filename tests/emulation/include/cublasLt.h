@@ -8,7 +8,9 @@
 // writes the pre-activation to the aux matrix, rounded to D's type, and
 // GELU of the unrounded value to D; DGELU multiplies by GELU's derivative
 // at the aux matrix; BGRADB writes the sums of op(B) over k, one per column
-// of D, to the bias pointer in the bias data type). GELU is the tanh form
+// of D, to the bias pointer). The bias and bias-gradient vectors have D's
+// type, the documented rule outside IMMA and fp8 kernels (the heuristic
+// offers no algorithm for another BIAS_DATA_TYPE). GELU is the tanh form
 // (cuBLASLt's), as the cpu backend computes it.
 // A stand-in for testing srgpt's use of the library, not for its speed or
 // its exact fp32 rounding.
@@ -62,7 +64,7 @@ struct cublasLtMatmulDescOpaque_t {
   cublasOperation_t transa = CUBLAS_OP_N, transb = CUBLAS_OP_N;
   cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
   const void* bias = nullptr;
-  int32_t bias_type = CUDA_R_32F;
+  int32_t bias_type = -1;  // -1: D's type
   void* aux = nullptr;
   int64_t aux_ld = 0;
 };
@@ -201,6 +203,8 @@ inline cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtM
   // The documented constraint on the aux matrix: leading dimension a
   // multiple of 8.
   if (gelu && (desc->aux_ld % 8 != 0 || desc->aux_ld < int64_t(d->rows))) return CUBLAS_STATUS_NOT_SUPPORTED;
+  // The bias (or its gradient) has D's type.
+  if (desc->bias_type != -1 && desc->bias_type != d->type) return CUBLAS_STATUS_NOT_SUPPORTED;
   std::memset(results, 0, sizeof(*results));
   results->state = CUBLAS_STATUS_SUCCESS;
   *returned = 1;
@@ -227,7 +231,7 @@ inline void matmul(const cublasLtMatmulDescOpaque_t& desc, float alpha_value, co
     if (desc.epilogue == CUBLASLT_EPILOGUE_BGRADB) {
       double sum = 0;
       for (uint64_t l = 0; l < k; ++l) sum += b_cols[j * k + l];
-      store(const_cast<void*>(desc.bias), cudaDataType_t(desc.bias_type), j, float(sum));
+      store(const_cast<void*>(desc.bias), d.type, j, float(sum));
     }
     for (uint64_t i = 0; i < m; ++i) {
       double sum = 0;
@@ -236,7 +240,7 @@ inline void matmul(const cublasLtMatmulDescOpaque_t& desc, float alpha_value, co
       for (uint64_t l = 0; l < k; ++l) sum += x[l] * y[l];
       double value = alpha_value * sum;
       if (beta_value != 0.0f) value += beta_value * load(C, c.type, i + j * c.ld);
-      if (bias) value += load(desc.bias, cudaDataType_t(desc.bias_type), i);
+      if (bias) value += load(desc.bias, d.type, i);
       float result = float(value);
       const size_t aux_index = i + j * size_t(desc.aux_ld);
       switch (desc.epilogue) {
