@@ -31,6 +31,11 @@ __global__ void iota_kernel(int32_t* values, int n) {
   if (i < n) values[i] = i;
 }
 
+// Rows of a run loaded together: a frequent token's run (a few percent of
+// the batch's tokens in real text, a thousand rows) is summed by one thread,
+// so its loads must overlap rather than wait on each other.
+constexpr int kRunRowsPerLoad = 8;
+
 // Thread (chunk of columns, sorted position i): when i starts a run of equal
 // tokens it sums the run's dout rows in ascending row order and adds the sum
 // to that token's dwte row, rounding once.
@@ -43,11 +48,24 @@ __global__ void embedding_backward_wte_kernel(S* dwte, const S* dout, const uint
   const uint32_t token = sorted_tokens[i];
   if (i > 0 && sorted_tokens[i - 1] == token) return;
   float sum[W] = {};
-  for (int j = i; j < N && sorted_tokens[j] == token; ++j) {
-    float row[W];
-    load_chunk<W>(dout + size_t(sorted_rows[j]) * C + c, row);
+  // The run is contiguous in sorted order: once a position leaves it, so
+  // do all later ones.
+  for (int j0 = i;; j0 += kRunRowsPerLoad) {
+    bool in_run[kRunRowsPerLoad];
+    float rows[kRunRowsPerLoad][W] = {};
 #pragma unroll
-    for (int k = 0; k < W; ++k) sum[k] += row[k];
+    for (int r = 0; r < kRunRowsPerLoad; ++r) {
+      const int j = j0 + r;
+      in_run[r] = j < N && sorted_tokens[j] == token;
+      if (in_run[r]) load_chunk<W>(dout + size_t(sorted_rows[j]) * C + c, rows[r]);
+    }
+#pragma unroll
+    for (int r = 0; r < kRunRowsPerLoad; ++r) {
+      if (!in_run[r]) break;
+#pragma unroll
+      for (int k = 0; k < W; ++k) sum[k] += rows[r][k];
+    }
+    if (!in_run[kRunRowsPerLoad - 1]) break;
   }
   S* target = dwte + size_t(token) * C + c;
   float current[W];
