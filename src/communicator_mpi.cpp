@@ -15,8 +15,10 @@
 #include <chrono>
 #include <climits>
 #include <cmath>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -47,15 +49,52 @@ void check_mpi(int code, const char* call) {
   fail("{} failed: {}", call, mpi_error_text(code));
 }
 
+// MPI_Init waits for every rank of the job to start MPI. In a mis-launched
+// job a rank may exit without doing so (another subcommand, --help), and
+// MPI_Init would then wait forever: while one is alive, the process ends
+// with an error once the collective timeout has passed.
+class InitWatchdog {
+ public:
+  InitWatchdog(double timeout_s, int rank) : thread_([this, timeout_s, rank] { watch(timeout_s, rank); }) {}
+  ~InitWatchdog() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      done_ = true;
+    }
+    done_changed_.notify_one();
+    thread_.join();
+  }
+  InitWatchdog(const InitWatchdog&) = delete;
+  InitWatchdog& operator=(const InitWatchdog&) = delete;
+
+ private:
+  void watch(double timeout_s, int rank) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    if (done_changed_.wait_for(lock, std::chrono::duration<double>(timeout_s), [this] { return done_; })) return;
+    std::fprintf(stderr,
+                 "srgpt: rank %d: error: MPI_Init did not complete within %g s: another rank of the job exited or "
+                 "never started MPI (every rank must run the same srgpt train command; SRGPT_COMM_TIMEOUT_S sets "
+                 "this limit)\n",
+                 rank, timeout_s);
+    std::fflush(stderr);
+    std::_Exit(1);
+  }
+
+  std::mutex mutex_;
+  std::condition_variable done_changed_;
+  bool done_ = false;
+  std::thread thread_;  // last: starts once the members it uses exist
+};
+
 // MPI is initialised on first use and finalised at process exit, unless
 // something else (a host program, a test runner) initialised it first, in
 // which case that owner finalises it.
 class MpiSession {
  public:
-  static void ensure() { static MpiSession session; }
+  static void ensure(double init_timeout_s) { static MpiSession session(init_timeout_s); }
 
  private:
-  MpiSession() {
+  explicit MpiSession(double init_timeout_s) {
     int initialized = 0, finalized = 0;
     check_mpi(MPI_Initialized(&initialized), "MPI_Initialized");
     check_mpi(MPI_Finalized(&finalized), "MPI_Finalized");
@@ -63,7 +102,10 @@ class MpiSession {
     if (!initialized) {
       int provided = 0;
       // Only the main thread calls MPI; OpenMP threads never do.
-      check_mpi(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+      {
+        InitWatchdog watchdog(init_timeout_s, launch_info_from_environment().rank);
+        check_mpi(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+      }
       owned_ = true;
       if (provided < MPI_THREAD_FUNNELED)
         fail("MPI_Init_thread provided thread level {}, srgpt needs at least MPI_THREAD_FUNNELED ({})", provided,
@@ -369,7 +411,7 @@ class MpiCommunicator final : public Communicator {
 };
 
 std::unique_ptr<Communicator> make_mpi(Backend* backend, const CommunicatorOptions& options) {
-  MpiSession::ensure();
+  MpiSession::ensure(options.timeout_s);
   int rank = 0, size = 0, local_rank = 0;
   check_mpi(MPI_Comm_rank(MPI_COMM_WORLD, &rank), "MPI_Comm_rank");
   check_mpi(MPI_Comm_size(MPI_COMM_WORLD, &size), "MPI_Comm_size");

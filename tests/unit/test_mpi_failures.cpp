@@ -323,6 +323,21 @@ TEST_CASE("mpi failure: ranks that would start from different points stop before
   run.expect_verified_checkpoint(2);
 }
 
+TEST_CASE("mpi failure: a rank that exits without starting MPI ends the job after the timeout",
+          "[.mpi-failure-rank-without-mpi]") {
+  Run run;
+  write_markov_shards(run.tmp.path() / "data", 64, 20000, 3000);
+  const std::string config = run.write_config(run.config(run.tmp.path() / "data"), "plain");
+  // Rank 1 prints the help and exits 0 without MPI_Init, so rank 0's
+  // MPI_Init would wait for it forever.
+  const auto start = std::chrono::steady_clock::now();
+  const CommandResult r = run_command(launcher() + " -x SRGPT_COMM_TIMEOUT_S=3 -np 1 " + quoted(srgpt_bin()) +
+                                      " train --config " + quoted(config) + " : -np 1 " + quoted(srgpt_bin()) +
+                                      " train --help");
+  expect_job_failed(r, {"srgpt: rank 0: error: MPI_Init did not complete within 3 s"});
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(60));
+}
+
 TEST_CASE("mpi failure: a data pattern that matches nothing stops every rank at once",
           "[.mpi-failure-no-data]") {
   Run run;
