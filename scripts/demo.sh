@@ -2,7 +2,7 @@
 # The main job on its built-in default: installs dependencies, builds,
 # fetches and prepares the demo corpus (real English text), trains
 # configs/demo.json (on a GPU when the CUDA backend is built and one is
-# visible, else on the CPU in a few minutes), prints the validation
+# visible, else on the CPU in about 70 seconds on 2 cores), prints the validation
 # perplexity and a generated sample. Extra arguments go to `srgpt train`
 # (e.g. --set precision=mixed).
 set -euo pipefail
