@@ -22,6 +22,22 @@ __device__ __forceinline__ void for_lane_chunks(int C, int lane, F&& f) {
   for_strided<Held, kHeldChunks>(lane, 32, C / W, [&](int i, int chunk) { f(i, chunk * W); });
 }
 
+// Where element k of chunk `chunk` (columns chunk * W ..) of a row kept in
+// shared memory (the forward's row when not Held, the backward's dw and db
+// sums) sits: the 32 chunks a warp's lanes handle together are stored
+// element-major, so for each k the lanes touch 32 consecutive words, one
+// per bank (at chunk * W + k their W-wide chunks would fall on 32 / W
+// banks, a W-way conflict on every access). A row takes C rounded up to
+// 32 W words.
+template <int W>
+__device__ __forceinline__ int shared_slot(int chunk, int k) {
+  return (chunk / 32) * (32 * W) + k * 32 + chunk % 32;
+}
+template <int W>
+__host__ __device__ constexpr int shared_row_words(int C) {
+  return (C + 32 * W - 1) / (32 * W) * (32 * W);
+}
+
 // ---- forward: one warp per row; the row (after the residual add, rounded
 // to storage as the cpu backend sees it) is kept for the mean, variance and
 // normalise passes, in registers when Held, else in shared memory.
@@ -31,18 +47,19 @@ template <typename S, int W, bool Held>
 __global__ void residual_layernorm_forward_kernel(S* res_out, S* out, float* mean, float* rstd, const S* res_in,
                                                   const S* delta, const S* w, const S* b, int N, int C,
                                                   bool write_residual) {
-  extern __shared__ float rows[];  // [kForwardRowsPerBlock][C] unless Held
+  extern __shared__ float rows[];  // [kForwardRowsPerBlock][shared_row_words] unless Held
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int n = blockIdx.x * kForwardRowsPerBlock + warp;
   if (n >= N) return;
   const size_t row = size_t(n) * C;
   float held[Held ? kHeldChunks : 1][W];
-  // This lane's values of chunk i (at column c) of the row.
-  auto x = [&](int i, int c) -> float* {
+  float* shared_row = rows + size_t(warp) * shared_row_words<W>(C);
+  // This lane's value k of chunk i (at column c) of the row.
+  auto x = [&](int i, int c, int k) -> float& {
     if constexpr (Held)
-      return held[i];
+      return held[i][k];
     else
-      return rows + size_t(warp) * C + c;
+      return shared_row[shared_slot<W>(c / W, k)];
   };
 
   // res_out may alias res_in (and delta): each element is read before the
@@ -64,31 +81,28 @@ __global__ void residual_layernorm_forward_kernel(S* res_out, S* out, float* mea
       for (int k = 0; k < W; ++k) v[k] = round_to_storage<S>(v[k] + d[k]);
     }
     if (write_residual) store_chunk<W>(res_out + row + c, v);
-    float* xc = x(i, c);
 #pragma unroll
     for (int k = 0; k < W; ++k) {
-      xc[k] = v[k];
+      x(i, c, k) = v[k];
       sum += v[k];
     }
   });
   const float mu = warp_sum(sum) / float(C);
   float squares = 0;
   for_lane_chunks<W, Held>(C, lane, [&](int i, int c) {
-    const float* xc = x(i, c);
 #pragma unroll
     for (int k = 0; k < W; ++k) {
-      const float d = xc[k] - mu;
+      const float d = x(i, c, k) - mu;
       squares += d * d;
     }
   });
   const float rs = 1.0f / sqrtf(warp_sum(squares) / float(C) + float(kLayerNormEps));
   for_lane_chunks<W, Held>(C, lane, [&](int i, int c) {
-    const float* xc = x(i, c);
     float weight[W], bias[W], y[W];
     load_chunk<W>(w + c, weight);
     load_chunk<W>(b + c, bias);
 #pragma unroll
-    for (int k = 0; k < W; ++k) y[k] = (xc[k] - mu) * rs * weight[k] + bias[k];
+    for (int k = 0; k < W; ++k) y[k] = (x(i, c, k) - mu) * rs * weight[k] + bias[k];
     store_chunk<W>(out + row + c, y);
   });
   if (lane == 0) {
@@ -104,33 +118,19 @@ __global__ void residual_layernorm_forward_kernel(S* res_out, S* out, float* mea
 // registers when Held; otherwise the second pass reads them again.
 constexpr int kBackwardMaxWarps = 8;
 
-// Where element k of chunk `chunk` (columns chunk * W ..) sits in a warp's
-// shared dw or db row: the 32 chunks a warp's lanes handle together are
-// stored element-major, so for each k the lanes touch 32 consecutive
-// words, one per bank (at chunk * W + k their W-wide chunks would fall on
-// 32 / W banks, a W-way conflict on every add). A row takes C rounded up
-// to 32 W words.
-template <int W>
-__device__ __forceinline__ int sum_slot(int chunk, int k) {
-  return (chunk / 32) * (32 * W) + k * 32 + chunk % 32;
-}
-template <int W>
-__host__ __device__ constexpr int sum_row_words(int C) {
-  return (C + 32 * W - 1) / (32 * W) * (32 * W);
-}
 
 template <typename S, int W, bool Held>
 __global__ void layernorm_backward_kernel(S* din, float* dw_partials, float* db_partials, const S* dout, const S* in,
                                           const S* w, const float* mean, const float* rstd, int N, int C) {
-  extern __shared__ float sums[];  // [warps][2][sum_row_words]: dw, db
+  extern __shared__ float sums[];  // [warps][2][shared_row_words]: dw, db
   const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int row_words = sum_row_words<W>(C);
+  const int row_words = shared_row_words<W>(C);
   float* dw_sum = sums + size_t(warp) * 2 * row_words;
   float* db_sum = dw_sum + row_words;
   // Zeroed by the lanes that accumulate them: no barrier needed.
   for_lane_chunks<W, Held>(C, lane, [&](int, int c) {
 #pragma unroll
-    for (int k = 0; k < W; ++k) dw_sum[sum_slot<W>(c / W, k)] = db_sum[sum_slot<W>(c / W, k)] = 0.0f;
+    for (int k = 0; k < W; ++k) dw_sum[shared_slot<W>(c / W, k)] = db_sum[shared_slot<W>(c / W, k)] = 0.0f;
   });
 
   HeldChunks<S, W, Held, kHeldChunks> held_dout, held_in;
@@ -152,8 +152,8 @@ __global__ void layernorm_backward_kernel(S* din, float* dw_partials, float* db_
         const float dxhat = g[k] * weight[k];
         dxhat_sum += dxhat;
         dxhat_xhat_sum += dxhat * xhat;
-        dw_sum[sum_slot<W>(c / W, k)] += g[k] * xhat;
-        db_sum[sum_slot<W>(c / W, k)] += g[k];
+        dw_sum[shared_slot<W>(c / W, k)] += g[k] * xhat;
+        db_sum[shared_slot<W>(c / W, k)] += g[k];
       }
     });
     const float dxhat_mean = warp_sum(dxhat_sum) / float(C);
@@ -174,7 +174,7 @@ __global__ void layernorm_backward_kernel(S* din, float* dw_partials, float* db_
   }
   __syncthreads();
   for (int c = threadIdx.x; c < C; c += blockDim.x) {
-    const int slot = sum_slot<W>(c / W, c % W);
+    const int slot = shared_slot<W>(c / W, c % W);
     float dw_total = 0, db_total = 0;
     for (int k = 0; k < warps; ++k) {
       dw_total += sums[size_t(k) * 2 * row_words + slot];
@@ -215,8 +215,9 @@ void residual_layernorm_forward(DType dtype, cudaStream_t stream, void* res_out,
       return;
     }
     dispatch_width<S>(vectorised, [&](auto width) {
-      launch(residual_layernorm_forward_kernel<S, decltype(width)::value, false>,
-             sizeof(float) * kForwardRowsPerBlock * size_t(C));
+      constexpr int W = decltype(width)::value;
+      launch(residual_layernorm_forward_kernel<S, W, false>,
+             sizeof(float) * kForwardRowsPerBlock * size_t(shared_row_words<W>(C)));
     });
   });
 }
@@ -244,12 +245,12 @@ void layernorm_backward(DType dtype, cudaStream_t stream, Scratch& scratch, void
       CUDA_CHECK_LAUNCH("layernorm_backward_kernel");
     };
     if (vectorised && C <= 32 * kVec * kHeldChunks) {
-      launch(layernorm_backward_kernel<S, kVec, true>, sum_row_words<kVec>(C));
+      launch(layernorm_backward_kernel<S, kVec, true>, shared_row_words<kVec>(C));
       return;
     }
     dispatch_width<S>(vectorised, [&](auto width) {
       constexpr int W = decltype(width)::value;
-      launch(layernorm_backward_kernel<S, W, false>, sum_row_words<W>(C));
+      launch(layernorm_backward_kernel<S, W, false>, shared_row_words<W>(C));
     });
   });
   add_column_partials(dtype, stream, dw, dw_partials, chunks, C);
