@@ -49,15 +49,13 @@ int32_t read_int32(const unsigned char* p) {
 thread_local sigjmp_buf* t_shard_read = nullptr;
 struct sigaction g_previous_sigbus;
 
-void on_sigbus(int sig, siginfo_t* info, void* context) {
+void on_sigbus(int sig, siginfo_t* info, void*) {
   if (t_shard_read) siglongjmp(*t_shard_read, 1);
-  if (g_previous_sigbus.sa_flags & SA_SIGINFO) {
-    g_previous_sigbus.sa_sigaction(sig, info, context);
-  } else if (g_previous_sigbus.sa_handler != SIG_DFL && g_previous_sigbus.sa_handler != SIG_IGN) {
-    g_previous_sigbus.sa_handler(sig);
-  } else {
-    ::signal(sig, SIG_DFL);  // returning re-runs the faulting access, now with the default action
-  }
+  // Not a shard read: put the previous disposition back, so that it gets
+  // the signal with its own flags (one-shot, mask, stack) when the faulting
+  // access runs again on return, or at once for a signal sent by kill.
+  ::sigaction(sig, &g_previous_sigbus, nullptr);
+  if (info->si_code <= 0) ::raise(sig);
 }
 
 // Installed whenever a shard is opened and the handler in place is another

@@ -1,3 +1,9 @@
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <cstring>
 #include <fstream>
 #include <functional>
@@ -175,6 +181,54 @@ TEST_CASE("a shard that shrinks while open is an error naming the file, not a cr
   // What is still in the file reads as before.
   s.copy(1000, out.size(), out.data(), 50000);
   for (size_t i = 0; i < out.size(); ++i) CHECK(uint32_t(out[i]) == tokens[1000 + i]);
+}
+
+namespace {
+int g_bus_pipe = -1;
+// One byte per call; SA_RESETHAND makes the next SIGBUS take the default
+// action, as long as the kernel, not a chaining handler, delivers it.
+void one_shot_bus_handler(int) {
+  const char byte = 1;
+  (void)!::write(g_bus_pipe, &byte, 1);
+}
+}  // namespace
+
+TEST_CASE("a SIGBUS outside a shard read goes to the previous handler with its flags", "[data]") {
+  TempDir tmp("data-foreign-bus");
+  const std::string shard = (tmp.path() / "shard.bin").string();
+  srgpt::write_token_shard(shard, random_tokens(1000, 50000, 15));
+  const std::string other = (tmp.path() / "other.bin").string();
+  std::ofstream(other) << std::string(8192, 'x');
+  int pipe_fds[2];
+  REQUIRE(::pipe(pipe_fds) == 0);
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    ::alarm(10);  // a handler loop would end here, by SIGALRM
+    g_bus_pipe = pipe_fds[1];
+    struct sigaction one_shot {};
+    one_shot.sa_handler = one_shot_bus_handler;
+    one_shot.sa_flags = SA_RESETHAND;
+    sigemptyset(&one_shot.sa_mask);
+    ::sigaction(SIGBUS, &one_shot, nullptr);
+    const TokenShard opened(shard);  // installs the shard reader's handler over it
+    const int fd = ::open(other.c_str(), O_RDWR);
+    const char* map = static_cast<const char*>(::mmap(nullptr, 8192, PROT_READ, MAP_PRIVATE, fd, 0));
+    if (map == MAP_FAILED || ::ftruncate(fd, 0) != 0) ::_exit(3);
+    const volatile char lost = map[4096];  // SIGBUS: the page is past the end of the file now
+    (void)lost;
+    ::_exit(0);
+  }
+  ::close(pipe_fds[1]);
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  char calls[16];
+  const ssize_t handler_calls = ::read(pipe_fds[0], calls, sizeof calls);
+  ::close(pipe_fds[0]);
+  INFO("child status " << status);
+  REQUIRE(WIFSIGNALED(status));
+  CHECK(WTERMSIG(status) == SIGBUS);  // not SIGALRM: no loop
+  CHECK(handler_calls == 1);          // the previous handler ran once, then the default action
 }
 
 TEST_CASE("malformed shards are clear errors naming the file", "[data]") {
