@@ -97,8 +97,9 @@ CommunicatorOptions CommunicatorOptions::from_environment() {
   if (const char* text = std::getenv("SRGPT_COMM_TIMEOUT_S")) {
     char* end = nullptr;
     double seconds = std::strtod(text, &end);
-    if (end == text || *end != '\0' || !std::isfinite(seconds) || seconds <= 0)
-      fail("SRGPT_COMM_TIMEOUT_S='{}' is not a positive number of seconds (how long a collective waits for the "
+    // At most 1e9 s (31 years): timed waits count nanoseconds in int64.
+    if (end == text || *end != '\0' || !std::isfinite(seconds) || seconds <= 0 || seconds > 1e9)
+      fail("SRGPT_COMM_TIMEOUT_S='{}' is not a number of seconds in (0, 1e9] (how long a collective waits for the "
            "other ranks before failing; default {})",
            text, options.timeout_s);
     options.timeout_s = seconds;
