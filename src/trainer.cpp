@@ -298,9 +298,13 @@ Trainer::Trainer(Config config, TrainOptions options) : config_(std::move(config
   const double config_hash = double(crc32(config_text.data(), config_text.size()));
   if (comm_->all_reduce_max(config_hash) != -comm_->all_reduce_max(-config_hash)) {
     const std::string lead = broadcast_string(*host_comm_, config_text, 0);
-    const std::string difference = config_difference(nlohmann::json::parse(lead), config_json, rank);
+    const std::string mine = config_difference(nlohmann::json::parse(lead), config_json, rank);
+    // Every rank reports the lowest differing rank's difference, so the
+    // message that reaches the user names the key whichever rank prints it.
+    const int first = int(-comm_->all_reduce_max(mine.empty() ? -double(world) : -double(rank)));
+    const std::string difference = first < world ? broadcast_string(*host_comm_, mine, first) : "";
     fail("the run config differs between ranks ({}); every rank must get the same --config file and --set values",
-         difference.empty() ? "another rank's differs from rank 0's" : difference);
+         difference.empty() ? "no key differs from rank 0's, yet the configs do" : difference);
   }
   const auto& b = config_.batch;
   if (!options_.without_data)

@@ -269,7 +269,7 @@ TEST_CASE("mpi failure: ranks started with different configs stop with a clear m
   const CommandResult r = run_command(launcher() + " -np 1 " + bin + " train --resume --config " +
                                       quoted(run.write_config(a, "a4")) + " : -np 1 " + bin +
                                       " train --resume --config " + quoted(run.write_config(b, "b4")));
-  expect_job_failed(r, {"srgpt: rank ", "config differs between ranks", "optimizer.lr = "});
+  expect_job_failed(r, {"srgpt: rank ", "config differs between ranks", "optimizer.lr = 0.0"});
   run.expect_verified_checkpoint(2);
 }
 
@@ -334,7 +334,14 @@ TEST_CASE("mpi failure: a rank that exits without starting MPI ends the job afte
   const CommandResult r = run_command(launcher() + " -x SRGPT_COMM_TIMEOUT_S=3 -np 1 " + quoted(srgpt_bin()) +
                                       " train --config " + quoted(config) + " : -np 1 " + quoted(srgpt_bin()) +
                                       " train --help");
-  expect_job_failed(r, {"srgpt: rank 0: error: MPI_Init did not complete within 3 s"});
+  // Either rank 0's watchdog ends the job, or Open MPI itself when rank 1
+  // exits after rank 0 has entered MPI_Init ('did not call "init" before
+  // exiting, but others in the job did'): which one depends on timing.
+  INFO("output:\n" << r.output);
+  REQUIRE(r.exit_code != kTimedOut);
+  CHECK(r.exit_code != 0);
+  CHECK((r.output.find("srgpt: rank 0: error: MPI_Init did not complete within 3 s") != std::string::npos ||
+         r.output.find("did not call \"init\"") != std::string::npos));
   CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(60));
 }
 
