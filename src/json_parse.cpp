@@ -5,11 +5,21 @@
 namespace srgpt {
 namespace {
 
+// No file srgpt reads nests deeper than a few levels; far deeper nesting
+// would overflow the stack in nlohmann's recursive dump() and destructor.
+constexpr int kMaxDepth = 64;
+
 template <typename Input>
 nlohmann::json parse_or_fail(Input& input, const std::string& origin, const std::string& expected,
                              const nlohmann::json::parser_callback_t& callback) {
+  const nlohmann::json::parser_callback_t checked = [&](int depth, nlohmann::json::parse_event_t event,
+                                                        nlohmann::json& parsed) {
+    if (depth > kMaxDepth)
+      fail("{}: JSON nested deeper than {} levels; srgpt's JSON files are a few levels deep", origin, kMaxDepth);
+    return callback ? callback(depth, event, parsed) : true;
+  };
   try {
-    return nlohmann::json::parse(input, callback);
+    return nlohmann::json::parse(input, checked);
   } catch (const nlohmann::json::exception& e) {
     // Drop nlohmann's "[json.exception.parse_error.101] " tag: it means nothing to a user.
     const std::string what = e.what();

@@ -11,8 +11,8 @@ namespace srgpt {
 // Parses `text` (or the stream `in`). Whatever nlohmann rejects - bad syntax
 // (reported with its line and column), a number beyond double's range, bad
 // UTF-8 - becomes an srgpt::Error "<origin>: not valid JSON: <reason>",
-// followed by "; expected <expected>" when that is given. Errors thrown by
-// `callback` pass through unchanged.
+// followed by "; expected <expected>" when that is given; so does nesting
+// deeper than 64 levels. Errors thrown by `callback` pass through unchanged.
 nlohmann::json parse_json(const std::string& text, const std::string& origin, const std::string& expected = "",
                           const nlohmann::json::parser_callback_t& callback = nullptr);
 nlohmann::json parse_json(std::istream& in, const std::string& origin, const std::string& expected = "",

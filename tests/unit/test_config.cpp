@@ -301,6 +301,12 @@ TEST_CASE("config load_config: files, overrides, parse errors and duplicates", "
   std::string too_big = error_message([&] { srgpt::load_config(overflow, {}); });
   CHECK(contains(too_big, overflow + ": not valid JSON: number overflow parsing '1e400'"));
   CHECK(!contains(too_big, "json.exception"));
+  // Deep nesting is refused while parsing (dumping it for a message would overflow the stack).
+  std::string deep_text;
+  for (int i = 0; i < 100000; ++i) deep_text += "{\"a\":";
+  deep_text += "1" + std::string(100000, '}');
+  std::string deep = dir.write("deep.json", deep_text);
+  CHECK(contains(error_message([&] { srgpt::load_config(deep, {}); }), "nested deeper than 64 levels"));
 
   std::string twice = dir.write("twice.json", R"({"optimizer": {"lr": 0.1, "lr": 0.2}})");
   std::string duplicate = error_message([&] { srgpt::load_config(twice, {}); });
