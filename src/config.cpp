@@ -220,9 +220,9 @@ std::string unknown_key_message(const std::string& key, const std::string& secti
 template <typename Visitor, typename C>
 void visit_config(Visitor& v, C& c) {
   v.annotation("comment");
-  v.integer("model.vocab_size", c.model.vocab_size, 1, kIntFieldMax);
+  v.integer("model.vocab_size", c.model.vocab_size, 1, uint64_t(kMaxVocabSize));
   v.integer("model.max_seq_len", c.model.max_seq_len, 1, kIntFieldMax);
-  v.integer("model.n_layer", c.model.n_layer, 1, kIntFieldMax);
+  v.integer("model.n_layer", c.model.n_layer, 1, uint64_t(kMaxLayers));
   v.integer("model.n_head", c.model.n_head, 1, kIntFieldMax);
   v.integer("model.d_model", c.model.d_model, 1, kIntFieldMax);
   v.choice("precision", c.precision,
@@ -441,6 +441,26 @@ std::optional<std::string> batch_divisibility_problem(const BatchConfig& b, int 
                      b.total_tokens, factors, per_micro_step, per_micro_step, nearest);
 }
 
+}  // namespace
+
+double parameter_count(const ModelConfig& m) {
+  const double C = m.d_model;
+  return double(m.padded_vocab()) * C + double(m.max_seq_len) * C + double(m.n_layer) * (12 * C * C + 13 * C) +
+         2 * C;
+}
+
+std::string model_size_problem(const ModelConfig& m) {
+  if (m.n_layer > kMaxLayers) return fmt::format("model.n_layer = {}; allowed: 1..{}", m.n_layer, kMaxLayers);
+  const double params = parameter_count(m);
+  if (params > kMaxParameters)
+    return fmt::format("the model would have {:.3g} parameters (model.vocab_size {}, max_seq_len {}, n_layer {}, "
+                       "d_model {}); allowed: at most {:.3g} (2^40)",
+                       params, m.vocab_size, m.max_seq_len, m.n_layer, m.d_model, kMaxParameters);
+  return "";
+}
+
+namespace {
+
 void check_consistency(const Config& c, std::vector<std::string>& problems) {
   const ModelConfig& m = c.model;
   if (m.d_model % m.n_head != 0) {
@@ -450,6 +470,7 @@ void check_consistency(const Config& c, std::vector<std::string>& problems) {
         "or an n_head that divides {}",
         m.d_model, m.n_head, below > 0 ? std::to_string(below) + " or " : "", int64_t(below) + m.n_head, m.d_model));
   }
+  if (const std::string size = model_size_problem(m); !size.empty()) problems.push_back(size);
   if (c.batch.seq_len > m.max_seq_len)
     problems.push_back(fmt::format("batch.seq_len = {} exceeds model.max_seq_len = {}; allowed: 1..{}",
                                    c.batch.seq_len, m.max_seq_len, m.max_seq_len));

@@ -102,6 +102,8 @@ ModelConfig parse_hf_config(const nlohmann::json& c, const fs::path& file) {
   m.max_seq_len = positive_int(c.contains("n_positions") ? "n_positions" : "n_ctx");
   if (m.d_model % m.n_head != 0)
     fail("{}: n_embd = {} is not divisible by n_head = {}", file.string(), m.d_model, m.n_head);
+  if (const std::string size = model_size_problem(m); !size.empty())
+    fail("{}: {} (srgpt's names for n_embd, n_positions: d_model, max_seq_len)", file.string(), size);
   must_be("model_type", {"gpt2"}, "the GPT-2 architecture");
   must_be("activation_function", {"gelu_new", "gelu_pytorch_tanh"}, "GPT-2's tanh approximation of GELU");
   must_be("n_inner", {4 * m.d_model}, "an MLP 4 * n_embd wide");

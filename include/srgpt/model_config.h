@@ -1,5 +1,6 @@
 #pragma once
 #include <cstdint>
+#include <string>
 
 namespace srgpt {
 
@@ -20,6 +21,19 @@ struct ModelConfig {
   int padded_vocab() const { return (vocab_size + 127) / 128 * 128; }
   int head_dim() const { return d_model / n_head; }
 };
+
+// Bounds far beyond any model this trainer can hold, so that a mistyped or
+// damaged config (a checkpoint's, an imported one) fails at once instead
+// of building an enormous layout.
+constexpr int kMaxVocabSize = 1 << 30;  // padded_vocab() stays within int
+constexpr int kMaxLayers = 4096;
+constexpr double kMaxParameters = 1099511627776.0;  // 2^40, 2 TiB of bf16 weights
+
+// GPT-2's parameter count with the padded vocabulary, in double (no overflow).
+double parameter_count(const ModelConfig& m);
+// Why the model is beyond the bounds above (the keys named as in the run
+// config), or "" when it is within them.
+std::string model_size_problem(const ModelConfig& m);
 
 // Activations the backward pass recomputes instead of keeping them from
 // forward: each block's GELU output (4 d_model per token), its two

@@ -138,7 +138,7 @@ TEST_CASE("config errors name the origin, the key, the value and what is allowed
         "did you mean 'optimizer.beta1'"}},
       {R"({"modle": {"n_layer": 2}})", {"unknown key 'modle'", "did you mean 'model'", "out_dir", "comment"}},
       // wrong JSON types
-      {R"({"model": {"n_layer": 2.5}})", {"model.n_layer = 2.5", "an integer in [1, 2147483647]", "fractional"}},
+      {R"({"model": {"n_layer": 2.5}})", {"model.n_layer = 2.5", "an integer in [1, 4096]", "fractional"}},
       {R"({"optimizer": {"lr": "3e-4"}})", {"optimizer.lr = \"3e-4\"", "a number > 0", "without quotes"}},
       {R"({"train": {"steps": true}})", {"train.steps = true", "an integer >= 1", "a boolean"}},
       {R"({"model": 12})", {"model = 12", "an object with keys vocab_size, max_seq_len", "a number"}},
@@ -152,7 +152,7 @@ TEST_CASE("config errors name the origin, the key, the value and what is allowed
       {R"({"optimizer": {"weight_decay": -0.1}})", {"optimizer.weight_decay = -0.1", "a number >= 0"}},
       {R"({"optimizer": {"grad_clip": -1}})", {"optimizer.grad_clip = -1", "a number >= 0"}},
       {R"({"optimizer": {"min_lr_ratio": 1.5}})", {"optimizer.min_lr_ratio = 1.5", "a number in [0, 1]"}},
-      {R"({"model": {"vocab_size": 2147483648}})", {"model.vocab_size = 2147483648", "[1, 2147483647]"}},
+      {R"({"model": {"vocab_size": 2147483648}})", {"model.vocab_size = 2147483648", "[1, 1073741824]"}},
       {R"({"batch": {"micro_batch": 0}})", {"batch.micro_batch = 0", "[1, 2147483647]"}},
       {R"({"checkpoint": {"keep": 0}})", {"checkpoint.keep = 0", "[1, 2147483647]"}},
       {R"({"dist": {"zero_stage": 4}})", {"dist.zero_stage = 4", "an integer in [0, 3]"}},
@@ -301,6 +301,11 @@ TEST_CASE("config load_config: files, overrides, parse errors and duplicates", "
   std::string too_big = error_message([&] { srgpt::load_config(overflow, {}); });
   CHECK(contains(too_big, overflow + ": not valid JSON: number overflow parsing '1e400'"));
   CHECK(!contains(too_big, "json.exception"));
+  // Model sizes beyond the bounds fail before any layout is built.
+  CHECK(contains(error_message([&] { srgpt::load_config(good, {"model.n_layer=1000000000"}); }),
+                 "model.n_layer = 1000000000 is out of range; allowed: an integer in [1, 4096]"));
+  CHECK(contains(error_message([&] { srgpt::load_config(good, {"model.d_model=1000000", "model.n_head=1"}); }),
+                 "allowed: at most 1.1e+12 (2^40)"));
   // Deep nesting is refused while parsing (dumping it for a message would overflow the stack).
   std::string deep_text;
   for (int i = 0; i < 100000; ++i) deep_text += "{\"a\":";
