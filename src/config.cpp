@@ -540,6 +540,8 @@ json read_json_file(const std::string& path) {
   if (!std::filesystem::exists(status))
     fail("config file '{}' does not exist; pass the path of a JSON run config, e.g. configs/demo.json", path);
   if (std::filesystem::is_directory(status)) fail("config file '{}' is a directory, not a JSON file", path);
+  // A FIFO or device would block the read, or never end.
+  if (!std::filesystem::is_regular_file(status)) fail("config file '{}' is not a regular file", path);
   std::ifstream in(path, std::ios::binary);
   if (!in) fail("config file '{}' cannot be opened: {}", path, std::strerror(errno));
   return parse_rejecting_duplicates(in, path);

@@ -120,7 +120,9 @@ struct ScopedFd {
 
 TokenShard::TokenShard(const std::string& path) : path_(path) {
   install_sigbus_handler();
-  ScopedFd file{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
+  // O_NONBLOCK: opening a FIFO would otherwise wait for a writer, before
+  // the regular-file check could refuse it (no effect on regular files).
+  ScopedFd file{::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK)};
   if (file.fd < 0) fail("cannot open token shard {}: {}", path, errno_text(errno));
   struct stat st;
   if (::fstat(file.fd, &st) != 0) fail("cannot stat token shard {}: {}", path, errno_text(errno));

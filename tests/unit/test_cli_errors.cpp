@@ -1,5 +1,7 @@
 // Bad input through the real binary: every case must exit non-zero with a
 // message that names the problem, and never crash or hang.
+#include <sys/stat.h>
+
 #include <fstream>
 #include <functional>
 #include <string>
@@ -66,6 +68,17 @@ TEST_CASE("bad inputs give a clear error and a non-zero exit", "[cli][errors]") 
   const std::string train = bin + " train --config ";
 
   expect_error("missing config file", train + f.tmp.str("nope.json"), {"nope.json"});
+  {
+    // A FIFO would block the open or the read forever.
+    const std::string fifo = f.tmp.str("fifo");
+    REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+    expect_error("a FIFO as config", "timeout 60 " + train + fifo, {"fifo", "not a regular file"});
+    expect_error("a FIFO as prepare input",
+                 "timeout 60 " + bin + " prepare --tokenizer byte --input " + fifo + " --out " + f.tmp.str("pf"),
+                 {"fifo", "not a regular file"});
+    expect_error("a FIFO as eval data", "timeout 60 " + bin + " eval --checkpoint " + f.checkpoint() + " --data " + fifo,
+                 {"fifo", "not a regular file"});
+  }
 
   Fixture::write_text(f.tmp.str("malformed.json"), "{\"model\": {\"n_layer\": 2,,}");
   expect_error("malformed JSON", train + f.tmp.str("malformed.json"), {"malformed.json", "line"});
