@@ -107,24 +107,6 @@ void rename_path(const fs::path& from, const fs::path& to) {
     fail("cannot rename {} to {}: {}", from.string(), to.string(), errno_text(errno));
 }
 
-// Removes a directory tree when it goes out of scope, unless released; keeps
-// a failed save from leaving a half-written directory behind.
-class RemoveOnExit {
- public:
-  explicit RemoveOnExit(fs::path path) : path_(std::move(path)) {}
-  ~RemoveOnExit() {
-    if (path_.empty()) return;
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  RemoveOnExit(const RemoveOnExit&) = delete;
-  RemoveOnExit& operator=(const RemoveOnExit&) = delete;
-  void release() { path_.clear(); }
-
- private:
-  fs::path path_;
-};
-
 // ---------------------------------------------------------------- directory names
 
 std::string step_dir_name(int64_t step) { return fmt::format("step_{:08d}", step); }
@@ -211,10 +193,13 @@ void prune_checkpoints(const fs::path& root, const fs::path& keep_always, int ke
 
 // ---------------------------------------------------------------- validation
 
-int64_t element_count(const std::vector<int64_t>& shape) {
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  return n;
+// The bytes a tensor of this shape and dtype takes, or nothing when a
+// dimension is negative or the product does not fit in 63 bits.
+std::optional<uint64_t> tensor_bytes(const std::vector<int64_t>& shape, DType dtype) {
+  int64_t n = int64_t(dtype_size(dtype));
+  for (int64_t d : shape)
+    if (d < 0 || __builtin_mul_overflow(n, d, &n)) return std::nullopt;
+  return uint64_t(n);
 }
 
 std::string shape_text(const std::vector<int64_t>& shape) { return fmt::format("[{}]", fmt::join(shape, ",")); }
@@ -233,10 +218,10 @@ void check_files_to_save(const std::vector<CheckpointFile>& files) {
     std::set<std::string> names;
     for (const CheckpointTensor& t : f.tensors) {
       if (!names.insert(t.name).second) fail("{}: tensor name '{}' is used twice", f.filename, t.name);
-      bool negative = std::any_of(t.shape.begin(), t.shape.end(), [](int64_t d) { return d < 0; });
-      if (negative || uint64_t(element_count(t.shape)) * dtype_size(t.dtype) != t.bytes)
+      const std::optional<uint64_t> needed = tensor_bytes(t.shape, t.dtype);
+      if (needed != t.bytes)
         fail("{}: tensor {} has {} bytes, but shape {} of {} needs {}", f.filename, t.name, t.bytes,
-             shape_text(t.shape), dtype_name(t.dtype), element_count(t.shape) * int64_t(dtype_size(t.dtype)));
+             shape_text(t.shape), dtype_name(t.dtype), needed ? std::to_string(*needed) : "more than 2^63");
       if (t.bytes > 0 && t.data == nullptr) fail("{}: tensor {} has no data pointer", f.filename, t.name);
     }
   }
@@ -281,8 +266,9 @@ const nlohmann::json& required(const nlohmann::json& j, const char* key, const f
 uint64_t required_unsigned(const nlohmann::json& j, const char* key, const fs::path& manifest,
                            const std::string& where) {
   const nlohmann::json& v = required(j, key, manifest, where);
-  if (!v.is_number_unsigned() && !(v.is_number_integer() && v.get<int64_t>() >= 0))
-    fail("{}: {} \"{}\" must be a non-negative integer, got {}", manifest.string(), where, key, v.dump());
+  // Below 2^63: steps, sizes and offsets are used as int64 too.
+  if (!v.is_number_integer() || v.get<int64_t>() < 0)
+    fail("{}: {} \"{}\" must be an integer in [0, 2^63), got {}", manifest.string(), where, key, v.dump());
   return v.get<uint64_t>();
 }
 
@@ -307,17 +293,24 @@ void validate_manifest(const nlohmann::json& m, const fs::path& manifest) {
   required(m, "state", manifest, "manifest");
   const nlohmann::json& files = required(m, "files", manifest, "manifest");
   if (!files.is_array()) fail("{}: \"files\" must be an array", manifest.string());
+  std::set<std::string> file_names;
   for (const nlohmann::json& f : files) {
     const std::string& name = required_string(f, "name", manifest, "a \"files\" entry");
     if (!valid_filename(name)) fail("{}: file name \"{}\" is not a plain file name", manifest.string(), name);
+    if (!file_names.insert(name).second) fail("{}: file \"{}\" is listed twice", manifest.string(), name);
     std::string where = "file " + name;
     uint64_t file_bytes = required_unsigned(f, "bytes", manifest, where);
     if (required_unsigned(f, "crc32", manifest, where) > 0xFFFFFFFFull)
       fail("{}: {} \"crc32\" does not fit in 32 bits", manifest.string(), where);
     const nlohmann::json& tensors = required(f, "tensors", manifest, where);
     if (!tensors.is_array()) fail("{}: {} \"tensors\" must be an array", manifest.string(), where);
+    std::set<std::string> tensor_names;
+    std::vector<std::pair<uint64_t, uint64_t>> extents;  // (offset, bytes) of each tensor
     for (const nlohmann::json& t : tensors) {
-      std::string tensor_where = where + " tensor " + required_string(t, "name", manifest, where + " tensor");
+      const std::string& tensor_name = required_string(t, "name", manifest, where + " tensor");
+      if (!tensor_names.insert(tensor_name).second)
+        fail("{}: {} lists tensor \"{}\" twice", manifest.string(), where, tensor_name);
+      std::string tensor_where = where + " tensor " + tensor_name;
       DType dtype;
       const std::string& dtype_text = required_string(t, "dtype", manifest, tensor_where);
       if (!parse_dtype(dtype_text, &dtype))
@@ -329,16 +322,30 @@ void validate_manifest(const nlohmann::json& m, const fs::path& manifest) {
       if (!shape_ok) fail("{}: {} \"shape\" must be an array of non-negative integers", manifest.string(), tensor_where);
       uint64_t offset = required_unsigned(t, "offset", manifest, tensor_where);
       uint64_t bytes = required_unsigned(t, "bytes", manifest, tensor_where);
-      if (uint64_t(element_count(shape.get<std::vector<int64_t>>())) * dtype_size(dtype) != bytes)
+      if (tensor_bytes(shape.get<std::vector<int64_t>>(), dtype) != bytes)
         fail("{}: {} has {} bytes, which does not match its shape and dtype", manifest.string(), tensor_where, bytes);
       if (offset > file_bytes || bytes > file_bytes - offset)
         fail("{}: {} (offset {}, {} bytes) lies outside the file's {} bytes", manifest.string(), tensor_where, offset,
              bytes, file_bytes);
+      extents.emplace_back(offset, bytes);
     }
+    // Tensors are written back to back: two that share bytes would load
+    // one's values into the other.
+    std::sort(extents.begin(), extents.end());
+    for (size_t i = 1; i < extents.size(); ++i)
+      if (extents[i].first < extents[i - 1].first + extents[i - 1].second)
+        fail("{}: {} has tensors that overlap (bytes {} to {} and from {})", manifest.string(), where,
+             extents[i - 1].first, extents[i - 1].first + extents[i - 1].second, extents[i].first);
   }
 }
 
 }  // namespace
+
+RemoveDirectoryOnExit::~RemoveDirectoryOnExit() {
+  if (path_.empty()) return;
+  std::error_code ec;
+  fs::remove_all(path_, ec);
+}
 
 uint32_t crc32(const void* data, size_t bytes, uint32_t crc) {
   static const std::array<uint32_t, 256> table = make_crc_table();
@@ -370,7 +377,7 @@ nlohmann::json write_checkpoint_file(const fs::path& staging, const CheckpointFi
 
 fs::path commit_checkpoint(const fs::path& root, int64_t step, const fs::path& staging, const nlohmann::json& state,
                            const nlohmann::json& file_table, int keep) {
-  RemoveOnExit remove_tmp(staging);
+  RemoveDirectoryOnExit remove_tmp(staging);
   std::set<std::string> names;
   for (const auto& f : file_table)
     if (!names.insert(f.at("name").get<std::string>()).second)
@@ -407,7 +414,7 @@ fs::path save_checkpoint(const fs::path& root, int64_t step, const nlohmann::jso
                          const std::vector<CheckpointFile>& files, int keep) {
   check_files_to_save(files);
   const fs::path staging = begin_checkpoint(root, step);
-  RemoveOnExit remove_tmp(staging);
+  RemoveDirectoryOnExit remove_tmp(staging);
   nlohmann::json file_table = nlohmann::json::array();
   for (const CheckpointFile& f : files) file_table.push_back(write_checkpoint_file(staging, f));
   remove_tmp.release();

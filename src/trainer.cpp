@@ -408,6 +408,9 @@ fs::path Trainer::save(int64_t step) {
   }
 
   const fs::path staging = broadcast_string(comm, rank == 0 ? begin_checkpoint(root, step).string() : "", 0);
+  // Rank 0 removes the staging directory if this save fails on it (another
+  // rank's failure aborts the job; the next save removes what is left).
+  RemoveDirectoryOnExit remove_staging(rank == 0 ? staging : fs::path());
   comm.barrier();
   nlohmann::json mine = nlohmann::json::array();
   for (const CheckpointFile& f : files) mine.push_back(write_checkpoint_file(staging, f));
@@ -434,6 +437,7 @@ fs::path Trainer::save(int64_t step) {
   // path (or rank 0's failure aborts the job).
   const std::string final_dir =
       rank == 0 ? commit_checkpoint(root, step, staging, state, file_table, config_.checkpoint.keep).string() : "";
+  remove_staging.release();
   return broadcast_string(comm, final_dir, 0);
 }
 
@@ -452,6 +456,10 @@ void Trainer::load(CheckpointReader& reader) {
     skipped_steps_ = st.at("skipped_steps").get<int64_t>();
     saved_world = st.at("world_size").get<int>();
     saved_stage = st.at("zero_stage").get<int>();
+    if (step_ != reader.step() || tokens_seen_ < 0 || skipped_steps_ < 0 || skipped_steps_ > step_)
+      fail("checkpoint {}: its state says step {} (the manifest: {}), tokens_seen {}, skipped_steps {}; allowed: "
+           "the manifest's step, counts >= 0, skipped_steps <= step",
+           dir.string(), step_, reader.step(), tokens_seen_, skipped_steps_);
     LoaderPosition pos = loader_position_from_json(st.at("train_loader"));
     check_same_model(config_, saved, dir);
     if (saved_world != comm_->size() && config_.batch.total_tokens != saved.batch.total_tokens)

@@ -257,6 +257,39 @@ TEST_CASE("CheckpointReader names the file and problem of a damaged checkpoint",
     CHECK(contains(e, manifest.string()));
     CHECK(contains(e, "tensor ln_f.weight has no \"offset\""));
   }
+  SECTION("a file listed twice") {
+    nlohmann::json m = good;
+    m["files"].push_back(m["files"][0]);
+    write_text(manifest, m.dump());
+    CHECK(contains(open_error(), "file \"model.bin\" is listed twice"));
+  }
+  SECTION("a tensor listed twice") {
+    nlohmann::json m = good;
+    m["files"][0]["tensors"].push_back(m["files"][0]["tensors"][1]);
+    write_text(manifest, m.dump());
+    CHECK(contains(open_error(), "lists tensor \"ln_f.weight\" twice"));
+  }
+  SECTION("tensors that overlap") {
+    // ln_f.weight moved onto wte's bytes: it would load wte's values.
+    nlohmann::json m = good;
+    m["files"][0]["tensors"][1]["offset"] = 64;
+    write_text(manifest, m.dump());
+    CHECK(contains(open_error(), "file model.bin has tensors that overlap"));
+  }
+  SECTION("a step beyond int64") {
+    nlohmann::json m = good;
+    m["step"] = uint64_t(1) << 63;
+    write_text(manifest, m.dump());
+    CHECK(contains(open_error(), "\"step\" must be an integer in [0, 2^63)"));
+  }
+  SECTION("a shape whose size overflows") {
+    // 2^32 x 2^32 x 8192 elements wrap to 0 bytes in 64-bit arithmetic.
+    nlohmann::json m = good;
+    m["files"][0]["tensors"][1]["shape"] = {int64_t(1) << 32, int64_t(1) << 32, 8192};
+    m["files"][0]["tensors"][1]["bytes"] = 0;
+    write_text(manifest, m.dump());
+    CHECK(contains(open_error(), "does not match its shape and dtype"));
+  }
   SECTION("listed file missing") {
     fs::remove(dir / "optim_rank00001.bin");
     std::string e = open_error();

@@ -230,6 +230,18 @@ TEST_CASE("bad inputs give a clear error and a non-zero exit", "[cli][errors]") 
                  {"world_size 2147483647", "lists 1 optimizer shard files"});
   }
   {
+    // A state that contradicts the manifest (before: trained "step -2/4" with lr 0 and NaN losses).
+    const std::string ckpt = f.tmp.str("negative_step");
+    std::filesystem::copy(f.checkpoint(), ckpt);
+    nlohmann::json m = nlohmann::json::parse(std::ifstream(ckpt + "/manifest.json"));
+    m["state"]["step"] = -3;
+    Fixture::write_json(ckpt + "/manifest.json", m);
+    expect_error("a checkpoint state with a negative step",
+                 train + f.config_with([&](auto& j) { j["out_dir"] = f.tmp.str("negative_step_run"); }, "negstep") +
+                     " --resume-from " + ckpt,
+                 {"its state says step -3 (the manifest: 4)"});
+  }
+  {
     std::string ckpt = f.tmp.str("no_manifest");
     std::filesystem::copy(f.checkpoint(), ckpt);
     std::filesystem::remove(ckpt + "/manifest.json");
