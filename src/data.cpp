@@ -2,24 +2,21 @@
 
 #include <fcntl.h>
 #include <glob.h>
-#include <pthread.h>
-#include <setjmp.h>
-#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <limits>
-#include <mutex>
+#include <set>
 #include <utility>
 
 #include "srgpt/error.h"
+#include "srgpt/mapped_read.h"
 #include "srgpt/sr_hash.h"
 
 namespace srgpt {
@@ -41,71 +38,6 @@ int32_t read_int32(const unsigned char* p) {
   return v;
 }
 
-// A shard is memory-mapped. If its file shrinks while mapped (truncated, or
-// rewritten in place), reading the lost pages raises SIGBUS, which would
-// kill the process. While a shard is being read, the handler jumps back to
-// the reader instead, which throws an Error naming the file; any other
-// SIGBUS goes to the handler that was installed before (or the default).
-thread_local sigjmp_buf* t_shard_read = nullptr;
-struct sigaction g_previous_sigbus;
-
-void on_sigbus(int sig, siginfo_t* info, void*) {
-  if (t_shard_read) siglongjmp(*t_shard_read, 1);
-  // Not a shard read: put the previous disposition back, so that it gets
-  // the signal with its own flags (one-shot, mask, stack) when the faulting
-  // access runs again on return, or at once for a signal sent by kill.
-  ::sigaction(sig, &g_previous_sigbus, nullptr);
-  if (info->si_code <= 0) ::raise(sig);
-}
-
-// Installed whenever a shard is opened and the handler in place is another
-// (a library, or a test framework, may have installed its own since).
-void install_sigbus_handler() {
-  static std::mutex mutex;
-  std::lock_guard<std::mutex> lock(mutex);
-  struct sigaction current {};
-  if (::sigaction(SIGBUS, nullptr, &current) != 0)
-    fail("cannot read the SIGBUS handler: {}", errno_text(errno));
-  if ((current.sa_flags & SA_SIGINFO) && current.sa_sigaction == on_sigbus) return;
-  struct sigaction action {};
-  action.sa_sigaction = on_sigbus;
-  action.sa_flags = SA_SIGINFO;
-  sigemptyset(&action.sa_mask);
-  if (::sigaction(SIGBUS, &action, &g_previous_sigbus) != 0)
-    fail("cannot install the SIGBUS handler for token shards: {}", errno_text(errno));
-}
-
-// Runs read() over a shard's mapping; a SIGBUS inside it becomes an Error.
-template <typename F>
-void read_mapped(const std::string& path, F&& read) {
-  sigjmp_buf jump;
-  // No signal mask saved (that would be a system call per read): the jump
-  // leaves SIGBUS blocked, as the handler runs with it blocked; unblock it.
-  if (sigsetjmp(jump, 0) != 0) {
-    t_shard_read = nullptr;
-    sigset_t bus;
-    sigemptyset(&bus);
-    sigaddset(&bus, SIGBUS);
-    ::pthread_sigmask(SIG_UNBLOCK, &bus, nullptr);
-    fail("token shard {} shrank while being read (truncated or rewritten in place since it was opened); data files "
-         "must not change during a run",
-         path);
-  }
-  // The fences keep the compiler from moving the reads of the mapping out
-  // of the guarded stretch, or dropping the store the handler reads.
-  t_shard_read = &jump;
-  std::atomic_signal_fence(std::memory_order_seq_cst);
-  try {
-    read();
-  } catch (...) {
-    std::atomic_signal_fence(std::memory_order_seq_cst);
-    t_shard_read = nullptr;
-    throw;
-  }
-  std::atomic_signal_fence(std::memory_order_seq_cst);
-  t_shard_read = nullptr;
-}
-
 // Owns an open file descriptor for the duration of the constructor.
 struct ScopedFd {
   int fd;
@@ -119,7 +51,7 @@ struct ScopedFd {
 // ---------------------------------------------------------------- TokenShard
 
 TokenShard::TokenShard(const std::string& path) : path_(path) {
-  install_sigbus_handler();
+  install_mapped_read_guard();
   // O_NONBLOCK: opening a FIFO would otherwise wait for a writer, before
   // the regular-file check could refuse it (no effect on regular files).
   ScopedFd file{::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK)};
@@ -204,7 +136,7 @@ TokenShard& TokenShard::operator=(TokenShard&& other) noexcept {
 uint32_t TokenShard::at(size_t i) const {
   if (i >= count_) fail("token shard {}: token index {} is out of range (the shard has {} tokens)", path_, i, count_);
   uint32_t id = 0;
-  read_mapped(path_, [&] { id = token(i); });
+  read_mapped("token shard " + path_, [&] { id = token(i); });
   return id;
 }
 
@@ -223,7 +155,7 @@ void TokenShard::copy(size_t begin, size_t count, int32_t* out, int vocab_size) 
   if (begin > count_ || count > count_ - begin)
     fail("token shard {}: tokens [{}, {}) are out of range (the shard has {} tokens)", path_, begin, begin + count,
          count_);
-  read_mapped(path_, [&] {
+  read_mapped("token shard " + path_, [&] {
     for (size_t i = 0; i < count; ++i) {
       const uint32_t id = token(begin + i);
       if (id >= uint32_t(vocab_size))
@@ -283,6 +215,15 @@ std::vector<std::string> expand_shard_pattern(const std::string& pattern, const 
   std::vector<std::string> files(result.g.gl_pathv, result.g.gl_pathv + result.g.gl_pathc);
   // glob sorts by the locale's collation; sort bytewise so the order is the same everywhere.
   std::sort(files.begin(), files.end());
+  std::set<std::filesystem::path> directories;
+  for (const std::string& file : files) directories.insert(std::filesystem::path(file).parent_path());
+  for (const std::filesystem::path& dir : directories) {
+    std::error_code ec;
+    if (std::filesystem::exists(dir / kIncompleteDatasetMarker, ec))
+      fail("{}: '{}' matches shards in {}, an incomplete dataset ({} is there: srgpt prepare was interrupted or "
+           "failed while writing it); run prepare again",
+           what, pattern, dir.empty() ? "." : dir.string(), kIncompleteDatasetMarker);
+  }
   return files;
 }
 

@@ -22,6 +22,7 @@
 #include "srgpt/data.h"
 #include "srgpt/error.h"
 #include "srgpt/json_parse.h"
+#include "srgpt/mapped_read.h"
 #include "srgpt/tokenizer.h"
 
 namespace srgpt {
@@ -51,6 +52,7 @@ class MappedFile {
            directory ? "it is a directory (pass files, or a glob such as DIR/*.txt)" : "not a regular file");
     }
     size_ = static_cast<size_t>(info.st_size);
+    install_mapped_read_guard();
     if (size_ > 0) {
       data_ = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
       const int map_error = errno;
@@ -169,11 +171,21 @@ void prepare_output_dir(const fs::path& dir) {
   if (::access(dir.c_str(), W_OK) != 0) {
     fail("--out: output directory '{}' is not writable: {}", dir.string(), std::strerror(errno));
   }
-  // Shards of an earlier run would otherwise be picked up by a glob with ours;
-  // the summary goes first so that none describes a half-written directory.
+  // Until the summary is written, the marker makes the token loader refuse
+  // these shards: a run that is interrupted or fails leaves it behind.
+  {
+    std::ofstream marker(dir / kIncompleteDatasetMarker);
+    marker << "srgpt prepare is writing (or failed while writing) this dataset; run it again\n";
+    if (!marker) fail("--out: cannot write '{}': {}", (dir / kIncompleteDatasetMarker).string(), std::strerror(errno));
+  }
+  // Shards of an earlier run (and temporaries of an interrupted one) would
+  // otherwise be picked up by a glob with ours; the summary goes first so
+  // that none describes a half-written directory.
   fs::remove(dir / kSummaryFile, ec);
   for (const auto& entry : fs::directory_iterator(dir)) {
-    if (entry.is_regular_file() && is_shard_file_name(entry.path().filename().string())) {
+    const std::string name = entry.path().filename().string();
+    const std::string written_as = name.substr(0, name.find(".tmp-"));  // write_token_shard's temporary names
+    if (entry.is_regular_file() && is_shard_file_name(written_as)) {
       fs::remove(entry.path(), ec);
       if (ec) fail("--out: cannot remove old shard '{}': {}", entry.path().string(), ec.message());
     }
@@ -403,7 +415,9 @@ PrepareSummary prepare_dataset(const PrepareOptions& options) {
   for (const auto& file : files) {
     const MappedFile mapped(file);
     input_bytes += static_cast<int64_t>(mapped.contents().size());
-    for_each_document(mapped.contents(), options.split, [&](std::string_view) { ++documents; });
+    read_mapped("input file '" + file + "'", [&] {
+      for_each_document(mapped.contents(), options.split, [&](std::string_view) { ++documents; });
+    });
   }
   if (input_bytes == 0) fail("--input: empty input: the {} input file(s) hold no bytes", files.size());
   if (documents == 0) {
@@ -440,6 +454,17 @@ PrepareSummary prepare_dataset(const PrepareOptions& options) {
   }
 
   const fs::path out_dir(options.out_dir);
+  // prepare_output_dir deletes the old shards and summary: none may be an input.
+  for (const std::string& file : files) {
+    std::error_code ec;
+    const std::string name = fs::path(file).filename().string();
+    const bool replaced = is_shard_file_name(name) || name.rfind(kSummaryFile, 0) == 0;
+    if (replaced && fs::equivalent(fs::path(file).parent_path().empty() ? "." : fs::path(file).parent_path(), out_dir,
+                                   ec))
+      fail("--input: '{}' is in --out '{}', whose old shards and summary.json prepare deletes before writing new "
+           "ones; write the new dataset to another directory",
+           file, out_dir.string());
+  }
   prepare_output_dir(out_dir);
   PrepareSummary summary;
   summary.tokenizer = tokenizer->name();
@@ -460,23 +485,27 @@ PrepareSummary prepare_dataset(const PrepareOptions& options) {
   for (const auto& file : files) {
     const MappedFile mapped(file);
     const std::string_view contents = mapped.contents();
-    for_each_document(contents, options.split, [&](std::string_view document) {
-      const bool val = index == forced_val ||
-                       (index != forced_train && document_hash_is_val(options.seed, index, options.val_fraction));
-      ShardWriter& writer = val ? val_writer : train_writer;
-      SplitSummary& split = val ? summary.val : summary.train;
-      std::vector<uint32_t>& tokens = writer.buffer();
-      const size_t before = tokens.size();
-      tokenizer->encode_append(document, tokens, false);
-      tokens.push_back(tokenizer->eot_token());
-      split.documents += 1;
-      split.bytes += static_cast<int64_t>(document.size());
-      split.tokens += static_cast<int64_t>(tokens.size() - before);
-      split.invalid_utf8_documents += is_valid_utf8(document) ? 0 : 1;
-      writer.write_full_shards();
-      ++index;
-      const auto done = static_cast<int64_t>(document.data() + document.size() - contents.data());
-      progress.update(bytes_before_file + done, index);
+    // Only the scan and the tokenizer touch the mapping; neither holds more
+    // than memory (read_mapped's condition).
+    read_mapped("input file '" + file + "'", [&] {
+      for_each_document(contents, options.split, [&](std::string_view document) {
+        const bool val = index == forced_val ||
+                         (index != forced_train && document_hash_is_val(options.seed, index, options.val_fraction));
+        ShardWriter& writer = val ? val_writer : train_writer;
+        SplitSummary& split = val ? summary.val : summary.train;
+        std::vector<uint32_t>& tokens = writer.buffer();
+        const size_t before = tokens.size();
+        tokenizer->encode_append(document, tokens, false);
+        tokens.push_back(tokenizer->eot_token());
+        split.documents += 1;
+        split.bytes += static_cast<int64_t>(document.size());
+        split.tokens += static_cast<int64_t>(tokens.size() - before);
+        split.invalid_utf8_documents += is_valid_utf8(document) ? 0 : 1;
+        writer.write_full_shards();
+        ++index;
+        const auto done = static_cast<int64_t>(document.data() + document.size() - contents.data());
+        progress.update(bytes_before_file + done, index);
+      });
     });
     bytes_before_file += static_cast<int64_t>(contents.size());
   }
@@ -493,6 +522,8 @@ PrepareSummary prepare_dataset(const PrepareOptions& options) {
   std::error_code ec;
   fs::rename(temporary, summary_path, ec);
   if (ec) fail("--out: cannot rename '{}' to '{}': {}", temporary.string(), summary_path.string(), ec.message());
+  fs::remove(out_dir / kIncompleteDatasetMarker, ec);
+  if (ec) fail("--out: cannot remove '{}': {}", (out_dir / kIncompleteDatasetMarker).string(), ec.message());
   return summary;
 }
 

@@ -50,8 +50,14 @@ class TokenShard {
 // Writes an llm.c-format shard (uint16 when every id < 65536, else uint32).
 void write_token_shard(const std::string& path, const std::vector<uint32_t>& tokens);
 
+// `srgpt prepare` keeps this file in its output directory until the
+// dataset is complete (summary.json written): shards beside it are from an
+// interrupted or failed run.
+constexpr const char* kIncompleteDatasetMarker = ".prepare-incomplete";
+
 // Sorted list of files matching a glob pattern; an Error naming `what` (the
-// config key) and the pattern when nothing matches.
+// config key) and the pattern when nothing matches, or when a matching
+// file's directory holds an incomplete dataset (kIncompleteDatasetMarker).
 std::vector<std::string> expand_shard_pattern(const std::string& pattern, const std::string& what);
 
 // Where a loader is in its stream; saved in checkpoints.

@@ -218,6 +218,7 @@ TEST_CASE("prepare replaces the shards of an earlier run and reports bytes per t
   write_file(dir.path() / "in/a.txt", "alpha beta\n\ngamma delta\n\nepsilon\n\nzeta eta theta\n");
   write_file(dir.path() / "out/train_000007.bin", "stale");
   write_file(dir.path() / "out/val_000003.bin", "stale");
+  write_file(dir.path() / "out/train_000001.bin.tmp-4242", "an interrupted run's temporary");
   write_file(dir.path() / "out/notes.txt", "kept");
   auto options = options_for(dir, "byte");
   options.split = srgpt::DocumentSplit::Paragraphs;
@@ -225,7 +226,19 @@ TEST_CASE("prepare replaces the shards of an earlier run and reports bytes per t
   const auto summary = srgpt::prepare_dataset(options);
   CHECK_FALSE(fs::exists(dir.path() / "out/train_000007.bin"));
   CHECK_FALSE(fs::exists(dir.path() / "out/val_000003.bin"));
+  CHECK_FALSE(fs::exists(dir.path() / "out/train_000001.bin.tmp-4242"));
   CHECK(fs::exists(dir.path() / "out/notes.txt"));
+  // Complete: the loader takes the shards (no incomplete-dataset marker left).
+  CHECK_FALSE(fs::exists(dir.path() / "out" / srgpt::kIncompleteDatasetMarker));
+  CHECK(srgpt::expand_shard_pattern((dir.path() / "out/train_*.bin").string(), "data.train").size() == 1);
+
+  // The same output directory as an input: refused before anything is deleted.
+  auto onto_itself = options;
+  onto_itself.inputs = {(dir.path() / "out").string() + "/*"};
+  const std::string onto_itself_error = error_message([&] { srgpt::prepare_dataset(onto_itself); });
+  CHECK(onto_itself_error.find("is in --out") != std::string::npos);
+  CHECK(fs::exists(dir.path() / "out/summary.json"));
+  CHECK(fs::exists(dir.path() / "out/train_000000.bin"));
 
   const auto train_ratio = srgpt::prepared_bytes_per_token({(dir.path() / "out/train_000000.bin").string()});
   REQUIRE(train_ratio.has_value());
@@ -305,6 +318,25 @@ TEST_CASE("prepare reports bad inputs as clear errors", "[prepare]") {
     expect_error(bad, {"unigram", "'byte'"});
   }
   CHECK_FALSE(fs::exists(dir.path() / "out/summary.json"));
+}
+
+TEST_CASE("shards of an interrupted prepare are refused until it runs again", "[prepare]") {
+  TempDir dir("prepare-interrupted");
+  fs::create_directories(dir.path() / "in");
+  write_file(dir.path() / "in/a.txt", "alpha beta\n\ngamma delta\n\nepsilon\n");
+  auto options = options_for(dir, "byte");
+  options.split = srgpt::DocumentSplit::Paragraphs;
+  srgpt::prepare_dataset(options);
+  // What an interrupted run leaves: shards, and the marker it writes first
+  // and removes last.
+  write_file(dir.path() / "out" / srgpt::kIncompleteDatasetMarker, "");
+  const std::string pattern = (dir.path() / "out/train_*.bin").string();
+  const std::string refused = error_message([&] { srgpt::expand_shard_pattern(pattern, "data.train"); });
+  CHECK(refused.find("data.train") != std::string::npos);
+  CHECK(refused.find("incomplete dataset") != std::string::npos);
+  CHECK(refused.find("run prepare again") != std::string::npos);
+  srgpt::prepare_dataset(options);
+  CHECK(srgpt::expand_shard_pattern(pattern, "data.train").size() == 1);
 }
 
 TEST_CASE("srgpt prepare command line", "[prepare]") {

@@ -1,0 +1,24 @@
+#pragma once
+// Reading memory-mapped files (token shards, prepare's inputs) that may
+// shrink while mapped: truncated, or rewritten in place by another program.
+// Reading the pages that are gone raises SIGBUS, which would kill the
+// process; inside read_mapped it becomes an Error naming the file instead.
+#include <functional>
+#include <string>
+
+namespace srgpt {
+
+// Installs the SIGBUS handler read_mapped relies on, if another one has
+// taken its place (a library or a test framework may install its own).
+// Call it when mapping a file. A SIGBUS outside read_mapped goes to the
+// handler that was there before, with that handler's own flags.
+void install_mapped_read_guard();
+
+// Runs read(), which reads a mapping of the file `what` names ("token shard
+// PATH"); a SIGBUS inside it becomes the Error "<what> shrank while being
+// read ...". read() must not hold locks or own resources other than memory
+// while it touches the mapping: the jump out of the signal handler leaves
+// its frames without running their destructors.
+void read_mapped(const std::string& what, const std::function<void()>& read);
+
+}  // namespace srgpt
