@@ -132,6 +132,9 @@ std::vector<fs::path> copy_tokenizer_files(const std::string& tokenizer_dir, con
                  dir.string(), kHfVocabFile, kHfMergesFile);
     return {};
   }
+  // Loading them checks them (as prepare and sample would): a truncated or
+  // corrupt file is an error naming it, not a copy.
+  make_tokenizer("gpt2", dir.string());
   write_text_atomically(out_dir / kHfVocabFile, read_text_file(encoder));
   write_text_atomically(out_dir / kHfMergesFile, read_text_file(merges));
   return {out_dir / kHfVocabFile, out_dir / kHfMergesFile};
@@ -207,8 +210,15 @@ std::vector<fs::path> export_hf(const ModelConfig& model, const std::vector<floa
   std::vector<fs::path> written{out_dir / kWeightsFile, out_dir / kConfigFile};
   write_safetensors(written[0], tensors, {{"format", "pt"}});
   write_text_atomically(written[1], hf_config_json(model, options.dtype).dump(2) + "\n");
-  if (model.vocab_size == kGpt2VocabSize)
+  if (model.vocab_size == kGpt2VocabSize) {
     for (const fs::path& f : copy_tokenizer_files(options.tokenizer_dir, out_dir)) written.push_back(f);
+  } else {
+    // An earlier GPT-2 export's tokenizer files would describe another vocabulary.
+    for (const char* stale : {kHfVocabFile, kHfMergesFile}) {
+      fs::remove(out_dir / stale, ec);
+      if (ec) fail("cannot remove {} (left by an earlier export): {}", (out_dir / stale).string(), ec.message());
+    }
+  }
   return written;
 }
 

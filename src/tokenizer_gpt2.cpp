@@ -194,7 +194,10 @@ std::string utf8_encode(uint32_t code_point) {
   return s;
 }
 
-std::string json_quoted(const std::string& s) { return nlohmann::json(s).dump(); }
+// Invalid UTF-8 (a vocab.bpe line in Latin-1) is shown as U+FFFD, not thrown.
+std::string json_quoted(const std::string& s) {
+  return nlohmann::json(s).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
 
 // Bytes of a token written in the byte mapping's characters.
 std::string token_key_to_bytes(const std::string& key, const std::string& path) {

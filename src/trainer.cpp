@@ -446,21 +446,34 @@ void Trainer::load(CheckpointReader& reader) {
   const nlohmann::json& st = reader.state();
   Config saved;
   int saved_world = 1, saved_stage = 0;
+  // The state's fields, or an error naming the one that is missing or of
+  // another type.
+  auto state = [&](const char* key, auto value) {
+    if (!st.is_object() || !st.contains(key))
+      fail("checkpoint {}: its manifest's state has no \"{}\"", dir.string(), key);
+    try {
+      return st.at(key).get<decltype(value)>();
+    } catch (const nlohmann::json::exception&) {
+      fail("checkpoint {}: its manifest's state \"{}\" = {} is not of the expected type", dir.string(), key,
+           st.at(key).dump());
+    }
+  };
   try {
-    saved = config_from_json(st.at("config"), (dir / "manifest.json").string());
-    if (st.at("precision").get<std::string>() != precision_name(config_.precision))
+    saved = config_from_json(state("config", nlohmann::json()), (dir / "manifest.json").string());
+    const std::string saved_precision = state("precision", std::string());
+    if (saved_precision != precision_name(config_.precision))
       fail("checkpoint {} was trained with precision \"{}\", but the config has \"{}\"; resume with the same precision",
-           dir.string(), st.at("precision").get<std::string>(), precision_name(config_.precision));
-    step_ = st.at("step").get<int64_t>();
-    tokens_seen_ = st.at("tokens_seen").get<int64_t>();
-    skipped_steps_ = st.at("skipped_steps").get<int64_t>();
-    saved_world = st.at("world_size").get<int>();
-    saved_stage = st.at("zero_stage").get<int>();
+           dir.string(), saved_precision, precision_name(config_.precision));
+    step_ = state("step", int64_t());
+    tokens_seen_ = state("tokens_seen", int64_t());
+    skipped_steps_ = state("skipped_steps", int64_t());
+    saved_world = state("world_size", int());
+    saved_stage = state("zero_stage", int());
     if (step_ != reader.step() || tokens_seen_ < 0 || skipped_steps_ < 0 || skipped_steps_ > step_)
       fail("checkpoint {}: its state says step {} (the manifest: {}), tokens_seen {}, skipped_steps {}; allowed: "
            "the manifest's step, counts >= 0, skipped_steps <= step",
            dir.string(), step_, reader.step(), tokens_seen_, skipped_steps_);
-    LoaderPosition pos = loader_position_from_json(st.at("train_loader"));
+    LoaderPosition pos = loader_position_from_json(state("train_loader", nlohmann::json()));
     check_same_model(config_, saved, dir);
     if (saved_world != comm_->size() && config_.batch.total_tokens != saved.batch.total_tokens)
       fail("checkpoint {} used batch.total_tokens = {}; resuming on {} ranks needs the same global batch", dir.string(),

@@ -1,4 +1,5 @@
 #include <cstdio>
+#include <initializer_list>
 #include <memory>
 #include <string>
 
@@ -41,14 +42,23 @@ void add_info_command(CLI::App& app) {
       std::printf("%s\n", m.dump(2).c_str());
       return;
     }
-    const nlohmann::json& st = reader.state();
-    const nlohmann::json& model = st.at("config").at("model");
+    // The state is the trainer's (opaque to the checkpoint layer, which
+    // validated the rest): describe what is there, and say what is not.
+    auto state_field = [&](std::initializer_list<const char*> path) -> std::string {
+      const nlohmann::json* j = &reader.state();
+      for (const char* key : path) {
+        if (!j->is_object() || !j->contains(key)) return "(missing)";
+        j = &j->at(key);
+      }
+      return j->is_string() ? j->get<std::string>() : j->dump();
+    };
     std::printf("checkpoint   %s\n", reader.dir().string().c_str());
     std::printf("step         %lld\n", (long long)reader.step());
-    std::printf("tokens seen  %lld\n", (long long)st.value("tokens_seen", 0LL));
-    std::printf("precision    %s\n", st.value("precision", "?").c_str());
-    std::printf("model        %s\n", model.dump().c_str());
-    std::printf("world size   %d, zero stage %d\n", st.value("world_size", 1), st.value("zero_stage", 0));
+    std::printf("tokens seen  %s\n", state_field({"tokens_seen"}).c_str());
+    std::printf("precision    %s\n", state_field({"precision"}).c_str());
+    std::printf("model        %s\n", state_field({"config", "model"}).c_str());
+    std::printf("world size   %s, zero stage %s\n", state_field({"world_size"}).c_str(),
+                state_field({"zero_stage"}).c_str());
     for (const auto& f : m.at("files"))
       std::printf("file         %-24s %12lld bytes  crc32 %08llx  %zu tensors\n", f.at("name").get<std::string>().c_str(),
                   (long long)f.at("bytes").get<int64_t>(), (unsigned long long)f.at("crc32").get<uint64_t>(),

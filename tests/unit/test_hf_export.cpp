@@ -372,4 +372,21 @@ TEST_CASE("a GPT-2-vocabulary export carries the tokenizer files under their HF 
   const auto bare = srgpt::export_hf(m, weights, tmp.path() / "bare", {srgpt::DType::f32, tmp.str("none")});
   CHECK(bare.size() == 2);
   CHECK(!fs::exists(tmp.path() / "bare" / "vocab.json"));
+
+  // Corrupt tokenizer files are an error, not a copy.
+  fs::create_directories(tmp.path() / "truncated");
+  std::ofstream(tmp.path() / "truncated" / "encoder.json") << read_all(tokenizer_dir + "/encoder.json").substr(0, 5000);
+  fs::copy_file(tokenizer_dir + "/vocab.bpe", tmp.path() / "truncated" / "vocab.bpe");
+  const std::string corrupt = error_message(
+      [&] { srgpt::export_hf(m, weights, tmp.path() / "corrupt", {srgpt::DType::f32, tmp.str("truncated")}); });
+  CHECK(corrupt.find("encoder.json") != std::string::npos);
+
+  // A byte-level model exported over the GPT-2 export drops its tokenizer files.
+  srgpt::ModelConfig bytes = m;
+  bytes.vocab_size = 256;
+  const srgpt::Layout byte_layout = srgpt::gpt2_param_layout(bytes, 1);
+  srgpt::export_hf(bytes, srgpt::gpt2_initial_weights(bytes, byte_layout, 3, 0.02), tmp.path() / "hf",
+                   {srgpt::DType::f32, tokenizer_dir});
+  CHECK(!fs::exists(tmp.path() / "hf" / "vocab.json"));
+  CHECK(!fs::exists(tmp.path() / "hf" / "merges.txt"));
 }
