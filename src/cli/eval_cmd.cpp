@@ -25,7 +25,8 @@ void add_eval_command(CLI::App& app) {
       ->required();
   cmd->add_option("--data", args->data, "Glob pattern of token shards, e.g. 'data/demo/val_*.bin'")->required();
   cmd->add_option("--max-tokens", args->max_tokens,
-                  "Evaluate at most this many tokens (whole batches; default: the whole split)")
+                  "Evaluate about this many tokens: rounded down to whole batches, at least one (default: the whole "
+                  "split)")
       ->check(integer_at_least(0));
   cmd->add_option("--batch", args->batch, "Sequences per batch (default: the checkpoint's batch.micro_batch)")
       ->check(integer_at_least(1));
