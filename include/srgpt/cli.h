@@ -15,13 +15,20 @@ void add_import_command(CLI::App& app);
 }  // namespace srgpt
 
 #include <filesystem>
+#include <limits>
 
 namespace srgpt {
 
-// Checks an integer option: a whole number >= minimum, or an error naming the
-// value and the allowed range (CLI11's NonNegativeNumber prints its range up
-// to the largest double).
-CLI::Validator integer_at_least(long long minimum);
+// Checks an integer option: a whole number (digits, '-' for negatives, no
+// leading zero) in [minimum, maximum], or an error naming the value and the
+// range. CLI11's NonNegativeNumber prints its range up to the largest
+// double, and CLI11 reads "010" as octal 8.
+CLI::Validator integer_in_range(long long minimum, unsigned long long maximum);
+// The same for an option stored in a T: up to T's largest value.
+template <typename T>
+CLI::Validator integer_at_least(long long minimum) {
+  return integer_in_range(minimum, std::numeric_limits<T>::max());
+}
 
 // A checkpoint directory, or a run directory / checkpoints root, resolved to
 // the checkpoint directory to read (the newest one for the latter two).

@@ -27,11 +27,11 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("--max-tokens", args->max_tokens,
                   "Evaluate about this many tokens: rounded down to whole batches, at least one (default: the whole "
                   "split)")
-      ->check(integer_at_least(0));
+      ->check(integer_at_least<int64_t>(0));
   cmd->add_option("--batch", args->batch, "Sequences per batch (default: the checkpoint's batch.micro_batch)")
-      ->check(integer_at_least(1));
+      ->check(integer_at_least<int>(1));
   cmd->add_option("--seq-len", args->seq_len, "Tokens per sequence (default: the checkpoint's batch.seq_len)")
-      ->check(integer_at_least(1));
+      ->check(integer_at_least<int>(1));
   cmd->footer("Prints a human-readable line, then one JSON object: {\"loss\", \"perplexity\", \"tokens\", \"step\"},\n"
               "plus \"bits_per_byte\" when the shards were written by `srgpt prepare` (its summary.json gives the\n"
               "split's bytes per token): bits_per_byte = loss / ln(2) / bytes_per_token.\n"

@@ -6,14 +6,17 @@
 
 namespace srgpt {
 
-CLI::Validator integer_at_least(long long minimum) {
-  const std::string allowed = "allowed: a whole number >= " + std::to_string(minimum);
+CLI::Validator integer_in_range(long long minimum, unsigned long long maximum) {
+  const std::string allowed =
+      "allowed: a whole number in [" + std::to_string(minimum) + ", " + std::to_string(maximum) + "]";
   return CLI::Validator(
-      [minimum, allowed](std::string& text) -> std::string {
+      [minimum, maximum, allowed](std::string& text) -> std::string {
         const bool negative = !text.empty() && text[0] == '-';
         const size_t first_digit = negative ? 1 : 0;
         if (text.size() == first_digit || text.find_first_not_of("0123456789", first_digit) != std::string::npos)
           return "'" + text + "' is not a whole number; " + allowed;
+        if (text[first_digit] == '0' && text.size() > first_digit + 1)
+          return "'" + text + "' has a leading zero (CLI11 would read it as octal); " + allowed;
         bool below = true;
         if (negative) {
           below = std::strtoll(text.c_str(), nullptr, 10) < minimum;
@@ -21,13 +24,13 @@ CLI::Validator integer_at_least(long long minimum) {
           // Parsed as unsigned, so every uint64 seed passes.
           errno = 0;
           const unsigned long long value = std::strtoull(text.c_str(), nullptr, 10);
-          if (errno == ERANGE) return text + " is too large; " + allowed;
+          if (errno == ERANGE || value > maximum) return text + " is too large; " + allowed;
           below = minimum > 0 && value < static_cast<unsigned long long>(minimum);
         }
         if (below) return text + " is below " + std::to_string(minimum) + "; " + allowed;
         return std::string();
       },
-      ">= " + std::to_string(minimum));
+      "[" + std::to_string(minimum) + ", " + std::to_string(maximum) + "]");
 }
 
 }  // namespace srgpt

@@ -45,7 +45,7 @@ void add_prepare_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--shard-tokens", options.shard_tokens, "Tokens per shard")->capture_default_str();
   cmd->add_option("--seed", options.seed, "Seed of the train/val assignment")
-      ->check(integer_at_least(0))
+      ->check(integer_at_least<uint64_t>(0))
       ->capture_default_str();
   cmd->add_flag("--no-progress", args->no_progress, "Print no progress on stderr");
   cmd->callback([args]() {

@@ -61,16 +61,16 @@ void add_sample_command(CLI::App& app) {
                   "Text to continue; \"<|endoftext|>\" in it is GPT-2's special token. Empty (the default): start "
                   "from the end-of-text token, i.e. a new document");
   cmd->add_option("--tokens", o.max_new_tokens, "Tokens to generate at most")
-      ->check(integer_at_least(0))
+      ->check(integer_at_least<int>(0))
       ->capture_default_str();
   cmd->add_option("--temperature", o.temperature,
                   "Softmax temperature; 0 picks the most likely token every time (greedy)")
       ->capture_default_str();
   cmd->add_option("--top-k", o.top_k, "Sample only among the K most likely tokens (0: all)")
-      ->check(integer_at_least(0))
+      ->check(integer_at_least<int>(0))
       ->capture_default_str();
   cmd->add_option("--seed", o.seed, "Seed of the random draws; the same seed gives the same text")
-      ->check(integer_at_least(0))
+      ->check(integer_at_least<uint64_t>(0))
       ->capture_default_str();
   cmd->add_option("--tokenizer", args->tokenizer,
                   "gpt2 or byte (default: byte for a 256-token model, gpt2 for a 50257-token model)")

@@ -31,7 +31,7 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--resume-from", args->resume_from, "Continue from this checkpoint directory");
   cmd->add_option("--stop-after", args->stop_after,
                   "Write a checkpoint and stop after this step (for time-sliced jobs; resume later with --resume)")
-      ->check(integer_at_least(1));
+      ->check(integer_at_least<int64_t>(1));
   cmd->footer(
       "Logs one line per step (loss, lr, grad norm, tokens/s) and appends metrics to <out_dir>/metrics.jsonl.\n"
       "Checkpoints go to <out_dir>/checkpoints/step_NNNNNNNN. SIGTERM or SIGINT finishes the current step,\n"

@@ -168,6 +168,10 @@ TEST_CASE("bad inputs give a clear error and a non-zero exit", "[cli][errors]") 
   expect_error("seed beyond uint64", bin + " sample --checkpoint " + f.checkpoint() + " --seed 18446744073709551616",
                {"--seed", "too large"});
   expect_error("fractional stop step", train + f.good_config + " --stop-after 1.5", {"--stop-after", "'1.5'"});
+  expect_error("a leading zero (CLI11 reads octal)", bin + " sample --checkpoint " + f.checkpoint() + " --tokens 010",
+               {"--tokens", "leading zero"});
+  expect_error("an int option beyond int", bin + " eval --checkpoint " + f.checkpoint() + " --data x --batch 2147483648",
+               {"--batch", "too large", "[1, 2147483647]"});
 
   // Training into an out_dir that holds checkpoints past the starting step
   // would mix two runs' checkpoints (and --resume would pick the other's).
