@@ -452,7 +452,9 @@ CheckpointReader::CheckpointReader(const fs::path& dir) : dir_(dir) {
   for (const nlohmann::json& f : manifest_.at("files")) {
     const fs::path path = dir_ / f.at("name").get<std::string>();
     uint64_t expected = f.at("bytes").get<uint64_t>();
-    if (!fs::is_regular_file(path, ec)) fail("{}: listed in {} but missing", path.string(), kManifestName);
+    if (!fs::is_regular_file(path, ec))
+      fail("{}: listed in {} but {}", path.string(), kManifestName,
+           fs::exists(path, ec) ? "not a regular file" : "missing");
     uint64_t actual = fs::file_size(path, ec);
     if (ec) fail("cannot stat {}: {}", path.string(), ec.message());
     if (actual < expected)

@@ -8,7 +8,11 @@ namespace fs = std::filesystem;
 
 fs::path resolve_checkpoint_dir(const fs::path& path) {
   if (!fs::exists(path)) fail("checkpoint path {} does not exist", path.string());
-  if (fs::exists(path / "manifest.json") || !fs::is_directory(path)) return path;
+  if (!fs::is_directory(path))
+    fail("checkpoint path {} is not a directory; pass a checkpoint directory (checkpoints/step_NNNNNNNN) or a run "
+         "directory",
+         path.string());
+  if (fs::exists(path / "manifest.json")) return path;
   for (const fs::path& root : {path, path / "checkpoints"})
     if (auto latest = latest_checkpoint(root)) return *latest;
   fail("{} is neither a checkpoint directory (no manifest.json) nor a run directory containing checkpoints",

@@ -6,6 +6,7 @@
 
 #include "srgpt/cli.h"
 #include "srgpt/config.h"
+#include "srgpt/error.h"
 #include "srgpt/hf_export.h"
 
 namespace srgpt {
@@ -38,7 +39,14 @@ void add_import_command(CLI::App& app) {
     const HfModel hf = read_hf_model(args->hf_dir);
     nlohmann::json settings = config_to_json(args->config.empty() ? default_import_settings(hf.model)
                                                                   : load_config(args->config, {}));
-    for (const std::string& assignment : args->overrides) apply_override(settings, assignment);
+    // The model's shape is config.json's; a --set of model.* would be
+    // dropped below, so it is refused rather than ignored.
+    for (const std::string& assignment : args->overrides) {
+      if (assignment.rfind("model.", 0) == 0)
+        fail("--set {}: the model's shape comes from {}/config.json; import cannot change it", assignment,
+             args->hf_dir);
+      apply_override(settings, assignment);
+    }
     if (!args->precision.empty()) settings["precision"] = args->precision;
     settings["model"] = config_to_json(default_import_settings(hf.model))["model"];
     const std::string origin = args->config.empty() ? "the import defaults" : args->config;

@@ -336,6 +336,13 @@ TEST_CASE("srgpt export and import through the binary", "[export]") {
   CHECK(bad.output.find("nothing") != std::string::npos);
   auto bad_format = run_command(bin + " export --checkpoint " + run.tmp.str("run") + " --out " + out + " --format onnx");
   CHECK(bad_format.exit_code != 0);
+  // The model's shape is config.json's: a --set of it is refused, not dropped.
+  auto reshaped = run_command(bin + " import --hf " + out + " --out " + run.tmp.str("reshaped") + " --set model.n_layer=3");
+  CHECK(reshaped.exit_code == 1);
+  CHECK(reshaped.output.find("--set model.n_layer=3") != std::string::npos);
+  auto file_as_checkpoint = run_command(bin + " info " + out + "/config.json");
+  CHECK(file_as_checkpoint.exit_code == 1);
+  CHECK(file_as_checkpoint.output.find("is not a directory") != std::string::npos);
 }
 
 TEST_CASE("a GPT-2-vocabulary export carries the tokenizer files under their HF names", "[export]") {
