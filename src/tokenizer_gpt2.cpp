@@ -471,6 +471,14 @@ struct Gpt2Tokenizer::Impl {
       }
       available[merged_id] = 1;
     }
+    // Every token but end-of-text is a byte or a merge's result; one that
+    // no merge makes means vocab.bpe is short (or empty) or not this
+    // encoder.json's.
+    for (uint32_t id = 0; id < available.size(); ++id)
+      if (!available[id] && id != end_of_text)
+        fail("{}: no merge makes token {} (id {}) of encoder.json; its {} merges do not match the vocabulary of {} "
+             "tokens",
+             path, json_quoted(bytes_of_token[id]), id, merge_count, available.size());
   }
 
   void push_candidate(int32_t left) {

@@ -287,6 +287,11 @@ TEST_CASE("bad GPT-2 tokenizer files are clear errors", "[tokenizer]") {
     v.encoder["aa"] = "256";
     expect_error(v, "", {"encoder.json", "\"aa\"", "0..259"});
   }
+  SECTION("vocab.bpe makes too few of the tokens (here none)") {
+    TinyVocabulary v;
+    v.merges = "#version: 0.2\n";
+    expect_error(v, "", {"vocab.bpe", "no merge makes token", "0 merges"});
+  }
   SECTION("an id is used twice") {
     TinyVocabulary v;
     v.encoder["aa"] = 257;
