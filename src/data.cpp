@@ -66,41 +66,44 @@ TokenShard::TokenShard(const std::string& path) : path_(path) {
   map_ = map;
   // From here on the destructor is not run if we throw, so unmap by hand.
   try {
-    const unsigned char* bytes = static_cast<const unsigned char*>(map_);
-    int32_t first = map_bytes_ >= 4 ? read_int32(bytes) : 0;
-    if (first == kShardMagic) {
-      if (map_bytes_ < kHeaderBytes)
-        fail("token shard {} is truncated: {} bytes, shorter than the {}-byte llm.c header", path, map_bytes_,
-             kHeaderBytes);
-      int32_t version = read_int32(bytes + 4);
-      if (version != 1 && version != 2)
-        fail("token shard {} has unsupported version {} (1 = uint16 tokens, 2 = uint32 tokens)", path, version);
-      int32_t count = read_int32(bytes + 8);
-      if (count < 0) fail("token shard {} has a negative token count {} in its header", path, count);
-      token_bytes_ = version == 1 ? 2 : 4;
-      size_t expected = kHeaderBytes + size_t(count) * size_t(token_bytes_);
-      if (map_bytes_ < expected)
-        fail("token shard {} is truncated: its header says {} tokens ({} bytes) but the file has {} bytes", path,
-             count, expected, map_bytes_);
-      if (map_bytes_ > expected)
-        fail("token shard {} has {} extra bytes after the {} tokens its header declares", path, map_bytes_ - expected,
-             count);
-      tokens_ = bytes + kHeaderBytes;
-      count_ = size_t(count);
-      llmc_ = true;
-    } else {
-      for (int32_t magic : kOtherLlmcMagics)
-        if (first == magic)
-          fail("{} starts with llm.c magic {}, which is not a token shard (token shards have magic {})", path, magic,
-               kShardMagic);
-      if (map_bytes_ % 2 != 0)
-        fail("token shard {} has odd size {} bytes: a raw (nanoGPT) shard is a sequence of uint16 tokens", path,
-             map_bytes_);
-      token_bytes_ = 2;
-      tokens_ = bytes;
-      count_ = map_bytes_ / 2;
-      llmc_ = false;
-    }
+    // The header is read from the mapping too: the file may shrink after fstat.
+    read_mapped("token shard " + path, [&] {
+      const unsigned char* bytes = static_cast<const unsigned char*>(map_);
+      int32_t first = map_bytes_ >= 4 ? read_int32(bytes) : 0;
+      if (first == kShardMagic) {
+        if (map_bytes_ < kHeaderBytes)
+          fail("token shard {} is truncated: {} bytes, shorter than the {}-byte llm.c header", path, map_bytes_,
+               kHeaderBytes);
+        int32_t version = read_int32(bytes + 4);
+        if (version != 1 && version != 2)
+          fail("token shard {} has unsupported version {} (1 = uint16 tokens, 2 = uint32 tokens)", path, version);
+        int32_t count = read_int32(bytes + 8);
+        if (count < 0) fail("token shard {} has a negative token count {} in its header", path, count);
+        token_bytes_ = version == 1 ? 2 : 4;
+        size_t expected = kHeaderBytes + size_t(count) * size_t(token_bytes_);
+        if (map_bytes_ < expected)
+          fail("token shard {} is truncated: its header says {} tokens ({} bytes) but the file has {} bytes", path,
+               count, expected, map_bytes_);
+        if (map_bytes_ > expected)
+          fail("token shard {} has {} extra bytes after the {} tokens its header declares", path, map_bytes_ - expected,
+               count);
+        tokens_ = bytes + kHeaderBytes;
+        count_ = size_t(count);
+        llmc_ = true;
+      } else {
+        for (int32_t magic : kOtherLlmcMagics)
+          if (first == magic)
+            fail("{} starts with llm.c magic {}, which is not a token shard (token shards have magic {})", path, magic,
+                 kShardMagic);
+        if (map_bytes_ % 2 != 0)
+          fail("token shard {} has odd size {} bytes: a raw (nanoGPT) shard is a sequence of uint16 tokens", path,
+               map_bytes_);
+        token_bytes_ = 2;
+        tokens_ = bytes;
+        count_ = map_bytes_ / 2;
+        llmc_ = false;
+      }
+    });
   } catch (...) {
     ::munmap(map_, map_bytes_);
     throw;
