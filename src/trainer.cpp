@@ -8,6 +8,7 @@
 #include <csignal>
 #include <cstring>
 #include <fstream>
+#include <utility>
 
 #include <spdlog/spdlog.h>
 
@@ -95,6 +96,13 @@ std::string broadcast_string(Communicator& comm, std::string s, int root) {
   return s;
 }
 
+// The smallest and the largest of `value` over the ranks (every rank gets
+// both): equal when all ranks hold the same value.
+std::pair<double, double> range_over_ranks(Communicator& comm, double value) {
+  const double high = comm.all_reduce_max(value);
+  return {-comm.all_reduce_max(-value), high};
+}
+
 // A value every rank must hold alike, what it is, and what to do when the
 // ranks differ on it.
 struct SharedValue {
@@ -108,7 +116,7 @@ struct SharedValue {
 // here, on every rank, naming the first value that differs.
 void require_same_on_every_rank(Communicator& comm, const std::vector<SharedValue>& values) {
   for (const SharedValue& v : values) {
-    const double high = comm.all_reduce_max(v.value), low = -comm.all_reduce_max(-v.value);
+    const auto [low, high] = range_over_ranks(comm, v.value);
     if (high != low)
       fail("the {} ranks disagree on {}: from {} to {} across ranks, {} on rank {}; {}", comm.size(), v.what, low, high,
            v.value, comm.rank(), v.remedy);
@@ -296,7 +304,7 @@ Trainer::Trainer(Config config, TrainOptions options) : config_(std::move(config
   const nlohmann::json config_json = config_to_json(config_);
   const std::string config_text = config_json.dump();
   const double config_hash = double(crc32(config_text.data(), config_text.size()));
-  if (comm_->all_reduce_max(config_hash) != -comm_->all_reduce_max(-config_hash)) {
+  if (const auto [low, high] = range_over_ranks(*comm_, config_hash); low != high) {
     const std::string lead = broadcast_string(*host_comm_, config_text, 0);
     const std::string mine = config_difference(nlohmann::json::parse(lead), config_json, rank);
     // Every rank reports the lowest differing rank's difference, so the
@@ -332,10 +340,11 @@ Trainer::Trainer(Config config, TrainOptions options) : config_(std::move(config
   }
   std::optional<CheckpointReader> checkpoint;
   if (!resume_dir.empty()) checkpoint.emplace(resume_dir);
+  const int64_t start_step = checkpoint ? checkpoint->step() : 0;
   const std::string same_files = "the same on every rank (with out_dir on a file system all ranks share)";
   require_same_on_every_rank(
       *comm_,
-      {{"the step to resume from (0: a fresh start)", checkpoint ? double(checkpoint->step()) : 0.0,
+      {{"the step to resume from (0: a fresh start)", double(start_step),
         "give every rank the same --resume or --resume-from, and keep the checkpoints " + same_files},
        {"the checkpoint's weights (CRC-32 in its manifest; 0: a fresh start)",
         checkpoint ? double(checkpoint->state().value("weights_crc32", uint32_t(0))) : 0.0,
@@ -348,7 +357,6 @@ Trainer::Trainer(Config config, TrainOptions options) : config_(std::move(config
   // Checkpoints in out_dir past the starting step are another run's (or
   // this run's future, if resuming from an earlier one): training on would
   // mix the two histories, and --resume would later pick the other one.
-  const int64_t start_step = checkpoint ? checkpoint->step() : 0;
   const auto newest = rank == 0 ? latest_checkpoint_with_step(checkpoint_root(config_)) : std::nullopt;
   const double newest_step = comm_->all_reduce_max(newest ? double(newest->first) : -1.0);
   if (newest_step > double(start_step))
@@ -384,7 +392,7 @@ fs::path Trainer::save(int64_t step) {
   // on every save, before anything is written, so a divergence is caught
   // with the last good checkpoint intact.
   const double weights_crc = crc32(weights.data(), weights.size());
-  if (comm.all_reduce_max(weights_crc) != -comm.all_reduce_max(-weights_crc))
+  if (const auto [low, high] = range_over_ranks(comm, weights_crc); low != high)
     fail("refusing to write a checkpoint at step {}: the ranks' weights are not bit-identical (this rank's crc32 "
          "{:08x}); replicas have diverged, which is a bug in srgpt or a faulty device",
          step, uint32_t(weights_crc));
