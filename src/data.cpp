@@ -67,7 +67,7 @@ TokenShard::TokenShard(const std::string& path) : path_(path) {
   // From here on the destructor is not run if we throw, so unmap by hand.
   try {
     // The header is read from the mapping too: the file may shrink after fstat.
-    read_mapped("token shard " + path, [&] {
+    read_mapped("token shard", path, [&] {
       const unsigned char* bytes = static_cast<const unsigned char*>(map_);
       int32_t first = map_bytes_ >= 4 ? read_int32(bytes) : 0;
       if (first == kShardMagic) {
@@ -139,7 +139,7 @@ TokenShard& TokenShard::operator=(TokenShard&& other) noexcept {
 uint32_t TokenShard::at(size_t i) const {
   if (i >= count_) fail("token shard {}: token index {} is out of range (the shard has {} tokens)", path_, i, count_);
   uint32_t id = 0;
-  read_mapped("token shard " + path_, [&] { id = token(i); });
+  read_mapped("token shard", path_, [&] { id = token(i); });
   return id;
 }
 
@@ -158,7 +158,7 @@ void TokenShard::copy(size_t begin, size_t count, int32_t* out, int vocab_size) 
   if (begin > count_ || count > count_ - begin)
     fail("token shard {}: tokens [{}, {}) are out of range (the shard has {} tokens)", path_, begin, begin + count,
          count_);
-  read_mapped("token shard " + path_, [&] {
+  read_mapped("token shard", path_, [&] {
     for (size_t i = 0; i < count; ++i) {
       const uint32_t id = token(begin + i);
       if (id >= uint32_t(vocab_size))

@@ -44,7 +44,7 @@ void install_mapped_read_guard() {
     fail("cannot install the SIGBUS handler for memory-mapped files: {}", std::strerror(errno));
 }
 
-void read_mapped(const std::string& what, const std::function<void()>& read) {
+void read_mapped(const char* kind, const std::string& path, const std::function<void()>& read) {
   sigjmp_buf jump;
   // No signal mask saved (that would be a system call per read): the jump
   // leaves SIGBUS blocked, as the handler runs with it blocked; unblock it.
@@ -54,9 +54,9 @@ void read_mapped(const std::string& what, const std::function<void()>& read) {
     sigemptyset(&bus);
     sigaddset(&bus, SIGBUS);
     ::pthread_sigmask(SIG_UNBLOCK, &bus, nullptr);
-    fail("{} shrank while being read (truncated or rewritten in place since it was opened); files being read must "
-         "not change",
-         what);
+    fail("{} {} shrank while being read (truncated or rewritten in place since it was opened); files being read "
+         "must not change",
+         kind, path);
   }
   // The fences keep the compiler from moving the reads of the mapping out
   // of the guarded stretch, or dropping the store the handler reads.

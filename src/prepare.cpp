@@ -415,7 +415,7 @@ PrepareSummary prepare_dataset(const PrepareOptions& options) {
   for (const auto& file : files) {
     const MappedFile mapped(file);
     input_bytes += static_cast<int64_t>(mapped.contents().size());
-    read_mapped("input file '" + file + "'", [&] {
+    read_mapped("input file", file, [&] {
       for_each_document(mapped.contents(), options.split, [&](std::string_view) { ++documents; });
     });
   }
@@ -487,7 +487,7 @@ PrepareSummary prepare_dataset(const PrepareOptions& options) {
     const std::string_view contents = mapped.contents();
     // Only the scan and the tokenizer touch the mapping; neither holds more
     // than memory (read_mapped's condition).
-    read_mapped("input file '" + file + "'", [&] {
+    read_mapped("input file", file, [&] {
       for_each_document(contents, options.split, [&](std::string_view document) {
         const bool val = index == forced_val ||
                          (index != forced_train && document_hash_is_val(options.seed, index, options.val_fraction));

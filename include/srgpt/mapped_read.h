@@ -14,11 +14,13 @@ namespace srgpt {
 // handler that was there before, with that handler's own flags.
 void install_mapped_read_guard();
 
-// Runs read(), which reads a mapping of the file `what` names ("token shard
-// PATH"); a SIGBUS inside it becomes the Error "<what> shrank while being
-// read ...". read() must not hold locks or own resources other than memory
-// while it touches the mapping: the jump out of the signal handler leaves
-// its frames without running their destructors.
-void read_mapped(const std::string& what, const std::function<void()>& read);
+// Runs read(), which reads a mapping of the file at `path` (a `kind` of
+// file: "token shard", "input file"); a SIGBUS inside it becomes the Error
+// "<kind> <path> shrank while being read ...". Nothing is built per call
+// (token reads call it per sample). read() must not hold locks or own
+// resources other than memory while it touches the mapping: the jump out
+// of the signal handler leaves its frames without running their
+// destructors.
+void read_mapped(const char* kind, const std::string& path, const std::function<void()>& read);
 
 }  // namespace srgpt
