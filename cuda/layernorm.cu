@@ -118,7 +118,6 @@ __global__ void residual_layernorm_forward_kernel(S* res_out, S* out, float* mea
 // registers when Held; otherwise the second pass reads them again.
 constexpr int kBackwardMaxWarps = 8;
 
-
 template <typename S, int W, bool Held>
 __global__ void layernorm_backward_kernel(S* din, float* dw_partials, float* db_partials, const S* dout, const S* in,
                                           const S* w, const float* mean, const float* rstd, int N, int C) {

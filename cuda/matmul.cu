@@ -1,8 +1,8 @@
 #include <type_traits>
 
+#include "accumulate.cuh"
 #include "common.cuh"
 #include "cuda_check.cuh"
-#include "accumulate.cuh"
 #include "gelu.cuh"
 #include "matmul.cuh"
 #include "reduce.cuh"

@@ -441,13 +441,15 @@ std::optional<std::string> batch_divisibility_problem(const BatchConfig& b, int 
                      b.total_tokens, factors, per_micro_step, per_micro_step, nearest);
 }
 
-}  // namespace
-
+// GPT-2's parameter count with the padded vocabulary, in double (no
+// overflow), without building the layout.
 double parameter_count(const ModelConfig& m) {
   const double C = m.d_model;
   return double(m.padded_vocab()) * C + double(m.max_seq_len) * C + double(m.n_layer) * (12 * C * C + 13 * C) +
          2 * C;
 }
+
+}  // namespace
 
 std::string model_size_problem(const ModelConfig& m) {
   if (m.n_layer > kMaxLayers) return fmt::format("model.n_layer = {}; allowed: 1..{}", m.n_layer, kMaxLayers);

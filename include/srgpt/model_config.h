@@ -29,8 +29,6 @@ constexpr int kMaxVocabSize = 1 << 30;  // padded_vocab() stays within int
 constexpr int kMaxLayers = 4096;
 constexpr double kMaxParameters = 1099511627776.0;  // 2^40, 2 TiB of bf16 weights
 
-// GPT-2's parameter count with the padded vocabulary, in double (no overflow).
-double parameter_count(const ModelConfig& m);
 // Why the model is beyond the bounds above (the keys named as in the run
 // config), or "" when it is within them.
 std::string model_size_problem(const ModelConfig& m);
