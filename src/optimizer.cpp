@@ -77,11 +77,18 @@ void Optimizer::step(int64_t t, double lr, float grad_scale) {
   params_.gather_updated_weights();
 }
 
+std::vector<StateBuffer> optimizer_state_kinds(Precision precision) {
+  const DType sd = adam_state_dtype(precision);
+  std::vector<StateBuffer> out{{"m", sd, nullptr}, {"v", sd, nullptr}};
+  if (has_master_weights(precision)) out.push_back({"master", DType::f32, nullptr});
+  if (has_kahan_compensation(precision)) out.push_back({"compensation", DType::bf16, nullptr});
+  return out;
+}
+
 std::vector<StateBuffer> Optimizer::state_buffers() {
-  const DType sd = adam_state_dtype(precision_);
-  std::vector<StateBuffer> out{{"m", sd, m_.get()}, {"v", sd, v_.get()}};
-  if (master_.get()) out.push_back({"master", DType::f32, master_.get()});
-  if (compensation_.get()) out.push_back({"compensation", DType::bf16, compensation_.get()});
+  std::vector<StateBuffer> out = optimizer_state_kinds(precision_);
+  for (StateBuffer& s : out)
+    s.data = s.name == "m" ? m_.get() : s.name == "v" ? v_.get() : s.name == "master" ? master_.get() : compensation_.get();
   return out;
 }
 

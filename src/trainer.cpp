@@ -12,6 +12,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "srgpt/bf16.h"
 #include "srgpt/checkpoint.h"
 #include "srgpt/error.h"
 
@@ -183,6 +184,57 @@ std::vector<char> read_optimizer_state(CheckpointReader& reader, const std::stri
 }
 
 namespace {
+
+// A checkpoint's training state (its manifest's "state"), every field
+// present, of its type and consistent with the manifest.
+struct SavedState {
+  Config config;
+  int64_t step = 0, tokens_seen = 0, skipped_steps = 0;
+  int world_size = 1, zero_stage = 0;
+  LoaderPosition train_loader;
+};
+
+SavedState read_saved_state(const CheckpointReader& reader) {
+  const std::string dir = reader.dir().string();
+  const nlohmann::json& st = reader.state();
+  // A field, or an error naming the one that is missing or of another type.
+  auto field = [&](const char* key, auto value) {
+    if (!st.is_object() || !st.contains(key)) fail("checkpoint {}: its manifest's state has no \"{}\"", dir, key);
+    try {
+      return st.at(key).get<decltype(value)>();
+    } catch (const nlohmann::json::exception&) {
+      fail("checkpoint {}: its manifest's state \"{}\" = {} is not of the expected type", dir, key,
+           st.at(key).dump());
+    }
+  };
+  SavedState s;
+  try {
+    s.config = config_from_json(field("config", nlohmann::json()), dir + "/manifest.json");
+  } catch (const nlohmann::json::exception& e) {
+    fail("checkpoint {}: its manifest's state has no valid config: {}", dir, e.what());
+  }
+  const std::string precision = field("precision", std::string());
+  if (precision != precision_name(s.config.precision))
+    fail("checkpoint {}: its manifest's state says precision \"{}\" but its config \"{}\"", dir, precision,
+         precision_name(s.config.precision));
+  s.step = field("step", int64_t());
+  s.tokens_seen = field("tokens_seen", int64_t());
+  s.skipped_steps = field("skipped_steps", int64_t());
+  s.world_size = field("world_size", int());
+  s.zero_stage = field("zero_stage", int());
+  if (s.step != reader.step() || s.tokens_seen < 0 || s.skipped_steps < 0 || s.skipped_steps > s.step)
+    fail("checkpoint {}: its state says step {} (the manifest: {}), tokens_seen {}, skipped_steps {}; allowed: "
+         "the manifest's step, counts >= 0, skipped_steps <= step",
+         dir, s.step, reader.step(), s.tokens_seen, s.skipped_steps);
+  if (s.world_size < 1 || s.zero_stage < 0 || s.zero_stage > 3)
+    fail("checkpoint {}: world_size {} / zero_stage {} out of range", dir, s.world_size, s.zero_stage);
+  try {
+    s.train_loader = loader_position_from_json(field("train_loader", nlohmann::json()));
+  } catch (const nlohmann::json::exception& e) {
+    fail("checkpoint {}: its manifest's state \"train_loader\" is malformed: {}", dir, e.what());
+  }
+  return s;
+}
 
 void check_same_model(const Config& ours, const Config& theirs, const fs::path& dir) {
   const ModelConfig &a = ours.model, &b = theirs.model;
@@ -451,49 +503,20 @@ fs::path Trainer::save(int64_t step) {
 
 void Trainer::load(CheckpointReader& reader) {
   const fs::path& dir = reader.dir();
-  const nlohmann::json& st = reader.state();
-  Config saved;
-  int saved_world = 1, saved_stage = 0;
-  // The state's fields, or an error naming the one that is missing or of
-  // another type.
-  auto state = [&](const char* key, auto value) {
-    if (!st.is_object() || !st.contains(key))
-      fail("checkpoint {}: its manifest's state has no \"{}\"", dir.string(), key);
-    try {
-      return st.at(key).get<decltype(value)>();
-    } catch (const nlohmann::json::exception&) {
-      fail("checkpoint {}: its manifest's state \"{}\" = {} is not of the expected type", dir.string(), key,
-           st.at(key).dump());
-    }
-  };
-  try {
-    saved = config_from_json(state("config", nlohmann::json()), (dir / "manifest.json").string());
-    const std::string saved_precision = state("precision", std::string());
-    if (saved_precision != precision_name(config_.precision))
-      fail("checkpoint {} was trained with precision \"{}\", but the config has \"{}\"; resume with the same precision",
-           dir.string(), saved_precision, precision_name(config_.precision));
-    step_ = state("step", int64_t());
-    tokens_seen_ = state("tokens_seen", int64_t());
-    skipped_steps_ = state("skipped_steps", int64_t());
-    saved_world = state("world_size", int());
-    saved_stage = state("zero_stage", int());
-    if (step_ != reader.step() || tokens_seen_ < 0 || skipped_steps_ < 0 || skipped_steps_ > step_)
-      fail("checkpoint {}: its state says step {} (the manifest: {}), tokens_seen {}, skipped_steps {}; allowed: "
-           "the manifest's step, counts >= 0, skipped_steps <= step",
-           dir.string(), step_, reader.step(), tokens_seen_, skipped_steps_);
-    LoaderPosition pos = loader_position_from_json(state("train_loader", nlohmann::json()));
-    check_same_model(config_, saved, dir);
-    if (saved_world != comm_->size() && config_.batch.total_tokens != saved.batch.total_tokens)
-      fail("checkpoint {} used batch.total_tokens = {}; resuming on {} ranks needs the same global batch", dir.string(),
-           saved.batch.total_tokens, comm_->size());
-    // The loader position counts global batches, so it carries over to any
-    // world size with the same global batch.
-    if (train_loader_) train_loader_->seek(pos);
-  } catch (const nlohmann::json::exception& e) {
-    fail("checkpoint {}: manifest state is incomplete or malformed: {}", dir.string(), e.what());
-  }
-  if (saved_world < 1 || saved_stage < 0 || saved_stage > 3)
-    fail("checkpoint {}: world_size {} / zero_stage {} out of range", dir.string(), saved_world, saved_stage);
+  const SavedState saved = read_saved_state(reader);
+  if (saved.config.precision != config_.precision)
+    fail("checkpoint {} was trained with precision \"{}\", but the config has \"{}\"; resume with the same precision",
+         dir.string(), precision_name(saved.config.precision), precision_name(config_.precision));
+  check_same_model(config_, saved.config, dir);
+  if (saved.world_size != comm_->size() && config_.batch.total_tokens != saved.config.batch.total_tokens)
+    fail("checkpoint {} used batch.total_tokens = {}; resuming on {} ranks needs the same global batch", dir.string(),
+         saved.config.batch.total_tokens, comm_->size());
+  step_ = saved.step;
+  tokens_seen_ = saved.tokens_seen;
+  skipped_steps_ = saved.skipped_steps;
+  // The loader position counts global batches, so it carries over to any
+  // world size with the same global batch.
+  if (train_loader_) train_loader_->seek(saved.train_loader);
   const Layout& layout = params_->layout();
   params_->load_full_weights(read_layout_tensors(reader, "model.bin", layout, "", backend_->dtype()));
   for (const StateBuffer& s : optimizer_->state_buffers()) {
@@ -654,12 +677,9 @@ TrainResult Trainer::run() {
 LoadedModel load_model_for_inference(const fs::path& checkpoint_dir, int batch, int seq_len) {
   CheckpointReader reader(checkpoint_dir);
   LoadedModel lm;
-  try {
-    lm.config = config_from_json(reader.state().at("config"), (checkpoint_dir / "manifest.json").string());
-  } catch (const nlohmann::json::exception& e) {
-    fail("checkpoint {}: manifest has no valid config: {}", checkpoint_dir.string(), e.what());
-  }
-  lm.step = reader.step();
+  const SavedState saved = read_saved_state(reader);
+  lm.config = saved.config;
+  lm.step = saved.step;
   if (seq_len <= 0) seq_len = lm.config.batch.seq_len;
   if (batch <= 0) batch = lm.config.batch.micro_batch;
   if (seq_len > lm.config.model.max_seq_len)
@@ -677,7 +697,29 @@ LoadedModel load_model_for_inference(const fs::path& checkpoint_dir, int batch, 
   lm.model = std::make_unique<GPT>(lm.config.model, *lm.params, batch, seq_len,
                                    ActivationOptions{Recompute::none, head_chunks});
   lm.params->load_full_weights(read_layout_tensors(reader, "model.bin", lm.params->layout(), "", lm.backend->dtype()));
+  // Training never saves such weights (Trainer::save refuses), so they come
+  // from outside; every result computed from them would be NaN.
+  if (!lm.backend->all_finite(lm.params->weights(), lm.params->weight_bytes() / dtype_size(lm.backend->dtype())))
+    fail("checkpoint {}: its weights contain NaN or Inf", checkpoint_dir.string());
   return lm;
+}
+
+void check_checkpoint_loads(const fs::path& checkpoint_dir) {
+  const LoadedModel lm = load_model_for_inference(checkpoint_dir, 1, 1);
+  CheckpointReader reader(checkpoint_dir);
+  const Layout& layout = lm.params->layout();
+  for (const StateBuffer& s : optimizer_state_kinds(lm.config.precision)) {
+    const std::vector<char> full = read_optimizer_state(reader, s.name, s.dtype, lm.config.model, layout);
+    for (size_t i = 0; i < layout.total(); ++i) {
+      float x;
+      bf16 h;
+      if (s.dtype == DType::f32) std::memcpy(&x, full.data() + i * sizeof(float), sizeof(float));
+      else x = bf16_to_float((std::memcpy(&h, full.data() + i * sizeof(bf16), sizeof(bf16)), h));
+      if (!std::isfinite(x))
+        fail("checkpoint {}: its optimizer state \"{}\" holds {} at element {}", checkpoint_dir.string(), s.name, x,
+             i);
+    }
+  }
 }
 
 }  // namespace srgpt

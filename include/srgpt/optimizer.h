@@ -19,6 +19,9 @@ struct StateBuffer {
   void* data;        // ParameterStore::state_elements() elements
 };
 
+// The state buffers a precision mode keeps, in checkpoint order (data null).
+std::vector<StateBuffer> optimizer_state_kinds(Precision precision);
+
 class Optimizer {
  public:
   Optimizer(ParameterStore& params, Precision precision, const OptimizerConfig& config, uint64_t seed);

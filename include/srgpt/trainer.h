@@ -117,6 +117,13 @@ struct LoadedModel {
   std::unique_ptr<GPT> model;
   int64_t step = 0;
 };
+// Fails on weights that are not all finite.
 LoadedModel load_model_for_inference(const std::filesystem::path& checkpoint_dir, int batch, int seq_len);
+
+// Everything a resume reads from a checkpoint, read and checked without a
+// training config: the state's fields, the weights (finite, in a model)
+// and each optimizer-state buffer of its precision (finite, re-assembled
+// from any ZeRO sharding). Fails with the first problem.
+void check_checkpoint_loads(const std::filesystem::path& checkpoint_dir);
 
 }  // namespace srgpt

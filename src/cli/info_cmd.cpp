@@ -8,6 +8,7 @@
 #include "srgpt/checkpoint.h"
 #include "srgpt/cli.h"
 #include "srgpt/error.h"
+#include "srgpt/trainer.h"
 
 namespace srgpt {
 
@@ -22,7 +23,9 @@ void add_info_command(CLI::App& app) {
   cmd->add_option("checkpoint", args->checkpoint, "Checkpoint directory, or a run directory (newest checkpoint)")
       ->required();
   cmd->add_flag("--json", args->json, "Print the whole manifest as JSON");
-  cmd->add_flag("--verify", args->verify, "Read every file and check its size and CRC32");
+  cmd->add_flag("--verify", args->verify,
+                "Read every file and check its size and CRC32, then load the state, weights and optimizer state as a "
+                "resume would and check they are finite");
   cmd->callback([args]() {
     CheckpointReader reader(resolve_checkpoint_dir(args->checkpoint));
     const nlohmann::json& m = reader.manifest();
@@ -37,6 +40,7 @@ void add_info_command(CLI::App& app) {
           reader.read_tensor(f.at("name").get<std::string>(), t.at("name").get<std::string>(), dt,
                              t.at("shape").get<std::vector<int64_t>>(), buf.data(), buf.size());
         }
+      check_checkpoint_loads(reader.dir());
     }
     if (args->json) {
       std::printf("%s\n", m.dump(2).c_str());
@@ -63,7 +67,7 @@ void add_info_command(CLI::App& app) {
       std::printf("file         %-24s %12lld bytes  crc32 %08llx  %zu tensors\n", f.at("name").get<std::string>().c_str(),
                   (long long)f.at("bytes").get<int64_t>(), (unsigned long long)f.at("crc32").get<uint64_t>(),
                   f.at("tensors").size());
-    if (args->verify) std::printf("verified     all files read, sizes and checksums match\n");
+    if (args->verify) std::printf("verified     sizes and checksums match; state, weights and optimizer state load and are finite\n");
   });
 }
 

@@ -4,12 +4,14 @@
 
 #include <fstream>
 #include <functional>
+#include <iterator>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "catch.h"
+#include "srgpt/checkpoint.h"
 #include "srgpt/config.h"
 #include "test_util.h"
 
@@ -257,6 +259,80 @@ TEST_CASE("bad inputs give a clear error and a non-zero exit", "[cli][errors]") 
     Fixture::write_text(ckpt + "/manifest.json", "{\"format\": \"srgpt-checkpoint\", \"format_version\": ");
     expect_error("malformed manifest", bin + " info " + ckpt, {"manifest.json"});
   }
+}
+
+namespace {
+
+// Copies `from` to `to` with element `index` of tensor `tensor` in `file`
+// replaced by `bits` (a 2-byte bf16 pattern), and the file's CRC-32 in the
+// manifest updated to match: a checkpoint intact on disk whose values are not.
+void copy_with_element(const std::string& from, const std::string& to, const std::string& file,
+                       const std::string& tensor, size_t index, uint16_t bits) {
+  std::filesystem::copy(from, to);
+  nlohmann::json m = nlohmann::json::parse(std::ifstream(to + "/manifest.json"));
+  bool found = false;
+  for (auto& f : m["files"]) {
+    if (f["name"] != file) continue;
+    for (const auto& t : f["tensors"]) {
+      if (t["name"] != tensor) continue;
+      REQUIRE(t["dtype"] == "bf16");
+      found = true;
+      std::fstream out(to + "/" + file, std::ios::in | std::ios::out | std::ios::binary);
+      out.seekp(std::streamoff(t["offset"].get<uint64_t>() + 2 * index));
+      out.write(reinterpret_cast<const char*>(&bits), 2);
+    }
+    std::ifstream in(to + "/" + file, std::ios::binary);
+    const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    f["crc32"] = srgpt::crc32(bytes.data(), bytes.size());
+  }
+  REQUIRE(found);
+  Fixture::write_json(to + "/manifest.json", m);
+}
+
+}  // namespace
+
+TEST_CASE("non-finite values in a checkpoint are refused where they are read", "[cli][errors][checkpoint]") {
+  Fixture f;
+  const std::string bin = srgpt_bin();
+  const std::string eval_data = " --data '" + f.data + "/val_*.bin'";
+  REQUIRE(f.base()["precision"] == "bf16-sr");
+  constexpr uint16_t bf16_nan = 0x7fc0, bf16_inf = 0x7f80;
+
+  const std::string nan_weights = f.tmp.str("nan_weights");
+  copy_with_element(f.checkpoint(), nan_weights, "model.bin", "h.1.mlp.c_fc.weight", 7, bf16_nan);
+  // The files are intact (before: eval printed "loss nan" and a null
+  // perplexity with exit 0, export wrote a NaN model).
+  CHECK(run_command(bin + " info " + nan_weights).exit_code == 0);
+  expect_error("info --verify of NaN weights", bin + " info --verify " + nan_weights,
+               {"nan_weights", "weights contain NaN or Inf"});
+  expect_error("eval of NaN weights", bin + " eval --checkpoint " + nan_weights + eval_data,
+               {"weights contain NaN or Inf"});
+  expect_error("export of NaN weights", bin + " export --checkpoint " + nan_weights + " --out " + f.tmp.str("nan_hf"),
+               {"weights contain NaN or Inf"});
+  CHECK_FALSE(std::filesystem::exists(f.tmp.path() / "nan_hf" / "model.safetensors"));
+  expect_error("sample from NaN weights", bin + " sample --checkpoint " + nan_weights + " --tokens 4",
+               {"weights contain NaN or Inf"});
+
+  // Infinite Adam state: eval does not read it, a resume would.
+  const std::string inf_state = f.tmp.str("inf_state");
+  copy_with_element(f.checkpoint(), inf_state, "optim_rank00000.bin", "v/h.0.attn.c_attn.weight", 3, bf16_inf);
+  CHECK(run_command(bin + " eval --checkpoint " + inf_state + eval_data).exit_code == 0);
+  expect_error("info --verify of an infinite optimizer state", bin + " info --verify " + inf_state,
+               {"optimizer state \"v\" holds inf"});
+
+  // A state that contradicts its own config.
+  const std::string mixed_label = f.tmp.str("mixed_label");
+  std::filesystem::copy(f.checkpoint(), mixed_label);
+  nlohmann::json m = nlohmann::json::parse(std::ifstream(mixed_label + "/manifest.json"));
+  m["state"]["precision"] = "mixed";
+  Fixture::write_json(mixed_label + "/manifest.json", m);
+  expect_error("info --verify of a state whose precision contradicts its config", bin + " info --verify " + mixed_label,
+               {"precision \"mixed\" but its config \"bf16-sr\""});
+
+  CommandResult good = run_command(bin + " info --verify " + f.checkpoint());
+  INFO(good.output);
+  CHECK(good.exit_code == 0);
+  CHECK(good.output.find("optimizer state load and are finite") != std::string::npos);
 }
 
 TEST_CASE("a run killed while saving leaves the previous checkpoint loadable", "[cli][errors][checkpoint]") {
