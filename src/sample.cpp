@@ -143,12 +143,17 @@ const std::vector<float>& Gpt2Decoder::step(uint32_t token) {
   return logits_;
 }
 
+void require_valid_temperature(double temperature) {
+  if (!(temperature >= 0 && std::isfinite(temperature)))
+    fail("--temperature {} is not allowed: use 0 (greedy) or a finite positive number", temperature);
+}
+
 uint32_t choose_token(const std::vector<float>& logits, double temperature, int top_k, uint64_t seed, uint64_t draw) {
   if (logits.empty()) fail("internal: no logits to sample from");
-  if (!(temperature >= 0))
-    fail("temperature {} is not allowed: use 0 (greedy) or a positive number", temperature);
+  require_valid_temperature(temperature);
   for (size_t i = 0; i < logits.size(); ++i)
-    if (std::isnan(logits[i])) fail("the model produced a NaN logit (token {}); its weights are broken", i);
+    if (!std::isfinite(logits[i]))
+      fail("the model produced a logit of {} (token {}); its weights are broken", logits[i], i);
   if (temperature == 0) return uint32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
 
   // Candidates by decreasing logit, ties by increasing id: a total order, so
@@ -180,8 +185,7 @@ SampleResult generate(Gpt2Decoder& decoder, const std::vector<uint32_t>& prompt,
     fail("the prompt is {} tokens long, more than the model's context of {} positions (model.max_seq_len); "
          "shorten it",
          prompt.size(), context);
-  if (!(options.temperature >= 0))
-    fail("--temperature {} is not allowed: use 0 (greedy) or a positive number", options.temperature);
+  require_valid_temperature(options.temperature);
   if (options.max_new_tokens < 0) fail("--tokens {} is negative", options.max_new_tokens);
   if (options.top_k < 0) fail("--top-k {} is negative; use 0 for no restriction", options.top_k);
 

@@ -55,9 +55,13 @@ class Gpt2Decoder {
 // variate is a pure function of (seed, draw), so generation is reproducible.
 uint32_t choose_token(const std::vector<float>& logits, double temperature, int top_k, uint64_t seed, uint64_t draw);
 
+// Fails unless temperature is 0 (greedy) or finite and positive: infinity
+// would be a uniform draw over the vocabulary, NaN no distribution at all.
+void require_valid_temperature(double temperature);
+
 struct SampleOptions {
   int max_new_tokens = 200;
-  double temperature = 1.0;  // 0: greedy; must not be negative
+  double temperature = 1.0;  // 0: greedy; else finite and positive
   int top_k = 0;             // 0: no restriction
   uint64_t seed = 1337;
   std::optional<uint32_t> stop_token;  // ends generation when drawn (not emitted)

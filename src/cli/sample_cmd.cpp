@@ -64,7 +64,7 @@ void add_sample_command(CLI::App& app) {
       ->check(integer_at_least<int>(0))
       ->capture_default_str();
   cmd->add_option("--temperature", o.temperature,
-                  "Softmax temperature; 0 picks the most likely token every time (greedy)")
+                  "Softmax temperature, finite; 0 picks the most likely token every time (greedy)")
       ->capture_default_str();
   cmd->add_option("--top-k", o.top_k, "Sample only among the K most likely tokens (0: all)")
       ->check(integer_at_least<int>(0))
@@ -83,8 +83,7 @@ void add_sample_command(CLI::App& app) {
       "continuation fill the model's context (model.max_seq_len): srgpt does not slide the window. The model\n"
       "runs on the host in fp32 with a key/value cache, so each new token costs time linear in its position.");
   cmd->callback([args]() {
-    if (args->options.temperature < 0)
-      fail("--temperature {} is negative; use 0 (greedy) or a positive number", args->options.temperature);
+    require_valid_temperature(args->options.temperature);
     Gpt2Decoder decoder = load_decoder(resolve_checkpoint_dir(args->checkpoint));
     const ModelConfig& model = decoder.config();
     std::unique_ptr<Tokenizer> tokenizer = tokenizer_for(args->tokenizer, args->tokenizer_dir, model.vocab_size);

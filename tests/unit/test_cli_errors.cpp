@@ -170,6 +170,9 @@ TEST_CASE("bad inputs give a clear error and a non-zero exit", "[cli][errors]") 
   expect_error("seed beyond uint64", bin + " sample --checkpoint " + f.checkpoint() + " --seed 18446744073709551616",
                {"--seed", "too large"});
   expect_error("fractional stop step", train + f.good_config + " --stop-after 1.5", {"--stop-after", "'1.5'"});
+  for (const std::string t : {"inf", "nan", "-0.5"})
+    expect_error("--temperature " + t, bin + " sample --checkpoint " + f.checkpoint() + " --temperature " + t,
+                 {"--temperature " + t, "finite positive"});
   expect_error("a leading zero (CLI11 reads octal)", bin + " sample --checkpoint " + f.checkpoint() + " --tokens 010",
                {"--tokens", "leading zero"});
   expect_error("an int option beyond int", bin + " eval --checkpoint " + f.checkpoint() + " --data x --batch 2147483648",

@@ -186,9 +186,13 @@ TEST_CASE("choose_token draws from softmax(logits / temperature), restricted to 
     CHECK(srgpt::choose_token(logits, 0.0, 0, 1, 0) == 0);
     CHECK(srgpt::choose_token({1.0f, 3.0f, 3.0f}, 0.0, 0, 1, 0) == 1);
   }
-  SECTION("a negative temperature and NaN logits are errors") {
-    CHECK(error_message([&] { srgpt::choose_token(logits, -0.5, 0, 1, 0); }).find("temperature") != std::string::npos);
-    CHECK(error_message([&] { srgpt::choose_token({0.0f, NAN}, 1.0, 0, 1, 0); }).find("NaN") != std::string::npos);
+  SECTION("negative or non-finite temperatures and non-finite logits are errors") {
+    for (double t : {-0.5, double(INFINITY), double(NAN)})
+      CHECK(error_message([&] { srgpt::choose_token(logits, t, 0, 1, 0); }).find("temperature") != std::string::npos);
+    CHECK(error_message([&] { srgpt::choose_token({0.0f, NAN}, 1.0, 0, 1, 0); }).find("logit of nan") !=
+          std::string::npos);
+    CHECK(error_message([&] { srgpt::choose_token({INFINITY, 0.0f}, 1.0, 0, 1, 0); }).find("logit of inf") !=
+          std::string::npos);
   }
 }
 
