@@ -12,10 +12,6 @@ namespace srgpt {
 
 namespace {
 
-std::string tensor_name(const char* name, int layer) {
-  return layer < 0 ? std::string(name) : "h." + std::to_string(layer) + "." + name;
-}
-
 // Standard normal from (seed, index) by Box-Muller on two hashed uniforms.
 double hashed_normal(uint64_t seed, uint64_t index) {
   uint64_t a = mix64(seed ^ mix64(2 * index + 1));
@@ -27,6 +23,10 @@ double hashed_normal(uint64_t seed, uint64_t index) {
 
 }  // namespace
 
+std::string gpt2_tensor_name(const char* name, int layer) {
+  return layer < 0 ? std::string(name) : "h." + std::to_string(layer) + "." + name;
+}
+
 Layout gpt2_param_layout(const ModelConfig& cfg, int world_size) {
   const int64_t C = cfg.d_model, Vp = cfg.padded_vocab();
   const size_t unit_multiple = size_t(world_size) * Layout::kAlign;
@@ -35,18 +35,18 @@ Layout gpt2_param_layout(const ModelConfig& cfg, int world_size) {
   l.add("wpe", {cfg.max_seq_len, C}, true);
   l.pad_to(unit_multiple);
   for (int i = 0; i < cfg.n_layer; ++i) {
-    l.add(tensor_name("ln_1.weight", i), {C}, false, i);
-    l.add(tensor_name("ln_1.bias", i), {C}, false, i);
-    l.add(tensor_name("attn.c_attn.weight", i), {3 * C, C}, true, i);
-    l.add(tensor_name("attn.c_attn.bias", i), {3 * C}, false, i);
-    l.add(tensor_name("attn.c_proj.weight", i), {C, C}, true, i);
-    l.add(tensor_name("attn.c_proj.bias", i), {C}, false, i);
-    l.add(tensor_name("ln_2.weight", i), {C}, false, i);
-    l.add(tensor_name("ln_2.bias", i), {C}, false, i);
-    l.add(tensor_name("mlp.c_fc.weight", i), {4 * C, C}, true, i);
-    l.add(tensor_name("mlp.c_fc.bias", i), {4 * C}, false, i);
-    l.add(tensor_name("mlp.c_proj.weight", i), {C, 4 * C}, true, i);
-    l.add(tensor_name("mlp.c_proj.bias", i), {C}, false, i);
+    l.add(gpt2_tensor_name("ln_1.weight", i), {C}, false, i);
+    l.add(gpt2_tensor_name("ln_1.bias", i), {C}, false, i);
+    l.add(gpt2_tensor_name("attn.c_attn.weight", i), {3 * C, C}, true, i);
+    l.add(gpt2_tensor_name("attn.c_attn.bias", i), {3 * C}, false, i);
+    l.add(gpt2_tensor_name("attn.c_proj.weight", i), {C, C}, true, i);
+    l.add(gpt2_tensor_name("attn.c_proj.bias", i), {C}, false, i);
+    l.add(gpt2_tensor_name("ln_2.weight", i), {C}, false, i);
+    l.add(gpt2_tensor_name("ln_2.bias", i), {C}, false, i);
+    l.add(gpt2_tensor_name("mlp.c_fc.weight", i), {4 * C, C}, true, i);
+    l.add(gpt2_tensor_name("mlp.c_fc.bias", i), {4 * C}, false, i);
+    l.add(gpt2_tensor_name("mlp.c_proj.weight", i), {C, 4 * C}, true, i);
+    l.add(gpt2_tensor_name("mlp.c_proj.bias", i), {C}, false, i);
     l.pad_to(unit_multiple);
   }
   l.add("ln_f.weight", {C});
@@ -93,19 +93,19 @@ GPT::GPT(const ModelConfig& cfg, ParameterStore& params, int B, int T, Activatio
   if (recompute_layernorm()) act_layout_.add("ln", {N, C});
   if (recompute_gelu()) act_layout_.add("fch_gelu", {N, 4 * C});
   for (int l = 0; l < cfg.n_layer; ++l) {
-    if (!recompute_layernorm()) act_layout_.add(tensor_name("ln1", l), {N, C});
-    act_layout_.add(tensor_name("qkv", l), {N, 3 * C});
-    act_layout_.add(tensor_name("atty", l), {N, C});
-    act_layout_.add(tensor_name("res2", l), {N, C});
-    if (!recompute_layernorm()) act_layout_.add(tensor_name("ln2", l), {N, C});
-    act_layout_.add(tensor_name("fch", l), {N, 4 * C});
-    if (!recompute_gelu()) act_layout_.add(tensor_name("fch_gelu", l), {N, 4 * C});
-    act_layout_.add(tensor_name("res3", l), {N, C});
-    stat_layout_.add(tensor_name("ln1_mean", l), {N});
-    stat_layout_.add(tensor_name("ln1_rstd", l), {N});
-    stat_layout_.add(tensor_name("ln2_mean", l), {N});
-    stat_layout_.add(tensor_name("ln2_rstd", l), {N});
-    stat_layout_.add(tensor_name("lse", l), {B, H, T});
+    if (!recompute_layernorm()) act_layout_.add(gpt2_tensor_name("ln1", l), {N, C});
+    act_layout_.add(gpt2_tensor_name("qkv", l), {N, 3 * C});
+    act_layout_.add(gpt2_tensor_name("atty", l), {N, C});
+    act_layout_.add(gpt2_tensor_name("res2", l), {N, C});
+    if (!recompute_layernorm()) act_layout_.add(gpt2_tensor_name("ln2", l), {N, C});
+    act_layout_.add(gpt2_tensor_name("fch", l), {N, 4 * C});
+    if (!recompute_gelu()) act_layout_.add(gpt2_tensor_name("fch_gelu", l), {N, 4 * C});
+    act_layout_.add(gpt2_tensor_name("res3", l), {N, C});
+    stat_layout_.add(gpt2_tensor_name("ln1_mean", l), {N});
+    stat_layout_.add(gpt2_tensor_name("ln1_rstd", l), {N});
+    stat_layout_.add(gpt2_tensor_name("ln2_mean", l), {N});
+    stat_layout_.add(gpt2_tensor_name("ln2_rstd", l), {N});
+    stat_layout_.add(gpt2_tensor_name("lse", l), {B, H, T});
   }
   act_layout_.add("lnf", {N, C});
   act_layout_.add("logits", {head_rows_, Vp});
@@ -139,23 +139,23 @@ void GPT::acquire(size_t unit) { unit_weights_[unit] = params_.acquire_weights(u
 
 // A tensor's address inside its unit's weights (acquired) or gradients.
 const void* GPT::w(const char* name, int layer) {
-  const TensorSpec& t = layout().at(tensor_name(name, layer));
+  const TensorSpec& t = layout().at(gpt2_tensor_name(name, layer));
   const size_t u = unit_of(t);
   if (!unit_weights_[u]) fail("internal: weights of unit {} used before they were acquired", params_.plan().unit(u).name);
   return static_cast<const char*>(unit_weights_[u]) +
          (t.offset - params_.plan().unit(u).begin) * dtype_size(backend_.dtype());
 }
 void* GPT::g(const char* name, int layer) {
-  const TensorSpec& t = layout().at(tensor_name(name, layer));
+  const TensorSpec& t = layout().at(gpt2_tensor_name(name, layer));
   const size_t u = unit_of(t);
   return static_cast<char*>(params_.unit_grads(u)) +
          (t.offset - params_.plan().unit(u).begin) * dtype_size(backend_.dtype());
 }
 void* GPT::act(const char* name, int layer) {
-  return acts_.as<char>() + act_layout_.at(tensor_name(name, layer)).offset * dtype_size(backend_.dtype());
+  return acts_.as<char>() + act_layout_.at(gpt2_tensor_name(name, layer)).offset * dtype_size(backend_.dtype());
 }
 void* GPT::stat(const char* name, int layer) {
-  return stats_.as<char>() + stat_layout_.at(tensor_name(name, layer)).offset * dtype_size(accum_dtype(backend_.dtype()));
+  return stats_.as<char>() + stat_layout_.at(gpt2_tensor_name(name, layer)).offset * dtype_size(accum_dtype(backend_.dtype()));
 }
 void* GPT::residual(int l) { return l == 0 ? act("encoded") : act("res3", l - 1); }
 void* GPT::ln1(int l) { return recompute_layernorm() ? act("ln") : act("ln1", l); }

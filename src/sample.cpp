@@ -51,10 +51,6 @@ void layer_norm(float* out, const float* x, const float* weight, const float* bi
   for (int c = 0; c < C; ++c) out[c] = float((x[c] - mean) * rstd) * weight[c] + bias[c];
 }
 
-std::string tensor_name(const char* name, int layer) {
-  return layer < 0 ? std::string(name) : "h." + std::to_string(layer) + "." + name;
-}
-
 // Uniform in [0, 1) from 53 hashed bits.
 double hashed_uniform(uint64_t seed, uint64_t draw) {
   const uint64_t key = mix64(seed ^ kSampleStreamKey);
@@ -90,7 +86,7 @@ Gpt2Decoder::Gpt2Decoder(const ModelConfig& model, std::vector<float> weights)
 }
 
 const float* Gpt2Decoder::tensor(const char* name, int layer) const {
-  return weights_.data() + layout_.at(tensor_name(name, layer)).offset;
+  return weights_.data() + layout_.at(gpt2_tensor_name(name, layer)).offset;
 }
 
 const std::vector<float>& Gpt2Decoder::step(uint32_t token) {

@@ -19,6 +19,9 @@ namespace srgpt {
 // sharding units (embeddings, blocks, ln_f) is padded to a multiple of
 // world_size * Layout::kAlign elements so ZeRO splits it evenly (zero.h).
 Layout gpt2_param_layout(const ModelConfig& cfg, int world_size = 1);
+// A parameter's name in that layout: "h.<layer>.<name>" for a block's
+// tensor, plain `name` for layer < 0 ("wte", "ln_f.weight").
+std::string gpt2_tensor_name(const char* name, int layer);
 
 // GPT-2 initial values in fp32 for every element of the layout (padding and
 // padded vocab rows zero): N(0, std) for matrices and embeddings, std /
