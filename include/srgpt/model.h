@@ -5,6 +5,7 @@
 // one flat buffer (dtype) plus one statistics buffer (accum dtype), carved by
 // their own layouts and sized for micro batch B x sequence T.
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "srgpt/backend.h"
