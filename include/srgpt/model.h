@@ -58,8 +58,11 @@ class GPT {
  private:
   // Forward through the loss; with `train`, each LM-head chunk's backward
   // too (dlnf and the wte gradient), so backward() continues from ln_f.
-  double forward_pass(const int32_t* inputs, const int32_t* targets, float dloss, bool train);
+  // Queues the work; the per-token losses stay on the device.
+  void forward_pass(const int32_t* inputs, const int32_t* targets, float dloss, bool train);
   void backward();
+  // The mean of the last forward_pass's token losses (waits for the device).
+  double mean_loss();
   size_t unit_of(const TensorSpec& t) const;
   void acquire(size_t unit);
   const void* w(const char* name, int layer = -1);
