@@ -432,6 +432,13 @@ std::optional<std::string> batch_divisibility_problem(const BatchConfig& b, int 
     return fmt::format("batch.total_tokens = {} is smaller than {}; allowed: a positive multiple of that product",
                        b.total_tokens, factors);
   int64_t per_micro_step = per_rank * world_size;
+  // Micro-steps are counted in int: grad_accum, and grad_accum * world size
+  // (the micro-batches of a step).
+  constexpr int64_t kMaxMicroBatches = std::numeric_limits<int>::max();
+  if (b.total_tokens / per_rank > kMaxMicroBatches)
+    return fmt::format("batch.total_tokens = {} is {} micro-batches of batch.micro_batch * batch.seq_len = {} tokens; "
+                       "allowed: at most {} micro-batches per step",
+                       b.total_tokens, b.total_tokens / per_rank, per_rank, kMaxMicroBatches);
   int64_t below = b.total_tokens / per_micro_step * per_micro_step;
   if (below == b.total_tokens) return std::nullopt;
   std::string nearest = std::to_string(below);
@@ -473,6 +480,12 @@ void check_consistency(const Config& c, std::vector<std::string>& problems) {
         m.d_model, m.n_head, below > 0 ? std::to_string(below) + " or " : "", int64_t(below) + m.n_head, m.d_model));
   }
   if (const std::string size = model_size_problem(m); !size.empty()) problems.push_back(size);
+  // A micro-batch's rows (tokens) are indexed by int in the model and the
+  // backend ops.
+  if (int64_t rows = int64_t(c.batch.micro_batch) * c.batch.seq_len; rows > std::numeric_limits<int>::max())
+    problems.push_back(fmt::format("batch.micro_batch * batch.seq_len = {} * {} = {} tokens per micro-batch; allowed: "
+                                   "at most {}",
+                                   c.batch.micro_batch, c.batch.seq_len, rows, std::numeric_limits<int>::max()));
   if (c.batch.seq_len > m.max_seq_len)
     problems.push_back(fmt::format("batch.seq_len = {} exceeds model.max_seq_len = {}; allowed: 1..{}",
                                    c.batch.seq_len, m.max_seq_len, m.max_seq_len));

@@ -8,6 +8,7 @@
 #include <csignal>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <utility>
 
 #include <spdlog/spdlog.h>
@@ -138,53 +139,6 @@ std::string config_difference(const nlohmann::json& lead, const nlohmann::json& 
   return fmt::format("{} = {} on rank 0 but {} on rank {}", key, value_in(lead), value_in(mine), rank);
 }
 
-// A full flat optimizer-state buffer, in `layout`, from a checkpoint written
-// with any world size and ZeRO stage: stage 0 stores it per tensor, stages
-// 1-3 as each rank's flat shard, re-assembled here through the saved plan.
-}  // namespace
-
-std::vector<char> read_optimizer_state(CheckpointReader& reader, const std::string& name, DType dtype,
-                                       const ModelConfig& model, const Layout& layout) {
-  int saved_world = 1, saved_stage = 0;
-  try {
-    saved_world = reader.state().at("world_size").get<int>();
-    saved_stage = reader.state().at("zero_stage").get<int>();
-  } catch (const nlohmann::json::exception& e) {
-    fail("checkpoint {}: manifest state has no valid world_size / zero_stage: {}", reader.dir().string(), e.what());
-  }
-  if (saved_world < 1 || saved_stage < 0 || saved_stage > 3)
-    fail("checkpoint {}: world_size {} / zero_stage {} out of range", reader.dir().string(), saved_world, saved_stage);
-  if (saved_stage == 0) return read_layout_tensors(reader, optim_file_name(0), layout, name + "/", dtype);
-  // One shard file per saving rank; checked before world_size sizes anything.
-  const auto& files = reader.manifest().at("files");
-  const auto shard_files = std::count_if(files.begin(), files.end(), [](const nlohmann::json& f) {
-    return f.at("name").get_ref<const std::string&>().rfind("optim_rank", 0) == 0;
-  });
-  if (shard_files != saved_world)
-    fail("checkpoint {}: its manifest says world_size {} at ZeRO stage {}, but lists {} optimizer shard files "
-         "(optim_rank*.bin); a sharded checkpoint has one per rank",
-         reader.dir().string(), saved_world, saved_stage, shard_files);
-  const size_t es = dtype_size(dtype);
-  const Layout saved_layout = gpt2_param_layout(model, saved_world);
-  const ZeroShardPlan saved_plan(saved_layout, saved_world);
-  std::vector<char> saved_full(saved_layout.total() * es, 0), shard(saved_plan.shard_size() * es);
-  for (int q = 0; q < saved_world; ++q) {
-    reader.read_tensor(optim_file_name(q), name, dtype, {int64_t(saved_plan.shard_size())}, shard.data(),
-                       shard.size());
-    for (size_t u = 0; u < saved_plan.units().size(); ++u) {
-      const ZeroUnit& unit = saved_plan.unit(u);
-      std::copy_n(shard.data() + unit.shard_offset * es, unit.chunk * es,
-                  saved_full.data() + saved_plan.owned_begin(u, q) * es);
-    }
-  }
-  std::vector<char> full(layout.total() * es, 0);
-  for (const TensorSpec& t : layout.tensors())
-    std::copy_n(saved_full.data() + saved_layout.at(t.name).offset * es, t.numel * es, full.data() + t.offset * es);
-  return full;
-}
-
-namespace {
-
 // A checkpoint's training state (its manifest's "state"), every field
 // present, of its type and consistent with the manifest.
 struct SavedState {
@@ -220,14 +174,16 @@ SavedState read_saved_state(const CheckpointReader& reader) {
   s.step = field("step", int64_t());
   s.tokens_seen = field("tokens_seen", int64_t());
   s.skipped_steps = field("skipped_steps", int64_t());
-  s.world_size = field("world_size", int());
-  s.zero_stage = field("zero_stage", int());
+  const int64_t world_size = field("world_size", int64_t()), zero_stage = field("zero_stage", int64_t());
   if (s.step != reader.step() || s.tokens_seen < 0 || s.skipped_steps < 0 || s.skipped_steps > s.step)
     fail("checkpoint {}: its state says step {} (the manifest: {}), tokens_seen {}, skipped_steps {}; allowed: "
          "the manifest's step, counts >= 0, skipped_steps <= step",
          dir, s.step, reader.step(), s.tokens_seen, s.skipped_steps);
-  if (s.world_size < 1 || s.zero_stage < 0 || s.zero_stage > 3)
-    fail("checkpoint {}: world_size {} / zero_stage {} out of range", dir, s.world_size, s.zero_stage);
+  if (world_size < 1 || world_size > std::numeric_limits<int>::max() || zero_stage < 0 || zero_stage > 3)
+    fail("checkpoint {}: its state says world_size {}, zero_stage {}; allowed: 1..{} and 0..3", dir, world_size,
+         zero_stage, std::numeric_limits<int>::max());
+  s.world_size = int(world_size);
+  s.zero_stage = int(zero_stage);
   try {
     s.train_loader = loader_position_from_json(field("train_loader", nlohmann::json()));
   } catch (const nlohmann::json::exception& e) {
@@ -235,6 +191,46 @@ SavedState read_saved_state(const CheckpointReader& reader) {
   }
   return s;
 }
+
+// A full flat optimizer-state buffer, in `layout`, from a checkpoint written
+// with any world size and ZeRO stage: stage 0 stores it per tensor, stages
+// 1-3 as each rank's flat shard, re-assembled here through the saved plan.
+}  // namespace
+
+std::vector<char> read_optimizer_state(CheckpointReader& reader, const std::string& name, DType dtype,
+                                       const ModelConfig& model, const Layout& layout) {
+  const SavedState saved = read_saved_state(reader);
+  const int saved_world = saved.world_size, saved_stage = saved.zero_stage;
+  if (saved_stage == 0) return read_layout_tensors(reader, optim_file_name(0), layout, name + "/", dtype);
+  // One shard file per saving rank; checked before world_size sizes anything.
+  const auto& files = reader.manifest().at("files");
+  const auto shard_files = std::count_if(files.begin(), files.end(), [](const nlohmann::json& f) {
+    return f.at("name").get_ref<const std::string&>().rfind("optim_rank", 0) == 0;
+  });
+  if (shard_files != saved_world)
+    fail("checkpoint {}: its manifest says world_size {} at ZeRO stage {}, but lists {} optimizer shard files "
+         "(optim_rank*.bin); a sharded checkpoint has one per rank",
+         reader.dir().string(), saved_world, saved_stage, shard_files);
+  const size_t es = dtype_size(dtype);
+  const Layout saved_layout = gpt2_param_layout(model, saved_world);
+  const ZeroShardPlan saved_plan(saved_layout, saved_world);
+  std::vector<char> saved_full(saved_layout.total() * es, 0), shard(saved_plan.shard_size() * es);
+  for (int q = 0; q < saved_world; ++q) {
+    reader.read_tensor(optim_file_name(q), name, dtype, {int64_t(saved_plan.shard_size())}, shard.data(),
+                       shard.size());
+    for (size_t u = 0; u < saved_plan.units().size(); ++u) {
+      const ZeroUnit& unit = saved_plan.unit(u);
+      std::copy_n(shard.data() + unit.shard_offset * es, unit.chunk * es,
+                  saved_full.data() + saved_plan.owned_begin(u, q) * es);
+    }
+  }
+  std::vector<char> full(layout.total() * es, 0);
+  for (const TensorSpec& t : layout.tensors())
+    std::copy_n(saved_full.data() + saved_layout.at(t.name).offset * es, t.numel * es, full.data() + t.offset * es);
+  return full;
+}
+
+namespace {
 
 void check_same_model(const Config& ours, const Config& theirs, const fs::path& dir) {
   const ModelConfig &a = ours.model, &b = theirs.model;
@@ -263,14 +259,21 @@ void truncate_metrics(const fs::path& path, int64_t last_step) {
       kept += line + "\n";
   }
   in.close();
-  std::ofstream out(path, std::ios::trunc);
+  // Written beside and renamed over, so a failed write leaves the old file.
+  const fs::path temporary = path.string() + ".tmp";
+  std::ofstream out(temporary, std::ios::trunc);
   out << kept;
+  out.close();
+  std::error_code ec;
+  if (!out) fail("cannot write metrics file {}: {}", temporary.string(), std::strerror(errno));
+  fs::rename(temporary, path, ec);
+  if (ec) fail("cannot replace metrics file {}: {}", path.string(), ec.message());
 }
 
 void append_metrics(const fs::path& path, const nlohmann::json& j) {
   std::ofstream out(path, std::ios::app);
+  if (out) out << j.dump() << "\n" << std::flush;
   if (!out) fail("cannot append to metrics file {}: {}", path.string(), std::strerror(errno));
-  out << j.dump() << "\n";
 }
 
 }  // namespace

@@ -237,6 +237,11 @@ TEST_CASE("bad inputs give a clear error and a non-zero exit", "[cli][errors]") 
     Fixture::write_json(manifest, m);
     expect_error("manifest world_size beyond its shard files", train + sharded + " --resume",
                  {"world_size 2147483647", "lists 1 optimizer shard files"});
+    // Beyond int: it used to be narrowed (2^32 + 1 read as 1).
+    m["state"]["world_size"] = 4294967297;
+    Fixture::write_json(manifest, m);
+    expect_error("manifest world_size beyond int", train + sharded + " --resume",
+                 {"world_size 4294967297", "allowed: 1..2147483647"});
   }
   {
     // A state that contradicts the manifest (before: trained "step -2/4" with lr 0 and NaN losses).

@@ -179,6 +179,12 @@ TEST_CASE("config errors name the origin, the key, the value and what is allowed
        {"batch.total_tokens = 1000", "4 * 64 * 1", "a multiple of 256", "768 or 1024"}},
       {R"({"batch": {"micro_batch": 4, "seq_len": 64, "total_tokens": 100}})",
        {"batch.total_tokens = 100", "smaller than", "4 * 64 * 1"}},
+      // counts that would overflow an int (before: a negative grad_accum ran
+      // zero micro-steps and logged loss 0)
+      {R"({"batch": {"micro_batch": 1, "seq_len": 1, "total_tokens": 4294967296}})",
+       {"batch.total_tokens = 4294967296 is 4294967296 micro-batches", "at most 2147483647 micro-batches"}},
+      {R"({"model": {"max_seq_len": 65536}, "batch": {"micro_batch": 65536, "seq_len": 65536, "total_tokens": 4294967296}})",
+       {"batch.micro_batch * batch.seq_len = 65536 * 65536 = 4294967296 tokens per micro-batch", "at most 2147483647"}},
       {R"({"optimizer": {"warmup_steps": 500}, "train": {"steps": 300}})",
        {"optimizer.warmup_steps = 500", "train.steps = 300", "0..300"}},
   };
