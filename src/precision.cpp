@@ -22,17 +22,6 @@ const char* precision_name(Precision p) {
   return "?";
 }
 
-bool parse_precision(const std::string& s, Precision* out) {
-  for (const auto& e : kPrecisionNames)
-    if (s == e.name) {
-      *out = e.p;
-      return true;
-    }
-  return false;
-}
-
-const char* precision_choices() { return "bf16-sr, bf16-rn, mixed, fp32, bf16-kahan"; }
-
 bool parse_dtype(const std::string& s, DType* out) {
   for (DType t : {DType::bf16, DType::f32, DType::f64})
     if (s == dtype_name(t)) {

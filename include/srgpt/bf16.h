@@ -60,10 +60,4 @@ SRGPT_HD bf16 float_to_bf16_sr(float f, uint32_t random_bits) {
   return bf16{uint16_t(u >> 16)};
 }
 
-// Host-side conversions for any storage type (used by templated cpu ops).
-template <typename T>
-SRGPT_HD float to_float(T x) { return float(x); }
-template <>
-SRGPT_HD float to_float<bf16>(bf16 x) { return bf16_to_float(x); }
-
 }  // namespace srgpt

@@ -10,9 +10,6 @@ namespace srgpt {
 enum class Precision { bf16_sr, bf16_rn, mixed, fp32, bf16_kahan };
 
 const char* precision_name(Precision p);
-bool parse_precision(const std::string& s, Precision* out);
-// "bf16-sr, bf16-rn, mixed, fp32, bf16-kahan": for error messages.
-const char* precision_choices();
 
 // Storage of weights used by forward/backward, gradients and activations.
 inline DType compute_dtype(Precision p) { return p == Precision::fp32 ? DType::f32 : DType::bf16; }
