@@ -152,11 +152,13 @@ std::unique_ptr<Backend> make_cuda_backend(DType dtype, int device) {
   return std::make_unique<gpu::CudaBackend>(dtype, device);
 }
 
-int cuda_device_count() {
+int cuda_device_count(std::string* error) {
   int count = 0;
-  // No driver or no device: there is simply no GPU to use.
-  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+  // No driver (reported as a driver too old for the runtime), or no device:
+  // no GPU to use; the caller decides whether that is an error.
+  if (const cudaError_t status = cudaGetDeviceCount(&count); status != cudaSuccess) {
     cudaGetLastError();
+    if (error) *error = fmt::format("cudaGetDeviceCount: {}: {}", cudaGetErrorName(status), cudaGetErrorString(status));
     return 0;
   }
   return count;

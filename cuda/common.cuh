@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "cuda_check.cuh"
 #include "srgpt/bf16.h"
 #include "srgpt/dtype.h"
 #include "srgpt/error.h"
@@ -230,9 +231,8 @@ void allow_dynamic_shared_memory(Kernel kernel, size_t bytes, const char* op) {
   constexpr size_t kDefaultLimit = 48 * 1024;
   if (bytes <= kDefaultLimit) return;
   int device = 0, limit = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess)
-    limit = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   if (bytes > size_t(limit))
     fail("{}: needs {} bytes of shared memory per block, the device allows {}; the shape is too wide", op, bytes,
          limit);

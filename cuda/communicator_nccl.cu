@@ -202,7 +202,8 @@ class NcclCommunicator final : public Communicator {
     for (;;) {
       const cudaError_t state = cudaStreamQuery(stream_.get());
       if (state == cudaSuccess) return;
-      if (state != cudaErrorNotReady) throw_cuda_error(state, what, __FILE__, __LINE__);
+      if (state != cudaErrorNotReady)
+        throw_cuda_error(state, fmt::format("cudaStreamQuery waiting for NCCL {}", what).c_str(), __FILE__, __LINE__);
       ncclResult_t async_error = ncclSuccess;
       check(ncclCommGetAsyncError(comm_.get(), &async_error), "ncclCommGetAsyncError");
       if (async_error != ncclSuccess) {

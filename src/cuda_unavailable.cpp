@@ -5,7 +5,7 @@
 
 namespace srgpt {
 
-int cuda_device_count() { return 0; }
+int cuda_device_count(std::string*) { return 0; }
 
 std::unique_ptr<Backend> make_cuda_backend(DType, int) {
   fail("srgpt was built without the CUDA backend (configure with -DSRGPT_CUDA=ON on a machine with nvcc)");

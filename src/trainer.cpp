@@ -280,12 +280,13 @@ void append_metrics(const fs::path& path, const nlohmann::json& j) {
 
 std::unique_ptr<Backend> make_backend(const Config& config, int local_rank) {
   const DType dtype = compute_dtype(config.precision);
-  const int gpus = cuda_device_count();
+  std::string no_gpu;
+  const int gpus = cuda_device_count(&no_gpu);
   if (config.device == DeviceChoice::cuda) {
     if (gpus == 0)
       fail("device = \"cuda\" but no CUDA GPU is usable ({}); use device \"cpu\" or \"auto\"",
 #ifdef SRGPT_HAVE_CUDA
-           "none visible"
+           no_gpu.empty() ? "none visible" : no_gpu
 #else
            "srgpt was built without the CUDA backend"
 #endif
@@ -293,6 +294,10 @@ std::unique_ptr<Backend> make_backend(const Config& config, int local_rank) {
     return make_cuda_backend(dtype, local_rank % gpus);
   }
   if (config.device == DeviceChoice::auto_select && gpus > 0) return make_cuda_backend(dtype, local_rank % gpus);
+  // Say why a build with the CUDA backend runs on the cpu: a driver too old
+  // for the runtime looks like no GPU at all.
+  if (config.device == DeviceChoice::auto_select && !no_gpu.empty() && local_rank == 0)
+    spdlog::info("device auto: no usable CUDA GPU ({}); using the cpu backend", no_gpu);
   return make_cpu_backend(dtype);
 }
 

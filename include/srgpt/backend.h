@@ -123,8 +123,10 @@ std::unique_ptr<Backend> make_cpu_backend(DType dtype);
 // Makes the CUDA backend on the given device (bf16 or f32 storage). Only
 // defined when built with SRGPT_HAVE_CUDA.
 std::unique_ptr<Backend> make_cuda_backend(DType dtype, int device);
-// Number of visible CUDA devices; 0 without the CUDA backend or a GPU.
-int cuda_device_count();
+// Number of usable CUDA devices; 0 without the CUDA backend, a driver or a
+// GPU. When the runtime reports an error (no driver, a driver too old for
+// the runtime, no device), `error` gets the call and its message.
+int cuda_device_count(std::string* error = nullptr);
 
 // Owning handle for backend memory.
 class DeviceBuffer {
