@@ -1,9 +1,6 @@
 #include "srgpt/data.h"
 
-#include <fcntl.h>
 #include <glob.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -30,110 +27,58 @@ constexpr size_t kHeaderBytes = kHeaderInts * sizeof(int32_t);
 // tokenizer, eval examples): such a file is a mistake, not raw tokens.
 constexpr int32_t kOtherLlmcMagics[] = {20240326, 20240327, 20240328, 20240522};
 
-std::string errno_text(int err) { return std::strerror(err); }
-
 int32_t read_int32(const unsigned char* p) {
   int32_t v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
 
-// Owns an open file descriptor for the duration of the constructor.
-struct ScopedFd {
-  int fd;
-  ~ScopedFd() {
-    if (fd >= 0) ::close(fd);
-  }
-};
-
 }  // namespace
 
 // ---------------------------------------------------------------- TokenShard
 
-TokenShard::TokenShard(const std::string& path) : path_(path) {
-  install_mapped_read_guard();
-  // O_NONBLOCK: opening a FIFO would otherwise wait for a writer, before
-  // the regular-file check could refuse it (no effect on regular files).
-  ScopedFd file{::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK)};
-  if (file.fd < 0) fail("cannot open token shard {}: {}", path, errno_text(errno));
-  struct stat st;
-  if (::fstat(file.fd, &st) != 0) fail("cannot stat token shard {}: {}", path, errno_text(errno));
-  if (!S_ISREG(st.st_mode)) fail("token shard {} is not a regular file", path);
-  if (st.st_size == 0) fail("token shard {} is empty", path);
-  map_bytes_ = size_t(st.st_size);
-  void* map = ::mmap(nullptr, map_bytes_, PROT_READ, MAP_PRIVATE, file.fd, 0);
-  if (map == MAP_FAILED) fail("cannot mmap token shard {}: {}", path, errno_text(errno));
-  map_ = map;
-  // From here on the destructor is not run if we throw, so unmap by hand.
-  try {
-    // The header is read from the mapping too: the file may shrink after fstat.
-    read_mapped("token shard", path, [&] {
-      const unsigned char* bytes = static_cast<const unsigned char*>(map_);
-      int32_t first = map_bytes_ >= 4 ? read_int32(bytes) : 0;
-      if (first == kShardMagic) {
-        if (map_bytes_ < kHeaderBytes)
-          fail("token shard {} is truncated: {} bytes, shorter than the {}-byte llm.c header", path, map_bytes_,
-               kHeaderBytes);
-        int32_t version = read_int32(bytes + 4);
-        if (version != 1 && version != 2)
-          fail("token shard {} has unsupported version {} (1 = uint16 tokens, 2 = uint32 tokens)", path, version);
-        int32_t count = read_int32(bytes + 8);
-        if (count < 0) fail("token shard {} has a negative token count {} in its header", path, count);
-        token_bytes_ = version == 1 ? 2 : 4;
-        size_t expected = kHeaderBytes + size_t(count) * size_t(token_bytes_);
-        if (map_bytes_ < expected)
-          fail("token shard {} is truncated: its header says {} tokens ({} bytes) but the file has {} bytes", path,
-               count, expected, map_bytes_);
-        if (map_bytes_ > expected)
-          fail("token shard {} has {} extra bytes after the {} tokens its header declares", path, map_bytes_ - expected,
-               count);
-        tokens_ = bytes + kHeaderBytes;
-        count_ = size_t(count);
-        llmc_ = true;
-      } else {
-        for (int32_t magic : kOtherLlmcMagics)
-          if (first == magic)
-            fail("{} starts with llm.c magic {}, which is not a token shard (token shards have magic {})", path, magic,
-                 kShardMagic);
-        if (map_bytes_ % 2 != 0)
-          fail("token shard {} has odd size {} bytes: a raw (nanoGPT) shard is a sequence of uint16 tokens", path,
-               map_bytes_);
-        token_bytes_ = 2;
-        tokens_ = bytes;
-        count_ = map_bytes_ / 2;
-        llmc_ = false;
-      }
-    });
-  } catch (...) {
-    ::munmap(map_, map_bytes_);
-    throw;
-  }
-}
-
-TokenShard::~TokenShard() {
-  if (map_) ::munmap(map_, map_bytes_);
-}
-
-TokenShard::TokenShard(TokenShard&& other) noexcept
-    : path_(std::move(other.path_)),
-      map_(std::exchange(other.map_, nullptr)),
-      map_bytes_(std::exchange(other.map_bytes_, 0)),
-      tokens_(std::exchange(other.tokens_, nullptr)),
-      count_(std::exchange(other.count_, 0)),
-      token_bytes_(other.token_bytes_),
-      llmc_(other.llmc_) {}
-
-TokenShard& TokenShard::operator=(TokenShard&& other) noexcept {
-  if (this != &other) {
-    std::swap(path_, other.path_);
-    std::swap(map_, other.map_);
-    std::swap(map_bytes_, other.map_bytes_);
-    std::swap(tokens_, other.tokens_);
-    std::swap(count_, other.count_);
-    std::swap(token_bytes_, other.token_bytes_);
-    std::swap(llmc_, other.llmc_);
-  }
-  return *this;
+TokenShard::TokenShard(const std::string& path) : path_(path), file_("token shard", path) {
+  if (file_.size() == 0) fail("token shard {} is empty", path);
+  const size_t bytes_in_file = file_.size();
+  // The header is read from the mapping too: the file may shrink after it
+  // was opened.
+  read_mapped("token shard", path, [&] {
+    const unsigned char* bytes = file_.data();
+    int32_t first = bytes_in_file >= 4 ? read_int32(bytes) : 0;
+    if (first == kShardMagic) {
+      if (bytes_in_file < kHeaderBytes)
+        fail("token shard {} is truncated: {} bytes, shorter than the {}-byte llm.c header", path, bytes_in_file,
+             kHeaderBytes);
+      int32_t version = read_int32(bytes + 4);
+      if (version != 1 && version != 2)
+        fail("token shard {} has unsupported version {} (1 = uint16 tokens, 2 = uint32 tokens)", path, version);
+      int32_t count = read_int32(bytes + 8);
+      if (count < 0) fail("token shard {} has a negative token count {} in its header", path, count);
+      token_bytes_ = version == 1 ? 2 : 4;
+      size_t expected = kHeaderBytes + size_t(count) * size_t(token_bytes_);
+      if (bytes_in_file < expected)
+        fail("token shard {} is truncated: its header says {} tokens ({} bytes) but the file has {} bytes", path,
+             count, expected, bytes_in_file);
+      if (bytes_in_file > expected)
+        fail("token shard {} has {} extra bytes after the {} tokens its header declares", path,
+             bytes_in_file - expected, count);
+      tokens_ = bytes + kHeaderBytes;
+      count_ = size_t(count);
+      llmc_ = true;
+    } else {
+      for (int32_t magic : kOtherLlmcMagics)
+        if (first == magic)
+          fail("{} starts with llm.c magic {}, which is not a token shard (token shards have magic {})", path, magic,
+               kShardMagic);
+      if (bytes_in_file % 2 != 0)
+        fail("token shard {} has odd size {} bytes: a raw (nanoGPT) shard is a sequence of uint16 tokens", path,
+             bytes_in_file);
+      token_bytes_ = 2;
+      tokens_ = bytes;
+      count_ = bytes_in_file / 2;
+      llmc_ = false;
+    }
+  });
 }
 
 uint32_t TokenShard::at(size_t i) const {
@@ -185,7 +130,7 @@ void write_token_shard(const std::string& path, const std::vector<uint32_t>& tok
   const std::string tmp = path + ".tmp-" + std::to_string(::getpid());
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) fail("cannot create token shard {}: {}", tmp, errno_text(errno));
+    if (!out) fail("cannot create token shard {}: {}", tmp, std::strerror(errno));
     out.write(reinterpret_cast<const char*>(header), sizeof header);
     if (narrow) {
       std::vector<uint16_t> narrowed(tokens.begin(), tokens.end());
@@ -197,13 +142,13 @@ void write_token_shard(const std::string& path, const std::vector<uint32_t>& tok
     if (!out) {
       int err = errno;
       std::remove(tmp.c_str());
-      fail("cannot write token shard {}: {}", tmp, errno_text(err));
+      fail("cannot write token shard {}: {}", tmp, std::strerror(err));
     }
   }
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {
     int err = errno;
     std::remove(tmp.c_str());
-    fail("cannot rename {} to {}: {}", tmp, path, errno_text(err));
+    fail("cannot rename {} to {}: {}", tmp, path, std::strerror(err));
   }
 }
 

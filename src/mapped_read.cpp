@@ -1,13 +1,18 @@
 #include "srgpt/mapped_read.h"
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <mutex>
+#include <utility>
 
 #include "srgpt/error.h"
 
@@ -71,6 +76,44 @@ void read_mapped(const char* kind, const std::string& path, const std::function<
   }
   std::atomic_signal_fence(std::memory_order_seq_cst);
   t_mapped_read = nullptr;
+}
+
+MappedFile::MappedFile(const char* kind, const std::string& path) {
+  // O_NONBLOCK: opening a FIFO would otherwise wait for a writer, before
+  // the check below could refuse it (no effect on regular files).
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) fail("cannot read {} '{}': {}", kind, path, std::strerror(errno));
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat info {};
+  if (::fstat(fd, &info) != 0) fail("cannot read {} '{}': {}", kind, path, std::strerror(errno));
+  if (!S_ISREG(info.st_mode))
+    fail("cannot read {} '{}': {}", kind, path, S_ISDIR(info.st_mode) ? "it is a directory" : "not a regular file");
+  install_mapped_read_guard();
+  if (info.st_size == 0) return;
+  void* data = ::mmap(nullptr, size_t(info.st_size), PROT_READ, MAP_PRIVATE, fd, 0);
+  if (data == MAP_FAILED) fail("cannot map {} '{}' into memory: {}", kind, path, std::strerror(errno));
+  data_ = data;
+  size_ = size_t(info.st_size);
+}
+
+MappedFile::~MappedFile() {
+  if (data_) ::munmap(data_, size_);
+}
+
+MappedFile::MappedFile(MappedFile&& other) noexcept
+    : data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+
+MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
+  std::swap(data_, other.data_);
+  std::swap(size_, other.size_);
+  return *this;
+}
+
+void MappedFile::advise_sequential() const {
+  if (data_) ::madvise(data_, size_, MADV_SEQUENTIAL);
 }
 
 }  // namespace srgpt

@@ -3,9 +3,6 @@
 // llm.c shards plus summary.json.
 #include "srgpt/prepare.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -34,50 +31,6 @@ using nlohmann::json;
 constexpr const char* kSummaryFormat = "srgpt-prepare-summary";
 constexpr int kSummaryVersion = 1;
 constexpr const char* kSummaryFile = "summary.json";
-
-// A whole input file, memory-mapped read-only: inputs can be far larger
-// than memory, and documents are views into the mapping.
-class MappedFile {
- public:
-  explicit MappedFile(const std::string& path) {
-    // O_NONBLOCK: opening a FIFO would otherwise wait for a writer, before
-    // the check below could refuse it (no effect on regular files).
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0) fail("cannot read input file '{}': {}", path, std::strerror(errno));
-    struct stat info {};
-    if (::fstat(fd, &info) != 0 || !S_ISREG(info.st_mode)) {
-      const bool directory = S_ISDIR(info.st_mode);
-      ::close(fd);
-      fail("cannot read input file '{}': {}", path,
-           directory ? "it is a directory (pass files, or a glob such as DIR/*.txt)" : "not a regular file");
-    }
-    size_ = static_cast<size_t>(info.st_size);
-    install_mapped_read_guard();
-    if (size_ > 0) {
-      data_ = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-      const int map_error = errno;
-      ::close(fd);
-      if (data_ == MAP_FAILED) {
-        data_ = nullptr;
-        fail("cannot read input file '{}': {}", path, std::strerror(map_error));
-      }
-      ::madvise(data_, size_, MADV_SEQUENTIAL);
-    } else {
-      ::close(fd);
-    }
-  }
-  ~MappedFile() {
-    if (data_) ::munmap(data_, size_);
-  }
-  MappedFile(const MappedFile&) = delete;
-  MappedFile& operator=(const MappedFile&) = delete;
-
-  std::string_view contents() const { return {static_cast<const char*>(data_), size_}; }
-
- private:
-  void* data_ = nullptr;
-  size_t size_ = 0;
-};
 
 bool is_blank(std::string_view line) { return line.find_first_not_of(" \t\r\f\v") == std::string_view::npos; }
 
@@ -413,10 +366,11 @@ PrepareSummary prepare_dataset(const PrepareOptions& options) {
   // written) and count the documents.
   int64_t input_bytes = 0, documents = 0;
   for (const auto& file : files) {
-    const MappedFile mapped(file);
-    input_bytes += static_cast<int64_t>(mapped.contents().size());
+    const MappedFile mapped("input file", file);
+    mapped.advise_sequential();
+    input_bytes += static_cast<int64_t>(mapped.text().size());
     read_mapped("input file", file, [&] {
-      for_each_document(mapped.contents(), options.split, [&](std::string_view) { ++documents; });
+      for_each_document(mapped.text(), options.split, [&](std::string_view) { ++documents; });
     });
   }
   if (input_bytes == 0) fail("--input: empty input: the {} input file(s) hold no bytes", files.size());
@@ -483,8 +437,9 @@ PrepareSummary prepare_dataset(const PrepareOptions& options) {
   Progress progress(options.show_progress, input_bytes);
   int64_t index = 0, bytes_before_file = 0;
   for (const auto& file : files) {
-    const MappedFile mapped(file);
-    const std::string_view contents = mapped.contents();
+    const MappedFile mapped("input file", file);
+    mapped.advise_sequential();
+    const std::string_view contents = mapped.text();
     // Only the scan and the tokenizer touch the mapping; neither holds more
     // than memory (read_mapped's condition).
     read_mapped("input file", file, [&] {

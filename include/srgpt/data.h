@@ -7,6 +7,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "srgpt/mapped_read.h"
+
 namespace srgpt {
 
 // A read-only memory-mapped shard of token ids. Two formats:
@@ -19,11 +21,9 @@ namespace srgpt {
 class TokenShard {
  public:
   explicit TokenShard(const std::string& path);
-  ~TokenShard();
-  TokenShard(TokenShard&& other) noexcept;
-  TokenShard& operator=(TokenShard&& other) noexcept;
-  TokenShard(const TokenShard&) = delete;
-  TokenShard& operator=(const TokenShard&) = delete;
+  // Movable: the tokens stay where they are mapped.
+  TokenShard(TokenShard&& other) noexcept = default;
+  TokenShard& operator=(TokenShard&& other) noexcept = default;
 
   const std::string& path() const { return path_; }
   size_t size() const { return count_; }  // tokens
@@ -39,8 +39,7 @@ class TokenShard {
  private:
   uint32_t token(size_t i) const;  // unchecked read from the mapping
   std::string path_;
-  void* map_ = nullptr;
-  size_t map_bytes_ = 0;
+  MappedFile file_;
   const unsigned char* tokens_ = nullptr;
   size_t count_ = 0;
   int token_bytes_ = 2;

@@ -3,10 +3,36 @@
 // shrink while mapped: truncated, or rewritten in place by another program.
 // Reading the pages that are gone raises SIGBUS, which would kill the
 // process; inside read_mapped it becomes an Error naming the file instead.
+#include <cstddef>
 #include <functional>
 #include <string>
+#include <string_view>
 
 namespace srgpt {
+
+// A whole regular file, memory-mapped read-only (inputs can be far larger
+// than memory), unmapped when destroyed. Anything but a regular file is
+// refused (a FIFO would block the open). Errors name the file as a `kind`
+// of file ("token shard", "input file"). Read it inside read_mapped.
+class MappedFile {
+ public:
+  MappedFile(const char* kind, const std::string& path);
+  ~MappedFile();
+  MappedFile(MappedFile&& other) noexcept;
+  MappedFile& operator=(MappedFile&& other) noexcept;
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+
+  const unsigned char* data() const { return static_cast<const unsigned char*>(data_); }
+  size_t size() const { return size_; }
+  std::string_view text() const { return {static_cast<const char*>(data_), size_}; }
+  // The file will be read front to back (a read-ahead hint).
+  void advise_sequential() const;
+
+ private:
+  void* data_ = nullptr;  // null for an empty file
+  size_t size_ = 0;
+};
 
 // Installs the SIGBUS handler read_mapped relies on, if another one has
 // taken its place (a library or a test framework may install its own).
