@@ -195,20 +195,6 @@ __device__ __forceinline__ float block_max(float x, float* shared) {
   return warp_max(m);
 }
 
-// GPT-2's tanh approximation of GELU and its derivative (as the cpu backend).
-__device__ __forceinline__ float gelu_tanh(float x) {
-  const float sqrt_2_over_pi = 0.79788456080286535588f;
-  float u = sqrt_2_over_pi * (x + 0.044715f * x * x * x);
-  return 0.5f * x * (1.0f + tanhf(u));
-}
-__device__ __forceinline__ float gelu_tanh_derivative(float x) {
-  const float sqrt_2_over_pi = 0.79788456080286535588f;
-  float u = sqrt_2_over_pi * (x + 0.044715f * x * x * x);
-  float t = tanhf(u);
-  float du_dx = sqrt_2_over_pi * (1.0f + 3.0f * 0.044715f * x * x);
-  return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du_dx;
-}
-
 inline unsigned ceil_div(size_t a, size_t b) { return unsigned((a + b - 1) / b); }
 
 // Calls f(S{}) with S the storage type of dtype (bf16 or float); the

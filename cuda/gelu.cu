@@ -3,6 +3,7 @@
 #include "common.cuh"
 #include "cuda_check.cuh"
 #include "gelu.cuh"
+#include "srgpt/gelu_math.h"
 
 namespace srgpt::gpu {
 namespace {

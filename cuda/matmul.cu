@@ -6,6 +6,7 @@
 #include "gelu.cuh"
 #include "matmul.cuh"
 #include "reduce.cuh"
+#include "srgpt/gelu_math.h"
 #include "srgpt/error.h"
 
 namespace srgpt::gpu {

@@ -7,6 +7,7 @@
 
 #include "cpu/cpu_ops.h"
 #include "srgpt/error.h"
+#include "srgpt/gelu_math.h"
 #include "srgpt/model.h"
 #include "srgpt/safetensors.h"
 #include "srgpt/sr_hash.h"
@@ -128,7 +129,7 @@ const std::vector<float>& Gpt2Decoder::step(uint32_t token) {
     for (int c = 0; c < C; ++c) x_[size_t(c)] += delta_[size_t(c)];
     layer_norm(normed_.data(), x_.data(), tensor("ln_2.weight", l), tensor("ln_2.bias", l), C);
     matvec(hidden_.data(), tensor("mlp.c_fc.weight", l), tensor("mlp.c_fc.bias", l), normed_.data(), C, 4 * C);
-    for (float& v : hidden_) v = cpu::gelu(v);
+    for (float& v : hidden_) v = gelu_tanh(v);
     matvec(delta_.data(), tensor("mlp.c_proj.weight", l), tensor("mlp.c_proj.bias", l), hidden_.data(), 4 * C, C);
     for (int c = 0; c < C; ++c) x_[size_t(c)] += delta_[size_t(c)];
   }

@@ -61,23 +61,6 @@ inline void accumulate(S* dst, Math<S> x) {
   *dst = store<S>(load(*dst) + x);
 }
 
-// GPT-2's tanh approximation of GELU and its derivative.
-template <typename M>
-inline M gelu(M x) {
-  const M sqrt_2_over_pi = M(0.79788456080286535588);
-  M u = sqrt_2_over_pi * (x + M(0.044715) * x * x * x);
-  return M(0.5) * x * (M(1) + std::tanh(u));
-}
-
-template <typename M>
-inline M gelu_derivative(M x) {
-  const M sqrt_2_over_pi = M(0.79788456080286535588);
-  M u = sqrt_2_over_pi * (x + M(0.044715) * x * x * x);
-  M t = std::tanh(u);
-  M du_dx = sqrt_2_over_pi * (M(1) + M(3) * M(0.044715) * x * x);
-  return M(0.5) * (M(1) + t) + M(0.5) * x * (M(1) - t * t) * du_dx;
-}
-
 // Explicit instantiation of an op template for the three storage types.
 #define SRGPT_CPU_INSTANTIATE(op)            \
   template decltype(op<bf16>) op<bf16>;      \

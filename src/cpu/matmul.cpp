@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "cpu_ops.h"
+#include "srgpt/gelu_math.h"
 
 namespace srgpt::cpu {
 
@@ -116,7 +117,7 @@ void matmul_forward(S* out, S* gelu_pre, const S* in, const S* w, const S* bias,
       // GELU of the pre-activation as stored, so backward's gelu' and a
       // recomputed activation (gelu_forward) see the same value.
       gelu_pre[index] = store<S>(pre);
-      out[index] = store<S>(gelu(load(gelu_pre[index])));
+      out[index] = store<S>(gelu_tanh(load(gelu_pre[index])));
     } else {
       out[index] = store<S>(pre);
     }
@@ -131,7 +132,7 @@ void matmul_backward(S* din, S* dw, S* db, const S* dout, const S* in, const S* 
   matrix_product(size_t(N), size_t(C), size_t(OC), Operand<S>{dout, size_t(OC), 1}, Operand<S>{w, size_t(C), 1},
                  [&](size_t n, size_t c, M value) {
                    const size_t index = n * size_t(C) + c;
-                   din[index] = store<S>(gelu_pre ? value * gelu_derivative(load(gelu_pre[index])) : value);
+                   din[index] = store<S>(gelu_pre ? value * gelu_tanh_derivative(load(gelu_pre[index])) : value);
                  });
   // dw(o, c) += sum_n dout(n, o) * in(n, c)
   matrix_product(size_t(OC), size_t(C), size_t(N), Operand<S>{dout, 1, size_t(OC)}, Operand<S>{in, size_t(C), 1},

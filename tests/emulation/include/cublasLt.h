@@ -24,6 +24,7 @@
 
 #include "cpu/cpu_ops.h"
 #include "srgpt/bf16.h"
+#include "srgpt/gelu_math.h"
 
 enum cublasStatus_t {
   CUBLAS_STATUS_SUCCESS = 0,
@@ -247,10 +248,10 @@ inline void matmul(const cublasLtMatmulDescOpaque_t& desc, float alpha_value, co
         case CUBLASLT_EPILOGUE_GELU_AUX:
         case CUBLASLT_EPILOGUE_GELU_AUX_BIAS:
           store(desc.aux, d.type, aux_index, result);
-          result = srgpt::cpu::gelu(result);
+          result = srgpt::gelu_tanh(result);
           break;
         case CUBLASLT_EPILOGUE_DGELU:
-          result *= srgpt::cpu::gelu_derivative(float(load(desc.aux, d.type, aux_index)));
+          result *= srgpt::gelu_tanh_derivative(float(load(desc.aux, d.type, aux_index)));
           break;
         default: break;
       }
