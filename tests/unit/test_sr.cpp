@@ -27,7 +27,8 @@ void bf16_neighbours(float x, float* lo, float* hi) {
 
 }  // namespace
 
-TEST_CASE("SR rounds up with probability equal to the discarded fraction across the bf16 range, both signs", "[sr]") {
+TEST_CASE("SR round-up frequency is within 5 binomial sigma of the discarded fraction across the bf16 range, both signs",
+          "[sr]") {
   std::random_device rd;
   const uint32_t seed = rd();
   INFO("seed " << seed);
