@@ -657,12 +657,22 @@ TEST_CASE("cpu ops: reductions", "[cpu_ops]") {
     }
     CHECK(std::fabs(dev.be().sum_accum(stats.get(), n) - sum) < 1e-9 * max_abs(x) * n);
     CHECK(dev.be().all_finite(storage.get(), n));
-    for (double bad : {double(INFINITY), -double(INFINITY), double(NAN)}) {
-      Values y = x;
-      y[n - 3] = bad;
-      auto with_bad = dev.put(y);
-      CHECK_FALSE(dev.be().all_finite(with_bad.get(), n));
-    }
+    // One bad element anywhere must be found: at either end (the first
+    // and last thread's share) and at fresh random positions.
+    std::random_device rd;
+    const uint32_t seed = rd();
+    INFO("position seed " << seed);
+    std::mt19937 pick(seed);
+    std::vector<size_t> positions{0, n - 1};
+    for (int k = 0; k < 8; ++k) positions.push_back(pick() % n);
+    for (size_t at : positions)
+      for (double bad : {double(INFINITY), -double(INFINITY), double(NAN)}) {
+        INFO(bad << " at " << at);
+        Values y = x;
+        y[at] = bad;
+        auto with_bad = dev.put(y);
+        CHECK_FALSE(dev.be().all_finite(with_bad.get(), n));
+      }
   }
 }
 

@@ -1,5 +1,6 @@
 // End-to-end training on the cpu backend: the loss falls in every precision
-// mode, bf16-sr lands close to fp32, and resume is bit-exact.
+// mode, bf16-sr, mixed and bf16-kahan land close to fp32, and resume is
+// bit-exact.
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -26,7 +27,8 @@ std::vector<char> weights_of(Trainer& t) { return t.params().full_weights_on_hos
 
 }  // namespace
 
-TEST_CASE("training loss falls in every precision mode and bf16-sr ends within 5% of fp32", "[training]") {
+TEST_CASE("training loss falls in every precision mode, and bf16-sr, mixed and bf16-kahan end within 1% of fp32",
+          "[training]") {
   TempDir tmp("train");
   write_markov_shards(tmp.path() / "data", 64, 60000, 8000);
   double final_loss[5];
@@ -48,9 +50,17 @@ TEST_CASE("training loss falls in every precision mode and bf16-sr ends within 5
     CHECK(*r.val_loss < first - 1.0);
     final_loss[i++] = last;
   }
-  const double fp32 = final_loss[3], sr = final_loss[0];
-  INFO("bf16-sr " << sr << " fp32 " << fp32);
-  CHECK(std::fabs(sr - fp32) / fp32 < 0.05);
+  // Mean loss of the last 10 steps relative to fp32's, measured here
+  // (over 8 data and init seeds): bf16-sr -0.007% (-0.19% to +0.24%),
+  // mixed -0.04% (-0.19% to +0.14%), bf16-kahan -0.04% (-0.24% to +0.19%).
+  // bf16-rn lands +0.24% (+0.20% to +0.70%): the seeds' spread overlaps
+  // it, so no bound here separates SR from RN robustly; test_stagnation.cpp
+  // does. 1% is 4x the largest gap measured.
+  const double fp32 = final_loss[3];
+  for (int mode : {0, 2, 4}) {
+    INFO(precision_name(kAllModes[mode]) << " " << final_loss[mode] << " fp32 " << fp32);
+    CHECK(std::fabs(final_loss[mode] - fp32) / fp32 < 0.01);
+  }
 }
 
 TEST_CASE("resume is bit-exact in every precision mode", "[training][resume]") {
