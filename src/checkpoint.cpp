@@ -17,6 +17,7 @@
 
 #include "srgpt/error.h"
 #include "srgpt/json_parse.h"
+#include "srgpt/posix_file.h"
 
 namespace srgpt {
 
@@ -28,8 +29,6 @@ constexpr const char* kFormatName = "srgpt-checkpoint";
 constexpr const char* kManifestName = "manifest.json";
 constexpr const char* kFaultAbortEnv = "SRGPT_FAULT_ABORT_IN_SAVE";
 constexpr int kFaultAbortExitCode = 86;
-
-std::string errno_text(int err) { return std::strerror(err); }
 
 // ---------------------------------------------------------------- CRC-32
 
@@ -45,66 +44,14 @@ std::array<uint32_t, 256> make_crc_table() {
 
 // ---------------------------------------------------------------- POSIX files
 
-class Fd {
- public:
-  Fd(const fs::path& path, int flags, mode_t mode = 0) : path_(path), fd_(::open(path.c_str(), flags | O_CLOEXEC, mode)) {
-    if (fd_ < 0) fail("cannot open {}: {}", path_.string(), errno_text(errno));
-  }
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-
-  void write_all(const void* data, size_t bytes) {
-    const char* p = static_cast<const char*>(data);
-    while (bytes > 0) {
-      ssize_t n = ::write(fd_, p, bytes);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        fail("cannot write {}: {}", path_.string(), errno_text(errno));
-      }
-      p += n;
-      bytes -= size_t(n);
-    }
-  }
-  // Reads exactly `bytes` at `offset`; a short read means the file shrank.
-  void read_all(void* data, size_t bytes, uint64_t offset) const {
-    char* p = static_cast<char*>(data);
-    while (bytes > 0) {
-      ssize_t n = ::pread(fd_, p, bytes, off_t(offset));
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        fail("cannot read {}: {}", path_.string(), errno_text(errno));
-      }
-      if (n == 0) fail("{}: unexpected end of file at byte {} (truncated)", path_.string(), offset);
-      p += n;
-      offset += uint64_t(n);
-      bytes -= size_t(n);
-    }
-  }
-  void sync() {
-    if (::fsync(fd_) != 0) fail("cannot fsync {}: {}", path_.string(), errno_text(errno));
-  }
-  // close() can report a deferred write error (e.g. on NFS), so it is checked.
-  void close() {
-    int fd = std::exchange(fd_, -1);
-    if (::close(fd) != 0) fail("cannot close {}: {}", path_.string(), errno_text(errno));
-  }
-
- private:
-  fs::path path_;
-  int fd_;
-};
-
 void sync_directory(const fs::path& dir) {
-  Fd fd(dir, O_RDONLY | O_DIRECTORY);
+  PosixFile fd(dir, O_RDONLY | O_DIRECTORY);
   fd.sync();
 }
 
 void rename_path(const fs::path& from, const fs::path& to) {
   if (::rename(from.c_str(), to.c_str()) != 0)
-    fail("cannot rename {} to {}: {}", from.string(), to.string(), errno_text(errno));
+    fail("cannot rename {} to {}: {}", from.string(), to.string(), std::strerror(errno));
 }
 
 // ---------------------------------------------------------------- directory names
@@ -230,7 +177,7 @@ void check_files_to_save(const std::vector<CheckpointFile>& files) {
 // Writes one binary file (tensors back to back) and returns its manifest entry.
 nlohmann::json write_binary_file(const fs::path& dir, const CheckpointFile& file) {
   fs::path path = dir / file.filename;
-  Fd fd(path, O_WRONLY | O_CREAT | O_EXCL, 0644);
+  PosixFile fd(path, O_WRONLY | O_CREAT | O_EXCL, 0644);
   uint32_t crc = 0;
   uint64_t offset = 0;
   nlohmann::json tensors = nlohmann::json::array();
@@ -250,7 +197,7 @@ nlohmann::json write_binary_file(const fs::path& dir, const CheckpointFile& file
 }
 
 void write_text_file(const fs::path& path, const std::string& text) {
-  Fd fd(path, O_WRONLY | O_CREAT | O_EXCL, 0644);
+  PosixFile fd(path, O_WRONLY | O_CREAT | O_EXCL, 0644);
   fd.write_all(text.data(), text.size());
   fd.sync();
   fd.close();
@@ -362,7 +309,7 @@ fs::path begin_checkpoint(const fs::path& root, int64_t step) {
   if (ec) fail("cannot create checkpoint directory {}: {}", root.string(), ec.message());
   remove_abandoned_scratch_dirs(root);
   const fs::path tmp = root / fmt::format("{}.tmp-{}", step_dir_name(step), ::getpid());
-  if (::mkdir(tmp.c_str(), 0755) != 0) fail("cannot create {}: {}", tmp.string(), errno_text(errno));
+  if (::mkdir(tmp.c_str(), 0755) != 0) fail("cannot create {}: {}", tmp.string(), std::strerror(errno));
   return tmp;
 }
 
@@ -445,7 +392,7 @@ CheckpointReader::CheckpointReader(const fs::path& dir) : dir_(dir) {
 
   std::string text(fs::file_size(manifest_path, ec), '\0');
   if (ec) fail("cannot stat {}: {}", manifest_path.string(), ec.message());
-  Fd(manifest_path, O_RDONLY).read_all(text.data(), text.size(), 0);
+  PosixFile(manifest_path, O_RDONLY).read_all(text.data(), text.size(), 0);
   manifest_ = parse_json(text, manifest_path.string());
   validate_manifest(manifest_, manifest_path);
 
@@ -502,7 +449,7 @@ void CheckpointReader::read_tensor(const std::string& file, const std::string& n
     fail("{}: tensor {} has {} bytes in the checkpoint but the destination holds {}", file, name, stored_bytes, bytes);
 
   const fs::path path = dir_ / file;
-  Fd fd(path, O_RDONLY);
+  PosixFile fd(path, O_RDONLY);
   if (std::find(verified_.begin(), verified_.end(), file) == verified_.end()) {
     uint64_t file_bytes = f->at("bytes").get<uint64_t>();
     std::vector<char> chunk(size_t(1) << 22);

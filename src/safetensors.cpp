@@ -13,6 +13,7 @@
 #include "srgpt/bf16.h"
 #include "srgpt/error.h"
 #include "srgpt/json_parse.h"
+#include "srgpt/posix_file.h"
 
 namespace srgpt {
 
@@ -34,43 +35,6 @@ bool parse_safetensors_dtype(const std::string& name, DType* out) {
     }
   return false;
 }
-
-// A file descriptor open for writing, closed on scope exit.
-class OutputFile {
- public:
-  explicit OutputFile(fs::path path) : path_(std::move(path)) {
-    fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd_ < 0) fail("cannot create {}: {}", path_.string(), std::strerror(errno));
-  }
-  ~OutputFile() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  OutputFile(const OutputFile&) = delete;
-  OutputFile& operator=(const OutputFile&) = delete;
-
-  void write_all(const void* data, size_t bytes) {
-    const char* p = static_cast<const char*>(data);
-    while (bytes > 0) {
-      const ssize_t n = ::write(fd_, p, bytes);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        fail("cannot write {}: {}", path_.string(), std::strerror(errno));
-      }
-      p += n;
-      bytes -= size_t(n);
-    }
-  }
-  // fsync, then close; close can report a deferred write error, so both are checked.
-  void sync_and_close() {
-    if (::fsync(fd_) != 0) fail("cannot fsync {}: {}", path_.string(), std::strerror(errno));
-    const int fd = std::exchange(fd_, -1);
-    if (::close(fd) != 0) fail("cannot close {}: {}", path_.string(), std::strerror(errno));
-  }
-
- private:
-  fs::path path_;
-  int fd_ = -1;
-};
 
 // Removes a file on scope exit unless released.
 class RemoveUnlessReleased {
@@ -165,9 +129,10 @@ void convert_to_float(const void* src, DType dtype, size_t n, float* dst) {
 void write_file_atomically(const fs::path& path, const std::function<void(const ByteSink&)>& produce) {
   const fs::path temporary = path.string() + ".tmp." + std::to_string(::getpid());
   RemoveUnlessReleased cleanup(temporary);
-  OutputFile out(temporary);
+  PosixFile out(temporary, O_WRONLY | O_CREAT | O_TRUNC, 0644);
   produce([&](const void* data, size_t bytes) { out.write_all(data, bytes); });
-  out.sync_and_close();
+  out.sync();
+  out.close();
   if (::rename(temporary.c_str(), path.c_str()) != 0)
     fail("cannot rename {} to {}: {}", temporary.string(), path.string(), std::strerror(errno));
   cleanup.release();

@@ -1,0 +1,60 @@
+#include "srgpt/posix_file.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+#include "srgpt/error.h"
+
+namespace srgpt {
+
+PosixFile::PosixFile(const std::filesystem::path& path, int flags, mode_t mode)
+    : path_(path), fd_(::open(path.c_str(), flags | O_CLOEXEC, mode)) {
+  if (fd_ < 0) fail("cannot open {}: {}", path_.string(), std::strerror(errno));
+}
+
+PosixFile::~PosixFile() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void PosixFile::write_all(const void* data, size_t bytes) {
+  const char* p = static_cast<const char*>(data);
+  while (bytes > 0) {
+    const ssize_t n = ::write(fd_, p, bytes);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      fail("cannot write {}: {}", path_.string(), std::strerror(errno));
+    }
+    p += n;
+    bytes -= size_t(n);
+  }
+}
+
+void PosixFile::read_all(void* data, size_t bytes, uint64_t offset) const {
+  char* p = static_cast<char*>(data);
+  while (bytes > 0) {
+    const ssize_t n = ::pread(fd_, p, bytes, off_t(offset));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      fail("cannot read {}: {}", path_.string(), std::strerror(errno));
+    }
+    if (n == 0) fail("{}: unexpected end of file at byte {} (truncated)", path_.string(), offset);
+    p += n;
+    offset += uint64_t(n);
+    bytes -= size_t(n);
+  }
+}
+
+void PosixFile::sync() {
+  if (::fsync(fd_) != 0) fail("cannot fsync {}: {}", path_.string(), std::strerror(errno));
+}
+
+void PosixFile::close() {
+  const int fd = std::exchange(fd_, -1);
+  if (::close(fd) != 0) fail("cannot close {}: {}", path_.string(), std::strerror(errno));
+}
+
+}  // namespace srgpt
