@@ -28,27 +28,15 @@
 #include "srgpt/backend.h"
 #include "srgpt/bf16.h"
 #include "srgpt/error.h"
+#include "srgpt/rank_order_sum.h"
 
 namespace srgpt::gpu {
 namespace {
 
-__device__ __forceinline__ float widen(bf16 x) { return bf16_to_float(x); }
-__device__ __forceinline__ float widen(float x) { return x; }
-__device__ __forceinline__ double widen(double x) { return x; }
-__device__ __forceinline__ void narrow(float sum, bf16* out) { *out = float_to_bf16_rn(sum); }
-__device__ __forceinline__ void narrow(float sum, float* out) { *out = sum; }
-__device__ __forceinline__ void narrow(double sum, double* out) { *out = sum; }
-
-// out[i] = sum over r = 0..ranks-1, in that order, of contributions[r][i]
-// (the same operations as the MPI communicator's host loop: additions only,
-// so no FMA contraction can change the bits).
 template <typename T>
 __global__ void sum_in_rank_order_kernel(const T* contributions, T* out, size_t length, int ranks) {
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < length; i += size_t(gridDim.x) * blockDim.x) {
-    auto sum = widen(contributions[i]);
-    for (int r = 1; r < ranks; ++r) sum += widen(contributions[size_t(r) * length + i]);
-    narrow(sum, out + i);
-  }
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < length; i += size_t(gridDim.x) * blockDim.x)
+    sum_element_in_rank_order(contributions, out, length, size_t(ranks), i);
 }
 
 const char* bytes_of(const void* p) { return static_cast<const char*>(p); }

@@ -7,6 +7,7 @@
 // with an all-to-all and each owner sums its chunk in rank order itself.
 #include "srgpt/communicator.h"
 #include "srgpt/error.h"
+#include "srgpt/rank_order_sum.h"
 
 #ifdef SRGPT_HAVE_MPI
 #include <mpi.h>
@@ -198,29 +199,15 @@ class HostStaging {
   size_t bytes_ = 0;
 };
 
-float widen(bf16 x) { return bf16_to_float(x); }
-float widen(float x) { return x; }
-double widen(double x) { return x; }
-void narrow(float sum, bf16* out) { *out = float_to_bf16_rn(sum); }
-void narrow(float sum, float* out) { *out = sum; }
-void narrow(double sum, double* out) { *out = sum; }
-
 // Below this many elements a parallel region costs more than the sum.
 constexpr size_t kParallelSumElements = size_t(1) << 16;
 
-// out[i] = sum over r = 0..ranks-1, in that order, of contributions[r][i],
-// accumulated in fp32 (fp64 for f64) and rounded once to T.
 template <typename T>
 void sum_typed(const void* contributions, void* out, size_t length, size_t ranks) {
-  const T* in = static_cast<const T*>(contributions);
-  T* result = static_cast<T*>(out);
   const std::ptrdiff_t n = std::ptrdiff_t(length);
 #pragma omp parallel for schedule(static) if (length >= kParallelSumElements)
-  for (std::ptrdiff_t i = 0; i < n; ++i) {
-    auto sum = widen(in[i]);
-    for (size_t r = 1; r < ranks; ++r) sum += widen(in[r * length + size_t(i)]);
-    narrow(sum, &result[i]);
-  }
+  for (std::ptrdiff_t i = 0; i < n; ++i)
+    sum_element_in_rank_order(static_cast<const T*>(contributions), static_cast<T*>(out), length, ranks, size_t(i));
 }
 
 void sum_in_rank_order(const void* contributions, void* out, size_t length, size_t ranks, DType dtype) {
