@@ -920,7 +920,7 @@ void attention_backward(DType dtype, cudaStream_t stream, Scratch& scratch, void
     using S = decltype(tag);
     constexpr int kVec = VecWidth<S>::value;
     const unsigned blocks = ceil_div(size_t(B) * H * T * kRowDotLanes, kSimpleThreads);
-    if (hd % kVec == 0 && C % kVec == 0 && all_aligned16(dout, out))
+    if (hd % kVec == 0 && rows_vectorisable<S>(C, dout, out))
       attention_row_dot_kernel<S, kVec><<<blocks, kSimpleThreads, 0, stream>>>(
           row_dot, static_cast<const S*>(dout), static_cast<const S*>(out), B, T, C, H, hd);
     else

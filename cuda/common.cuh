@@ -116,6 +116,12 @@ template <typename... P>
 inline bool all_aligned16(const P*... p) {
   return (aligned16(p) && ...);
 }
+// True when rows of `row_length` S elements starting at each pointer can be
+// accessed VecWidth<S> elements (16 bytes) at a time.
+template <typename S, typename... P>
+inline bool rows_vectorisable(int row_length, const P*... p) {
+  return row_length % VecWidth<S>::value == 0 && all_aligned16(p...);
+}
 
 // Calls f(i, index) for index = first + i * stride while index < count.
 // When Held the loop is unrolled over MaxHeld iterations, so that i may

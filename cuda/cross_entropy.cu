@@ -83,7 +83,7 @@ void cross_entropy_forward_backward(DType dtype, cudaStream_t stream, float* los
   dispatch_storage(dtype, [&](auto tag) {
     using S = decltype(tag);
     constexpr int kVec = VecWidth<S>::value;
-    const bool vectorised = Vp % kVec == 0 && aligned16(logits);
+    const bool vectorised = rows_vectorisable<S>(Vp, logits);
     if (vectorised && Vp / kVec <= kThreads * kResidentChunks) {
       cross_entropy_kernel<S, kVec, true>
           <<<N, kThreads, 0, stream>>>(losses, static_cast<S*>(logits), targets, V, Vp, dloss);

@@ -95,11 +95,6 @@ __global__ void embedding_backward_wpe_kernel(S* dwpe, const S* dout, int B, int
   store_chunk<W>(dwpe + size_t(t) * C + c, current);
 }
 
-template <typename S>
-bool rows_vectorisable(int C, const void* a, const void* b, const void* c) {
-  return C % VecWidth<S>::value == 0 && all_aligned16(a, b, c);
-}
-
 }  // namespace
 
 void embedding_forward(DType dtype, cudaStream_t stream, void* out, const int32_t* tokens, const void* wte,

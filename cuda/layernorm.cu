@@ -1,5 +1,3 @@
-#include <initializer_list>
-
 #include "common.cuh"
 #include "cuda_check.cuh"
 #include "layernorm.cuh"
@@ -184,14 +182,6 @@ __global__ void layernorm_backward_kernel(S* din, float* dw_partials, float* db_
   }
 }
 
-template <typename S>
-bool rows_vectorisable(int C, std::initializer_list<const void*> pointers) {
-  if (C % VecWidth<S>::value != 0) return false;
-  for (const void* p : pointers)
-    if (!aligned16(p)) return false;
-  return true;
-}
-
 }  // namespace
 
 void residual_layernorm_forward(DType dtype, cudaStream_t stream, void* res_out, void* out, float* mean, float* rstd,
@@ -201,7 +191,7 @@ void residual_layernorm_forward(DType dtype, cudaStream_t stream, void* res_out,
   dispatch_storage(dtype, [&](auto tag) {
     using S = decltype(tag);
     constexpr int kVec = VecWidth<S>::value;
-    const bool vectorised = rows_vectorisable<S>(C, {res_out, out, res_in, delta, w, b});
+    const bool vectorised = rows_vectorisable<S>(C, res_out, out, res_in, delta, w, b);
     auto launch = [&](auto kernel, size_t shared) {
       allow_dynamic_shared_memory(kernel, shared, "residual_layernorm_forward");
       kernel<<<ceil_div(N, kForwardRowsPerBlock), 32 * kForwardRowsPerBlock, shared, stream>>>(
@@ -231,7 +221,7 @@ void layernorm_backward(DType dtype, cudaStream_t stream, Scratch& scratch, void
   dispatch_storage(dtype, [&](auto tag) {
     using S = decltype(tag);
     constexpr int kVec = VecWidth<S>::value;
-    const bool vectorised = rows_vectorisable<S>(C, {din, dout, in, w});
+    const bool vectorised = rows_vectorisable<S>(C, din, dout, in, w);
     auto launch = [&](auto kernel, int row_words) {
       // Fewer warps per block for very wide rows, so the per-warp sums fit.
       int warps = kBackwardMaxWarps;

@@ -151,7 +151,7 @@ void column_partials(DType dtype, cudaStream_t stream, float* partials, const vo
   if (rows <= 0 || cols <= 0) return;
   dispatch_storage(dtype, [&](auto tag) {
     using S = decltype(tag);
-    dispatch_width<S>(cols % VecWidth<S>::value == 0 && aligned16(in), [&](auto width) {
+    dispatch_width<S>(rows_vectorisable<S>(cols, in), [&](auto width) {
       constexpr int W = decltype(width)::value;
       const dim3 grid(column_chunks(rows), ceil_div(cols / W, 32));
       column_partials_kernel<S, W><<<grid, dim3(32, kRowGroups), 0, stream>>>(partials, static_cast<const S*>(in),
