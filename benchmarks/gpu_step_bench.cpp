@@ -446,9 +446,7 @@ StepRow bench_steps(const Options& o, const std::string& model_name, Precision p
     params.zero_grads();
     model.forward_backward(inputs.data(), targets.data(), dloss);
     params.reduce_gradients();
-    const double norm = std::sqrt(params.grad_norm_squared());
-    const float scale = norm > oc.grad_clip ? float(oc.grad_clip / norm) : 1.0f;
-    optimizer.step(++t, oc.lr, scale);
+    optimizer.step(++t, oc.lr, clip_scale(std::sqrt(params.grad_norm_squared()), oc.grad_clip));
   };
   EventPair events;
   for (int i = 0; i < o.warmup; ++i) step();

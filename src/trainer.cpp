@@ -569,9 +569,8 @@ double Trainer::train_step(int64_t step, double* grad_norm) {
                    norm);
     return loss;
   }
-  const double clip = config_.optimizer.grad_clip;
-  const float scale = (clip > 0 && norm > clip) ? float(clip / norm) : 1.0f;
-  optimizer_->step(step, learning_rate(config_.optimizer, step, config_.train.steps), scale);
+  optimizer_->step(step, learning_rate(config_.optimizer, step, config_.train.steps),
+                   clip_scale(norm, config_.optimizer.grad_clip));
   return loss;
 }
 

@@ -19,6 +19,12 @@ struct StateBuffer {
   void* data;        // ParameterStore::state_elements() elements
 };
 
+// Global-norm clipping: the factor the gradients are scaled by, clip / norm
+// when clipping is on (clip > 0) and the norm exceeds it, else 1.
+inline float clip_scale(double grad_norm, double clip) {
+  return (clip > 0 && grad_norm > clip) ? float(clip / grad_norm) : 1.0f;
+}
+
 // The state buffers a precision mode keeps, in checkpoint order (data null).
 std::vector<StateBuffer> optimizer_state_kinds(Precision precision);
 
