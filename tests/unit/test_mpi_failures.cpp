@@ -49,8 +49,6 @@ std::string mpiexec() {
   return m;
 }
 
-std::string quoted(const std::string& s) { return "'" + s + "'"; }
-
 // "timeout 120 mpiexec --oversubscribe", to be followed by the ranks' specs.
 std::string launcher() {
   return "timeout " + std::to_string(kJobTimeoutS) + " " + mpiexec() + " --oversubscribe";
@@ -79,14 +77,14 @@ struct Run {
   }
 
   std::string train(int ranks, const std::string& config) const {
-    return launcher() + " -np " + std::to_string(ranks) + " " + quoted(srgpt_bin()) + " train --config " +
-           quoted(config);
+    return launcher() + " -np " + std::to_string(ranks) + " " + srgpt_bin() + " train --config " +
+           shell_quoted(config);
   }
 
   // The newest complete checkpoint of the run passes `srgpt info --verify`
   // (and is the one at `step`, when given).
   void expect_verified_checkpoint(std::optional<int64_t> step) const {
-    CommandResult info = run_command(quoted(srgpt_bin()) + " info --verify " + quoted(run_dir.string()));
+    CommandResult info = run_command(srgpt_bin() + " info --verify " + shell_quoted(run_dir.string()));
     INFO("srgpt info --verify:\n" << info.output);
     CHECK(info.exit_code == 0);
     CHECK(info.output.find("verified") != std::string::npos);
@@ -223,8 +221,8 @@ TEST_CASE("mpi failure: a rank killed mid-run ends the job, and the newest check
   c.dist.zero_stage = 3;   // rank 0 waits for rank 1 inside forward's weight gathers too
   const std::string config = run.write_config(c, "long");
   // Each rank records its pid, then becomes srgpt.
-  const std::string rank_cmd = "echo $$ > " + quoted(run.tmp.str("pid.")) + "$OMPI_COMM_WORLD_RANK; exec " +
-                               quoted(srgpt_bin()) + " train --config " + quoted(config);
+  const std::string rank_cmd = "echo $$ > " + shell_quoted(run.tmp.str("pid.")) + "$OMPI_COMM_WORLD_RANK; exec " +
+                               srgpt_bin() + " train --config " + shell_quoted(config);
   const fs::path log = run.tmp.path() / "mpiexec.log";
   ChildProcess job({"timeout", std::to_string(kJobTimeoutS), mpiexec(), "--oversubscribe", "-np", "2", "sh", "-c",
                     rank_cmd},
@@ -265,10 +263,10 @@ TEST_CASE("mpi failure: ranks started with different configs stop with a clear m
   b.train.steps = 4;
   b.optimizer.lr *= 2;
   a.train.steps = 4;
-  const std::string bin = quoted(srgpt_bin());
+  const std::string bin = srgpt_bin();
   const CommandResult r = run_command(launcher() + " -np 1 " + bin + " train --resume --config " +
-                                      quoted(run.write_config(a, "a4")) + " : -np 1 " + bin +
-                                      " train --resume --config " + quoted(run.write_config(b, "b4")));
+                                      shell_quoted(run.write_config(a, "a4")) + " : -np 1 " + bin +
+                                      " train --resume --config " + shell_quoted(run.write_config(b, "b4")));
   expect_job_failed(r, {"srgpt: rank ", "config differs between ranks", "optimizer.lr = 0.0"});
   run.expect_verified_checkpoint(2);
 }
@@ -284,7 +282,7 @@ TEST_CASE("mpi failure: ranks that would start from different points stop before
   REQUIRE(run_command(run.train(2, config)).exit_code == 0);
   c.train.steps = 4;
   const std::string four = run.write_config(c, "four_steps");
-  const std::string train = quoted(srgpt_bin()) + " train --config " + quoted(four);
+  const std::string train = srgpt_bin() + " train --config " + shell_quoted(four);
   // Each rank of an MPMD launch gets its own arguments.
   auto job = [&](const std::string& rank0_args, const std::string& rank1_args) {
     return run_command(launcher() + " -np 1 " + train + rank0_args + " : -np 1 " + train + rank1_args);
@@ -300,7 +298,7 @@ TEST_CASE("mpi failure: ranks that would start from different points stop before
     other.train.seed += 1;
     other.out_dir = run.tmp.str("other");
     REQUIRE(run_command(run.train(2, run.write_config(other, "other"))).exit_code == 0);
-    const std::string from = " --resume-from " + quoted(run.tmp.str("other/checkpoints/step_00000002"));
+    const std::string from = " --resume-from " + shell_quoted(run.tmp.str("other/checkpoints/step_00000002"));
     expect_job_failed(job(" --resume", from), {"disagree on the checkpoint's weights"});
   }
   SECTION("only rank 0 stops early") {
@@ -313,9 +311,9 @@ TEST_CASE("mpi failure: ranks that would start from different points stop before
     const std::string local_config = run.write_config(local, "local_data");
     write_markov_shards(run.tmp.path() / "node0" / "data", 64, 20000, 3000);
     write_markov_shards(run.tmp.path() / "node1" / "data", 64, 10000, 3000);
-    const std::string train_local = quoted(srgpt_bin()) + " train --resume --config " + quoted(local_config);
-    const CommandResult r = run_command(launcher() + " -np 1 -wdir " + quoted(run.tmp.str("node0")) + " " +
-                                        train_local + " : -np 1 -wdir " + quoted(run.tmp.str("node1")) + " " +
+    const std::string train_local = srgpt_bin() + " train --resume --config " + shell_quoted(local_config);
+    const CommandResult r = run_command(launcher() + " -np 1 -wdir " + shell_quoted(run.tmp.str("node0")) + " " +
+                                        train_local + " : -np 1 -wdir " + shell_quoted(run.tmp.str("node1")) + " " +
                                         train_local);
     expect_job_failed(r, {"disagree on the tokens in data.train"});
   }
@@ -331,8 +329,8 @@ TEST_CASE("mpi failure: a rank that exits without starting MPI ends the job afte
   // Rank 1 prints the help and exits 0 without MPI_Init, so rank 0's
   // MPI_Init would wait for it forever.
   const auto start = std::chrono::steady_clock::now();
-  const CommandResult r = run_command(launcher() + " -x SRGPT_COMM_TIMEOUT_S=3 -np 1 " + quoted(srgpt_bin()) +
-                                      " train --config " + quoted(config) + " : -np 1 " + quoted(srgpt_bin()) +
+  const CommandResult r = run_command(launcher() + " -x SRGPT_COMM_TIMEOUT_S=3 -np 1 " + srgpt_bin() +
+                                      " train --config " + shell_quoted(config) + " : -np 1 " + srgpt_bin() +
                                       " train --help");
   // Either rank 0's watchdog ends the job, or Open MPI itself when rank 1
   // exits after rank 0 has entered MPI_Init ('did not call "init" before

@@ -334,7 +334,7 @@ TEST_CASE("srgpt sample and eval through the binary: text, determinism, bits per
     CHECK(too_long.exit_code == 1);
     CHECK(too_long.output.find("max_seq_len") != std::string::npos);
     auto mismatch = run_command(bin + " sample" + checkpoint + " --prompt x --tokenizer gpt2 --tokenizer-dir " +
-                                std::string(SRGPT_SOURCE_DIR) + "/data/tokenizer/gpt2");
+                                shell_quoted(std::string(SRGPT_SOURCE_DIR) + "/data/tokenizer/gpt2"));
     CHECK(mismatch.exit_code == 1);
     CHECK(mismatch.output.find("vocab") != std::string::npos);
   }

@@ -126,7 +126,16 @@ inline CommandResult run_command(const std::string& cmd) {
   return r;
 }
 
-inline std::string srgpt_bin() { return SRGPT_BIN; }
+// `s` as one shell word (single-quoted; a ' inside becomes '\'').
+inline std::string shell_quoted(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+// The srgpt binary as the start of a shell command (quoted: the checkout's
+// path may contain spaces).
+inline std::string srgpt_bin() { return shell_quoted(SRGPT_BIN); }
 
 // The message of the srgpt::Error `action` throws, or "" when it throws none.
 inline std::string error_message(const std::function<void()>& action) {
