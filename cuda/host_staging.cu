@@ -7,31 +7,11 @@
 namespace srgpt::gpu {
 
 PinnedUploadStaging::PinnedUploadStaging() {
-  try {
-    for (int i = 0; i < kSlots; ++i) {
-      CUDA_CHECK(cudaHostAlloc(&slots_[i], kSlotBytes, cudaHostAllocDefault));
-      CUDA_CHECK(cudaEventCreateWithFlags(&copied_[i], cudaEventDisableTiming));
-    }
-  } catch (...) {
-    release();
-    throw;
-  }
-}
-
-PinnedUploadStaging::~PinnedUploadStaging() { release(); }
-
-void PinnedUploadStaging::release() noexcept {
-  for (int i = 0; i < kSlots; ++i) {
-    // A slot's copy may still be in flight: let it finish before freeing.
-    if (copied_[i]) {
-      cudaEventSynchronize(copied_[i]);
-      cudaEventDestroy(copied_[i]);
-      copied_[i] = nullptr;
-    }
-    if (slots_[i]) {
-      cudaFreeHost(slots_[i]);
-      slots_[i] = nullptr;
-    }
+  for (Slot& slot : slots_) {
+    void* memory = nullptr;
+    CUDA_CHECK(cudaHostAlloc(&memory, kSlotBytes, cudaHostAllocDefault));
+    slot.memory.reset(memory);
+    slot.copied = make_event();
   }
 }
 
@@ -43,13 +23,13 @@ void PinnedUploadStaging::upload(cudaStream_t stream, void* dst, const void* hos
   char* target = static_cast<char*>(dst);
   for (size_t done = 0; done < bytes; done += kSlotBytes) {
     const size_t chunk = std::min(kSlotBytes, bytes - done);
-    const int slot = next_;
+    Slot& slot = slots_[next_];
     next_ = (next_ + 1) % kSlots;
     // Usually long done: the slot was last used kSlots copies ago.
-    CUDA_CHECK(cudaEventSynchronize(copied_[slot]));
-    std::memcpy(slots_[slot], source + done, chunk);
-    CUDA_CHECK(cudaMemcpyAsync(target + done, slots_[slot], chunk, cudaMemcpyHostToDevice, stream));
-    CUDA_CHECK(cudaEventRecord(copied_[slot], stream));
+    CUDA_CHECK(cudaEventSynchronize(slot.copied.get()));
+    std::memcpy(slot.memory.get(), source + done, chunk);
+    CUDA_CHECK(cudaMemcpyAsync(target + done, slot.memory.get(), chunk, cudaMemcpyHostToDevice, stream));
+    CUDA_CHECK(cudaEventRecord(slot.copied.get(), stream));
   }
 }
 

@@ -10,15 +10,15 @@
 
 #include <array>
 #include <cstddef>
+#include <memory>
+
+#include "stream.cuh"
 
 namespace srgpt::gpu {
 
 class PinnedUploadStaging {
  public:
   PinnedUploadStaging();
-  PinnedUploadStaging(const PinnedUploadStaging&) = delete;
-  PinnedUploadStaging& operator=(const PinnedUploadStaging&) = delete;
-  ~PinnedUploadStaging();
 
   // Bytes a slot holds; larger uploads take several slots in turn.
   static constexpr size_t kSlotBytes = size_t(4) << 20;
@@ -28,11 +28,25 @@ class PinnedUploadStaging {
   void upload(cudaStream_t stream, void* dst, const void* host_src, size_t bytes);
 
  private:
-  void release() noexcept;
+  struct PinnedDeleter {
+    void operator()(void* p) const { cudaFreeHost(p); }
+  };
+  // Pinned memory and the event of its last copy; a copy may still be in
+  // flight when the slot goes, so it waits for the event first (members go
+  // in reverse order: the event, then the memory).
+  struct Slot {
+    std::unique_ptr<void, PinnedDeleter> memory;
+    EventHandle copied;
+    Slot() = default;
+    Slot(const Slot&) = delete;
+    Slot& operator=(const Slot&) = delete;
+    ~Slot() {
+      if (copied) cudaEventSynchronize(copied.get());
+    }
+  };
 
   static constexpr int kSlots = 4;
-  std::array<void*, kSlots> slots_{};
-  std::array<cudaEvent_t, kSlots> copied_{};
+  std::array<Slot, kSlots> slots_;
   int next_ = 0;
 };
 
