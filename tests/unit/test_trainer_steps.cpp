@@ -1,0 +1,165 @@
+// One training step taken apart on the cpu backend: the gradient norm each
+// ZeRO stage reports, global-norm clipping, skipping non-finite steps, and
+// evaluate()'s mean and token budget, each against a path computed here
+// through the public API.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "catch.h"
+#include "srgpt/bf16.h"
+#include "srgpt/checkpoint.h"
+#include "srgpt/model.h"
+#include "srgpt/trainer.h"
+#include "test_util.h"
+
+using namespace srgpt;
+using namespace srgpt_test;
+
+namespace {
+
+uint32_t fresh_seed() { return std::random_device{}(); }
+
+// Random token ids in [0, vocab).
+std::vector<int32_t> random_tokens(std::mt19937& rng, size_t n, int vocab) {
+  std::vector<int32_t> out(n);
+  for (auto& t : out) t = int32_t(rng() % uint32_t(vocab));
+  return out;
+}
+
+// A device buffer of n elements of `dtype` (bf16 or f32) as doubles.
+std::vector<double> download_as_double(Backend& backend, const void* data, DType dtype, size_t n) {
+  std::vector<double> out(n);
+  if (dtype == DType::bf16) {
+    std::vector<bf16> h(n);
+    backend.download(h.data(), data, n * sizeof(bf16));
+    for (size_t i = 0; i < n; ++i) out[i] = bf16_to_float(h[i]);
+  } else {
+    REQUIRE(dtype == DType::f32);
+    std::vector<float> h(n);
+    backend.download(h.data(), data, n * sizeof(float));
+    for (size_t i = 0; i < n; ++i) out[i] = h[i];
+  }
+  return out;
+}
+
+std::vector<char> grad_bytes_of(ParameterStore& p) {
+  std::vector<char> host(p.grad_bytes());
+  p.backend().download(host.data(), p.grads(), host.size());
+  return host;
+}
+
+// The train loader a Trainer builds for `c` on one rank (trainer.cpp).
+TokenLoader train_loader_like_trainer(const Config& c) {
+  return TokenLoader(expand_shard_pattern(c.data.train, "data.train"), c.batch.micro_batch, c.batch.seq_len, 0, 1,
+                     c.model.vocab_size, true, c.train.seed);
+}
+
+TokenLoader val_loader_like_trainer(const Config& c) {
+  return TokenLoader(expand_shard_pattern(c.data.val, "data.val"), c.batch.micro_batch, c.batch.seq_len, 0, 1,
+                     c.model.vocab_size, false, c.train.seed);
+}
+
+TrainOptions single_quiet() {
+  TrainOptions o = quiet_options();
+  o.single_process = true;
+  return o;
+}
+
+// Trainer::train_step's work up to the optimizer, by hand: zero grads, the
+// micro-steps with dloss = 1/(B*T*accum), the reduction. Returns the norm.
+double gradients_by_hand(Trainer& t, TokenLoader& loader) {
+  const Config& c = t.config();
+  const int accum = c.batch.grad_accum(1);
+  const size_t n = size_t(c.batch.micro_batch) * c.batch.seq_len;
+  std::vector<int32_t> in(n), tg(n);
+  const float dloss = float(1.0 / (double(c.batch.micro_batch) * c.batch.seq_len * accum));
+  t.params().zero_grads();
+  for (int micro = 0; micro < accum; ++micro) {
+    loader.next_batch(in.data(), tg.data());
+    t.model().forward_backward(in.data(), tg.data(), dloss);
+  }
+  t.params().reduce_gradients();
+  return std::sqrt(t.params().grad_norm_squared());
+}
+
+struct State {
+  std::vector<char> weights;
+  std::vector<std::vector<char>> optimizer;
+  bool operator==(const State& o) const { return weights == o.weights && optimizer == o.optimizer; }
+};
+
+State state_of(Trainer& t) { return {t.params().full_weights_on_host(), t.optimizer().state_on_host()}; }
+
+}  // namespace
+
+TEST_CASE("grad_norm_squared at ZeRO stages 0-3 is the fp64 sum of squares of the reduced gradients",
+          "[trainer][zero][grad_norm]") {
+  const uint32_t seed = fresh_seed();
+  INFO("token seed " << seed);
+  TempDir tmp("gradnorm");
+  write_markov_shards(tmp.path() / "data", 64, 20000, 2000);
+  for (GradReduceChoice gd : {GradReduceChoice::bf16, GradReduceChoice::fp32}) {
+    for (int accum : {1, 2}) {
+      INFO("grad dtype " << grad_reduce_choice_name(gd) << ", " << accum << " micro-steps");
+      std::mt19937 rng(seed);
+      std::vector<std::vector<int32_t>> inputs, targets;
+      for (int m = 0; m < accum; ++m) {
+        inputs.push_back(random_tokens(rng, 64, 64));
+        targets.push_back(random_tokens(rng, 64, 64));
+      }
+      double norm_sq[4];
+      std::vector<char> grads[4];
+      for (int stage = 0; stage <= 3; ++stage) {
+        INFO("stage " << stage);
+        Config c = tiny_config(tmp.path() / "data", tmp.path() / ("s" + std::to_string(stage)));
+        c.dist.zero_stage = stage;
+        c.dist.grad_reduce_dtype = gd;
+        c.train.seed = seed;  // fresh initial weights too
+        Trainer t(c, single_quiet());
+        ParameterStore& p = t.params();
+        p.zero_grads();
+        for (int m = 0; m < accum; ++m)
+          t.model().forward_backward(inputs[m].data(), targets[m].data(), float(1.0 / (64.0 * accum)));
+        p.reduce_gradients();
+        norm_sq[stage] = p.grad_norm_squared();
+        grads[stage] = grad_bytes_of(p);
+        // On one rank every stage's gradient buffer holds the whole layout
+        // (stages 2-3: the shard is everything, at the same offsets).
+        const size_t n = p.layout().total();
+        REQUIRE(p.grad_bytes() == n * dtype_size(p.grad_dtype()));
+        REQUIRE(p.grad_dtype() == (gd == GradReduceChoice::bf16 ? DType::bf16 : DType::f32));
+        const std::vector<double> g = download_as_double(p.backend(), p.grads(), p.grad_dtype(), n);
+        double reference = 0;
+        for (double x : g) reference += x * x;
+        // Each square of a bf16 or f32 value is exact in double (16 or 48
+        // significant bits), so both sides differ only by the rounding of a
+        // sum of n non-negative terms: at most (n-1) * 2^-53 relative each,
+        // whatever the order. n * 2^-52 covers both.
+        const double bound = double(n) * std::ldexp(1.0, -52);
+        INFO("norm^2 " << norm_sq[stage] << " fp64 reference " << reference);
+        REQUIRE(reference > 0);
+        CHECK(std::fabs(norm_sq[stage] - reference) / reference <= bound);
+      }
+      // Stage 1 on one rank accumulates in place like stage 0 and its
+      // reduce-scatter is the identity: the same gradient bits.
+      CHECK(grads[1] == grads[0]);
+      // Stage 3 on one rank is stage 2 with copies for gathers.
+      CHECK(grads[3] == grads[2]);
+      CHECK(std::memcmp(&norm_sq[3], &norm_sq[2], sizeof(double)) == 0);
+      // With one micro-step, stage 2's add of the micro-step into zeroed
+      // shard gradients is exact, so its gradients are stage 1's, and
+      // stages 1-3 sum the same per-unit ranges: identical norms. (Over
+      // several micro-steps stage 2 rounds the sum in another order, so
+      // only the fp64 bound above holds.)
+      if (accum == 1) {
+        CHECK(grads[2] == grads[1]);
+        CHECK(std::memcmp(&norm_sq[2], &norm_sq[1], sizeof(double)) == 0);
+      }
+    }
+  }
+}
