@@ -332,3 +332,62 @@ TEST_CASE("on_nonfinite = skip leaves weights and optimizer state unchanged, cou
   CHECK(rr.skipped_steps == 1);
   CHECK(state_of(resumed) == state_of(t));
 }
+
+TEST_CASE("evaluate is the mean of GPT::forward over the loader's batches from its start, in whole batches",
+          "[trainer][evaluate]") {
+  const uint32_t seed = fresh_seed();
+  INFO("init seed and token-budget seed " << seed);
+  TempDir tmp("evaluate");
+  write_markov_shards(tmp.path() / "data", 64, 8000, 3000);
+  Config c = tiny_config(tmp.path() / "data", tmp.path() / "run");
+  c.train.seed = seed;
+  Trainer t(c, single_quiet());
+  GPT& model = t.model();
+  const int64_t per_batch = int64_t(c.batch.micro_batch) * c.batch.seq_len;
+
+  // The reference: each batch's forward loss, from a second loader built
+  // the same way, summed in batch order as evaluate documents no other.
+  TokenLoader reference_loader = val_loader_like_trainer(c);
+  const int64_t all = reference_loader.batches_per_epoch();
+  REQUIRE(all >= 4);
+  std::vector<double> batch_loss;
+  std::vector<int32_t> in(static_cast<size_t>(per_batch)), tg(in.size());
+  for (int64_t i = 0; i < all; ++i) {
+    reference_loader.next_batch(in.data(), tg.data());
+    batch_loss.push_back(model.forward(in.data(), tg.data()));
+  }
+  auto mean_of_first = [&](int64_t batches) {
+    double sum = 0;
+    for (int64_t i = 0; i < batches; ++i) sum += batch_loss[size_t(i)];
+    return sum / double(batches);
+  };
+
+  std::mt19937 rng(seed);
+  TokenLoader loader = val_loader_like_trainer(c);
+  const int64_t random_budget = 1 + int64_t(rng() % uint64_t(all * per_batch));
+  // max_tokens -> whole batches: 0 means all, less than one batch still
+  // evaluates one, a partial batch is dropped, more than the split is all.
+  const std::vector<std::pair<int64_t, int64_t>> cases{
+      {0, all},
+      {1, 1},
+      {per_batch - 1, 1},
+      {per_batch, 1},
+      {3 * per_batch + per_batch / 2, 3},
+      {(all + 5) * per_batch, all},
+      {random_budget, std::max<int64_t>(1, random_budget / per_batch)}};
+  for (const auto& [max_tokens, batches] : cases) {
+    INFO("max_tokens " << max_tokens << ", expecting " << batches << " batches");
+    // Advance the loader first: evaluate starts from the split's start.
+    loader.next_batch(in.data(), tg.data());
+    const EvalResult r = evaluate(model, loader, max_tokens);
+    CHECK(r.tokens == batches * per_batch);
+    // Same forward, same additions in the same order: the same bits.
+    const double want = mean_of_first(batches);
+    INFO("evaluate " << r.loss << " by hand " << want);
+    CHECK(std::memcmp(&r.loss, &want, sizeof(double)) == 0);
+    CHECK(r.perplexity() == std::exp(r.loss));
+  }
+  // The batches differ, so a mean over the wrong batches would show.
+  CHECK(batch_loss[0] != batch_loss[1]);
+  CHECK(mean_of_first(3) != mean_of_first(all));
+}
