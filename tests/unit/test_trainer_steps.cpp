@@ -1,0 +1,393 @@
+// One training step taken apart on the cpu backend: the gradient norm each
+// ZeRO stage reports, global-norm clipping, skipping non-finite steps, and
+// evaluate()'s mean and token budget, each against a path computed here
+// through the public API.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "catch.h"
+#include "srgpt/bf16.h"
+#include "srgpt/checkpoint.h"
+#include "srgpt/model.h"
+#include "srgpt/trainer.h"
+#include "test_util.h"
+
+using namespace srgpt;
+using namespace srgpt_test;
+
+namespace {
+
+uint32_t fresh_seed() { return std::random_device{}(); }
+
+// Random token ids in [0, vocab).
+std::vector<int32_t> random_tokens(std::mt19937& rng, size_t n, int vocab) {
+  std::vector<int32_t> out(n);
+  for (auto& t : out) t = int32_t(rng() % uint32_t(vocab));
+  return out;
+}
+
+// A device buffer of n elements of `dtype` (bf16 or f32) as doubles.
+std::vector<double> download_as_double(Backend& backend, const void* data, DType dtype, size_t n) {
+  std::vector<double> out(n);
+  if (dtype == DType::bf16) {
+    std::vector<bf16> h(n);
+    backend.download(h.data(), data, n * sizeof(bf16));
+    for (size_t i = 0; i < n; ++i) out[i] = bf16_to_float(h[i]);
+  } else {
+    REQUIRE(dtype == DType::f32);
+    std::vector<float> h(n);
+    backend.download(h.data(), data, n * sizeof(float));
+    for (size_t i = 0; i < n; ++i) out[i] = h[i];
+  }
+  return out;
+}
+
+std::vector<char> grad_bytes_of(ParameterStore& p) {
+  std::vector<char> host(p.grad_bytes());
+  p.backend().download(host.data(), p.grads(), host.size());
+  return host;
+}
+
+// The train loader a Trainer builds for `c` on one rank (trainer.cpp).
+TokenLoader train_loader_like_trainer(const Config& c) {
+  return TokenLoader(expand_shard_pattern(c.data.train, "data.train"), c.batch.micro_batch, c.batch.seq_len, 0, 1,
+                     c.model.vocab_size, true, c.train.seed);
+}
+
+TokenLoader val_loader_like_trainer(const Config& c) {
+  return TokenLoader(expand_shard_pattern(c.data.val, "data.val"), c.batch.micro_batch, c.batch.seq_len, 0, 1,
+                     c.model.vocab_size, false, c.train.seed);
+}
+
+TrainOptions single_quiet() {
+  TrainOptions o = quiet_options();
+  o.single_process = true;
+  return o;
+}
+
+// Trainer::train_step's work up to the optimizer, by hand: zero grads, the
+// micro-steps with dloss = 1/(B*T*accum), the reduction. Returns the norm.
+double gradients_by_hand(Trainer& t, TokenLoader& loader) {
+  const Config& c = t.config();
+  const int accum = c.batch.grad_accum(1);
+  const size_t n = size_t(c.batch.micro_batch) * c.batch.seq_len;
+  std::vector<int32_t> in(n), tg(n);
+  const float dloss = float(1.0 / (double(c.batch.micro_batch) * c.batch.seq_len * accum));
+  t.params().zero_grads();
+  for (int micro = 0; micro < accum; ++micro) {
+    loader.next_batch(in.data(), tg.data());
+    t.model().forward_backward(in.data(), tg.data(), dloss);
+  }
+  t.params().reduce_gradients();
+  return std::sqrt(t.params().grad_norm_squared());
+}
+
+struct State {
+  std::vector<char> weights;
+  std::vector<std::vector<char>> optimizer;
+  bool operator==(const State& o) const { return weights == o.weights && optimizer == o.optimizer; }
+};
+
+State state_of(Trainer& t) { return {t.params().full_weights_on_host(), t.optimizer().state_on_host()}; }
+
+}  // namespace
+
+TEST_CASE("grad_norm_squared at ZeRO stages 0-3 is the fp64 sum of squares of the reduced gradients",
+          "[trainer][zero][grad_norm]") {
+  const uint32_t seed = fresh_seed();
+  INFO("token seed " << seed);
+  TempDir tmp("gradnorm");
+  write_markov_shards(tmp.path() / "data", 64, 20000, 2000);
+  for (GradReduceChoice gd : {GradReduceChoice::bf16, GradReduceChoice::fp32}) {
+    for (int accum : {1, 2}) {
+      INFO("grad dtype " << grad_reduce_choice_name(gd) << ", " << accum << " micro-steps");
+      std::mt19937 rng(seed);
+      std::vector<std::vector<int32_t>> inputs, targets;
+      for (int m = 0; m < accum; ++m) {
+        inputs.push_back(random_tokens(rng, 64, 64));
+        targets.push_back(random_tokens(rng, 64, 64));
+      }
+      double norm_sq[4];
+      std::vector<char> grads[4];
+      for (int stage = 0; stage <= 3; ++stage) {
+        INFO("stage " << stage);
+        Config c = tiny_config(tmp.path() / "data", tmp.path() / ("s" + std::to_string(stage)));
+        c.dist.zero_stage = stage;
+        c.dist.grad_reduce_dtype = gd;
+        c.train.seed = seed;  // fresh initial weights too
+        Trainer t(c, single_quiet());
+        ParameterStore& p = t.params();
+        p.zero_grads();
+        for (int m = 0; m < accum; ++m)
+          t.model().forward_backward(inputs[m].data(), targets[m].data(), float(1.0 / (64.0 * accum)));
+        p.reduce_gradients();
+        norm_sq[stage] = p.grad_norm_squared();
+        grads[stage] = grad_bytes_of(p);
+        // On one rank every stage's gradient buffer holds the whole layout
+        // (stages 2-3: the shard is everything, at the same offsets).
+        const size_t n = p.layout().total();
+        REQUIRE(p.grad_bytes() == n * dtype_size(p.grad_dtype()));
+        REQUIRE(p.grad_dtype() == (gd == GradReduceChoice::bf16 ? DType::bf16 : DType::f32));
+        const std::vector<double> g = download_as_double(p.backend(), p.grads(), p.grad_dtype(), n);
+        double reference = 0;
+        for (double x : g) reference += x * x;
+        // Each square of a bf16 or f32 value is exact in double (16 or 48
+        // significant bits), so both sides differ only by the rounding of a
+        // sum of n non-negative terms: at most (n-1) * 2^-53 relative each,
+        // whatever the order. n * 2^-52 covers both.
+        const double bound = double(n) * std::ldexp(1.0, -52);
+        INFO("norm^2 " << norm_sq[stage] << " fp64 reference " << reference);
+        REQUIRE(reference > 0);
+        CHECK(std::fabs(norm_sq[stage] - reference) / reference <= bound);
+      }
+      // Stage 1 on one rank accumulates in place like stage 0 and its
+      // reduce-scatter is the identity: the same gradient bits.
+      CHECK(grads[1] == grads[0]);
+      // Stage 3 on one rank is stage 2 with copies for gathers.
+      CHECK(grads[3] == grads[2]);
+      CHECK(std::memcmp(&norm_sq[3], &norm_sq[2], sizeof(double)) == 0);
+      // With one micro-step, stage 2's add of the micro-step into zeroed
+      // shard gradients is exact, so its gradients are stage 1's, and
+      // stages 1-3 sum the same per-unit ranges: identical norms. (Over
+      // several micro-steps stage 2 rounds the sum in another order, so
+      // only the fp64 bound above holds.)
+      if (accum == 1) {
+        CHECK(grads[2] == grads[1]);
+        CHECK(std::memcmp(&norm_sq[2], &norm_sq[1], sizeof(double)) == 0);
+      }
+    }
+  }
+}
+
+TEST_CASE("a clipped Trainer step is the by-hand step with scale clip / norm, and grad_clip 0 never clips",
+          "[trainer][clip]") {
+  const uint32_t seed = fresh_seed();
+  INFO("init and data-order seed " << seed);
+  TempDir tmp("clip");
+  write_markov_shards(tmp.path() / "data", 64, 20000, 2000);
+  const int64_t steps = 3;  // warmup 2: steps 1-2 warm up, step 3 decays
+  // 1e-4 is far below the norms of this model's gradients (REQUIREd each
+  // step below), so every step clips; grad_clip 0 turns clipping off.
+  for (double clip : {1e-4, 0.0}) {
+    INFO("grad_clip " << clip);
+    auto config = [&](const std::string& tag) {
+      Config c = tiny_config(tmp.path() / "data", tmp.path() / (tag + std::to_string(clip)));
+      c.train.steps = steps;
+      c.train.seed = seed;
+      c.optimizer.grad_clip = clip;
+      c.data.val.clear();
+      return c;
+    };
+    Trainer trained(config("run"), single_quiet());
+    REQUIRE(trained.run().losses.size() == size_t(steps));
+
+    Trainer by_hand(config("hand"), single_quiet());
+    TokenLoader loader = train_loader_like_trainer(by_hand.config());
+    for (int64_t step = 1; step <= steps; ++step) {
+      const double norm = gradients_by_hand(by_hand, loader);
+      INFO("step " << step << " grad norm " << norm);
+      REQUIRE(std::isfinite(norm));
+      REQUIRE(norm > 1e-2);  // well above the clip, and "large" for clip 0
+      const float scale = clip > 0 ? float(clip / norm) : 1.0f;
+      const double lr = learning_rate(by_hand.config().optimizer, step, steps);
+      by_hand.optimizer().step(step, lr, scale);
+    }
+    const State want = state_of(by_hand), got = state_of(trained);
+    CHECK(got.weights == want.weights);
+    CHECK(got.optimizer == want.optimizer);
+  }
+  // Negative control: the clip changes the result (a clip that did
+  // nothing would make the by-hand comparisons above vacuous).
+  Config clipped = tiny_config(tmp.path() / "data", tmp.path() / "ctl-clip");
+  Config unclipped = tiny_config(tmp.path() / "data", tmp.path() / "ctl-none");
+  for (Config* c : {&clipped, &unclipped}) {
+    c->train.steps = 2;
+    c->train.seed = seed;
+    c->data.val.clear();
+  }
+  clipped.optimizer.grad_clip = 1e-4;
+  unclipped.optimizer.grad_clip = 0;
+  Trainer a(clipped, single_quiet()), b(unclipped, single_quiet());
+  a.run();
+  b.run();
+  CHECK(state_of(a).weights != state_of(b).weights);
+  CHECK(state_of(a).optimizer != state_of(b).optimizer);
+}
+
+TEST_CASE("a clip above the gradient norm gives the bits of grad_clip 0", "[trainer][clip]") {
+  const uint32_t seed = fresh_seed();
+  INFO("init and data-order seed " << seed);
+  TempDir tmp("clip-above");
+  write_markov_shards(tmp.path() / "data", 64, 20000, 2000);
+  std::vector<State> states;
+  // 1e6 exceeds any gradient norm of a tiny model at init (~1); the metrics
+  // of the first run confirm the norms stayed below it.
+  for (double clip : {0.0, 1e6}) {
+    Config c = tiny_config(tmp.path() / "data", tmp.path() / ("c" + std::to_string(clip)));
+    c.train.steps = 4;
+    c.train.seed = seed;
+    c.optimizer.grad_clip = clip;
+    c.data.val.clear();
+    Trainer t(c, single_quiet());
+    t.run();
+    states.push_back(state_of(t));
+  }
+  CHECK(states[0] == states[1]);
+}
+
+TEST_CASE("on_nonfinite = skip leaves weights and optimizer state unchanged, counts the step and trains on",
+          "[trainer][nonfinite]") {
+  const uint32_t seed = fresh_seed();
+  INFO("init and data-order seed " << seed);
+  TempDir tmp("skip");
+  write_markov_shards(tmp.path() / "data", 64, 20000, 2000);
+  Config c = tiny_config(tmp.path() / "data", tmp.path() / "run");
+  c.train.steps = 4;
+  c.train.seed = seed;
+  c.train.on_nonfinite = NonFinitePolicy::skip;
+  c.checkpoint.every = 2;  // not after step 1, whose weights the test poisons
+  c.checkpoint.keep = 10;
+  c.data.val.clear();
+
+  // Step 1 trains normally; after it a NaN goes into wte[0][0] (the tied
+  // LM head makes every logit's softmax NaN), so step 2 is non-finite.
+  // After step 2 the weight is restored so step 3 is finite again (and
+  // the step-2 checkpoint, which refuses NaN weights, can be written:
+  // on_step runs before the step's checkpoint).
+  Trainer* trainer = nullptr;
+  State after_step1, after_step2, after_step3;
+  std::vector<char> clean_weight;
+  size_t wte0 = 0, es = 0;
+  auto weight_at = [&](size_t i) { return static_cast<char*>(trainer->params().weights()) + i * es; };
+  TrainOptions o = single_quiet();
+  o.on_step = [&](int64_t step) {
+    if (step == 1) {
+      after_step1 = state_of(*trainer);
+      clean_weight.assign(weight_at(wte0), weight_at(wte0) + es);
+      if (es == 2) {
+        const uint16_t nan = 0x7fc0;
+        std::memcpy(weight_at(wte0), &nan, 2);
+      } else {
+        const float nan = std::nanf("");
+        std::memcpy(weight_at(wte0), &nan, 4);
+      }
+      after_step1.weights = trainer->params().full_weights_on_host();  // the poisoned weights
+    } else if (step == 2) {
+      after_step2 = state_of(*trainer);
+      std::memcpy(weight_at(wte0), clean_weight.data(), clean_weight.size());
+    } else if (step == 3) {
+      after_step3 = state_of(*trainer);
+    }
+  };
+  Trainer t(c, o);
+  trainer = &t;
+  REQUIRE(t.params().backend().memory_on_host());  // weights() is host memory
+  wte0 = t.params().layout().at("wte").offset;
+  es = dtype_size(t.params().backend().dtype());
+  const TrainResult r = t.run();
+
+  REQUIRE(r.losses.size() == 4);
+  CHECK(std::isfinite(r.losses[0]));
+  CHECK(std::isnan(r.losses[1]));
+  CHECK(std::isfinite(r.losses[2]));
+  CHECK(std::isfinite(r.losses[3]));
+  CHECK(r.skipped_steps == 1);
+  CHECK(r.last_step == 4);
+  // The skipped step wrote nothing: weights (NaN included) and every
+  // optimizer state buffer keep their bits.
+  REQUIRE(after_step1.optimizer.size() == t.optimizer().state_buffers().size());
+  CHECK(after_step2.weights == after_step1.weights);
+  for (size_t i = 0; i < after_step1.optimizer.size(); ++i) {
+    INFO("state buffer " << t.optimizer().state_buffers()[i].name);
+    CHECK(after_step2.optimizer[i] == after_step1.optimizer[i]);
+    // ...and the next finite step updates them again.
+    CHECK(after_step3.optimizer[i] != after_step2.optimizer[i]);
+  }
+  CHECK(after_step3.weights != after_step2.weights);
+  CHECK(state_of(t).weights != after_step3.weights);
+
+  // Each checkpoint's state counts the skipped steps so far.
+  std::map<int64_t, int64_t> skipped_at;
+  for (const auto& entry : fs::directory_iterator(fs::path(c.out_dir) / "checkpoints")) {
+    if (!entry.is_directory()) continue;
+    CheckpointReader reader(entry.path());
+    skipped_at[reader.step()] = reader.state().at("skipped_steps").get<int64_t>();
+  }
+  CHECK(skipped_at == std::map<int64_t, int64_t>{{2, 1}, {4, 1}});
+
+  // A resume from step 2 carries the count into its TrainResult.
+  Config resumed_config = c;
+  TrainOptions resume = single_quiet();
+  for (const auto& entry : fs::directory_iterator(fs::path(c.out_dir) / "checkpoints"))
+    if (entry.is_directory() && CheckpointReader(entry.path()).step() == 2) resume.resume_from = entry.path();
+  resumed_config.out_dir = (tmp.path() / "resumed").string();
+  Trainer resumed(resumed_config, resume);
+  const TrainResult rr = resumed.run();
+  CHECK(rr.first_step == 3);
+  CHECK(rr.skipped_steps == 1);
+  CHECK(state_of(resumed) == state_of(t));
+}
+
+TEST_CASE("evaluate is the mean of GPT::forward over the loader's batches from its start, in whole batches",
+          "[trainer][evaluate]") {
+  const uint32_t seed = fresh_seed();
+  INFO("init seed and token-budget seed " << seed);
+  TempDir tmp("evaluate");
+  write_markov_shards(tmp.path() / "data", 64, 8000, 3000);
+  Config c = tiny_config(tmp.path() / "data", tmp.path() / "run");
+  c.train.seed = seed;
+  Trainer t(c, single_quiet());
+  GPT& model = t.model();
+  const int64_t per_batch = int64_t(c.batch.micro_batch) * c.batch.seq_len;
+
+  // The reference: each batch's forward loss, from a second loader built
+  // the same way, summed in batch order as evaluate documents no other.
+  TokenLoader reference_loader = val_loader_like_trainer(c);
+  const int64_t all = reference_loader.batches_per_epoch();
+  REQUIRE(all >= 4);
+  std::vector<double> batch_loss;
+  std::vector<int32_t> in(static_cast<size_t>(per_batch)), tg(in.size());
+  for (int64_t i = 0; i < all; ++i) {
+    reference_loader.next_batch(in.data(), tg.data());
+    batch_loss.push_back(model.forward(in.data(), tg.data()));
+  }
+  auto mean_of_first = [&](int64_t batches) {
+    double sum = 0;
+    for (int64_t i = 0; i < batches; ++i) sum += batch_loss[size_t(i)];
+    return sum / double(batches);
+  };
+
+  std::mt19937 rng(seed);
+  TokenLoader loader = val_loader_like_trainer(c);
+  const int64_t random_budget = 1 + int64_t(rng() % uint64_t(all * per_batch));
+  // max_tokens -> whole batches: 0 means all, less than one batch still
+  // evaluates one, a partial batch is dropped, more than the split is all.
+  const std::vector<std::pair<int64_t, int64_t>> cases{
+      {0, all},
+      {1, 1},
+      {per_batch - 1, 1},
+      {per_batch, 1},
+      {3 * per_batch + per_batch / 2, 3},
+      {(all + 5) * per_batch, all},
+      {random_budget, std::max<int64_t>(1, random_budget / per_batch)}};
+  for (const auto& [max_tokens, batches] : cases) {
+    INFO("max_tokens " << max_tokens << ", expecting " << batches << " batches");
+    // Advance the loader first: evaluate starts from the split's start.
+    loader.next_batch(in.data(), tg.data());
+    const EvalResult r = evaluate(model, loader, max_tokens);
+    CHECK(r.tokens == batches * per_batch);
+    // Same forward, same additions in the same order: the same bits.
+    const double want = mean_of_first(batches);
+    INFO("evaluate " << r.loss << " by hand " << want);
+    CHECK(std::memcmp(&r.loss, &want, sizeof(double)) == 0);
+    CHECK(r.perplexity() == std::exp(r.loss));
+  }
+  // The batches differ, so a mean over the wrong batches would show.
+  CHECK(batch_loss[0] != batch_loss[1]);
+  CHECK(mean_of_first(3) != mean_of_first(all));
+}
