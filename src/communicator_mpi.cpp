@@ -412,8 +412,9 @@ std::unique_ptr<Communicator> make_mpi(Backend* backend, const CommunicatorOptio
   check_mpi(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node),
             "MPI_Comm_split_type");
   const int node_rank_code = MPI_Comm_rank(node, &local_rank);
-  MPI_Comm_free(&node);
+  const int free_code = MPI_Comm_free(&node);
   check_mpi(node_rank_code, "MPI_Comm_rank");
+  check_mpi(free_code, "MPI_Comm_free");
   return std::make_unique<MpiCommunicator>(backend, rank, size, local_rank, options);
 }
 
