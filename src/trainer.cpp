@@ -293,11 +293,10 @@ std::unique_ptr<Backend> make_backend(const Config& config, int local_rank) {
       );
     return make_cuda_backend(dtype, local_rank % gpus);
   }
+  // auto falls back quietly (the run's first log line names the backend):
+  // without a driver, the usual case on a machine with only the toolkit,
+  // the runtime reports the same error as for a driver too old for it.
   if (config.device == DeviceChoice::auto_select && gpus > 0) return make_cuda_backend(dtype, local_rank % gpus);
-  // Say why a build with the CUDA backend runs on the cpu: a driver too old
-  // for the runtime looks like no GPU at all.
-  if (config.device == DeviceChoice::auto_select && !no_gpu.empty() && local_rank == 0)
-    spdlog::info("device auto: no usable CUDA GPU ({}); using the cpu backend", no_gpu);
   return make_cpu_backend(dtype);
 }
 
