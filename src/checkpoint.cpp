@@ -288,12 +288,6 @@ void validate_manifest(const nlohmann::json& m, const fs::path& manifest) {
 
 }  // namespace
 
-RemoveDirectoryOnExit::~RemoveDirectoryOnExit() {
-  if (path_.empty()) return;
-  std::error_code ec;
-  fs::remove_all(path_, ec);
-}
-
 uint32_t crc32(const void* data, size_t bytes, uint32_t crc) {
   static const std::array<uint32_t, 256> table = make_crc_table();
   const unsigned char* p = static_cast<const unsigned char*>(data);
@@ -324,7 +318,7 @@ nlohmann::json write_checkpoint_file(const fs::path& staging, const CheckpointFi
 
 fs::path commit_checkpoint(const fs::path& root, int64_t step, const fs::path& staging, const nlohmann::json& state,
                            const nlohmann::json& file_table, int keep) {
-  RemoveDirectoryOnExit remove_tmp(staging);
+  RemovePathOnExit remove_tmp(staging);
   std::set<std::string> names;
   for (const auto& f : file_table)
     if (!names.insert(f.at("name").get<std::string>()).second)
@@ -361,7 +355,7 @@ fs::path save_checkpoint(const fs::path& root, int64_t step, const nlohmann::jso
                          const std::vector<CheckpointFile>& files, int keep) {
   check_files_to_save(files);
   const fs::path staging = begin_checkpoint(root, step);
-  RemoveDirectoryOnExit remove_tmp(staging);
+  RemovePathOnExit remove_tmp(staging);
   nlohmann::json file_table = nlohmann::json::array();
   for (const CheckpointFile& f : files) file_table.push_back(write_checkpoint_file(staging, f));
   remove_tmp.release();

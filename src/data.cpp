@@ -1,19 +1,16 @@
 #include "srgpt/data.h"
 
 #include <glob.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
-#include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <limits>
 #include <set>
 #include <utility>
 
 #include "srgpt/error.h"
 #include "srgpt/mapped_read.h"
+#include "srgpt/posix_file.h"
 #include "srgpt/sr_hash.h"
 
 namespace srgpt {
@@ -126,30 +123,16 @@ void write_token_shard(const std::string& path, const std::vector<uint32_t>& tok
   header[1] = narrow ? 1 : 2;
   header[2] = int32_t(tokens.size());
 
-  // Written under a temporary name and renamed, so a reader never sees half a shard.
-  const std::string tmp = path + ".tmp-" + std::to_string(::getpid());
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) fail("cannot create token shard {}: {}", tmp, std::strerror(errno));
-    out.write(reinterpret_cast<const char*>(header), sizeof header);
+  // A reader never sees half a shard.
+  write_file_atomically(path, [&](const ByteSink& sink) {
+    sink(header, sizeof header);
     if (narrow) {
-      std::vector<uint16_t> narrowed(tokens.begin(), tokens.end());
-      out.write(reinterpret_cast<const char*>(narrowed.data()), std::streamsize(narrowed.size() * 2));
+      const std::vector<uint16_t> narrowed(tokens.begin(), tokens.end());
+      sink(narrowed.data(), narrowed.size() * sizeof(uint16_t));
     } else {
-      out.write(reinterpret_cast<const char*>(tokens.data()), std::streamsize(tokens.size() * 4));
+      sink(tokens.data(), tokens.size() * sizeof(uint32_t));
     }
-    out.close();
-    if (!out) {
-      int err = errno;
-      std::remove(tmp.c_str());
-      fail("cannot write token shard {}: {}", tmp, std::strerror(err));
-    }
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    int err = errno;
-    std::remove(tmp.c_str());
-    fail("cannot rename {} to {}: {}", tmp, path, std::strerror(err));
-  }
+  });
 }
 
 std::vector<std::string> expand_shard_pattern(const std::string& pattern, const std::string& what) {

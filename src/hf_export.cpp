@@ -12,6 +12,7 @@
 #include "srgpt/error.h"
 #include "srgpt/json_parse.h"
 #include "srgpt/model.h"
+#include "srgpt/posix_file.h"
 #include "srgpt/safetensors.h"
 #include "srgpt/sample.h"
 #include "srgpt/tokenizer.h"

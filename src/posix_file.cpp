@@ -5,6 +5,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <string>
 #include <utility>
 
 #include "srgpt/error.h"
@@ -55,6 +56,24 @@ void PosixFile::sync() {
 void PosixFile::close() {
   const int fd = std::exchange(fd_, -1);
   if (::close(fd) != 0) fail("cannot close {}: {}", path_.string(), std::strerror(errno));
+}
+
+RemovePathOnExit::~RemovePathOnExit() {
+  if (path_.empty()) return;
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
+}
+
+void write_file_atomically(const std::filesystem::path& path, const std::function<void(const ByteSink&)>& produce) {
+  const std::filesystem::path temporary = path.string() + ".tmp-" + std::to_string(::getpid());
+  RemovePathOnExit cleanup(temporary);
+  PosixFile out(temporary, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  produce([&](const void* data, size_t bytes) { out.write_all(data, bytes); });
+  out.sync();
+  out.close();
+  if (::rename(temporary.c_str(), path.c_str()) != 0)
+    fail("cannot rename {} to {}: {}", temporary.string(), path.string(), std::strerror(errno));
+  cleanup.release();
 }
 
 }  // namespace srgpt

@@ -20,6 +20,7 @@
 #include "srgpt/error.h"
 #include "srgpt/json_parse.h"
 #include "srgpt/mapped_read.h"
+#include "srgpt/posix_file.h"
 #include "srgpt/tokenizer.h"
 
 namespace srgpt {
@@ -467,16 +468,10 @@ PrepareSummary prepare_dataset(const PrepareOptions& options) {
   train_writer.finish();
   val_writer.finish();
 
-  const fs::path summary_path = out_dir / kSummaryFile;
-  const fs::path temporary = out_dir / (std::string(kSummaryFile) + ".tmp");
-  {
-    std::ofstream out(temporary);
-    out << to_json(summary).dump(2) << '\n';
-    if (!out) fail("--out: cannot write '{}': {}", temporary.string(), std::strerror(errno));
-  }
+  const std::string summary_text = to_json(summary).dump(2) + "\n";
+  write_file_atomically(out_dir / kSummaryFile,
+                        [&](const ByteSink& sink) { sink(summary_text.data(), summary_text.size()); });
   std::error_code ec;
-  fs::rename(temporary, summary_path, ec);
-  if (ec) fail("--out: cannot rename '{}' to '{}': {}", temporary.string(), summary_path.string(), ec.message());
   fs::remove(out_dir / kIncompleteDatasetMarker, ec);
   if (ec) fail("--out: cannot remove '{}': {}", (out_dir / kIncompleteDatasetMarker).string(), ec.message());
   return summary;

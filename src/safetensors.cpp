@@ -36,22 +36,6 @@ bool parse_safetensors_dtype(const std::string& name, DType* out) {
   return false;
 }
 
-// Removes a file on scope exit unless released.
-class RemoveUnlessReleased {
- public:
-  explicit RemoveUnlessReleased(fs::path path) : path_(std::move(path)) {}
-  ~RemoveUnlessReleased() {
-    std::error_code ec;
-    if (!path_.empty()) fs::remove(path_, ec);
-  }
-  RemoveUnlessReleased(const RemoveUnlessReleased&) = delete;
-  RemoveUnlessReleased& operator=(const RemoveUnlessReleased&) = delete;
-  void release() { path_.clear(); }
-
- private:
-  fs::path path_;
-};
-
 // Element count of a shape, or an Error when it overflows.
 size_t checked_numel(const std::vector<int64_t>& shape, const fs::path& file, const std::string& tensor) {
   size_t n = 1;
@@ -124,18 +108,6 @@ void convert_to_float(const void* src, DType dtype, size_t n, float* dst) {
       return;
     }
   }
-}
-
-void write_file_atomically(const fs::path& path, const std::function<void(const ByteSink&)>& produce) {
-  const fs::path temporary = path.string() + ".tmp." + std::to_string(::getpid());
-  RemoveUnlessReleased cleanup(temporary);
-  PosixFile out(temporary, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  produce([&](const void* data, size_t bytes) { out.write_all(data, bytes); });
-  out.sync();
-  out.close();
-  if (::rename(temporary.c_str(), path.c_str()) != 0)
-    fail("cannot rename {} to {}: {}", temporary.string(), path.string(), std::strerror(errno));
-  cleanup.release();
 }
 
 const char* safetensors_dtype_name(DType dtype) {

@@ -16,6 +16,7 @@
 #include "srgpt/bf16.h"
 #include "srgpt/checkpoint.h"
 #include "srgpt/error.h"
+#include "srgpt/posix_file.h"
 
 namespace srgpt {
 
@@ -259,15 +260,7 @@ void truncate_metrics(const fs::path& path, int64_t last_step) {
       kept += line + "\n";
   }
   in.close();
-  // Written beside and renamed over, so a failed write leaves the old file.
-  const fs::path temporary = path.string() + ".tmp";
-  std::ofstream out(temporary, std::ios::trunc);
-  out << kept;
-  out.close();
-  std::error_code ec;
-  if (!out) fail("cannot write metrics file {}: {}", temporary.string(), std::strerror(errno));
-  fs::rename(temporary, path, ec);
-  if (ec) fail("cannot replace metrics file {}: {}", path.string(), ec.message());
+  write_file_atomically(path, [&](const ByteSink& sink) { sink(kept.data(), kept.size()); });
 }
 
 void append_metrics(const fs::path& path, const nlohmann::json& j) {
@@ -477,7 +470,7 @@ fs::path Trainer::save(int64_t step) {
   const fs::path staging = broadcast_string(comm, rank == 0 ? begin_checkpoint(root, step).string() : "", 0);
   // Rank 0 removes the staging directory if this save fails on it (another
   // rank's failure aborts the job; the next save removes what is left).
-  RemoveDirectoryOnExit remove_staging(rank == 0 ? staging : fs::path());
+  RemovePathOnExit remove_staging(rank == 0 ? staging : fs::path());
   comm.barrier();
   nlohmann::json mine = nlohmann::json::array();
   for (const CheckpointFile& f : files) mine.push_back(write_checkpoint_file(staging, f));

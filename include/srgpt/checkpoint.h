@@ -53,20 +53,6 @@ std::filesystem::path commit_checkpoint(const std::filesystem::path& root, int64
                                         const std::filesystem::path& staging, const nlohmann::json& state,
                                         const nlohmann::json& file_table, int keep);
 
-// Removes a directory tree when it goes out of scope, unless released (or
-// empty): keeps a failed save from leaving its staging directory behind.
-class RemoveDirectoryOnExit {
- public:
-  explicit RemoveDirectoryOnExit(std::filesystem::path path) : path_(std::move(path)) {}
-  ~RemoveDirectoryOnExit();
-  RemoveDirectoryOnExit(const RemoveDirectoryOnExit&) = delete;
-  RemoveDirectoryOnExit& operator=(const RemoveDirectoryOnExit&) = delete;
-  void release() { path_.clear(); }
-
- private:
-  std::filesystem::path path_;
-};
-
 // The newest complete checkpoint under root, if any (with its step).
 std::optional<std::filesystem::path> latest_checkpoint(const std::filesystem::path& root);
 std::optional<std::pair<int64_t, std::filesystem::path>> latest_checkpoint_with_step(

@@ -8,6 +8,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
+#include <utility>
 
 namespace srgpt {
 
@@ -30,5 +32,26 @@ class PosixFile {
   std::filesystem::path path_;
   int fd_;
 };
+
+// Removes a file or directory tree when it goes out of scope, unless
+// released: keeps a failed write from leaving its temporary behind.
+class RemovePathOnExit {
+ public:
+  explicit RemovePathOnExit(std::filesystem::path path) : path_(std::move(path)) {}
+  ~RemovePathOnExit();
+  RemovePathOnExit(const RemovePathOnExit&) = delete;
+  RemovePathOnExit& operator=(const RemovePathOnExit&) = delete;
+  void release() { path_.clear(); }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// Receives the bytes of a file being written, in order.
+using ByteSink = std::function<void(const void* data, size_t bytes)>;
+// Writes `path` through a temporary file beside it (`path`.tmp-<pid>) that
+// is fsynced and then renamed over `path`, so a reader never sees a partial
+// file and a failed write leaves any previous file intact.
+void write_file_atomically(const std::filesystem::path& path, const std::function<void(const ByteSink&)>& produce);
 
 }  // namespace srgpt

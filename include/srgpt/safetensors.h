@@ -23,12 +23,6 @@ namespace srgpt {
 // Converts n values of `dtype` (bf16, f32 or f64) to float.
 void convert_to_float(const void* src, DType dtype, size_t n, float* dst);
 
-// Receives the bytes of a file being written, in order.
-using ByteSink = std::function<void(const void* data, size_t bytes)>;
-// Writes `path` through a temporary file in the same directory that is
-// fsynced and then renamed over `path`, so a reader never sees a partial
-// file and a failed write leaves any previous file intact.
-void write_file_atomically(const std::filesystem::path& path, const std::function<void(const ByteSink&)>& produce);
 
 // safetensors dtype names: "F32", "BF16", "F64".
 const char* safetensors_dtype_name(DType dtype);
