@@ -13,10 +13,10 @@
 
 #include <spdlog/spdlog.h>
 
-#include "srgpt/bf16.h"
 #include "srgpt/checkpoint.h"
 #include "srgpt/error.h"
 #include "srgpt/posix_file.h"
+#include "srgpt/safetensors.h"
 
 namespace srgpt {
 
@@ -675,6 +675,10 @@ TrainResult Trainer::run() {
 
 LoadedModel load_model_for_inference(const fs::path& checkpoint_dir, int batch, int seq_len) {
   CheckpointReader reader(checkpoint_dir);
+  return load_model_for_inference(reader, batch, seq_len);
+}
+
+LoadedModel load_model_for_inference(CheckpointReader& reader, int batch, int seq_len) {
   LoadedModel lm;
   const SavedState saved = read_saved_state(reader);
   lm.config = saved.config;
@@ -699,24 +703,23 @@ LoadedModel load_model_for_inference(const fs::path& checkpoint_dir, int batch, 
   // Training never saves such weights (Trainer::save refuses), so they come
   // from outside; every result computed from them would be NaN.
   if (!lm.backend->all_finite(lm.params->weights(), lm.params->weight_bytes() / dtype_size(lm.backend->dtype())))
-    fail("checkpoint {}: its weights contain NaN or Inf", checkpoint_dir.string());
+    fail("checkpoint {}: its weights contain NaN or Inf", reader.dir().string());
   return lm;
 }
 
-void check_checkpoint_loads(const fs::path& checkpoint_dir) {
-  const LoadedModel lm = load_model_for_inference(checkpoint_dir, 1, 1);
-  CheckpointReader reader(checkpoint_dir);
+void check_checkpoint_loads(CheckpointReader& reader) {
+  const LoadedModel lm = load_model_for_inference(reader, 1, 1);
   const Layout& layout = lm.params->layout();
+  std::vector<float> values(std::min<size_t>(layout.total(), size_t(1) << 20));
   for (const StateBuffer& s : optimizer_state_kinds(lm.config.precision)) {
     const std::vector<char> full = read_optimizer_state(reader, s.name, s.dtype, lm.config.model, layout);
-    for (size_t i = 0; i < layout.total(); ++i) {
-      float x;
-      bf16 h;
-      if (s.dtype == DType::f32) std::memcpy(&x, full.data() + i * sizeof(float), sizeof(float));
-      else x = bf16_to_float((std::memcpy(&h, full.data() + i * sizeof(bf16), sizeof(bf16)), h));
-      if (!std::isfinite(x))
-        fail("checkpoint {}: its optimizer state \"{}\" holds {} at element {}", checkpoint_dir.string(), s.name, x,
-             i);
+    for (size_t begin = 0; begin < layout.total(); begin += values.size()) {
+      const size_t n = std::min(values.size(), layout.total() - begin);
+      convert_to_float(full.data() + begin * dtype_size(s.dtype), s.dtype, n, values.data());
+      for (size_t i = 0; i < n; ++i)
+        if (!std::isfinite(values[i]))
+          fail("checkpoint {}: its optimizer state \"{}\" holds {} at element {}", reader.dir().string(), s.name,
+               values[i], begin + i);
     }
   }
 }

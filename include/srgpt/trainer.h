@@ -119,11 +119,13 @@ struct LoadedModel {
 };
 // Fails on weights that are not all finite.
 LoadedModel load_model_for_inference(const std::filesystem::path& checkpoint_dir, int batch, int seq_len);
+LoadedModel load_model_for_inference(CheckpointReader& reader, int batch, int seq_len);
 
 // Everything a resume reads from a checkpoint, read and checked without a
 // training config: the state's fields, the weights (finite, in a model)
 // and each optimizer-state buffer of its precision (finite, re-assembled
-// from any ZeRO sharding). Fails with the first problem.
-void check_checkpoint_loads(const std::filesystem::path& checkpoint_dir);
+// from any ZeRO sharding). Fails with the first problem. Files the reader
+// has already verified are not checksummed again.
+void check_checkpoint_loads(CheckpointReader& reader);
 
 }  // namespace srgpt

@@ -40,7 +40,7 @@ void add_info_command(CLI::App& app) {
           reader.read_tensor(f.at("name").get<std::string>(), t.at("name").get<std::string>(), dt,
                              t.at("shape").get<std::vector<int64_t>>(), buf.data(), buf.size());
         }
-      check_checkpoint_loads(reader.dir());
+      check_checkpoint_loads(reader);
     }
     if (args->json) {
       std::printf("%s\n", m.dump(2).c_str());
