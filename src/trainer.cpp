@@ -618,7 +618,8 @@ TrainResult Trainer::run() {
     const size_t peak = backend_->peak_allocated_bytes();
     nlohmann::json line{{"step", step},          {"loss", loss},        {"lr", lr},
                         {"grad_norm", norm},     {"tokens_per_s", tps}, {"step_s", dt},
-                        {"elapsed_s", elapsed},  {"tokens", tokens_seen_}, {"peak_memory_bytes", peak}};
+                        {"elapsed_s", elapsed},  {"tokens", tokens_seen_}, {"peak_memory_bytes", peak},
+                        {"skipped_steps", skipped_steps_}};
     std::string mfu_text;
     if (!backend_->memory_on_host()) {
       const double mfu = tps * flops_per_token(config_.model, layout.num_params(), config_.batch.seq_len) /

@@ -5,10 +5,13 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <random>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "catch.h"
 #include "srgpt/bf16.h"
@@ -319,6 +322,18 @@ TEST_CASE("on_nonfinite = skip leaves weights and optimizer state unchanged, cou
     skipped_at[reader.step()] = reader.state().at("skipped_steps").get<int64_t>();
   }
   CHECK(skipped_at == std::map<int64_t, int64_t>{{2, 1}, {4, 1}});
+
+  // metrics.jsonl's step lines carry the running count; the skipped step's
+  // NaN loss is written as null.
+  std::vector<int64_t> skipped_per_line;
+  std::ifstream metrics(fs::path(c.out_dir) / "metrics.jsonl");
+  for (std::string text; std::getline(metrics, text);) {
+    const auto line = nlohmann::json::parse(text);
+    if (!line.contains("loss")) continue;
+    skipped_per_line.push_back(line.at("skipped_steps").get<int64_t>());
+    CHECK(line.at("loss").is_null() == (line.at("step").get<int64_t>() == 2));
+  }
+  CHECK(skipped_per_line == std::vector<int64_t>{0, 1, 1, 1});
 
   // A resume from step 2 carries the count into its TrainResult.
   Config resumed_config = c;
