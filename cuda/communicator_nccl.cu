@@ -50,7 +50,10 @@ class OwnedNcclComm {
   OwnedNcclComm(const OwnedNcclComm&) = delete;
   OwnedNcclComm& operator=(const OwnedNcclComm&) = delete;
   ~OwnedNcclComm() {
-    if (comm_) ncclCommDestroy(comm_);
+    if (!comm_) return;
+    const ncclResult_t result = ncclCommDestroy(comm_);
+    if (result != ncclSuccess)
+      report_release_failure("NCCL", "ncclCommDestroy", __FILE__, __LINE__, ncclGetErrorString(result), "");
   }
   ncclComm_t get() const { return comm_; }
   void abort() noexcept {

@@ -1,5 +1,10 @@
 #include "cuda_check.cuh"
 
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <string>
+
 #include "srgpt/error.h"
 
 namespace srgpt::gpu {
@@ -11,6 +16,27 @@ void throw_cuda_error(cudaError_t err, const char* call, const char* file, int l
 void throw_cublas_error(cublasStatus_t status, const char* call, const char* file, int line) {
   fail("cuBLAS error in {} at {}:{}: {} ({})", call, file, line, cublasLtGetStatusString(status),
        cublasLtGetStatusName(status));
+}
+
+void report_release_failure(const char* library, const char* call, const char* file, int line,
+                            const char* description, const char* name) noexcept {
+  static std::atomic<bool> reported{false};
+  if (reported.exchange(true)) return;
+  try {
+    spdlog::error("{} error releasing a resource in {} at {}:{}: {}{}; later release errors are not logged", library,
+                  call, file, line, description, *name ? fmt::format(" ({})", name) : std::string());
+  } catch (...) {  // a destructor's report must not throw
+  }
+}
+
+void report_release_error(cudaError_t err, const char* call, const char* file, int line) noexcept {
+  if (err == cudaSuccess) return;
+  report_release_failure("CUDA", call, file, line, cudaGetErrorString(err), cudaGetErrorName(err));
+}
+
+void report_release_error(cublasStatus_t status, const char* call, const char* file, int line) noexcept {
+  if (status == CUBLAS_STATUS_SUCCESS) return;
+  report_release_failure("cuBLAS", call, file, line, cublasLtGetStatusString(status), cublasLtGetStatusName(status));
 }
 
 void throw_out_of_memory(const char* what, size_t bytes, size_t held_bytes, cudaError_t err) {

@@ -16,6 +16,14 @@ namespace srgpt::gpu {
 // free and which setting to lower.
 [[noreturn]] void throw_out_of_memory(const char* what, size_t bytes, size_t held_bytes, cudaError_t err);
 
+// Releases (cudaFree, cudaStreamDestroy, ...) run in destructors, which must
+// not throw, so a failing one is logged instead. Only the first is: after a
+// sticky device error every later release fails the same way.
+void report_release_failure(const char* library, const char* call, const char* file, int line,
+                            const char* description, const char* name) noexcept;
+void report_release_error(cudaError_t err, const char* call, const char* file, int line) noexcept;
+void report_release_error(cublasStatus_t status, const char* call, const char* file, int line) noexcept;
+
 }  // namespace srgpt::gpu
 
 #define CUDA_CHECK(call)                                                              \
@@ -31,6 +39,8 @@ namespace srgpt::gpu {
     if (srgpt_cublas_status_ != CUBLAS_STATUS_SUCCESS)                                \
       ::srgpt::gpu::throw_cublas_error(srgpt_cublas_status_, #call, __FILE__, __LINE__); \
   } while (0)
+
+#define CUDA_RELEASE_CHECK(call) ::srgpt::gpu::report_release_error((call), #call, __FILE__, __LINE__)
 
 // After a kernel launch: catches bad launch configurations at once (the
 // kernel's own faults surface at the next synchronising call).

@@ -29,7 +29,7 @@ class PinnedUploadStaging {
 
  private:
   struct PinnedDeleter {
-    void operator()(void* p) const { cudaFreeHost(p); }
+    void operator()(void* p) const { CUDA_RELEASE_CHECK(cudaFreeHost(p)); }
   };
   // Pinned memory and the event of its last copy; a copy may still be in
   // flight when the slot goes, so it waits for the event first (members go

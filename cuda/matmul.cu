@@ -17,7 +17,7 @@ constexpr size_t kWorkspaceBytes = size_t(32) << 20;
 
 template <typename T, cublasStatus_t (*Destroy)(T*)>
 struct LtDeleter {
-  void operator()(T* p) const { Destroy(p); }
+  void operator()(T* p) const { report_release_error(Destroy(p), "a cublasLt*Destroy", __FILE__, __LINE__); }
 };
 using DescPtr = std::unique_ptr<cublasLtMatmulDescOpaque_t,
                                 LtDeleter<cublasLtMatmulDescOpaque_t, cublasLtMatmulDescDestroy>>;

@@ -81,7 +81,7 @@ class Matmul {
   Plan& plan_for(const Gemm& g);
 
   struct HandleDeleter {
-    void operator()(cublasLtHandle_t handle) const { cublasLtDestroy(handle); }
+    void operator()(cublasLtHandle_t handle) const { CUDA_RELEASE_CHECK(cublasLtDestroy(handle)); }
   };
   std::unique_ptr<cublasLtContext, HandleDeleter> handle_;
   Scratch workspace_;  // of the caller's stream

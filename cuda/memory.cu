@@ -9,7 +9,7 @@ namespace srgpt::gpu {
 DeviceMemory::~DeviceMemory() {
   // Everything still held belongs to owners that outlived the backend's
   // contract; free it rather than leak device memory.
-  for (auto& entry : sizes_) cudaFree(entry.first);
+  for (auto& entry : sizes_) CUDA_RELEASE_CHECK(cudaFree(entry.first));
 }
 
 void* DeviceMemory::allocate(size_t bytes, const char* what) {
@@ -34,7 +34,7 @@ void DeviceMemory::release(void* p) noexcept {
     current_ -= it->second;
     sizes_.erase(it);
   }
-  cudaFree(p);
+  CUDA_RELEASE_CHECK(cudaFree(p));
 }
 
 size_t DeviceMemory::current_bytes() const {

@@ -9,12 +9,12 @@
 namespace srgpt::gpu {
 
 struct StreamDeleter {
-  void operator()(cudaStream_t stream) const { cudaStreamDestroy(stream); }
+  void operator()(cudaStream_t stream) const { CUDA_RELEASE_CHECK(cudaStreamDestroy(stream)); }
 };
 using StreamHandle = std::unique_ptr<CUstream_st, StreamDeleter>;
 
 struct EventDeleter {
-  void operator()(cudaEvent_t event) const { cudaEventDestroy(event); }
+  void operator()(cudaEvent_t event) const { CUDA_RELEASE_CHECK(cudaEventDestroy(event)); }
 };
 using EventHandle = std::unique_ptr<CUevent_st, EventDeleter>;
 

@@ -25,6 +25,8 @@
 
 #ifdef SRGPT_HAVE_CUDA
 #include <cuda_runtime.h>
+
+#include "cuda_check.cuh"
 #endif
 
 #include "communicator_detail.h"
@@ -185,7 +187,7 @@ class HostStaging {
  private:
   void release() noexcept {
 #ifdef SRGPT_HAVE_CUDA
-    if (pinned_) cudaFreeHost(data_);
+    if (pinned_) CUDA_RELEASE_CHECK(cudaFreeHost(data_));
 #endif
     if (!pinned_) delete[] data_;
     data_ = nullptr;
