@@ -347,7 +347,9 @@ class MpiCommunicator final : public Communicator {
  private:
   // Polls instead of blocking so that a rank that never joins turns into an
   // Error here (and, through the caller's abort, the end of the job) rather
-  // than a hang.
+  // than a hang. The timed-out request stays pending: MPI cannot cancel a
+  // collective (MPI_Cancel is for point-to-point requests), which is why
+  // the job must end rather than go on reusing this communicator's buffers.
   void wait(MPI_Request& request, const char* what) {
     const auto start = std::chrono::steady_clock::now();
     for (;;) {
