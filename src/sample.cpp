@@ -42,16 +42,6 @@ void matvec(float* out, const float* w, const float* bias, const float* in, int 
     out[o] = dot(w + size_t(o) * size_t(in_features), in, in_features) + (bias ? bias[o] : 0.0f);
 }
 
-void layer_norm(float* out, const float* x, const float* weight, const float* bias, int C) {
-  double sum = 0;
-  for (int c = 0; c < C; ++c) sum += x[c];
-  const double mean = sum / C;
-  double squares = 0;
-  for (int c = 0; c < C; ++c) squares += (x[c] - mean) * (x[c] - mean);
-  const double rstd = 1.0 / std::sqrt(squares / C + kLayerNormEps);
-  for (int c = 0; c < C; ++c) out[c] = float((x[c] - mean) * rstd) * weight[c] + bias[c];
-}
-
 // Uniform in [0, 1) from 53 hashed bits.
 double hashed_uniform(uint64_t seed, uint64_t draw) {
   const uint64_t key = mix64(seed ^ kSampleStreamKey);
@@ -99,9 +89,18 @@ const std::vector<float>& Gpt2Decoder::step(uint32_t token) {
   const float* wpe = tensor("wpe");
   for (int c = 0; c < C; ++c) x_[size_t(c)] = wte[size_t(token) * C + c] + wpe[size_t(pos_) * C + c];
   const float scale = 1.0f / std::sqrt(float(hd));
+  // normed_ = LayerNorm(x_ += the pending sublayer output), as the model's
+  // fused residual add and LayerNorm.
+  const float* pending = nullptr;
+  auto add_and_normalise = [&](const char* weight, const char* bias, int layer) {
+    float mean = 0, rstd = 0;
+    cpu::residual_layernorm_forward<float>(x_.data(), normed_.data(), &mean, &rstd, x_.data(), pending,
+                                           tensor(weight, layer), tensor(bias, layer), 1, C);
+    pending = nullptr;
+  };
 
   for (int l = 0; l < cfg_.n_layer; ++l) {
-    layer_norm(normed_.data(), x_.data(), tensor("ln_1.weight", l), tensor("ln_1.bias", l), C);
+    add_and_normalise("ln_1.weight", "ln_1.bias", l);
     matvec(qkv_.data(), tensor("attn.c_attn.weight", l), tensor("attn.c_attn.bias", l), normed_.data(), C, 3 * C);
     float* keys = keys_[size_t(l)].data();
     float* values = values_[size_t(l)].data();
@@ -126,14 +125,14 @@ const std::vector<float>& Gpt2Decoder::step(uint32_t token) {
       }
     }
     matvec(delta_.data(), tensor("attn.c_proj.weight", l), tensor("attn.c_proj.bias", l), attended_.data(), C, C);
-    for (int c = 0; c < C; ++c) x_[size_t(c)] += delta_[size_t(c)];
-    layer_norm(normed_.data(), x_.data(), tensor("ln_2.weight", l), tensor("ln_2.bias", l), C);
+    pending = delta_.data();
+    add_and_normalise("ln_2.weight", "ln_2.bias", l);
     matvec(hidden_.data(), tensor("mlp.c_fc.weight", l), tensor("mlp.c_fc.bias", l), normed_.data(), C, 4 * C);
     for (float& v : hidden_) v = gelu_tanh(v);
     matvec(delta_.data(), tensor("mlp.c_proj.weight", l), tensor("mlp.c_proj.bias", l), hidden_.data(), 4 * C, C);
-    for (int c = 0; c < C; ++c) x_[size_t(c)] += delta_[size_t(c)];
+    pending = delta_.data();
   }
-  layer_norm(normed_.data(), x_.data(), tensor("ln_f.weight"), tensor("ln_f.bias"), C);
+  add_and_normalise("ln_f.weight", "ln_f.bias", -1);
   // Tied LM head: only the real vocabulary rows of wte.
   matvec(logits_.data(), wte, nullptr, normed_.data(), C, V);
   ++pos_;
