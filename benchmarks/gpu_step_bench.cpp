@@ -69,6 +69,24 @@ int int_at_least(const std::string& flag, const std::string& text, int minimum) 
   return v;
 }
 
+ModelConfig model_config(const std::string& name, int seq) {
+  ModelConfig cfg;
+  cfg.vocab_size = kVocab;
+  cfg.max_seq_len = std::max(seq, 1024);
+  if (name == "d12") {
+    cfg.n_layer = 12;
+    cfg.n_head = 12;
+    cfg.d_model = 768;
+  } else if (name == "d24") {
+    cfg.n_layer = 24;
+    cfg.n_head = 16;
+    cfg.d_model = 1024;
+  } else {
+    fail("unknown model '{}' (allowed: d12, d24)", name);
+  }
+  return cfg;
+}
+
 Options parse(int argc, char** argv) {
   Options o;
   for (int i = 1; i < argc; ++i) {
@@ -103,25 +121,8 @@ Options parse(int argc, char** argv) {
   }
   if (!o.kernels && !o.steps) o.kernels = o.steps = true;
   if (o.models.empty()) o.models = {"d12", "d24"};
+  for (const std::string& m : o.models) model_config(m, o.seq);  // a bad name fails before any measuring
   return o;
-}
-
-ModelConfig model_config(const std::string& name, int seq) {
-  ModelConfig cfg;
-  cfg.vocab_size = kVocab;
-  cfg.max_seq_len = std::max(seq, 1024);
-  if (name == "d12") {
-    cfg.n_layer = 12;
-    cfg.n_head = 12;
-    cfg.d_model = 768;
-  } else if (name == "d24") {
-    cfg.n_layer = 24;
-    cfg.n_head = 16;
-    cfg.d_model = 1024;
-  } else {
-    fail("unknown model '{}' (allowed: d12, d24)", name);
-  }
-  return cfg;
 }
 
 gpu::CudaBackend& cuda_of(Backend& be) {
