@@ -172,6 +172,22 @@ TEST_CASE("a checkpoint save on a full disk fails clearly and keeps the previous
   CHECK(losses == losses_in(reference / "metrics.jsonl"));
 }
 
+TEST_CASE("a metrics.jsonl append on a full disk fails clearly and leaves whole lines", "[disk-full]") {
+  Run run([](srgpt::Config& c) { c.train.steps = 50; });
+  INFO("seed " << run.seed);
+  // One block holds two lines of step metrics (about 210 bytes each) and
+  // part of a third; the run's only checkpoint would come at step 50.
+  CommandResult r = run_with_file_size_limit(run.train(), kBlock);
+  expect_write_error(r, (run.run_dir / "metrics.jsonl").string());
+  CHECK_FALSE(fs::exists(run.checkpoints()));
+  // The part of the line that did not fit is gone: the file still reads as
+  // a run's metrics.
+  const std::string metrics = read_file(run.run_dir / "metrics.jsonl");
+  CHECK(!metrics.empty());
+  CHECK(metrics.back() == '\n');
+  CHECK_NOTHROW(losses_in(run.run_dir / "metrics.jsonl"));
+}
+
 TEST_CASE("an export on a full disk fails clearly and leaves no partial model file", "[disk-full]") {
   Run run([](srgpt::Config& c) { c.train.steps = 2; });
   INFO("seed " << run.seed);
