@@ -1,5 +1,7 @@
 #include "srgpt/trainer.h"
 
+#include <fcntl.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
@@ -263,10 +265,23 @@ void truncate_metrics(const fs::path& path, int64_t last_step) {
   write_file_atomically(path, [&](const ByteSink& sink) { sink(kept.data(), kept.size()); });
 }
 
+// Written unbuffered, so that when the disk has room for only part of the
+// line (an error naming the file) that part can be cut off again and stay
+// off (a stream would write its buffer once more when closed): the file
+// keeps whole JSON lines, which scripts/compare_runs.py requires.
 void append_metrics(const fs::path& path, const nlohmann::json& j) {
-  std::ofstream out(path, std::ios::app);
-  if (out) out << j.dump() << "\n" << std::flush;
-  if (!out) fail("cannot append to metrics file {}: {}", path.string(), std::strerror(errno));
+  const std::string line = j.dump() + "\n";
+  std::error_code ec;
+  uintmax_t before = fs::file_size(path, ec);
+  if (ec) before = 0;  // the first line creates the file
+  PosixFile out(path, O_WRONLY | O_CREAT | O_APPEND, 0644);
+  try {
+    out.write_all(line.data(), line.size());
+  } catch (const Error&) {
+    fs::resize_file(path, before, ec);  // if this fails too, the write's error is still the one to report
+    throw;
+  }
+  out.close();
 }
 
 }  // namespace
