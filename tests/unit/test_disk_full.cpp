@@ -30,8 +30,6 @@ namespace {
 // bytes, except as sh or with --posix).
 constexpr uint64_t kBlock = 512;
 
-uint32_t fresh_seed() { return std::random_device{}(); }
-
 // The srgpt binary as a command, on one OpenMP thread: the models here are
 // tiny, and on a busy machine starting threads costs more than the run.
 std::string srgpt_command() { return "env OMP_NUM_THREADS=1 " + srgpt_bin(); }

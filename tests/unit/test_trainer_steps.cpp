@@ -25,8 +25,6 @@ using namespace srgpt_test;
 
 namespace {
 
-uint32_t fresh_seed() { return std::random_device{}(); }
-
 // Random token ids in [0, vocab).
 std::vector<int32_t> random_tokens(std::mt19937& rng, size_t n, int vocab) {
   std::vector<int32_t> out(n);

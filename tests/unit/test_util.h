@@ -20,6 +20,10 @@ namespace srgpt_test {
 
 namespace fs = std::filesystem;
 
+// A seed drawn anew each run, for inputs that must not be the same every
+// time; tests print it (INFO) so that a failure can be replayed.
+inline uint32_t fresh_seed() { return std::random_device{}(); }
+
 class TempDir {
  public:
   explicit TempDir(const std::string& tag) {
