@@ -58,12 +58,16 @@ class SharedDir {
   fs::path path_;
 };
 
-// Global batch 128 tokens: micro batch 2 x seq 16 x accum x ranks.
+// Global batch micro batch 2 x seq 16 x accum x ranks: 128 tokens where the
+// world size divides that (2 and 4 ranks), else two micro-steps per rank
+// (192 tokens at 3 ranks).
 Config mpi_config(const fs::path& data, const fs::path& out, Precision p, int stage) {
   Config c = tiny_config(data, out);
   c.precision = p;
   c.dist.zero_stage = stage;
   c.batch.micro_batch = 2;
+  const int64_t micro_step_tokens = int64_t(c.batch.micro_batch) * c.batch.seq_len * world().size();
+  c.batch.total_tokens = 128 % micro_step_tokens == 0 ? 128 : 2 * micro_step_tokens;
   c.train.steps = 6;
   c.data.val.clear();
   return c;
