@@ -16,8 +16,6 @@ build/srgpt train --config configs/demo.json "$@"
 echo
 echo "== evaluation of the final checkpoint on the validation split"
 build/srgpt eval --checkpoint runs/demo --data 'data/demo/val_*.bin'
-if build/srgpt sample --help >/dev/null 2>&1; then
-  echo
-  echo "== a sample from the trained model"
-  build/srgpt sample --checkpoint runs/demo --prompt "The " --tokens 120 --temperature 0.8 --top-k 40 --seed 1
-fi
+echo
+echo "== a sample from the trained model"
+build/srgpt sample --checkpoint runs/demo --prompt "The " --tokens 120 --temperature 0.8 --top-k 40 --seed 1
