@@ -13,6 +13,7 @@
 
 #include "srgpt/error.h"
 #include "srgpt/json_parse.h"
+#include "srgpt/tokenizer.h"
 
 namespace srgpt {
 
@@ -623,6 +624,10 @@ void apply_override(json& doc, const std::string& assignment) {
     target = &section;
   }
   json value = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  // A config file is JSON, which is UTF-8: other bytes could not be shown
+  // in an error (brief() dumps the value) or written into a manifest.
+  if (value.is_discarded() && !is_valid_utf8(text))
+    fail("--set '{}': the value is not valid UTF-8; allowed: UTF-8 text, as in a JSON config file", assignment);
   (*target)[parts.back()] = value.is_discarded() ? json(text) : std::move(value);
 }
 
