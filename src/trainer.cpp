@@ -716,13 +716,19 @@ LoadedModel load_model_for_inference(CheckpointReader& reader, int batch, int se
   if (batch <= 0) batch = lm.config.batch.micro_batch;
   if (seq_len > lm.config.model.max_seq_len)
     fail("sequence length {} exceeds the checkpoint's model.max_seq_len {}", seq_len, lm.config.model.max_seq_len);
+  // model.bin must hold the model the state's config describes before that
+  // model is allocated: its tensors lie inside the file, so a damaged
+  // config (d_model 32 -> 4096) fails here instead of sizing gigabytes.
+  const Layout layout = gpt2_param_layout(lm.config.model, 1);
+  for (const TensorSpec& t : layout.tensors())
+    reader.check_tensor("model.bin", t.name, compute_dtype(lm.config.precision), t.shape);
   // Inference runs wherever it can: a checkpoint trained on a GPU can be
   // evaluated, sampled or exported on a machine without one.
   Config run = lm.config;
   run.device = DeviceChoice::auto_select;
   lm.backend = make_backend(run);
   lm.comm = make_single_process_communicator(*lm.backend);
-  lm.params = std::make_unique<ParameterStore>(*lm.backend, *lm.comm, gpt2_param_layout(lm.config.model, 1), 0);
+  lm.params = std::make_unique<ParameterStore>(*lm.backend, *lm.comm, layout, 0);
   // The training run's LM-head chunking bounds the logits memory here too
   // (recompute only concerns backward).
   const int head_chunks = int(std::min<int64_t>(lm.config.train.lm_head_chunks, int64_t(batch) * seq_len));

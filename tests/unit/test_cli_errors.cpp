@@ -274,6 +274,24 @@ TEST_CASE("bad inputs give a clear error and a non-zero exit", "[cli][errors]") 
     expect_error("a checkpoint state that is an array", resume, {"its manifest's state has no \"config\""});
   }
   {
+    // A state whose config describes a far bigger model than model.bin
+    // holds (found by test_input_fuzz.cpp: d_model 32 -> 4096 made eval and
+    // info --verify allocate the whole model before finding that model.bin
+    // does not match it; under this address-space limit that was "out of
+    // host memory", without one gigabytes and tens of seconds).
+    const std::string ckpt = f.tmp.str("inflated_config");
+    std::filesystem::copy(f.checkpoint(), ckpt);
+    nlohmann::json m = nlohmann::json::parse(std::ifstream(ckpt + "/manifest.json"));
+    m["state"]["config"]["model"]["d_model"] = 8192;
+    Fixture::write_json(ckpt + "/manifest.json", m);
+    const std::string expected = "tensor wte has shape [128,32] in the checkpoint but the model expects [128,8192]";
+    expect_error("a checkpoint config bigger than its model.bin", "ulimit -v 2000000; " + bin + " info --verify " + ckpt,
+                 {expected});
+    expect_error("a checkpoint config bigger than its model.bin",
+                 "ulimit -v 2000000; " + bin + " eval --checkpoint " + ckpt + " --data '" + f.data + "/val_*.bin'",
+                 {expected});
+  }
+  {
     std::string ckpt = f.tmp.str("no_manifest");
     std::filesystem::copy(f.checkpoint(), ckpt);
     std::filesystem::remove(ckpt + "/manifest.json");
