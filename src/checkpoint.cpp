@@ -423,8 +423,8 @@ bool CheckpointReader::has_tensor(const std::string& file, const std::string& na
   return f && find_by_name(f->at("tensors"), name);
 }
 
-void CheckpointReader::read_tensor(const std::string& file, const std::string& name, DType dtype,
-                                   const std::vector<int64_t>& shape, void* dst, size_t bytes) {
+void CheckpointReader::check_tensor(const std::string& file, const std::string& name, DType dtype,
+                                    const std::vector<int64_t>& shape) const {
   const nlohmann::json* f = find_by_name(manifest_.at("files"), file);
   if (!f) fail("{}: checkpoint has no file {}", dir_.string(), file);
   const nlohmann::json* t = find_by_name(f->at("tensors"), name);
@@ -438,6 +438,13 @@ void CheckpointReader::read_tensor(const std::string& file, const std::string& n
   if (stored_shape != shape)
     fail("{}: tensor {} has shape {} in the checkpoint but the model expects {}", file, name, shape_text(stored_shape),
          shape_text(shape));
+}
+
+void CheckpointReader::read_tensor(const std::string& file, const std::string& name, DType dtype,
+                                   const std::vector<int64_t>& shape, void* dst, size_t bytes) {
+  check_tensor(file, name, dtype, shape);
+  const nlohmann::json* f = find_by_name(manifest_.at("files"), file);
+  const nlohmann::json* t = find_by_name(f->at("tensors"), name);
   uint64_t stored_bytes = t->at("bytes").get<uint64_t>();
   if (stored_bytes != bytes)
     fail("{}: tensor {} has {} bytes in the checkpoint but the destination holds {}", file, name, stored_bytes, bytes);

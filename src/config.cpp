@@ -13,6 +13,7 @@
 
 #include "srgpt/error.h"
 #include "srgpt/json_parse.h"
+#include "srgpt/tokenizer.h"
 
 namespace srgpt {
 
@@ -622,7 +623,19 @@ void apply_override(json& doc, const std::string& assignment) {
            section_path, describe_kind(section));
     target = &section;
   }
-  json value = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  // Nesting is limited as in a config file: dumping the value for an error
+  // message would overflow the stack.
+  const json::parser_callback_t limit_depth = [&](int depth, json::parse_event_t, json&) {
+    if (depth > kMaxJsonDepth)
+      fail("--set {}=...: the value is JSON nested deeper than {} levels; a config is a few levels deep", key,
+           kMaxJsonDepth);
+    return true;
+  };
+  json value = json::parse(text, limit_depth, /*allow_exceptions=*/false);
+  // A config file is JSON, which is UTF-8: other bytes could not be shown
+  // in an error (brief() dumps the value) or written into a manifest.
+  if (value.is_discarded() && !is_valid_utf8(text))
+    fail("--set '{}': the value is not valid UTF-8; allowed: UTF-8 text, as in a JSON config file", assignment);
   (*target)[parts.back()] = value.is_discarded() ? json(text) : std::move(value);
 }
 

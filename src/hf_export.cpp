@@ -241,8 +241,10 @@ HfModel read_hf_model(const fs::path& dir) {
   const SafetensorsReader reader(weights_path);
   const ModelConfig& m = hf.model;
   const Layout layout = gpt2_param_layout(m, 1);
-  hf.weights.assign(layout.total(), 0.0f);
-  std::set<std::string> used;
+  // Every tensor is found and its shape checked before the weights are
+  // allocated: the tensors lie inside the file, so a damaged config.json
+  // (vocab_size 64 -> 8388608) fails here instead of sizing gigabytes.
+  std::vector<const SafetensorsEntry*> entries;
   for (const TensorSpec& t : layout.tensors()) {
     const std::string name = hf_tensor_name(t.name);
     const SafetensorsEntry* entry = reader.find(name);
@@ -255,10 +257,17 @@ HfModel read_hf_model(const fs::path& dir) {
       fail("{}: tensor '{}' has shape {}, but config.json (vocab_size {}, n_positions {}, n_embd {}) needs {}",
            weights_path.string(), entry->name, shape_text(entry->shape), m.vocab_size, m.max_seq_len, m.d_model,
            shape_text(shape));
-    const std::vector<float> values = reader.read_floats(*entry);
-    const std::vector<float> ours = hf_transposed(t.name) ? transposed(values.data(), shape[0], shape[1]) : values;
+    entries.push_back(entry);
+  }
+  hf.weights.assign(layout.total(), 0.0f);
+  std::set<std::string> used;
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const TensorSpec& t = layout.tensors()[i];
+    const std::vector<float> values = reader.read_floats(*entries[i]);
+    const std::vector<float> ours =
+        hf_transposed(t.name) ? transposed(values.data(), entries[i]->shape[0], entries[i]->shape[1]) : values;
     std::copy(ours.begin(), ours.end(), hf.weights.begin() + long(t.offset));
-    used.insert(entry->name);
+    used.insert(entries[i]->name);
   }
   for (const SafetensorsEntry& e : reader.tensors()) {
     if (used.count(e.name) || is_mask_buffer(e.name)) continue;

@@ -5,17 +5,13 @@
 namespace srgpt {
 namespace {
 
-// No file srgpt reads nests deeper than a few levels; far deeper nesting
-// would overflow the stack in nlohmann's recursive dump() and destructor.
-constexpr int kMaxDepth = 64;
-
 template <typename Input>
 nlohmann::json parse_or_fail(Input& input, const std::string& origin, const std::string& expected,
                              const nlohmann::json::parser_callback_t& callback) {
   const nlohmann::json::parser_callback_t checked = [&](int depth, nlohmann::json::parse_event_t event,
                                                         nlohmann::json& parsed) {
-    if (depth > kMaxDepth)
-      fail("{}: JSON nested deeper than {} levels; srgpt's JSON files are a few levels deep", origin, kMaxDepth);
+    if (depth > kMaxJsonDepth)
+      fail("{}: JSON nested deeper than {} levels; srgpt's JSON files are a few levels deep", origin, kMaxJsonDepth);
     return callback ? callback(depth, event, parsed) : true;
   };
   try {

@@ -317,8 +317,9 @@ json to_json(const PrepareSummary& summary) {
 PrepareSummary prepare_summary_from_json(const json& object, const std::string& where) {
   if (field<std::string>(object, "format", where) != kSummaryFormat ||
       field<int>(object, "version", where) != kSummaryVersion) {
+    // Another format's file need not have a "version" at all.
     fail("{}: not a version {} {} file (format {}, version {})", where, kSummaryVersion, kSummaryFormat,
-         object.at("format").dump(), object.at("version").dump());
+         object.at("format").dump(), object.contains("version") ? object.at("version").dump() : "absent");
   }
   PrepareSummary summary;
   summary.tokenizer = field<std::string>(object, "tokenizer", where);

@@ -195,6 +195,19 @@ SavedState read_saved_state(const CheckpointReader& reader) {
   return s;
 }
 
+// The CRC-32 of the weights a checkpoint's state records, which every rank
+// must agree on before loading; 0 when there is none (checkpoints written
+// before srgpt recorded it, or a state that read_saved_state will reject).
+uint32_t saved_weights_crc32(const CheckpointReader& reader) {
+  const nlohmann::json& st = reader.state();
+  if (!st.is_object() || !st.contains("weights_crc32")) return 0;
+  const nlohmann::json& crc = st.at("weights_crc32");
+  if (!crc.is_number_unsigned() || crc.get<uint64_t>() > 0xFFFFFFFFu)
+    fail("checkpoint {}: its manifest's state \"weights_crc32\" = {}; allowed: a CRC-32, an integer in [0, 2^32)",
+         reader.dir().string(), crc.dump());
+  return crc.get<uint32_t>();
+}
+
 // A full flat optimizer-state buffer, in `layout`, from a checkpoint written
 // with any world size and ZeRO stage: stage 0 stores it per tensor, stages
 // 1-3 as each rank's flat shard, re-assembled here through the saved plan.
@@ -414,7 +427,7 @@ Trainer::Trainer(Config config, TrainOptions options) : config_(std::move(config
       {{"the step to resume from (0: a fresh start)", double(start_step),
         "give every rank the same --resume or --resume-from, and keep the checkpoints " + same_files},
        {"the checkpoint's weights (CRC-32 in its manifest; 0: a fresh start)",
-        checkpoint ? double(checkpoint->state().value("weights_crc32", uint32_t(0))) : 0.0,
+        checkpoint ? double(saved_weights_crc32(*checkpoint)) : 0.0,
         "every rank must resume from the same checkpoint, " + same_files},
        {"--stop-after", double(options_.stop_after_step), "give every rank the same --stop-after"},
        {"the tokens in data.train", train_loader_ ? double(train_loader_->total_tokens()) : -1.0,
@@ -703,13 +716,19 @@ LoadedModel load_model_for_inference(CheckpointReader& reader, int batch, int se
   if (batch <= 0) batch = lm.config.batch.micro_batch;
   if (seq_len > lm.config.model.max_seq_len)
     fail("sequence length {} exceeds the checkpoint's model.max_seq_len {}", seq_len, lm.config.model.max_seq_len);
+  // model.bin must hold the model the state's config describes before that
+  // model is allocated: its tensors lie inside the file, so a damaged
+  // config (d_model 32 -> 4096) fails here instead of sizing gigabytes.
+  const Layout layout = gpt2_param_layout(lm.config.model, 1);
+  for (const TensorSpec& t : layout.tensors())
+    reader.check_tensor("model.bin", t.name, compute_dtype(lm.config.precision), t.shape);
   // Inference runs wherever it can: a checkpoint trained on a GPU can be
   // evaluated, sampled or exported on a machine without one.
   Config run = lm.config;
   run.device = DeviceChoice::auto_select;
   lm.backend = make_backend(run);
   lm.comm = make_single_process_communicator(*lm.backend);
-  lm.params = std::make_unique<ParameterStore>(*lm.backend, *lm.comm, gpt2_param_layout(lm.config.model, 1), 0);
+  lm.params = std::make_unique<ParameterStore>(*lm.backend, *lm.comm, layout, 0);
   // The training run's LM-head chunking bounds the logits memory here too
   // (recompute only concerns backward).
   const int head_chunks = int(std::min<int64_t>(lm.config.train.lm_head_chunks, int64_t(batch) * seq_len));

@@ -66,6 +66,11 @@ class CheckpointReader {
   const nlohmann::json& manifest() const { return manifest_; }
   int64_t step() const;
   bool has_tensor(const std::string& file, const std::string& name) const;
+  // Fails unless the tensor is listed with this dtype and shape; reads
+  // nothing. Checking a model's tensors this way before allocating it keeps
+  // a damaged config from sizing an allocation the files do not back.
+  void check_tensor(const std::string& file, const std::string& name, DType dtype,
+                    const std::vector<int64_t>& shape) const;
   // Reads one tensor into host memory after checking the file's checksum
   // (once per file) and that dtype and shape match what the caller expects.
   void read_tensor(const std::string& file, const std::string& name, DType dtype, const std::vector<int64_t>& shape,

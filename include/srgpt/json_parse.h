@@ -8,11 +8,16 @@
 
 namespace srgpt {
 
+// No JSON srgpt reads nests deeper than a few levels; far deeper nesting
+// would overflow the stack in nlohmann's recursive dump() and destructor.
+constexpr int kMaxJsonDepth = 64;
+
 // Parses `text` (or the stream `in`). Whatever nlohmann rejects - bad syntax
 // (reported with its line and column), a number beyond double's range, bad
 // UTF-8 - becomes an srgpt::Error "<origin>: not valid JSON: <reason>",
 // followed by "; expected <expected>" when that is given; so does nesting
-// deeper than 64 levels. Errors thrown by `callback` pass through unchanged.
+// deeper than kMaxJsonDepth levels. Errors thrown by `callback` pass
+// through unchanged.
 nlohmann::json parse_json(const std::string& text, const std::string& origin, const std::string& expected = "",
                           const nlohmann::json::parser_callback_t& callback = nullptr);
 nlohmann::json parse_json(std::istream& in, const std::string& origin, const std::string& expected = "",

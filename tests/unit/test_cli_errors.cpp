@@ -257,6 +257,41 @@ TEST_CASE("bad inputs give a clear error and a non-zero exit", "[cli][errors]") 
                  {"its state says step -3 (the manifest: 4)"});
   }
   {
+    // A state whose weights_crc32 is not a number, or that is not an object
+    // (found by test_input_fuzz.cpp: both escaped as nlohmann's type_error,
+    // printed as "unexpected JSON content: ... type must be number").
+    const std::string ckpt = f.tmp.str("bad_state");
+    std::filesystem::copy(f.checkpoint(), ckpt);
+    nlohmann::json m = nlohmann::json::parse(std::ifstream(ckpt + "/manifest.json"));
+    const std::string resume = train + f.config_with([&](auto& j) { j["out_dir"] = f.tmp.str("bad_state_run"); },
+                                                     "badstate") + " --resume-from " + ckpt;
+    m["state"]["weights_crc32"] = "abc";
+    Fixture::write_json(ckpt + "/manifest.json", m);
+    expect_error("a checkpoint state with a weights_crc32 string", resume,
+                 {"state \"weights_crc32\" = \"abc\"", "allowed: a CRC-32"});
+    m["state"] = nlohmann::json::array();
+    Fixture::write_json(ckpt + "/manifest.json", m);
+    expect_error("a checkpoint state that is an array", resume, {"its manifest's state has no \"config\""});
+  }
+  {
+    // A state whose config describes a far bigger model than model.bin
+    // holds (found by test_input_fuzz.cpp: d_model 32 -> 4096 made eval and
+    // info --verify allocate the whole model before finding that model.bin
+    // does not match it; under this address-space limit that was "out of
+    // host memory", without one gigabytes and tens of seconds).
+    const std::string ckpt = f.tmp.str("inflated_config");
+    std::filesystem::copy(f.checkpoint(), ckpt);
+    nlohmann::json m = nlohmann::json::parse(std::ifstream(ckpt + "/manifest.json"));
+    m["state"]["config"]["model"]["d_model"] = 8192;
+    Fixture::write_json(ckpt + "/manifest.json", m);
+    const std::string expected = "tensor wte has shape [128,32] in the checkpoint but the model expects [128,8192]";
+    expect_error("a checkpoint config bigger than its model.bin", "ulimit -v 2000000; " + bin + " info --verify " + ckpt,
+                 {expected});
+    expect_error("a checkpoint config bigger than its model.bin",
+                 "ulimit -v 2000000; " + bin + " eval --checkpoint " + ckpt + " --data '" + f.data + "/val_*.bin'",
+                 {expected});
+  }
+  {
     std::string ckpt = f.tmp.str("no_manifest");
     std::filesystem::copy(f.checkpoint(), ckpt);
     std::filesystem::remove(ckpt + "/manifest.json");

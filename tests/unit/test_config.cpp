@@ -278,6 +278,18 @@ TEST_CASE("config overrides: dotted keys, JSON or plain-string values, clear err
     CHECK(contains(message, "expected KEY=VALUE"));
     CHECK(contains(message, "optimizer.lr=3e-4"));
   }
+  // A value that is not UTF-8 (found by test_input_fuzz.cpp: it made the
+  // error message's dump() throw nlohmann's type_error instead).
+  for (const char* not_utf8 : {"optimizer=\x94", "out_dir=runs/\xED\xED"}) {
+    std::string message = error_message([&] { srgpt::apply_override(doc, not_utf8); });
+    CHECK(contains(message, "is not valid UTF-8"));
+  }
+  // A value nested as deeply as a config file may not be (found by
+  // test_input_fuzz.cpp: an error message dumping it overflowed the stack).
+  const std::string deep_value = std::string(100000, '[') + "1" + std::string(100000, ']');
+  CHECK(contains(error_message([&] { srgpt::apply_override(doc, "model.n_layer=" + deep_value); }),
+                 "--set model.n_layer=...: the value is JSON nested deeper than 64 levels"));
+  CHECK(doc == before);
   json scalar_section = json::parse(R"({"model": 5})");
   CHECK(contains(error_message([&] { srgpt::apply_override(scalar_section, "model.n_layer=3"); }),
                  "'model' is a number in the config, not an object"));

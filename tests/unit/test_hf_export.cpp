@@ -281,6 +281,11 @@ TEST_CASE("malformed safetensors and HF directories are clear errors", "[export]
     expect_error(import, {"model.safetensors", "transformer.wpe.weight", "[16,32]", "[32,32]"});
     write_config([](nlohmann::json& c) { c["n_layer"] = 3; });
     expect_error(import, {"transformer.h.2.ln_1.weight", "missing"});
+    // A vocabulary far bigger than the file holds (found by
+    // test_input_fuzz.cpp: the weights were allocated from config.json
+    // before any tensor was checked, here 137 GB: std::bad_alloc).
+    write_config([](nlohmann::json& c) { c["vocab_size"] = 1 << 30; });
+    expect_error(import, {"model.safetensors", "transformer.wte.weight", "[64,32]", "[1073741824,32]"});
     write_config([](nlohmann::json& c) { c["activation_function"] = "relu"; });
     expect_error(import, {"config.json", "activation_function", "relu"});
     write_config([](nlohmann::json& c) { c.erase("n_embd"); });

@@ -248,6 +248,14 @@ TEST_CASE("prepare replaces the shards of an earlier run and reports bytes per t
                   {(dir.path() / "out/train_000000.bin").string(), (dir.path() / "out/val_000000.bin").string()})
                   .has_value());
   CHECK_FALSE(srgpt::prepared_bytes_per_token({(dir.path() / "in/a.txt").string()}).has_value());
+
+  // Another format's summary.json, without a "version" (found by
+  // test_input_fuzz.cpp: the message's object.at("version") threw
+  // nlohmann's out_of_range instead).
+  write_file(dir.path() / "out/summary.json", R"({"format": "something-else"})");
+  CHECK(error_message([&] { srgpt::prepared_bytes_per_token({(dir.path() / "out/train_000000.bin").string()}); })
+            .find("summary.json: not a version 1 srgpt-prepare-summary file (format \"something-else\", version "
+                  "absent)") != std::string::npos);
 }
 
 TEST_CASE("prepare reports bad inputs as clear errors", "[prepare]") {
