@@ -13,8 +13,10 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <optional>
 #include <set>
 #include <string_view>
+#include <type_traits>
 
 #include "srgpt/data.h"
 #include "srgpt/error.h"
@@ -246,11 +248,16 @@ json split_to_json(const SplitSummary& split) {
 template <typename T>
 T field(const json& object, const char* key, const std::string& where) {
   if (!object.is_object() || !object.contains(key)) fail("{}: missing \"{}\"", where, key);
-  try {
-    return object.at(key).get<T>();
-  } catch (const json::exception&) {
-    fail("{}: \"{}\" has the wrong type ({})", where, key, object.at(key).dump());
+  const json& v = object.at(key);
+  if constexpr (std::is_integral_v<T>) {
+    if (const std::optional<T> n = json_integer<T>(v)) return *n;
+  } else {
+    try {
+      return v.get<T>();
+    } catch (const json::exception&) {
+    }
   }
+  fail("{}: \"{}\" has the wrong type ({}){}", where, key, v.dump(), std::is_integral_v<T> ? "; expected an integer" : "");
 }
 
 SplitSummary split_from_json(const json& object, const std::string& where) {

@@ -11,12 +11,15 @@
 #include <cstring>
 #include <fstream>
 #include <limits>
+#include <optional>
+#include <type_traits>
 #include <utility>
 
 #include <spdlog/spdlog.h>
 
 #include "srgpt/checkpoint.h"
 #include "srgpt/error.h"
+#include "srgpt/json_parse.h"
 #include "srgpt/posix_file.h"
 #include "srgpt/safetensors.h"
 
@@ -154,15 +157,22 @@ struct SavedState {
 SavedState read_saved_state(const CheckpointReader& reader) {
   const std::string dir = reader.dir().string();
   const nlohmann::json& st = reader.state();
-  // A field, or an error naming the one that is missing or of another type.
+  // A field, or an error naming the one that is missing or of another type
+  // (for a counter: anything but an integer in its type's range).
   auto field = [&](const char* key, auto value) {
+    using T = decltype(value);
     if (!st.is_object() || !st.contains(key)) fail("checkpoint {}: its manifest's state has no \"{}\"", dir, key);
-    try {
-      return st.at(key).get<decltype(value)>();
-    } catch (const nlohmann::json::exception&) {
-      fail("checkpoint {}: its manifest's state \"{}\" = {} is not of the expected type", dir, key,
-           st.at(key).dump());
+    const nlohmann::json& v = st.at(key);
+    if constexpr (std::is_integral_v<T>) {
+      if (const std::optional<T> n = json_integer<T>(v)) return *n;
+    } else {
+      try {
+        return v.get<T>();
+      } catch (const nlohmann::json::exception&) {
+      }
     }
+    fail("checkpoint {}: its manifest's state \"{}\" = {} is not of the expected type{}", dir, key, v.dump(),
+         std::is_integral_v<T> ? " (an integer)" : "");
   };
   SavedState s;
   try {

@@ -1,8 +1,12 @@
 #pragma once
 // Parsing of every JSON file srgpt reads (configs, manifests, summaries,
 // tokenizer and Hugging Face files), so each reports bad JSON the same way.
+#include <cstdint>
 #include <istream>
+#include <limits>
+#include <optional>
 #include <string>
+#include <type_traits>
 
 #include <nlohmann/json.hpp>
 
@@ -22,5 +26,29 @@ nlohmann::json parse_json(const std::string& text, const std::string& origin, co
                           const nlohmann::json::parser_callback_t& callback = nullptr);
 nlohmann::json parse_json(std::istream& in, const std::string& origin, const std::string& expected = "",
                           const nlohmann::json::parser_callback_t& callback = nullptr);
+
+// `v` as a T when it is a JSON integer within T's range; std::nullopt for a
+// fraction, a boolean, any other kind or an integer out of range.
+// nlohmann's get<T>() instead truncates 1.5 to 1, takes true as 1 and
+// converts 1e300 with undefined behaviour.
+template <typename T>
+std::optional<T> json_integer(const nlohmann::json& v) {
+  static_assert(std::is_integral_v<T> && !std::is_same_v<T, bool>);
+  if (v.is_number_unsigned()) {
+    const uint64_t u = v.get<uint64_t>();
+    if (u > uint64_t(std::numeric_limits<T>::max())) return std::nullopt;
+    return T(u);
+  }
+  if (v.is_number_integer()) {
+    const int64_t i = v.get<int64_t>();
+    if (i < 0) {
+      if (std::is_unsigned_v<T> || i < int64_t(std::numeric_limits<T>::min())) return std::nullopt;
+    } else if (uint64_t(i) > uint64_t(std::numeric_limits<T>::max())) {
+      return std::nullopt;
+    }
+    return T(i);
+  }
+  return std::nullopt;
+}
 
 }  // namespace srgpt

@@ -265,10 +265,28 @@ TEST_CASE("bad inputs give a clear error and a non-zero exit", "[cli][errors]") 
     nlohmann::json m = nlohmann::json::parse(std::ifstream(ckpt + "/manifest.json"));
     const std::string resume = train + f.config_with([&](auto& j) { j["out_dir"] = f.tmp.str("bad_state_run"); },
                                                      "badstate") + " --resume-from " + ckpt;
+    const nlohmann::json good_state = m["state"];
     m["state"]["weights_crc32"] = "abc";
     Fixture::write_json(ckpt + "/manifest.json", m);
     expect_error("a checkpoint state with a weights_crc32 string", resume,
                  {"state \"weights_crc32\" = \"abc\"", "allowed: a CRC-32"});
+    // Counters that nlohmann's get<int64_t>() took as numbers: 4.0 as the
+    // manifest's step 4, true as 1, 1e300 by an undefined conversion.
+    m["state"] = good_state;
+    m["state"]["step"] = 4.0;
+    Fixture::write_json(ckpt + "/manifest.json", m);
+    expect_error("a checkpoint state with a fractional step", resume,
+                 {"state \"step\" = 4.0 is not of the expected type (an integer)"});
+    m["state"] = good_state;
+    m["state"]["tokens_seen"] = true;
+    Fixture::write_json(ckpt + "/manifest.json", m);
+    expect_error("a checkpoint state with a boolean counter", resume,
+                 {"state \"tokens_seen\" = true is not of the expected type (an integer)"});
+    m["state"] = good_state;
+    m["state"]["skipped_steps"] = 1e300;
+    Fixture::write_json(ckpt + "/manifest.json", m);
+    expect_error("a checkpoint state with a huge counter", resume,
+                 {"state \"skipped_steps\" = 1e+300 is not of the expected type (an integer)"});
     m["state"] = nlohmann::json::array();
     Fixture::write_json(ckpt + "/manifest.json", m);
     expect_error("a checkpoint state that is an array", resume, {"its manifest's state has no \"config\""});

@@ -150,6 +150,15 @@ TEST_CASE("prepare writes shards that decode back to the documents, split determ
     CHECK(json.at("documents") == documents.size());
     CHECK(json.at("tokens") == summary.train.tokens + summary.val.tokens);
     CHECK(json.at("invalid_utf8_documents") == invalid_utf8);
+    // Counts of another kind than integer are errors, not truncated.
+    for (const char* bad : {"1.5", "true", "1e300", "-1e300"}) {
+      auto damaged = json;
+      damaged["train"]["shards"][0]["tokens"] = nlohmann::json::parse(bad);
+      write_file(dir.path() / "damaged_summary.json", damaged.dump());
+      CHECK(contains(error_message([&] { srgpt::read_prepare_summary((dir.path() / "damaged_summary.json").string()); }),
+                     "\"tokens\" has the wrong type (" + damaged["train"]["shards"][0]["tokens"].dump() +
+                         "); expected an integer"));
+    }
 
     // Same seed: byte-identical shards. Another seed: another split.
     auto again = options;
