@@ -10,7 +10,10 @@ nlohmann::json parse_or_fail(Input& input, const std::string& origin, const std:
                              const nlohmann::json::parser_callback_t& callback) {
   const nlohmann::json::parser_callback_t checked = [&](int depth, nlohmann::json::parse_event_t event,
                                                         nlohmann::json& parsed) {
-    if (depth > kMaxJsonDepth)
+    // nlohmann counts the outermost array or object as depth 0.
+    const bool opens = event == nlohmann::json::parse_event_t::object_start ||
+                       event == nlohmann::json::parse_event_t::array_start;
+    if (opens && depth >= kMaxJsonDepth)
       fail("{}: JSON nested deeper than {} levels; srgpt's JSON files are a few levels deep", origin, kMaxJsonDepth);
     return callback ? callback(depth, event, parsed) : true;
   };
