@@ -270,9 +270,10 @@ void TokenLoader::next_batch(int32_t* inputs, int32_t* targets) {
 // batch left in its shard moves on to the next shard (or epoch).
 void TokenLoader::seek(const LoaderPosition& p) {
   const int64_t n = int64_t(shards_.size());
-  if (p.epoch < 0 || p.shard < 0 || p.shard >= n || p.sample < 0)
-    fail("token loader: position (epoch {}, shard {}, sample {}) is out of range ({} shards)", p.epoch, p.shard,
-         p.sample, n);
+  // The last epoch number is out of range too: moving past its end would overflow it.
+  if (p.epoch < 0 || p.epoch == std::numeric_limits<int64_t>::max() || p.shard < 0 || p.shard >= n || p.sample < 0)
+    fail("token loader: position (epoch {}, shard {}, sample {}) is out of range ({} shards; epochs below 2^63-1)",
+         p.epoch, p.shard, p.sample, n);
   const TokenShard& shard = shards_[size_t(shard_order(p.epoch)[size_t(p.shard)])];
   const int64_t samples = samples_in(shard, T_);
   if (p.sample > samples)

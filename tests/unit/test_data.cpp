@@ -7,6 +7,7 @@
 #include <cstring>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <map>
 #include <random>
 #include <set>
@@ -435,9 +436,11 @@ TEST_CASE("invalid loader positions and sizes are errors", "[data]") {
   Corpus corpus(tmp, {9 * T + 1, 4 * T + 1}, kVocab, 18);
   TokenLoader loader(corpus.files, B, T, 0, 1, int(kVocab), true, 3);
 
-  CHECK(contains(error_message([&] { loader.seek({0, 2, 0}); }), "out of range (2 shards)"));
+  CHECK(contains(error_message([&] { loader.seek({0, 2, 0}); }), "out of range (2 shards;"));
   CHECK(contains(error_message([&] { loader.seek({0, 0, -1}); }), "out of range"));
   CHECK(contains(error_message([&] { loader.seek({-1, 0, 0}); }), "out of range"));
+  // The last epoch number: its end would overflow the counter.
+  CHECK(contains(error_message([&] { loader.seek({std::numeric_limits<int64_t>::max(), 0, 0}); }), "out of range"));
   CHECK(contains(error_message([&] { loader.seek({3, 1, 10}); }), "past the end of shard"));
   // A failed seek leaves the loader where it was.
   loader.seek({4, 1, 2});
