@@ -23,6 +23,7 @@
 #include <cstring>
 #include <fstream>
 #include <functional>
+#include <iterator>
 #include <mutex>
 #include <random>
 #include <set>
@@ -41,6 +42,7 @@
 #include "srgpt/error.h"
 #include "srgpt/hf_export.h"
 #include "srgpt/model.h"
+#include "srgpt/precision.h"
 #include "srgpt/prepare.h"
 #include "srgpt/safetensors.h"
 #include "srgpt/tokenizer.h"
@@ -578,21 +580,25 @@ TEST_CASE("fuzz: run configs and --set overrides", "[fuzz][config]") {
 namespace {
 
 // Checkpoints of one training step of the tiny model, with the run's data
-// and config: bf16-sr without sharding (optimizer state per tensor), and
-// mixed precision under ZeRO-1 (flat shards re-assembled through the plan).
+// and config, one per precision mode (their optimizer state differs: bf16
+// m and v; fp32 master, m and v; bf16 plus a Kahan compensation; all fp32),
+// alternately without sharding (state per tensor) and under ZeRO-1 (flat
+// shards re-assembled through the plan).
 struct TrainedCheckpoints {
+  static constexpr srgpt::Precision kPrecisions[] = {srgpt::Precision::bf16_sr, srgpt::Precision::mixed,
+                                                     srgpt::Precision::bf16_kahan, srgpt::Precision::fp32};
   TempDir tmp{"fuzz-ckpt"};
   std::vector<srgpt::Config> configs;
   std::vector<fs::path> dirs;
 
   TrainedCheckpoints() {
     srgpt_test::write_markov_shards(tmp.path() / "data", 64, 3000, 600);
-    for (int k = 0; k < 2; ++k) {
+    for (int k = 0; k < int(std::size(kPrecisions)); ++k) {
       srgpt::Config config = srgpt_test::tiny_config(tmp.path() / "data", tmp.path() / ("run" + std::to_string(k)));
       config.train.steps = 1;
       config.optimizer.warmup_steps = 0;
-      config.precision = k == 0 ? srgpt::Precision::bf16_sr : srgpt::Precision::mixed;
-      config.dist.zero_stage = k;
+      config.precision = kPrecisions[k];
+      config.dist.zero_stage = k % 2;
       srgpt::TrainOptions options = srgpt_test::quiet_options();
       options.single_process = true;
       srgpt::Trainer(config, options).run();
@@ -635,7 +641,9 @@ TEST_CASE("fuzz: checkpoint manifest and binary files, loading and resuming", "[
     fs::remove_all(dir.parent_path());
     fs::create_directories(dir.parent_path());
     fs::copy(trained.dirs[k], dir);
-    Case c{k == 0 ? "checkpoint (bf16-sr)" : "checkpoint (mixed, ZeRO-1)", seed, i, {}};
+    Case c{std::string("checkpoint (") + srgpt::precision_name(trained.configs[k].precision) +
+               (k % 2 ? ", ZeRO-1)" : ")"),
+           seed, i, {}};
     bool manifest_changed = false, binary_changed = false;
     for (int target = 0, targets = m.chance(0.2) ? 2 : 1; target < targets; ++target) {
       const char* name = m.chance(0.6) ? "manifest.json" : m.chance(0.5) ? "model.bin" : "optim_rank00000.bin";
