@@ -16,6 +16,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
@@ -579,36 +580,49 @@ TEST_CASE("fuzz: run configs and --set overrides", "[fuzz][config]") {
 
 namespace {
 
-// Checkpoints of one training step of the tiny model, with the run's data
-// and config, one per precision mode (their optimizer state differs: bf16
-// m and v; fp32 master, m and v; bf16 plus a Kahan compensation; all fp32),
-// alternately without sharding (state per tensor) and under ZeRO-1 (flat
-// shards re-assembled through the plan).
-struct TrainedCheckpoints {
-  static constexpr srgpt::Precision kPrecisions[] = {srgpt::Precision::bf16_sr, srgpt::Precision::mixed,
-                                                     srgpt::Precision::bf16_kahan, srgpt::Precision::fp32};
+// Checkpoints of one training step of the tiny model, each with the config
+// of the run that wrote it.
+struct CheckpointSet {
   TempDir tmp{"fuzz-ckpt"};
   std::vector<srgpt::Config> configs;
   std::vector<fs::path> dirs;
+  std::vector<std::string> labels;
 
-  TrainedCheckpoints() {
-    srgpt_test::write_markov_shards(tmp.path() / "data", 64, 3000, 600);
-    for (int k = 0; k < int(std::size(kPrecisions)); ++k) {
-      srgpt::Config config = srgpt_test::tiny_config(tmp.path() / "data", tmp.path() / ("run" + std::to_string(k)));
-      config.train.steps = 1;
-      config.optimizer.warmup_steps = 0;
-      config.precision = kPrecisions[k];
-      config.dist.zero_stage = k % 2;
-      srgpt::TrainOptions options = srgpt_test::quiet_options();
-      options.single_process = true;
-      srgpt::Trainer(config, options).run();
-      const auto latest = srgpt::latest_checkpoint(fs::path(config.out_dir) / "checkpoints");
-      REQUIRE(latest);
-      configs.push_back(config);
-      dirs.push_back(*latest);
-    }
+  CheckpointSet() { srgpt_test::write_markov_shards(tmp.path() / "data", 64, 3000, 600); }
+
+  srgpt::Config config(int k, srgpt::Precision precision, int zero_stage) const {
+    srgpt::Config c = srgpt_test::tiny_config(tmp.path() / "data", tmp.path() / ("run" + std::to_string(k)));
+    c.train.steps = 1;
+    c.optimizer.warmup_steps = 0;
+    c.precision = precision;
+    c.dist.zero_stage = zero_stage;
+    return c;
+  }
+
+  void add(const srgpt::Config& c, const std::string& label) {
+    const auto latest = srgpt::latest_checkpoint(fs::path(c.out_dir) / "checkpoints");
+    REQUIRE(latest);
+    configs.push_back(c);
+    dirs.push_back(*latest);
+    labels.push_back(label);
   }
 };
+
+// One per precision mode (their optimizer state differs: bf16 m and v; fp32
+// master, m and v; bf16 plus a Kahan compensation; all fp32), alternately
+// without sharding (state per tensor) and under ZeRO-1 (one flat shard,
+// re-assembled through the plan), trained in this process.
+void add_single_process_checkpoints(CheckpointSet& set) {
+  const srgpt::Precision precisions[] = {srgpt::Precision::bf16_sr, srgpt::Precision::mixed,
+                                         srgpt::Precision::bf16_kahan, srgpt::Precision::fp32};
+  for (int k = 0; k < int(std::size(precisions)); ++k) {
+    const srgpt::Config c = set.config(k, precisions[k], k % 2);
+    srgpt::TrainOptions options = srgpt_test::quiet_options();
+    options.single_process = true;
+    srgpt::Trainer(c, options).run();
+    set.add(c, std::string(srgpt::precision_name(c.precision)) + (k % 2 ? ", ZeRO-1" : ""));
+  }
+}
 
 // Every listed file has its listed size and holds every listed tensor.
 std::string manifest_matches_files(const srgpt::CheckpointReader& reader) {
@@ -624,33 +638,57 @@ std::string manifest_matches_files(const srgpt::CheckpointReader& reader) {
   return "";
 }
 
-}  // namespace
-
-TEST_CASE("fuzz: checkpoint manifest and binary files, loading and resuming", "[fuzz][checkpoint]") {
+// Damages copies of the set's checkpoints (the manifest, mostly its training
+// state, and the binary files) and reads each: the checkpoint reader with a
+// full load check, and the trainer's resume path in this process with the
+// writing run's config (for a multi-rank checkpoint: a resume on one rank).
+void fuzz_checkpoints(const CheckpointSet& set, int iterations) {
   const uint32_t seed = fuzz_seed();
   INFO("seed " << seed << " (replay: SRGPT_FUZZ_SEED=" << seed << ")");
-  const TrainedCheckpoints trained;
-  const fs::path dir = trained.tmp.path() / "fuzzed" / "step_00000001";
-  const fs::path run_dir = trained.tmp.path() / "resumed";
-  AddressSpaceCap cap(kHeadroom);
-  Watchdog watchdog(std::chrono::seconds(60));
-  for (int i = 0; i < iterations(400); ++i) {
-    std::mt19937_64 rng = iteration_rng(seed, i);
-    Mutator m(rng);
-    const size_t k = m.below(trained.dirs.size());
+  const fs::path dir = set.tmp.path() / "fuzzed" / "step_00000001";
+  const fs::path run_dir = set.tmp.path() / "resumed";
+  auto resume = [&](size_t k) {
+    fs::remove_all(run_dir);
+    srgpt::Config config = set.configs[k];
+    config.out_dir = run_dir.string();
+    srgpt::TrainOptions options = srgpt_test::quiet_options();
+    options.single_process = true;
+    options.resume_from = dir;
+    srgpt::Trainer trainer(config, options);
+  };
+  // Undamaged, each loads and resumes here: otherwise every damaged case
+  // would fail for that reason and test nothing.
+  for (size_t k = 0; k < set.dirs.size(); ++k) {
+    INFO("undamaged checkpoint (" << set.labels[k] << ")");
     fs::remove_all(dir.parent_path());
     fs::create_directories(dir.parent_path());
-    fs::copy(trained.dirs[k], dir);
-    Case c{std::string("checkpoint (") + srgpt::precision_name(trained.configs[k].precision) +
-               (k % 2 ? ", ZeRO-1)" : ")"),
-           seed, i, {}};
+    fs::copy(set.dirs[k], dir);
+    srgpt::CheckpointReader reader(dir);
+    REQUIRE(manifest_matches_files(reader).empty());
+    REQUIRE_NOTHROW(srgpt::check_checkpoint_loads(reader));
+    REQUIRE_NOTHROW(resume(k));
+  }
+  AddressSpaceCap cap(kHeadroom);
+  Watchdog watchdog(std::chrono::seconds(60));
+  for (int i = 0; i < iterations; ++i) {
+    std::mt19937_64 rng = iteration_rng(seed, i);
+    Mutator m(rng);
+    const size_t k = m.below(set.dirs.size());
+    fs::remove_all(dir.parent_path());
+    fs::create_directories(dir.parent_path());
+    fs::copy(set.dirs[k], dir);
+    std::vector<std::string> binaries;
+    for (const auto& entry : fs::directory_iterator(dir))
+      if (entry.path().extension() == ".bin") binaries.push_back(entry.path().filename().string());
+    std::sort(binaries.begin(), binaries.end());  // directory order is not the same everywhere
+    Case c{"checkpoint (" + set.labels[k] + ")", seed, i, {}};
     bool manifest_changed = false, binary_changed = false;
     for (int target = 0, targets = m.chance(0.2) ? 2 : 1; target < targets; ++target) {
-      const char* name = m.chance(0.6) ? "manifest.json" : m.chance(0.5) ? "model.bin" : "optim_rank00000.bin";
+      const bool manifest = m.chance(0.6);
+      const std::string name = manifest ? "manifest.json" : binaries[m.below(binaries.size())];
       const std::string original = read_file(dir / name);
       std::string mutated = original;
-      m.note(std::string("in ") + name + ":");
-      const bool manifest = std::strcmp(name, "manifest.json") == 0;
+      m.note("in " + name + ":");
       m.focus_on("/state");
       m.mutate(mutated, 1 + int(m.below(2)), manifest ? 0.9 : 0.0);
       write_file(dir / name, mutated);
@@ -687,18 +725,48 @@ TEST_CASE("fuzz: checkpoint manifest and binary files, loading and resuming", "[
       srgpt::check_checkpoint_loads(reader);
       return undetected;
     });
-    // The trainer's resume path: the run's own config, the mutated checkpoint.
     reads_cleanly([&]() -> std::string {
-      fs::remove_all(run_dir);
-      srgpt::Config config = trained.configs[k];
-      config.out_dir = run_dir.string();
-      srgpt::TrainOptions options = srgpt_test::quiet_options();
-      options.single_process = true;
-      options.resume_from = dir;
-      srgpt::Trainer trainer(config, options);
+      resume(k);
       return undetected;
     });
   }
+}
+
+}  // namespace
+
+TEST_CASE("fuzz: checkpoint manifest and binary files, loading and resuming", "[fuzz][checkpoint]") {
+  CheckpointSet set;
+  add_single_process_checkpoints(set);
+  fuzz_checkpoints(set, iterations(400));
+}
+
+// Hidden: ctest runs it under label "mpi" with SRGPT_MPIEXEC set
+// (tests/mpi/CMakeLists.txt). Checkpoints written by 2 and 3 ranks under
+// ZeRO-2 and -3: one model.bin and an optimizer shard file per rank, which
+// the resume path re-assembles through the saved plan.
+TEST_CASE("fuzz: multi-rank ZeRO checkpoints", "[.mpi-fuzz]") {
+  const std::string mpiexec = srgpt_test::shell_quoted(srgpt_test::mpiexec_from_env());
+  CheckpointSet set;
+  const struct {
+    int ranks, zero_stage;
+    srgpt::Precision precision;
+  } runs[] = {{2, 2, srgpt::Precision::bf16_sr}, {3, 3, srgpt::Precision::mixed}};
+  for (int k = 0; k < int(std::size(runs)); ++k) {
+    srgpt::Config c = set.config(k, runs[k].precision, runs[k].zero_stage);
+    c.batch.micro_batch = 2;
+    c.batch.total_tokens = 32 * runs[k].ranks;
+    const fs::path config_file = set.tmp.path() / ("run" + std::to_string(k) + ".json");
+    std::ofstream(config_file) << srgpt::config_to_json(c).dump(2);
+    const srgpt_test::CommandResult r =
+        srgpt_test::run_command("timeout 120 " + mpiexec + " --oversubscribe -np " + std::to_string(runs[k].ranks) +
+                                " " + srgpt_test::srgpt_bin() + " train --config " +
+                                srgpt_test::shell_quoted(config_file.string()));
+    INFO(r.output);
+    REQUIRE(r.exit_code == 0);
+    set.add(c, std::to_string(runs[k].ranks) + " ranks, " + srgpt::precision_name(c.precision) + ", ZeRO-" +
+                   std::to_string(runs[k].zero_stage));
+  }
+  fuzz_checkpoints(set, iterations(300));
 }
 
 // ---------------------------------------------------------------- token shards

@@ -42,16 +42,9 @@ namespace {
 constexpr int kJobTimeoutS = 120;
 constexpr int kTimedOut = 124;
 
-std::string mpiexec() {
-  const char* m = std::getenv("SRGPT_MPIEXEC");
-  INFO("SRGPT_MPIEXEC must name the MPI launcher (ctest sets it)");
-  REQUIRE(m != nullptr);
-  return m;
-}
-
 // "timeout 120 mpiexec --oversubscribe", to be followed by the ranks' specs.
 std::string launcher() {
-  return "timeout " + std::to_string(kJobTimeoutS) + " " + mpiexec() + " --oversubscribe";
+  return "timeout " + std::to_string(kJobTimeoutS) + " " + shell_quoted(mpiexec_from_env()) + " --oversubscribe";
 }
 
 struct Run {
@@ -224,7 +217,7 @@ TEST_CASE("mpi failure: a rank killed mid-run ends the job, and the newest check
   const std::string rank_cmd = "echo $$ > " + shell_quoted(run.tmp.str("pid.")) + "$OMPI_COMM_WORLD_RANK; exec " +
                                srgpt_bin() + " train --config " + shell_quoted(config);
   const fs::path log = run.tmp.path() / "mpiexec.log";
-  ChildProcess job({"timeout", std::to_string(kJobTimeoutS), mpiexec(), "--oversubscribe", "-np", "2", "sh", "-c",
+  ChildProcess job({"timeout", std::to_string(kJobTimeoutS), mpiexec_from_env(), "--oversubscribe", "-np", "2", "sh", "-c",
                     rank_cmd},
                    log);
 

@@ -3,10 +3,12 @@
 // streams, tiny configs, and running the srgpt binary.
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <sys/wait.h>
 #include <vector>
@@ -140,6 +142,15 @@ inline std::string shell_quoted(const std::string& s) {
 // The srgpt binary as the start of a shell command (quoted: the checkout's
 // path may contain spaces).
 inline std::string srgpt_bin() { return shell_quoted(SRGPT_BIN); }
+
+// The MPI launcher that ctest names in SRGPT_MPIEXEC for the hidden tests
+// that start multi-rank jobs themselves (tests/mpi/CMakeLists.txt); throws
+// when it is not set.
+inline std::string mpiexec_from_env() {
+  const char* m = std::getenv("SRGPT_MPIEXEC");
+  if (!m) throw std::runtime_error("SRGPT_MPIEXEC must name the MPI launcher (ctest sets it)");
+  return m;
+}
 
 // The message of the srgpt::Error `action` throws, or "" when it throws none.
 inline std::string error_message(const std::function<void()>& action) {
