@@ -5,6 +5,15 @@
 namespace srgpt {
 namespace {
 
+[[noreturn]] void fail_not_json(const std::string& origin, const std::string& nlohmann_what,
+                                const std::string& expected) {
+  // Drop nlohmann's "[json.exception.parse_error.101] " tag: it means nothing to a user.
+  const size_t tag_end = nlohmann_what.find("] ");
+  const std::string reason = tag_end == std::string::npos ? nlohmann_what : nlohmann_what.substr(tag_end + 2);
+  if (expected.empty()) fail("{}: not valid JSON: {}", origin, reason);
+  fail("{}: not valid JSON: {}; expected {}", origin, reason, expected);
+}
+
 template <typename Input>
 nlohmann::json parse_or_fail(Input& input, const std::string& origin, const std::string& expected,
                              const nlohmann::json::parser_callback_t& callback) {
@@ -20,12 +29,7 @@ nlohmann::json parse_or_fail(Input& input, const std::string& origin, const std:
   try {
     return nlohmann::json::parse(input, checked);
   } catch (const nlohmann::json::exception& e) {
-    // Drop nlohmann's "[json.exception.parse_error.101] " tag: it means nothing to a user.
-    const std::string what = e.what();
-    const size_t tag_end = what.find("] ");
-    const std::string reason = tag_end == std::string::npos ? what : what.substr(tag_end + 2);
-    if (expected.empty()) fail("{}: not valid JSON: {}", origin, reason);
-    fail("{}: not valid JSON: {}; expected {}", origin, reason, expected);
+    fail_not_json(origin, e.what(), expected);
   }
 }
 
@@ -39,6 +43,14 @@ nlohmann::json parse_json(const std::string& text, const std::string& origin, co
 nlohmann::json parse_json(std::istream& in, const std::string& origin, const std::string& expected,
                           const nlohmann::json::parser_callback_t& callback) {
   return parse_or_fail(in, origin, expected, callback);
+}
+
+bool JsonEventHandler::parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) {
+  fail_not_json(origin_, e.what(), expected_);
+}
+
+void parse_json_events(const std::string& text, JsonEventHandler& handler) {
+  nlohmann::json::sax_parse(text, &handler);
 }
 
 }  // namespace srgpt

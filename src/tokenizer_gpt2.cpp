@@ -9,6 +9,7 @@
 #include <fstream>
 #include <functional>
 #include <limits>
+#include <optional>
 #include <sstream>
 #include <unordered_map>
 
@@ -223,6 +224,78 @@ std::string token_key_to_bytes(const std::string& key, const std::string& path) 
   return bytes;
 }
 
+// encoder.json's entries in file order, from parse events rather than a
+// JSON tree (json_parse.h): GPT-2's 50257 entries as a tree take several
+// times the 1 MB file. `id` is empty for a value that is not an unsigned
+// integer; `shown_value` then has it as written.
+class EncoderEntries final : public JsonEventHandler {
+ public:
+  using json = nlohmann::json;
+  struct Entry {
+    std::string key;
+    std::optional<uint64_t> id;
+  };
+  std::vector<Entry> entries;
+  std::unordered_map<std::string, std::string> shown_value;
+  std::string top_level;  // "object", or the name of the other kind of value
+
+  explicit EncoderEntries(const std::string& path)
+      : JsonEventHandler(path, "GPT-2's encoder.json, an object mapping token strings to ids") {}
+
+  bool null() override { return value("null", "null"); }
+  bool boolean(bool v) override { return value("boolean", v ? "true" : "false"); }
+  bool number_integer(json::number_integer_t v) override { return value("number", std::to_string(v)); }
+  bool number_unsigned(json::number_unsigned_t v) override {
+    if (depth_ == 1) {
+      entries.push_back(Entry{std::move(key_), v});
+      return true;
+    }
+    return value("number", "");
+  }
+  bool number_float(json::number_float_t, const json::string_t& text) override { return value("number", text); }
+  bool string(json::string_t& v) override { return value("string", depth_ == 1 ? json_quoted(v) : ""); }
+  bool binary(json::binary_t&) override { return value("binary", "binary data"); }
+  bool start_object(std::size_t) override { return open("object", "{...}"); }
+  bool start_array(std::size_t) override { return open("array", "[...]"); }
+  bool end_object() override { return close(); }
+  bool end_array() override { return close(); }
+  bool key(json::string_t& k) override {
+    if (depth_ == 1) key_ = std::move(k);
+    return true;
+  }
+
+ private:
+  int depth_ = 0;    // 1: inside the top-level object
+  std::string key_;  // the top-level object's current key
+
+  // A value other than an id: at the top, the file's kind (which ends the
+  // parse unless it is an object); as an entry's value, a bad id.
+  bool value(const char* kind, const std::string& shown) {
+    if (depth_ == 0) {
+      top_level = kind;
+      return false;
+    }
+    if (depth_ == 1) {
+      shown_value.emplace(key_, shown);
+      entries.push_back(Entry{std::move(key_), std::nullopt});
+    }
+    return true;
+  }
+  bool open(const char* kind, const char* shown) {
+    if (depth_ == 0 && std::string(kind) == "object") {
+      top_level = kind;
+    } else if (!value(kind, shown)) {
+      return false;
+    }
+    ++depth_;
+    return true;
+  }
+  bool close() {
+    --depth_;
+    return true;
+  }
+};
+
 std::string read_tokenizer_file(const std::string& path) {
   std::error_code ec;
   if (!std::filesystem::exists(path, ec)) {
@@ -390,50 +463,52 @@ struct Gpt2Tokenizer::Impl {
 
   Impl(const std::string& encoder_json_path, const std::string& vocab_bpe_path, size_t cache_entries)
       : cache(cache_entries) {
-    const nlohmann::json encoder = load_encoder(encoder_json_path);
-    load_merges(encoder, vocab_bpe_path);
+    load_merges(load_encoder(encoder_json_path), vocab_bpe_path);
   }
 
-  nlohmann::json load_encoder(const std::string& path) {
-    nlohmann::json encoder = parse_json(read_tokenizer_file(path), path,
-                                        "GPT-2's encoder.json, an object mapping token strings to ids");
-    if (!encoder.is_object() || encoder.empty()) {
+  std::unordered_map<std::string, uint32_t> load_encoder(const std::string& path) {
+    EncoderEntries read(path);
+    parse_json_events(read_tokenizer_file(path), read);
+    if (read.top_level != "object" || read.entries.empty()) {
       fail("{}: expected a non-empty JSON object mapping token strings to ids, found {}", path,
-           encoder.is_object() ? "an empty object" : encoder.type_name());
+           read.top_level == "object" ? "an empty object" : read.top_level);
     }
-    if (encoder.size() > std::numeric_limits<int32_t>::max()) fail("{}: too many tokens ({})", path, encoder.size());
-    const size_t vocab = encoder.size();
+    if (read.entries.size() > size_t(std::numeric_limits<int32_t>::max()))
+      fail("{}: too many tokens ({})", path, read.entries.size());
+    const size_t vocab = read.entries.size();
     bytes_of_token.assign(vocab, std::string());
     std::vector<char> id_seen(vocab, 0);
-    for (const auto& [key, value] : encoder.items()) {
-      if (!value.is_number_unsigned() || value.get<uint64_t>() >= vocab || id_seen[value.get<size_t>()]) {
+    std::unordered_map<std::string, uint32_t> id_of_token;
+    id_of_token.reserve(vocab);
+    for (const auto& [key, id] : read.entries) {
+      if (!id || *id >= vocab || id_seen[*id]) {
         fail("{}: token {} has id {}; the ids must be the integers 0..{}, each used once", path, json_quoted(key),
-             value.dump(), vocab - 1);
+             id ? std::to_string(*id) : read.shown_value.at(key), vocab - 1);
       }
-      const auto id = value.get<size_t>();
-      id_seen[id] = 1;
-      bytes_of_token[id] = token_key_to_bytes(key, path);
+      if (!id_of_token.emplace(key, uint32_t(*id)).second) fail("{}: token {} is listed twice", path, json_quoted(key));
+      id_seen[*id] = 1;
+      bytes_of_token[*id] = token_key_to_bytes(key, path);
     }
     const auto code_points = byte_code_points();
     for (unsigned b = 0; b < 256; ++b) {
-      const auto token = encoder.find(utf8_encode(code_points[b]));
-      if (token == encoder.end()) {
+      const auto token = id_of_token.find(utf8_encode(code_points[b]));
+      if (token == id_of_token.end()) {
         fail("{}: no token for the single byte 0x{:02X} (key {}); every byte needs one", path, b,
              json_quoted(utf8_encode(code_points[b])));
       }
-      token_of_byte[b] = token->get<uint32_t>();
+      token_of_byte[b] = token->second;
     }
-    const auto eot = encoder.find(kEndOfText);
-    if (eot == encoder.end()) fail("{}: no \"{}\" token", path, kEndOfText);
-    end_of_text = eot->get<uint32_t>();
-    return encoder;
+    const auto eot = id_of_token.find(kEndOfText);
+    if (eot == id_of_token.end()) fail("{}: no \"{}\" token", path, kEndOfText);
+    end_of_text = eot->second;
+    return id_of_token;
   }
 
   // vocab.bpe: an optional "#version" line, then one merge "LEFT RIGHT" per
   // line, by rank. Every merge must combine tokens that are single bytes or
   // made by earlier merges: then merging the lowest-ranked pair first, as
   // bpe() does, gives GPT-2's result.
-  void load_merges(const nlohmann::json& encoder, const std::string& path) {
+  void load_merges(const std::unordered_map<std::string, uint32_t>& id_of_token, const std::string& path) {
     const std::string text = read_tokenizer_file(path);
     std::vector<char> available(bytes_of_token.size(), 0);
     for (uint32_t token : token_of_byte) available[token] = 1;
@@ -452,11 +527,11 @@ struct Gpt2Tokenizer::Impl {
       const std::string left = line.substr(0, space);
       const std::string right = line.substr(space + 1);
       auto token_id = [&](const std::string& key) {
-        const auto token = encoder.find(key);
-        if (token == encoder.end()) {
+        const auto token = id_of_token.find(key);
+        if (token == id_of_token.end()) {
           fail("{}:{}: token {} is not in encoder.json", path, line_number, json_quoted(key));
         }
-        return token->get<uint32_t>();
+        return token->second;
       };
       const uint32_t left_id = token_id(left), right_id = token_id(right), merged_id = token_id(left + right);
       for (uint32_t part : {left_id, right_id}) {

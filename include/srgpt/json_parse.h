@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 #include <nlohmann/json.hpp>
 
@@ -26,6 +27,28 @@ nlohmann::json parse_json(const std::string& text, const std::string& origin, co
                           const nlohmann::json::parser_callback_t& callback = nullptr);
 nlohmann::json parse_json(std::istream& in, const std::string& origin, const std::string& expected = "",
                           const nlohmann::json::parser_callback_t& callback = nullptr);
+
+// A reader of parse events (nlohmann's SAX interface), for a file too big
+// to hold as a JSON tree: nlohmann's tree takes several times the text, and
+// its destructor allocates, so running out of memory while one is destroyed
+// ends the process. A syntax error becomes the same srgpt::Error as
+// parse_json's; the handler reports wrong content itself.
+class JsonEventHandler : public nlohmann::json_sax<nlohmann::json> {
+ public:
+  bool parse_error(std::size_t position, const std::string& last_token,
+                   const nlohmann::detail::exception& e) final;
+
+ protected:
+  JsonEventHandler(std::string origin, std::string expected)
+      : origin_(std::move(origin)), expected_(std::move(expected)) {}
+  const std::string& origin() const { return origin_; }
+
+ private:
+  std::string origin_, expected_;
+};
+
+// Parses `text`, passing its events to `handler`.
+void parse_json_events(const std::string& text, JsonEventHandler& handler);
 
 // `v` as a T when it is a JSON integer within T's range; std::nullopt for a
 // fraction, a boolean, any other kind or an integer out of range.
