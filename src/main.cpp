@@ -26,9 +26,8 @@ int report_error(const std::string& msg) {
   return 1;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+// The srgpt command line, every error reported as one line.
+int run(int argc, char** argv) {
   CLI::App app{"srgpt: train GPT-2 models in pure BF16 with stochastic-rounding AdamW"};
   app.require_subcommand(1);
   srgpt::add_train_command(app);
@@ -50,9 +49,24 @@ int main(int argc, char** argv) {
     // content of an unexpected type or shape.
     return report_error(std::string("unexpected JSON content: ") + e.what());
   } catch (const std::bad_alloc&) {
-    return report_error("out of host memory; reduce batch.micro_batch or the model size");
+    // Only training and evaluation size their memory by the config.
+    const auto commands = app.get_subcommands();
+    const std::string command = commands.empty() ? "" : commands.front()->get_name();
+    const bool sized_by_config = command == "train" || command == "eval";
+    return report_error("out of host memory in `srgpt " + command + "`" +
+                        (sized_by_config ? "; a smaller batch.micro_batch or model needs less" : ""));
   } catch (const std::exception& e) {
     return report_error(e.what());
   }
   return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::bad_alloc&) {  // while setting up the command line
+    return report_error("out of host memory while starting");
+  }
 }

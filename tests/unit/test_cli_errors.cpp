@@ -14,6 +14,7 @@
 #include "catch.h"
 #include "srgpt/checkpoint.h"
 #include "srgpt/config.h"
+#include "srgpt/tokenizer.h"
 #include "test_util.h"
 
 using namespace srgpt_test;
@@ -303,10 +304,10 @@ TEST_CASE("bad inputs give a clear error and a non-zero exit", "[cli][errors]") 
     m["state"]["config"]["model"]["d_model"] = 8192;
     Fixture::write_json(ckpt + "/manifest.json", m);
     const std::string expected = "tensor wte has shape [128,32] in the checkpoint but the model expects [128,8192]";
-    expect_error("a checkpoint config bigger than its model.bin", "ulimit -v 2000000; " + bin + " info --verify " + ckpt,
+    expect_error("a checkpoint config bigger than its model.bin", memory_cap_prefix(2000) + bin + " info --verify " + ckpt,
                  {expected});
     expect_error("a checkpoint config bigger than its model.bin",
-                 "ulimit -v 2000000; " + bin + " eval --checkpoint " + ckpt + " --data '" + f.data + "/val_*.bin'",
+                 memory_cap_prefix(2000) + bin + " eval --checkpoint " + ckpt + " --data '" + f.data + "/val_*.bin'",
                  {expected});
   }
   {
@@ -465,4 +466,44 @@ TEST_CASE("SIGTERM finishes the step, writes a checkpoint and exits 0", "[cli][s
   CommandResult info = run_command(srgpt_bin() + " info --verify " + f.tmp.str("preempt"));
   INFO(info.output);
   CHECK(info.exit_code == 0);
+}
+
+TEST_CASE("running out of host memory is an error naming the command, never a crash", "[cli][errors]") {
+  if (kUnderAddressSanitizer) {
+    SUCCEED("skipped: AddressSanitizer ends a process over memory_cap_prefix's limit instead of failing an allocation");
+    return;
+  }
+  TempDir tmp("cli-oom");
+  const std::string input = tmp.write("corpus.txt", std::string(200000, 'a') + " the quick brown fox\n");
+  const std::string tokenizer_dir = std::string(SRGPT_SOURCE_DIR) + "/" + srgpt::kDefaultGpt2TokenizerDir;
+  auto prepare_under = [&](int mib) {
+    const std::string cmd = memory_cap_prefix(mib) + srgpt_bin() + " prepare --no-progress --input " +
+                            shell_quoted(input) + " --tokenizer-dir " + shell_quoted(tokenizer_dir) + " --out " +
+                            shell_quoted(tmp.str("out"));
+    return std::make_pair(cmd, run_command(cmd));
+  };
+  // The smallest cap under which prepare succeeds (the binary's own size,
+  // with CUDA libraries or without, sets most of it), to 1 MiB.
+  int fails = 4, succeeds = 8192;
+  REQUIRE(prepare_under(succeeds).second.exit_code == 0);
+  while (succeeds - fails > 1) {
+    const int mid = (fails + succeeds) / 2;
+    (prepare_under(mid).second.exit_code == 0 ? succeeds : fails) = mid;
+  }
+  // Below it, loading GPT-2's tokenizer files (tens of MiB) runs out: with
+  // an error naming the command, or, smaller still, the binary cannot load.
+  int out_of_memory = 0;
+  for (int mib = succeeds - 1; mib >= std::max(1, succeeds - 16); --mib) {
+    const auto [cmd, r] = prepare_under(mib);
+    INFO("command: " << cmd << "\noutput:\n" << r.output);
+    if (r.exit_code == 127 && contains(r.output, "error while loading shared libraries")) continue;
+    CHECK(r.exit_code < 128);  // not killed by a signal
+    if (r.exit_code != 0 && contains(r.output, "out of host memory")) {
+      ++out_of_memory;
+      CHECK(r.exit_code == 1);
+      CHECK(contains(r.output, "srgpt: error: out of host memory in `srgpt prepare`"));
+      CHECK_FALSE(contains(r.output, "micro_batch"));  // prepare has no batch
+    }
+  }
+  CHECK(out_of_memory > 0);
 }

@@ -143,6 +143,28 @@ inline std::string shell_quoted(const std::string& s) {
 // path may contain spaces).
 inline std::string srgpt_bin() { return shell_quoted(SRGPT_BIN); }
 
+// Whether these tests (and the srgpt they start, built alike) run under
+// AddressSanitizer (CMake option SRGPT_SANITIZE).
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kUnderAddressSanitizer = true;
+#else
+constexpr bool kUnderAddressSanitizer = false;
+#endif
+
+// A shell prefix that caps the memory of the command after it at `mib`:
+// its address space (`ulimit -v`), so an allocation beyond it fails. Under
+// AddressSanitizer, whose shadow memory is terabytes of reserved address
+// space, a process cannot even start with such a cap: its resident memory
+// is capped instead (ASan's hard_rss_limit_mb), which ends the process
+// with a report rather than a failed allocation.
+inline std::string memory_cap_prefix(int mib) {
+  if (kUnderAddressSanitizer) {
+    const char* options = std::getenv("ASAN_OPTIONS");
+    return "ASAN_OPTIONS='" + std::string(options ? options : "") + ":hard_rss_limit_mb=" + std::to_string(mib) + "' ";
+  }
+  return "ulimit -v " + std::to_string(int64_t(mib) * 1024) + "; ";
+}
+
 // The MPI launcher that ctest names in SRGPT_MPIEXEC for the hidden tests
 // that start multi-rank jobs themselves (tests/mpi/CMakeLists.txt); throws
 // when it is not set.
