@@ -292,6 +292,19 @@ TEST_CASE("bad GPT-2 tokenizer files are clear errors", "[tokenizer]") {
     v.merges = "#version: 0.2\n";
     expect_error(v, "", {"vocab.bpe", "no merge makes token", "0 merges"});
   }
+  SECTION("an id is a fraction, or an object") {
+    TinyVocabulary v;
+    v.encoder["aa"] = 256.5;
+    expect_error(v, "", {"encoder.json", "token \"aa\" has id 256.5", "0..259"});
+    v.encoder["aa"] = {{"id", 256}};
+    expect_error(v, "", {"encoder.json", "token \"aa\" has id {...}"});
+  }
+  SECTION("a token is listed twice") {
+    TinyVocabulary v;
+    std::string text = v.encoder.dump();
+    text.insert(text.size() - 1, ",\"aa\":260");  // a second "aa", with the one id not yet used
+    expect_error(v, text, {"encoder.json", "token \"aa\" is listed twice"});
+  }
   SECTION("an id is used twice") {
     TinyVocabulary v;
     v.encoder["aa"] = 257;
