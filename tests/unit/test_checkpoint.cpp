@@ -371,6 +371,26 @@ TEST_CASE("a save killed midway leaves the previous checkpoint loadable", "[chec
   fs::create_directories(root / live);
   srgpt::save_checkpoint(root, 200, {{"s", 200}}, new_payload.files(), 1);
   CHECK(dir_names(root) == std::vector<std::string>{"step_00000200", live});
+
+  // A writer killed mid-save stays a zombie until its parent reaps it (in a
+  // container without an init, maybe never): its directory goes too.
+  const pid_t zombie = fork();
+  REQUIRE(zombie >= 0);
+  if (zombie == 0) _exit(0);
+  auto state_of = [](pid_t pid) {
+    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+    std::string line;
+    std::getline(stat, line);
+    const size_t paren = line.rfind(')');
+    return paren == std::string::npos || paren + 2 >= line.size() ? '?' : line[paren + 2];
+  };
+  for (int i = 0; i < 500 && state_of(zombie) != 'Z'; ++i) usleep(10000);
+  REQUIRE(state_of(zombie) == 'Z');
+  fs::create_directories(root / ("step_00000400.tmp-" + std::to_string(zombie)));
+  srgpt::save_checkpoint(root, 200, {{"s", 200}}, new_payload.files(), 1);
+  CHECK(dir_names(root) == std::vector<std::string>{"step_00000200", live});
+  int status_of_zombie = 0;
+  waitpid(zombie, &status_of_zombie, 0);
 }
 
 TEST_CASE("a failed write removes the partial checkpoint and reports path and errno", "[checkpoint]") {
