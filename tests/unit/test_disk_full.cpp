@@ -44,13 +44,16 @@ CommandResult run_with_file_size_limit(const std::string& command, uint64_t max_
   return run_command("(trap '' XFSZ; ulimit -f " + std::to_string(max_bytes / kBlock) + "; exec " + command + ")");
 }
 
+constexpr const char* kFileTooLarge = "File too large";   // strerror(EFBIG), past `ulimit -f`
+constexpr const char* kNoSpace = "No space left on device";  // strerror(ENOSPC), full_disk_for
+
 // A failed write: srgpt's error exit (not a signal's 128 + n), with the
 // OS's reason and the file named.
-void expect_write_error(const CommandResult& r, const std::string& file) {
+void expect_write_error(const CommandResult& r, const std::string& file, const char* reason = kFileTooLarge) {
   INFO("output:\n" << r.output);
   CHECK(r.exit_code == 1);
   CHECK(contains(r.output, "srgpt: error: "));
-  CHECK(contains(r.output, "File too large"));  // strerror(EFBIG)
+  CHECK(contains(r.output, reason));
   CHECK(contains(r.output, file));
 }
 
@@ -63,20 +66,6 @@ std::set<std::string> names_in(const fs::path& dir) {
 std::string read_file(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
-// The "loss" of every step line of a metrics.jsonl, by step.
-std::vector<double> losses_in(const fs::path& metrics) {
-  std::vector<double> losses;
-  std::ifstream in(metrics);
-  for (std::string line; std::getline(in, line);) {
-    const nlohmann::json j = nlohmann::json::parse(line);
-    if (j.contains("loss")) {
-      REQUIRE(j["step"].get<size_t>() == losses.size() + 1);
-      losses.push_back(j["loss"].get<double>());
-    }
-  }
-  return losses;
 }
 
 // A tiny run (token shards and a config file) under one temporary directory.
@@ -123,19 +112,33 @@ TEST_CASE("a checkpoint save on a full disk fails clearly and keeps the previous
                     << manifest_bytes);
 
   // Step 4's save then runs out of space: in its first file, or in its
-  // second with the first one complete (the manifest, written last, is
-  // smaller than either). metrics.jsonl stays far below both limits.
+  // second with the first one complete, through a file size limit (which
+  // metrics.jsonl stays far below); or in the manifest, written last and
+  // smaller than either, after both binary files, through a disk that is
+  // full for it alone (at its first byte, or part-way).
   struct Case {
-    uint64_t limit;
-    std::string failing_file;
+    std::string how, failing_file;
+    const char* reason;
+    std::function<CommandResult()> save;
   };
   REQUIRE(manifest_bytes < model_bytes);
   REQUIRE(round_up_to_block(model_bytes) < optim_bytes);
-  for (const Case& c : {Case{(model_bytes - 1) / kBlock * kBlock, "model.bin"},
-                        Case{round_up_to_block(model_bytes), "optim_rank00000.bin"}}) {
-    INFO("file size limit " << c.limit << " bytes, so " << c.failing_file << " cannot be written");
-    CommandResult full = run_with_file_size_limit(run.train(" --resume"), c.limit);
-    expect_write_error(full, "/" + c.failing_file);
+  const std::string resume = run.train(" --resume");
+  const uint64_t below_model = (model_bytes - 1) / kBlock * kBlock, above_model = round_up_to_block(model_bytes);
+  const Case cases[] = {
+      {"file size limit " + std::to_string(below_model), "model.bin", kFileTooLarge,
+       [&] { return run_with_file_size_limit(resume, below_model); }},
+      {"file size limit " + std::to_string(above_model), "optim_rank00000.bin", kFileTooLarge,
+       [&] { return run_with_file_size_limit(resume, above_model); }},
+      {"disk full for manifest.json", "manifest.json", kNoSpace,
+       [&] { return run_command(full_disk_for("manifest.json") + resume); }},
+      {"disk full after 100 bytes of manifest.json", "manifest.json", kNoSpace,
+       [&] { return run_command(full_disk_for("manifest.json", 100) + resume); }},
+  };
+  for (const Case& c : cases) {
+    INFO(c.how << ", so " << c.failing_file << " cannot be written");
+    CommandResult full = c.save();
+    expect_write_error(full, "/" + c.failing_file, c.reason);
     CHECK(contains(full.output, (run.checkpoints() / "step_00000004.tmp-").string()));
     CHECK(contains(full.output, "resumed from"));  // the limit let the run start
 

@@ -343,3 +343,50 @@ TEST_CASE("mpi failure: a data pattern that matches nothing stops every rank at 
   const CommandResult r = run_command(run.train(2, run.write_config(c, "no_data")));
   expect_job_failed(r, {"srgpt: rank ", "data.train", "nowhere/train_*.bin", "no files match"});
 }
+
+TEST_CASE("mpi failure: a disk full for one rank's optimizer shard ends the save and the job, and the "
+          "previous checkpoint resumes",
+          "[.mpi-failure-full-disk]") {
+  Run run;
+  write_markov_shards(run.tmp.path() / "data", 64, 20000, 3000);
+  srgpt::Config c = run.config(run.tmp.path() / "data");
+  c.train.steps = 2;
+  c.dist.zero_stage = 2;  // one optimizer shard file per rank
+  REQUIRE(run_command(run.train(2, run.write_config(c, "two_steps"))).exit_code == 0);
+  run.expect_verified_checkpoint(2);
+
+  // Step 3's save: rank 1 finds the disk full for its shard, part-way, while
+  // rank 0 writes model.bin and its own shard and waits for rank 1's
+  // file records.
+  c.train.steps = 4;
+  const std::string four = run.write_config(c, "four_steps");
+  const std::string resume = " train --resume --config " + shell_quoted(four);
+  const CommandResult r =
+      run_command(launcher() + " -np 2 " + full_disk_for("optim_rank00001.bin", 100) + srgpt_bin() + resume);
+  expect_job_failed(r, {"srgpt: rank 1: error:", "optim_rank00001.bin", "No space left on device"});
+  // No checkpoint past step 2 is complete; step 2 is untouched.
+  const auto latest = srgpt::latest_checkpoint(run.run_dir / "checkpoints");
+  REQUIRE(latest);
+  CHECK(latest->filename() == "step_00000002");
+  run.expect_verified_checkpoint(2);
+
+  // With space again the run resumes from step 2 and reads as the
+  // uninterrupted one.
+  const CommandResult resumed = run_command(run.train(2, four) + " --resume");
+  INFO(resumed.output);
+  REQUIRE(resumed.exit_code == 0);
+  CHECK(contains(resumed.output, "at step 2"));
+  run.expect_verified_checkpoint(4);
+  // The aborted save's staging directory went with the next save.
+  for (const auto& entry : fs::directory_iterator(run.run_dir / "checkpoints")) {
+    const std::string name = entry.path().filename().string();
+    INFO("in checkpoints/: " << name);
+    CHECK_FALSE(contains(name, ".tmp-"));
+  }
+  srgpt::Config reference = c;
+  reference.out_dir = run.tmp.str("reference");
+  REQUIRE(run_command(run.train(2, run.write_config(reference, "reference"))).exit_code == 0);
+  const std::vector<double> resumed_losses = losses_in(run.run_dir / "metrics.jsonl");
+  CHECK(resumed_losses.size() == 4);
+  CHECK(resumed_losses == losses_in(run.tmp.path() / "reference" / "metrics.jsonl"));
+}

@@ -13,6 +13,8 @@
 #include <sys/wait.h>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "srgpt/config.h"
 #include "srgpt/trainer.h"
 #include "srgpt/data.h"
@@ -165,6 +167,23 @@ inline std::string memory_cap_prefix(int mib) {
   return "ulimit -v " + std::to_string(int64_t(mib) * 1024) + "; ";
 }
 
+#ifdef SRGPT_FAIL_WRITES_LIB
+// A shell prefix under which the command after it finds the disk full for
+// files whose path contains `file`: their writes fail with ENOSPC once
+// `after_bytes` have gone to such files (tests/fault_injection). Other
+// files are written as usual. ASan must not insist on being loaded first.
+inline std::string full_disk_for(const std::string& file, uint64_t after_bytes = 0) {
+  std::string prefix = "env SRGPT_FAIL_WRITES_TO=" + shell_quoted(file) +
+                       " SRGPT_FAIL_WRITES_AFTER=" + std::to_string(after_bytes) +
+                       " LD_PRELOAD=" + shell_quoted(SRGPT_FAIL_WRITES_LIB) + " ";
+  if (kUnderAddressSanitizer) {
+    const char* options = std::getenv("ASAN_OPTIONS");
+    prefix += "ASAN_OPTIONS='" + std::string(options ? options : "") + ":verify_asan_link_order=0' ";
+  }
+  return prefix;
+}
+#endif
+
 // The MPI launcher that ctest names in SRGPT_MPIEXEC for the hidden tests
 // that start multi-rank jobs themselves (tests/mpi/CMakeLists.txt); throws
 // when it is not set.
@@ -172,6 +191,22 @@ inline std::string mpiexec_from_env() {
   const char* m = std::getenv("SRGPT_MPIEXEC");
   if (!m) throw std::runtime_error("SRGPT_MPIEXEC must name the MPI launcher (ctest sets it)");
   return m;
+}
+
+// The "loss" of every step line of a metrics.jsonl, in order; throws when
+// the step lines do not count 1, 2, 3, ...
+inline std::vector<double> losses_in(const fs::path& metrics) {
+  std::vector<double> losses;
+  std::ifstream in(metrics);
+  for (std::string line; std::getline(in, line);) {
+    const nlohmann::json j = nlohmann::json::parse(line);
+    if (!j.contains("loss")) continue;
+    if (j.at("step").get<size_t>() != losses.size() + 1)
+      throw std::runtime_error(metrics.string() + ": step " + j.at("step").dump() + " after " +
+                               std::to_string(losses.size()) + " step lines");
+    losses.push_back(j.at("loss").get<double>());
+  }
+  return losses;
 }
 
 // The message of the srgpt::Error `action` throws, or "" when it throws none.

@@ -1,0 +1,96 @@
+// A full disk for chosen files, for the tests (LD_PRELOAD; never linked into
+// srgpt). SRGPT_FAIL_WRITES_TO=<text>: every write(2) to a file opened for
+// writing through open(2) whose path contains <text> fails with ENOSPC, as
+// on a full disk, after SRGPT_FAIL_WRITES_AFTER bytes (default 0) have
+// gone to such files. Unlike `ulimit -f`, which limits every file alike,
+// this fails one chosen file (a manifest smaller than the files before it,
+// or one rank's shard while the other ranks' writes succeed).
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+
+namespace {
+
+constexpr int kMaxFds = 4096;
+std::atomic<bool> g_failing[kMaxFds];  // fds opened for writing to a matching path
+std::atomic<long long> g_budget{0};    // bytes such files may still take
+
+__attribute__((constructor)) void read_budget() {
+  const char* after = std::getenv("SRGPT_FAIL_WRITES_AFTER");
+  g_budget = after ? std::atoll(after) : 0;
+}
+
+bool matches(const char* path, int flags) {
+  const char* text = std::getenv("SRGPT_FAIL_WRITES_TO");
+  return text && *text && path && (flags & (O_WRONLY | O_RDWR)) && std::strstr(path, text);
+}
+
+int track(int fd, const char* path, int flags) {
+  if (fd >= 0 && fd < kMaxFds) g_failing[fd] = matches(path, flags);
+  return fd;
+}
+
+template <typename F>
+F next(const char* name) {
+  return reinterpret_cast<F>(dlsym(RTLD_NEXT, name));
+}
+
+}  // namespace
+
+extern "C" {
+
+int open(const char* path, int flags, ...) {
+  static auto real = next<int (*)(const char*, int, ...)>("open");
+  mode_t mode = 0;
+  if (flags & (O_CREAT | O_TMPFILE)) {
+    va_list args;
+    va_start(args, flags);
+    mode = mode_t(va_arg(args, int));
+    va_end(args);
+  }
+  return track(real(path, flags, mode), path, flags);
+}
+
+int open64(const char* path, int flags, ...) {
+  static auto real = next<int (*)(const char*, int, ...)>("open64");
+  mode_t mode = 0;
+  if (flags & (O_CREAT | O_TMPFILE)) {
+    va_list args;
+    va_start(args, flags);
+    mode = mode_t(va_arg(args, int));
+    va_end(args);
+  }
+  return track(real(path, flags, mode), path, flags);
+}
+
+ssize_t write(int fd, const void* data, size_t bytes) {
+  static auto real = next<ssize_t (*)(int, const void*, size_t)>("write");
+  if (fd >= 0 && fd < kMaxFds && g_failing[fd]) {
+    long long expected = g_budget.load();
+    // Up to the budget the write goes through (possibly short), then ENOSPC.
+    while (true) {
+      if (expected <= 0) {
+        errno = ENOSPC;
+        return -1;
+      }
+      const long long allowed = expected < (long long)bytes ? expected : (long long)bytes;
+      if (g_budget.compare_exchange_weak(expected, expected - allowed)) return real(fd, data, size_t(allowed));
+    }
+  }
+  return real(fd, data, bytes);
+}
+
+int close(int fd) {
+  static auto real = next<int (*)(int)>("close");
+  if (fd >= 0 && fd < kMaxFds) g_failing[fd] = false;
+  return real(fd);
+}
+
+}  // extern "C"
