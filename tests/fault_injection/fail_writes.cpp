@@ -42,32 +42,33 @@ F next(const char* name) {
   return reinterpret_cast<F>(dlsym(RTLD_NEXT, name));
 }
 
+using OpenFunction = int (*)(const char*, int, ...);
+
+int open_and_track(OpenFunction real, const char* path, int flags, va_list args) {
+  const mode_t mode = (flags & (O_CREAT | O_TMPFILE)) ? mode_t(va_arg(args, int)) : 0;
+  return track(real(path, flags, mode), path, flags);
+}
+
 }  // namespace
 
 extern "C" {
 
 int open(const char* path, int flags, ...) {
-  static auto real = next<int (*)(const char*, int, ...)>("open");
-  mode_t mode = 0;
-  if (flags & (O_CREAT | O_TMPFILE)) {
-    va_list args;
-    va_start(args, flags);
-    mode = mode_t(va_arg(args, int));
-    va_end(args);
-  }
-  return track(real(path, flags, mode), path, flags);
+  static const auto real = next<OpenFunction>("open");
+  va_list args;
+  va_start(args, flags);
+  const int fd = open_and_track(real, path, flags, args);
+  va_end(args);
+  return fd;
 }
 
 int open64(const char* path, int flags, ...) {
-  static auto real = next<int (*)(const char*, int, ...)>("open64");
-  mode_t mode = 0;
-  if (flags & (O_CREAT | O_TMPFILE)) {
-    va_list args;
-    va_start(args, flags);
-    mode = mode_t(va_arg(args, int));
-    va_end(args);
-  }
-  return track(real(path, flags, mode), path, flags);
+  static const auto real = next<OpenFunction>("open64");
+  va_list args;
+  va_start(args, flags);
+  const int fd = open_and_track(real, path, flags, args);
+  va_end(args);
+  return fd;
 }
 
 ssize_t write(int fd, const void* data, size_t bytes) {
