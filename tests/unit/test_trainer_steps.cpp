@@ -404,3 +404,39 @@ TEST_CASE("evaluate is the mean of GPT::forward over the loader's batches from i
   CHECK(batch_loss[0] != batch_loss[1]);
   CHECK(mean_of_first(3) != mean_of_first(all));
 }
+
+TEST_CASE("a resume keeps metrics.jsonl's whole step lines up to its checkpoint and drops damaged ones",
+          "[trainer][resume]") {
+  TempDir tmp("metrics-resume");
+  write_markov_shards(tmp.path() / "data", 64, 8000, 1000, fresh_seed());
+  Config c = tiny_config(tmp.path() / "data", tmp.path() / "run");
+  c.train.steps = 4;
+  const fs::path metrics = fs::path(c.out_dir) / "metrics.jsonl";
+
+  Config reference_config = c;
+  reference_config.out_dir = (tmp.path() / "reference").string();
+  Trainer(reference_config, single_quiet()).run();
+  const std::vector<double> reference = losses_in(fs::path(reference_config.out_dir) / "metrics.jsonl");
+  REQUIRE(reference.size() == 4);
+
+  TrainOptions first = single_quiet();
+  first.stop_after_step = 2;
+  Trainer(c, first).run();
+  // What a run killed after its checkpoint, or a damaged file, leaves: a
+  // later step's line, a line cut short, bytes that are not UTF-8, a step
+  // written as a string, JSON nested far deeper than any line srgpt writes.
+  std::ofstream(metrics, std::ios::app) << R"({"step": 3, "loss": 9.5})" << "\n"
+                                        << R"({"step": 4, "lo)" << "\n"
+                                        << "\xff\xfe\x01garbage\n"
+                                        << R"({"step": "1", "loss": 1.0})" << "\n"
+                                        << std::string(100000, '[') << std::string(100000, ']') << "\n";
+  TrainOptions resume = single_quiet();
+  resume.resume = true;
+  const TrainResult r = Trainer(c, resume).run();
+  CHECK(r.first_step == 3);
+  // Only whole lines remain, each step once, and the run reads as the
+  // uninterrupted one.
+  std::ifstream in(metrics);
+  for (std::string line; std::getline(in, line);) CHECK_NOTHROW(nlohmann::json::parse(line));
+  CHECK(losses_in(metrics) == reference);
+}
