@@ -153,10 +153,11 @@ std::vector<std::string> split_dotted(const std::string& path) {
 }
 
 // A value as written, short enough for one line of an error message (JSON
-// cannot spell inf or nan, so dump() would print them as null).
+// cannot spell inf or nan, so dump() would print them as null; bytes that
+// are not UTF-8, from a command-line flag, show as U+FFFD).
 std::string brief(const json& v) {
   if (v.is_number_float() && !std::isfinite(v.get<double>())) return fmt::format("{}", v.get<double>());
-  std::string text = v.dump();
+  std::string text = v.dump(-1, ' ', false, json::error_handler_t::replace);
   constexpr size_t kMax = 60;
   return text.size() <= kMax ? text : text.substr(0, kMax) + "...";
 }

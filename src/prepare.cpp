@@ -476,7 +476,9 @@ PrepareSummary prepare_dataset(const PrepareOptions& options) {
   train_writer.finish();
   val_writer.finish();
 
-  const std::string summary_text = to_json(summary).dump(2) + "\n";
+  // File names need not be UTF-8, which JSON is: their other bytes are
+  // written as U+FFFD (summary.json's "inputs" is a record, not read back).
+  const std::string summary_text = to_json(summary).dump(2, ' ', false, json::error_handler_t::replace) + "\n";
   write_file_atomically(out_dir / kSummaryFile,
                         [&](const ByteSink& sink) { sink(summary_text.data(), summary_text.size()); });
   std::error_code ec;

@@ -8,6 +8,7 @@
 #include "srgpt/config.h"
 #include "srgpt/error.h"
 #include "srgpt/hf_export.h"
+#include "srgpt/tokenizer.h"
 
 namespace srgpt {
 
@@ -49,6 +50,10 @@ void add_import_command(CLI::App& app) {
     }
     if (!args->precision.empty()) settings["precision"] = args->precision;
     settings["model"] = config_to_json(default_import_settings(hf.model))["model"];
+    // The run directory is recorded in the checkpoint's config, which is JSON.
+    if (!is_valid_utf8(args->out))
+      fail("--out '{}': the name is not valid UTF-8; allowed: a UTF-8 path, since the checkpoint's config records it",
+           args->out);
     const std::string origin = args->config.empty() ? "the import defaults" : args->config;
     const std::filesystem::path dir = write_imported_checkpoint(hf, config_from_json(settings, origin), args->out,
                                                                 args->hf_dir);

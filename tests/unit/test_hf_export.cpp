@@ -345,6 +345,13 @@ TEST_CASE("srgpt export and import through the binary", "[export]") {
   auto reshaped = run_command(bin + " import --hf " + out + " --out " + run.tmp.str("reshaped") + " --set model.n_layer=3");
   CHECK(reshaped.exit_code == 1);
   CHECK(reshaped.output.find("--set model.n_layer=3") != std::string::npos);
+  // A run directory whose name is not UTF-8 cannot go into the checkpoint's
+  // config (JSON): a clear error (found by the command-line fuzz: it escaped
+  // as nlohmann's type_error 316).
+  auto not_utf8 = run_command(bin + " import --hf " + out + " --out " + shell_quoted(run.tmp.str("run\xc3")));
+  CHECK(not_utf8.exit_code == 1);
+  CHECK(not_utf8.output.find("is not valid UTF-8") != std::string::npos);
+  CHECK_FALSE(fs::exists(run.tmp.path() / "run\xc3"));
   auto file_as_checkpoint = run_command(bin + " info " + out + "/config.json");
   CHECK(file_as_checkpoint.exit_code == 1);
   CHECK(file_as_checkpoint.output.find("is not a directory") != std::string::npos);

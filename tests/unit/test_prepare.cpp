@@ -267,6 +267,26 @@ TEST_CASE("prepare replaces the shards of an earlier run and reports bytes per t
                   "absent)") != std::string::npos);
 }
 
+TEST_CASE("prepare reads files whose names are not UTF-8, and summary.json stays JSON", "[prepare]") {
+  // Found by the command-line fuzz: summary.json's "inputs" made dump()
+  // throw nlohmann's type_error 316 after the shards were written.
+  TempDir dir("prepare-latin1");
+  const fs::path latin1 = dir.path() / "in" / "caf\xe9.txt";
+  fs::create_directories(latin1.parent_path());
+  write_file(latin1, "un caf\xe9, s'il vous pla\xeet\n");
+  srgpt::PrepareOptions options;
+  options.inputs = {(dir.path() / "in" / "*.txt").string()};
+  options.tokenizer = "byte";
+  options.out_dir = (dir.path() / "out").string();
+  options.show_progress = false;
+  const srgpt::PrepareSummary summary = srgpt::prepare_dataset(options);
+  CHECK(summary.train.tokens + summary.val.tokens == 26);  // 25 bytes and the end-of-text token
+  const auto json = nlohmann::json::parse(read_file(dir.path() / "out" / "summary.json"));
+  CHECK(json.at("inputs") == nlohmann::json::array({(dir.path() / "in").string() + "/caf\xef\xbf\xbd.txt"}));
+  CHECK(srgpt::read_prepare_summary((dir.path() / "out" / "summary.json").string()).train.tokens ==
+        summary.train.tokens);
+}
+
 TEST_CASE("prepare reports bad inputs as clear errors", "[prepare]") {
   TempDir dir("prepare-bad");
   fs::create_directories(dir.path() / "in");
