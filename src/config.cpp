@@ -626,8 +626,10 @@ void apply_override(json& doc, const std::string& assignment) {
   }
   // Nesting is limited as in a config file: dumping the value for an error
   // message would overflow the stack.
-  const json::parser_callback_t limit_depth = [&](int depth, json::parse_event_t, json&) {
-    if (depth > kMaxJsonDepth)
+  const json::parser_callback_t limit_depth = [&](int depth, json::parse_event_t event, json&) {
+    // As parse_json counts: the outermost array or object is depth 0.
+    const bool opens = event == json::parse_event_t::object_start || event == json::parse_event_t::array_start;
+    if (opens && depth >= kMaxJsonDepth)
       fail("--set {}=...: the value is JSON nested deeper than {} levels; a config is a few levels deep", key,
            kMaxJsonDepth);
     return true;

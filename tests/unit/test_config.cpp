@@ -289,6 +289,14 @@ TEST_CASE("config overrides: dotted keys, JSON or plain-string values, clear err
   const std::string deep_value = std::string(100000, '[') + "1" + std::string(100000, ']');
   CHECK(contains(error_message([&] { srgpt::apply_override(doc, "model.n_layer=" + deep_value); }),
                  "--set model.n_layer=...: the value is JSON nested deeper than 64 levels"));
+  // The limit counts levels: 64 are set (a value of the wrong type, for
+  // config_from_json to refuse), 65 are not.
+  for (size_t levels : {size_t(64), size_t(65)}) {
+    json copy = doc;
+    const std::string nested = std::string(levels, '[') + "1" + std::string(levels, ']');
+    const std::string message = error_message([&] { srgpt::apply_override(copy, "model.n_layer=" + nested); });
+    CHECK(contains(message, "nested deeper than 64 levels") == (levels == 65));
+  }
   CHECK(doc == before);
   json scalar_section = json::parse(R"({"model": 5})");
   CHECK(contains(error_message([&] { srgpt::apply_override(scalar_section, "model.n_layer=3"); }),
