@@ -18,6 +18,22 @@
 
 #include "srgpt/error.h"
 
+// Under AddressSanitizer (SRGPT_SANITIZE) every switch between the
+// scheduler's stack and a fiber's is announced to it: otherwise a throw or
+// _longjmp on a fiber makes it clean up from the fiber's stack pointer to
+// the thread's own stack top, a range it refuses with a warning, and it
+// then reports false stack-buffer-underflows on the fiber stacks.
+#if defined(__SANITIZE_ADDRESS__)
+#define SRGPT_EMULATOR_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SRGPT_EMULATOR_ASAN 1
+#endif
+#endif
+#ifdef SRGPT_EMULATOR_ASAN
+#include <sanitizer/common_interface_defs.h>
+#endif
+
 // A stream's queue: the work not yet run, in order. An item may wait for
 // another stream's first `after_position` items (an event wait; no work).
 struct CUstream_st {
@@ -57,6 +73,7 @@ struct Fiber {
   ucontext_t start;
   jmp_buf resume;
   bool started = false;
+  void* asan_fake_stack = nullptr;  // AddressSanitizer's, while switched away
   uint3 index;
   State state = State::ready;
   uint64_t waiting_for = 0;  // the barrier generation that releases it
@@ -116,6 +133,39 @@ Fiber* g_fiber = nullptr;
 jmp_buf g_scheduler;
 const std::function<void()>* g_thread_body = nullptr;
 
+// The stack switches, announced to AddressSanitizer (no-ops without it).
+#ifdef SRGPT_EMULATOR_ASAN
+void* g_scheduler_fake_stack = nullptr;
+const void* g_scheduler_stack_bottom = nullptr;
+size_t g_scheduler_stack_size = 0;
+#endif
+
+// Before leaving the scheduler's stack for fiber f's.
+void switching_to_fiber([[maybe_unused]] const Fiber& f) {
+#ifdef SRGPT_EMULATOR_ASAN
+  __sanitizer_start_switch_fiber(&g_scheduler_fake_stack, f.start.uc_stack.ss_sp, f.start.uc_stack.ss_size);
+#endif
+}
+// First thing on a fiber's stack, at its start or on its resumption.
+void switched_to_fiber([[maybe_unused]] Fiber& f) {
+#ifdef SRGPT_EMULATOR_ASAN
+  __sanitizer_finish_switch_fiber(f.asan_fake_stack, &g_scheduler_stack_bottom, &g_scheduler_stack_size);
+#endif
+}
+// Before leaving fiber f's stack for the scheduler's; `finished`: for good.
+void switching_to_scheduler([[maybe_unused]] Fiber& f, [[maybe_unused]] bool finished) {
+#ifdef SRGPT_EMULATOR_ASAN
+  __sanitizer_start_switch_fiber(finished ? nullptr : &f.asan_fake_stack, g_scheduler_stack_bottom,
+                                 g_scheduler_stack_size);
+#endif
+}
+// First thing back on the scheduler's stack.
+void switched_to_scheduler() {
+#ifdef SRGPT_EMULATOR_ASAN
+  __sanitizer_finish_switch_fiber(g_scheduler_fake_stack, nullptr, nullptr);
+#endif
+}
+
 // The schedule in force: SRGPT_EMULATOR_SCHEDULE's until set_schedule.
 Schedule& schedule() {
   static Schedule current = [] {
@@ -133,7 +183,11 @@ int linear_index(const Block& b, const uint3& i) { return int(i.x + b.dim.x * (i
 Warp& my_warp() { return block().warps[linear_index(*g_block, g_fiber->index) / 32]; }
 
 void yield() {
-  if (_setjmp(g_fiber->resume) == 0) _longjmp(g_scheduler, 1);
+  if (_setjmp(g_fiber->resume) == 0) {
+    switching_to_scheduler(*g_fiber, false);
+    _longjmp(g_scheduler, 1);
+  }
+  switched_to_fiber(*g_fiber);
 }
 
 void perform(const Copy& c) {
@@ -144,6 +198,7 @@ void perform(const Copy& c) {
 [[noreturn]] void fiber_entry() {
   Fiber& fiber = *g_fiber;
   Block& b = *g_block;
+  switched_to_fiber(fiber);
   try {
     (*g_thread_body)();
     if (!fiber.open_group.empty() || !fiber.committed_groups.empty())
@@ -165,6 +220,7 @@ void perform(const Copy& c) {
     b.arrived = 0;
     ++b.generation;
   }
+  switching_to_scheduler(fiber, true);
   _longjmp(g_scheduler, 1);
 }
 
@@ -183,11 +239,24 @@ bool runnable(const Block& b, const Fiber& f) {
 [[gnu::noinline]] void run_until_it_yields(Fiber& f) {
   g_fiber = &f;
   if (_setjmp(g_scheduler) == 0) {
+    switching_to_fiber(f);
     if (f.started) _longjmp(f.resume, 1);
     f.started = true;
     setcontext(&f.start);
   }
+  switched_to_scheduler();
   g_fiber = nullptr;
+}
+
+// Its own frame too: getcontext may return twice as far as the compiler
+// knows, which would make it suspect the caller's loop counter of being
+// clobbered.
+[[gnu::noinline]] void prepare_start(Fiber& f, char* stack) {
+  getcontext(&f.start);
+  f.start.uc_stack.ss_sp = stack;
+  f.start.uc_stack.ss_size = kStackBytes;
+  f.start.uc_link = nullptr;  // fiber_entry never returns
+  makecontext(&f.start, fiber_entry, 0);
 }
 
 void run_block(Block& b, char* stacks) {
@@ -204,11 +273,7 @@ void run_block(Block& b, char* stacks) {
     Fiber& f = b.fibers[t];
     f = Fiber{};
     f.index = uint3{unsigned(t % b.dim.x), unsigned(t / b.dim.x % b.dim.y), unsigned(t / (b.dim.x * b.dim.y))};
-    getcontext(&f.start);
-    f.start.uc_stack.ss_sp = stacks + size_t(t) * kStackBytes;
-    f.start.uc_stack.ss_size = kStackBytes;
-    f.start.uc_link = nullptr;  // fiber_entry never returns
-    makecontext(&f.start, fiber_entry, 0);
+    prepare_start(f, stacks + size_t(t) * kStackBytes);
   }
   g_block = &b;
   // Fibers at positions (in priority order) below scan_from are not
