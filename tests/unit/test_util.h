@@ -11,6 +11,7 @@
 #include <stdexcept>
 #include <string>
 #include <sys/wait.h>
+#include <unistd.h>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -173,9 +174,28 @@ inline std::string memory_cap_prefix(int mib) {
 // `after_bytes` have gone to such files (tests/fault_injection). Other
 // files are written as usual. ASan must not insist on being loaded first.
 inline std::string full_disk_for(const std::string& file, uint64_t after_bytes = 0) {
-  std::string prefix = "env SRGPT_FAIL_WRITES_TO=" + shell_quoted(file) +
-                       " SRGPT_FAIL_WRITES_AFTER=" + std::to_string(after_bytes) +
-                       " LD_PRELOAD=" + shell_quoted(SRGPT_FAIL_WRITES_LIB) + " ";
+  // LD_PRELOAD splits its value at spaces and colons, with no quoting, so a
+  // library under such a path (a checkout in "/tmp/ci clone") is preloaded
+  // through a symbolic link in /tmp, removed when the tests exit.
+  struct PreloadPath {
+    fs::path link;
+    std::string path = SRGPT_FAIL_WRITES_LIB;
+    PreloadPath() {
+      if (path.find_first_of(" :") == std::string::npos) return;
+      link = fs::path("/tmp") / ("srgpt-fail-writes-" + std::to_string(::getpid()) + ".so");
+      std::error_code ec;
+      fs::remove(link, ec);
+      fs::create_symlink(path, link);
+      path = link.string();
+    }
+    ~PreloadPath() {
+      std::error_code ec;
+      if (!link.empty()) fs::remove(link, ec);
+    }
+  };
+  static const PreloadPath library;
+  std::string prefix = "env SRGPT_FAIL_WRITES_TO=" + shell_quoted(file) + " SRGPT_FAIL_WRITES_AFTER=" +
+                       std::to_string(after_bytes) + " LD_PRELOAD=" + shell_quoted(library.path) + " ";
   if (kUnderAddressSanitizer) {
     const char* options = std::getenv("ASAN_OPTIONS");
     prefix += "ASAN_OPTIONS='" + std::string(options ? options : "") + ":verify_asan_link_order=0' ";
