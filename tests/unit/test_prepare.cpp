@@ -407,3 +407,40 @@ TEST_CASE("srgpt prepare command line", "[prepare]") {
   CHECK(missing.exit_code != 0);
   CHECK(missing.output.find("no files match") != std::string::npos);
 }
+
+TEST_CASE("an input that shrinks while prepare reads it is an error naming it, and no dataset is left usable",
+          "[prepare]") {
+  // Another program truncates an input (or rewrites it in place) while
+  // prepare has it mapped: reading the lost pages raises SIGBUS, which must
+  // become an error, not kill the process. The fault library cuts the file
+  // to half right after prepare maps it: in its first pass (counting
+  // documents) or its second (tokenizing: shards of the first half are
+  // written by the time it reaches the lost pages).
+  TempDir dir("prepare-shrink");
+  fs::create_directories(dir.path() / "in");
+  std::string text;
+  for (int i = 0; text.size() < 100000; ++i) text += "document " + std::to_string(i) + " with a few words\n";
+  write_file(dir.path() / "in/big.txt", text);
+  const std::string out = (dir.path() / "out").string();
+  for (int pass : {1, 2}) {
+    INFO("truncated after mapping " << pass);
+    write_file(dir.path() / "in/big.txt", text);
+    const auto r = srgpt_test::run_command(srgpt_test::shrinking_when_mapped("big.txt", pass) +
+                                           srgpt_test::srgpt_bin() + " prepare --no-progress --input " +
+                                           srgpt_test::shell_quoted((dir.path() / "in/big.txt").string()) +
+                                           " --tokenizer byte --split lines --shard-tokens 20000 --out " +
+                                           srgpt_test::shell_quoted(out));
+    INFO(r.output);
+    CHECK(fs::file_size(dir.path() / "in/big.txt") == text.size() / 2);  // the fault happened
+    CHECK(r.exit_code == 1);
+    CHECK(contains(r.output, "srgpt: error: input file " + (dir.path() / "in/big.txt").string() +
+                                 " shrank while being read"));
+    CHECK_FALSE(fs::exists(dir.path() / "out/summary.json"));
+    if (pass == 2) {
+      // Shards were written before the fault; the marker keeps them out of training.
+      CHECK(fs::exists(dir.path() / "out/train_000000.bin"));
+      CHECK(contains(error_message([&] { srgpt::expand_shard_pattern(out + "/train_*.bin", "data.train"); }),
+                     "incomplete dataset"));
+    }
+  }
+}

@@ -168,21 +168,19 @@ inline std::string memory_cap_prefix(int mib) {
   return "ulimit -v " + std::to_string(int64_t(mib) * 1024) + "; ";
 }
 
-#ifdef SRGPT_FAIL_WRITES_LIB
-// A shell prefix under which the command after it finds the disk full for
-// files whose path contains `file`: their writes fail with ENOSPC once
-// `after_bytes` have gone to such files (tests/fault_injection). Other
-// files are written as usual. ASan must not insist on being loaded first.
-inline std::string full_disk_for(const std::string& file, uint64_t after_bytes = 0) {
+#ifdef SRGPT_FILE_FAULTS_LIB
+// "env LD_PRELOAD=<tests/fault_injection's library> <settings> ", the start
+// of a shell command that runs under its file faults.
+inline std::string with_file_faults(const std::string& settings) {
   // LD_PRELOAD splits its value at spaces and colons, with no quoting, so a
   // library under such a path (a checkout in "/tmp/ci clone") is preloaded
   // through a symbolic link in /tmp, removed when the tests exit.
   struct PreloadPath {
     fs::path link;
-    std::string path = SRGPT_FAIL_WRITES_LIB;
+    std::string path = SRGPT_FILE_FAULTS_LIB;
     PreloadPath() {
       if (path.find_first_of(" :") == std::string::npos) return;
-      link = fs::path("/tmp") / ("srgpt-fail-writes-" + std::to_string(::getpid()) + ".so");
+      link = fs::path("/tmp") / ("srgpt-file-faults-" + std::to_string(::getpid()) + ".so");
       std::error_code ec;
       fs::remove(link, ec);
       fs::create_symlink(path, link);
@@ -194,13 +192,28 @@ inline std::string full_disk_for(const std::string& file, uint64_t after_bytes =
     }
   };
   static const PreloadPath library;
-  std::string prefix = "env SRGPT_FAIL_WRITES_TO=" + shell_quoted(file) + " SRGPT_FAIL_WRITES_AFTER=" +
-                       std::to_string(after_bytes) + " LD_PRELOAD=" + shell_quoted(library.path) + " ";
-  if (kUnderAddressSanitizer) {
+  std::string prefix = "env LD_PRELOAD=" + shell_quoted(library.path) + " " + settings + " ";
+  if (kUnderAddressSanitizer) {  // ASan must not insist on being loaded first
     const char* options = std::getenv("ASAN_OPTIONS");
     prefix += "ASAN_OPTIONS='" + std::string(options ? options : "") + ":verify_asan_link_order=0' ";
   }
   return prefix;
+}
+
+// A shell prefix under which the command after it finds the disk full for
+// files whose path contains `file`: their writes fail with ENOSPC once
+// `after_bytes` have gone to such files. Other files are written as usual.
+inline std::string full_disk_for(const std::string& file, uint64_t after_bytes = 0) {
+  return with_file_faults("SRGPT_FAIL_WRITES_TO=" + shell_quoted(file) +
+                          " SRGPT_FAIL_WRITES_AFTER=" + std::to_string(after_bytes));
+}
+
+// A shell prefix under which the file whose path contains `file` is cut to
+// half its size right after its `nth` memory mapping, as if another program
+// truncated it while srgpt reads it.
+inline std::string shrinking_when_mapped(const std::string& file, int nth) {
+  return with_file_faults("SRGPT_SHRINK_ON_MAP=" + shell_quoted(file) +
+                          " SRGPT_SHRINK_ON_MAP_NTH=" + std::to_string(nth));
 }
 #endif
 

@@ -1,14 +1,24 @@
-// A full disk for chosen files, for the tests (LD_PRELOAD; never linked into
-// srgpt). SRGPT_FAIL_WRITES_TO=<text>: every write(2) to a file opened for
-// writing through open(2) whose path contains <text> fails with ENOSPC, as
-// on a full disk, after SRGPT_FAIL_WRITES_AFTER bytes (default 0) have
-// gone to such files. Unlike `ulimit -f`, which limits every file alike,
-// this fails one chosen file (a manifest smaller than the files before it,
-// or one rank's shard while the other ranks' writes succeed).
+// File faults for the tests (LD_PRELOAD; never linked into srgpt):
+//
+// - A full disk for chosen files. SRGPT_FAIL_WRITES_TO=<text>: every
+//   write(2) to a file opened for writing through open(2) whose path
+//   contains <text> fails with ENOSPC, as on a full disk, after
+//   SRGPT_FAIL_WRITES_AFTER bytes (default 0) have gone to such files.
+//   Unlike `ulimit -f`, which limits every file alike, this fails one chosen
+//   file (a manifest smaller than the files before it, or one rank's shard
+//   while the other ranks' writes succeed).
+// - A file that shrinks while mapped. SRGPT_SHRINK_ON_MAP=<text>: right
+//   after the SRGPT_SHRINK_ON_MAP_NTH-th (default 1) mmap(2) of a file whose
+//   path contains <text>, the file is cut to half its size, as another
+//   program truncating or rewriting it in place would: reading the mapping
+//   past the new end then raises SIGBUS.
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
+#include <cstdio>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -92,6 +102,24 @@ int close(int fd) {
   static auto real = next<int (*)(int)>("close");
   if (fd >= 0 && fd < kMaxFds) g_failing[fd] = false;
   return real(fd);
+}
+
+void* mmap(void* address, size_t length, int protection, int flags, int fd, off_t offset) {
+  static const auto real = next<void* (*)(void*, size_t, int, int, int, off_t)>("mmap");
+  void* mapped = real(address, length, protection, flags, fd, offset);
+  const char* text = fd >= 0 && mapped != MAP_FAILED ? std::getenv("SRGPT_SHRINK_ON_MAP") : nullptr;
+  if (!text || !*text) return mapped;
+  char link[64], path[4096];
+  std::snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+  const ssize_t n = readlink(link, path, sizeof path - 1);
+  if (n <= 0) return mapped;
+  path[n] = '\0';
+  if (!std::strstr(path, text)) return mapped;
+  static std::atomic<int> mappings{0};
+  const char* nth = std::getenv("SRGPT_SHRINK_ON_MAP_NTH");
+  struct stat info {};
+  if (++mappings == (nth ? std::atoi(nth) : 1) && stat(path, &info) == 0) truncate(path, info.st_size / 2);
+  return mapped;
 }
 
 }  // extern "C"
