@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <set>
 #include <string>
 #include <utility>
@@ -227,9 +228,10 @@ uint64_t required_unsigned(const nlohmann::json& j, const char* key, const fs::p
                            const std::string& where) {
   const nlohmann::json& v = required(j, key, manifest, where);
   // Below 2^63: steps, sizes and offsets are used as int64 too.
-  if (!v.is_number_integer() || v.get<int64_t>() < 0)
+  const std::optional<int64_t> n = json_integer<int64_t>(v);
+  if (!n || *n < 0)
     fail("{}: {} \"{}\" must be an integer in [0, 2^63), got {}", manifest.string(), where, key, v.dump());
-  return v.get<uint64_t>();
+  return uint64_t(*n);
 }
 
 const std::string& required_string(const nlohmann::json& j, const char* key, const fs::path& manifest,
@@ -246,7 +248,7 @@ void validate_manifest(const nlohmann::json& m, const fs::path& manifest) {
   if (format != kFormatName)
     fail("{}: \"format\" is \"{}\", expected \"{}\"", manifest.string(), format, kFormatName);
   const nlohmann::json& version = required(m, "format_version", manifest, "manifest");
-  if (!version.is_number_integer() || version.get<int64_t>() != kCheckpointFormatVersion)
+  if (json_integer<int64_t>(version) != kCheckpointFormatVersion)
     fail("{}: unsupported format_version {} (this build reads version {})", manifest.string(), version.dump(),
          kCheckpointFormatVersion);
   required_unsigned(m, "step", manifest, "manifest");
@@ -277,7 +279,8 @@ void validate_manifest(const nlohmann::json& m, const fs::path& manifest) {
         fail("{}: {} has unknown dtype \"{}\" (bf16, f32 or f64)", manifest.string(), tensor_where, dtype_text);
       const nlohmann::json& shape = required(t, "shape", manifest, tensor_where);
       bool shape_ok = shape.is_array() && std::all_of(shape.begin(), shape.end(), [](const nlohmann::json& d) {
-                        return d.is_number_integer() && d.get<int64_t>() >= 0;
+                        const std::optional<int64_t> n = json_integer<int64_t>(d);
+                        return n && *n >= 0;
                       });
       if (!shape_ok) fail("{}: {} \"shape\" must be an array of non-negative integers", manifest.string(), tensor_where);
       uint64_t offset = required_unsigned(t, "offset", manifest, tensor_where);

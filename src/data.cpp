@@ -5,10 +5,12 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <set>
 #include <utility>
 
 #include "srgpt/error.h"
+#include "srgpt/json_parse.h"
 #include "srgpt/mapped_read.h"
 #include "srgpt/posix_file.h"
 #include "srgpt/sr_hash.h"
@@ -169,9 +171,9 @@ LoaderPosition loader_position_from_json(const nlohmann::json& j) {
   auto field = [&](const char* key) {
     if (!j.contains(key)) fail("loader position {} has no \"{}\"", j.dump(), key);
     const nlohmann::json& v = j.at(key);
-    if (!v.is_number_integer() || v.get<int64_t>() < 0)
-      fail("loader position \"{}\" must be a non-negative integer, got {}", key, v.dump());
-    return v.get<int64_t>();
+    const std::optional<int64_t> n = json_integer<int64_t>(v);
+    if (!n || *n < 0) fail("loader position \"{}\" must be a non-negative integer, got {}", key, v.dump());
+    return *n;
   };
   LoaderPosition p;
   p.epoch = field("epoch");

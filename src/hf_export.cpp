@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <set>
 
 #include <spdlog/spdlog.h>
@@ -84,9 +85,10 @@ ModelConfig parse_hf_config(const nlohmann::json& c, const fs::path& file) {
   auto positive_int = [&](const char* key) -> int {
     const auto it = c.find(key);
     if (it == c.end() || it->is_null()) fail("{}: key \"{}\" is missing", file.string(), key);
-    if (!it->is_number_integer() || it->get<int64_t>() < 1 || it->get<int64_t>() > (int64_t(1) << 30))
+    const std::optional<int> n = json_integer<int>(*it);
+    if (!n || *n < 1 || *n > (1 << 30))
       fail("{}: \"{}\" = {}; allowed: a positive integer", file.string(), key, it->dump());
-    return int(it->get<int64_t>());
+    return *n;
   };
   auto must_be = [&](const char* key, const nlohmann::json& allowed, const char* why) {
     const auto it = c.find(key);

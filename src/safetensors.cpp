@@ -8,6 +8,7 @@
 #include <cstring>
 #include <fstream>
 #include <limits>
+#include <optional>
 #include <utility>
 
 #include "srgpt/bf16.h"
@@ -51,10 +52,11 @@ size_t checked_numel(const std::vector<int64_t>& shape, const fs::path& file, co
 std::string shape_text(const std::vector<int64_t>& shape) { return nlohmann::json(shape).dump(); }
 
 uint64_t json_offset(const nlohmann::json& value, const fs::path& file, const std::string& tensor) {
-  if (!value.is_number_unsigned())
+  const std::optional<uint64_t> offset = json_integer<uint64_t>(value);
+  if (!offset)
     fail("{}: tensor '{}' has data offset {}; offsets must be non-negative integers", file.string(), tensor,
          value.dump());
-  return value.get<uint64_t>();
+  return *offset;
 }
 
 SafetensorsEntry parse_entry(const std::string& name, const nlohmann::json& info, const fs::path& file) {
@@ -71,9 +73,9 @@ SafetensorsEntry parse_entry(const std::string& name, const nlohmann::json& info
   if (shape == info.end() || !shape->is_array())
     fail("{}: tensor '{}' has no \"shape\" array", file.string(), name);
   for (const auto& d : *shape) {
-    if (!d.is_number_integer())
-      fail("{}: tensor '{}' has shape {}; dimensions must be integers", file.string(), name, shape->dump());
-    e.shape.push_back(d.get<int64_t>());
+    const std::optional<int64_t> dim = json_integer<int64_t>(d);
+    if (!dim) fail("{}: tensor '{}' has shape {}; dimensions must be integers", file.string(), name, shape->dump());
+    e.shape.push_back(*dim);
   }
   const auto offsets = info.find("data_offsets");
   if (offsets == info.end() || !offsets->is_array() || offsets->size() != 2)

@@ -211,11 +211,11 @@ SavedState read_saved_state(const CheckpointReader& reader) {
 uint32_t saved_weights_crc32(const CheckpointReader& reader) {
   const nlohmann::json& st = reader.state();
   if (!st.is_object() || !st.contains("weights_crc32")) return 0;
-  const nlohmann::json& crc = st.at("weights_crc32");
-  if (!crc.is_number_unsigned() || crc.get<uint64_t>() > 0xFFFFFFFFu)
+  const std::optional<uint32_t> crc = json_integer<uint32_t>(st.at("weights_crc32"));
+  if (!crc)
     fail("checkpoint {}: its manifest's state \"weights_crc32\" = {}; allowed: a CRC-32, an integer in [0, 2^32)",
-         reader.dir().string(), crc.dump());
-  return crc.get<uint32_t>();
+         reader.dir().string(), st.at("weights_crc32").dump());
+  return *crc;
 }
 
 // A full flat optimizer-state buffer, in `layout`, from a checkpoint written
