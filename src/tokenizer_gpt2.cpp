@@ -226,17 +226,16 @@ std::string token_key_to_bytes(const std::string& key, const std::string& path) 
 
 // encoder.json's entries in file order, from parse events rather than a
 // JSON tree (json_parse.h): GPT-2's 50257 entries as a tree take several
-// times the 1 MB file. `id` is empty for a value that is not an unsigned
-// integer; `shown_value` then has it as written.
+// times the 1 MB file.
 class EncoderEntries final : public JsonEventHandler {
  public:
   using json = nlohmann::json;
   struct Entry {
     std::string key;
-    std::optional<uint64_t> id;
+    std::optional<uint64_t> id;  // empty for a value that is not an unsigned integer,
+    std::string shown;           // which is then shown here as written
   };
   std::vector<Entry> entries;
-  std::unordered_map<std::string, std::string> shown_value;
   std::string top_level;  // "object", or the name of the other kind of value
 
   explicit EncoderEntries(const std::string& path)
@@ -247,7 +246,7 @@ class EncoderEntries final : public JsonEventHandler {
   bool number_integer(json::number_integer_t v) override { return value("number", std::to_string(v)); }
   bool number_unsigned(json::number_unsigned_t v) override {
     if (depth_ == 1) {
-      entries.push_back(Entry{std::move(key_), v});
+      entries.push_back(Entry{std::move(key_), v, ""});
       return true;
     }
     return value("number", "");
@@ -275,10 +274,7 @@ class EncoderEntries final : public JsonEventHandler {
       top_level = kind;
       return false;
     }
-    if (depth_ == 1) {
-      shown_value.emplace(key_, shown);
-      entries.push_back(Entry{std::move(key_), std::nullopt});
-    }
+    if (depth_ == 1) entries.push_back(Entry{std::move(key_), std::nullopt, shown});
     return true;
   }
   bool open(const char* kind, const char* shown) {
@@ -480,10 +476,10 @@ struct Gpt2Tokenizer::Impl {
     std::vector<char> id_seen(vocab, 0);
     std::unordered_map<std::string, uint32_t> id_of_token;
     id_of_token.reserve(vocab);
-    for (const auto& [key, id] : read.entries) {
+    for (const auto& [key, id, shown] : read.entries) {
       if (!id || *id >= vocab || id_seen[*id]) {
         fail("{}: token {} has id {}; the ids must be the integers 0..{}, each used once", path, json_quoted(key),
-             id ? std::to_string(*id) : read.shown_value.at(key), vocab - 1);
+             id ? std::to_string(*id) : shown, vocab - 1);
       }
       if (!id_of_token.emplace(key, uint32_t(*id)).second) fail("{}: token {} is listed twice", path, json_quoted(key));
       id_seen[*id] = 1;

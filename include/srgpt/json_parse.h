@@ -41,7 +41,6 @@ class JsonEventHandler : public nlohmann::json_sax<nlohmann::json> {
  protected:
   JsonEventHandler(std::string origin, std::string expected)
       : origin_(std::move(origin)), expected_(std::move(expected)) {}
-  const std::string& origin() const { return origin_; }
 
  private:
   std::string origin_, expected_;
