@@ -249,14 +249,7 @@ template <typename T>
 T field(const json& object, const char* key, const std::string& where) {
   if (!object.is_object() || !object.contains(key)) fail("{}: missing \"{}\"", where, key);
   const json& v = object.at(key);
-  if constexpr (std::is_integral_v<T>) {
-    if (const std::optional<T> n = json_integer<T>(v)) return *n;
-  } else {
-    try {
-      return v.get<T>();
-    } catch (const json::exception&) {
-    }
-  }
+  if (std::optional<T> read = json_value<T>(v)) return std::move(*read);
   fail("{}: \"{}\" has the wrong type ({}){}", where, key, v.dump(), std::is_integral_v<T> ? "; expected an integer" : "");
 }
 

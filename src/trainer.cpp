@@ -163,14 +163,7 @@ SavedState read_saved_state(const CheckpointReader& reader) {
     using T = decltype(value);
     if (!st.is_object() || !st.contains(key)) fail("checkpoint {}: its manifest's state has no \"{}\"", dir, key);
     const nlohmann::json& v = st.at(key);
-    if constexpr (std::is_integral_v<T>) {
-      if (const std::optional<T> n = json_integer<T>(v)) return *n;
-    } else {
-      try {
-        return v.get<T>();
-      } catch (const nlohmann::json::exception&) {
-      }
-    }
+    if (std::optional<T> read = json_value<T>(v)) return std::move(*read);
     fail("checkpoint {}: its manifest's state \"{}\" = {} is not of the expected type{}", dir, key, v.dump(),
          std::is_integral_v<T> ? " (an integer)" : "");
   };

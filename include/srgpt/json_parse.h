@@ -73,4 +73,19 @@ std::optional<T> json_integer(const nlohmann::json& v) {
   return std::nullopt;
 }
 
+// `v` as a T, or std::nullopt when it is of another kind: an integral T
+// through json_integer, any other through nlohmann's get<T>().
+template <typename T>
+std::optional<T> json_value(const nlohmann::json& v) {
+  if constexpr (std::is_integral_v<T>) {
+    return json_integer<T>(v);
+  } else {
+    try {
+      return v.get<T>();
+    } catch (const nlohmann::json::exception&) {
+      return std::nullopt;
+    }
+  }
+}
+
 }  // namespace srgpt
