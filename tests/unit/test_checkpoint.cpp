@@ -377,15 +377,8 @@ TEST_CASE("a save killed midway leaves the previous checkpoint loadable", "[chec
   const pid_t zombie = fork();
   REQUIRE(zombie >= 0);
   if (zombie == 0) _exit(0);
-  auto state_of = [](pid_t pid) {
-    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-    std::string line;
-    std::getline(stat, line);
-    const size_t paren = line.rfind(')');
-    return paren == std::string::npos || paren + 2 >= line.size() ? '?' : line[paren + 2];
-  };
-  for (int i = 0; i < 500 && state_of(zombie) != 'Z'; ++i) usleep(10000);
-  REQUIRE(state_of(zombie) == 'Z');
+  for (int i = 0; i < 500 && srgpt_test::process_state(zombie) != 'Z'; ++i) usleep(10000);
+  REQUIRE(srgpt_test::process_state(zombie) == 'Z');
   fs::create_directories(root / ("step_00000400.tmp-" + std::to_string(zombie)));
   srgpt::save_checkpoint(root, 200, {{"s", 200}}, new_payload.files(), 1);
   CHECK(dir_names(root) == std::vector<std::string>{"step_00000200", live});

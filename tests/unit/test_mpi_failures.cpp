@@ -142,11 +142,8 @@ class ChildProcess {
 // Alive and not a zombie (a killed rank's parent may be gone before init
 // reaps it).
 bool process_running(pid_t pid) {
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  if (!std::getline(stat, line)) return false;
-  const size_t paren = line.rfind(')');
-  return paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] != 'Z';
+  const char state = process_state(pid);
+  return state != '\0' && state != 'Z';
 }
 
 // mpiexec sends the surviving ranks SIGKILL and may exit a moment before

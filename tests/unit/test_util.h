@@ -146,6 +146,17 @@ inline std::string shell_quoted(const std::string& s) {
 // path may contain spaces).
 inline std::string srgpt_bin() { return shell_quoted(SRGPT_BIN); }
 
+// A process's state letter from /proc/<pid>/stat ('R', 'S', 'Z' for a
+// zombie, ...), or '\0' when there is no such process.
+inline char process_state(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(stat, line)) return '\0';
+  // "pid (comm) state ...", where comm may itself contain ')'.
+  const size_t paren = line.rfind(')');
+  return paren == std::string::npos || paren + 2 >= line.size() ? '\0' : line[paren + 2];
+}
+
 // Whether these tests (and the srgpt they start, built alike) run under
 // AddressSanitizer (CMake option SRGPT_SANITIZE).
 #if defined(__SANITIZE_ADDRESS__)
@@ -154,6 +165,13 @@ constexpr bool kUnderAddressSanitizer = true;
 constexpr bool kUnderAddressSanitizer = false;
 #endif
 
+// "ASAN_OPTIONS='<this process's options>:<option>' ", a shell prefix
+// that runs the command after it with one more ASan option.
+inline std::string asan_options_with(const std::string& option) {
+  const char* options = std::getenv("ASAN_OPTIONS");
+  return "ASAN_OPTIONS=" + shell_quoted(std::string(options ? options : "") + ":" + option) + " ";
+}
+
 // A shell prefix that caps the memory of the command after it at `mib`:
 // its address space (`ulimit -v`), so an allocation beyond it fails. Under
 // AddressSanitizer, whose shadow memory is terabytes of reserved address
@@ -161,10 +179,7 @@ constexpr bool kUnderAddressSanitizer = false;
 // is capped instead (ASan's hard_rss_limit_mb), which ends the process
 // with a report rather than a failed allocation.
 inline std::string memory_cap_prefix(int mib) {
-  if (kUnderAddressSanitizer) {
-    const char* options = std::getenv("ASAN_OPTIONS");
-    return "ASAN_OPTIONS='" + std::string(options ? options : "") + ":hard_rss_limit_mb=" + std::to_string(mib) + "' ";
-  }
+  if (kUnderAddressSanitizer) return asan_options_with("hard_rss_limit_mb=" + std::to_string(mib));
   return "ulimit -v " + std::to_string(int64_t(mib) * 1024) + "; ";
 }
 
@@ -193,10 +208,8 @@ inline std::string with_file_faults(const std::string& settings) {
   };
   static const PreloadPath library;
   std::string prefix = "env LD_PRELOAD=" + shell_quoted(library.path) + " " + settings + " ";
-  if (kUnderAddressSanitizer) {  // ASan must not insist on being loaded first
-    const char* options = std::getenv("ASAN_OPTIONS");
-    prefix += "ASAN_OPTIONS='" + std::string(options ? options : "") + ":verify_asan_link_order=0' ";
-  }
+  // ASan must not insist on being loaded first.
+  if (kUnderAddressSanitizer) prefix += asan_options_with("verify_asan_link_order=0");
   return prefix;
 }
 
