@@ -1,7 +1,8 @@
 // Data-parallel training under mpirun on the cpu backend: every ZeRO stage
 // and precision mode against the single-process run with the same global
 // batch, replicas bit-identical after every step, bytes per rank as the
-// ZeRO formulas say, bit-exact resume, and resume on another world size.
+// ZeRO formulas say, bit-exact resume (with validation during the run), and
+// resume on another world size.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -215,7 +216,8 @@ TEST_CASE("bytes per rank for weights + grads + optimizer state follow the ZeRO 
   CHECK(P < 1.01 * double(layout.num_params()) + double(Layout::kAlign) * N * (m.n_layer + 2) * 8);
 }
 
-TEST_CASE("resume on the same world size is bit-exact for every ZeRO stage", "[zero][resume]") {
+TEST_CASE("resume on the same world size is bit-exact for every ZeRO stage, validation during the run included",
+          "[zero][resume][evaluate]") {
   SharedDir dir("resume");
   write_data_once(dir);
   for (int stage = 0; stage <= 3; ++stage) {
@@ -224,8 +226,21 @@ TEST_CASE("resume on the same world size is bit-exact for every ZeRO stage", "[z
                           stage);
     TrainOptions quiet;
     quiet.quiet = true;
+    const std::vector<double> without_val = Trainer(c, quiet).run().losses;
+    // Validation every 2 steps on a rank's share of the split: forward
+    // passes that gather ZeRO-3's weight units between training steps.
+    c.out_dir = (dir.path() / ("straight-val" + std::to_string(stage))).string();
+    c.data.val = (dir.path() / "data" / "val_*.bin").string();
+    c.train.eval_every = 2;
+    c.train.eval_tokens = 4 * int64_t(c.batch.micro_batch) * c.batch.seq_len * world().size();
     Trainer straight(c, quiet);
-    const std::vector<double> full = straight.run().losses;
+    const TrainResult full_result = straight.run();
+    const std::vector<double>& full = full_result.losses;
+    REQUIRE(full.size() == without_val.size());
+    CHECK(std::memcmp(full.data(), without_val.data(), full.size() * sizeof(double)) == 0);
+    REQUIRE(full_result.val_loss.has_value());
+    CHECK(same_on_all_ranks(*full_result.val_loss));
+
     c.out_dir = (dir.path() / ("split" + std::to_string(stage))).string();
     TrainOptions stop = quiet;
     stop.stop_after_step = 3;
@@ -241,6 +256,18 @@ TEST_CASE("resume on the same world size is bit-exact for every ZeRO stage", "[z
     REQUIRE(joined.size() == full.size());
     CHECK(std::memcmp(joined.data(), full.data(), full.size() * sizeof(double)) == 0);
     CHECK(weights_crc(second) == weights_crc(straight));
+    if (world().rank() == 0) {
+      // Validation at steps 2 and 4 and at the end, the same bits after the resume.
+      const auto val = val_losses_in(fs::path(straight.config().out_dir) / "metrics.jsonl");
+      const auto resumed_val = val_losses_in(fs::path(c.out_dir) / "metrics.jsonl");
+      REQUIRE(val.size() == 3);
+      CHECK(val[2].second == *full_result.val_loss);
+      REQUIRE(resumed_val.size() == val.size());
+      for (size_t i = 0; i < val.size(); ++i) {
+        CHECK(resumed_val[i].first == val[i].first);
+        CHECK(std::memcmp(&resumed_val[i].second, &val[i].second, sizeof(double)) == 0);
+      }
+    }
   }
 }
 

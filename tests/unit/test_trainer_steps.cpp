@@ -1,7 +1,8 @@
 // One training step taken apart on the cpu backend: the gradient norm each
 // ZeRO stage reports, global-norm clipping, skipping non-finite steps, and
-// evaluate()'s mean and token budget, each against a path computed here
-// through the public API.
+// evaluate()'s mean and token budget, validation during a run, each
+// against a path computed here through the public API.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -439,4 +440,82 @@ TEST_CASE("a resume keeps metrics.jsonl's whole step lines up to its checkpoint 
   std::ifstream in(metrics);
   for (std::string line; std::getline(in, line);) CHECK_NOTHROW(nlohmann::json::parse(line));
   CHECK(losses_in(metrics) == reference);
+}
+
+TEST_CASE("validation every few steps is logged at those steps, evaluates that step's weights, leaves training "
+          "bit-identical and resumes bit-exactly",
+          "[trainer][evaluate][resume]") {
+  const uint32_t seed = fresh_seed();
+  INFO("data and init seed " << seed);
+  TempDir tmp("eval-every");
+  write_markov_shards(tmp.path() / "data", 64, 8000, 3000, seed);
+  Config c = tiny_config(tmp.path() / "data", tmp.path() / "straight");
+  c.train.seed = seed;
+  c.train.steps = 6;
+  c.train.eval_every = 2;
+  c.train.eval_tokens = 2 * int64_t(c.batch.micro_batch) * c.batch.seq_len;
+  c.checkpoint.every = 2;
+  c.checkpoint.keep = 3;
+
+  Config without_val = c;
+  without_val.data.val.clear();
+  without_val.out_dir = (tmp.path() / "without-val").string();
+  Trainer reference(without_val, single_quiet());
+  const std::vector<double> reference_losses = reference.run().losses;
+
+  Trainer straight(c, single_quiet());
+  const TrainResult r = straight.run();
+  const fs::path metrics = fs::path(c.out_dir) / "metrics.jsonl";
+  // Validation reads only the validation split and writes only activations:
+  // the training losses, weights and optimizer state keep every bit.
+  REQUIRE(r.losses.size() == reference_losses.size());
+  CHECK(std::memcmp(r.losses.data(), reference_losses.data(), r.losses.size() * sizeof(double)) == 0);
+  CHECK(losses_in(metrics) == r.losses);
+  CHECK(state_of(straight) == state_of(reference));
+
+  // Steps 2 and 4 (eval_every) and the final evaluation after step 6, once each.
+  const auto val = val_losses_in(metrics);
+  REQUIRE(val.size() == 3);
+  CHECK(val[0].first == 2);
+  CHECK(val[1].first == 4);
+  CHECK(val[2].first == 6);
+  REQUIRE(r.val_loss.has_value());
+  CHECK(val[2].second == *r.val_loss);
+  CHECK(val[0].second != val[1].second);
+
+  // Each line is the loss of the weights after its step: evaluating that
+  // step's checkpoint gives the same bits.
+  for (const auto& entry : fs::directory_iterator(fs::path(c.out_dir) / "checkpoints")) {
+    if (!entry.is_directory()) continue;
+    CheckpointReader reader(entry.path());
+    const int64_t step = reader.step();
+    INFO("checkpoint of step " << step);
+    LoadedModel loaded = load_model_for_inference(reader, c.batch.micro_batch, c.batch.seq_len);
+    TokenLoader loader = val_loader_like_trainer(c);
+    const double loss = evaluate(*loaded.model, loader, c.train.eval_tokens).loss;
+    const auto line = std::find_if(val.begin(), val.end(), [&](const auto& v) { return v.first == step; });
+    REQUIRE(line != val.end());
+    CHECK(std::memcmp(&loss, &line->second, sizeof(double)) == 0);
+  }
+
+  // Stopped after step 3 (between two validations) and resumed: the same
+  // step and validation lines, bit for bit.
+  Config split = c;
+  split.out_dir = (tmp.path() / "split").string();
+  TrainOptions first = single_quiet();
+  first.stop_after_step = 3;
+  Trainer(split, first).run();
+  TrainOptions resume = single_quiet();
+  resume.resume = true;
+  Trainer resumed(split, resume);
+  CHECK(resumed.run().first_step == 4);
+  const fs::path split_metrics = fs::path(split.out_dir) / "metrics.jsonl";
+  CHECK(losses_in(split_metrics) == r.losses);
+  const auto split_val = val_losses_in(split_metrics);
+  REQUIRE(split_val.size() == val.size());
+  for (size_t i = 0; i < val.size(); ++i) {
+    CHECK(split_val[i].first == val[i].first);
+    CHECK(std::memcmp(&split_val[i].second, &val[i].second, sizeof(double)) == 0);
+  }
+  CHECK(state_of(resumed) == state_of(straight));
 }

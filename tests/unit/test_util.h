@@ -1,6 +1,7 @@
 #pragma once
 // Helpers shared by the unit tests: temporary directories, synthetic token
 // streams, tiny configs, and running the srgpt binary.
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -12,6 +13,7 @@
 #include <string>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -253,6 +255,22 @@ inline std::vector<double> losses_in(const fs::path& metrics) {
     losses.push_back(j.at("loss").get<double>());
   }
   return losses;
+}
+
+// The validation lines of a run's metrics.jsonl, in file order: step and
+// val_loss (whose val_perplexity must be its exponential).
+inline std::vector<std::pair<int64_t, double>> val_losses_in(const fs::path& metrics) {
+  std::vector<std::pair<int64_t, double>> found;
+  std::ifstream in(metrics);
+  for (std::string line; std::getline(in, line);) {
+    const nlohmann::json j = nlohmann::json::parse(line);
+    if (!j.contains("val_loss")) continue;
+    const double loss = j.at("val_loss").get<double>();
+    if (j.at("val_perplexity").get<double>() != std::exp(loss))
+      throw std::runtime_error(metrics.string() + ": val_perplexity is not exp(val_loss) in " + line);
+    found.emplace_back(j.at("step").get<int64_t>(), loss);
+  }
+  return found;
 }
 
 // The message of the srgpt::Error `action` throws, or "" when it throws none.
