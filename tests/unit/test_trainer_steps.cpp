@@ -519,3 +519,31 @@ TEST_CASE("validation every few steps is logged at those steps, evaluates that s
   }
   CHECK(state_of(resumed) == state_of(straight));
 }
+
+TEST_CASE("a run whose update overflows the weights refuses to write its checkpoint and leaves none",
+          "[trainer][checkpoint]") {
+  TempDir tmp("overflowing-update");
+  write_markov_shards(tmp.path() / "data", 64, 8000, 1000, fresh_seed());
+  for (Precision p : {Precision::bf16_sr, Precision::fp32}) {
+    INFO(precision_name(p));
+    Config c = tiny_config(tmp.path() / "data", tmp.path() / precision_name(p));
+    c.precision = p;
+    // Adam's normalised step is about lr per element: 1e39 (held at the
+    // peak: no warmup, no decay) is past the largest finite bf16 and fp32,
+    // 3.4e38, while step 1's loss and gradient norm are finite, so the
+    // non-finite check before the update does not stop it.
+    c.optimizer.lr = 1e39;
+    c.optimizer.warmup_steps = 0;
+    c.optimizer.min_lr_ratio = 1.0;
+    c.train.steps = 1;
+    const std::string message = error_message([&] { Trainer(c, single_quiet()).run(); });
+    CHECK(message == "refusing to write a checkpoint at step 1: the weights contain NaN or Inf");
+    const fs::path checkpoints = fs::path(c.out_dir) / "checkpoints";
+    CHECK((!fs::exists(checkpoints) || fs::is_empty(checkpoints)));
+    // Control: a step of 1e37, huge but finite, is saved.
+    c.optimizer.lr = 1e37;
+    c.out_dir += "-finite";
+    CHECK(error_message([&] { Trainer(c, single_quiet()).run(); }).empty());
+    CHECK(fs::exists(fs::path(c.out_dir) / "checkpoints" / "step_00000001"));
+  }
+}
