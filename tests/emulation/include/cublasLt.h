@@ -12,18 +12,27 @@
 // type, the documented rule outside IMMA and fp8 kernels (the heuristic
 // offers no algorithm for another BIAS_DATA_TYPE). GELU is the tanh form
 // (cuBLASLt's), as the cpu backend computes it.
+// SRGPT_EMULATED_CUBLASLT_EPILOGUES chooses which epilogues it fuses:
+// "all" (the default), "refused_by_heuristic" (no algorithm for any but the
+// default epilogue) or "refused_at_launch" (an algorithm, then
+// CUBLAS_STATUS_NOT_SUPPORTED from cublasLtMatmul). The real library's
+// support differs by version, type, layout and shape, and cuda/matmul.cu
+// must then take its unfused paths: ctest runs its tests under both.
 // A stand-in for testing srgpt's use of the library, not for its speed or
 // its exact fp32 rounding.
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "cuda_runtime.h"
 
 #include "cpu/cpu_ops.h"
 #include "srgpt/bf16.h"
+#include "srgpt/error.h"
 #include "srgpt/gelu_math.h"
 
 enum cublasStatus_t {
@@ -191,6 +200,30 @@ inline void store(void* base, cudaDataType_t type, size_t i, float x) {
 
 }  // namespace srgpt::emulation::cublaslt
 
+namespace srgpt::emulation::cublaslt {
+
+enum class EpilogueSupport { all, refused_by_heuristic, refused_at_launch };
+
+inline EpilogueSupport epilogue_support() {
+  static const EpilogueSupport support = [] {
+    const char* text = std::getenv("SRGPT_EMULATED_CUBLASLT_EPILOGUES");
+    const std::string value = text ? text : "all";
+    if (value == "all") return EpilogueSupport::all;
+    if (value == "refused_by_heuristic") return EpilogueSupport::refused_by_heuristic;
+    if (value == "refused_at_launch") return EpilogueSupport::refused_at_launch;
+    srgpt::fail("emulated cuBLASLt: SRGPT_EMULATED_CUBLASLT_EPILOGUES='{}' is not one of all, refused_by_heuristic, "
+                "refused_at_launch",
+                value);
+  }();
+  return support;
+}
+
+inline bool refused(const cublasLtMatmulDescOpaque_t& desc, EpilogueSupport where) {
+  return desc.epilogue != CUBLASLT_EPILOGUE_DEFAULT && epilogue_support() == where;
+}
+
+}  // namespace srgpt::emulation::cublaslt
+
 inline cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtMatmulDesc_t desc,
                                                      cublasLtMatrixLayout_t a, cublasLtMatrixLayout_t b,
                                                      cublasLtMatrixLayout_t c, cublasLtMatrixLayout_t d,
@@ -198,7 +231,9 @@ inline cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtM
                                                      cublasLtMatmulHeuristicResult_t* results, int* returned) {
   *returned = 0;
   if (requested < 1 || c->rows != d->rows || c->cols != d->cols) return CUBLAS_STATUS_INVALID_VALUE;
-  if (!srgpt::emulation::cublaslt::shapes_agree(desc, a, b, d)) return CUBLAS_STATUS_INVALID_VALUE;
+  namespace lt = srgpt::emulation::cublaslt;
+  if (!lt::shapes_agree(desc, a, b, d)) return CUBLAS_STATUS_INVALID_VALUE;
+  if (lt::refused(*desc, lt::EpilogueSupport::refused_by_heuristic)) return CUBLAS_STATUS_NOT_SUPPORTED;
   const bool gelu = desc->epilogue == CUBLASLT_EPILOGUE_GELU_AUX || desc->epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS ||
                     desc->epilogue == CUBLASLT_EPILOGUE_DGELU;
   // The documented constraint on the aux matrix: leading dimension a
@@ -270,6 +305,7 @@ inline cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t desc
                                      cudaStream_t stream) {
   namespace lt = srgpt::emulation::cublaslt;
   if (!lt::shapes_agree(desc, a, b, d)) return CUBLAS_STATUS_INVALID_VALUE;
+  if (lt::refused(*desc, lt::EpilogueSupport::refused_at_launch)) return CUBLAS_STATUS_NOT_SUPPORTED;
   const bool bias = desc->epilogue == CUBLASLT_EPILOGUE_BIAS || desc->epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS ||
                     desc->epilogue == CUBLASLT_EPILOGUE_BGRADB;
   if (bias && !desc->bias) return CUBLAS_STATUS_INVALID_VALUE;
