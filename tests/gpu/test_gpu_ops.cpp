@@ -27,8 +27,9 @@ TEST_CASE("gpu embedding forward and backward match the cpu backend", "[gpu]") {
   struct Shape {
     int B, T, C, V;
   };
-  // Odd C takes the scalar path; a tiny vocabulary repeats tokens often.
-  const Shape shapes[] = {{1, 1, 8, 50}, {2, 17, 100, 97}, {3, 257, 768, 1000}, {4, 64, 256, 7}};
+  // C not a multiple of the vector width (8 bf16, 4 f32: C = 100, 30) takes
+  // the scalar path; a tiny vocabulary repeats tokens often.
+  const Shape shapes[] = {{1, 1, 8, 50}, {2, 17, 100, 97}, {3, 257, 768, 1000}, {4, 64, 256, 7}, {2, 9, 30, 11}};
   uint64_t seed = 100;
   for (DType dtype : kDtypes) {
     for (const Shape& s : shapes) {
@@ -69,9 +70,10 @@ TEST_CASE("gpu residual layernorm forward and backward match the cpu backend", "
   struct Shape {
     int N, C;
   };
-  // C = 100 is not a multiple of the vector width (scalar path); 4096 makes
+  // C = 100, 30, 1030 are not multiples of the vector width (8 bf16, 4 f32:
+  // scalar path); above 1024 the rows are not held in registers; 4096 makes
   // the backward use fewer warps per block.
-  const Shape shapes[] = {{1, 8}, {37, 100}, {300, 768}, {65, 1600}, {129, 4096}};
+  const Shape shapes[] = {{1, 8}, {37, 100}, {300, 768}, {65, 1600}, {129, 4096}, {9, 30}, {7, 1030}};
   uint64_t seed = 200;
   for (DType dtype : kDtypes) {
     for (const Shape& s : shapes) {
@@ -201,9 +203,10 @@ TEST_CASE("gpu attention forward and backward match the cpu backend", "[gpu][sch
   // Head sizes 64 and 128 take the tensor-core kernels in bf16; T = 1 and T
   // not a multiple of any tile (32, 64, 128 rows) are included, so partial
   // tiles, warps wholly past T and skipped diagonal tiles are exercised.
-  // Head sizes 32 and 60 take the simple kernel, as does every f32 shape.
+  // Head sizes 32, 60 and 15 take the simple kernel, as does every f32
+  // shape; 15 also takes the scalar row-dot path.
   const Shape shapes[] = {{1, 1, 128, 2},  {2, 257, 256, 2}, {2, 64, 768, 12},  {1, 300, 192, 3}, {2, 100, 96, 3},
-                          {1, 130, 120, 2}, {1, 1000, 128, 1}, {2, 200, 256, 4}, {1, 33, 128, 2}};
+                          {1, 130, 120, 2}, {1, 1000, 128, 1}, {2, 200, 256, 4}, {1, 33, 128, 2}, {2, 20, 30, 2}};
   uint64_t seed = 400;
   for (DType dtype : kDtypes) {
     for (const Shape& s : shapes) {
