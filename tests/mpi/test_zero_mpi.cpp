@@ -259,14 +259,9 @@ TEST_CASE("resume on the same world size is bit-exact for every ZeRO stage, vali
     if (world().rank() == 0) {
       // Validation at steps 2 and 4 and at the end, the same bits after the resume.
       const auto val = val_losses_in(fs::path(straight.config().out_dir) / "metrics.jsonl");
-      const auto resumed_val = val_losses_in(fs::path(c.out_dir) / "metrics.jsonl");
       REQUIRE(val.size() == 3);
       CHECK(val[2].second == *full_result.val_loss);
-      REQUIRE(resumed_val.size() == val.size());
-      for (size_t i = 0; i < val.size(); ++i) {
-        CHECK(resumed_val[i].first == val[i].first);
-        CHECK(std::memcmp(&resumed_val[i].second, &val[i].second, sizeof(double)) == 0);
-      }
+      CHECK(val_losses_in(fs::path(c.out_dir) / "metrics.jsonl") == val);
     }
   }
 }

@@ -198,10 +198,6 @@ inline void store(void* base, cudaDataType_t type, size_t i, float x) {
     static_cast<float*>(base)[i] = x;
 }
 
-}  // namespace srgpt::emulation::cublaslt
-
-namespace srgpt::emulation::cublaslt {
-
 enum class EpilogueSupport { all, refused_by_heuristic, refused_at_launch };
 
 inline EpilogueSupport epilogue_support() {
