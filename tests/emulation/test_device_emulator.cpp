@@ -3,6 +3,7 @@
 // that correct kernels give the same result in both thread schedules, and
 // that streams run their work asynchronously, so that a missing event wait
 // shows in one of the schedules.
+#include <cublasLt.h>
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -305,4 +306,16 @@ TEST_CASE("device emulator: SRGPT_EMULATOR_SCHEDULE flags parse, and an unknown 
   const std::string message = error_of([] { emulation::parse_schedule("descending+backwards"); });
   CHECK(message.find("unknown schedule flag 'backwards'") != std::string::npos);
   CHECK(message.find("allowed: descending, copies_at_issue") != std::string::npos);
+}
+
+TEST_CASE("emulated cuBLASLt: SRGPT_EMULATED_CUBLASLT_EPILOGUES values parse, and another is an error naming it",
+          "[emulated]") {
+  using emulation::cublaslt::EpilogueSupport;
+  using emulation::cublaslt::parse_epilogue_support;
+  CHECK(parse_epilogue_support("all") == EpilogueSupport::all);
+  CHECK(parse_epilogue_support("refused_by_heuristic") == EpilogueSupport::refused_by_heuristic);
+  CHECK(parse_epilogue_support("refused_at_launch") == EpilogueSupport::refused_at_launch);
+  const std::string message = error_of([] { parse_epilogue_support("none"); });
+  CHECK(message.find("SRGPT_EMULATED_CUBLASLT_EPILOGUES='none' is not one of all, refused_by_heuristic, "
+                     "refused_at_launch") != std::string::npos);
 }

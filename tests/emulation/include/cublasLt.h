@@ -200,16 +200,20 @@ inline void store(void* base, cudaDataType_t type, size_t i, float x) {
 
 enum class EpilogueSupport { all, refused_by_heuristic, refused_at_launch };
 
+inline EpilogueSupport parse_epilogue_support(const std::string& value) {
+  if (value == "all") return EpilogueSupport::all;
+  if (value == "refused_by_heuristic") return EpilogueSupport::refused_by_heuristic;
+  if (value == "refused_at_launch") return EpilogueSupport::refused_at_launch;
+  srgpt::fail("emulated cuBLASLt: SRGPT_EMULATED_CUBLASLT_EPILOGUES='{}' is not one of all, refused_by_heuristic, "
+              "refused_at_launch",
+              value);
+}
+
+// SRGPT_EMULATED_CUBLASLT_EPILOGUES's value, read once.
 inline EpilogueSupport epilogue_support() {
   static const EpilogueSupport support = [] {
     const char* text = std::getenv("SRGPT_EMULATED_CUBLASLT_EPILOGUES");
-    const std::string value = text ? text : "all";
-    if (value == "all") return EpilogueSupport::all;
-    if (value == "refused_by_heuristic") return EpilogueSupport::refused_by_heuristic;
-    if (value == "refused_at_launch") return EpilogueSupport::refused_at_launch;
-    srgpt::fail("emulated cuBLASLt: SRGPT_EMULATED_CUBLASLT_EPILOGUES='{}' is not one of all, refused_by_heuristic, "
-                "refused_at_launch",
-                value);
+    return parse_epilogue_support(text ? text : "all");
   }();
   return support;
 }
