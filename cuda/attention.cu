@@ -1,4 +1,6 @@
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 #include "attention.cuh"
 #include "common.cuh"
@@ -65,6 +67,13 @@ struct BackwardTiles : WarpRows<HD == 64 ? SRGPT_ATTENTION_HD64_BACKWARD_BLOCKS 
   // Query rows per step. Larger steps mean fewer of the ordered dQ adds
   // (each a wait on another block) but more registers per warp.
   static constexpr int kQueries = HD == 64 ? SRGPT_ATTENTION_HD64_BACKWARD_QUERIES : 32;
+};
+// The two-pass backward's dQ pass: a block per query tile, streaming key
+// tiles as the forward pass does, in the shape its kernel had when it last
+// passed on the H100 (commit 2573f49): 16 queries per warp, 64-key tiles.
+template <int HD>
+struct DqTiles : WarpRows<1> {
+  static constexpr int kKeys = 64;
 };
 
 // Fragment addressing. Each helper returns the shared-memory address this
@@ -447,34 +456,42 @@ __global__ void __launch_bounds__(kThreads) attention_forward_tc_kernel(uint16_t
 }
 
 // =====================================================================
-// Backward, tensor cores, one pass: block = (kRows-key tile j,
-// batch*head), each warp kRowsPerWarp keys; streams the query tiles at or
-// after the key tile (kQueries rows each) from the last down,
-// accumulating dK and dV in registers:
+// Backward, tensor cores: block = (kRows-key tile j, batch*head), each
+// warp kRowsPerWarp keys; streams the query tiles at or after the key
+// tile (kQueries rows each) from the last down, accumulating dK and dV in
+// registers:
 //   S^T = K Q^T, P^T = exp(S^T - lse), dV += P^T dO,
-//   dP^T = V dO^T, dS^T = P^T (dP^T - D), dK += dS^T Q,
-// and adding each query tile's share of dQ, dS K_j, to an fp32 accumulator
-// in global memory. The adds to one query tile are ordered by key tile: a
-// flag per query tile counts the key tiles added so far, and block j waits
-// for it to read j. So dQ sums in the same order on every run, without a
-// second pass that recomputes S and dP. The last key tile to add to a query
-// tile (the one on its diagonal) writes the sum as dQ, in bf16. Because
-// every block walks the query tiles from the last down, the blocks of a
-// head reach a query tile at about the same step and each waits only for
-// its predecessor's add. A block's key tile j is the ticket it draws from
-// its head's counter when it starts, not blockIdx.x: the block it waits
-// for drew ticket j - 1 and so has started, whatever order the hardware
-// starts blocks in (CUDA promises none).
+//   dP^T = V dO^T, dS^T = P^T (dP^T - D), dK += dS^T Q.
+// dQ = sum over key tiles j of dS K_j comes one of two ways
+// (AttentionBackward, attention.cuh):
+//
+// One pass (AddsDq): the block also adds each query tile's share of dQ,
+// dS K_j, to an fp32 accumulator in global memory. The adds to one query
+// tile are ordered by key tile: a flag per query tile counts the key tiles
+// added so far, and block j waits for it to read j. So dQ sums in the same
+// order on every run, without a second pass that recomputes S and dP. The
+// last key tile to add to a query tile (the one on its diagonal) writes
+// the sum as dQ, in bf16. Because every block walks the query tiles from
+// the last down, the blocks of a head reach a query tile at about the same
+// step and each waits only for its predecessor's add. A block's key tile j
+// is the ticket it draws from its head's counter when it starts, not
+// blockIdx.x: the block it waits for drew ticket j - 1 and so has started,
+// whatever order the hardware starts blocks in (CUDA promises none).
+//
+// Two passes: this kernel computes dK and dV only (key tile blockIdx.x,
+// no ordering between blocks), and attention_backward_dq_tc_kernel below
+// recomputes S and dP per query tile and sums dQ in registers: two more
+// matmuls of the score matrix's size (7 instead of 5).
 // =====================================================================
-template <int HD>
+template <int HD, bool AddsDq>
 constexpr size_t backward_shared_bytes() {
   using Tiles = BackwardTiles<HD>;
   constexpr int QT = Tiles::kQueries;
-  return sizeof(uint16_t) * (size_t(HD + kPad) * (2 * Tiles::kRows + 4 * QT) + size_t(QT + kPad) * Tiles::kRows) +
-         sizeof(float) * 4 * QT;
+  constexpr size_t staged_ds = AddsDq ? size_t(QT + kPad) * Tiles::kRows : 0;
+  return sizeof(uint16_t) * (size_t(HD + kPad) * (2 * Tiles::kRows + 4 * QT) + staged_ds) + sizeof(float) * 4 * QT;
 }
 
-template <int HD>
+template <int HD, bool AddsDq>
 __global__ void __launch_bounds__(kThreads)
     attention_backward_tc_kernel(uint16_t* dqkv, float* dq_accum, unsigned* dq_flags, const uint16_t* dout,
                                  const uint16_t* qkv, const float* lse, const float* row_dot, int T, int C, int H,
@@ -489,21 +506,25 @@ __global__ void __launch_bounds__(kThreads)
   // A query tile lies within one key tile, so the diagonal block finishes it.
   static_assert(Tiles::kRows % QT == 0, "the key tile must be a multiple of the query tile");
   extern __shared__ __align__(16) uint16_t smem[];
-  uint16_t* sK = smem;                                       // [kRows][S]
-  uint16_t* sV = sK + Tiles::kRows * S;                      // [kRows][S]
-  uint16_t* sQ = sV + Tiles::kRows * S;                      // [2][QT][S]
-  uint16_t* sdO = sQ + 2 * QT * S;                           // [2][QT][S]
-  uint16_t* sdS = sdO + 2 * QT * S;                          // [kRows][SD]: dS^T of the current query tile
-  float* sLse = reinterpret_cast<float*>(sdS + Tiles::kRows * SD);  // [2][QT], log2 domain
-  float* sDot = sLse + 2 * QT;                                      // [2][QT]
+  uint16_t* sK = smem;                   // [kRows][S]
+  uint16_t* sV = sK + Tiles::kRows * S;  // [kRows][S]
+  uint16_t* sQ = sV + Tiles::kRows * S;  // [2][QT][S]
+  uint16_t* sdO = sQ + 2 * QT * S;       // [2][QT][S]
+  uint16_t* sdS = sdO + 2 * QT * S;      // one pass: [kRows][SD], dS^T of the current query tile
+  float* sLse = reinterpret_cast<float*>(sdS + (AddsDq ? Tiles::kRows * SD : 0));  // [2][QT], log2 domain
+  float* sDot = sLse + 2 * QT;                                                      // [2][QT]
 
-  // This (batch, head)'s ticket counter, then a flag per query tile.
-  unsigned* const head_flags = dq_flags + size_t(blockIdx.y) * (1 + (T + QT - 1) / QT);
-  unsigned* const flags = head_flags + 1;
-  __shared__ int ticket;
-  if (threadIdx.x == 0) ticket = int(atomicAdd(head_flags, 1u));
-  __syncthreads();
-  const int key_tile = ticket;
+  int key_tile = int(blockIdx.x);
+  unsigned* flags = nullptr;  // one pass: a flag per query tile of this (batch, head)
+  if constexpr (AddsDq) {
+    // This (batch, head)'s ticket counter, then its flags.
+    unsigned* const head_flags = dq_flags + size_t(blockIdx.y) * (1 + (T + QT - 1) / QT);
+    flags = head_flags + 1;
+    __shared__ int ticket;
+    if (threadIdx.x == 0) ticket = int(atomicAdd(head_flags, 1u));
+    __syncthreads();
+    key_tile = ticket;
+  }
   const int k0 = key_tile * Tiles::kRows;
   const HeadOffsets head(T, C, H, HD);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
@@ -516,7 +537,6 @@ __global__ void __launch_bounds__(kThreads)
   const float* lse_row = lse + head.stats;
   const float* dot_row = row_dot + head.stats;
   uint16_t* dqkv_base = dqkv + head.qkv;
-  float* dq_rows = dq_accum + head.stats * HD;                         // [T][HD] of this (batch, head)
   const int tiles = (T - k0 + QT - 1) / QT;
   // Step i works on the i-th query tile from the last.
   auto tile_row0 = [&](int i) { return k0 + (tiles - 1 - i) * QT; };
@@ -544,8 +564,10 @@ __global__ void __launch_bounds__(kThreads)
     // Query tiles wholly before this warp's keys, and warps wholly past T,
     // add nothing to dK and dV, and zeros to dQ.
     if (row0 + QT - 1 < warp_k0 || warp_k0 >= T) {
-      for (int pair = lane; pair < Tiles::kRowsPerWarp * QT / 2; pair += 32)
-        reinterpret_cast<uint32_t*>(warp_ds + (pair / (QT / 2)) * SD)[pair % (QT / 2)] = 0;
+      if constexpr (AddsDq) {
+        for (int pair = lane; pair < Tiles::kRowsPerWarp * QT / 2; pair += 32)
+          reinterpret_cast<uint32_t*>(warp_ds + (pair / (QT / 2)) * SD)[pair % (QT / 2)] = 0;
+      }
     } else {
       const uint16_t* q_tile = sQ + buffer * QT * S;
       const uint16_t* dout_tile = sdO + buffer * QT * S;
@@ -584,66 +606,71 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
           for (int e = 0; e < 4; ++e)
             ds[m][nb][e] = p[m][nb][e] * (ds[m][nb][e] - tile_dot[nb * 8 + 2 * q + (e & 1)]);
-          // dS^T as bf16, the A operand of dQ's share (rounded as dK's is).
-          *reinterpret_cast<uint32_t*>(warp_ds + (16 * m + g) * SD + nb * 8 + 2 * q) =
-              pack_bf16(ds[m][nb][0], ds[m][nb][1]);
-          *reinterpret_cast<uint32_t*>(warp_ds + (16 * m + g + 8) * SD + nb * 8 + 2 * q) =
-              pack_bf16(ds[m][nb][2], ds[m][nb][3]);
+          if constexpr (AddsDq) {
+            // dS^T as bf16, the A operand of dQ's share (rounded as dK's is).
+            *reinterpret_cast<uint32_t*>(warp_ds + (16 * m + g) * SD + nb * 8 + 2 * q) =
+                pack_bf16(ds[m][nb][0], ds[m][nb][1]);
+            *reinterpret_cast<uint32_t*>(warp_ds + (16 * m + g + 8) * SD + nb * 8 + 2 * q) =
+                pack_bf16(ds[m][nb][2], ds[m][nb][3]);
+          }
         }
       }
       mma_p_b_tile<S, MB, QT / 16, HD>(dk, ds, q_tile, lane);  // dK += dS^T Q
     }
-    __syncthreads();  // dS^T of all the block's keys is in sdS
+    if constexpr (AddsDq) {
+      __syncthreads();  // dS^T of all the block's keys is in sdS
 
-    // This warp's piece of dQ's share: queries rb*16.., columns col0...
-    const int rb = warp % kRowBlocks, col0 = (warp / kRowBlocks) * kDqColumns;
-    float dq[kDqColumns / 8][4] = {};
+      // This warp's piece of dQ's share: queries rb*16.., columns col0...
+      const int rb = warp % kRowBlocks, col0 = (warp / kRowBlocks) * kDqColumns;
+      float dq[kDqColumns / 8][4] = {};
 #pragma unroll
-    for (int kb = 0; kb < Tiles::kRows / 16; ++kb) {
-      // A = dS (queries x keys), read transposed from dS^T.
-      uint32_t a[4];
-      ldmatrix_x4_trans(a, bt_address<SD>(sdS, kb * 16, rb * 16, lane));
+      for (int kb = 0; kb < Tiles::kRows / 16; ++kb) {
+        // A = dS (queries x keys), read transposed from dS^T.
+        uint32_t a[4];
+        ldmatrix_x4_trans(a, bt_address<SD>(sdS, kb * 16, rb * 16, lane));
 #pragma unroll
-      for (int db = 0; db < kDqColumns / 16; ++db) {
-        uint32_t b[4];
-        ldmatrix_x4_trans(b, b_address<S>(sK, kb * 16, col0 + db * 16, lane));
-        mma_bf16(dq[2 * db], a, b[0], b[1]);
-        mma_bf16(dq[2 * db + 1], a, b[2], b[3]);
-      }
-    }
-
-    // Add it after the key tiles before this one, in order. No later key
-    // tile adds to this block's own (diagonal) query tiles: there it writes
-    // the finished dQ, times the scale, as bf16 into dqkv instead.
-    const int tile = row0 / QT;
-    const bool finishes = row0 < k0 + Tiles::kRows;
-    if (threadIdx.x == 0) wait_for_flag(flags + tile, unsigned(key_tile));
-    __syncthreads();
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int t = row0 + rb * 16 + g + 8 * half;
-      if (t >= T) continue;
-#pragma unroll
-      for (int nb = 0; nb < kDqColumns / 8; ++nb) {
-        const int column = col0 + nb * 8 + 2 * q;
-        float* target = dq_rows + size_t(t) * HD + column;
-        float2 value = make_float2(dq[nb][2 * half], dq[nb][2 * half + 1]);
-        if (key_tile > 0) {  // key tile 0 adds first: nothing before it
-          const float2 before = __ldcg(reinterpret_cast<const float2*>(target));
-          value.x += before.x;
-          value.y += before.y;
+        for (int db = 0; db < kDqColumns / 16; ++db) {
+          uint32_t b[4];
+          ldmatrix_x4_trans(b, b_address<S>(sK, kb * 16, col0 + db * 16, lane));
+          mma_bf16(dq[2 * db], a, b[0], b[1]);
+          mma_bf16(dq[2 * db + 1], a, b[2], b[3]);
         }
-        if (finishes)
-          *reinterpret_cast<uint32_t*>(dqkv_base + size_t(t) * qkv_stride + column) =
-              pack_bf16(value.x * scale, value.y * scale);
-        else
-          *reinterpret_cast<float2*>(target) = value;
       }
+
+      // Add it after the key tiles before this one, in order. No later key
+      // tile adds to this block's own (diagonal) query tiles: there it
+      // writes the finished dQ, times the scale, as bf16 into dqkv instead.
+      const int tile = row0 / QT;
+      const bool finishes = row0 < k0 + Tiles::kRows;
+      float* dq_rows = dq_accum + head.stats * HD;  // [T][HD] of this (batch, head)
+      if (threadIdx.x == 0) wait_for_flag(flags + tile, unsigned(key_tile));
+      __syncthreads();
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int t = row0 + rb * 16 + g + 8 * half;
+        if (t >= T) continue;
+#pragma unroll
+        for (int nb = 0; nb < kDqColumns / 8; ++nb) {
+          const int column = col0 + nb * 8 + 2 * q;
+          float* target = dq_rows + size_t(t) * HD + column;
+          float2 value = make_float2(dq[nb][2 * half], dq[nb][2 * half + 1]);
+          if (key_tile > 0) {  // key tile 0 adds first: nothing before it
+            const float2 before = __ldcg(reinterpret_cast<const float2*>(target));
+            value.x += before.x;
+            value.y += before.y;
+          }
+          if (finishes)
+            *reinterpret_cast<uint32_t*>(dqkv_base + size_t(t) * qkv_stride + column) =
+                pack_bf16(value.x * scale, value.y * scale);
+          else
+            *reinterpret_cast<float2*>(target) = value;
+        }
+      }
+      // The barrier orders every thread's adds before thread 0's release,
+      // whose GPU-scope release semantics cover them (no fence per thread).
+      __syncthreads();
+      if (threadIdx.x == 0) release_flag(flags + tile, unsigned(key_tile) + 1);
     }
-    // The barrier orders every thread's adds before thread 0's release,
-    // whose GPU-scope release semantics cover them (no fence per thread).
-    __syncthreads();
-    if (threadIdx.x == 0) release_flag(flags + tile, unsigned(key_tile) + 1);
   });
 
   // Each warp's K and V rows were only read by that warp since the last
@@ -652,6 +679,87 @@ __global__ void __launch_bounds__(kThreads)
                             lane);
   store_warp_blocks<HD, MB>(dqkv_base + 2 * C, qkv_stride, warp_k0, T, dv, 1.0f,
                             sV + warp * Tiles::kRowsPerWarp * S, lane);
+}
+
+// =====================================================================
+// Backward, tensor cores, the two-pass backward's dQ pass: block =
+// (kRows-query tile, batch*head), each warp kRowsPerWarp queries; streams
+// the key tiles up to the block's last query through for_each_key_tile:
+//   S = Q K^T, P = exp(S - lse), dP = dO V^T, dS = P (dP - D), dQ += dS K.
+// =====================================================================
+template <int HD>
+constexpr size_t dq_shared_bytes() {
+  using Tiles = DqTiles<HD>;
+  return sizeof(uint16_t) * size_t(HD + kPad) * (2 * Tiles::kRows + 4 * Tiles::kKeys);  // Q, dO, 2 x K, 2 x V
+}
+
+template <int HD>
+__global__ void __launch_bounds__(kThreads)
+    attention_backward_dq_tc_kernel(uint16_t* dqkv, const uint16_t* dout, const uint16_t* qkv, const float* lse,
+                                    const float* row_dot, int T, int C, int H, float scale, float scale_log2) {
+  using Tiles = DqTiles<HD>;
+  constexpr int S = HD + kPad, MB = Tiles::kBlocksPerWarp, KT = Tiles::kKeys;
+  static_assert(KT % (16 * MB) == 0, "the key tile must be a multiple of a warp's query rows (for_each_key_tile)");
+  extern __shared__ __align__(16) uint16_t smem[];
+  uint16_t* sQ = smem;                    // [kRows][S]
+  uint16_t* sdO = sQ + Tiles::kRows * S;  // [kRows][S]
+  uint16_t* sK = sdO + Tiles::kRows * S;  // [2][KT][S]
+  uint16_t* sV = sK + 2 * KT * S;         // [2][KT][S]
+
+  // Later query tiles attend to more keys: start them first.
+  const int q0 = (gridDim.x - 1 - blockIdx.x) * Tiles::kRows;
+  const HeadOffsets head(T, C, H, HD);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
+  const int warp_q0 = q0 + warp * Tiles::kRowsPerWarp;
+  const size_t qkv_stride = head.qkv_stride;
+  const uint16_t* q_base = qkv + head.qkv;
+  const uint16_t* k_base = q_base + C;
+  const uint16_t* v_base = q_base + 2 * C;
+  const uint16_t* dout_base = dout + head.out;
+
+  load_tile_async<Tiles::kRows, HD>(sQ, q_base, q0, T, qkv_stride);
+  load_tile_async<Tiles::kRows, HD>(sdO, dout_base, q0, T, size_t(C));
+  load_tile_async<KT, HD>(sK, k_base, 0, T, qkv_stride);
+  load_tile_async<KT, HD>(sV, v_base, 0, T, qkv_stride);
+  cp_async_commit();
+
+  float row_lse[MB][2], row_dot_value[MB][2];  // log2 domain; D
+#pragma unroll
+  for (int m = 0; m < MB; ++m) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int t = warp_q0 + 16 * m + g + 8 * half;
+      row_lse[m][half] = t < T ? lse[head.stats + t] * kLog2e : 0.0f;
+      row_dot_value[m][half] = t < T ? row_dot[head.stats + t] : 0.0f;
+    }
+  }
+
+  float dq[MB][HD / 8][4] = {};
+  for_each_key_tile<HD, KT, MB>(
+      sQ, sK, sV, q0, Tiles::kRows, T, k_base, v_base, qkv_stride,
+      [&](float(&p)[MB][KT / 8][4], const uint16_t* k_tile, const uint16_t* v_tile) {
+        // dS = P (dP - D), dP = dO V^T. dO's fragments are read again for
+        // every tile: holding them as well as Q's would cost registers.
+        float ds[MB][KT / 8][4] = {};
+        mma_a_bt_tile<S, MB, HD / 16, KT / 8>(ds, FragmentsInShared<S, MB>{sdO, warp * Tiles::kRowsPerWarp, lane},
+                                              v_tile, lane);
+#pragma unroll
+        for (int m = 0; m < MB; ++m) {
+#pragma unroll
+          for (int nb = 0; nb < KT / 8; ++nb) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const float p_value = exp2f(p[m][nb][e] * scale_log2 - row_lse[m][e / 2]);  // one FFMA
+              ds[m][nb][e] = p_value * (ds[m][nb][e] - row_dot_value[m][e / 2]);
+            }
+          }
+        }
+        mma_p_b_tile<S, MB, KT / 16, HD>(dq, ds, k_tile, lane);  // dQ += dS K
+      });
+
+  // The warp's Q rows are in registers since the first tile; stage there.
+  store_warp_blocks<HD, MB>(dqkv + head.qkv, qkv_stride, warp_q0, T, dq, scale, sQ + warp * Tiles::kRowsPerWarp * S,
+                            lane);
 }
 
 // =====================================================================
@@ -845,23 +953,56 @@ void forward_tc(cudaStream_t stream, void* out, float* lse, const void* qkv, int
   CUDA_CHECK_LAUNCH("attention_forward_tc_kernel");
 }
 
-template <int HD>
-void backward_tc(cudaStream_t stream, void* dqkv, float* dq_accum, unsigned* dq_flags, size_t flag_count,
-                 const void* dout, const void* qkv, const float* lse, const float* row_dot, int B, int T, int C,
-                 int H) {
+// The pass over key tiles: dK and dV, and with AddsDq dQ as well.
+template <int HD, bool AddsDq>
+void backward_key_pass(cudaStream_t stream, uint16_t* dqkv, float* dq_accum, unsigned* dq_flags, const uint16_t* dout,
+                       const uint16_t* qkv, const float* lse, const float* row_dot, int B, int T, int C, int H) {
   const float scale = 1.0f / sqrtf(float(HD));
   const dim3 grid(ceil_div(T, BackwardTiles<HD>::kRows), B * H);
-  CUDA_CHECK(cudaMemsetAsync(dq_flags, 0, sizeof(unsigned) * flag_count, stream));
-  auto kernel = attention_backward_tc_kernel<HD>;
-  constexpr size_t shared = backward_shared_bytes<HD>();
+  auto kernel = attention_backward_tc_kernel<HD, AddsDq>;
+  constexpr size_t shared = backward_shared_bytes<HD, AddsDq>();
   allow_dynamic_shared_memory(kernel, shared, "attention_backward");
-  kernel<<<grid, kThreads, shared, stream>>>(static_cast<uint16_t*>(dqkv), dq_accum, dq_flags,
-                                              static_cast<const uint16_t*>(dout), static_cast<const uint16_t*>(qkv),
-                                              lse, row_dot, T, C, H, scale, scale * kLog2e);
+  kernel<<<grid, kThreads, shared, stream>>>(dqkv, dq_accum, dq_flags, dout, qkv, lse, row_dot, T, C, H, scale,
+                                              scale * kLog2e);
   CUDA_CHECK_LAUNCH("attention_backward_tc_kernel");
 }
 
+template <int HD>
+void backward_tc(cudaStream_t stream, AttentionBackward how, void* dqkv, float* dq_accum, unsigned* dq_flags,
+                 size_t flag_count, const void* dout, const void* qkv, const float* lse, const float* row_dot, int B,
+                 int T, int C, int H) {
+  auto* dqkv16 = static_cast<uint16_t*>(dqkv);
+  const auto* dout16 = static_cast<const uint16_t*>(dout);
+  const auto* qkv16 = static_cast<const uint16_t*>(qkv);
+  if (how == AttentionBackward::one_pass) {
+    CUDA_CHECK(cudaMemsetAsync(dq_flags, 0, sizeof(unsigned) * flag_count, stream));
+    backward_key_pass<HD, true>(stream, dqkv16, dq_accum, dq_flags, dout16, qkv16, lse, row_dot, B, T, C, H);
+    return;
+  }
+  backward_key_pass<HD, false>(stream, dqkv16, nullptr, nullptr, dout16, qkv16, lse, row_dot, B, T, C, H);
+  const float scale = 1.0f / sqrtf(float(HD));
+  const dim3 grid(ceil_div(T, DqTiles<HD>::kRows), B * H);
+  auto kernel = attention_backward_dq_tc_kernel<HD>;
+  constexpr size_t shared = dq_shared_bytes<HD>();
+  allow_dynamic_shared_memory(kernel, shared, "attention_backward");
+  kernel<<<grid, kThreads, shared, stream>>>(dqkv16, dout16, qkv16, lse, row_dot, T, C, H, scale, scale * kLog2e);
+  CUDA_CHECK_LAUNCH("attention_backward_dq_tc_kernel");
+}
+
 }  // namespace
+
+const char* attention_backward_name(AttentionBackward how) {
+  return how == AttentionBackward::one_pass ? "one-pass" : "two-pass";
+}
+
+AttentionBackward attention_backward_from_environment() {
+  const char* text = std::getenv(kAttentionBackwardEnv);
+  if (text == nullptr) return AttentionBackward::one_pass;
+  for (AttentionBackward how : {AttentionBackward::one_pass, AttentionBackward::two_pass})
+    if (std::strcmp(text, attention_backward_name(how)) == 0) return how;
+  fail("{}='{}' is not an attention backward (allowed: one-pass, two-pass; unset means one-pass)",
+       kAttentionBackwardEnv, text);
+}
 
 bool attention_uses_tensor_cores(DType dtype, int C, int H, const void* a, const void* b, const void* c) {
   if (dtype != DType::bf16 || H <= 0 || C % H != 0) return false;
@@ -889,14 +1030,16 @@ void attention_forward(DType dtype, cudaStream_t stream, void* out, float* lse, 
   });
 }
 
-void attention_backward(DType dtype, cudaStream_t stream, Scratch& scratch, void* dqkv, const void* dout,
-                        const void* qkv, const void* out, const float* lse, int B, int T, int C, int H) {
+void attention_backward(DType dtype, cudaStream_t stream, Scratch& scratch, AttentionBackward how, void* dqkv,
+                        const void* dout, const void* qkv, const void* out, const float* lse, int B, int T, int C,
+                        int H) {
   const int hd = head_dim(C, H, "attention_backward");
   if (B <= 0 || T <= 0) return;
   const bool tensor_cores = attention_uses_tensor_cores(dtype, C, H, dqkv, dout, qkv) && B * H <= kMaxGridY;
-  // Scratch: the row dot products; for the tensor-core pass also dQ's fp32
-  // accumulator and, per (batch, head), a ticket counter and a flag per
-  // query tile.
+  const bool one_pass = tensor_cores && how == AttentionBackward::one_pass;
+  // Scratch: the row dot products; for the one-pass backward also dQ's
+  // fp32 accumulator and, per (batch, head), a ticket counter and a flag
+  // per query tile.
   const size_t rows = size_t(B) * H * T;
   const int query_tile = hd == 64 ? BackwardTiles<64>::kQueries : BackwardTiles<128>::kQueries;
   const size_t flag_count = size_t(B) * H * (1 + ceil_div(T, query_tile));
@@ -907,8 +1050,8 @@ void attention_backward(DType dtype, cudaStream_t stream, Scratch& scratch, void
       unsigned* dq_flags;
     } p;
     p.row_dot = carver.take<float>(rows);
-    p.dq_accum = tensor_cores ? carver.take<float>(rows * hd) : nullptr;
-    p.dq_flags = tensor_cores ? carver.take<unsigned>(flag_count) : nullptr;
+    p.dq_accum = one_pass ? carver.take<float>(rows * hd) : nullptr;
+    p.dq_flags = one_pass ? carver.take<unsigned>(flag_count) : nullptr;
     return p;
   };
   ScratchCarver measure(nullptr);
@@ -930,11 +1073,11 @@ void attention_backward(DType dtype, cudaStream_t stream, Scratch& scratch, void
   });
   if (tensor_cores) {
     if (hd == 64)
-      backward_tc<64>(stream, dqkv, pieces.dq_accum, pieces.dq_flags, flag_count, dout, qkv, lse, row_dot, B, T, C,
-                      H);
+      backward_tc<64>(stream, how, dqkv, pieces.dq_accum, pieces.dq_flags, flag_count, dout, qkv, lse, row_dot, B, T,
+                      C, H);
     else
-      backward_tc<128>(stream, dqkv, pieces.dq_accum, pieces.dq_flags, flag_count, dout, qkv, lse, row_dot, B, T, C,
-                       H);
+      backward_tc<128>(stream, how, dqkv, pieces.dq_accum, pieces.dq_flags, flag_count, dout, qkv, lse, row_dot, B, T,
+                       C, H);
     return;
   }
   dispatch_storage(dtype, [&](auto tag) {

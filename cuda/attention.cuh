@@ -3,11 +3,7 @@
 // bf16 with head size 64 or 128 runs flash-style tiled kernels on the tensor
 // cores (mma.sync m16n8k16, fp32 accumulation, online softmax, only the
 // log-sum-exp saved); other shapes and f32 storage run a simple fp32 kernel
-// with one warp per row. Both are deterministic: the tensor-core backward
-// is one pass with a block per key tile, which adds its share of dQ to an
-// fp32 accumulator in key-tile order (a flag per query tile), the last
-// adder writing dQ; the simple backward computes dQ and dK/dV in separate
-// passes. No atomics.
+// with one warp per row. Both are deterministic (no atomic adds of data).
 #include <cuda_runtime.h>
 
 #include "memory.cuh"
@@ -17,8 +13,28 @@ namespace srgpt::gpu {
 
 void attention_forward(DType dtype, cudaStream_t stream, void* out, float* lse, const void* qkv, int B, int T, int C,
                        int H);
-void attention_backward(DType dtype, cudaStream_t stream, Scratch& scratch, void* dqkv, const void* dout,
-                        const void* qkv, const void* out, const float* lse, int B, int T, int C, int H);
+// How the tensor-core backward computes dQ (the simple kernels always run
+// two passes):
+// - one_pass (the default): a block per key tile computes dK and dV and
+//   adds its share of dQ to an fp32 accumulator in key-tile order (a flag
+//   per query tile; blocks wait on each other), the last adder writing dQ.
+//   Five matmuls of the score matrix's size.
+// - two_pass: the key-tile pass computes dK and dV only; a second pass per
+//   query tile recomputes the scores and sums dQ in registers. Seven
+//   matmuls of that size, no waiting between blocks: the fallback should
+//   the one-pass kernel misbehave on some GPU, and its speed reference.
+// Both are deterministic; they round dQ's sum differently.
+enum class AttentionBackward { one_pass, two_pass };
+const char* attention_backward_name(AttentionBackward how);  // "one-pass", "two-pass"
+// The variable that chooses it for a process, read by the cuda backend.
+constexpr const char* kAttentionBackwardEnv = "SRGPT_ATTENTION_BACKWARD";
+// kAttentionBackwardEnv's choice (one_pass when unset); another value than
+// the two names fails, naming the variable, the value and what is allowed.
+AttentionBackward attention_backward_from_environment();
+
+void attention_backward(DType dtype, cudaStream_t stream, Scratch& scratch, AttentionBackward how, void* dqkv,
+                        const void* dout, const void* qkv, const void* out, const float* lse, int B, int T, int C,
+                        int H);
 
 // Which implementation attention_* uses for these arguments (for tests).
 bool attention_uses_tensor_cores(DType dtype, int C, int H, const void* a, const void* b, const void* c);

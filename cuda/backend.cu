@@ -28,7 +28,11 @@ StreamHandle open_device_stream(DType dtype, int device) {
 }  // namespace
 
 CudaBackend::CudaBackend(DType dtype, int device)
-    : Backend(dtype), device_(device), stream_(open_device_stream(dtype, device)), scratch_(memory_) {
+    : Backend(dtype),
+      device_(device),
+      attention_backward_(attention_backward_from_environment()),
+      stream_(open_device_stream(dtype, device)),
+      scratch_(memory_) {
   cudaDeviceProp properties{};
   CUDA_CHECK(cudaGetDeviceProperties(&properties, device));
   device_name_ = properties.name;
@@ -41,8 +45,13 @@ CudaBackend::~CudaBackend() {
 }
 
 std::string CudaBackend::name() const {
+  // The default attention backward goes unnamed; the fallback shows in logs.
+  const std::string attention = attention_backward_ == AttentionBackward::one_pass
+                                    ? ""
+                                    : std::string(", ") + attention_backward_name(attention_backward_) +
+                                          " attention backward";
   return std::string("cuda-") + dtype_name(dtype()) + " (" + device_name_ + ", device " + std::to_string(device_) +
-         ")";
+         attention + ")";
 }
 
 void* CudaBackend::allocate(size_t bytes, const char* what) { return memory_.allocate(bytes, what); }
@@ -114,8 +123,8 @@ void CudaBackend::attention_forward(void* out, void* lse, const void* qkv, int B
 
 void CudaBackend::attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out, const void* lse,
                                      int B, int T, int C, int H) {
-  gpu::attention_backward(dtype(), stream(), scratch_, dqkv, dout, qkv, out, static_cast<const float*>(lse), B, T,
-                          C, H);
+  gpu::attention_backward(dtype(), stream(), scratch_, attention_backward_, dqkv, dout, qkv, out,
+                          static_cast<const float*>(lse), B, T, C, H);
 }
 
 void CudaBackend::cross_entropy_forward_backward(void* losses, void* logits, const int32_t* targets, int N, int V,

@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 
+#include "attention.cuh"
 #include "host_staging.cuh"
 #include "matmul.cuh"
 #include "memory.cuh"
@@ -56,6 +57,11 @@ class CudaBackend final : public Backend {
   void adamw_update(Precision mode, const OptimizerBuffers& buffers, size_t begin, size_t end,
                     const AdamWStep& step) override;
 
+  // The tensor-core attention backward's dQ strategy (attention.cuh);
+  // SRGPT_ATTENTION_BACKWARD chooses it at construction.
+  AttentionBackward attention_backward_strategy() const { return attention_backward_; }
+  void set_attention_backward_strategy(AttentionBackward how) { attention_backward_ = how; }
+
   int device() const { return device_; }
   cudaStream_t stream() const { return stream_.get(); }
   // Bytes of device memory this backend holds now, and the most it held.
@@ -65,6 +71,7 @@ class CudaBackend final : public Backend {
  private:
   int device_;
   std::string device_name_;
+  AttentionBackward attention_backward_;
   // Declaration order is destruction order reversed: the stream outlives
   // the scratch and matmul state that enqueue work on it.
   StreamHandle stream_;

@@ -1,5 +1,6 @@
 // Identical inputs give identical bits on the GPU: the ops whose sums could
 // depend on timing (atomics, split reductions) are run twice and compared.
+#include "backend.cuh"
 #include "gpu_test_util.h"
 
 using namespace srgpt;
@@ -40,9 +41,13 @@ TEST_CASE("gpu ops are deterministic", "[gpu][determinism]") {
         qkv.set(random_normal(qkv.count(), ++seed));
         dout.set(random_normal(dout.count(), ++seed));
         be.attention_forward(out.get(), lse.get(), qkv.get(), B, T, C, H);
-        check_repeatable(
-            std::string("attention_backward ") + dtype_name(dtype), {&dqkv}, [&] { dqkv.poison(); },
-            [&] { be.attention_backward(dqkv.get(), dout.get(), qkv.get(), out.get(), lse.get(), B, T, C, H); });
+        for (gpu::AttentionBackward how : {gpu::AttentionBackward::one_pass, gpu::AttentionBackward::two_pass}) {
+          dynamic_cast<gpu::CudaBackend&>(be).set_attention_backward_strategy(how);
+          check_repeatable(
+              std::string("attention_backward ") + dtype_name(dtype) + " " + gpu::attention_backward_name(how),
+              {&dqkv}, [&] { dqkv.poison(); },
+              [&] { be.attention_backward(dqkv.get(), dout.get(), qkv.get(), out.get(), lse.get(), B, T, C, H); });
+        }
         const auto o1 = out.bytes();
         be.attention_forward(out.get(), lse.get(), qkv.get(), B, T, C, H);
         check_same_bytes("attention_forward", out.bytes(), o1);

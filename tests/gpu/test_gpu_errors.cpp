@@ -1,5 +1,8 @@
 // The cuda backend's errors: unsupported dtype, missing device, and an
 // out-of-memory message that says what, how much and which knob to turn.
+#include <cstdlib>
+
+#include "backend.cuh"
 #include "gpu_test_util.h"
 #include "srgpt/error.h"
 
@@ -19,6 +22,43 @@ TEST_CASE("gpu backend refuses f64 and devices that do not exist", "[gpu]") {
   const int missing = cuda_device_count();
   REQUIRE_THROWS_AS(make_cuda_backend(DType::bf16, missing), Error);
   REQUIRE_THROWS_AS(make_cuda_backend(DType::bf16, -1), Error);
+}
+
+TEST_CASE("SRGPT_ATTENTION_BACKWARD chooses the attention backward and refuses other values", "[gpu]") {
+  if (!have_gpu()) return;
+  const char* variable = gpu::kAttentionBackwardEnv;
+  const char* before = std::getenv(variable);
+  const std::string saved = before ? before : "";
+  auto strategy_of = [](const Backend& be) {
+    return dynamic_cast<const gpu::CudaBackend&>(be).attention_backward_strategy();
+  };
+
+  unsetenv(variable);
+  auto plain = make_cuda_backend(DType::bf16, 0);
+  CHECK(strategy_of(*plain) == gpu::AttentionBackward::one_pass);
+  CHECK(plain->name().find("attention") == std::string::npos);
+  setenv(variable, "two-pass", 1);
+  auto two_pass = make_cuda_backend(DType::bf16, 0);
+  CHECK(strategy_of(*two_pass) == gpu::AttentionBackward::two_pass);
+  CHECK(two_pass->name().find("two-pass attention backward") != std::string::npos);
+  setenv(variable, "one-pass", 1);
+  CHECK(strategy_of(*make_cuda_backend(DType::bf16, 0)) == gpu::AttentionBackward::one_pass);
+  for (const char* bad : {"", "two_pass", "Two-pass", "one-pass "}) {
+    setenv(variable, bad, 1);
+    try {
+      make_cuda_backend(DType::bf16, 0);
+      FAIL("SRGPT_ATTENTION_BACKWARD='" << bad << "' was accepted");
+    } catch (const Error& e) {
+      const std::string message = e.what();
+      INFO(message);
+      CHECK(message.find(std::string("SRGPT_ATTENTION_BACKWARD='") + bad + "'") != std::string::npos);
+      CHECK(message.find("allowed: one-pass, two-pass") != std::string::npos);
+    }
+  }
+  if (before)
+    setenv(variable, saved.c_str(), 1);
+  else
+    unsetenv(variable);
 }
 
 TEST_CASE("gpu out-of-memory names the buffer, the size, the free memory and micro_batch", "[gpu]") {
