@@ -5,18 +5,19 @@
 // 2. Each cuda-backend op at GPT-2 d12 training shapes (micro batch 32,
 //    sequence 1024): median time, achieved GB/s (memory-bound ops, counting
 //    each input read and output written once) or TFLOP/s (matmuls,
-//    attention), against the H100's 3.0 TB/s and 790 TFLOP/s and against
-//    the measured ceilings.
+//    attention; the attention backward with both dQ strategies), against
+//    the H100's 3.0 TB/s and 790 TFLOP/s and against the measured ceilings.
 // 3. Whole training steps (forward + backward + grad norm + AdamW) for d12
 //    and d24 in bf16-sr, bf16-rn and mixed: median step time after warm-up,
-//    tokens/s, MFU (6 N + 12 L C T FLOPs per token) and peak memory.
+//    tokens/s, MFU (6 N + 12 L C T FLOPs per token) and peak memory. The
+//    attention backward is the one SRGPT_ATTENTION_BACKWARD chooses.
 //
 //   gpu_step_bench [--kernels] [--steps] [--model d12|d24]... [--batch 32] [--seq 1024]
 //                  [--warmup 3] [--iters 10] [--json FILE] [--only TEXT]
 // With neither --kernels nor --steps both parts run. --only times just the
 // kernel rows whose op name contains TEXT (e.g. "attention"). --json also
-// writes the step rows as JSON lines (scripts/bench_targets.py reads them
-// beside PyTorch's).
+// writes the step rows as JSON lines, each as soon as it is measured
+// (scripts/bench_targets.py reads them beside PyTorch's).
 #include <cuda_runtime.h>
 
 #include <fstream>
@@ -346,8 +347,14 @@ void bench_kernels(const Options& o, const Ceilings& ceilings) {
     const double forward_flops = 2.0 * B * double(T) * T * C;
     run("attention_forward", shape, forward_flops, true,
         [&] { be.attention_forward(att.get(), lse.get(), qkv.get(), B, T, C, H); });
-    run("attention_backward", shape, 2.5 * forward_flops, true,
-        [&] { be.attention_backward(dqkv.get(), dy.get(), qkv.get(), att.get(), lse.get(), B, T, C, H); });
+    // Both dQ strategies (cuda/attention.cuh), whichever the steps use.
+    const gpu::AttentionBackward chosen = be.attention_backward_strategy();
+    for (gpu::AttentionBackward how : {gpu::AttentionBackward::one_pass, gpu::AttentionBackward::two_pass}) {
+      be.set_attention_backward_strategy(how);
+      run(std::string("attention_backward ") + gpu::attention_backward_name(how), shape, 2.5 * forward_flops, true,
+          [&] { be.attention_backward(dqkv.get(), dy.get(), qkv.get(), att.get(), lse.get(), B, T, C, H); });
+    }
+    be.set_attention_backward_strategy(chosen);
   }
   {
     DeviceBuffer logits = buffer(size_t(N) * Vp, DType::bf16, "logits", 3.0f),
@@ -407,21 +414,28 @@ void bench_kernels(const Options& o, const Ceilings& ceilings) {
 
 // ---------------------------------------------------------------- steps
 struct StepRow {
-  std::string model, precision, activations;
+  std::string model, precision, activations, attention_backward;
   double step_ms, tokens_per_s, mfu_peak, mfu_measured;
   double peak_gib, device_used_gib;
   size_t params;
 };
 
-void write_json_lines(std::ofstream& out, const std::vector<StepRow>& rows, const Options& o) {
-  for (const auto& r : rows)
-    out << nlohmann::json{{"model", r.model},         {"precision", r.precision},
-                          {"activations", r.activations}, {"batch", o.batch},
-                          {"seq", o.seq},             {"params", r.params},
-                          {"step_ms", r.step_ms},     {"tokens_per_s", r.tokens_per_s},
-                          {"mfu", r.mfu_peak},        {"peak_gib", r.peak_gib}}
-               .dump()
-        << "\n";
+// One JSON line per row, written as soon as the row is measured: a run
+// stopped part-way (a time limit) keeps the rows it finished.
+void write_json_line(std::ofstream& out, const StepRow& r, const Options& o) {
+  out << nlohmann::json{{"model", r.model},
+                        {"precision", r.precision},
+                        {"activations", r.activations},
+                        {"attention_backward", r.attention_backward},
+                        {"batch", o.batch},
+                        {"seq", o.seq},
+                        {"params", r.params},
+                        {"step_ms", r.step_ms},
+                        {"tokens_per_s", r.tokens_per_s},
+                        {"mfu", r.mfu_peak},
+                        {"peak_gib", r.peak_gib}}
+             .dump()
+      << "\n";
   if (!out.flush()) fail("--json: writing '{}' failed", o.json);
 }
 
@@ -463,6 +477,7 @@ StepRow bench_steps(const Options& o, const std::string& model_name, Precision p
                     ? "none"
                     : fmt::format("recompute {}, {} head chunks", recompute_name(activations.recompute),
                                   activations.lm_head_chunks);
+  r.attention_backward = gpu::attention_backward_name(be.attention_backward_strategy());
   r.params = params.layout().num_params();
   r.step_ms = median(times);
   const double tokens = double(B) * T;
@@ -496,17 +511,21 @@ int main(int argc, char** argv) {
     if (o.kernels) bench_kernels(o, ceilings);
     if (o.steps) {
       std::vector<StepRow> rows;
+      auto record = [&](StepRow row) {
+        if (json_out.is_open()) write_json_line(json_out, row, o);
+        rows.push_back(std::move(row));
+      };
       for (const std::string& m : o.models) {
         for (Precision p : {Precision::bf16_sr, Precision::bf16_rn, Precision::mixed})
-          rows.push_back(bench_steps(o, m, p, ActivationOptions{}, ceilings));
+          record(bench_steps(o, m, p, ActivationOptions{}, ceilings));
         // The memory-saving options, by memory saved: the LM head in 8
         // chunks (4096 rows each at batch 32 x 1024), then also recompute
         // LayerNorm (2 d_model per token and layer), GELU (4), or both.
         for (Recompute recompute : {Recompute::none, Recompute::layernorm, Recompute::gelu, Recompute::all})
-          rows.push_back(bench_steps(o, m, Precision::bf16_sr, ActivationOptions{recompute, 8}, ceilings));
+          record(bench_steps(o, m, Precision::bf16_sr, ActivationOptions{recompute, 8}, ceilings));
       }
-      std::printf("\ntraining steps: micro batch %d, seq %d, median of %d after %d warm-up\n", o.batch, o.seq,
-                  o.iters, o.warmup);
+      std::printf("\ntraining steps: micro batch %d, seq %d, median of %d after %d warm-up, %s attention backward\n",
+                  o.batch, o.seq, o.iters, o.warmup, rows.empty() ? "-" : rows.front().attention_backward.c_str());
       std::printf("| model | precision | activation options | params | step ms | tokens/s | MFU (790) | "
                   "MFU (measured %.0f) | peak GiB | device used GiB |\n|---|---|---|---|---|---|---|---|---|---|\n",
                   ceilings.flops / 1e12);
@@ -514,7 +533,6 @@ int main(int argc, char** argv) {
         std::printf("| %s | %s | %s | %.1fM | %.1f | %.0f | %.1f%% | %.1f%% | %.2f | %.2f |\n", r.model.c_str(),
                     r.precision.c_str(), r.activations.c_str(), r.params / 1e6, r.step_ms, r.tokens_per_s,
                     100 * r.mfu_peak, 100 * r.mfu_measured, r.peak_gib, r.device_used_gib);
-      if (json_out.is_open()) write_json_lines(json_out, rows, o);
       for (const std::string& m : o.models) {
         const StepRow *sr = nullptr, *mixed = nullptr;
         for (const auto& r : rows) {

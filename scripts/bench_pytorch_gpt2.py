@@ -149,10 +149,17 @@ def run_one(args):
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def write_json_lines(path, rows):
-    with open(path, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
+class JsonLines:
+    """Rows appended to a JSON-lines file as they are measured, so a run
+    stopped part-way (a time limit) keeps the rows it finished."""
+
+    def __init__(self, path):
+        self.file = open(path, "w") if path else None
+
+    def add(self, row):
+        if self.file:
+            self.file.write(json.dumps(row) + "\n")
+            self.file.flush()
 
 
 def median_cuda_ms(torch, fn, warmup=5, reps=20):
@@ -178,7 +185,7 @@ def attention_table(args):
 
     backends = [("default", None), ("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION),
                 ("efficient", SDPBackend.EFFICIENT_ATTENTION)]
-    rows = []
+    rows, out = [], JsonLines(args.json)
     for model in args.model or ["d12", "d24"]:
         cfg = MODELS[model]
         B, T, H = args.batch, args.seq, cfg["n_head"]
@@ -208,9 +215,8 @@ def attention_table(args):
                        forward_tflops=forward_flops / fwd_ms / 1e9, backward_tflops=2.5 * forward_flops / bwd_ms / 1e9,
                        torch=torch.__version__, gpu=torch.cuda.get_device_name())
             rows.append(row)
+            out.add(row)
             print(json.dumps(row), flush=True)
-    if args.json:
-        write_json_lines(args.json, rows)
     print("\nPyTorch causal SDPA, bf16, batch %d, seq %d (backward = forward+backward minus forward)" % (
         args.batch, args.seq))
     print("| model | backend | forward ms | TFLOP/s | backward ms | TFLOP/s |")
@@ -240,7 +246,7 @@ def main():
         args.model, args.mode = args.model[0], args.mode[0]
         return run_one(args)
 
-    results = []
+    results, out = [], JsonLines(args.json)
     for model in args.model or ["d12", "d24"]:
         for mode in args.mode or ["mixed", "bf16"]:
             cmd = [sys.executable, __file__, "--one", "--model", model, "--mode", mode, "--batch", str(args.batch),
@@ -253,9 +259,8 @@ def main():
                 continue
             result = json.loads(lines[-1][len("RESULT "):])
             results.append(result)
+            out.add(result)
             print(json.dumps(result), flush=True)
-    if args.json:
-        write_json_lines(args.json, results)
     print("\nPyTorch reference (torch.compile), micro batch %d, seq %d" % (args.batch, args.seq))
     print("| model | mode | step ms | tokens/s | MFU | peak alloc GiB | peak reserved GiB |")
     print("|---|---|---|---|---|---|---|")
