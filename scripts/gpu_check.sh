@@ -4,8 +4,17 @@
 # check training end to end against the cpu backend, run the benchmarks
 # (srgpt and the PyTorch reference).
 #
-#   scripts/gpu_check.sh [all|build|test|dist|export|demo|bench|pytorch|sweep]...   (default: all)
+#   scripts/gpu_check.sh [session|all|build|test|dist|export|demo|bench|pytorch|sweep]...   (default: all)
 #
+#   session  what a 15-minute device lease needs, in one call within
+#            SESSION_BUDGET_S seconds (default 450): build; the attention
+#            tests (the one-pass backward, then the two-pass fallback, which
+#            the rest then uses if only it passes); the other GPU tests;
+#            gpu_step_bench; PyTorch's baseline (its torch.compile caches
+#            filled in the background during the build); issue 4's targets
+#            table; PyTorch's SDPA table and the attention sweep if time is
+#            left. Each step is skipped, and says so, when the time left is
+#            too short. $OUT/session.md holds the results (docs/gpu-session.md)
 #   build    cmake + build srgpt, srgpt_gpu_tests, gpu_step_bench into build-gpu
 #   test     srgpt_gpu_tests (every op against the cpu backend) and ctest -L gpu
 #   dist     NCCL with one rank and the host-staged MPI communicator with two
@@ -24,9 +33,12 @@
 # between them); dist, export and demo need the prepared demo data
 # (data/demo/{train,val}_000000.bin, summary.json) and export the tokenizer
 # files (data/tokenizer/gpt2). Each stage prints PASS/FAIL lines and its exit
-# status; the script exits non-zero when any stage failed. Logs go to $OUT
-# when it is set (the device tool collects that folder), else to
-# build-gpu/logs. Environment:
+# status; the script exits non-zero when any stage failed. Logs go to
+# $BUILD/logs (emptied at the start of each invocation); when $OUT is set
+# (the device tool brings that folder back, at most 8 files), they are
+# packed into $OUT/logs.tar.gz after every stage, with the result tables
+# (session.md, targets.md, sweep.md) beside it, so a call stopped by its
+# time limit still returns what finished. Environment:
 #   JOBS         parallel build jobs (default: nproc)
 #   BENCH_ARGS   extra arguments for gpu_step_bench (e.g. "--model d12")
 #   PYTORCH_ARGS extra arguments for scripts/bench_pytorch_gpt2.py
@@ -41,19 +53,40 @@
 #                fwd_blocks:fwd_keys:bwd_blocks:bwd_queries (default
 #                "1:64:1:32 1:128:1:64 2:32:2:32 2:64:2:32"; cuda/attention.cu's
 #                defaults are 2:64:2:32)
+#   SESSION_BUDGET_S  seconds the session stage may take (default 450)
+#   ATTENTION_LIMIT_S seconds allowed per attention test case (default 120)
 set -uo pipefail
 
 cd "$(dirname "$0")/.." || exit 1
 BUILD="${BUILD:-build-gpu}"
-LOGS="${OUT:-$BUILD/logs}"
+LOGS="$BUILD/logs"
 JOBS="${JOBS:-$(nproc)}"
 CHECK_DEVICE="${CHECK_DEVICE:-cuda}"
 SRGPT="$BUILD/srgpt"
 # Run directories of the dist, export and demo stages (not collected: the
 # logs and metrics files that matter are copied to $LOGS).
 RUNS="$BUILD/checks"
+rm -rf "$LOGS"
 mkdir -p "$LOGS"
 status=0
+
+# The session stage's report: its step lines, then its tables.
+session_report() {
+  cat "$LOGS/session-steps.md" "$LOGS/session-tables.md" 2>/dev/null
+}
+
+# Packs the logs for the device tool: one archive and the result tables.
+collect() {
+  [ -n "${OUT:-}" ] || return 0
+  mkdir -p "$OUT"
+  tar -czf "$OUT/logs.tar.gz" -C "$LOGS" . 2>/dev/null
+  [ -f "$LOGS/session-steps.md" ] && session_report >"$OUT/session.md"
+  local table
+  for table in targets.md sweep.md; do
+    [ -f "$LOGS/$table" ] && cp "$LOGS/$table" "$OUT/"
+  done
+  return 0
+}
 
 # configure [cmake arguments...]: the CUDA build in $BUILD.
 configure() {
@@ -71,17 +104,34 @@ stage_build() {
   return $rc
 }
 
+ONE_PASS_TEST="gpu attention forward and backward match the cpu backend"
+TWO_PASS_TEST="gpu attention with the two-pass backward matches the cpu backend"
+
+# attention_test NAME TEST: one attention test case, limited to
+# ATTENTION_LIMIT_S: the one-pass backward orders its blocks through flags
+# in global memory, so a hang must end within the call. Prints a verdict.
+ATTENTION_LIMIT_S="${ATTENTION_LIMIT_S:-120}"
+attention_test() {
+  local log="$LOGS/gpu-attention-$1.log"
+  timeout "$ATTENTION_LIMIT_S" "$BUILD/tests/gpu/srgpt_gpu_tests" "$2" >"$log" 2>&1
+  local rc=$?
+  case $rc in
+    0) echo "PASS attention $1" ;;
+    124) echo "FAIL attention $1: did not finish in $ATTENTION_LIMIT_S s (a hang?); log $log" ;;
+    *) echo "FAIL attention $1: exit $rc; log $log: $(grep -m 1 -E 'FAILED|error' "$log")" ;;
+  esac
+  return $rc
+}
+
 stage_test() {
   export SRGPT_REQUIRE_GPU=1
-  # The attention backward orders its blocks through flags in global
-  # memory: if that ever hangs, say so within two minutes instead of spending
-  # the device call (docs/gpu-session.md says how to restore the two-pass
-  # backward).
-  timeout 120 "$BUILD/tests/gpu/srgpt_gpu_tests" "gpu attention forward and backward match the cpu backend" \
-    >"$LOGS/gpu-attention.log" 2>&1
-  local attention_rc=$?
-  if [ $attention_rc -eq 124 ]; then
-    echo "test: the attention test did not finish in 120 s (hang?); log $LOGS/gpu-attention.log"
+  attention_test one-pass "$ONE_PASS_TEST"
+  local one_pass_rc=$?
+  attention_test two-pass "$TWO_PASS_TEST"
+  local two_pass_rc=$?
+  if [ $one_pass_rc -eq 124 ]; then
+    echo "test: stopping: the one-pass attention backward hung (the other tests would hang in it too);" \
+      "SRGPT_ATTENTION_BACKWARD=two-pass selects the fallback"
     return 1
   fi
   # The test binary run directly prints each op's measured error vs the cpu
@@ -94,7 +144,7 @@ stage_test() {
   local ctest_rc=$?
   tail -n 25 "$LOGS/ctest-gpu.log"
   echo "test: srgpt_gpu_tests exit $rc, ctest -L gpu exit $ctest_rc (logs $LOGS/gpu-tests.log, $LOGS/ctest-gpu.log)"
-  [ $rc -eq 0 ] && [ $ctest_rc -eq 0 ]
+  [ $rc -eq 0 ] && [ $ctest_rc -eq 0 ] && [ $two_pass_rc -eq 0 ]
 }
 
 stage_bench() {
@@ -161,36 +211,215 @@ stage_sweep() {
     echo "sweep: build exit $rc (log $LOGS/sweep-build.log)"
     return 1
   fi
-  # Each variant's attention test first (time-limited: the backward orders
-  # its blocks through flags), then its attention rows of the benchmark.
-  local failed=0 test_rc bench_rc forward backward
+  # Each variant's attention tests first (time-limited: the one-pass
+  # backward orders its blocks through flags), then its attention rows of
+  # the benchmark.
+  local failed=0 test_rc bench_rc forward one_pass two_pass
   export SRGPT_REQUIRE_GPU=1
   {
-    echo "| variant (fwd blocks:fwd keys:bwd blocks:bwd queries) | attention test | forward ms | backward ms |"
-    echo "|---|---|---|---|"
+    echo "| variant (fwd blocks:fwd keys:bwd blocks:bwd queries) | attention tests | forward ms |" \
+      "backward ms, one-pass | backward ms, two-pass |"
+    echo "|---|---|---|---|---|"
   } >"$LOGS/sweep.md"
   for v in "${variants[@]}"; do
     name=${v//:/_}
-    timeout 120 "$BUILD/benchmarks/srgpt_gpu_ops_tests_attention_$name" \
-      "gpu attention forward and backward match the cpu backend" >"$LOGS/sweep-test-$name.log" 2>&1
+    timeout $((2 * ATTENTION_LIMIT_S)) "$BUILD/benchmarks/srgpt_gpu_ops_tests_attention_$name" "gpu attention*" \
+      >"$LOGS/sweep-test-$name.log" 2>&1
     test_rc=$?
-    forward=- backward=-
+    forward=- one_pass=- two_pass=-
     if [ $test_rc -eq 0 ]; then
       timeout 300 "$BUILD/benchmarks/gpu_step_bench_attention_$name" --kernels --only attention \
         >"$LOGS/sweep-bench-$name.log" 2>&1
       bench_rc=$?
       forward=$(kernel_ms attention_forward "$LOGS/sweep-bench-$name.log")
-      backward=$(kernel_ms attention_backward "$LOGS/sweep-bench-$name.log")
+      one_pass=$(kernel_ms "attention_backward one-pass" "$LOGS/sweep-bench-$name.log")
+      two_pass=$(kernel_ms "attention_backward two-pass" "$LOGS/sweep-bench-$name.log")
       [ $bench_rc -eq 0 ] || failed=1
     else
       failed=1
     fi
-    echo "| $v | $([ $test_rc -eq 0 ] && echo pass || echo "FAIL (exit $test_rc)") | ${forward:--} | ${backward:--} |" \
-      >>"$LOGS/sweep.md"
+    echo "| $v | $([ $test_rc -eq 0 ] && echo pass || echo "FAIL (exit $test_rc)") | ${forward:--} |" \
+      "${one_pass:--} | ${two_pass:--} |" >>"$LOGS/sweep.md"
+    collect
   done
   cat "$LOGS/sweep.md"
   echo "sweep: $([ $failed -eq 0 ] && echo "every variant checked and timed" || echo "some variant FAILED") (table $LOGS/sweep.md)"
   [ $failed -eq 0 ]
+}
+
+# ---- session: a 15-minute device lease's checks in one call -----------------
+# Fresh machine: build ~90 s (while PyTorch fills its compile caches), the
+# attention tests and the rest of the GPU suite ~1 min, gpu_step_bench ~100
+# s, PyTorch's baseline ~1-3 min (estimates from 2026-11-22's calls, which
+# ran these one by one). Each step gets at most the time left less what the
+# steps after it need; one that cannot fit is skipped and says so.
+SESSION_BUDGET_S="${SESSION_BUDGET_S:-450}"
+
+session_left() { echo $((SESSION_BUDGET_S - (SECONDS - session_start))); }
+
+# session_note TEXT: a step line of the report (also shown), then collect.
+session_note() {
+  echo "$*" | tee -a "$LOGS/session-steps.md"
+  collect
+}
+
+# session_limit CAP RESERVE: seconds a step may take (at most CAP, leaving
+# RESERVE for the steps after it); 0 when under 15 are left for it.
+session_limit() {
+  local limit=$(($(session_left) - $2))
+  [ "$limit" -gt "$1" ] && limit=$1
+  [ "$limit" -lt 15 ] && limit=0
+  echo "$limit"
+}
+
+# session_table TITLE FILE [FIRST_LINE_PATTERN]: into the report's tables,
+# the markdown table in FILE that follows the first line matching the
+# pattern, or all of FILE.
+session_table() {
+  [ -f "$2" ] || return 0
+  {
+    echo
+    echo "## $1"
+    echo
+    if [ $# -ge 3 ]; then
+      awk -v pattern="$3" 'found && /^\|/ {print; printed=1; next} found && printed {exit} $0 ~ pattern {found=1}' "$2"
+    else
+      cat "$2"
+    fi
+  } >>"$LOGS/session-tables.md"
+}
+
+stage_session() {
+  session_start=$SECONDS
+  local t rc limit warm_pid="" warm_start
+  {
+    echo "# GPU session, $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo
+    echo "GPU: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -n 1)"
+    echo "tree: $(git rev-parse --short HEAD 2>/dev/null || echo 'no git')$(git diff --quiet HEAD 2>/dev/null ||
+      echo ' + uncommitted changes'); budget ${SESSION_BUDGET_S} s"
+    echo
+  } >"$LOGS/session-steps.md"
+  : >"$LOGS/session-tables.md"
+  collect
+
+  # PyTorch compiles the four baseline models once, one step each, while
+  # srgpt builds: torch.compile's on-disk caches make the measured run
+  # later compile in a fraction of the time. Only the later run is timed,
+  # alone on the GPU.
+  if python3 -c "import torch" >/dev/null 2>&1; then
+    warm_start=$SECONDS
+    timeout 300 python3 scripts/bench_pytorch_gpt2.py --warmup 1 --steps 1 >"$LOGS/pytorch-warmup.log" 2>&1 &
+    warm_pid=$!
+  else
+    session_note "- PyTorch: not importable here; no baseline"
+  fi
+
+  t=$SECONDS
+  stage_build
+  rc=$?
+  session_note "- build: exit $rc, $((SECONDS - t)) s"
+  if [ $rc -ne 0 ]; then
+    [ -n "$warm_pid" ] && kill "$warm_pid" 2>/dev/null
+    return 1
+  fi
+
+  # Attention first: the one-pass backward is the kernel most likely to
+  # fail on hardware. If only the two-pass fallback passes, everything
+  # after this runs with it.
+  export SRGPT_REQUIRE_GPU=1
+  local one_pass two_pass
+  t=$SECONDS
+  one_pass=$(attention_test one-pass "$ONE_PASS_TEST")
+  rc=$?
+  two_pass=$(attention_test two-pass "$TWO_PASS_TEST")
+  local two_pass_rc=$?
+  session_note "- $one_pass"
+  session_note "- $two_pass ($((SECONDS - t)) s for both)"
+  if [ $rc -ne 0 ]; then
+    status=1
+    if [ $two_pass_rc -eq 0 ]; then
+      export SRGPT_ATTENTION_BACKWARD=two-pass
+      session_note "- **the rest of this session uses SRGPT_ATTENTION_BACKWARD=two-pass**"
+    fi
+  fi
+  [ $two_pass_rc -eq 0 ] || status=1
+
+  # The rest of the GPU suite (the PyTorch model comparison included),
+  # leaving about 4 minutes for the benchmarks.
+  limit=$(session_limit 180 240)
+  if [ "$limit" -gt 0 ]; then
+    t=$SECONDS
+    (cd "$BUILD" && timeout "$limit" ctest -L gpu -E "gpu attention" --output-on-failure -j4 --timeout 150) \
+      >"$LOGS/ctest-gpu.log" 2>&1
+    rc=$?
+    [ $rc -eq 0 ] || status=1
+    session_note "- other GPU tests: exit $rc$([ $rc -eq 124 ] && echo ' (time limit)'), $((SECONDS - t)) s:" \
+      "$(grep -E 'tests passed|tests failed' "$LOGS/ctest-gpu.log" | tail -n 1)"
+    grep -E '^\s+[0-9]+ - ' "$LOGS/ctest-gpu.log" | head -n 20 | sed 's/^\s*/  - failed: /' >>"$LOGS/session-steps.md"
+  else
+    session_note "- other GPU tests: SKIPPED ($(session_left) s left)"
+  fi
+
+  # The warm-up must be done before anything is timed.
+  if [ -n "$warm_pid" ]; then
+    wait "$warm_pid"
+    rc=$?
+    session_note "- PyTorch compile warm-up: exit $rc, done $((SECONDS - warm_start)) s after its start"
+  fi
+
+  limit=$(session_limit 240 100)
+  if [ "$limit" -gt 0 ]; then
+    t=$SECONDS
+    timeout "$limit" "$BUILD/benchmarks/gpu_step_bench" --json "$LOGS/srgpt-steps.jsonl" >"$LOGS/bench.log" 2>&1
+    rc=$?
+    [ $rc -eq 0 ] || status=1
+    session_note "- gpu_step_bench: exit $rc$([ $rc -eq 124 ] && echo ' (time limit)'), $((SECONDS - t)) s"
+  else
+    session_note "- gpu_step_bench: SKIPPED ($(session_left) s left)"
+  fi
+
+  limit=$(session_limit 300 10)
+  if [ -z "$warm_pid" ]; then
+    : # no PyTorch (noted above)
+  elif [ "$limit" -gt 0 ]; then
+    t=$SECONDS
+    timeout "$limit" python3 scripts/bench_pytorch_gpt2.py --json "$LOGS/pytorch.jsonl" >"$LOGS/pytorch.log" 2>&1
+    rc=$?
+    [ $rc -eq 0 ] || status=1
+    session_note "- PyTorch baseline: exit $rc$([ $rc -eq 124 ] && echo ' (time limit)'), $((SECONDS - t)) s"
+  else
+    session_note "- PyTorch baseline: SKIPPED ($(session_left) s left)"
+  fi
+  if [ -s "$LOGS/srgpt-steps.jsonl" ] && [ -s "$LOGS/pytorch.jsonl" ]; then
+    python3 scripts/bench_targets.py "$LOGS/srgpt-steps.jsonl" "$LOGS/pytorch.jsonl" >"$LOGS/targets.md" 2>&1
+    session_note "- targets table: exit $?"
+    session_table "Issue 4's targets (same call)" "$LOGS/targets.md"
+  fi
+  session_table "srgpt training steps" "$LOGS/bench.log" "^training steps"
+  session_table "PyTorch (torch.compile)" "$LOGS/pytorch.log" "^PyTorch reference"
+  session_table "srgpt per kernel (d12 shapes)" "$LOGS/bench.log" "^per-kernel results"
+  collect
+
+  limit=$(session_limit 60 0)
+  if [ -n "$warm_pid" ] && [ "$limit" -gt 0 ]; then
+    timeout "$limit" python3 scripts/bench_pytorch_gpt2.py --attention --json "$LOGS/pytorch-attention.jsonl" \
+      >"$LOGS/pytorch-attention.log" 2>&1
+    session_note "- PyTorch SDPA alone: exit $?"
+    session_table "PyTorch SDPA alone" "$LOGS/pytorch-attention.log" "^PyTorch causal SDPA"
+  fi
+  # The sweep needs its own build (about 2 minutes) and runs.
+  if [ "$(session_left)" -ge 240 ]; then
+    t=$SECONDS
+    stage_sweep
+    rc=$?
+    [ $rc -eq 0 ] || status=1
+    session_note "- attention sweep: exit $rc, $((SECONDS - t)) s"
+    session_table "Attention tile sweep (head size 64)" "$LOGS/sweep.md"
+  else
+    session_note "- attention sweep: not in this call ($(session_left) s left; \`scripts/gpu_check.sh sweep\` on its own)"
+  fi
+  session_note "- session: $((SECONDS - session_start)) s in all"
 }
 
 # ---- end-to-end checks: dist, export, demo ---------------------------------
@@ -464,8 +693,9 @@ stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(all)
 for stage in "${stages[@]}"; do
   case "$stage" in
+    session) stage_session || status=1 ;;
     all)
-      stage_build || exit 1
+      stage_build || { collect; exit 1; }
       stage_test || status=1
       stage_dist || status=1
       stage_export || status=1
@@ -473,7 +703,7 @@ for stage in "${stages[@]}"; do
       stage_bench || status=1
       stage_pytorch || status=1
       ;;
-    build) stage_build || exit 1 ;;
+    build) stage_build || { collect; exit 1; } ;;
     test) stage_test || status=1 ;;
     dist) stage_dist || status=1 ;;
     export) stage_export || status=1 ;;
@@ -482,9 +712,11 @@ for stage in "${stages[@]}"; do
     pytorch) stage_pytorch || status=1 ;;
     sweep) stage_sweep || status=1 ;;
     *)
-      echo "unknown stage '$stage' (allowed: all, build, test, dist, export, demo, bench, pytorch, sweep)" >&2
+      echo "unknown stage '$stage' (allowed: session, all, build, test, dist, export, demo, bench, pytorch, sweep)" >&2
       exit 2
       ;;
   esac
+  collect
 done
+[ -f "$LOGS/session-steps.md" ] && session_report
 exit $status
