@@ -331,10 +331,15 @@ void bench_kernels(const Options& o, const Ceilings& ceilings) {
     // The MLP projection's backward applies the GELU derivative to din.
     const bool dgelu = std::string(m.name).find("dgelu") != std::string::npos;
     DeviceBuffer din_pre = dgelu ? buffer(size_t(N) * m.in, DType::bf16, "mm din pre") : DeviceBuffer();
-    run(std::string("matmul_backward ") + m.name, shape, 2 * flops, true, [&] {
+    auto backward = [&] {
       be.matmul_backward(din.get(), dw.get(), m.bias ? db.get() : nullptr, out.get(), in.get(), w.get(),
                          dgelu ? din_pre.get() : nullptr, N, m.in, m.out);
-    });
+    };
+    run(std::string("matmul_backward ") + m.name, shape, 2 * flops, true, backward);
+    // What the weight gradient's own stream gains: the same products on one.
+    be.matmul().set_weight_gradient_overlap(false);
+    run(std::string("matmul_backward ") + m.name + ", one stream", shape, 2 * flops, true, backward);
+    be.matmul().set_weight_gradient_overlap(true);
   }
 
   {
@@ -410,6 +415,10 @@ void bench_kernels(const Options& o, const Ceilings& ceilings) {
   }
   std::printf("\nper-kernel results, GPT-2 d12 shapes (bf16):\n");
   print_kernel_table(rows, ceilings);
+  std::printf("cuBLASLt epilogues of these matmuls, fused on how many of the products they were asked for:");
+  for (const auto& use : be.matmul().epilogue_uses())
+    std::printf(" %s %d of %d;", use.epilogue.c_str(), use.fused, use.products);
+  std::printf("\n\n");
 }
 
 // ---------------------------------------------------------------- steps

@@ -62,6 +62,10 @@ class CudaBackend final : public Backend {
   AttentionBackward attention_backward_strategy() const { return attention_backward_; }
   void set_attention_backward_strategy(AttentionBackward how) { attention_backward_ = how; }
 
+  // The matmuls' cuBLASLt state: which epilogues it fused, and the
+  // weight-gradient stream switch (for measuring).
+  Matmul& matmul() { return *matmul_; }
+
   int device() const { return device_; }
   cudaStream_t stream() const { return stream_.get(); }
   // Bytes of device memory this backend holds now, and the most it held.

@@ -67,6 +67,9 @@ __global__ void dgelu_epilogue_kernel(S* din, const float* product, const S* gel
 
 constexpr int kEpilogueThreads = 256;
 
+// Where a plan's key holds its epilogue (Matmul::plan_for).
+constexpr size_t kPlanKeyEpilogue = 9;
+
 }  // namespace
 
 struct Matmul::Plan {
@@ -109,8 +112,8 @@ Matmul::Plan& Matmul::plan_for(const Gemm& g) {
       int64_t(g.d_is_float) | int64_t(g.transa) << 1 | int64_t(g.transb) << 2 | int64_t(g.beta != 0.0f) << 3;
   const int64_t alignments = int64_t(align_a) | int64_t(align_b) << 9 | int64_t(align_d) << 18 |
                              int64_t(align_bias) << 27 | int64_t(align_aux) << 36;
-  const PlanKey key{int64_t(g.dtype), flags, alignments, g.m, g.n, g.k, g.lda, g.ldb, g.ldd, int64_t(g.epilogue),
-                    g.ld_aux};
+  PlanKey key{int64_t(g.dtype), flags, alignments, g.m, g.n, g.k, g.lda, g.ldb, g.ldd, 0, g.ld_aux};
+  key[kPlanKeyEpilogue] = int64_t(g.epilogue);
   auto found = plans_.find(key);
   if (found != plans_.end()) return *found->second;
 
@@ -256,8 +259,9 @@ void Matmul::backward(DType dtype, cudaStream_t stream, Scratch& scratch, void* 
   if (N <= 0 || C <= 0 || OC <= 0) return;
   // Everything queued on `stream` so far (dout, in) happens before the
   // weight gradient; `stream` goes on only once it is done.
-  const Lane lane{stream, workspace_.get(kWorkspaceBytes)},
-      weight_lane{weight_stream_.get(), weight_workspace_.get(kWorkspaceBytes)};
+  const Lane lane{stream, workspace_.get(kWorkspaceBytes)};
+  const Lane weight_lane =
+      overlap_weight_gradient_ ? Lane{weight_stream_.get(), weight_workspace_.get(kWorkspaceBytes)} : lane;
   CUDA_CHECK(cudaEventRecord(dout_ready_.get(), stream));
   CUDA_CHECK(cudaStreamWaitEvent(weight_lane.stream, dout_ready_.get(), 0));
   weight_gradient(dtype, weight_lane, dw, db, dout, in, N, C, OC);
@@ -299,6 +303,24 @@ void Matmul::backward(DType dtype, cudaStream_t stream, Scratch& scratch, void* 
 
   CUDA_CHECK(cudaEventRecord(weight_done_.get(), weight_lane.stream));
   CUDA_CHECK(cudaStreamWaitEvent(stream, weight_done_.get(), 0));
+}
+
+std::vector<Matmul::EpilogueUse> Matmul::epilogue_uses() const {
+  const std::pair<cublasLtEpilogue_t, const char*> names[] = {
+      {CUBLASLT_EPILOGUE_BIAS, "BIAS"},       {CUBLASLT_EPILOGUE_GELU_AUX, "GELU_AUX"},
+      {CUBLASLT_EPILOGUE_GELU_AUX_BIAS, "GELU_AUX_BIAS"}, {CUBLASLT_EPILOGUE_DGELU, "DGELU"},
+      {CUBLASLT_EPILOGUE_BGRADB, "BGRADB"}};
+  std::vector<EpilogueUse> uses;
+  for (const auto& [epilogue, name] : names) {
+    EpilogueUse use{name};
+    for (const auto& [key, plan] : plans_) {
+      if (key[kPlanKeyEpilogue] != int64_t(epilogue)) continue;
+      ++use.products;
+      if (plan->supported) ++use.fused;
+    }
+    if (use.products > 0) uses.push_back(use);
+  }
+  return uses;
 }
 
 void Matmul::weight_gradient(DType dtype, Lane lane, void* dw, void* db, const void* dout, const void* in, int N,

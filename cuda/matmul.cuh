@@ -10,7 +10,9 @@
 // In backward the weight gradient runs on a second stream, beside the input
 // gradient: its output (C x OC) has few tiles, so alone it leaves SMs idle
 // in its last wave, which the input-gradient product fills. The caller's
-// stream waits for both before backward's work counts as done.
+// stream waits for both before backward's work counts as done. (Whether
+// that overlap pays is for the GPU benchmark to show: it can switch it
+// off.)
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
@@ -18,6 +20,8 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "memory.cuh"
 #include "stream.cuh"
@@ -38,6 +42,20 @@ class Matmul {
                const void* w, const void* bias, int N, int C, int OC);
   void backward(DType dtype, cudaStream_t stream, Scratch& scratch, void* din, void* dw, void* db, const void* dout,
                 const void* in, const void* w, const void* gelu_pre, int N, int C, int OC);
+
+  // The weight gradient on its own stream (true, the default) or on the
+  // caller's: the same products in the same order, so the same bits.
+  void set_weight_gradient_overlap(bool overlap) { overlap_weight_gradient_ = overlap; }
+
+  // What cuBLASLt made of each fused epilogue asked for so far: on how many
+  // of the products (distinct shapes, types and alignments) it was tried,
+  // and how many of them cuBLASLt runs fused; the rest took the unfused
+  // path. Which it fuses depends on its version and the operands.
+  struct EpilogueUse {
+    std::string epilogue;  // "BIAS", "GELU_AUX_BIAS", "DGELU", "BGRADB", ...
+    int products = 0, fused = 0;
+  };
+  std::vector<EpilogueUse> epilogue_uses() const;
 
  private:
   // One column-major product D = op(A) op(B) + beta * D, with an optional
@@ -92,6 +110,7 @@ class Matmul {
   Scratch weight_workspace_;
   Scratch weight_scratch_;
   EventHandle dout_ready_, weight_done_;
+  bool overlap_weight_gradient_ = true;
   std::map<PlanKey, std::unique_ptr<Plan>> plans_;
 };
 

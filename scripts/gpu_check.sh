@@ -375,6 +375,7 @@ stage_session() {
     rc=$?
     [ $rc -eq 0 ] || status=1
     session_note "- gpu_step_bench: exit $rc$([ $rc -eq 124 ] && echo ' (time limit)'), $((SECONDS - t)) s"
+    grep -m 1 "^cuBLASLt epilogues" "$LOGS/bench.log" | sed 's/^/- /' >>"$LOGS/session-steps.md"
   else
     session_note "- gpu_step_bench: SKIPPED ($(session_left) s left)"
   fi

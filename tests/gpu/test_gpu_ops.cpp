@@ -6,6 +6,7 @@
 #include <spdlog/fmt/fmt.h>
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "backend.cuh"
 #include "gpu_test_util.h"
@@ -184,14 +185,45 @@ TEST_CASE("gpu matmul forward and backward match the cpu backend", "[gpu][schedu
       // any random tensor of din's shape serves.
       Pair din_pre(be, dtype, NC, s.offset);
       din_pre.set(random_normal(NC, ++seed, 2.0f));
+      const auto dw_start = dw.gpu.bytes(), db_start = db.gpu.bytes();
       be.cpu->matmul_backward(din.cpu.get(), dw.cpu.get(), bias_of(db.cpu), dout.cpu.get(), in.cpu.get(),
                               w.cpu.get(), pre_of(din_pre.cpu), s.N, s.C, s.OC);
-      be.gpu->matmul_backward(din.gpu.get(), dw.gpu.get(), bias_of(db.gpu), dout.gpu.get(), in.gpu.get(),
-                              w.gpu.get(), pre_of(din_pre.gpu), s.N, s.C, s.OC);
+      auto gpu_backward = [&] {
+        be.gpu->matmul_backward(din.gpu.get(), dw.gpu.get(), bias_of(db.gpu), dout.gpu.get(), in.gpu.get(),
+                                w.gpu.get(), pre_of(din_pre.gpu), s.N, s.C, s.OC);
+      };
+      gpu_backward();
       check_close(label("matmul_backward din", dtype, shape), din.gpu, din.cpu, bound_for(dtype, 5e-3, 1e-5));
       check_close(label("matmul_backward dw", dtype, shape), dw.gpu, dw.cpu, bound_for(dtype, 5e-3, 1e-5));
       if (s.bias)
         check_close(label("matmul_backward db", dtype, shape), db.gpu, db.cpu, bound_for(dtype, 4e-3, 1e-5));
+
+      // The weight gradient on the caller's stream instead of its own: the
+      // same products, so the same bits.
+      const auto din_overlapped = din.gpu.bytes(), dw_overlapped = dw.gpu.bytes(), db_overlapped = db.gpu.bytes();
+      din.gpu.poison();
+      dw.gpu.set_bytes(dw_start);
+      db.gpu.set_bytes(db_start);
+      gpu::Matmul& matmul = dynamic_cast<gpu::CudaBackend&>(*be.gpu).matmul();
+      matmul.set_weight_gradient_overlap(false);
+      gpu_backward();
+      check_same_bytes(label("matmul_backward din on one stream", dtype, shape), din.gpu.bytes(), din_overlapped);
+      check_same_bytes(label("matmul_backward dw on one stream", dtype, shape), dw.gpu.bytes(), dw_overlapped);
+      check_same_bytes(label("matmul_backward db on one stream", dtype, shape), db.gpu.bytes(), db_overlapped);
+
+      // Every product with a fused epilogue was counted, the bias gradient's
+      // among them; where the emulated cuBLASLt is told to refuse every
+      // epilogue, none counts as fused.
+      const auto uses = matmul.epilogue_uses();
+      const bool refused = std::getenv("SRGPT_EMULATED_CUBLASLT_EPILOGUES") != nullptr;
+      for (const auto& use : uses) {
+        INFO(label("matmul epilogue", dtype, shape) << " " << use.epilogue);
+        CHECK(use.products >= 1);
+        CHECK(use.fused <= use.products);
+        if (refused) CHECK(use.fused == 0);
+      }
+      if (s.bias)
+        CHECK(std::any_of(uses.begin(), uses.end(), [](const auto& use) { return use.epilogue == "BGRADB"; }));
     }
   }
 }

@@ -93,6 +93,7 @@ printf 'per-kernel results, GPT-2 d12 shapes (bf16):\\n| op | shape | ms | achie
 printf '| attention_forward | B=32 | 0.345 | 150 TFLOP/s |\\n'
 printf '| attention_backward one-pass | B=32 | 0.700 | 184 TFLOP/s |\\n'
 printf '| attention_backward two-pass | B=32 | 0.962 | 134 TFLOP/s |\\n\\n'
+printf 'cuBLASLt epilogues of these matmuls, fused on how many of the products they were asked for: BGRADB 0 of 4;\\n'
 """
 
 
@@ -168,7 +169,9 @@ class GpuSessionTest(unittest.TestCase):
         for line in ("- build: exit 0", "- PASS attention one-pass", "- PASS attention two-pass",
                      "- other GPU tests: exit 0", "100% tests passed", "- PyTorch compile warm-up: exit 0",
                      "- gpu_step_bench: exit 0", "- PyTorch baseline: exit 0", "- targets table: exit 0",
-                     "- PyTorch SDPA alone: exit 0", "- attention sweep: exit 0", "GPU: NVIDIA H100 80GB HBM3"):
+                     "- PyTorch SDPA alone: exit 0", "- attention sweep: exit 0", "GPU: NVIDIA H100 80GB HBM3",
+                     "- cuBLASLt epilogues of these matmuls, fused on how many of the products they were asked for: "
+                     "BGRADB 0 of 4;"):
             self.assertIn(line, report)
         self.assertNotIn("two-pass**", report)
         # The tables, taken from the programs' outputs under their headings.
