@@ -12,8 +12,9 @@
 #            the rest then uses if only it passes); the other GPU tests;
 #            gpu_step_bench; PyTorch's baseline (its torch.compile caches
 #            filled in the background during the build); issue 4's targets
-#            table; PyTorch's SDPA table and the attention sweep if time is
-#            left. Each step is skipped, and says so, when the time left is
+#            table; PyTorch's SDPA table, compute-sanitizer's memcheck and
+#            racecheck of the attention tests and the attention sweep if
+#            time is left. Each step is skipped, and says so, when the time left is
 #            too short. $OUT/session.md holds the results (docs/gpu-session.md)
 #   build    cmake + build srgpt, srgpt_gpu_tests, gpu_step_bench into build-gpu
 #   test     srgpt_gpu_tests (every op against the cpu backend) and ctest -L gpu
@@ -328,10 +329,11 @@ stage_session() {
   # fail on hardware. If only the two-pass fallback passes, everything
   # after this runs with it.
   export SRGPT_REQUIRE_GPU=1
-  local one_pass two_pass
+  local one_pass two_pass one_pass_rc
   t=$SECONDS
   one_pass=$(attention_test one-pass "$ONE_PASS_TEST")
   rc=$?
+  one_pass_rc=$rc
   two_pass=$(attention_test two-pass "$TWO_PASS_TEST")
   local two_pass_rc=$?
   session_note "- $one_pass"
@@ -409,6 +411,31 @@ stage_session() {
     session_note "- PyTorch SDPA alone: exit $?"
     session_table "PyTorch SDPA alone" "$LOGS/pytorch-attention.log" "^PyTorch causal SDPA"
   fi
+  # The attention kernels under compute-sanitizer (CI's sanitizer builds
+  # cover host code only): memcheck, then racecheck for shared-memory
+  # hazards between the tile loop's barriers, each as time allows. A
+  # one-pass backward that hung is left out (it would only hang again);
+  # one that failed otherwise is in, for what the sanitizer says of it.
+  local sanitizer tool tests="gpu attention*"
+  [ "$one_pass_rc" -eq 124 ] && tests=$TWO_PASS_TEST
+  sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+  for tool in memcheck racecheck; do
+    limit=$(session_limit 120 0)
+    if [ ! -x "$sanitizer" ]; then
+      session_note "- compute-sanitizer: not found"
+      break
+    elif [ "$limit" -gt 30 ]; then
+      t=$SECONDS
+      timeout "$limit" "$sanitizer" --tool "$tool" --error-exitcode 9 "$BUILD/tests/gpu/srgpt_gpu_tests" "$tests" \
+        >"$LOGS/sanitizer-$tool.log" 2>&1
+      rc=$?
+      [ $rc -eq 0 ] || [ $rc -eq 124 ] || status=1
+      session_note "- compute-sanitizer $tool on the attention tests: exit $rc$([ $rc -eq 124 ] &&
+        echo ' (time limit, unfinished)'), $((SECONDS - t)) s: $(grep -m 1 'ERROR SUMMARY' "$LOGS/sanitizer-$tool.log")"
+    else
+      session_note "- compute-sanitizer $tool: SKIPPED ($(session_left) s left)"
+    fi
+  done
   # The sweep needs its own build (about 2 minutes) and runs.
   if [ "$(session_left)" -ge 240 ]; then
     t=$SECONDS

@@ -38,6 +38,15 @@ echo "100% tests passed, 0 tests failed out of 12"
 NVIDIA_SMI = """
 echo "NVIDIA H100 80GB HBM3, 580.159.04, 81559 MiB"
 """
+# compute-sanitizer --tool TOOL --error-exitcode N PROGRAM ARGS: runs the
+# program and reports FAKE_SANITIZER_ERRORS errors.
+SANITIZER = """
+echo "compute-sanitizer $* |" >>"$CALLS"
+"${@:5}" || exit $?
+errors=${FAKE_SANITIZER_ERRORS:-0}
+echo "========= ERROR SUMMARY: $errors errors"
+[ "$errors" -eq 0 ] || exit "$4"
+"""
 # python3: `-c "import torch"` answers FAKE_TORCH_RC; bench_pytorch_gpt2.py
 # prints its real table heading and writes rows; anything else is Python.
 PYTHON = """
@@ -115,6 +124,7 @@ class GpuSessionTest(unittest.TestCase):
         write_script(os.path.join(self.stubs, "cmake"), CMAKE)
         write_script(os.path.join(self.stubs, "ctest"), CTEST)
         write_script(os.path.join(self.stubs, "nvidia-smi"), NVIDIA_SMI)
+        write_script(os.path.join(self.stubs, "compute-sanitizer"), SANITIZER)
         write_script(os.path.join(self.stubs, "python3"), PYTHON)
         write_script(os.path.join(self.build, "tests", "gpu", "srgpt_gpu_tests"), GPU_TESTS)
         write_script(os.path.join(self.build, "benchmarks", "gpu_step_bench"), STEP_BENCH)
@@ -171,7 +181,10 @@ class GpuSessionTest(unittest.TestCase):
                      "- gpu_step_bench: exit 0", "- PyTorch baseline: exit 0", "- targets table: exit 0",
                      "- PyTorch SDPA alone: exit 0", "- attention sweep: exit 0", "GPU: NVIDIA H100 80GB HBM3",
                      "- cuBLASLt epilogues of these matmuls, fused on how many of the products they were asked for: "
-                     "BGRADB 0 of 4;"):
+                     "BGRADB 0 of 4;",
+                     "- compute-sanitizer memcheck on the attention tests: exit 0",
+                     "- compute-sanitizer racecheck on the attention tests: exit 0",
+                     "========= ERROR SUMMARY: 0 errors"):
             self.assertIn(line, report)
         self.assertNotIn("two-pass**", report)
         # The tables, taken from the programs' outputs under their headings.
@@ -202,6 +215,13 @@ class GpuSessionTest(unittest.TestCase):
         self.assertGreater(timed[0], bench)
         self.assertIn('-E gpu attention', self.calls_of("ctest")[0])
 
+    def test_sanitizer_errors_fail_the_session(self):
+        result = self.run_session(FAKE_SANITIZER_ERRORS=2)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("- compute-sanitizer memcheck on the attention tests: exit 9", self.report())
+        self.assertIn("ERROR SUMMARY: 2 errors", self.report())
+        self.assertIn("--tool racecheck", "\n".join(self.calls_of("compute-sanitizer")))
+
     def test_only_the_two_pass_backward_passing_switches_the_rest_to_it(self):
         result = self.run_session(FAKE_ONE_PASS_RC=1)
         self.assertNotEqual(result.returncode, 0)
@@ -224,6 +244,9 @@ class GpuSessionTest(unittest.TestCase):
         self.assertNotEqual(result.returncode, 0)
         self.assertIn("- FAIL attention one-pass: did not finish in 3 s (a hang?)", self.report())
         self.assertIn("uses SRGPT_ATTENTION_BACKWARD=two-pass", self.report())
+        # Not run again under the sanitizers, where it would only hang again.
+        for call in self.calls_of("compute-sanitizer"):
+            self.assertIn("two-pass", call)
         self.assertLess(self.elapsed, 60)
 
     def test_a_short_budget_skips_steps_and_says_so(self):
