@@ -448,8 +448,10 @@ void write_json_line(std::ofstream& out, const StepRow& r, const Options& o) {
   if (!out.flush()) fail("--json: writing '{}' failed", o.json);
 }
 
-StepRow bench_steps(const Options& o, const std::string& model_name, Precision precision,
-                    ActivationOptions activations, const Ceilings& c) {
+// `weights`: the model's initial weights (gpt2_initial_weights), computed
+// once per model for all its rows: on the host that takes seconds.
+StepRow bench_steps(const Options& o, const std::string& model_name, const std::vector<float>& weights,
+                    Precision precision, ActivationOptions activations, const Ceilings& c) {
   const ModelConfig cfg = model_config(model_name, o.seq);
   const int B = o.batch, T = o.seq;
   size_t free0 = 0, total = 0;
@@ -461,7 +463,7 @@ StepRow bench_steps(const Options& o, const std::string& model_name, Precision p
   GPT model(cfg, params, B, T, activations);
   OptimizerConfig oc;
   Optimizer optimizer(params, precision, oc, 1234);
-  optimizer.set_weights(gpt2_initial_weights(cfg, params.layout(), 1234, 0.02));
+  optimizer.set_weights(weights);
   const auto inputs = random_tokens(size_t(B) * T, 3), targets = random_tokens(size_t(B) * T, 4);
   const float dloss = 1.0f / float(B * T);
 
@@ -525,13 +527,15 @@ int main(int argc, char** argv) {
         rows.push_back(std::move(row));
       };
       for (const std::string& m : o.models) {
+        const ModelConfig cfg = model_config(m, o.seq);
+        const std::vector<float> weights = gpt2_initial_weights(cfg, gpt2_param_layout(cfg), 1234, 0.02);
         for (Precision p : {Precision::bf16_sr, Precision::bf16_rn, Precision::mixed})
-          record(bench_steps(o, m, p, ActivationOptions{}, ceilings));
+          record(bench_steps(o, m, weights, p, ActivationOptions{}, ceilings));
         // The memory-saving options, by memory saved: the LM head in 8
         // chunks (4096 rows each at batch 32 x 1024), then also recompute
         // LayerNorm (2 d_model per token and layer), GELU (4), or both.
         for (Recompute recompute : {Recompute::none, Recompute::layernorm, Recompute::gelu, Recompute::all})
-          record(bench_steps(o, m, Precision::bf16_sr, ActivationOptions{recompute, 8}, ceilings));
+          record(bench_steps(o, m, weights, Precision::bf16_sr, ActivationOptions{recompute, 8}, ceilings));
       }
       std::printf("\ntraining steps: micro batch %d, seq %d, median of %d after %d warm-up, %s attention backward\n",
                   o.batch, o.seq, o.iters, o.warmup, rows.empty() ? "-" : rows.front().attention_backward.c_str());
