@@ -67,7 +67,7 @@ struct Copy {
   size_t bytes, src_bytes;
 };
 
-enum class State { ready, at_block_barrier, at_warp_operation, done };
+enum class State { ready, at_block_barrier, at_warp_operation, at_flag_wait, done };
 
 struct Fiber {
   ucontext_t start;
@@ -77,6 +77,8 @@ struct Fiber {
   uint3 index;
   State state = State::ready;
   uint64_t waiting_for = 0;  // the barrier generation that releases it
+  const unsigned* flag = nullptr;  // at_flag_wait: until *flag == flag_value
+  unsigned flag_value = 0;
   std::vector<Copy> open_group;
   std::deque<std::vector<Copy>> committed_groups;
 };
@@ -123,6 +125,13 @@ struct Block {
   std::vector<unsigned char> shared;  // dynamic shared memory, then the guard
   size_t shared_bytes = 0;
   std::string error;
+  char* stacks = nullptr;  // its threads' fiber stacks
+  bool descending_threads = false;  // its threads' priority (Schedule)
+  bool pauses_at_release = false;    // its slice ends when it releases a flag
+  // Fibers at positions (in priority order) below scan_from are not
+  // runnable: within a slice of the block's run (run_slice) only a
+  // barrier's release can change that, so only a release moves it back.
+  int scan_from = 0;
 };
 
 std::map<const void*, size_t> g_max_dynamic_shared;
@@ -132,6 +141,9 @@ Block* g_block = nullptr;
 Fiber* g_fiber = nullptr;
 jmp_buf g_scheduler;
 const std::function<void()>* g_thread_body = nullptr;
+// Set by release_flag in the interleaved schedule: the running block's
+// slice ends, so that the other blocks run before it goes on.
+bool g_flag_released = false;
 
 // The stack switches, announced to AddressSanitizer (no-ops without it).
 #ifdef SRGPT_EMULATOR_ASAN
@@ -229,6 +241,7 @@ bool runnable(const Block& b, const Fiber& f) {
     case State::ready: return true;
     case State::at_block_barrier: return b.generation != f.waiting_for;
     case State::at_warp_operation: return b.warps[linear_index(b, f.index) / 32].generation != f.waiting_for;
+    case State::at_flag_wait: return *f.flag == f.flag_value;
     case State::done: return false;
   }
   return false;
@@ -259,12 +272,14 @@ bool runnable(const Block& b, const Fiber& f) {
   makecontext(&f.start, fiber_entry, 0);
 }
 
-void run_block(Block& b, char* stacks) {
+void start_block(Block& b) {
   std::fill(b.shared.begin(), b.shared.begin() + b.shared_bytes, kSharedPoison);
   std::fill(b.shared.begin() + b.shared_bytes, b.shared.end(), kGuardByte);
   const int threads = int(b.fibers.size());
   b.alive = threads;
   b.arrived = 0;
+  b.generation = 0;
+  b.error.clear();
   for (size_t w = 0; w < b.warps.size(); ++w) {
     b.warps[w] = Warp{};
     b.warps[w].lanes = std::min(32, threads - int(32 * w));
@@ -273,54 +288,68 @@ void run_block(Block& b, char* stacks) {
     Fiber& f = b.fibers[t];
     f = Fiber{};
     f.index = uint3{unsigned(t % b.dim.x), unsigned(t / b.dim.x % b.dim.y), unsigned(t / (b.dim.x * b.dim.y))};
-    prepare_start(f, stacks + size_t(t) * kStackBytes);
+    prepare_start(f, b.stacks + size_t(t) * kStackBytes);
   }
-  g_block = &b;
-  // Fibers at positions (in priority order) below scan_from are not
-  // runnable: only a barrier's release can change that, so only a release
-  // moves scan_from back.
-  const bool descending = schedule().descending;
+}
+
+// How a slice of a block's run ended.
+enum class Slice { released_flag, blocked, done };
+
+// Runs the block's threads, by its priority, until one of them releases a
+// flag (if the block pauses there), none is runnable, or all have exited.
+Slice run_slice(Block& b) {
+  const int threads = int(b.fibers.size());
+  const bool descending = b.descending_threads;
   auto fiber_at = [&](int position) -> Fiber& {
     return b.fibers[descending ? threads - 1 - position : position];
   };
-  int scan_from = 0;
+  // Other blocks may have released flags since the last slice.
+  b.scan_from = 0;
   for (;;) {
-    int position = scan_from;
+    int position = b.scan_from;
     while (position < threads && !runnable(b, fiber_at(position))) ++position;
-    if (position == threads) {
-      if (b.alive == 0) break;
-      int at_block = 0, at_warp = 0;
-      for (const Fiber& f : b.fibers) {
-        at_block += f.state == State::at_block_barrier;
-        at_warp += f.state == State::at_warp_operation;
-      }
-      g_block = nullptr;
-      fail("device emulator: deadlock in block ({},{},{}): {} threads wait at __syncthreads, {} at a warp-wide "
-           "operation, {} have exited",
-           b.index.x, b.index.y, b.index.z, at_block, at_warp, threads - b.alive);
-    }
+    if (position == threads) return b.alive == 0 ? Slice::done : Slice::blocked;
     Fiber& f = fiber_at(position);
     const int warp = linear_index(b, f.index) / 32;
     const uint64_t block_generation = b.generation, warp_generation = b.warps[warp].generation;
     f.state = State::ready;
+    g_block = &b;
+    g_flag_released = false;
     run_until_it_yields(f);
-    if (!b.error.empty()) {
-      g_block = nullptr;
-      fail("device emulator: {}", b.error);
-    }
-    scan_from = position;
+    g_block = nullptr;
+    if (!b.error.empty()) fail("device emulator: {}", b.error);
+    b.scan_from = position;
     if (b.generation != block_generation) {
-      scan_from = 0;
+      b.scan_from = 0;
     } else if (b.warps[warp].generation != warp_generation) {
       const int first_lane = 32 * warp, last_lane = std::min(threads, 32 * warp + 32) - 1;
-      scan_from = std::min(scan_from, descending ? threads - 1 - last_lane : first_lane);
+      b.scan_from = std::min(b.scan_from, descending ? threads - 1 - last_lane : first_lane);
     }
+    if (g_flag_released && b.pauses_at_release) return Slice::released_flag;
   }
-  g_block = nullptr;
+}
+
+void finish_block(const Block& b) {
   for (size_t i = b.shared_bytes; i < b.shared.size(); ++i)
     if (b.shared[i] != kGuardByte)
       fail("device emulator: block ({},{},{}) wrote {} bytes past the end of its {} bytes of dynamic shared memory",
            b.index.x, b.index.y, b.index.z, i - b.shared_bytes + 1, b.shared_bytes);
+}
+
+// What a blocked block's threads wait for, for a deadlock message.
+std::string waits_of(const Block& b) {
+  int at_block = 0, at_warp = 0;
+  std::string flags;
+  for (const Fiber& f : b.fibers) {
+    at_block += f.state == State::at_block_barrier;
+    at_warp += f.state == State::at_warp_operation;
+    if (f.state == State::at_flag_wait)
+      flags += fmt::format(", thread {} for a flag to become {} (it is {})", linear_index(b, f.index), f.flag_value,
+                           *f.flag);
+  }
+  return fmt::format("block ({},{},{}): {} threads wait at __syncthreads, {} at a warp-wide operation, {} have "
+                     "exited{}",
+                     b.index.x, b.index.y, b.index.z, at_block, at_warp, int(b.fibers.size()) - b.alive, flags);
 }
 
 }  // namespace
@@ -335,9 +364,11 @@ Schedule parse_schedule(const std::string& text) {
       parsed.descending = true;
     else if (flag == "copies_at_issue")
       parsed.copies_at_issue = true;
+    else if (flag == "interleaved")
+      parsed.interleaved = true;
     else
       fail("device emulator: unknown schedule flag '{}' in SRGPT_EMULATOR_SCHEDULE='{}' (allowed: descending, "
-           "copies_at_issue, joined with '+'; empty for the default)",
+           "copies_at_issue, interleaved, joined with '+'; empty for the default)",
            flag, text);
     start = end + 1;
   }
@@ -370,24 +401,98 @@ bool accept_launch(const void* kernel, const Launch& launch) {
 
 void run_kernel(const Launch& launch, const std::function<void()>& thread) {
   const size_t threads = size_t(launch.block.x) * launch.block.y * launch.block.z;
-  Block b;
-  b.dim = launch.block;
-  b.grid = launch.grid;
-  b.fibers.resize(threads);
-  b.warps.resize((threads + 31) / 32);
-  b.shared_bytes = launch.shared_bytes;
-  b.shared.resize(launch.shared_bytes + kSharedGuardBytes);
-  char* stacks = g_stacks.get(threads);
-  g_thread_body = &thread;
   const size_t blocks = size_t(launch.grid.x) * launch.grid.y * launch.grid.z;
   const bool descending = schedule().descending;
-  for (size_t position = 0; position < blocks; ++position) {
-    const size_t i = descending ? blocks - 1 - position : position;
+  // Resident blocks: one, or in the interleaved schedule up to
+  // kInterleavedBlocks, each in its slot with its own fibers, stacks and
+  // shared memory.
+  const size_t slots = std::min(blocks, schedule().interleaved ? kInterleavedBlocks : size_t(1));
+  char* stacks = g_stacks.get(threads * slots);
+  std::vector<std::unique_ptr<Block>> resident(slots);
+  for (size_t s = 0; s < slots; ++s) {
+    auto& b = resident[s];
+    b = std::make_unique<Block>();
+    b->dim = launch.block;
+    b->grid = launch.grid;
+    b->fibers.resize(threads);
+    b->warps.resize((threads + 31) / 32);
+    b->shared_bytes = launch.shared_bytes;
+    b->shared.resize(launch.shared_bytes + kSharedGuardBytes);
+    b->stacks = stacks + s * threads * kStackBytes;
+    // Interleaved, the slots alternate between two roles. Even: threads in
+    // the schedule's order, pausing at each release, so a block whose
+    // thread 0 releases a flag first leaves the others' writes to come.
+    // Odd: threads in the reverse order, running until blocked, so a
+    // block's other threads read first, before its thread 0 has waited,
+    // and run ahead into data the even blocks have not released yet.
+    const bool odd = schedule().interleaved && s % 2 == 1;
+    b->descending_threads = descending != odd;
+    b->pauses_at_release = schedule().interleaved && !odd;
+  }
+  g_thread_body = &thread;
+  // Blocks start in blockIdx order (descending: the reverse), each as a
+  // slot frees; the slots run in turn, a slice each (run_slice).
+  size_t started = 0;
+  std::vector<bool> running(slots, false);
+  auto start_next = [&](size_t s) {
+    if (started == blocks) {
+      running[s] = false;
+      return;
+    }
+    const size_t i = descending ? blocks - 1 - started : started;
+    ++started;
+    Block& b = *resident[s];
     b.index = uint3{unsigned(i % launch.grid.x), unsigned(i / launch.grid.x % launch.grid.y),
                     unsigned(i / (size_t(launch.grid.x) * launch.grid.y))};
-    run_block(b, stacks);
+    start_block(b);
+    running[s] = true;
+  };
+  for (size_t s = 0; s < slots; ++s) start_next(s);
+  for (;;) {
+    bool any_running = false, progress = false;
+    for (size_t s = 0; s < slots; ++s) {
+      if (!running[s]) continue;
+      any_running = true;
+      const Slice slice = run_slice(*resident[s]);
+      if (slice == Slice::blocked) continue;
+      progress = true;
+      if (slice == Slice::done) {
+        finish_block(*resident[s]);
+        start_next(s);
+      }
+    }
+    if (!any_running) break;
+    if (!progress) {
+      std::string waits;
+      for (size_t s = 0; s < slots; ++s)
+        if (running[s]) waits += (waits.empty() ? "" : "; ") + waits_of(*resident[s]);
+      fail("device emulator: deadlock with {} of {} blocks started: {}", started, blocks, waits);
+    }
   }
   g_thread_body = nullptr;
+}
+
+void wait_until_equal(const unsigned* flag, unsigned value) {
+  block();  // fails outside a kernel
+  if (*flag == value) return;
+  if (!schedule().interleaved)
+    fault(fmt::format("waits for a flag to become {} but it is {}: no block that started earlier will store that "
+                      "value (blocks run one at a time in this schedule)",
+                      value, *flag));
+  g_fiber->state = State::at_flag_wait;
+  g_fiber->flag = flag;
+  g_fiber->flag_value = value;
+  yield();
+}
+
+void release_flag(unsigned* flag, unsigned value) {
+  block();
+  *flag = value;
+  if (!schedule().interleaved) return;
+  // The other resident blocks run before this one goes on: a waiter then
+  // sees exactly what this block wrote before its release.
+  g_flag_released = true;
+  yield();
 }
 
 const uint3& thread_index() {

@@ -3,9 +3,10 @@
 // runs their indexing, tiling and synchronisation against the cpu backend.
 //
 // Every thread of a block is a fiber (ucontext) in one OS thread; blocks run
-// one after another. A fiber runs until it reaches __syncthreads or a
-// warp-wide operation (shuffle, __syncwarp, ldmatrix, mma), where the
-// scheduler switches to the next fiber; a warp-wide operation completes
+// one after another (or a few at a time in the interleaved schedule). A
+// fiber runs until it reaches __syncthreads, a warp-wide operation
+// (shuffle, __syncwarp, ldmatrix, mma) or a flag wait or release, where
+// the scheduler switches to the next fiber; a warp-wide operation completes
 // when all 32 lanes have reached it, and __syncthreads when every live
 // thread of the block has. Faults the hardware would hide or turn into
 // garbage are errors here: a barrier some threads never reach (deadlock),
@@ -22,9 +23,10 @@
 // What it cannot show: speed, register pressure, and races that depend on
 // timing. It narrows the last: dynamic shared memory starts as NaN bytes,
 // and the Schedule below pushes the order of threads, the arrival of
-// cp.async data and the order of the streams' work to extremes, so that a
-// missing barrier or stream wait reads stale or poisoned data, or
-// overwrites data still in use, under one of them.
+// cp.async data, the turns of blocks that hand data over through flags and
+// the order of the streams' work to extremes, so that a missing barrier or
+// stream wait reads stale or poisoned data, or overwrites data still in
+// use, under one of them.
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -67,7 +69,15 @@ struct Launch {
 
 // How the emulator settles what the hardware leaves open. Blocks run one
 // at a time, in blockIdx order (descending: the last first; CUDA promises
-// no order). Threads run by
+// no order); interleaved: up to kInterleavedBlocks at once, taking turns.
+// Blocks in even slots run until one of their threads releases a flag
+// (release_flag) or none can go on; blocks in odd slots run until none can
+// go on, their threads in the reverse priority. So a block whose thread 0
+// releases a flag before its other threads have written is followed by one
+// whose other threads read first, and that one runs ahead into data not
+// yet released: a missing barrier before the release, or after the wait,
+// reads unwritten data; and a wait for a flag no resident block will set is
+// a deadlock. Threads run by
 // priority: the runnable thread with the lowest (descending: highest)
 // index always runs next, so warps drift as far apart as the barriers let
 // them. cp.async data lands when the copy is issued, or only at the
@@ -83,9 +93,12 @@ struct Launch {
 struct Schedule {
   bool descending = false;
   bool copies_at_issue = false;
+  bool interleaved = false;
 };
+constexpr size_t kInterleavedBlocks = 4;
 // "" for the default, else flags joined with '+': "descending",
-// "copies_at_issue". Throws srgpt::Error naming an unknown flag.
+// "copies_at_issue", "interleaved". Throws srgpt::Error naming an unknown
+// flag.
 Schedule parse_schedule(const std::string& text);
 void set_schedule(const Schedule& schedule);
 
@@ -138,6 +151,12 @@ const dim3& block_dim();
 const dim3& grid_dim();
 unsigned char* dynamic_shared();
 void sync_threads();
+// A flag between blocks (ptx.cuh's wait_for_flag and release_flag). One
+// block at a time, a wait for a value the flag does not hold is a fault
+// (the block that would set it has not started); interleaved, the thread
+// waits, and a release ends its block's turn.
+void wait_until_equal(const unsigned* flag, unsigned value);
+void release_flag(unsigned* flag, unsigned value);
 [[noreturn]] void fault(const std::string& message);
 // True when [p, p + bytes) lies in the block's dynamic shared memory.
 bool in_shared(const void* p, size_t bytes);

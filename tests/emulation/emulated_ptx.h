@@ -128,14 +128,10 @@ void cp_async_wait() {
   emulation::cp_async_wait(Pending);
 }
 
-// Blocks run one after another here, so a wait for a value the flag does
-// not hold yet would, on a GPU, wait for a block that started later (or
-// forever): an error rather than a spin.
-inline void wait_for_flag(const unsigned* flag, unsigned value) {
-  if (*flag != value)
-    emulation::fault("waits for a flag to become " + std::to_string(value) + " but it is " + std::to_string(*flag) +
-                     ": no block that started earlier will store that value");
-}
-inline void release_flag(unsigned* flag, unsigned value) { *flag = value; }
+// The emulator's flags (device_emulator.h, wait_until_equal): a fault for a
+// wait no earlier block can satisfy, one block at a time; interleaved, a
+// wait, and a release ends the block's turn.
+inline void wait_for_flag(const unsigned* flag, unsigned value) { emulation::wait_until_equal(flag, value); }
+inline void release_flag(unsigned* flag, unsigned value) { emulation::release_flag(flag, value); }
 
 }  // namespace srgpt::gpu

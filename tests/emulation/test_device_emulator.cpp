@@ -76,6 +76,28 @@ __global__ void ticket_kernel(unsigned* counter, unsigned* order) {
   if (threadIdx.x == 0) order[blockIdx.x] = atomicAdd(counter, 1u);
 }
 
+// Block 0's threads each write their slot, then its thread 0 releases the
+// flag, after a barrier or without one; block 1's thread 0 waits for the
+// flag, then (after a barrier) each thread reads the slot of block 0's
+// thread of its index.
+__global__ void handoff_kernel(float* slots, float* seen, unsigned* flag, bool barrier_before_release) {
+  if (blockIdx.x == 0) {
+    slots[threadIdx.x] = float(threadIdx.x) + 0.5f;
+    if (barrier_before_release) __syncthreads();
+    if (threadIdx.x == 0) gpu::release_flag(flag, 1);
+  } else {
+    if (threadIdx.x == 0) gpu::wait_for_flag(flag, 1);
+    __syncthreads();
+    seen[threadIdx.x] = slots[threadIdx.x];
+  }
+}
+
+// Block 1 waits for a value no block stores.
+__global__ void unreleased_flag_kernel(unsigned* flag) {
+  if (blockIdx.x == 0 && threadIdx.x == 0) gpu::release_flag(flag, 1);
+  if (blockIdx.x == 1 && threadIdx.x == 0) gpu::wait_for_flag(flag, 2);
+}
+
 __global__ void early_exit_kernel(float* out) {
   if (threadIdx.x % 32 == 5) return;
   out[threadIdx.x] = gpu::warp_sum(1.0f);
@@ -187,6 +209,61 @@ TEST_CASE("device emulator: launches the device would refuse leave a launch erro
   overflow_kernel ^ Launch(1, 2048) ^ kernel_arguments(0);
   CHECK(cudaGetLastError() == cudaErrorInvalidConfiguration);
   finish();
+}
+
+namespace {
+
+// handoff_kernel's reads in `schedule`: what block 1 saw of each slot.
+std::vector<float> run_handoff(bool barrier_before_release, const Schedule& schedule) {
+  emulation::set_schedule(schedule);
+  constexpr int kThreads = 64;
+  std::vector<float> slots(kThreads, NAN), seen(kThreads, -1.0f);
+  unsigned flag = 0;
+  handoff_kernel ^ Launch(2, kThreads) ^
+      kernel_arguments(slots.data(), seen.data(), &flag, barrier_before_release);
+  finish();
+  emulation::set_schedule(Schedule{});
+  return seen;
+}
+
+bool all_written(const std::vector<float>& seen) {
+  for (size_t t = 0; t < seen.size(); ++t)
+    if (seen[t] != float(t) + 0.5f) return false;
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("device emulator: interleaved blocks hand data over through a flag, and a missing barrier before the "
+          "release reads unwritten data",
+          "[emulated]") {
+  const Schedule interleaved{false, false, true};
+  CHECK(all_written(run_handoff(true, interleaved)));
+  const auto early = run_handoff(false, interleaved);
+  // Block 0's thread 0 releases before its other threads write; block 1's
+  // threads read at once.
+  CHECK(early[0] == 0.5f);
+  CHECK(std::isnan(early[1]));
+  // One block at a time, block 0 finishes first and the missing barrier
+  // does not show: what the interleaved schedule is for.
+  CHECK(all_written(run_handoff(false, Schedule{})));
+}
+
+TEST_CASE("device emulator: a wait for a flag no block will set is a fault, or interleaved a deadlock", "[emulated]") {
+  unsigned flag = 0;
+  emulation::set_schedule(Schedule{});
+  const std::string one_at_a_time =
+      error_of([&] { unreleased_flag_kernel ^ Launch(2, 32) ^ kernel_arguments(&flag); finish(); });
+  CHECK(one_at_a_time.find("waits for a flag to become 2 but it is 1") != std::string::npos);
+  REQUIRE(cudaDeviceReset() == cudaSuccess);
+  flag = 0;
+  emulation::set_schedule(Schedule{false, false, true});
+  const std::string interleaved =
+      error_of([&] { unreleased_flag_kernel ^ Launch(2, 32) ^ kernel_arguments(&flag); finish(); });
+  CHECK(interleaved.find("deadlock with 2 of 2 blocks started") != std::string::npos);
+  CHECK(interleaved.find("thread 0 for a flag to become 2 (it is 1)") != std::string::npos);
+  REQUIRE(cudaDeviceReset() == cudaSuccess);
+  emulation::set_schedule(Schedule{});
 }
 
 namespace {
@@ -303,9 +380,13 @@ TEST_CASE("device emulator: SRGPT_EMULATOR_SCHEDULE flags parse, and an unknown 
   const auto one = emulation::parse_schedule("copies_at_issue");
   CHECK_FALSE(one.descending);
   CHECK(one.copies_at_issue);
+  const auto interleaved = emulation::parse_schedule("descending+interleaved");
+  CHECK(interleaved.descending);
+  CHECK(interleaved.interleaved);
+  CHECK_FALSE(interleaved.copies_at_issue);
   const std::string message = error_of([] { emulation::parse_schedule("descending+backwards"); });
   CHECK(message.find("unknown schedule flag 'backwards'") != std::string::npos);
-  CHECK(message.find("allowed: descending, copies_at_issue") != std::string::npos);
+  CHECK(message.find("allowed: descending, copies_at_issue, interleaved") != std::string::npos);
 }
 
 TEST_CASE("emulated cuBLASLt: SRGPT_EMULATED_CUBLASLT_EPILOGUES values parse, and another is an error naming it",
