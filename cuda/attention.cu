@@ -956,8 +956,8 @@ void forward_tc(cudaStream_t stream, void* out, float* lse, const void* qkv, int
 // The pass over key tiles: dK and dV, and with AddsDq dQ as well.
 template <int HD, bool AddsDq>
 void backward_key_pass(cudaStream_t stream, uint16_t* dqkv, float* dq_accum, unsigned* dq_flags, const uint16_t* dout,
-                       const uint16_t* qkv, const float* lse, const float* row_dot, int B, int T, int C, int H) {
-  const float scale = 1.0f / sqrtf(float(HD));
+                       const uint16_t* qkv, const float* lse, const float* row_dot, int B, int T, int C, int H,
+                       float scale) {
   const dim3 grid(ceil_div(T, BackwardTiles<HD>::kRows), B * H);
   auto kernel = attention_backward_tc_kernel<HD, AddsDq>;
   constexpr size_t shared = backward_shared_bytes<HD, AddsDq>();
@@ -974,13 +974,13 @@ void backward_tc(cudaStream_t stream, AttentionBackward how, void* dqkv, float* 
   auto* dqkv16 = static_cast<uint16_t*>(dqkv);
   const auto* dout16 = static_cast<const uint16_t*>(dout);
   const auto* qkv16 = static_cast<const uint16_t*>(qkv);
+  const float scale = 1.0f / sqrtf(float(HD));
   if (how == AttentionBackward::one_pass) {
     CUDA_CHECK(cudaMemsetAsync(dq_flags, 0, sizeof(unsigned) * flag_count, stream));
-    backward_key_pass<HD, true>(stream, dqkv16, dq_accum, dq_flags, dout16, qkv16, lse, row_dot, B, T, C, H);
+    backward_key_pass<HD, true>(stream, dqkv16, dq_accum, dq_flags, dout16, qkv16, lse, row_dot, B, T, C, H, scale);
     return;
   }
-  backward_key_pass<HD, false>(stream, dqkv16, nullptr, nullptr, dout16, qkv16, lse, row_dot, B, T, C, H);
-  const float scale = 1.0f / sqrtf(float(HD));
+  backward_key_pass<HD, false>(stream, dqkv16, nullptr, nullptr, dout16, qkv16, lse, row_dot, B, T, C, H, scale);
   const dim3 grid(ceil_div(T, DqTiles<HD>::kRows), B * H);
   auto kernel = attention_backward_dq_tc_kernel<HD>;
   constexpr size_t shared = dq_shared_bytes<HD>();

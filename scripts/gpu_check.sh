@@ -264,6 +264,12 @@ session_note() {
   collect
 }
 
+# session_outcome RC START: "exit RC[ (time limit)], N s" of a step begun
+# at START (in $SECONDS).
+session_outcome() {
+  echo "exit $1$([ "$1" -eq 124 ] && echo ' (time limit)'), $((SECONDS - $2)) s"
+}
+
 # session_limit CAP RESERVE: seconds a step may take (at most CAP, leaving
 # RESERVE for the steps after it); 0 when under 15 are left for it.
 session_limit() {
@@ -319,7 +325,7 @@ stage_session() {
   t=$SECONDS
   stage_build
   rc=$?
-  session_note "- build: exit $rc, $((SECONDS - t)) s"
+  session_note "- build: $(session_outcome $rc $t)"
   if [ $rc -ne 0 ]; then
     [ -n "$warm_pid" ] && kill "$warm_pid" 2>/dev/null
     return 1
@@ -329,16 +335,15 @@ stage_session() {
   # fail on hardware. If only the two-pass fallback passes, everything
   # after this runs with it.
   export SRGPT_REQUIRE_GPU=1
-  local one_pass two_pass one_pass_rc
+  local one_pass two_pass one_pass_rc two_pass_rc
   t=$SECONDS
   one_pass=$(attention_test one-pass "$ONE_PASS_TEST")
-  rc=$?
-  one_pass_rc=$rc
+  one_pass_rc=$?
   two_pass=$(attention_test two-pass "$TWO_PASS_TEST")
-  local two_pass_rc=$?
+  two_pass_rc=$?
   session_note "- $one_pass"
   session_note "- $two_pass ($((SECONDS - t)) s for both)"
-  if [ $rc -ne 0 ]; then
+  if [ $one_pass_rc -ne 0 ]; then
     status=1
     if [ $two_pass_rc -eq 0 ]; then
       export SRGPT_ATTENTION_BACKWARD=two-pass
@@ -356,7 +361,7 @@ stage_session() {
       >"$LOGS/ctest-gpu.log" 2>&1
     rc=$?
     [ $rc -eq 0 ] || status=1
-    session_note "- other GPU tests: exit $rc$([ $rc -eq 124 ] && echo ' (time limit)'), $((SECONDS - t)) s:" \
+    session_note "- other GPU tests: $(session_outcome $rc $t):" \
       "$(grep -E 'tests passed|tests failed' "$LOGS/ctest-gpu.log" | tail -n 1)"
     grep -E '^\s+[0-9]+ - ' "$LOGS/ctest-gpu.log" | head -n 20 | sed 's/^\s*/  - failed: /' >>"$LOGS/session-steps.md"
   else
@@ -376,7 +381,7 @@ stage_session() {
     timeout "$limit" "$BUILD/benchmarks/gpu_step_bench" --json "$LOGS/srgpt-steps.jsonl" >"$LOGS/bench.log" 2>&1
     rc=$?
     [ $rc -eq 0 ] || status=1
-    session_note "- gpu_step_bench: exit $rc$([ $rc -eq 124 ] && echo ' (time limit)'), $((SECONDS - t)) s"
+    session_note "- gpu_step_bench: $(session_outcome $rc $t)"
     grep -m 1 "^cuBLASLt epilogues" "$LOGS/bench.log" | sed 's/^/- /' >>"$LOGS/session-steps.md"
   else
     session_note "- gpu_step_bench: SKIPPED ($(session_left) s left)"
@@ -390,7 +395,7 @@ stage_session() {
     timeout "$limit" python3 scripts/bench_pytorch_gpt2.py --json "$LOGS/pytorch.jsonl" >"$LOGS/pytorch.log" 2>&1
     rc=$?
     [ $rc -eq 0 ] || status=1
-    session_note "- PyTorch baseline: exit $rc$([ $rc -eq 124 ] && echo ' (time limit)'), $((SECONDS - t)) s"
+    session_note "- PyTorch baseline: $(session_outcome $rc $t)"
   else
     session_note "- PyTorch baseline: SKIPPED ($(session_left) s left)"
   fi
@@ -430,8 +435,8 @@ stage_session() {
         >"$LOGS/sanitizer-$tool.log" 2>&1
       rc=$?
       [ $rc -eq 0 ] || [ $rc -eq 124 ] || status=1
-      session_note "- compute-sanitizer $tool on the attention tests: exit $rc$([ $rc -eq 124 ] &&
-        echo ' (time limit, unfinished)'), $((SECONDS - t)) s: $(grep -m 1 'ERROR SUMMARY' "$LOGS/sanitizer-$tool.log")"
+      session_note "- compute-sanitizer $tool on the attention tests: $(session_outcome $rc $t):" \
+        "$(grep -m 1 'ERROR SUMMARY' "$LOGS/sanitizer-$tool.log")"
     else
       session_note "- compute-sanitizer $tool: SKIPPED ($(session_left) s left)"
     fi
@@ -442,7 +447,7 @@ stage_session() {
     stage_sweep
     rc=$?
     [ $rc -eq 0 ] || status=1
-    session_note "- attention sweep: exit $rc, $((SECONDS - t)) s"
+    session_note "- attention sweep: $(session_outcome $rc $t)"
     session_table "Attention tile sweep (head size 64)" "$LOGS/sweep.md"
   else
     session_note "- attention sweep: not in this call ($(session_left) s left; \`scripts/gpu_check.sh sweep\` on its own)"
