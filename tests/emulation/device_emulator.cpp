@@ -83,12 +83,22 @@ struct Fiber {
   std::deque<std::vector<Copy>> committed_groups;
 };
 
+struct DeferredWork {
+  const void* target;
+  std::function<void()> work;
+};
+
 struct Warp {
   int lanes = 0, arrived = 0, exited = 0;
   uint64_t generation = 0;
   const char* kind = nullptr;
   size_t in_bytes = 0, out_bytes = 0;
   unsigned char in[32 * kMaxCollectiveBytes], out[32 * kMaxCollectiveBytes];
+  // Asynchronous warp-wide operations (warp_defer).
+  std::vector<DeferredWork> open_deferred;
+  std::deque<std::vector<DeferredWork>> committed_deferred;
+  // Warpgroup-wide operations issued (warpgroup_operation).
+  std::vector<std::pair<const char*, uint64_t>> warpgroup_operations;
 };
 
 // Fiber stacks, kept across launches; mapped lazily, so only the pages a
@@ -224,6 +234,10 @@ void perform(const Copy& c) {
   --b.alive;
   Warp& warp = b.warps[linear_index(b, fiber.index) / 32];
   ++warp.exited;
+  if ((!warp.open_deferred.empty() || !warp.committed_deferred.empty()) && b.error.empty())
+    b.error = fmt::format("a lane of warp {} of block ({},{},{}) exited with asynchronous warp-wide operations "
+                          "(wgmma) never waited for",
+                          linear_index(b, fiber.index) / 32, b.index.x, b.index.y, b.index.z);
   if (warp.arrived > 0 && b.error.empty())
     b.error = fmt::format("a lane of warp {} of block ({},{},{}) exited while the others wait at {}",
                           linear_index(b, fiber.index) / 32, b.index.x, b.index.y, b.index.z, warp.kind);
@@ -334,6 +348,14 @@ void finish_block(const Block& b) {
     if (b.shared[i] != kGuardByte)
       fail("device emulator: block ({},{},{}) wrote {} bytes past the end of its {} bytes of dynamic shared memory",
            b.index.x, b.index.y, b.index.z, i - b.shared_bytes + 1, b.shared_bytes);
+  for (size_t w = 0; w < b.warps.size(); ++w) {
+    const size_t first = w - w % 4;
+    if (b.warps[w].warpgroup_operations.size() != b.warps[first].warpgroup_operations.size())
+      fail("device emulator: block ({},{},{}): warp {} issued {} warpgroup-wide operations, warp {} of its "
+           "warpgroup {}",
+           b.index.x, b.index.y, b.index.z, w, b.warps[w].warpgroup_operations.size(), first,
+           b.warps[first].warpgroup_operations.size());
+  }
 }
 
 // What a blocked block's threads wait for, for a deadlock message.
@@ -548,6 +570,54 @@ void warp_collective(const char* kind, const void* in, size_t in_bytes, void* ou
     yield();
   }
   std::memcpy(out, warp.out + lane * out_bytes, out_bytes);
+}
+
+void warpgroup_operation(const char* kind, uint64_t signature) {
+  Block& b = block();
+  const size_t warp = linear_index(b, g_fiber->index) / 32, first = warp - warp % 4;
+  if (first + 4 > b.warps.size() || b.warps[first + 3].lanes != 32)
+    fault(fmt::format("{} by warp {} of a block of {} threads: its warpgroup (4 warps) is not whole", kind, warp,
+                      b.fibers.size()));
+  auto& mine = b.warps[warp].warpgroup_operations;
+  mine.emplace_back(kind, signature);
+  for (size_t w = first; w < first + 4; ++w) {
+    const auto& other = b.warps[w].warpgroup_operations;
+    if (w == warp || other.size() < mine.size()) continue;
+    const auto& theirs = other[mine.size() - 1];
+    if (std::strcmp(theirs.first, kind) != 0 || theirs.second != signature)
+      fault(fmt::format("warps {} and {} of a warpgroup differ at their warpgroup-wide operation {}: {} ({:#x}) "
+                        "and {} ({:#x})",
+                        w, warp, mine.size(), theirs.first, theirs.second, kind, signature));
+  }
+}
+
+bool warp_has_deferred(const void* target) {
+  const Warp& warp = my_warp();
+  auto targets = [&](const std::vector<DeferredWork>& group) {
+    return std::any_of(group.begin(), group.end(), [&](const DeferredWork& d) { return d.target == target; });
+  };
+  return targets(warp.open_deferred) ||
+         std::any_of(warp.committed_deferred.begin(), warp.committed_deferred.end(), targets);
+}
+
+void warp_defer(const void* target, std::function<void()> work) {
+  my_warp().open_deferred.push_back(DeferredWork{target, std::move(work)});
+}
+
+void warp_commit_deferred() {
+  Warp& warp = my_warp();
+  warp.committed_deferred.push_back(std::move(warp.open_deferred));
+  warp.open_deferred.clear();
+}
+
+void warp_wait_deferred(int pending_groups) {
+  Warp& warp = my_warp();
+  while (int(warp.committed_deferred.size()) > pending_groups) {
+    // Moved out first: the work may not queue more on this group.
+    std::vector<DeferredWork> group = std::move(warp.committed_deferred.front());
+    warp.committed_deferred.pop_front();
+    for (DeferredWork& d : group) d.work();
+  }
 }
 
 void cp_async(void* shared_dst, const void* src, size_t bytes, size_t src_bytes) {

@@ -180,6 +180,27 @@ Out warp_collective(const char* kind, const In& in, CollectiveCompute compute) {
   return out;
 }
 
+// Asynchronous warp-wide operations (wgmma): a warp-wide operation's
+// compute may queue work on its warp, to run when the warp waits for the
+// work's group, as cp.async's groups but per warp. Called from inside a
+// compute. `target` names what the work writes (lane 0's accumulators), so
+// that an operation can tell it continues one still queued: the hardware
+// chains such operations in issue order. A warp whose lanes exit with work
+// still queued is a fault.
+bool warp_has_deferred(const void* target);
+void warp_defer(const void* target, std::function<void()> work);
+void warp_commit_deferred();
+// Runs the queued work of all but the newest `pending_groups` committed
+// groups, oldest first.
+void warp_wait_deferred(int pending_groups);
+
+// Warpgroup-wide operations (wgmma): the four warps of a warpgroup (warps
+// 4k .. 4k+3 of the block, all present) must issue the same operations in
+// the same order, with the same `signature` (what must agree across the
+// warps, e.g. a shared-memory descriptor). Called from inside a warp-wide
+// operation's compute; checked as the warps go and when the block ends.
+void warpgroup_operation(const char* kind, uint64_t signature);
+
 // cp.async: a copy of `bytes` into shared memory from `src_bytes` of src
 // (the rest zero-filled), made when a wait_group covers its group.
 void cp_async(void* shared_dst, const void* src, size_t bytes, size_t src_bytes);

@@ -4,9 +4,14 @@
 // mma.m16n8k16 fragment layouts, ldmatrix's row addressing (lanes 8i..8i+7
 // give the rows of matrix i; lane l receives row l/4, columns 2(l%4) and
 // 2(l%4)+1, or with .trans the transposed pair), cvt.rn.bf16x2,
-// cp.async with zero fill, and the acquire/release flag.
+// cp.async with zero fill, the acquire/release flag, and wgmma with
+// no-swizzle shared-memory descriptors (its asynchrony included).
 #include <cstdint>
+#include <array>
+#include <cmath>
 #include <cstring>
+#include <limits>
+#include <memory>
 #include <string>
 
 #include "device_emulator.h"
@@ -86,6 +91,104 @@ void ldmatrix_x4(const unsigned char* inputs, unsigned char* outputs) {
   }
 }
 
+// ---- wgmma. A warpgroup's wgmma m64nNk16 is, per warp, D (its 16 rows x
+// N) += A (its 16 rows x 16, from registers in the mma A layout) times B
+// (16 x N, shared, the same for the four warps). Each warp's share is a
+// warp-wide operation whose product is queued (warp_defer) and computed
+// when a wgmma_wait covers its group, as on the device it completes some
+// time before: B is read from shared memory at the wait, so a tile
+// overwritten before it gives wrong results, and the accumulators hold NaN
+// from the issue to the wait, so reading them early shows.
+struct WgmmaIn {
+  uint32_t a[4];
+  uint64_t descriptor;
+  float* d;  // this lane's accumulators, N / 2 floats
+};
+
+// A no-swizzle descriptor's matrix, element (k, n) of B (PTX ISA, "Shared
+// Memory Matrix Layout", canonical layouts without swizzling, in bytes):
+// K-major ((8,m),(8,2)) : ((16,SBO),(2,LBO)) over (n, k); N-major
+// ((8,m),(8,k)) : ((2,SBO),(16,LBO)) over (n, k).
+struct WgmmaMatrix {
+  const unsigned char* start;
+  uint32_t leading_bytes, stride_bytes;
+  bool n_major;
+  explicit WgmmaMatrix(uint64_t descriptor, bool n_major_) : n_major(n_major_) {
+    if ((descriptor >> 62) != 0) emulation::fault("wgmma descriptor with swizzling (the emulator has only mode 0)");
+    if (((descriptor >> 49) & 7) != 0) emulation::fault("wgmma descriptor with a base offset (unused without swizzling)");
+    start = emulation::dynamic_shared() + ((descriptor & 0x3FFF) << 4);
+    leading_bytes = uint32_t((descriptor >> 16) & 0x3FFF) << 4;
+    stride_bytes = uint32_t((descriptor >> 32) & 0x3FFF) << 4;
+  }
+  float at(int k, int n) const {
+    const size_t offset = size_t(n / 8) * stride_bytes + size_t(k / 8) * leading_bytes +
+                          (n_major ? (k % 8) * 16 + (n % 8) * 2 : (n % 8) * 16 + (k % 8) * 2);
+    const unsigned char* p = start + offset;
+    if (!emulation::in_shared(p, 2)) emulation::fault("wgmma reads B outside the block's dynamic shared memory");
+    uint16_t bits;
+    std::memcpy(&bits, p, 2);
+    return bf16_to_float(bf16{bits});
+  }
+};
+
+template <int N, bool TransposeB>
+void wgmma_issue(const unsigned char* inputs, unsigned char*) {
+  auto lanes = std::make_shared<std::array<WgmmaIn, 32>>();
+  std::memcpy(lanes->data(), inputs, sizeof(*lanes));
+  const uint64_t descriptor = (*lanes)[0].descriptor;
+  for (const WgmmaIn& lane : *lanes)
+    if (lane.descriptor != descriptor) emulation::fault("wgmma with different B descriptors in one warp");
+  emulation::warpgroup_operation(N == 64 ? "wgmma.m64n64k16" : "wgmma.m64n128k16", descriptor ^ uint64_t(TransposeB));
+  // Continuing a queued product on the same accumulators: the device chains
+  // them, so this one starts from that one's result.
+  const bool chained = emulation::warp_has_deferred((*lanes)[0].d);
+  auto c = std::make_shared<std::array<float, 32 * N / 2>>();
+  for (int lane = 0; lane < 32; ++lane) {
+    float* d = (*lanes)[lane].d;
+    if (!chained) std::memcpy(c->data() + lane * N / 2, d, sizeof(float) * N / 2);
+    std::fill(d, d + N / 2, std::numeric_limits<float>::quiet_NaN());
+  }
+  emulation::warp_defer((*lanes)[0].d, [lanes, c, chained] {
+    float A[16][16];
+    for (int lane = 0; lane < 32; ++lane) {
+      const int g = lane / 4, q = lane % 4;
+      for (int r = 0; r < 4; ++r) {
+        const int row = g + 8 * (r % 2), col = 2 * q + 8 * (r / 2);
+        A[row][col] = bf16_half((*lanes)[lane].a[r], 0);
+        A[row][col + 1] = bf16_half((*lanes)[lane].a[r], 1);
+      }
+    }
+    const WgmmaMatrix b((*lanes)[0].descriptor, TransposeB);
+    std::array<float, 16 * N> B;
+    for (int k = 0; k < 16; ++k)
+      for (int n = 0; n < N; ++n) B[k * N + n] = b.at(k, n);
+    for (int lane = 0; lane < 32; ++lane) {
+      const int g = lane / 4, q = lane % 4;
+      float* d = (*lanes)[lane].d;
+      for (int i = 0; i < N / 2; ++i) {
+        const int nb = i / 4, e = i % 4;
+        const int row = g + 8 * (e / 2), col = 8 * nb + 2 * q + e % 2;
+        double sum = chained ? d[i] : (*c)[lane * N / 2 + i];
+        for (int k = 0; k < 16; ++k) sum += double(A[row][k]) * double(B[k * N + col]);
+        d[i] = float(sum);
+      }
+    }
+  });
+}
+
+inline void wgmma_commit_group(const unsigned char*, unsigned char*) {
+  emulation::warpgroup_operation("wgmma.commit_group", 0);
+  emulation::warp_commit_deferred();
+}
+template <int Pending>
+void wgmma_wait_group(const unsigned char*, unsigned char*) {
+  emulation::warpgroup_operation("wgmma.wait_group", Pending);
+  emulation::warp_wait_deferred(Pending);
+}
+inline void wgmma_fence_compute(const unsigned char*, unsigned char*) {
+  emulation::warpgroup_operation("wgmma.fence", 0);
+}
+
 inline const uint16_t* checked_row(const uint16_t* p) {
   if (!emulation::in_shared(p, 16)) emulation::fault("ldmatrix row outside the block's dynamic shared memory");
   if (reinterpret_cast<uintptr_t>(p) % 16) emulation::fault("ldmatrix row address not 16-byte aligned");
@@ -127,6 +230,39 @@ template <int Pending>
 void cp_async_wait() {
   emulation::cp_async_wait(Pending);
 }
+
+inline bool wgmma_compiled() { return true; }
+
+inline uint64_t wgmma_descriptor(const uint16_t* tile, uint32_t leading_bytes, uint32_t stride_bytes) {
+  if (!emulation::in_shared(tile, 16)) emulation::fault("wgmma descriptor for memory outside the block's dynamic shared memory");
+  if (reinterpret_cast<uintptr_t>(tile) % 16) emulation::fault("wgmma descriptor address not 16-byte aligned");
+  const uint32_t address = uint32_t(reinterpret_cast<const unsigned char*>(tile) - emulation::dynamic_shared());
+  return uint64_t((address & 0x3FFFF) >> 4) | (uint64_t((leading_bytes & 0x3FFFF) >> 4) << 16) |
+         (uint64_t((stride_bytes & 0x3FFFF) >> 4) << 32);
+}
+
+template <int N, bool TransposeB>
+void wgmma_bf16(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t b_descriptor) {
+  static_assert(N == 64 || N == 128, "wgmma_bf16: N is 64 or 128");
+  using namespace emulated_ptx;
+  const WgmmaIn in{{a[0], a[1], a[2], a[3]}, b_descriptor, &d[0][0]};
+  emulation::warp_collective<WgmmaIn, char>(N == 64 ? "wgmma.m64n64k16" : "wgmma.m64n128k16", in,
+                                            wgmma_issue<N, TransposeB>);
+}
+inline void wgmma_fence() { emulation::warp_collective<char, char>("wgmma.fence", 0, emulated_ptx::wgmma_fence_compute); }
+inline void wgmma_commit() {
+  emulation::warp_collective<char, char>("wgmma.commit_group", 0, emulated_ptx::wgmma_commit_group);
+}
+template <int Pending>
+void wgmma_wait() {
+  emulation::warp_collective<char, char>("wgmma.wait_group", 0, emulated_ptx::wgmma_wait_group<Pending>);
+}
+// The compiler-ordering fence and the proxy fence have no effect on the
+// emulator, whose shared memory has a single view; it cannot check that a
+// kernel issues them.
+template <int NB>
+void wgmma_fence_operands(float (&)[NB][4]) {}
+inline void fence_proxy_async_shared() {}
 
 // The emulator's flags (device_emulator.h, wait_until_equal): a fault for a
 // wait no earlier block can satisfy, one block at a time; interleaved, a

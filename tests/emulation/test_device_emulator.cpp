@@ -6,6 +6,7 @@
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -103,6 +104,60 @@ __global__ void early_exit_kernel(float* out) {
   out[threadIdx.x] = gpu::warp_sum(1.0f);
 }
 
+// wgmma on one warpgroup: D (64 x 64, fp32, row-major in d_out) = A (64 x
+// 32, row-major bf16 in a) times B (32 x 64, row-major bf16 in b), as two
+// m64n64k16 products chained on the same accumulators in one group. B goes
+// into shared memory as core matrices of 8 rows x 16 bytes, 128 contiguous
+// bytes each, placed with gaps: the leading byte offset (k by 8) is 256,
+// the stride byte offset (n by 8) 1024, and the second k16 step starts
+// 512 bytes on. A core matrix's rows are n (8 consecutive k each:
+// K-major) or k (8 consecutive n: N-major). How it goes wrong, if asked:
+// read_early reads the accumulators before the wait; skip_warp leaves one
+// warp out of the products; no_wait never waits.
+struct WgmmaFaults {
+  bool read_early = false, skip_warp = false, no_wait = false;
+};
+__global__ void wgmma_kernel(float* d_out, const uint16_t* a, const uint16_t* b, bool n_major, WgmmaFaults faults) {
+  constexpr uint32_t kLeading = 256, kStride = 1024, kStep = 512;
+  unsigned char* smem = emulation::dynamic_shared();
+  const int t = threadIdx.x, warp = t / 32, lane = t % 32, g = lane / 4, q = lane % 4;
+  for (int i = t; i < 32 * 64; i += 128) {
+    const int k = i / 64, n = i % 64, step = k / 16, kk = k % 16;
+    const int row = n_major ? kk % 8 : n % 8, column = n_major ? n % 8 : kk % 8;
+    std::memcpy(smem + step * kStep + (n / 8) * kStride + (kk / 8) * kLeading + row * 16 + column * 2, b + i, 2);
+  }
+  __syncthreads();
+  // This warp's 16 rows of A, k-step s, in the mma A layout.
+  auto a_pair = [&](int r, int c) { return uint32_t(a[r * 32 + c]) | (uint32_t(a[r * 32 + c + 1]) << 16); };
+  uint32_t frag[2][4];
+  for (int s = 0; s < 2; ++s) {
+    const int r = 16 * warp + g, c = 16 * s + 2 * q;
+    frag[s][0] = a_pair(r, c);
+    frag[s][1] = a_pair(r + 8, c);
+    frag[s][2] = a_pair(r, c + 8);
+    frag[s][3] = a_pair(r + 8, c + 8);
+  }
+  float d[8][4] = {};
+  gpu::wgmma_fence();
+  if (!(faults.skip_warp && warp == 2)) {
+    for (int s = 0; s < 2; ++s) {
+      const uint64_t descriptor = gpu::wgmma_descriptor(reinterpret_cast<const uint16_t*>(smem + s * kStep),
+                                                        kLeading, kStride);
+      if (n_major)
+        gpu::wgmma_bf16<64, true>(d, frag[s], descriptor);
+      else
+        gpu::wgmma_bf16<64, false>(d, frag[s], descriptor);
+    }
+  }
+  gpu::wgmma_commit();
+  if (faults.read_early) d_out[t] = d[0][0];
+  if (faults.no_wait) return;
+  gpu::wgmma_wait<0>();
+  if (faults.read_early) return;
+  for (int nb = 0; nb < 8; ++nb)
+    for (int e = 0; e < 4; ++e) d_out[(16 * warp + g + 8 * (e / 2)) * 64 + 8 * nb + 2 * q + e % 2] = d[nb][e];
+}
+
 // Runs the launches queued so far.
 void finish() { emulation::synchronize_device(); }
 
@@ -179,6 +234,68 @@ TEST_CASE("device emulator: cp.async data arrives only at the wait", "[emulated]
     finish();
     for (int t = 0; t < 32; ++t) CHECK(out[t] == (wait ? in[8 * t] : 0xFFFF));
   }
+}
+
+TEST_CASE("device emulator: wgmma multiplies through K-major and N-major descriptors, completing at the wait",
+          "[emulated]") {
+  emulation::set_schedule(Schedule{false, false});
+  // Small integers times powers of two: every product and sum is exact in
+  // fp32, so the result must equal the host's to the bit.
+  std::vector<uint16_t> a(64 * 32), b(32 * 64);
+  std::vector<float> af(a.size()), bf(b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    af[i] = float(int((i * 7919) % 13) - 6) * 0.25f;
+    a[i] = float_to_bf16_rn(af[i]).bits;
+  }
+  for (size_t i = 0; i < b.size(); ++i) {
+    bf[i] = float(int((i * 104729) % 11) - 5) * 0.5f;
+    b[i] = float_to_bf16_rn(bf[i]).bits;
+  }
+  std::vector<float> expected(64 * 64, 0.0f);
+  for (int r = 0; r < 64; ++r)
+    for (int n = 0; n < 64; ++n)
+      for (int k = 0; k < 32; ++k) expected[r * 64 + n] += af[r * 32 + k] * bf[k * 64 + n];
+  const size_t shared = 2 * 512 + 8 * 1024;
+  for (const bool n_major : {false, true}) {
+    INFO((n_major ? "N-major" : "K-major"));
+    std::vector<float> d(64 * 64, -1.0f);
+    wgmma_kernel ^ Launch(1, 128, shared) ^ kernel_arguments(d.data(), a.data(), b.data(), n_major, WgmmaFaults{});
+    finish();
+    CHECK(d == expected);
+    // Before the wait the accumulators hold NaN.
+    std::vector<float> early(128, 0.0f);
+    WgmmaFaults read_early;
+    read_early.read_early = true;
+    wgmma_kernel ^ Launch(1, 128, shared) ^ kernel_arguments(early.data(), a.data(), b.data(), n_major, read_early);
+    finish();
+    CHECK(std::all_of(early.begin(), early.end(), [](float x) { return std::isnan(x); }));
+  }
+}
+
+TEST_CASE("device emulator: wgmma left out by a warp of its warpgroup, or never waited for, is an error",
+          "[emulated]") {
+  emulation::set_schedule(Schedule{false, false});
+  std::vector<uint16_t> a(64 * 32, 0x3f80), b(32 * 64, 0x3f80);
+  std::vector<float> d(64 * 64);
+  WgmmaFaults skip, no_wait;
+  skip.skip_warp = true;
+  no_wait.no_wait = true;
+  const std::string skipped = error_of([&] {
+    wgmma_kernel ^ Launch(1, 128, 9216) ^ kernel_arguments(d.data(), a.data(), b.data(), false, skip);
+    finish();
+  });
+  CHECK(skipped.find("warpgroup") != std::string::npos);
+  const std::string unwaited = error_of([&] {
+    wgmma_kernel ^ Launch(1, 128, 9216) ^ kernel_arguments(d.data(), a.data(), b.data(), false, no_wait);
+    finish();
+  });
+  CHECK(unwaited.find("never waited for") != std::string::npos);
+  // A warpgroup needs four whole warps.
+  const std::string partial = error_of([&] {
+    wgmma_kernel ^ Launch(1, 96, 9216) ^ kernel_arguments(d.data(), a.data(), b.data(), false, WgmmaFaults{});
+    finish();
+  });
+  CHECK(partial.find("not whole") != std::string::npos);
 }
 
 TEST_CASE("device emulator: ldmatrix from global memory is an error", "[emulated]") {
