@@ -161,6 +161,17 @@ __device__ __forceinline__ void mma_a_bt_tile(float (&acc)[MB][NB][4], const ASo
   }
 }
 
+// The A fragment of k-block kb (columns 16 kb ..) of a 16-row block of
+// fp32 accumulators, rounded to bf16: the C layout of two adjacent n-blocks
+// is the A layout of one k-block.
+template <int NB>
+__device__ __forceinline__ void pack_p_fragment(uint32_t (&a)[4], const float (&p)[NB][4], int kb) {
+  a[0] = pack_bf16(p[2 * kb][0], p[2 * kb][1]);
+  a[1] = pack_bf16(p[2 * kb][2], p[2 * kb][3]);
+  a[2] = pack_bf16(p[2 * kb + 1][0], p[2 * kb + 1][1]);
+  a[3] = pack_bf16(p[2 * kb + 1][2], p[2 * kb + 1][3]);
+}
+
 // acc[m] (16 x HD) += P_m (16 x 16*KB fp32 accumulators, rounded to bf16)
 // times tile_b (16*KB rows x HD).
 template <int Stride, int MB, int KB, int HD>
@@ -168,15 +179,9 @@ __device__ __forceinline__ void mma_p_b_tile(float (&acc)[MB][HD / 8][4], const 
                                              const uint16_t* tile_b, int lane) {
 #pragma unroll
   for (int kb = 0; kb < KB; ++kb) {
-    // The C layout of two adjacent n-blocks is the A layout of one k-block.
     uint32_t a[MB][4];
 #pragma unroll
-    for (int m = 0; m < MB; ++m) {
-      a[m][0] = pack_bf16(p[m][2 * kb][0], p[m][2 * kb][1]);
-      a[m][1] = pack_bf16(p[m][2 * kb][2], p[m][2 * kb][3]);
-      a[m][2] = pack_bf16(p[m][2 * kb + 1][0], p[m][2 * kb + 1][1]);
-      a[m][3] = pack_bf16(p[m][2 * kb + 1][2], p[m][2 * kb + 1][3]);
-    }
+    for (int m = 0; m < MB; ++m) pack_p_fragment(a[m], p[m], kb);
 #pragma unroll
     for (int db = 0; db < HD / 16; ++db) {
       uint32_t b[4];
@@ -193,15 +198,32 @@ __device__ __forceinline__ void mma_p_b_tile(float (&acc)[MB][HD / 8][4], const 
 // Copies rows [row0, row0 + Rows) x HD columns of a row-major global matrix
 // (row stride `stride` elements, `base` at the head's first column) into a
 // shared tile; rows at or beyond T are zero-filled.
-template <int Rows, int HD>
+template <int Rows, int HD, int Threads = kThreads>
 __device__ __forceinline__ void load_tile_async(uint16_t* tile, const uint16_t* base, int row0, int T,
                                                 size_t stride) {
   constexpr int kChunksPerRow = HD / 8;
-  for (int i = threadIdx.x; i < Rows * kChunksPerRow; i += kThreads) {
+  for (int i = threadIdx.x; i < Rows * kChunksPerRow; i += Threads) {
     const int r = i / kChunksPerRow, c = (i % kChunksPerRow) * 8;
     const int t = row0 + r;
     const bool valid = t < T;
     cp_async_16(tile + r * (HD + kPad) + c, base + size_t(valid ? t : 0) * stride + c, valid);
+  }
+}
+
+// The same rows in the no-swizzle core-matrix layout that wgmma reads: a
+// core matrix is 8 rows x 8 columns, 128 contiguous bytes, row-major;
+// element (r, c) sits at (r / 8) 8 HD + (c / 8) 64 + (r % 8) 8 + c % 8.
+// Eight consecutive threads fill one core matrix: no bank conflicts.
+template <int Rows, int HD, int Threads>
+__device__ __forceinline__ void load_core_matrix_tile_async(uint16_t* tile, const uint16_t* base, int row0, int T,
+                                                            size_t stride) {
+  constexpr int kChunksPerRow = HD / 8;
+  for (int i = threadIdx.x; i < Rows * kChunksPerRow; i += Threads) {
+    const int row_in_core = i % 8, chunk = i / 8 % kChunksPerRow, row_block = i / (8 * kChunksPerRow);
+    const int t = row0 + 8 * row_block + row_in_core;
+    const bool valid = t < T;
+    cp_async_16(tile + row_block * 8 * HD + chunk * 64 + row_in_core * 8,
+                base + size_t(valid ? t : 0) * stride + chunk * 8, valid);
   }
 }
 
@@ -249,7 +271,9 @@ __device__ __forceinline__ void store_warp_blocks(uint16_t* global_base, size_t 
 // i, load(i + 1, buffer) issues the next tile's copies into the other
 // buffer, then, once tile i is in shared memory block-wide, body(i, buffer)
 // computes on it; the barrier after it lets the next load reuse the buffer.
-template <typename Load, typename Body>
+// ReadByWgmma: the tiles are read through the async proxy (wgmma), which
+// sees the threads' copies only after a proxy fence.
+template <bool ReadByWgmma = false, typename Load, typename Body>
 __device__ __forceinline__ void walk_tiles(int tiles, Load&& load, Body&& body) {
   for (int i = 0; i < tiles; ++i) {
     const int buffer = i & 1;
@@ -260,6 +284,7 @@ __device__ __forceinline__ void walk_tiles(int tiles, Load&& load, Body&& body) 
     } else {
       cp_async_wait<0>();
     }
+    if constexpr (ReadByWgmma) fence_proxy_async_shared();
     __syncthreads();
     body(i, buffer);
     __syncthreads();
@@ -349,6 +374,86 @@ __device__ __forceinline__ float quad_sum(float x) {
   return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
+// The forward pass's running softmax over key tiles for a warp's MB row
+// blocks: O (unnormalised), the running maximum of the unscaled scores,
+// and this lane's share of the sum of exp2(scale_log2 (s - row_max)),
+// quad-summed at the end.
+template <int MB, int HD>
+struct OnlineSoftmax {
+  float o[MB][HD / 8][4] = {};
+  float row_max[MB][2], row_sum[MB][2];
+
+  __device__ OnlineSoftmax() {
+#pragma unroll
+    for (int m = 0; m < MB; ++m) {
+      row_max[m][0] = row_max[m][1] = -INFINITY;
+      row_sum[m][0] = row_sum[m][1] = 0.0f;
+    }
+  }
+
+  // Turns a key tile's scores s (unscaled, masked; every row with a finite
+  // one) into P = exp2(scale_log2 (s - new row max)), and rescales O and
+  // the sums to the new maximum.
+  template <int NB>
+  __device__ __forceinline__ void add_tile(float (&s)[MB][NB][4], float scale_log2) {
+#pragma unroll
+    for (int m = 0; m < MB; ++m) {
+      float tile_max[2] = {row_max[m][0], row_max[m][1]};
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) tile_max[e / 2] = fmaxf(tile_max[e / 2], s[m][nb][e]);
+      }
+      float correction[2], max_scaled[2];
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        tile_max[half] = quad_max(tile_max[half]);
+        correction[half] = exp2f((row_max[m][half] - tile_max[half]) * scale_log2);
+        row_max[m][half] = tile_max[half];
+        max_scaled[half] = tile_max[half] * scale_log2;
+        row_sum[m][half] *= correction[half];
+      }
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float p = exp2f(s[m][nb][e] * scale_log2 - max_scaled[e / 2]);  // one FFMA
+          s[m][nb][e] = p;
+          row_sum[m][e / 2] += p;
+        }
+      }
+#pragma unroll
+      for (int db = 0; db < HD / 8; ++db) {
+        o[m][db][0] *= correction[0];
+        o[m][db][1] *= correction[0];
+        o[m][db][2] *= correction[1];
+        o[m][db][3] *= correction[1];
+      }
+    }
+  }
+
+  // Normalises O and writes the rows' log-sum-exp (natural log, of the
+  // scaled scores) for rows below T; the warp's first row is warp_q0.
+  __device__ __forceinline__ void finish(float* row_lse, int warp_q0, int T, float scale_log2, int lane) {
+    const int g = lane / 4, q = lane % 4;
+#pragma unroll
+    for (int m = 0; m < MB; ++m) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        row_sum[m][half] = quad_sum(row_sum[m][half]);
+        const float inverse = 1.0f / row_sum[m][half];
+#pragma unroll
+        for (int db = 0; db < HD / 8; ++db) {
+          o[m][db][2 * half] *= inverse;
+          o[m][db][2 * half + 1] *= inverse;
+        }
+        const int t = warp_q0 + 16 * m + g + 8 * half;
+        if (q == 0 && t < T) row_lse[t] = (row_max[m][half] * scale_log2 + log2f(row_sum[m][half])) * kLn2;
+      }
+    }
+  }
+};
+
 // =====================================================================
 // Forward, tensor cores: block = (kRows-query tile, batch*head), each warp
 // kRowsPerWarp queries; key/value tiles streamed through walk_tiles.
@@ -374,7 +479,7 @@ __global__ void __launch_bounds__(kThreads) attention_forward_tc_kernel(uint16_t
   // Later query tiles attend to more keys: start them first.
   const int q0 = (gridDim.x - 1 - blockIdx.x) * Tiles::kRows;
   const HeadOffsets head(T, C, H, HD);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int warp_q0 = q0 + warp * Tiles::kRowsPerWarp;  // this warp's first query
   const size_t qkv_stride = head.qkv_stride;
   const uint16_t* q_base = qkv + head.qkv;
@@ -386,74 +491,118 @@ __global__ void __launch_bounds__(kThreads) attention_forward_tc_kernel(uint16_t
   load_tile_async<KT, HD>(sV, v_base, 0, T, qkv_stride);
   cp_async_commit();
 
-  float o[MB][HD / 8][4] = {};
-  // row_max of the unscaled scores; row_sum this lane's share of the sum of
-  // exp2(scale_log2 (s - row_max)), quad-summed at the end.
-  float row_max[MB][2], row_sum[MB][2];
-#pragma unroll
-  for (int m = 0; m < MB; ++m) {
-    row_max[m][0] = row_max[m][1] = -INFINITY;
-    row_sum[m][0] = row_sum[m][1] = 0.0f;
-  }
-  for_each_key_tile<HD, KT, MB>(
-      sQ, sK, sV, q0, Tiles::kRows, T, k_base, v_base, qkv_stride,
-      [&](float(&s)[MB][KT / 8][4], const uint16_t*, const uint16_t* v_tile) {
-#pragma unroll
-        for (int m = 0; m < MB; ++m) {
-          float tile_max[2] = {row_max[m][0], row_max[m][1]};
-#pragma unroll
-          for (int nb = 0; nb < KT / 8; ++nb) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) tile_max[e / 2] = fmaxf(tile_max[e / 2], s[m][nb][e]);
-          }
-          float correction[2], max_scaled[2];
-#pragma unroll
-          for (int half = 0; half < 2; ++half) {
-            tile_max[half] = quad_max(tile_max[half]);
-            correction[half] = exp2f((row_max[m][half] - tile_max[half]) * scale_log2);
-            row_max[m][half] = tile_max[half];
-            max_scaled[half] = tile_max[half] * scale_log2;
-            row_sum[m][half] *= correction[half];
-          }
-#pragma unroll
-          for (int nb = 0; nb < KT / 8; ++nb) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const float p = exp2f(s[m][nb][e] * scale_log2 - max_scaled[e / 2]);  // one FFMA
-              s[m][nb][e] = p;
-              row_sum[m][e / 2] += p;
-            }
-          }
-#pragma unroll
-          for (int db = 0; db < HD / 8; ++db) {
-            o[m][db][0] *= correction[0];
-            o[m][db][1] *= correction[0];
-            o[m][db][2] *= correction[1];
-            o[m][db][3] *= correction[1];
-          }
-        }
-        mma_p_b_tile<S, MB, KT / 16, HD>(o, s, v_tile, lane);  // O += P V
-      });
-
-#pragma unroll
-  for (int m = 0; m < MB; ++m) {
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      row_sum[m][half] = quad_sum(row_sum[m][half]);
-      const float inverse = 1.0f / row_sum[m][half];
-#pragma unroll
-      for (int db = 0; db < HD / 8; ++db) {
-        o[m][db][2 * half] *= inverse;
-        o[m][db][2 * half + 1] *= inverse;
-      }
-      const int t = warp_q0 + 16 * m + g + 8 * half;
-      if (q == 0 && t < T) lse[head.stats + t] = (row_max[m][half] * scale_log2 + log2f(row_sum[m][half])) * kLn2;
-    }
-  }
+  OnlineSoftmax<MB, HD> softmax;
+  for_each_key_tile<HD, KT, MB>(sQ, sK, sV, q0, Tiles::kRows, T, k_base, v_base, qkv_stride,
+                                [&](float(&s)[MB][KT / 8][4], const uint16_t*, const uint16_t* v_tile) {
+                                  softmax.add_tile(s, scale_log2);
+                                  mma_p_b_tile<S, MB, KT / 16, HD>(softmax.o, s, v_tile, lane);  // O += P V
+                                });
+  softmax.finish(lse + head.stats, warp_q0, T, scale_log2, lane);
   // The warp's Q rows are in registers; reuse them to stage the output.
-  store_warp_blocks<HD, MB>(out + head.out, size_t(C), warp_q0, T, o, 1.0f,
+  store_warp_blocks<HD, MB>(out + head.out, size_t(C), warp_q0, T, softmax.o, 1.0f,
                             sQ + warp * Tiles::kRowsPerWarp * S, lane);
 }
+
+// =====================================================================
+// Forward, wgmma (sm_90a, AttentionForward::wgmma): block = (kRows-query
+// tile, batch*head), a warpgroup (4 warps) per 64 queries; the
+// warpgroups share each key/value tile. S = Q K^T takes Q from registers
+// and K from shared memory; O += P V takes P from registers (the S
+// accumulators, rounded to bf16: the accumulator layout is the A layout)
+// and V from shared memory, as N-major B. K and V tiles sit in the
+// no-swizzle core-matrix layout the descriptors describe; Q in the padded
+// row-major layout ldmatrix reads. Same online softmax as the mma kernel.
+// =====================================================================
+template <int HD>
+struct WgmmaForwardTiles {
+  static constexpr int kWarpgroups = 2;
+  static constexpr int kThreads = 128 * kWarpgroups;
+  static constexpr int kRows = 64 * kWarpgroups;  // queries per block
+  static constexpr int kKeys = 64;                // keys per tile: S's N
+};
+
+template <int HD>
+constexpr size_t wgmma_forward_shared_bytes() {
+  using Tiles = WgmmaForwardTiles<HD>;
+  return sizeof(uint16_t) * (size_t(HD + kPad) * Tiles::kRows + 4 * size_t(Tiles::kKeys) * HD);  // Q, 2 x K, 2 x V
+}
+
+template <int HD>
+__global__ void __launch_bounds__(WgmmaForwardTiles<HD>::kThreads)
+    attention_forward_wgmma_kernel(uint16_t* out, float* lse, const uint16_t* qkv, int T, int C, int H,
+                                   float scale_log2) {
+  using Tiles = WgmmaForwardTiles<HD>;
+  constexpr int S = HD + kPad, KT = Tiles::kKeys, kBlockThreads = Tiles::kThreads;
+  // Byte distances between core matrices: along a row (8 columns on) and
+  // down a tile (8 rows on) of the K and V tiles.
+  constexpr uint32_t kAlongRow = 128, kDownTile = 16 * HD;
+  extern __shared__ __align__(16) uint16_t smem[];
+  uint16_t* sQ = smem;                   // [kRows][S]
+  uint16_t* sK = sQ + Tiles::kRows * S;  // [2][KT * HD], core matrices
+  uint16_t* sV = sK + 2 * KT * HD;       // [2][KT * HD], core matrices
+
+  const int q0 = (gridDim.x - 1 - blockIdx.x) * Tiles::kRows;
+  const HeadOffsets head(T, C, H, HD);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int group_q0 = q0 + 64 * (warp / 4);  // this warpgroup's first query
+  const int warp_q0 = q0 + 16 * warp;
+  const size_t qkv_stride = head.qkv_stride;
+  const uint16_t* q_base = qkv + head.qkv;
+  const uint16_t* k_base = q_base + C;
+  const uint16_t* v_base = q_base + 2 * C;
+  auto load_keys = [&](int j, int buffer) {
+    load_core_matrix_tile_async<KT, HD, kBlockThreads>(sK + buffer * KT * HD, k_base, j * KT, T, qkv_stride);
+    load_core_matrix_tile_async<KT, HD, kBlockThreads>(sV + buffer * KT * HD, v_base, j * KT, T, qkv_stride);
+  };
+  load_tile_async<Tiles::kRows, HD, kBlockThreads>(sQ, q_base, q0, T, qkv_stride);
+  load_keys(0, 0);
+  cp_async_commit();
+
+  OnlineSoftmax<1, HD> softmax;
+  uint32_t q_frag[1][HD / 16][4];
+  walk_tiles<true>((min(q0 + Tiles::kRows, T) + KT - 1) / KT, load_keys, [&](int j, int buffer) {
+    if (j == 0) load_a_fragments<S, 1, HD / 16>(q_frag, sQ, 16 * warp, lane);
+    const int key0 = j * KT;
+    // The warpgroup issues each wgmma together: it skips tiles by its rows.
+    // A tile it takes has key0 <= group_q0 (both multiples of 64), so each
+    // of its rows has a finite score there.
+    if (key0 > group_q0 + 63 || group_q0 >= T) return;
+    const uint16_t* k_tile = sK + buffer * KT * HD;
+    const uint16_t* v_tile = sV + buffer * KT * HD;
+
+    // S = Q K^T: B(k = d, n = key) = K[key][d], K-major.
+    float s[1][KT / 8][4] = {};
+    wgmma_fence();
+#pragma unroll
+    for (int kb = 0; kb < HD / 16; ++kb)
+      wgmma_bf16<KT, false>(s[0], q_frag[0][kb], wgmma_descriptor(k_tile + kb * 2 * 64, kAlongRow, kDownTile));
+    wgmma_commit();
+    wgmma_wait<0>();
+    wgmma_fence_operands(s[0]);
+
+    mask_scores(s, key0, warp_q0, lane);
+    softmax.add_tile(s, scale_log2);
+    uint32_t p[KT / 16][4];
+#pragma unroll
+    for (int kb = 0; kb < KT / 16; ++kb) pack_p_fragment(p[kb], s[0], kb);
+
+    // O += P V: B(k = key, n = d) = V[key][d], N-major.
+    wgmma_fence();
+#pragma unroll
+    for (int kb = 0; kb < KT / 16; ++kb)
+      wgmma_bf16<HD, true>(softmax.o[0], p[kb], wgmma_descriptor(v_tile + kb * 16 * HD, kDownTile, kAlongRow));
+    wgmma_commit();
+    wgmma_wait<0>();
+    wgmma_fence_operands(softmax.o[0]);
+  });
+  softmax.finish(lse + head.stats, warp_q0, T, scale_log2, lane);
+  // The warp's Q rows are in registers; reuse them to stage the output.
+  store_warp_blocks<HD, 1>(out + head.out, size_t(C), warp_q0, T, softmax.o, 1.0f, sQ + 16 * warp * S, lane);
+}
+
+// Where this build and device run the wgmma forward: compiled for sm_90a
+// (the probe kernel reports it) on a compute-capability 9.0 GPU.
+__global__ void wgmma_probe_kernel(int* compiled) { *compiled = wgmma_compiled() ? 1 : 0; }
 
 // =====================================================================
 // Backward, tensor cores: block = (kRows-key tile j, batch*head), each
@@ -943,13 +1092,26 @@ int head_dim(int C, int H, const char* op) {
 unsigned simple_blocks(int B, int T, int H) { return ceil_div(size_t(B) * H * T * 32, kSimpleThreads); }
 
 template <int HD>
-void forward_tc(cudaStream_t stream, void* out, float* lse, const void* qkv, int B, int T, int C, int H) {
+void forward_tc(cudaStream_t stream, AttentionForward how, void* out, float* lse, const void* qkv, int B, int T,
+                int C, int H) {
+  auto* out16 = static_cast<uint16_t*>(out);
+  const auto* qkv16 = static_cast<const uint16_t*>(qkv);
+  const float scale_log2 = kLog2e / sqrtf(float(HD));
+  if (how == AttentionForward::wgmma) {
+    using Tiles = WgmmaForwardTiles<HD>;
+    auto kernel = attention_forward_wgmma_kernel<HD>;
+    constexpr size_t shared = wgmma_forward_shared_bytes<HD>();
+    allow_dynamic_shared_memory(kernel, shared, "attention_forward");
+    const dim3 grid(ceil_div(T, Tiles::kRows), B * H);
+    kernel<<<grid, Tiles::kThreads, shared, stream>>>(out16, lse, qkv16, T, C, H, scale_log2);
+    CUDA_CHECK_LAUNCH("attention_forward_wgmma_kernel");
+    return;
+  }
   auto kernel = attention_forward_tc_kernel<HD>;
   constexpr size_t shared = forward_shared_bytes<HD>();
   allow_dynamic_shared_memory(kernel, shared, "attention_forward");
   const dim3 grid(ceil_div(T, ForwardTiles<HD>::kRows), B * H);
-  kernel<<<grid, kThreads, shared, stream>>>(static_cast<uint16_t*>(out), lse, static_cast<const uint16_t*>(qkv), T,
-                                              C, H, kLog2e / sqrtf(float(HD)));
+  kernel<<<grid, kThreads, shared, stream>>>(out16, lse, qkv16, T, C, H, scale_log2);
   CUDA_CHECK_LAUNCH("attention_forward_tc_kernel");
 }
 
@@ -989,6 +1151,21 @@ void backward_tc(cudaStream_t stream, AttentionBackward how, void* dqkv, float* 
   CUDA_CHECK_LAUNCH("attention_backward_dq_tc_kernel");
 }
 
+// The strategy an environment variable names: `choices` in order, the
+// first being the default when it is unset.
+template <typename Strategy, size_t N>
+Strategy strategy_from_environment(const char* variable, const char* what, const Strategy (&choices)[N],
+                                   const char* (*name)(Strategy)) {
+  const char* text = std::getenv(variable);
+  if (text == nullptr) return choices[0];
+  std::string allowed;
+  for (Strategy how : choices) {
+    if (std::strcmp(text, name(how)) == 0) return how;
+    allowed += (allowed.empty() ? "" : ", ") + std::string(name(how));
+  }
+  fail("{}='{}' is not {} (allowed: {}; unset means {})", variable, text, what, allowed, name(choices[0]));
+}
+
 }  // namespace
 
 const char* attention_backward_name(AttentionBackward how) {
@@ -996,12 +1173,40 @@ const char* attention_backward_name(AttentionBackward how) {
 }
 
 AttentionBackward attention_backward_from_environment() {
-  const char* text = std::getenv(kAttentionBackwardEnv);
-  if (text == nullptr) return AttentionBackward::one_pass;
-  for (AttentionBackward how : {AttentionBackward::one_pass, AttentionBackward::two_pass})
-    if (std::strcmp(text, attention_backward_name(how)) == 0) return how;
-  fail("{}='{}' is not an attention backward (allowed: one-pass, two-pass; unset means one-pass)",
-       kAttentionBackwardEnv, text);
+  constexpr AttentionBackward kChoices[] = {AttentionBackward::one_pass, AttentionBackward::two_pass};
+  return strategy_from_environment(kAttentionBackwardEnv, "an attention backward", kChoices, attention_backward_name);
+}
+
+const char* attention_forward_name(AttentionForward how) { return how == AttentionForward::mma ? "mma" : "wgmma"; }
+
+AttentionForward attention_forward_from_environment() {
+  constexpr AttentionForward kChoices[] = {AttentionForward::mma, AttentionForward::wgmma};
+  return strategy_from_environment(kAttentionForwardEnv, "an attention forward", kChoices, attention_forward_name);
+}
+
+bool attention_wgmma_available(std::string* why) {
+  int device = 0, major = 0, minor = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  if (major != 9 || minor != 0) {
+    *why = fmt::format("wgmma needs a compute-capability 9.0 GPU (H100, H200); device {} is {}.{}", device, major,
+                       minor);
+    return false;
+  }
+  DeviceMemory memory;
+  int* compiled = static_cast<int*>(memory.allocate(sizeof(int), "the wgmma probe's result"));
+  int host = 0;
+  wgmma_probe_kernel<<<1, 1>>>(compiled);
+  CUDA_CHECK_LAUNCH("wgmma_probe_kernel");
+  CUDA_CHECK(cudaMemcpyAsync(&host, compiled, sizeof(int), cudaMemcpyDeviceToHost, nullptr));
+  CUDA_CHECK(cudaStreamSynchronize(nullptr));
+  memory.release(compiled);
+  if (host != 1) {
+    *why = "this build has no sm_90a code (CMAKE_CUDA_ARCHITECTURES must include 90a; the default does)";
+    return false;
+  }
+  return true;
 }
 
 bool attention_uses_tensor_cores(DType dtype, int C, int H, const void* a, const void* b, const void* c) {
@@ -1011,15 +1216,15 @@ bool attention_uses_tensor_cores(DType dtype, int C, int H, const void* a, const
   return (hd == 64 || hd == 128) && C % 8 == 0 && all_aligned16(a, b, c);
 }
 
-void attention_forward(DType dtype, cudaStream_t stream, void* out, float* lse, const void* qkv, int B, int T, int C,
-                       int H) {
+void attention_forward(DType dtype, cudaStream_t stream, AttentionForward how, void* out, float* lse, const void* qkv,
+                       int B, int T, int C, int H) {
   const int hd = head_dim(C, H, "attention_forward");
   if (B <= 0 || T <= 0) return;
   if (attention_uses_tensor_cores(dtype, C, H, out, qkv, nullptr) && B * H <= kMaxGridY) {
     if (hd == 64)
-      forward_tc<64>(stream, out, lse, qkv, B, T, C, H);
+      forward_tc<64>(stream, how, out, lse, qkv, B, T, C, H);
     else
-      forward_tc<128>(stream, out, lse, qkv, B, T, C, H);
+      forward_tc<128>(stream, how, out, lse, qkv, B, T, C, H);
     return;
   }
   dispatch_storage(dtype, [&](auto tag) {

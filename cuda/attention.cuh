@@ -1,18 +1,38 @@
 #pragma once
 // Causal multi-head self-attention (backend.h: attention_forward/_backward).
 // bf16 with head size 64 or 128 runs flash-style tiled kernels on the tensor
-// cores (mma.sync m16n8k16, fp32 accumulation, online softmax, only the
-// log-sum-exp saved); other shapes and f32 storage run a simple fp32 kernel
-// with one warp per row. Both are deterministic (no atomic adds of data).
+// cores (mma.sync m16n8k16, or Hopper's wgmma for the forward, fp32
+// accumulation, online softmax, only the log-sum-exp saved); other shapes
+// and f32 storage run a simple fp32 kernel with one warp per row. All are
+// deterministic (no atomic adds of data).
 #include <cuda_runtime.h>
+
+#include <string>
 
 #include "memory.cuh"
 #include "srgpt/dtype.h"
 
 namespace srgpt::gpu {
 
-void attention_forward(DType dtype, cudaStream_t stream, void* out, float* lse, const void* qkv, int B, int T, int C,
-                       int H);
+// How the tensor-core forward multiplies:
+// - mma (the default): mma.sync m16n8k16 on any GPU from sm_80;
+// - wgmma: Hopper's warpgroup multiply-accumulate, a warpgroup per 64
+//   queries; needs a build with sm_90a code on a compute-capability 9.0
+//   GPU. Not yet the default: it has only run on the CPU device emulator.
+// Both match the cpu backend within the same bound; they round the sums
+// differently, so a run keeps one for bit-exact resumes.
+enum class AttentionForward { mma, wgmma };
+const char* attention_forward_name(AttentionForward how);  // "mma", "wgmma"
+constexpr const char* kAttentionForwardEnv = "SRGPT_ATTENTION_FORWARD";
+// kAttentionForwardEnv's choice (mma when unset); another value fails,
+// naming the variable, the value and what is allowed.
+AttentionForward attention_forward_from_environment();
+// Whether this build and the current device run the wgmma forward; if
+// not, *why says what is missing.
+bool attention_wgmma_available(std::string* why);
+
+void attention_forward(DType dtype, cudaStream_t stream, AttentionForward how, void* out, float* lse, const void* qkv,
+                       int B, int T, int C, int H);
 // How the tensor-core backward computes dQ (the simple kernels always run
 // two passes):
 // - one_pass (the default): a block per key tile computes dK and dV and

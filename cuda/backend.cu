@@ -37,6 +37,19 @@ CudaBackend::CudaBackend(DType dtype, int device)
   CUDA_CHECK(cudaGetDeviceProperties(&properties, device));
   device_name_ = properties.name;
   matmul_ = std::make_unique<Matmul>(memory_);
+  const AttentionForward forward = attention_forward_from_environment();
+  if (forward == AttentionForward::wgmma) {
+    std::string why;
+    if (!attention_wgmma_available(&why)) fail("{}=wgmma cannot run here: {}", kAttentionForwardEnv, why);
+  }
+  attention_forward_ = forward;
+}
+
+void CudaBackend::set_attention_forward_strategy(AttentionForward how) {
+  std::string why;
+  if (how == AttentionForward::wgmma && !attention_wgmma_available(&why))
+    fail("the wgmma attention forward cannot run here: {}", why);
+  attention_forward_ = how;
 }
 
 CudaBackend::~CudaBackend() {
@@ -45,11 +58,12 @@ CudaBackend::~CudaBackend() {
 }
 
 std::string CudaBackend::name() const {
-  // The default attention backward goes unnamed; the fallback shows in logs.
-  const std::string attention = attention_backward_ == AttentionBackward::one_pass
-                                    ? ""
-                                    : std::string(", ") + attention_backward_name(attention_backward_) +
-                                          " attention backward";
+  // The default attention strategies go unnamed; others show in logs.
+  std::string attention;
+  if (attention_forward_ != AttentionForward::mma)
+    attention += std::string(", ") + attention_forward_name(attention_forward_) + " attention forward";
+  if (attention_backward_ != AttentionBackward::one_pass)
+    attention += std::string(", ") + attention_backward_name(attention_backward_) + " attention backward";
   return std::string("cuda-") + dtype_name(dtype()) + " (" + device_name_ + ", device " + std::to_string(device_) +
          attention + ")";
 }
@@ -118,7 +132,7 @@ void CudaBackend::gelu_forward(void* out, const void* pre, size_t n) {
 }
 
 void CudaBackend::attention_forward(void* out, void* lse, const void* qkv, int B, int T, int C, int H) {
-  gpu::attention_forward(dtype(), stream(), out, static_cast<float*>(lse), qkv, B, T, C, H);
+  gpu::attention_forward(dtype(), stream(), attention_forward_, out, static_cast<float*>(lse), qkv, B, T, C, H);
 }
 
 void CudaBackend::attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out, const void* lse,

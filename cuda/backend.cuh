@@ -57,8 +57,12 @@ class CudaBackend final : public Backend {
   void adamw_update(Precision mode, const OptimizerBuffers& buffers, size_t begin, size_t end,
                     const AdamWStep& step) override;
 
-  // The tensor-core attention backward's dQ strategy (attention.cuh);
-  // SRGPT_ATTENTION_BACKWARD chooses it at construction.
+  // The tensor-core attention's strategies (attention.cuh);
+  // SRGPT_ATTENTION_FORWARD and SRGPT_ATTENTION_BACKWARD choose them at
+  // construction. Choosing wgmma where this build or GPU cannot run it
+  // fails, saying why.
+  AttentionForward attention_forward_strategy() const { return attention_forward_; }
+  void set_attention_forward_strategy(AttentionForward how);
   AttentionBackward attention_backward_strategy() const { return attention_backward_; }
   void set_attention_backward_strategy(AttentionBackward how) { attention_backward_ = how; }
 
@@ -75,6 +79,7 @@ class CudaBackend final : public Backend {
  private:
   int device_;
   std::string device_name_;
+  AttentionForward attention_forward_ = AttentionForward::mma;
   AttentionBackward attention_backward_;
   // Declaration order is destruction order reversed: the stream outlives
   // the scratch and matmul state that enqueue work on it.

@@ -1,6 +1,8 @@
 // The cuda backend's errors: unsupported dtype, missing device, and an
 // out-of-memory message that says what, how much and which knob to turn.
 #include <cstdlib>
+#include <string>
+#include <vector>
 
 #include "backend.cuh"
 #include "gpu_test_util.h"
@@ -24,41 +26,84 @@ TEST_CASE("gpu backend refuses f64 and devices that do not exist", "[gpu]") {
   REQUIRE_THROWS_AS(make_cuda_backend(DType::bf16, -1), Error);
 }
 
-TEST_CASE("SRGPT_ATTENTION_BACKWARD chooses the attention backward and refuses other values", "[gpu]") {
-  if (!have_gpu()) return;
-  const char* variable = gpu::kAttentionBackwardEnv;
+namespace {
+
+// An attention strategy variable (cuda/attention.cuh): unset gives the
+// default, unnamed in the backend's name; each allowed value gives its
+// strategy, named there as "<value> attention <pass>"; anything else fails
+// naming the variable, the value and the allowed values. `available(value)`
+// says whether this build and GPU run it; one that does not fails at
+// construction, saying "cannot run here".
+template <typename Strategy>
+void check_strategy_variable(const char* variable, const char* pass, const std::vector<Strategy>& choices,
+                             const char* (*name)(Strategy), Strategy (*strategy_of)(const Backend&),
+                             bool (*available)(Strategy)) {
   const char* before = std::getenv(variable);
   const std::string saved = before ? before : "";
-  auto strategy_of = [](const Backend& be) {
-    return dynamic_cast<const gpu::CudaBackend&>(be).attention_backward_strategy();
-  };
+  std::string allowed;
+  for (Strategy how : choices) allowed += (allowed.empty() ? "" : ", ") + std::string(name(how));
 
   unsetenv(variable);
   auto plain = make_cuda_backend(DType::bf16, 0);
-  CHECK(strategy_of(*plain) == gpu::AttentionBackward::one_pass);
-  CHECK(plain->name().find("attention") == std::string::npos);
-  setenv(variable, "two-pass", 1);
-  auto two_pass = make_cuda_backend(DType::bf16, 0);
-  CHECK(strategy_of(*two_pass) == gpu::AttentionBackward::two_pass);
-  CHECK(two_pass->name().find("two-pass attention backward") != std::string::npos);
-  setenv(variable, "one-pass", 1);
-  CHECK(strategy_of(*make_cuda_backend(DType::bf16, 0)) == gpu::AttentionBackward::one_pass);
-  for (const char* bad : {"", "two_pass", "Two-pass", "one-pass "}) {
-    setenv(variable, bad, 1);
+  CHECK(strategy_of(*plain) == choices.front());
+  CHECK(plain->name().find(std::string("attention ") + pass) == std::string::npos);
+  for (Strategy how : choices) {
+    setenv(variable, name(how), 1);
+    INFO(variable << "=" << name(how));
+    if (!available(how)) {
+      try {
+        make_cuda_backend(DType::bf16, 0);
+        FAIL("a strategy this GPU cannot run was accepted");
+      } catch (const Error& e) {
+        CHECK(std::string(e.what()).find("cannot run here") != std::string::npos);
+      }
+      continue;
+    }
+    auto chosen = make_cuda_backend(DType::bf16, 0);
+    CHECK(strategy_of(*chosen) == how);
+    if (how != choices.front())
+      CHECK(chosen->name().find(std::string(name(how)) + " attention " + pass) != std::string::npos);
+  }
+  const std::string misspelt = std::string(name(choices.back())) + " ";
+  for (const std::string& bad : {std::string(), misspelt, std::string("Two_pass")}) {
+    setenv(variable, bad.c_str(), 1);
     try {
       make_cuda_backend(DType::bf16, 0);
-      FAIL("SRGPT_ATTENTION_BACKWARD='" << bad << "' was accepted");
+      FAIL(variable << "='" << bad << "' was accepted");
     } catch (const Error& e) {
       const std::string message = e.what();
       INFO(message);
-      CHECK(message.find(std::string("SRGPT_ATTENTION_BACKWARD='") + bad + "'") != std::string::npos);
-      CHECK(message.find("allowed: one-pass, two-pass") != std::string::npos);
+      CHECK(message.find(std::string(variable) + "='" + bad + "'") != std::string::npos);
+      CHECK(message.find("allowed: " + allowed) != std::string::npos);
     }
   }
   if (before)
     setenv(variable, saved.c_str(), 1);
   else
     unsetenv(variable);
+}
+
+}  // namespace
+
+TEST_CASE("SRGPT_ATTENTION_BACKWARD chooses the attention backward and refuses other values", "[gpu]") {
+  if (!have_gpu()) return;
+  check_strategy_variable<gpu::AttentionBackward>(
+      gpu::kAttentionBackwardEnv, "backward", {gpu::AttentionBackward::one_pass, gpu::AttentionBackward::two_pass},
+      gpu::attention_backward_name,
+      [](const Backend& be) { return dynamic_cast<const gpu::CudaBackend&>(be).attention_backward_strategy(); },
+      [](gpu::AttentionBackward) { return true; });
+}
+
+TEST_CASE("SRGPT_ATTENTION_FORWARD chooses the attention forward and refuses other values", "[gpu]") {
+  if (!have_gpu()) return;
+  check_strategy_variable<gpu::AttentionForward>(
+      gpu::kAttentionForwardEnv, "forward", {gpu::AttentionForward::mma, gpu::AttentionForward::wgmma},
+      gpu::attention_forward_name,
+      [](const Backend& be) { return dynamic_cast<const gpu::CudaBackend&>(be).attention_forward_strategy(); },
+      [](gpu::AttentionForward how) {
+        std::string why;
+        return how == gpu::AttentionForward::mma || gpu::attention_wgmma_available(&why);
+      });
 }
 
 TEST_CASE("gpu out-of-memory names the buffer, the size, the free memory and micro_batch", "[gpu]") {
