@@ -350,9 +350,20 @@ void bench_kernels(const Options& o, const Ceilings& ceilings) {
     // forward (the usual convention: five matmuls of the score matrix's
     // size against the forward's two).
     const double forward_flops = 2.0 * B * double(T) * T * C;
-    run("attention_forward", shape, forward_flops, true,
-        [&] { be.attention_forward(att.get(), lse.get(), qkv.get(), B, T, C, H); });
-    // Both dQ strategies (cuda/attention.cuh), whichever the steps use.
+    // Every strategy (cuda/attention.cuh) this build and GPU run, whichever
+    // the steps use: the forward's multiply, the backward's dQ.
+    const gpu::AttentionForward chosen_forward = be.attention_forward_strategy();
+    for (gpu::AttentionForward how : {gpu::AttentionForward::mma, gpu::AttentionForward::wgmma}) {
+      std::string why;
+      if (how == gpu::AttentionForward::wgmma && !gpu::attention_wgmma_available(&why)) {
+        std::printf("  attention_forward wgmma: not measured: %s\n", why.c_str());
+        continue;
+      }
+      be.set_attention_forward_strategy(how);
+      run(std::string("attention_forward ") + gpu::attention_forward_name(how), shape, forward_flops, true,
+          [&] { be.attention_forward(att.get(), lse.get(), qkv.get(), B, T, C, H); });
+    }
+    be.set_attention_forward_strategy(chosen_forward);
     const gpu::AttentionBackward chosen = be.attention_backward_strategy();
     for (gpu::AttentionBackward how : {gpu::AttentionBackward::one_pass, gpu::AttentionBackward::two_pass}) {
       be.set_attention_backward_strategy(how);

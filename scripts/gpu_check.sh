@@ -107,6 +107,7 @@ stage_build() {
 
 ONE_PASS_TEST="gpu attention forward and backward match the cpu backend"
 TWO_PASS_TEST="gpu attention with the two-pass backward matches the cpu backend"
+WGMMA_TEST="gpu attention with the wgmma forward matches the cpu backend"
 
 # attention_test NAME TEST: one attention test case, limited to
 # ATTENTION_LIMIT_S: the one-pass backward orders its blocks through flags
@@ -130,6 +131,8 @@ stage_test() {
   local one_pass_rc=$?
   attention_test two-pass "$TWO_PASS_TEST"
   local two_pass_rc=$?
+  attention_test wgmma "$WGMMA_TEST"
+  local wgmma_rc=$?
   if [ $one_pass_rc -eq 124 ]; then
     echo "test: stopping: the one-pass attention backward hung (the other tests would hang in it too);" \
       "SRGPT_ATTENTION_BACKWARD=two-pass selects the fallback"
@@ -145,7 +148,7 @@ stage_test() {
   local ctest_rc=$?
   tail -n 25 "$LOGS/ctest-gpu.log"
   echo "test: srgpt_gpu_tests exit $rc, ctest -L gpu exit $ctest_rc (logs $LOGS/gpu-tests.log, $LOGS/ctest-gpu.log)"
-  [ $rc -eq 0 ] && [ $ctest_rc -eq 0 ] && [ $two_pass_rc -eq 0 ]
+  [ $rc -eq 0 ] && [ $ctest_rc -eq 0 ] && [ $two_pass_rc -eq 0 ] && [ $wgmma_rc -eq 0 ]
 }
 
 stage_bench() {
@@ -232,7 +235,7 @@ stage_sweep() {
       timeout 300 "$BUILD/benchmarks/gpu_step_bench_attention_$name" --kernels --only attention \
         >"$LOGS/sweep-bench-$name.log" 2>&1
       bench_rc=$?
-      forward=$(kernel_ms attention_forward "$LOGS/sweep-bench-$name.log")
+      forward=$(kernel_ms "attention_forward mma" "$LOGS/sweep-bench-$name.log")
       one_pass=$(kernel_ms "attention_backward one-pass" "$LOGS/sweep-bench-$name.log")
       two_pass=$(kernel_ms "attention_backward two-pass" "$LOGS/sweep-bench-$name.log")
       [ $bench_rc -eq 0 ] || failed=1
@@ -351,6 +354,12 @@ stage_session() {
     fi
   fi
   [ $two_pass_rc -eq 0 ] || status=1
+  # The wgmma forward is not the default: a failure is reported, and the
+  # session goes on with the mma forward.
+  local wgmma
+  t=$SECONDS
+  wgmma=$(attention_test wgmma "$WGMMA_TEST") || status=1
+  session_note "- $wgmma ($((SECONDS - t)) s)"
 
   # The rest of the GPU suite (the PyTorch model comparison included),
   # leaving about 4 minutes for the benchmarks.

@@ -6,7 +6,8 @@ benchmark, srgpt's GPU test binary and gpu_step_bench), which record how
 they were called and answer as a configured outcome. Checked: the report
 and what comes back under $OUT (at most 8 files, the device tool's limit);
 the fallback to the two-pass attention backward when only it passes; a
-hung attention test ending at its limit; steps skipped, and saying so, when
+failing wgmma forward reported while the rest goes on; a hung attention
+test ending at its limit; steps skipped, and saying so, when
 the time budget runs short; a failed build; no PyTorch. The real programs'
 own outputs are tested elsewhere (bench_targets.py, gpu_step_bench's flag
 errors); the parsing of their tables here uses their real headings."""
@@ -81,6 +82,7 @@ GPU_TESTS = """
 echo "srgpt_gpu_tests $* | SRGPT_ATTENTION_BACKWARD=${SRGPT_ATTENTION_BACKWARD:-}" >>"$CALLS"
 case "$1" in
   *two-pass*) exit "${FAKE_TWO_PASS_RC:-0}" ;;
+  *wgmma*) exit "${FAKE_WGMMA_RC:-0}" ;;
   *attention*)
     [ -n "${FAKE_ONE_PASS_HANG:-}" ] && sleep 60
     exit "${FAKE_ONE_PASS_RC:-0}" ;;
@@ -99,7 +101,8 @@ if [ "$1" = --json ]; then
   printf 'training steps: micro batch 32, seq 1024, median of 10 after 3 warm-up\\n| model | precision |\\n|---|---|\\n| d12 | bf16-sr |\\nd12: bf16-sr vs mixed\\n'
 fi
 printf 'per-kernel results, GPT-2 d12 shapes (bf16):\\n| op | shape | ms | achieved |\\n|---|---|---|---|\\n'
-printf '| attention_forward | B=32 | 0.345 | 150 TFLOP/s |\\n'
+printf '| attention_forward mma | B=32 | 0.345 | 150 TFLOP/s |\\n'
+printf '| attention_forward wgmma | B=32 | 0.200 | 258 TFLOP/s |\\n'
 printf '| attention_backward one-pass | B=32 | 0.700 | 184 TFLOP/s |\\n'
 printf '| attention_backward two-pass | B=32 | 0.962 | 134 TFLOP/s |\\n\\n'
 printf 'cuBLASLt epilogues of these matmuls, fused on how many of the products they were asked for: BGRADB 0 of 4;\\n'
@@ -177,6 +180,7 @@ class GpuSessionTest(unittest.TestCase):
         self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
         report = self.report()
         for line in ("- build: exit 0", "- PASS attention one-pass", "- PASS attention two-pass",
+                     "- PASS attention wgmma",
                      "- other GPU tests: exit 0", "100% tests passed", "- PyTorch compile warm-up: exit 0",
                      "- gpu_step_bench: exit 0", "- PyTorch baseline: exit 0", "- targets table: exit 0",
                      "- PyTorch SDPA alone: exit 0", "- attention sweep: exit 0", "GPU: NVIDIA H100 80GB HBM3",
@@ -195,6 +199,7 @@ class GpuSessionTest(unittest.TestCase):
         self.assertIn("| d24 | 1.20x (PyTorch mixed)", report)  # 480000 / 400000
         self.assertIn("| 1:64:1:32 | pass | 0.345 | 0.700 | 0.962 |", report)
         self.assertIn("| attention_backward two-pass | B=32 | 0.962 |", report)
+        self.assertIn("| attention_forward wgmma | B=32 | 0.200 |", report)
         self.assertNotIn("d12: bf16-sr vs mixed", report)  # the line after the steps table
         # The report is also the end of the output (what the device tool shows).
         self.assertTrue(result.stdout.rstrip().endswith(report.rstrip().splitlines()[-1]))
@@ -238,6 +243,16 @@ class GpuSessionTest(unittest.TestCase):
         self.assertNotEqual(result.returncode, 0)
         self.assertNotIn("uses SRGPT_ATTENTION_BACKWARD", self.report())
         self.assertTrue(self.calls_of("gpu_step_bench")[0].endswith("SRGPT_ATTENTION_BACKWARD="))
+
+    def test_a_failing_wgmma_forward_is_reported_and_the_rest_keeps_the_default(self):
+        result = self.run_session(FAKE_WGMMA_RC=1)
+        self.assertNotEqual(result.returncode, 0)
+        report = self.report()
+        self.assertIn("- FAIL attention wgmma: exit 1", report)
+        self.assertNotIn("uses SRGPT_ATTENTION", report)
+        self.assertIn("- gpu_step_bench: exit 0", report)
+        self.assertIn("- PyTorch baseline: exit 0", report)
+        self.check_returned_files()
 
     def test_a_hung_attention_test_ends_at_its_limit(self):
         result = self.run_session(FAKE_ONE_PASS_HANG=1)
