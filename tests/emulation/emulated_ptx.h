@@ -100,9 +100,10 @@ void ldmatrix_x4(const unsigned char* inputs, unsigned char* outputs) {
 // overwritten before it gives wrong results, and the accumulators hold NaN
 // from the issue to the wait, so reading them early shows.
 struct WgmmaIn {
-  uint32_t a[4];
-  uint64_t descriptor;
-  float* d;  // this lane's accumulators, N / 2 floats
+  uint32_t a[4];          // A in registers, or
+  uint64_t a_descriptor;  // A in shared memory (K-major)
+  uint64_t descriptor;    // B
+  float* d;               // this lane's accumulators, N / 2 floats
 };
 
 // A no-swizzle descriptor's matrix, element (k, n) of B (PTX ISA, "Shared
@@ -115,7 +116,8 @@ struct WgmmaMatrix {
   bool n_major;
   explicit WgmmaMatrix(uint64_t descriptor, bool n_major_) : n_major(n_major_) {
     if ((descriptor >> 62) != 0) emulation::fault("wgmma descriptor with swizzling (the emulator has only mode 0)");
-    if (((descriptor >> 49) & 7) != 0) emulation::fault("wgmma descriptor with a base offset (unused without swizzling)");
+    if (((descriptor >> 49) & 7) != 0)
+      emulation::fault("wgmma descriptor with a base offset (unused without swizzling)");
     start = emulation::dynamic_shared() + ((descriptor & 0x3FFF) << 4);
     leading_bytes = uint32_t((descriptor >> 16) & 0x3FFF) << 4;
     stride_bytes = uint32_t((descriptor >> 32) & 0x3FFF) << 4;
@@ -131,14 +133,21 @@ struct WgmmaMatrix {
   }
 };
 
-template <int N, bool TransposeB>
+template <int N, bool TransposeB, bool SharedA>
 void wgmma_issue(const unsigned char* inputs, unsigned char*) {
   auto lanes = std::make_shared<std::array<WgmmaIn, 32>>();
   std::memcpy(lanes->data(), inputs, sizeof(*lanes));
-  const uint64_t descriptor = (*lanes)[0].descriptor;
+  const uint64_t descriptor = (*lanes)[0].descriptor, a_descriptor = (*lanes)[0].a_descriptor;
   for (const WgmmaIn& lane : *lanes)
-    if (lane.descriptor != descriptor) emulation::fault("wgmma with different B descriptors in one warp");
-  emulation::warpgroup_operation(N == 64 ? "wgmma.m64n64k16" : "wgmma.m64n128k16", descriptor ^ uint64_t(TransposeB));
+    if (lane.descriptor != descriptor || lane.a_descriptor != a_descriptor)
+      emulation::fault("wgmma with different descriptors in one warp");
+  // Which 16 rows of the warpgroup's 64 this warp's A and D hold.
+  const uint3& thread = emulation::thread_index();
+  const dim3& block = emulation::block_dim();
+  const int warp_in_group = int((thread.x + block.x * (thread.y + block.y * thread.z)) / 32 % 4);
+  emulation::warpgroup_operation(N == 64 ? (SharedA ? "wgmma.m64n64k16 (A shared)" : "wgmma.m64n64k16")
+                                         : "wgmma.m64n128k16",
+                                 descriptor ^ uint64_t(TransposeB) ^ (a_descriptor << 1));
   // Continuing a queued product on the same accumulators: the device chains
   // them, so this one starts from that one's result.
   const bool chained = emulation::warp_has_deferred((*lanes)[0].d);
@@ -148,14 +157,20 @@ void wgmma_issue(const unsigned char* inputs, unsigned char*) {
     if (!chained) std::memcpy(c->data() + lane * N / 2, d, sizeof(float) * N / 2);
     std::fill(d, d + N / 2, std::numeric_limits<float>::quiet_NaN());
   }
-  emulation::warp_defer((*lanes)[0].d, [lanes, c, chained] {
+  emulation::warp_defer((*lanes)[0].d, [lanes, c, chained, warp_in_group] {
     float A[16][16];
-    for (int lane = 0; lane < 32; ++lane) {
-      const int g = lane / 4, q = lane % 4;
-      for (int r = 0; r < 4; ++r) {
-        const int row = g + 8 * (r % 2), col = 2 * q + 8 * (r / 2);
-        A[row][col] = bf16_half((*lanes)[lane].a[r], 0);
-        A[row][col + 1] = bf16_half((*lanes)[lane].a[r], 1);
+    if (SharedA) {
+      const WgmmaMatrix a((*lanes)[0].a_descriptor, false);  // K-major: a.at(k, m)
+      for (int row = 0; row < 16; ++row)
+        for (int k = 0; k < 16; ++k) A[row][k] = a.at(k, 16 * warp_in_group + row);
+    } else {
+      for (int lane = 0; lane < 32; ++lane) {
+        const int g = lane / 4, q = lane % 4;
+        for (int r = 0; r < 4; ++r) {
+          const int row = g + 8 * (r % 2), col = 2 * q + 8 * (r / 2);
+          A[row][col] = bf16_half((*lanes)[lane].a[r], 0);
+          A[row][col + 1] = bf16_half((*lanes)[lane].a[r], 1);
+        }
       }
     }
     const WgmmaMatrix b((*lanes)[0].descriptor, TransposeB);
@@ -234,7 +249,8 @@ void cp_async_wait() {
 inline bool wgmma_compiled() { return true; }
 
 inline uint64_t wgmma_descriptor(const uint16_t* tile, uint32_t leading_bytes, uint32_t stride_bytes) {
-  if (!emulation::in_shared(tile, 16)) emulation::fault("wgmma descriptor for memory outside the block's dynamic shared memory");
+  if (!emulation::in_shared(tile, 16))
+    emulation::fault("wgmma descriptor for memory outside the block's dynamic shared memory");
   if (reinterpret_cast<uintptr_t>(tile) % 16) emulation::fault("wgmma descriptor address not 16-byte aligned");
   const uint32_t address = uint32_t(reinterpret_cast<const unsigned char*>(tile) - emulation::dynamic_shared());
   return uint64_t((address & 0x3FFFF) >> 4) | (uint64_t((leading_bytes & 0x3FFFF) >> 4) << 16) |
@@ -245,11 +261,19 @@ template <int N, bool TransposeB>
 void wgmma_bf16(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t b_descriptor) {
   static_assert(N == 64 || N == 128, "wgmma_bf16: N is 64 or 128");
   using namespace emulated_ptx;
-  const WgmmaIn in{{a[0], a[1], a[2], a[3]}, b_descriptor, &d[0][0]};
+  const WgmmaIn in{{a[0], a[1], a[2], a[3]}, 0, b_descriptor, &d[0][0]};
   emulation::warp_collective<WgmmaIn, char>(N == 64 ? "wgmma.m64n64k16" : "wgmma.m64n128k16", in,
-                                            wgmma_issue<N, TransposeB>);
+                                            wgmma_issue<N, TransposeB, false>);
 }
-inline void wgmma_fence() { emulation::warp_collective<char, char>("wgmma.fence", 0, emulated_ptx::wgmma_fence_compute); }
+template <bool TransposeB>
+void wgmma_bf16_shared_a(float (&d)[8][4], uint64_t a_descriptor, uint64_t b_descriptor) {
+  using namespace emulated_ptx;
+  const WgmmaIn in{{0, 0, 0, 0}, a_descriptor, b_descriptor, &d[0][0]};
+  emulation::warp_collective<WgmmaIn, char>("wgmma.m64n64k16 (A shared)", in, wgmma_issue<64, TransposeB, true>);
+}
+inline void wgmma_fence() {
+  emulation::warp_collective<char, char>("wgmma.fence", 0, emulated_ptx::wgmma_fence_compute);
+}
 inline void wgmma_commit() {
   emulation::warp_collective<char, char>("wgmma.commit_group", 0, emulated_ptx::wgmma_commit_group);
 }

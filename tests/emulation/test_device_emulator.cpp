@@ -111,20 +111,33 @@ __global__ void early_exit_kernel(float* out) {
 // bytes each, placed with gaps: the leading byte offset (k by 8) is 256,
 // the stride byte offset (n by 8) 1024, and the second k16 step starts
 // 512 bytes on. A core matrix's rows are n (8 consecutive k each:
-// K-major) or k (8 consecutive n: N-major). How it goes wrong, if asked:
+// K-major) or k (8 consecutive n: N-major). With shared_a, A comes from
+// shared memory too, K-major, after B: core matrices 128 bytes apart along
+// k, 256 along m, the second step 2048 bytes on. How it goes wrong, if asked:
 // read_early reads the accumulators before the wait; skip_warp leaves one
 // warp out of the products; no_wait never waits.
 struct WgmmaFaults {
   bool read_early = false, skip_warp = false, no_wait = false;
 };
-__global__ void wgmma_kernel(float* d_out, const uint16_t* a, const uint16_t* b, bool n_major, WgmmaFaults faults) {
+constexpr size_t kWgmmaBBytes = 2 * 512 + 8 * 1024, kWgmmaSharedBytes = kWgmmaBBytes + 2 * 2048;
+__global__ void wgmma_kernel(float* d_out, const uint16_t* a, const uint16_t* b, bool n_major, bool shared_a,
+                             WgmmaFaults faults) {
   constexpr uint32_t kLeading = 256, kStride = 1024, kStep = 512;
+  constexpr uint32_t kLeadingA = 128, kStrideA = 256, kStepA = 2048;
   unsigned char* smem = emulation::dynamic_shared();
+  unsigned char* smem_a = smem + kWgmmaBBytes;
   const int t = threadIdx.x, warp = t / 32, lane = t % 32, g = lane / 4, q = lane % 4;
   for (int i = t; i < 32 * 64; i += 128) {
     const int k = i / 64, n = i % 64, step = k / 16, kk = k % 16;
     const int row = n_major ? kk % 8 : n % 8, column = n_major ? n % 8 : kk % 8;
     std::memcpy(smem + step * kStep + (n / 8) * kStride + (kk / 8) * kLeading + row * 16 + column * 2, b + i, 2);
+  }
+  if (shared_a) {
+    for (int i = t; i < 64 * 32; i += 128) {
+      const int m = i / 32, k = i % 32, step = k / 16, kk = k % 16;
+      std::memcpy(smem_a + step * kStepA + (m / 8) * kStrideA + (kk / 8) * kLeadingA + (m % 8) * 16 + (kk % 8) * 2,
+                  a + i, 2);
+    }
   }
   __syncthreads();
   // This warp's 16 rows of A, k-step s, in the mma A layout.
@@ -143,7 +156,13 @@ __global__ void wgmma_kernel(float* d_out, const uint16_t* a, const uint16_t* b,
     for (int s = 0; s < 2; ++s) {
       const uint64_t descriptor = gpu::wgmma_descriptor(reinterpret_cast<const uint16_t*>(smem + s * kStep),
                                                         kLeading, kStride);
-      if (n_major)
+      const uint64_t a_descriptor =
+          gpu::wgmma_descriptor(reinterpret_cast<const uint16_t*>(smem_a + s * kStepA), kLeadingA, kStrideA);
+      if (shared_a && n_major)
+        gpu::wgmma_bf16_shared_a<true>(d, a_descriptor, descriptor);
+      else if (shared_a)
+        gpu::wgmma_bf16_shared_a<false>(d, a_descriptor, descriptor);
+      else if (n_major)
         gpu::wgmma_bf16<64, true>(d, frag[s], descriptor);
       else
         gpu::wgmma_bf16<64, false>(d, frag[s], descriptor);
@@ -236,7 +255,8 @@ TEST_CASE("device emulator: cp.async data arrives only at the wait", "[emulated]
   }
 }
 
-TEST_CASE("device emulator: wgmma multiplies through K-major and N-major descriptors, completing at the wait",
+TEST_CASE("device emulator: wgmma multiplies through K-major and N-major descriptors, A from registers or shared "
+          "memory, completing at the wait",
           "[emulated]") {
   emulation::set_schedule(Schedule{false, false});
   // Small integers times powers of two: every product and sum is exact in
@@ -255,18 +275,22 @@ TEST_CASE("device emulator: wgmma multiplies through K-major and N-major descrip
   for (int r = 0; r < 64; ++r)
     for (int n = 0; n < 64; ++n)
       for (int k = 0; k < 32; ++k) expected[r * 64 + n] += af[r * 32 + k] * bf[k * 64 + n];
-  const size_t shared = 2 * 512 + 8 * 1024;
   for (const bool n_major : {false, true}) {
     INFO((n_major ? "N-major" : "K-major"));
-    std::vector<float> d(64 * 64, -1.0f);
-    wgmma_kernel ^ Launch(1, 128, shared) ^ kernel_arguments(d.data(), a.data(), b.data(), n_major, WgmmaFaults{});
-    finish();
-    CHECK(d == expected);
+    for (const bool shared_a : {false, true}) {
+      INFO((shared_a ? "A in shared memory" : "A in registers"));
+      std::vector<float> d(64 * 64, -1.0f);
+      wgmma_kernel ^ Launch(1, 128, kWgmmaSharedBytes) ^
+          kernel_arguments(d.data(), a.data(), b.data(), n_major, shared_a, WgmmaFaults{});
+      finish();
+      CHECK(d == expected);
+    }
     // Before the wait the accumulators hold NaN.
     std::vector<float> early(128, 0.0f);
     WgmmaFaults read_early;
     read_early.read_early = true;
-    wgmma_kernel ^ Launch(1, 128, shared) ^ kernel_arguments(early.data(), a.data(), b.data(), n_major, read_early);
+    wgmma_kernel ^ Launch(1, 128, kWgmmaSharedBytes) ^
+        kernel_arguments(early.data(), a.data(), b.data(), n_major, false, read_early);
     finish();
     CHECK(std::all_of(early.begin(), early.end(), [](float x) { return std::isnan(x); }));
   }
@@ -281,18 +305,21 @@ TEST_CASE("device emulator: wgmma left out by a warp of its warpgroup, or never 
   skip.skip_warp = true;
   no_wait.no_wait = true;
   const std::string skipped = error_of([&] {
-    wgmma_kernel ^ Launch(1, 128, 9216) ^ kernel_arguments(d.data(), a.data(), b.data(), false, skip);
+    wgmma_kernel ^ Launch(1, 128, kWgmmaSharedBytes) ^
+        kernel_arguments(d.data(), a.data(), b.data(), false, false, skip);
     finish();
   });
   CHECK(skipped.find("warpgroup") != std::string::npos);
   const std::string unwaited = error_of([&] {
-    wgmma_kernel ^ Launch(1, 128, 9216) ^ kernel_arguments(d.data(), a.data(), b.data(), false, no_wait);
+    wgmma_kernel ^ Launch(1, 128, kWgmmaSharedBytes) ^
+        kernel_arguments(d.data(), a.data(), b.data(), false, false, no_wait);
     finish();
   });
   CHECK(unwaited.find("never waited for") != std::string::npos);
   // A warpgroup needs four whole warps.
   const std::string partial = error_of([&] {
-    wgmma_kernel ^ Launch(1, 96, 9216) ^ kernel_arguments(d.data(), a.data(), b.data(), false, WgmmaFaults{});
+    wgmma_kernel ^ Launch(1, 96, kWgmmaSharedBytes) ^
+        kernel_arguments(d.data(), a.data(), b.data(), false, false, WgmmaFaults{});
     finish();
   });
   CHECK(partial.find("not whole") != std::string::npos);
