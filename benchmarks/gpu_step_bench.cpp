@@ -351,21 +351,22 @@ void bench_kernels(const Options& o, const Ceilings& ceilings) {
     // size against the forward's two).
     const double forward_flops = 2.0 * B * double(T) * T * C;
     // Every strategy (cuda/attention.cuh) this build and GPU run, whichever
-    // the steps use: the forward's multiply, the backward's dQ.
+    // the steps use.
+    std::string why;
+    const bool wgmma = gpu::attention_wgmma_available(&why);
+    if (!wgmma) std::printf("  attention on wgmma: not measured: %s\n", why.c_str());
     const gpu::AttentionForward chosen_forward = be.attention_forward_strategy();
     for (gpu::AttentionForward how : {gpu::AttentionForward::mma, gpu::AttentionForward::wgmma}) {
-      std::string why;
-      if (how == gpu::AttentionForward::wgmma && !gpu::attention_wgmma_available(&why)) {
-        std::printf("  attention_forward wgmma: not measured: %s\n", why.c_str());
-        continue;
-      }
+      if (how == gpu::AttentionForward::wgmma && !wgmma) continue;
       be.set_attention_forward_strategy(how);
       run(std::string("attention_forward ") + gpu::attention_forward_name(how), shape, forward_flops, true,
           [&] { be.attention_forward(att.get(), lse.get(), qkv.get(), B, T, C, H); });
     }
     be.set_attention_forward_strategy(chosen_forward);
     const gpu::AttentionBackward chosen = be.attention_backward_strategy();
-    for (gpu::AttentionBackward how : {gpu::AttentionBackward::one_pass, gpu::AttentionBackward::two_pass}) {
+    for (gpu::AttentionBackward how :
+         {gpu::AttentionBackward::one_pass, gpu::AttentionBackward::two_pass, gpu::AttentionBackward::wgmma}) {
+      if (how == gpu::AttentionBackward::wgmma && !wgmma) continue;
       be.set_attention_backward_strategy(how);
       run(std::string("attention_backward ") + gpu::attention_backward_name(how), shape, 2.5 * forward_flops, true,
           [&] { be.attention_backward(dqkv.get(), dy.get(), qkv.get(), att.get(), lse.get(), B, T, C, H); });

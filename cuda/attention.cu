@@ -504,103 +504,316 @@ __global__ void __launch_bounds__(kThreads) attention_forward_tc_kernel(uint16_t
 }
 
 // =====================================================================
-// Forward, wgmma (sm_90a, AttentionForward::wgmma): block = (kRows-query
-// tile, batch*head), a warpgroup (4 warps) per 64 queries; the
-// warpgroups share each key/value tile. S = Q K^T takes Q from registers
-// and K from shared memory; O += P V takes P from registers (the S
-// accumulators, rounded to bf16: the accumulator layout is the A layout)
-// and V from shared memory, as N-major B. K and V tiles sit in the
-// no-swizzle core-matrix layout the descriptors describe; Q in the padded
-// row-major layout ldmatrix reads. Same online softmax as the mma kernel.
+// wgmma kernels (sm_90a: AttentionForward::wgmma, AttentionBackward::wgmma).
+// A warpgroup (4 warps) owns 64 rows (queries, or keys in the dK/dV pass),
+// two warpgroups per block sharing each streamed tile; each warp holds 16
+// of those rows in the mma fragment layout. Streamed tiles sit in shared
+// memory in the no-swizzle core-matrix layout (load_core_matrix_tile_async)
+// and reach wgmma through descriptors: as K-major B (or A) where the
+// product's k runs along the tile's columns (head dimension), as N-major B
+// where it runs along its rows. Register operands: Q or dO fragments read
+// with ldmatrix from a padded row-major tile, or accumulators of the
+// previous product rounded to bf16 (the accumulator layout is wgmma's A
+// layout).
 // =====================================================================
-template <int HD>
-struct WgmmaForwardTiles {
+struct WgmmaTiles {
   static constexpr int kWarpgroups = 2;
   static constexpr int kThreads = 128 * kWarpgroups;
-  static constexpr int kRows = 64 * kWarpgroups;  // queries per block
-  static constexpr int kKeys = 64;                // keys per tile: S's N
+  static constexpr int kRows = 64 * kWarpgroups;  // rows a block owns
+  static constexpr int kStream = 64;              // rows per streamed tile: S's (or S^T's) N
 };
 
+// Descriptors of the 16 columns (K-major: the product's k along the tile's
+// head dimension) or 16 rows (N-major: k along the tile's rows) of step kb
+// of a core-matrix tile with HD columns. Core matrices are 128 bytes apart
+// along a row and 16 HD bytes apart down the tile.
 template <int HD>
-constexpr size_t wgmma_forward_shared_bytes() {
-  using Tiles = WgmmaForwardTiles<HD>;
-  return sizeof(uint16_t) * (size_t(HD + kPad) * Tiles::kRows + 4 * size_t(Tiles::kKeys) * HD);  // Q, 2 x K, 2 x V
+__device__ __forceinline__ uint64_t k_major_descriptor(const uint16_t* tile, int kb) {
+  return wgmma_descriptor(tile + kb * 2 * 64, 128, 16 * HD);
+}
+template <int HD>
+__device__ __forceinline__ uint64_t n_major_descriptor(const uint16_t* tile, int kb) {
+  return wgmma_descriptor(tile + kb * 16 * HD, 16 * HD, 128);
 }
 
-template <int HD>
-__global__ void __launch_bounds__(WgmmaForwardTiles<HD>::kThreads)
-    attention_forward_wgmma_kernel(uint16_t* out, float* lse, const uint16_t* qkv, int T, int C, int H,
-                                   float scale_log2) {
-  using Tiles = WgmmaForwardTiles<HD>;
-  constexpr int S = HD + kPad, KT = Tiles::kKeys, kBlockThreads = Tiles::kThreads;
-  // Byte distances between core matrices: along a row (8 columns on) and
-  // down a tile (8 rows on) of the K and V tiles.
-  constexpr uint32_t kAlongRow = 128, kDownTile = 16 * HD;
-  extern __shared__ __align__(16) uint16_t smem[];
-  uint16_t* sQ = smem;                   // [kRows][S]
-  uint16_t* sK = sQ + Tiles::kRows * S;  // [2][KT * HD], core matrices
-  uint16_t* sV = sK + 2 * KT * HD;       // [2][KT * HD], core matrices
+// One product of wgmma_bf16 steps, issued, committed and waited for:
+// d += sum over kb < Steps of a(kb) times the B that descriptor(kb) names.
+template <int N, bool TransposeB, int Steps, typename A, typename Descriptor>
+__device__ __forceinline__ void wgmma_product(float (&d)[N / 8][4], const A& a, const Descriptor& descriptor) {
+  wgmma_fence();
+#pragma unroll
+  for (int kb = 0; kb < Steps; ++kb) wgmma_bf16<N, TransposeB>(d, a[kb], descriptor(kb));
+  wgmma_commit();
+  wgmma_wait<0>();
+  wgmma_fence_operands(d);
+}
 
-  const int q0 = (gridDim.x - 1 - blockIdx.x) * Tiles::kRows;
-  const HeadOffsets head(T, C, H, HD);
+// The query-owning wgmma kernels' loop over key tiles (the counterpart of
+// for_each_key_tile), for a block owning queries q0 .. q0 + kRows - 1:
+// issues tile 0's K and V copies and commits them with the caller's
+// pending copies (its Q tile in sQ, padded row-major), streams the rest
+// through walk_tiles, and for each tile with a key at or before one of the
+// warpgroup's queries calls body(j, s, k_tile, v_tile) with s = Q K^T of
+// the warp's 16 queries (unscaled; keys after their query at -inf). The
+// warpgroup issues each wgmma together, so it skips tiles by its rows; a
+// tile it takes has key0 <= its first query (both multiples of 64), so
+// each of its rows has a finite score there.
+template <int HD, typename Body>
+__device__ __forceinline__ void for_each_key_tile_wgmma(const uint16_t* sQ, uint16_t* sK, uint16_t* sV, int q0,
+                                                        int T, const uint16_t* k_base, const uint16_t* v_base,
+                                                        size_t qkv_stride, Body&& body) {
+  constexpr int S = HD + kPad, KT = WgmmaTiles::kStream, kBlockThreads = WgmmaTiles::kThreads;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int group_q0 = q0 + 64 * (warp / 4);  // this warpgroup's first query
-  const int warp_q0 = q0 + 16 * warp;
-  const size_t qkv_stride = head.qkv_stride;
-  const uint16_t* q_base = qkv + head.qkv;
-  const uint16_t* k_base = q_base + C;
-  const uint16_t* v_base = q_base + 2 * C;
+  const int group_q0 = q0 + 64 * (warp / 4), warp_q0 = q0 + 16 * warp;
   auto load_keys = [&](int j, int buffer) {
     load_core_matrix_tile_async<KT, HD, kBlockThreads>(sK + buffer * KT * HD, k_base, j * KT, T, qkv_stride);
     load_core_matrix_tile_async<KT, HD, kBlockThreads>(sV + buffer * KT * HD, v_base, j * KT, T, qkv_stride);
   };
-  load_tile_async<Tiles::kRows, HD, kBlockThreads>(sQ, q_base, q0, T, qkv_stride);
   load_keys(0, 0);
   cp_async_commit();
-
-  OnlineSoftmax<1, HD> softmax;
   uint32_t q_frag[1][HD / 16][4];
-  walk_tiles<true>((min(q0 + Tiles::kRows, T) + KT - 1) / KT, load_keys, [&](int j, int buffer) {
+  walk_tiles<true>((min(q0 + WgmmaTiles::kRows, T) + KT - 1) / KT, load_keys, [&](int j, int buffer) {
     if (j == 0) load_a_fragments<S, 1, HD / 16>(q_frag, sQ, 16 * warp, lane);
     const int key0 = j * KT;
-    // The warpgroup issues each wgmma together: it skips tiles by its rows.
-    // A tile it takes has key0 <= group_q0 (both multiples of 64), so each
-    // of its rows has a finite score there.
     if (key0 > group_q0 + 63 || group_q0 >= T) return;
     const uint16_t* k_tile = sK + buffer * KT * HD;
-    const uint16_t* v_tile = sV + buffer * KT * HD;
-
-    // S = Q K^T: B(k = d, n = key) = K[key][d], K-major.
     float s[1][KT / 8][4] = {};
-    wgmma_fence();
-#pragma unroll
-    for (int kb = 0; kb < HD / 16; ++kb)
-      wgmma_bf16<KT, false>(s[0], q_frag[0][kb], wgmma_descriptor(k_tile + kb * 2 * 64, kAlongRow, kDownTile));
-    wgmma_commit();
-    wgmma_wait<0>();
-    wgmma_fence_operands(s[0]);
-
+    wgmma_product<KT, false, HD / 16>(s[0], q_frag[0], [&](int kb) { return k_major_descriptor<HD>(k_tile, kb); });
     mask_scores(s, key0, warp_q0, lane);
-    softmax.add_tile(s, scale_log2);
-    uint32_t p[KT / 16][4];
-#pragma unroll
-    for (int kb = 0; kb < KT / 16; ++kb) pack_p_fragment(p[kb], s[0], kb);
-
-    // O += P V: B(k = key, n = d) = V[key][d], N-major.
-    wgmma_fence();
-#pragma unroll
-    for (int kb = 0; kb < KT / 16; ++kb)
-      wgmma_bf16<HD, true>(softmax.o[0], p[kb], wgmma_descriptor(v_tile + kb * 16 * HD, kDownTile, kAlongRow));
-    wgmma_commit();
-    wgmma_wait<0>();
-    wgmma_fence_operands(softmax.o[0]);
+    body(j, s, k_tile, sV + buffer * KT * HD);
   });
+}
+
+// Forward on wgmma: block = (kRows-query tile, batch*head). S = Q K^T, then
+// O += P V with P from registers and V as N-major B; the online softmax of
+// the mma kernel.
+template <int HD>
+constexpr size_t wgmma_forward_shared_bytes() {
+  constexpr size_t kTile = size_t(WgmmaTiles::kStream) * HD;
+  return sizeof(uint16_t) * (size_t(HD + kPad) * WgmmaTiles::kRows + 4 * kTile);  // Q, 2 x K, 2 x V
+}
+
+template <int HD>
+__global__ void __launch_bounds__(WgmmaTiles::kThreads)
+    attention_forward_wgmma_kernel(uint16_t* out, float* lse, const uint16_t* qkv, int T, int C, int H,
+                                   float scale_log2) {
+  constexpr int S = HD + kPad, KT = WgmmaTiles::kStream;
+  extern __shared__ __align__(16) uint16_t smem[];
+  uint16_t* sQ = smem;                        // [kRows][S]
+  uint16_t* sK = sQ + WgmmaTiles::kRows * S;  // [2][KT * HD], core matrices
+  uint16_t* sV = sK + 2 * KT * HD;            // [2][KT * HD], core matrices
+
+  const int q0 = (gridDim.x - 1 - blockIdx.x) * WgmmaTiles::kRows;
+  const HeadOffsets head(T, C, H, HD);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int warp_q0 = q0 + 16 * warp;
+  const uint16_t* q_base = qkv + head.qkv;
+  load_tile_async<WgmmaTiles::kRows, HD, WgmmaTiles::kThreads>(sQ, q_base, q0, T, head.qkv_stride);
+
+  OnlineSoftmax<1, HD> softmax;
+  for_each_key_tile_wgmma<HD>(
+      sQ, sK, sV, q0, T, q_base + C, q_base + 2 * C, head.qkv_stride,
+      [&](int, float(&s)[1][KT / 8][4], const uint16_t*, const uint16_t* v_tile) {
+        softmax.add_tile(s, scale_log2);
+        uint32_t p[KT / 16][4];
+#pragma unroll
+        for (int kb = 0; kb < KT / 16; ++kb) pack_p_fragment(p[kb], s[0], kb);
+        wgmma_product<HD, true, KT / 16>(softmax.o[0], p,
+                                         [&](int kb) { return n_major_descriptor<HD>(v_tile, kb); });  // O += P V
+      });
   softmax.finish(lse + head.stats, warp_q0, T, scale_log2, lane);
   // The warp's Q rows are in registers; reuse them to stage the output.
   store_warp_blocks<HD, 1>(out + head.out, size_t(C), warp_q0, T, softmax.o, 1.0f, sQ + 16 * warp * S, lane);
 }
 
-// Where this build and device run the wgmma forward: compiled for sm_90a
+// Backward on wgmma, in two passes as AttentionBackward::two_pass (seven
+// products of the score matrix's size, no waiting between blocks).
+//
+// dQ pass: block = (kRows-query tile, batch*head), streaming key tiles as
+// the forward does: S = Q K^T, P = exp(S - lse), dP = dO V^T (V as K-major
+// B), dS = P (dP - D), dQ += dS K (K as N-major B).
+template <int HD>
+constexpr size_t wgmma_dq_shared_bytes() {
+  constexpr size_t kTile = size_t(WgmmaTiles::kStream) * HD;
+  return sizeof(uint16_t) * (size_t(HD + kPad) * 2 * WgmmaTiles::kRows + 4 * kTile);  // Q, dO, 2 x K, 2 x V
+}
+
+template <int HD>
+__global__ void __launch_bounds__(WgmmaTiles::kThreads)
+    attention_backward_dq_wgmma_kernel(uint16_t* dqkv, const uint16_t* dout, const uint16_t* qkv, const float* lse,
+                                       const float* row_dot, int T, int C, int H, float scale, float scale_log2) {
+  constexpr int S = HD + kPad, KT = WgmmaTiles::kStream;
+  extern __shared__ __align__(16) uint16_t smem[];
+  uint16_t* sQ = smem;                          // [kRows][S]
+  uint16_t* sdO = sQ + WgmmaTiles::kRows * S;   // [kRows][S]
+  uint16_t* sK = sdO + WgmmaTiles::kRows * S;   // [2][KT * HD], core matrices
+  uint16_t* sV = sK + 2 * KT * HD;              // [2][KT * HD], core matrices
+
+  const int q0 = (gridDim.x - 1 - blockIdx.x) * WgmmaTiles::kRows;
+  const HeadOffsets head(T, C, H, HD);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
+  const int warp_q0 = q0 + 16 * warp;
+  const uint16_t* q_base = qkv + head.qkv;
+  load_tile_async<WgmmaTiles::kRows, HD, WgmmaTiles::kThreads>(sQ, q_base, q0, T, head.qkv_stride);
+  load_tile_async<WgmmaTiles::kRows, HD, WgmmaTiles::kThreads>(sdO, dout + head.out, q0, T, size_t(C));
+
+  float row_lse[2], row_dot_value[2];  // log2 domain; D
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int t = warp_q0 + g + 8 * half;
+    row_lse[half] = t < T ? lse[head.stats + t] * kLog2e : 0.0f;
+    row_dot_value[half] = t < T ? row_dot[head.stats + t] : 0.0f;
+  }
+
+  float dq[1][HD / 8][4] = {};
+  uint32_t dout_frag[1][HD / 16][4];
+  for_each_key_tile_wgmma<HD>(
+      sQ, sK, sV, q0, T, q_base + C, q_base + 2 * C, head.qkv_stride,
+      [&](int j, float(&s)[1][KT / 8][4], const uint16_t* k_tile, const uint16_t* v_tile) {
+        if (j == 0) load_a_fragments<S, 1, HD / 16>(dout_frag, sdO, 16 * warp, lane);
+        float ds[1][KT / 8][4] = {};
+        wgmma_product<KT, false, HD / 16>(ds[0], dout_frag[0],
+                                          [&](int kb) { return k_major_descriptor<HD>(v_tile, kb); });  // dP
+#pragma unroll
+        for (int nb = 0; nb < KT / 8; ++nb) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const float p = exp2f(s[0][nb][e] * scale_log2 - row_lse[e / 2]);  // one FFMA
+            ds[0][nb][e] = p * (ds[0][nb][e] - row_dot_value[e / 2]);
+          }
+        }
+        uint32_t a[KT / 16][4];
+#pragma unroll
+        for (int kb = 0; kb < KT / 16; ++kb) pack_p_fragment(a[kb], ds[0], kb);
+        wgmma_product<HD, true, KT / 16>(dq[0], a,
+                                         [&](int kb) { return n_major_descriptor<HD>(k_tile, kb); });  // dQ += dS K
+      });
+  // The warp's Q rows are in registers since the first tile; stage there.
+  store_warp_blocks<HD, 1>(dqkv + head.qkv, head.qkv_stride, warp_q0, T, dq, scale, sQ + 16 * warp * S, lane);
+}
+
+// dK/dV pass: block = (kRows-key tile, batch*head), each warpgroup 64
+// keys, streaming the query tiles at or after the key tile (kStream rows,
+// with their lse and D):
+//   S^T = K Q^T (K and Q both from shared memory), P^T = exp(S^T - lse),
+//   dV += P^T dO (dO as N-major B), dP^T = V dO^T (V from shared memory),
+//   dS^T = P^T (dP^T - D), dK += dS^T Q (Q as N-major B).
+template <int HD>
+constexpr size_t wgmma_dkdv_shared_bytes() {
+  constexpr int QT = WgmmaTiles::kStream;
+  const size_t tiles = sizeof(uint16_t) * HD * (2 * size_t(WgmmaTiles::kRows) + 4 * QT) + sizeof(float) * 4 * QT;
+  // After the loop, each warp stages its dK and dV rows for the stores.
+  const size_t staging = sizeof(uint16_t) * size_t(HD + kPad) * 2 * WgmmaTiles::kRows;
+  return tiles > staging ? tiles : staging;
+}
+
+template <int HD>
+__global__ void __launch_bounds__(WgmmaTiles::kThreads)
+    attention_backward_dkdv_wgmma_kernel(uint16_t* dqkv, const uint16_t* dout, const uint16_t* qkv,
+                                         const float* lse, const float* row_dot, int T, int C, int H, float scale,
+                                         float scale_log2) {
+  constexpr int S = HD + kPad, QT = WgmmaTiles::kStream, kRows = WgmmaTiles::kRows;
+  constexpr int kBlockThreads = WgmmaTiles::kThreads;
+  extern __shared__ __align__(16) uint16_t smem[];
+  uint16_t* sK = smem;                  // [kRows * HD], core matrices
+  uint16_t* sV = sK + kRows * HD;       // [kRows * HD], core matrices
+  uint16_t* sQ = sV + kRows * HD;       // [2][QT * HD], core matrices
+  uint16_t* sdO = sQ + 2 * QT * HD;     // [2][QT * HD], core matrices
+  float* sLse = reinterpret_cast<float*>(sdO + 2 * QT * HD);  // [2][QT], log2 domain
+  float* sDot = sLse + 2 * QT;                                // [2][QT]
+
+  const int k0 = blockIdx.x * kRows;
+  const HeadOffsets head(T, C, H, HD);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+  const int group = warp / 4, group_k0 = k0 + 64 * group, warp_k0 = k0 + 16 * warp;
+  const size_t qkv_stride = head.qkv_stride;
+  const uint16_t* q_base = qkv + head.qkv;
+  const uint16_t* dout_base = dout + head.out;
+  const int tiles = (T - k0 + QT - 1) / QT;
+
+  auto load_query_tile = [&](int i, int buffer) {
+    const int row0 = k0 + i * QT;
+    load_core_matrix_tile_async<QT, HD, kBlockThreads>(sQ + buffer * QT * HD, q_base, row0, T, qkv_stride);
+    load_core_matrix_tile_async<QT, HD, kBlockThreads>(sdO + buffer * QT * HD, dout_base, row0, T, size_t(C));
+    for (int r = threadIdx.x; r < QT; r += kBlockThreads) {
+      const int t = row0 + r;
+      sLse[buffer * QT + r] = t < T ? lse[head.stats + t] * kLog2e : 0.0f;
+      sDot[buffer * QT + r] = t < T ? row_dot[head.stats + t] : 0.0f;
+    }
+  };
+  load_core_matrix_tile_async<kRows, HD, kBlockThreads>(sK, q_base + C, k0, T, qkv_stride);
+  load_core_matrix_tile_async<kRows, HD, kBlockThreads>(sV, q_base + 2 * C, k0, T, qkv_stride);
+  load_query_tile(0, 0);
+  cp_async_commit();
+
+  // This warpgroup's 64 rows of K and V, as A from shared memory.
+  const uint16_t* group_k = sK + 64 * group * HD;
+  const uint16_t* group_v = sV + 64 * group * HD;
+  float dk[1][HD / 8][4] = {}, dv[1][HD / 8][4] = {};
+  walk_tiles<true>(tiles, load_query_tile, [&](int i, int buffer) {
+    const int row0 = k0 + i * QT;
+    // Query tiles wholly before the warpgroup's keys add nothing.
+    if (row0 + QT - 1 < group_k0 || group_k0 >= T) return;
+    const uint16_t* q_tile = sQ + buffer * QT * HD;
+    const uint16_t* dout_tile = sdO + buffer * QT * HD;
+    const float* tile_lse = sLse + buffer * QT;
+    const float* tile_dot = sDot + buffer * QT;
+
+    // P^T: the warp's 16 keys x QT queries, masked (a query before its key,
+    // or past T, gets 0).
+    float p[1][QT / 8][4] = {};
+    wgmma_fence();
+#pragma unroll
+    for (int kb = 0; kb < HD / 16; ++kb)
+      wgmma_bf16_shared_a<false>(p[0], k_major_descriptor<HD>(group_k, kb), k_major_descriptor<HD>(q_tile, kb));
+    wgmma_commit();
+    wgmma_wait<0>();
+    wgmma_fence_operands(p[0]);
+#pragma unroll
+    for (int nb = 0; nb < QT / 8; ++nb) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = warp_k0 + g + 8 * (e / 2);
+        const int column = nb * 8 + 2 * q + (e & 1);
+        const int query = row0 + column;
+        const float value = exp2f(p[0][nb][e] * scale_log2 - tile_lse[column]);  // one FFMA
+        p[0][nb][e] = query >= key && query < T ? value : 0.0f;
+      }
+    }
+    uint32_t a[QT / 16][4];
+#pragma unroll
+    for (int kb = 0; kb < QT / 16; ++kb) pack_p_fragment(a[kb], p[0], kb);
+    // dV += P^T dO and dP^T = V dO^T, in one group.
+    float ds[1][QT / 8][4] = {};
+    wgmma_fence();
+#pragma unroll
+    for (int kb = 0; kb < QT / 16; ++kb) wgmma_bf16<HD, true>(dv[0], a[kb], n_major_descriptor<HD>(dout_tile, kb));
+#pragma unroll
+    for (int kb = 0; kb < HD / 16; ++kb)
+      wgmma_bf16_shared_a<false>(ds[0], k_major_descriptor<HD>(group_v, kb), k_major_descriptor<HD>(dout_tile, kb));
+    wgmma_commit();
+    wgmma_wait<0>();
+    wgmma_fence_operands(dv[0]);
+    wgmma_fence_operands(ds[0]);
+    // dS^T = P^T (dP^T - D); dK += dS^T Q.
+#pragma unroll
+    for (int nb = 0; nb < QT / 8; ++nb) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) ds[0][nb][e] = p[0][nb][e] * (ds[0][nb][e] - tile_dot[nb * 8 + 2 * q + (e & 1)]);
+    }
+#pragma unroll
+    for (int kb = 0; kb < QT / 16; ++kb) pack_p_fragment(a[kb], ds[0], kb);
+    wgmma_product<HD, true, QT / 16>(dk[0], a, [&](int kb) { return n_major_descriptor<HD>(q_tile, kb); });
+  });
+
+  // The loop's last barrier has passed: all of shared memory is free. Each
+  // warp stages its dK rows, then its dV rows, in rows of its own.
+  uint16_t* staging = smem + 32 * warp * S;
+  store_warp_blocks<HD, 1>(dqkv + head.qkv + C, qkv_stride, warp_k0, T, dk, scale, staging, lane);
+  store_warp_blocks<HD, 1>(dqkv + head.qkv + 2 * C, qkv_stride, warp_k0, T, dv, 1.0f, staging + 16 * S, lane);
+}
+
+// Where this build and device run the wgmma kernels: compiled for sm_90a
 // (the probe kernel reports it) on a compute-capability 9.0 GPU.
 __global__ void wgmma_probe_kernel(int* compiled) { *compiled = wgmma_compiled() ? 1 : 0; }
 
@@ -1098,12 +1311,11 @@ void forward_tc(cudaStream_t stream, AttentionForward how, void* out, float* lse
   const auto* qkv16 = static_cast<const uint16_t*>(qkv);
   const float scale_log2 = kLog2e / sqrtf(float(HD));
   if (how == AttentionForward::wgmma) {
-    using Tiles = WgmmaForwardTiles<HD>;
     auto kernel = attention_forward_wgmma_kernel<HD>;
     constexpr size_t shared = wgmma_forward_shared_bytes<HD>();
     allow_dynamic_shared_memory(kernel, shared, "attention_forward");
-    const dim3 grid(ceil_div(T, Tiles::kRows), B * H);
-    kernel<<<grid, Tiles::kThreads, shared, stream>>>(out16, lse, qkv16, T, C, H, scale_log2);
+    const dim3 grid(ceil_div(T, WgmmaTiles::kRows), B * H);
+    kernel<<<grid, WgmmaTiles::kThreads, shared, stream>>>(out16, lse, qkv16, T, C, H, scale_log2);
     CUDA_CHECK_LAUNCH("attention_forward_wgmma_kernel");
     return;
   }
@@ -1137,6 +1349,22 @@ void backward_tc(cudaStream_t stream, AttentionBackward how, void* dqkv, float* 
   const auto* dout16 = static_cast<const uint16_t*>(dout);
   const auto* qkv16 = static_cast<const uint16_t*>(qkv);
   const float scale = 1.0f / sqrtf(float(HD));
+  if (how == AttentionBackward::wgmma) {
+    const dim3 grid(ceil_div(T, WgmmaTiles::kRows), B * H);
+    auto dkdv = attention_backward_dkdv_wgmma_kernel<HD>;
+    constexpr size_t dkdv_shared = wgmma_dkdv_shared_bytes<HD>();
+    allow_dynamic_shared_memory(dkdv, dkdv_shared, "attention_backward");
+    dkdv<<<grid, WgmmaTiles::kThreads, dkdv_shared, stream>>>(dqkv16, dout16, qkv16, lse, row_dot, T, C, H, scale,
+                                                                scale * kLog2e);
+    CUDA_CHECK_LAUNCH("attention_backward_dkdv_wgmma_kernel");
+    auto dq = attention_backward_dq_wgmma_kernel<HD>;
+    constexpr size_t dq_shared = wgmma_dq_shared_bytes<HD>();
+    allow_dynamic_shared_memory(dq, dq_shared, "attention_backward");
+    dq<<<grid, WgmmaTiles::kThreads, dq_shared, stream>>>(dqkv16, dout16, qkv16, lse, row_dot, T, C, H, scale,
+                                                            scale * kLog2e);
+    CUDA_CHECK_LAUNCH("attention_backward_dq_wgmma_kernel");
+    return;
+  }
   if (how == AttentionBackward::one_pass) {
     CUDA_CHECK(cudaMemsetAsync(dq_flags, 0, sizeof(unsigned) * flag_count, stream));
     backward_key_pass<HD, true>(stream, dqkv16, dq_accum, dq_flags, dout16, qkv16, lse, row_dot, B, T, C, H, scale);
@@ -1169,11 +1397,20 @@ Strategy strategy_from_environment(const char* variable, const char* what, const
 }  // namespace
 
 const char* attention_backward_name(AttentionBackward how) {
-  return how == AttentionBackward::one_pass ? "one-pass" : "two-pass";
+  switch (how) {
+    case AttentionBackward::one_pass:
+      return "one-pass";
+    case AttentionBackward::two_pass:
+      return "two-pass";
+    case AttentionBackward::wgmma:
+      return "wgmma";
+  }
+  return "?";
 }
 
 AttentionBackward attention_backward_from_environment() {
-  constexpr AttentionBackward kChoices[] = {AttentionBackward::one_pass, AttentionBackward::two_pass};
+  constexpr AttentionBackward kChoices[] = {AttentionBackward::one_pass, AttentionBackward::two_pass,
+                                            AttentionBackward::wgmma};
   return strategy_from_environment(kAttentionBackwardEnv, "an attention backward", kChoices, attention_backward_name);
 }
 

@@ -1,7 +1,7 @@
 #pragma once
 // Causal multi-head self-attention (backend.h: attention_forward/_backward).
 // bf16 with head size 64 or 128 runs flash-style tiled kernels on the tensor
-// cores (mma.sync m16n8k16, or Hopper's wgmma for the forward, fp32
+// cores (mma.sync m16n8k16, or Hopper's wgmma, fp32
 // accumulation, online softmax, only the log-sum-exp saved); other shapes
 // and f32 storage run a simple fp32 kernel with one warp per row. All are
 // deterministic (no atomic adds of data).
@@ -27,7 +27,7 @@ constexpr const char* kAttentionForwardEnv = "SRGPT_ATTENTION_FORWARD";
 // kAttentionForwardEnv's choice (mma when unset); another value fails,
 // naming the variable, the value and what is allowed.
 AttentionForward attention_forward_from_environment();
-// Whether this build and the current device run the wgmma forward; if
+// Whether this build and the current device run the wgmma kernels; if
 // not, *why says what is missing.
 bool attention_wgmma_available(std::string* why);
 
@@ -43,9 +43,11 @@ void attention_forward(DType dtype, cudaStream_t stream, AttentionForward how, v
 //   query tile recomputes the scores and sums dQ in registers. Seven
 //   matmuls of that size, no waiting between blocks: the fallback should
 //   the one-pass kernel misbehave on some GPU, and its speed reference.
-// Both are deterministic; they round dQ's sum differently.
-enum class AttentionBackward { one_pass, two_pass };
-const char* attention_backward_name(AttentionBackward how);  // "one-pass", "two-pass"
+// - wgmma: two passes as two_pass, on Hopper's wgmma (the same conditions
+//   as AttentionForward::wgmma; not the default either).
+// All are deterministic; they round dQ's sum differently.
+enum class AttentionBackward { one_pass, two_pass, wgmma };
+const char* attention_backward_name(AttentionBackward how);  // "one-pass", "two-pass", "wgmma"
 // The variable that chooses it for a process, read by the cuda backend.
 constexpr const char* kAttentionBackwardEnv = "SRGPT_ATTENTION_BACKWARD";
 // kAttentionBackwardEnv's choice (one_pass when unset); another value than

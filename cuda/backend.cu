@@ -37,12 +37,13 @@ CudaBackend::CudaBackend(DType dtype, int device)
   CUDA_CHECK(cudaGetDeviceProperties(&properties, device));
   device_name_ = properties.name;
   matmul_ = std::make_unique<Matmul>(memory_);
+  std::string why;
   const AttentionForward forward = attention_forward_from_environment();
-  if (forward == AttentionForward::wgmma) {
-    std::string why;
-    if (!attention_wgmma_available(&why)) fail("{}=wgmma cannot run here: {}", kAttentionForwardEnv, why);
-  }
+  if (forward == AttentionForward::wgmma && !attention_wgmma_available(&why))
+    fail("{}=wgmma cannot run here: {}", kAttentionForwardEnv, why);
   attention_forward_ = forward;
+  if (attention_backward_ == AttentionBackward::wgmma && !attention_wgmma_available(&why))
+    fail("{}=wgmma cannot run here: {}", kAttentionBackwardEnv, why);
 }
 
 void CudaBackend::set_attention_forward_strategy(AttentionForward how) {
@@ -50,6 +51,13 @@ void CudaBackend::set_attention_forward_strategy(AttentionForward how) {
   if (how == AttentionForward::wgmma && !attention_wgmma_available(&why))
     fail("the wgmma attention forward cannot run here: {}", why);
   attention_forward_ = how;
+}
+
+void CudaBackend::set_attention_backward_strategy(AttentionBackward how) {
+  std::string why;
+  if (how == AttentionBackward::wgmma && !attention_wgmma_available(&why))
+    fail("the wgmma attention backward cannot run here: {}", why);
+  attention_backward_ = how;
 }
 
 CudaBackend::~CudaBackend() {

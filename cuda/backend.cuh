@@ -64,7 +64,7 @@ class CudaBackend final : public Backend {
   AttentionForward attention_forward_strategy() const { return attention_forward_; }
   void set_attention_forward_strategy(AttentionForward how);
   AttentionBackward attention_backward_strategy() const { return attention_backward_; }
-  void set_attention_backward_strategy(AttentionBackward how) { attention_backward_ = how; }
+  void set_attention_backward_strategy(AttentionBackward how);
 
   // The matmuls' cuBLASLt state: which epilogues it fused, and the
   // weight-gradient stream switch (for measuring).

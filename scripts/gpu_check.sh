@@ -107,7 +107,7 @@ stage_build() {
 
 ONE_PASS_TEST="gpu attention forward and backward match the cpu backend"
 TWO_PASS_TEST="gpu attention with the two-pass backward matches the cpu backend"
-WGMMA_TEST="gpu attention with the wgmma forward matches the cpu backend"
+WGMMA_TEST="gpu attention on wgmma matches the cpu backend"
 
 # attention_test NAME TEST: one attention test case, limited to
 # ATTENTION_LIMIT_S: the one-pass backward orders its blocks through flags
@@ -354,8 +354,8 @@ stage_session() {
     fi
   fi
   [ $two_pass_rc -eq 0 ] || status=1
-  # The wgmma forward is not the default: a failure is reported, and the
-  # session goes on with the mma forward.
+  # The wgmma kernels are not the default: a failure is reported, and the
+  # session goes on without them.
   local wgmma
   t=$SECONDS
   wgmma=$(attention_test wgmma "$WGMMA_TEST") || status=1

@@ -88,10 +88,14 @@ void check_strategy_variable(const char* variable, const char* pass, const std::
 TEST_CASE("SRGPT_ATTENTION_BACKWARD chooses the attention backward and refuses other values", "[gpu]") {
   if (!have_gpu()) return;
   check_strategy_variable<gpu::AttentionBackward>(
-      gpu::kAttentionBackwardEnv, "backward", {gpu::AttentionBackward::one_pass, gpu::AttentionBackward::two_pass},
+      gpu::kAttentionBackwardEnv, "backward",
+      {gpu::AttentionBackward::one_pass, gpu::AttentionBackward::two_pass, gpu::AttentionBackward::wgmma},
       gpu::attention_backward_name,
       [](const Backend& be) { return dynamic_cast<const gpu::CudaBackend&>(be).attention_backward_strategy(); },
-      [](gpu::AttentionBackward) { return true; });
+      [](gpu::AttentionBackward how) {
+        std::string why;
+        return how != gpu::AttentionBackward::wgmma || gpu::attention_wgmma_available(&why);
+      });
 }
 
 TEST_CASE("SRGPT_ATTENTION_FORWARD chooses the attention forward and refuses other values", "[gpu]") {

@@ -6,7 +6,7 @@ benchmark, srgpt's GPU test binary and gpu_step_bench), which record how
 they were called and answer as a configured outcome. Checked: the report
 and what comes back under $OUT (at most 8 files, the device tool's limit);
 the fallback to the two-pass attention backward when only it passes; a
-failing wgmma forward reported while the rest goes on; a hung attention
+failing wgmma test reported while the rest goes on; a hung attention
 test ending at its limit; steps skipped, and saying so, when
 the time budget runs short; a failed build; no PyTorch. The real programs'
 own outputs are tested elsewhere (bench_targets.py, gpu_step_bench's flag
@@ -104,7 +104,8 @@ printf 'per-kernel results, GPT-2 d12 shapes (bf16):\\n| op | shape | ms | achie
 printf '| attention_forward mma | B=32 | 0.345 | 150 TFLOP/s |\\n'
 printf '| attention_forward wgmma | B=32 | 0.200 | 258 TFLOP/s |\\n'
 printf '| attention_backward one-pass | B=32 | 0.700 | 184 TFLOP/s |\\n'
-printf '| attention_backward two-pass | B=32 | 0.962 | 134 TFLOP/s |\\n\\n'
+printf '| attention_backward two-pass | B=32 | 0.962 | 134 TFLOP/s |\\n'
+printf '| attention_backward wgmma | B=32 | 0.600 | 215 TFLOP/s |\\n\\n'
 printf 'cuBLASLt epilogues of these matmuls, fused on how many of the products they were asked for: BGRADB 0 of 4;\\n'
 """
 
@@ -200,6 +201,7 @@ class GpuSessionTest(unittest.TestCase):
         self.assertIn("| 1:64:1:32 | pass | 0.345 | 0.700 | 0.962 |", report)
         self.assertIn("| attention_backward two-pass | B=32 | 0.962 |", report)
         self.assertIn("| attention_forward wgmma | B=32 | 0.200 |", report)
+        self.assertIn("| attention_backward wgmma | B=32 | 0.600 |", report)
         self.assertNotIn("d12: bf16-sr vs mixed", report)  # the line after the steps table
         # The report is also the end of the output (what the device tool shows).
         self.assertTrue(result.stdout.rstrip().endswith(report.rstrip().splitlines()[-1]))
@@ -244,7 +246,7 @@ class GpuSessionTest(unittest.TestCase):
         self.assertNotIn("uses SRGPT_ATTENTION_BACKWARD", self.report())
         self.assertTrue(self.calls_of("gpu_step_bench")[0].endswith("SRGPT_ATTENTION_BACKWARD="))
 
-    def test_a_failing_wgmma_forward_is_reported_and_the_rest_keeps_the_default(self):
+    def test_failing_wgmma_kernels_are_reported_and_the_rest_keeps_the_defaults(self):
         result = self.run_session(FAKE_WGMMA_RC=1)
         self.assertNotEqual(result.returncode, 0)
         report = self.report()
