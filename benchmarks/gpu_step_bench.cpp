@@ -435,7 +435,7 @@ void bench_kernels(const Options& o, const Ceilings& ceilings) {
 
 // ---------------------------------------------------------------- steps
 struct StepRow {
-  std::string model, precision, activations, attention_backward;
+  std::string model, precision, activations, attention;
   double step_ms, tokens_per_s, mfu_peak, mfu_measured;
   double peak_gib, device_used_gib;
   size_t params;
@@ -447,7 +447,7 @@ void write_json_line(std::ofstream& out, const StepRow& r, const Options& o) {
   out << nlohmann::json{{"model", r.model},
                         {"precision", r.precision},
                         {"activations", r.activations},
-                        {"attention_backward", r.attention_backward},
+                        {"attention", r.attention},
                         {"batch", o.batch},
                         {"seq", o.seq},
                         {"params", r.params},
@@ -462,14 +462,20 @@ void write_json_line(std::ofstream& out, const StepRow& r, const Options& o) {
 
 // `weights`: the model's initial weights (gpt2_initial_weights), computed
 // once per model for all its rows: on the host that takes seconds.
+// wgmma_attention: both attention passes on wgmma (cuda/attention.cuh),
+// else the strategies the environment chooses.
 StepRow bench_steps(const Options& o, const std::string& model_name, const std::vector<float>& weights,
-                    Precision precision, ActivationOptions activations, const Ceilings& c) {
+                    Precision precision, ActivationOptions activations, bool wgmma_attention, const Ceilings& c) {
   const ModelConfig cfg = model_config(model_name, o.seq);
   const int B = o.batch, T = o.seq;
   size_t free0 = 0, total = 0;
   CUDA_CHECK(cudaMemGetInfo(&free0, &total));
   auto backend = make_cuda_backend(compute_dtype(precision), 0);
   auto& be = cuda_of(*backend);
+  if (wgmma_attention) {
+    be.set_attention_forward_strategy(gpu::AttentionForward::wgmma);
+    be.set_attention_backward_strategy(gpu::AttentionBackward::wgmma);
+  }
   auto comm = make_single_process_communicator(be);
   ParameterStore params(be, *comm, gpt2_param_layout(cfg), 0);
   GPT model(cfg, params, B, T, activations);
@@ -500,7 +506,8 @@ StepRow bench_steps(const Options& o, const std::string& model_name, const std::
                     ? "none"
                     : fmt::format("recompute {}, {} head chunks", recompute_name(activations.recompute),
                                   activations.lm_head_chunks);
-  r.attention_backward = gpu::attention_backward_name(be.attention_backward_strategy());
+  r.attention = fmt::format("{} forward, {} backward", gpu::attention_forward_name(be.attention_forward_strategy()),
+                            gpu::attention_backward_name(be.attention_backward_strategy()));
   r.params = params.layout().num_params();
   r.step_ms = median(times);
   const double tokens = double(B) * T;
@@ -511,9 +518,10 @@ StepRow bench_steps(const Options& o, const std::string& model_name, const std::
   r.peak_gib = be.peak_allocated_bytes() / double(1 << 30);
   r.device_used_gib = double(free0 - free1) / double(1 << 30);
   std::printf(
-      "  %s %-8s activations: %s, step %.1f ms, %.0f tokens/s, MFU %.1f%% (of measured %.1f%%), peak %.2f GiB\n",
-      r.model.c_str(), r.precision.c_str(), r.activations.c_str(), r.step_ms, r.tokens_per_s, 100 * r.mfu_peak,
-      100 * r.mfu_measured, r.peak_gib);
+      "  %s %-8s activations: %s, attention: %s, step %.1f ms, %.0f tokens/s, MFU %.1f%% (of measured %.1f%%), peak "
+      "%.2f GiB\n",
+      r.model.c_str(), r.precision.c_str(), r.activations.c_str(), r.attention.c_str(), r.step_ms, r.tokens_per_s,
+      100 * r.mfu_peak, 100 * r.mfu_measured, r.peak_gib);
   std::fflush(stdout);
   return r;
 }
@@ -533,6 +541,9 @@ int main(int argc, char** argv) {
     const Ceilings ceilings = measure_ceilings(o);
     if (o.kernels) bench_kernels(o, ceilings);
     if (o.steps) {
+      std::string why;
+      const bool wgmma = gpu::attention_wgmma_available(&why);
+      if (!wgmma) std::printf("steps with the attention on wgmma: not measured: %s\n", why.c_str());
       std::vector<StepRow> rows;
       auto record = [&](StepRow row) {
         if (json_out.is_open()) write_json_line(json_out, row, o);
@@ -542,22 +553,24 @@ int main(int argc, char** argv) {
         const ModelConfig cfg = model_config(m, o.seq);
         const std::vector<float> weights = gpt2_initial_weights(cfg, gpt2_param_layout(cfg), 1234, 0.02);
         for (Precision p : {Precision::bf16_sr, Precision::bf16_rn, Precision::mixed})
-          record(bench_steps(o, m, weights, p, ActivationOptions{}, ceilings));
+          record(bench_steps(o, m, weights, p, ActivationOptions{}, false, ceilings));
+        // The attention on wgmma, where this build and GPU run it.
+        if (wgmma) record(bench_steps(o, m, weights, Precision::bf16_sr, ActivationOptions{}, true, ceilings));
         // The memory-saving options, by memory saved: the LM head in 8
         // chunks (4096 rows each at batch 32 x 1024), then also recompute
         // LayerNorm (2 d_model per token and layer), GELU (4), or both.
         for (Recompute recompute : {Recompute::none, Recompute::layernorm, Recompute::gelu, Recompute::all})
-          record(bench_steps(o, m, weights, Precision::bf16_sr, ActivationOptions{recompute, 8}, ceilings));
+          record(bench_steps(o, m, weights, Precision::bf16_sr, ActivationOptions{recompute, 8}, false, ceilings));
       }
-      std::printf("\ntraining steps: micro batch %d, seq %d, median of %d after %d warm-up, %s attention backward\n",
-                  o.batch, o.seq, o.iters, o.warmup, rows.empty() ? "-" : rows.front().attention_backward.c_str());
-      std::printf("| model | precision | activation options | params | step ms | tokens/s | MFU (790) | "
-                  "MFU (measured %.0f) | peak GiB | device used GiB |\n|---|---|---|---|---|---|---|---|---|---|\n",
+      std::printf("\ntraining steps: micro batch %d, seq %d, median of %d after %d warm-up\n", o.batch, o.seq,
+                  o.iters, o.warmup);
+      std::printf("| model | precision | activation options | attention | params | step ms | tokens/s | MFU (790) | "
+                  "MFU (measured %.0f) | peak GiB | device used GiB |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
                   ceilings.flops / 1e12);
       for (const auto& r : rows)
-        std::printf("| %s | %s | %s | %.1fM | %.1f | %.0f | %.1f%% | %.1f%% | %.2f | %.2f |\n", r.model.c_str(),
-                    r.precision.c_str(), r.activations.c_str(), r.params / 1e6, r.step_ms, r.tokens_per_s,
-                    100 * r.mfu_peak, 100 * r.mfu_measured, r.peak_gib, r.device_used_gib);
+        std::printf("| %s | %s | %s | %s | %.1fM | %.1f | %.0f | %.1f%% | %.1f%% | %.2f | %.2f |\n", r.model.c_str(),
+                    r.precision.c_str(), r.activations.c_str(), r.attention.c_str(), r.params / 1e6, r.step_ms,
+                    r.tokens_per_s, 100 * r.mfu_peak, 100 * r.mfu_measured, r.peak_gib, r.device_used_gib);
       for (const std::string& m : o.models) {
         const StepRow *sr = nullptr, *mixed = nullptr;
         for (const auto& r : rows) {

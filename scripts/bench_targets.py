@@ -6,6 +6,8 @@ Reads srgpt's step rows (`gpu_step_bench --json`) and PyTorch's
 markdown table docs/benchmarks.md records:
 
   - bf16-sr tokens/s against the faster PyTorch mode (target >= 1.15x),
+    with the default attention kernels and, where the rows have it, the
+    fastest other choice of them (gpu_step_bench's "attention" field),
   - bf16-sr peak memory against PyTorch mixed precision's allocated peak
     (target <= 0.65x); where plain bf16-sr misses it, the fastest run with
     memory options (train.recompute, train.lm_head_chunks) that meets it,
@@ -61,6 +63,15 @@ def main():
         torch_bf16 = find(pytorch, pytorch_path, model=model, mode="bf16")
         faster = max((torch_mixed, torch_bf16), key=lambda r: r["tokens_per_s"])
         speedup = sr["tokens_per_s"] / faster["tokens_per_s"]
+        speed_text, speed_met = f"{speedup:.2f}x (PyTorch {faster['mode']})", verdict(speedup >= SPEEDUP_TARGET)
+        others = [r for r in srgpt if r["model"] == model and r["precision"] == "bf16-sr"
+                  and r["activations"] == "none" and r.get("attention") != sr.get("attention")]
+        if others:
+            best = max(others, key=lambda r: r["tokens_per_s"])
+            best_speedup = best["tokens_per_s"] / faster["tokens_per_s"]
+            speed_text += f"; {best_speedup:.2f}x with {best['attention']}"
+            if speedup < SPEEDUP_TARGET <= best_speedup:
+                speed_met += f" (yes with {best['attention']})"
         memory = sr["peak_gib"] / torch_mixed["peak_alloc_gib"]
         memory_text, memory_met = f"{memory:.2f}x", verdict(memory <= MEMORY_TARGET)
         if memory > MEMORY_TARGET:
@@ -76,9 +87,9 @@ def main():
                 least = min(options, key=lambda r: r["peak_gib"])
                 least_ratio = least["peak_gib"] / torch_mixed["peak_alloc_gib"]
                 memory_text += f"; at least {least_ratio:.2f}x ({least['activations']})"
-        lines.append(f"| {model} | {speedup:.2f}x (PyTorch {faster['mode']}) | {memory_text} | "
+        lines.append(f"| {model} | {speed_text} | {memory_text} | "
                      f"{sr['tokens_per_s'] / sr_mixed['tokens_per_s']:.2f}x, {sr['peak_gib'] / sr_mixed['peak_gib']:.2f}x | "
-                     f"{verdict(speedup >= SPEEDUP_TARGET)} | {memory_met} |")
+                     f"{speed_met} | {memory_met} |")
     print("| model | bf16-sr tokens/s vs faster PyTorch mode | bf16-sr peak vs PyTorch mixed | "
           "bf16-sr vs srgpt mixed: throughput, memory | speed met? | memory met? |")
     print("|---|---|---|---|---|---|")

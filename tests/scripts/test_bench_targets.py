@@ -13,10 +13,11 @@ import unittest
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts", "bench_targets.py")
 
 
-def srgpt_row(model, precision, activations, tokens_per_s, peak_gib):
-    return {"model": model, "precision": precision, "activations": activations, "batch": 32, "seq": 1024,
-            "params": 124475904, "step_ms": 32768e3 / tokens_per_s, "tokens_per_s": tokens_per_s, "mfu": 0.5,
-            "peak_gib": peak_gib}
+def srgpt_row(model, precision, activations, tokens_per_s, peak_gib,
+              attention="mma forward, one-pass backward"):
+    return {"model": model, "precision": precision, "activations": activations, "attention": attention,
+            "batch": 32, "seq": 1024, "params": 124475904, "step_ms": 32768e3 / tokens_per_s,
+            "tokens_per_s": tokens_per_s, "mfu": 0.5, "peak_gib": peak_gib}
 
 
 def pytorch_row(model, mode, tokens_per_s, peak_alloc_gib):
@@ -79,6 +80,25 @@ class BenchTargetsTest(unittest.TestCase):
         self.assertIn("(PyTorch mixed)", out)
         code, out = self.run_script(rows(2.0e5 * 1.14), torch)
         self.assertEqual(table_rows(out)["d24"][3], "**no**", out)
+
+    def test_other_attention_kernels_are_reported_beside_the_default(self):
+        torch = [pytorch_row("d24", "mixed", 1.8e5, 35.0), pytorch_row("d24", "bf16", 2.0e5, 30.0)]
+        wgmma = "wgmma forward, wgmma backward"
+        srgpt = [srgpt_row("d24", "bf16-sr", "none", 2.2e5, 30.0), srgpt_row("d24", "mixed", "none", 2.2e5, 33.0),
+                 srgpt_row("d24", "bf16-sr", "none", 2.4e5, 30.0, attention=wgmma),
+                 srgpt_row("d24", "bf16-sr", "recompute all, 8 head chunks", 2.5e5, 19.0, attention=wgmma)]
+        code, out = self.run_script(srgpt, torch)
+        self.assertEqual(code, 0, out)
+        cells = table_rows(out)["d24"]
+        # The default row first; the other attention's row beside it (memory
+        # option rows are not speed rows).
+        self.assertEqual(cells[0], f"1.10x (PyTorch bf16); 1.20x with {wgmma}")
+        self.assertEqual(cells[3], f"**no** (yes with {wgmma})")
+        slower = [srgpt[0], srgpt[1], srgpt_row("d24", "bf16-sr", "none", 2.1e5, 30.0, attention=wgmma)]
+        code, out = self.run_script(slower, torch)
+        cells = table_rows(out)["d24"]
+        self.assertEqual(cells[0], f"1.10x (PyTorch bf16); 1.05x with {wgmma}")
+        self.assertEqual(cells[3], "**no**")
 
     def test_memory_options_fastest_meeting_the_target(self):
         torch = [pytorch_row("d12", "mixed", 4.7e5, 15.0), pytorch_row("d12", "bf16", 5.1e5, 13.0)]
