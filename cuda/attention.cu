@@ -540,6 +540,7 @@ __device__ __forceinline__ uint64_t n_major_descriptor(const uint16_t* tile, int
 // d += sum over kb < Steps of a(kb) times the B that descriptor(kb) names.
 template <int N, bool TransposeB, int Steps, typename A, typename Descriptor>
 __device__ __forceinline__ void wgmma_product(float (&d)[N / 8][4], const A& a, const Descriptor& descriptor) {
+  wgmma_fence_operands(d);
   wgmma_fence();
 #pragma unroll
   for (int kb = 0; kb < Steps; ++kb) wgmma_bf16<N, TransposeB>(d, a[kb], descriptor(kb));
@@ -762,6 +763,7 @@ __global__ void __launch_bounds__(WgmmaTiles::kThreads)
     // P^T: the warp's 16 keys x QT queries, masked (a query before its key,
     // or past T, gets 0).
     float p[1][QT / 8][4] = {};
+    wgmma_fence_operands(p[0]);
     wgmma_fence();
 #pragma unroll
     for (int kb = 0; kb < HD / 16; ++kb)
@@ -785,6 +787,8 @@ __global__ void __launch_bounds__(WgmmaTiles::kThreads)
     for (int kb = 0; kb < QT / 16; ++kb) pack_p_fragment(a[kb], p[0], kb);
     // dV += P^T dO and dP^T = V dO^T, in one group.
     float ds[1][QT / 8][4] = {};
+    wgmma_fence_operands(dv[0]);
+    wgmma_fence_operands(ds[0]);
     wgmma_fence();
 #pragma unroll
     for (int kb = 0; kb < QT / 16; ++kb) wgmma_bf16<HD, true>(dv[0], a[kb], n_major_descriptor<HD>(dout_tile, kb));
