@@ -1,5 +1,5 @@
 """The wgmma attention kernels compile to Hopper's fast path: built for
-sm_90a as the project builds them, ptxas must not serialise their wgmma
+sm_90a with the flags of the Release build (CMakeLists.txt), ptxas must not serialise their wgmma
 instructions (C7520: the accumulators touched where the compiler must
 insert warpgroup arrives; C7519: such an arrive injected) and must not
 spill their registers. Either would cost much of their speed and cannot be
@@ -22,7 +22,8 @@ del sys.argv[1:3]
 def ptxas_report():
     """{kernel: {"registers": n, "spill_stores": n}} and the C75xx lines."""
     with tempfile.TemporaryDirectory() as tmp:
-        command = [NVCC, "-std=c++17", "-O3", "--expt-relaxed-constexpr", "-gencode=arch=compute_90a,code=sm_90a",
+        command = [NVCC, "-std=c++17", "-O3", "-DNDEBUG", "--expt-relaxed-constexpr", "-lineinfo",
+                   "-gencode=arch=compute_90a,code=sm_90a",
                    "-I" + os.path.join(SOURCE_DIR, "include"), "-I" + os.path.join(SOURCE_DIR, "cuda"),
                    "-Xptxas", "-v", "-c", os.path.join(SOURCE_DIR, "cuda", "attention.cu"),
                    "-o", os.path.join(tmp, "attention.o")]
