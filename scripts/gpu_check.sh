@@ -107,7 +107,8 @@ stage_build() {
 
 ONE_PASS_TEST="gpu attention forward and backward match the cpu backend"
 TWO_PASS_TEST="gpu attention with the two-pass backward matches the cpu backend"
-WGMMA_TEST="gpu attention on wgmma matches the cpu backend"
+WGMMA_FORWARD_TEST="gpu attention forward on wgmma matches the cpu backend"
+WGMMA_BACKWARD_TEST="gpu attention backward on wgmma matches the cpu backend"
 
 # attention_test NAME TEST: one attention test case, limited to
 # ATTENTION_LIMIT_S: the one-pass backward orders its blocks through flags
@@ -131,8 +132,9 @@ stage_test() {
   local one_pass_rc=$?
   attention_test two-pass "$TWO_PASS_TEST"
   local two_pass_rc=$?
-  attention_test wgmma "$WGMMA_TEST"
+  attention_test wgmma-forward "$WGMMA_FORWARD_TEST"
   local wgmma_rc=$?
+  attention_test wgmma-backward "$WGMMA_BACKWARD_TEST" || wgmma_rc=1
   if [ $one_pass_rc -eq 124 ]; then
     echo "test: stopping: the one-pass attention backward hung (the other tests would hang in it too);" \
       "SRGPT_ATTENTION_BACKWARD=two-pass selects the fallback"
@@ -356,10 +358,12 @@ stage_session() {
   [ $two_pass_rc -eq 0 ] || status=1
   # The wgmma kernels are not the default: a failure is reported, and the
   # session goes on without them.
-  local wgmma
+  local wgmma_forward wgmma_backward
   t=$SECONDS
-  wgmma=$(attention_test wgmma "$WGMMA_TEST") || status=1
-  session_note "- $wgmma ($((SECONDS - t)) s)"
+  wgmma_forward=$(attention_test wgmma-forward "$WGMMA_FORWARD_TEST") || status=1
+  wgmma_backward=$(attention_test wgmma-backward "$WGMMA_BACKWARD_TEST") || status=1
+  session_note "- $wgmma_forward"
+  session_note "- $wgmma_backward ($((SECONDS - t)) s for both)"
 
   # The rest of the GPU suite (the PyTorch model comparison included),
   # leaving about 4 minutes for the benchmarks.

@@ -181,7 +181,7 @@ class GpuSessionTest(unittest.TestCase):
         self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
         report = self.report()
         for line in ("- build: exit 0", "- PASS attention one-pass", "- PASS attention two-pass",
-                     "- PASS attention wgmma",
+                     "- PASS attention wgmma-forward", "- PASS attention wgmma-backward",
                      "- other GPU tests: exit 0", "100% tests passed", "- PyTorch compile warm-up: exit 0",
                      "- gpu_step_bench: exit 0", "- PyTorch baseline: exit 0", "- targets table: exit 0",
                      "- PyTorch SDPA alone: exit 0", "- attention sweep: exit 0", "GPU: NVIDIA H100 80GB HBM3",
@@ -250,7 +250,8 @@ class GpuSessionTest(unittest.TestCase):
         result = self.run_session(FAKE_WGMMA_RC=1)
         self.assertNotEqual(result.returncode, 0)
         report = self.report()
-        self.assertIn("- FAIL attention wgmma: exit 1", report)
+        self.assertIn("- FAIL attention wgmma-forward: exit 1", report)
+        self.assertIn("- FAIL attention wgmma-backward: exit 1", report)
         self.assertNotIn("uses SRGPT_ATTENTION", report)
         self.assertIn("- gpu_step_bench: exit 0", report)
         self.assertIn("- PyTorch baseline: exit 0", report)
