@@ -13,9 +13,11 @@
 //    attention backward is the one SRGPT_ATTENTION_BACKWARD chooses.
 //
 //   gpu_step_bench [--kernels] [--steps] [--model d12|d24]... [--batch 32] [--seq 1024]
-//                  [--warmup 3] [--iters 10] [--json FILE] [--only TEXT]
+//                  [--warmup 3] [--iters 10] [--json FILE] [--only TEXT] [--no-wgmma]
 // With neither --kernels nor --steps both parts run. --only times just the
-// kernel rows whose op name contains TEXT (e.g. "attention"). --json also
+// kernel rows whose op name contains TEXT (e.g. "attention"). --no-wgmma
+// leaves the wgmma attention kernels out, their self-check included (for a
+// GPU on which their tests failed: a fault there would end the run). --json also
 // writes the step rows as JSON lines, each as soon as it is measured
 // (scripts/bench_targets.py reads them beside PyTorch's).
 #include <cuda_runtime.h>
@@ -59,7 +61,17 @@ struct Options {
   int batch = 32, seq = 1024, warmup = 3, iters = 10;
   std::string json;  // step rows as JSON lines, if set
   std::string only;  // kernel rows whose op contains this, if set
+  bool wgmma = true;  // the wgmma attention kernels too, where they run
 };
+
+// Whether the wgmma attention kernels are measured: asked for, and this
+// build and GPU run them; if not, says so under `what`.
+bool measure_wgmma(const Options& o, const char* what) {
+  std::string why = "--no-wgmma";
+  if (o.wgmma && gpu::attention_wgmma_available(&why)) return true;
+  std::printf("%s on wgmma: not measured: %s\n", what, why.c_str());
+  return false;
+}
 
 int int_at_least(const std::string& flag, const std::string& text, int minimum) {
   int v = 0;
@@ -114,9 +126,11 @@ Options parse(int argc, char** argv) {
       o.json = value();
     } else if (a == "--only") {
       o.only = value();
+    } else if (a == "--no-wgmma") {
+      o.wgmma = false;
     } else {
       fail("unknown argument '{}' (allowed: --kernels --steps --model d12|d24 --batch --seq --warmup --iters --json "
-           "--only)",
+           "--only --no-wgmma)",
            a);
     }
   }
@@ -352,9 +366,7 @@ void bench_kernels(const Options& o, const Ceilings& ceilings) {
     const double forward_flops = 2.0 * B * double(T) * T * C;
     // Every strategy (cuda/attention.cuh) this build and GPU run, whichever
     // the steps use.
-    std::string why;
-    const bool wgmma = gpu::attention_wgmma_available(&why);
-    if (!wgmma) std::printf("  attention on wgmma: not measured: %s\n", why.c_str());
+    const bool wgmma = measure_wgmma(o, "  attention");
     const gpu::AttentionForward chosen_forward = be.attention_forward_strategy();
     for (gpu::AttentionForward how : {gpu::AttentionForward::mma, gpu::AttentionForward::wgmma}) {
       if (how == gpu::AttentionForward::wgmma && !wgmma) continue;
@@ -541,9 +553,7 @@ int main(int argc, char** argv) {
     const Ceilings ceilings = measure_ceilings(o);
     if (o.kernels) bench_kernels(o, ceilings);
     if (o.steps) {
-      std::string why;
-      const bool wgmma = gpu::attention_wgmma_available(&why);
-      if (!wgmma) std::printf("steps with the attention on wgmma: not measured: %s\n", why.c_str());
+      const bool wgmma = measure_wgmma(o, "steps with the attention");
       std::vector<StepRow> rows;
       auto record = [&](StepRow row) {
         if (json_out.is_open()) write_json_line(json_out, row, o);

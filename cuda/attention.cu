@@ -1,11 +1,14 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <string>
+#include <vector>
 
 #include "attention.cuh"
 #include "common.cuh"
 #include "cuda_check.cuh"
 #include "ptx.cuh"
+#include "srgpt/bf16.h"
 #include "srgpt/error.h"
 
 namespace srgpt::gpu {
@@ -818,8 +821,58 @@ __global__ void __launch_bounds__(WgmmaTiles::kThreads)
 }
 
 // Where this build and device run the wgmma kernels: compiled for sm_90a
-// (the probe kernel reports it) on a compute-capability 9.0 GPU.
+// (the probe kernel reports it) on a compute-capability 9.0 GPU, whose
+// wgmma gives the products the kernels' layouts assume (the check kernel).
 __global__ void wgmma_probe_kernel(int* compiled) { *compiled = wgmma_compiled() ? 1 : 0; }
+
+// The wgmma self-check: one warpgroup computes D = A B (64 x 64, k = 32 in
+// two chained steps) in each way the kernels use wgmma, with their own
+// loaders and descriptors: A from registers (ldmatrix from a padded tile)
+// with B K-major (a core-matrix tile of B^T) and with B N-major (one of B),
+// and A from shared memory (a core-matrix tile of A) with B K-major.
+// d_out: [kWgmmaCheckWays][64][64], row-major.
+constexpr int kWgmmaCheckK = 32, kWgmmaCheckWays = 3;
+constexpr size_t kWgmmaCheckShared = sizeof(uint16_t) * (64 * (kWgmmaCheckK + kPad) + 3 * 64 * kWgmmaCheckK);
+__global__ void __launch_bounds__(128)
+    wgmma_check_kernel(float* d_out, const uint16_t* a, const uint16_t* b, const uint16_t* b_transposed) {
+  constexpr int K = kWgmmaCheckK, S = K + kPad;
+  extern __shared__ __align__(16) uint16_t smem[];
+  uint16_t* sA = smem;                  // [64][S], row-major
+  uint16_t* sA_core = sA + 64 * S;      // A, 64 x K, core matrices
+  uint16_t* sBt_core = sA_core + 64 * K;  // B^T, 64 x K, core matrices
+  uint16_t* sB_core = sBt_core + 64 * K;  // B, K x 64, core matrices
+  load_tile_async<64, K, 128>(sA, a, 0, 64, K);
+  load_core_matrix_tile_async<64, K, 128>(sA_core, a, 0, 64, K);
+  load_core_matrix_tile_async<64, K, 128>(sBt_core, b_transposed, 0, 64, K);
+  load_core_matrix_tile_async<K, 64, 128>(sB_core, b, 0, K, 64);
+  cp_async_commit();
+  cp_async_wait<0>();
+  fence_proxy_async_shared();
+  __syncthreads();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+  uint32_t a_frag[1][K / 16][4];
+  load_a_fragments<S, 1, K / 16>(a_frag, sA, 16 * warp, lane);
+  float d[kWgmmaCheckWays][8][4] = {};
+  wgmma_product<64, false, K / 16>(d[0], a_frag[0], [&](int kb) { return k_major_descriptor<K>(sBt_core, kb); });
+  wgmma_product<64, true, K / 16>(d[1], a_frag[0], [&](int kb) { return n_major_descriptor<64>(sB_core, kb); });
+  wgmma_fence_operands(d[2]);
+  wgmma_fence();
+#pragma unroll
+  for (int kb = 0; kb < K / 16; ++kb)
+    wgmma_bf16_shared_a<false>(d[2], k_major_descriptor<K>(sA_core, kb), k_major_descriptor<K>(sBt_core, kb));
+  wgmma_commit();
+  wgmma_wait<0>();
+  wgmma_fence_operands(d[2]);
+#pragma unroll
+  for (int way = 0; way < kWgmmaCheckWays; ++way) {
+#pragma unroll
+    for (int nb = 0; nb < 8; ++nb) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        d_out[way * 64 * 64 + (16 * warp + g + 8 * (e / 2)) * 64 + 8 * nb + 2 * q + e % 2] = d[way][nb][e];
+    }
+  }
+}
 
 // =====================================================================
 // Backward, tensor cores: block = (kRows-key tile j, batch*head), each
@@ -1425,7 +1478,62 @@ AttentionForward attention_forward_from_environment() {
   return strategy_from_environment(kAttentionForwardEnv, "an attention forward", kChoices, attention_forward_name);
 }
 
-bool attention_wgmma_available(std::string* why) {
+namespace {
+
+// Runs wgmma_check_kernel against the host's product: small integers times
+// powers of two, so every product and sum is exact in fp32 and each way must
+// give the host's result to the bit. False, saying which ways differ, if not.
+bool wgmma_check_passes(DeviceMemory& memory, std::string* why) {
+  constexpr int K = kWgmmaCheckK;
+  std::vector<uint16_t> a(64 * K), b(K * 64), b_transposed(64 * K);
+  std::vector<float> expected(64 * 64, 0.0f);
+  auto bits = [](float x) { return float_to_bf16_rn(x).bits; };
+  for (int i = 0; i < 64 * K; ++i) a[i] = bits(float(int((i * 7919) % 13) - 6) * 0.25f);
+  for (int k = 0; k < K; ++k) {
+    for (int n = 0; n < 64; ++n) {
+      b[k * 64 + n] = bits(float(int(((k * 64 + n) * 104729) % 11) - 5) * 0.5f);
+      b_transposed[n * K + k] = b[k * 64 + n];
+    }
+  }
+  for (int m = 0; m < 64; ++m)
+    for (int n = 0; n < 64; ++n)
+      for (int k = 0; k < K; ++k)
+        expected[m * 64 + n] += bf16_to_float(bf16{a[m * K + k]}) * bf16_to_float(bf16{b[k * 64 + n]});
+
+  auto upload = [&](const std::vector<uint16_t>& host, const char* what) {
+    auto* device = static_cast<uint16_t*>(memory.allocate(host.size() * sizeof(uint16_t), what));
+    CUDA_CHECK(cudaMemcpyAsync(device, host.data(), host.size() * sizeof(uint16_t), cudaMemcpyHostToDevice, nullptr));
+    return device;
+  };
+  const uint16_t* a_device = upload(a, "the wgmma check's A");
+  const uint16_t* b_device = upload(b, "the wgmma check's B");
+  const uint16_t* bt_device = upload(b_transposed, "the wgmma check's B^T");
+  auto* d_device = static_cast<float*>(
+      memory.allocate(sizeof(float) * kWgmmaCheckWays * 64 * 64, "the wgmma check's products"));
+  allow_dynamic_shared_memory(wgmma_check_kernel, kWgmmaCheckShared, "the wgmma check");
+  wgmma_check_kernel<<<1, 128, kWgmmaCheckShared>>>(d_device, a_device, b_device, bt_device);
+  CUDA_CHECK_LAUNCH("wgmma_check_kernel");
+  std::vector<float> d(size_t(kWgmmaCheckWays) * 64 * 64);
+  CUDA_CHECK(cudaMemcpyAsync(d.data(), d_device, d.size() * sizeof(float), cudaMemcpyDeviceToHost, nullptr));
+  CUDA_CHECK(cudaStreamSynchronize(nullptr));
+
+  const char* ways[kWgmmaCheckWays] = {"A in registers, B K-major", "A in registers, B N-major",
+                                       "A in shared memory, B K-major"};
+  std::string wrong;
+  for (int way = 0; way < kWgmmaCheckWays; ++way) {
+    int differ = 0;
+    for (int i = 0; i < 64 * 64; ++i) differ += d[size_t(way) * 64 * 64 + i] != expected[i];
+    if (differ > 0) wrong += fmt::format("{}{}: {} of 4096 elements", wrong.empty() ? "" : "; ", ways[way], differ);
+  }
+  if (wrong.empty()) return true;
+  *why = "this GPU's wgmma does not give the products the kernels' shared-memory layouts assume (" + wrong +
+         " differ from the host's); the wgmma kernels stay off";
+  return false;
+}
+
+}  // namespace
+
+WgmmaSupport attention_wgmma_support(std::string* why) {
   int device = 0, major = 0, minor = 0;
   CUDA_CHECK(cudaGetDevice(&device));
   CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
@@ -1433,7 +1541,7 @@ bool attention_wgmma_available(std::string* why) {
   if (major != 9 || minor != 0) {
     *why = fmt::format("wgmma needs a compute-capability 9.0 GPU (H100, H200); device {} is {}.{}", device, major,
                        minor);
-    return false;
+    return WgmmaSupport::other_gpu;
   }
   DeviceMemory memory;
   int* compiled = static_cast<int*>(memory.allocate(sizeof(int), "the wgmma probe's result"));
@@ -1442,12 +1550,11 @@ bool attention_wgmma_available(std::string* why) {
   CUDA_CHECK_LAUNCH("wgmma_probe_kernel");
   CUDA_CHECK(cudaMemcpyAsync(&host, compiled, sizeof(int), cudaMemcpyDeviceToHost, nullptr));
   CUDA_CHECK(cudaStreamSynchronize(nullptr));
-  memory.release(compiled);
   if (host != 1) {
     *why = "this build has no sm_90a code (CMAKE_CUDA_ARCHITECTURES must include 90a; the default does)";
-    return false;
+    return WgmmaSupport::no_sm90a_code;
   }
-  return true;
+  return wgmma_check_passes(memory, why) ? WgmmaSupport::available : WgmmaSupport::wrong_products;
 }
 
 bool attention_uses_tensor_cores(DType dtype, int C, int H, const void* a, const void* b, const void* c) {

@@ -27,9 +27,15 @@ constexpr const char* kAttentionForwardEnv = "SRGPT_ATTENTION_FORWARD";
 // kAttentionForwardEnv's choice (mma when unset); another value fails,
 // naming the variable, the value and what is allowed.
 AttentionForward attention_forward_from_environment();
-// Whether this build and the current device run the wgmma kernels; if
-// not, *why says what is missing.
-bool attention_wgmma_available(std::string* why);
+// Whether this build and the current device run the wgmma kernels: a
+// compute-capability 9.0 GPU, code built for sm_90a, and a self-check of
+// wgmma's products in each way the kernels use it (exact, against the
+// host's). If not, *why says what is missing or which products differ.
+enum class WgmmaSupport { available, other_gpu, no_sm90a_code, wrong_products };
+WgmmaSupport attention_wgmma_support(std::string* why);
+inline bool attention_wgmma_available(std::string* why) {
+  return attention_wgmma_support(why) == WgmmaSupport::available;
+}
 
 void attention_forward(DType dtype, cudaStream_t stream, AttentionForward how, void* out, float* lse, const void* qkv,
                        int B, int T, int C, int H);

@@ -192,6 +192,7 @@ class GpuSessionTest(unittest.TestCase):
                      "========= ERROR SUMMARY: 0 errors"):
             self.assertIn(line, report)
         self.assertNotIn("two-pass**", report)
+        self.assertNotIn("--no-wgmma", self.calls_of("gpu_step_bench")[0])
         # The tables, taken from the programs' outputs under their headings.
         for heading in ("## Issue 4's targets (same call)", "## srgpt training steps", "## PyTorch (torch.compile)",
                         "## srgpt per kernel (d12 shapes)", "## PyTorch SDPA alone",
@@ -252,6 +253,8 @@ class GpuSessionTest(unittest.TestCase):
         report = self.report()
         self.assertIn("- FAIL attention wgmma-forward: exit 1", report)
         self.assertIn("- FAIL attention wgmma-backward: exit 1", report)
+        self.assertIn("- the benchmark leaves the wgmma kernels out (--no-wgmma)", report)
+        self.assertIn("--no-wgmma", self.calls_of("gpu_step_bench")[0])
         self.assertNotIn("uses SRGPT_ATTENTION", report)
         self.assertIn("- gpu_step_bench: exit 0", report)
         self.assertIn("- PyTorch baseline: exit 0", report)
