@@ -539,17 +539,45 @@ __device__ __forceinline__ uint64_t n_major_descriptor(const uint16_t* tile, int
   return wgmma_descriptor(tile + kb * 16 * HD, 16 * HD, 128);
 }
 
-// One product of wgmma_bf16 steps, issued, committed and waited for:
-// d += sum over kb < Steps of a(kb) times the B that descriptor(kb) names.
-template <int N, bool TransposeB, int Steps, typename A, typename Descriptor>
-__device__ __forceinline__ void wgmma_product(float (&d)[N / 8][4], const A& a, const Descriptor& descriptor) {
-  wgmma_fence_operands(d);
+// One group of wgmma products, issued by issue() into the given
+// accumulators, committed and waited for. The accumulators are fenced as
+// operands on both sides, so that the compiler neither moves their last
+// writes (zeroing, rescaling) past the wgmma fence, which makes ptxas
+// serialise the products (tests/scripts/test_wgmma_compile.py), nor their
+// reads above the wait.
+template <typename Issue, typename... Accumulators>
+__device__ __forceinline__ void wgmma_group(Issue&& issue, Accumulators&... accumulators) {
+  (wgmma_fence_operands(accumulators), ...);
   wgmma_fence();
-#pragma unroll
-  for (int kb = 0; kb < Steps; ++kb) wgmma_bf16<N, TransposeB>(d, a[kb], descriptor(kb));
+  issue();
   wgmma_commit();
   wgmma_wait<0>();
-  wgmma_fence_operands(d);
+  (wgmma_fence_operands(accumulators), ...);
+}
+
+// d += sum over kb < Steps of a[kb] (registers) times the B that
+// descriptor(kb) names.
+template <int N, bool TransposeB, int Steps, typename A, typename Descriptor>
+__device__ __forceinline__ void wgmma_product(float (&d)[N / 8][4], const A& a, const Descriptor& descriptor) {
+  wgmma_group(
+      [&] {
+#pragma unroll
+        for (int kb = 0; kb < Steps; ++kb) wgmma_bf16<N, TransposeB>(d, a[kb], descriptor(kb));
+      },
+      d);
+}
+
+// d (64 x 64) += sum over kb < Steps of the A that a_descriptor(kb) names
+// (shared memory) times the B that b_descriptor(kb) names.
+template <bool TransposeB, int Steps, typename ADescriptor, typename BDescriptor>
+__device__ __forceinline__ void wgmma_product_shared_a(float (&d)[8][4], const ADescriptor& a_descriptor,
+                                                       const BDescriptor& b_descriptor) {
+  wgmma_group(
+      [&] {
+#pragma unroll
+        for (int kb = 0; kb < Steps; ++kb) wgmma_bf16_shared_a<TransposeB>(d, a_descriptor(kb), b_descriptor(kb));
+      },
+      d);
 }
 
 // The query-owning wgmma kernels' loop over key tiles (the counterpart of
@@ -766,14 +794,8 @@ __global__ void __launch_bounds__(WgmmaTiles::kThreads)
     // P^T: the warp's 16 keys x QT queries, masked (a query before its key,
     // or past T, gets 0).
     float p[1][QT / 8][4] = {};
-    wgmma_fence_operands(p[0]);
-    wgmma_fence();
-#pragma unroll
-    for (int kb = 0; kb < HD / 16; ++kb)
-      wgmma_bf16_shared_a<false>(p[0], k_major_descriptor<HD>(group_k, kb), k_major_descriptor<HD>(q_tile, kb));
-    wgmma_commit();
-    wgmma_wait<0>();
-    wgmma_fence_operands(p[0]);
+    wgmma_product_shared_a<false, HD / 16>(p[0], [&](int kb) { return k_major_descriptor<HD>(group_k, kb); },
+                                           [&](int kb) { return k_major_descriptor<HD>(q_tile, kb); });
 #pragma unroll
     for (int nb = 0; nb < QT / 8; ++nb) {
 #pragma unroll
@@ -790,18 +812,17 @@ __global__ void __launch_bounds__(WgmmaTiles::kThreads)
     for (int kb = 0; kb < QT / 16; ++kb) pack_p_fragment(a[kb], p[0], kb);
     // dV += P^T dO and dP^T = V dO^T, in one group.
     float ds[1][QT / 8][4] = {};
-    wgmma_fence_operands(dv[0]);
-    wgmma_fence_operands(ds[0]);
-    wgmma_fence();
+    wgmma_group(
+        [&] {
 #pragma unroll
-    for (int kb = 0; kb < QT / 16; ++kb) wgmma_bf16<HD, true>(dv[0], a[kb], n_major_descriptor<HD>(dout_tile, kb));
+          for (int kb = 0; kb < QT / 16; ++kb)
+            wgmma_bf16<HD, true>(dv[0], a[kb], n_major_descriptor<HD>(dout_tile, kb));
 #pragma unroll
-    for (int kb = 0; kb < HD / 16; ++kb)
-      wgmma_bf16_shared_a<false>(ds[0], k_major_descriptor<HD>(group_v, kb), k_major_descriptor<HD>(dout_tile, kb));
-    wgmma_commit();
-    wgmma_wait<0>();
-    wgmma_fence_operands(dv[0]);
-    wgmma_fence_operands(ds[0]);
+          for (int kb = 0; kb < HD / 16; ++kb)
+            wgmma_bf16_shared_a<false>(ds[0], k_major_descriptor<HD>(group_v, kb),
+                                       k_major_descriptor<HD>(dout_tile, kb));
+        },
+        dv[0], ds[0]);
     // dS^T = P^T (dP^T - D); dK += dS^T Q.
 #pragma unroll
     for (int nb = 0; nb < QT / 8; ++nb) {
@@ -855,14 +876,8 @@ __global__ void __launch_bounds__(128)
   float d[kWgmmaCheckWays][8][4] = {};
   wgmma_product<64, false, K / 16>(d[0], a_frag[0], [&](int kb) { return k_major_descriptor<K>(sBt_core, kb); });
   wgmma_product<64, true, K / 16>(d[1], a_frag[0], [&](int kb) { return n_major_descriptor<64>(sB_core, kb); });
-  wgmma_fence_operands(d[2]);
-  wgmma_fence();
-#pragma unroll
-  for (int kb = 0; kb < K / 16; ++kb)
-    wgmma_bf16_shared_a<false>(d[2], k_major_descriptor<K>(sA_core, kb), k_major_descriptor<K>(sBt_core, kb));
-  wgmma_commit();
-  wgmma_wait<0>();
-  wgmma_fence_operands(d[2]);
+  wgmma_product_shared_a<false, K / 16>(d[2], [&](int kb) { return k_major_descriptor<K>(sA_core, kb); },
+                                        [&](int kb) { return k_major_descriptor<K>(sBt_core, kb); });
 #pragma unroll
   for (int way = 0; way < kWgmmaCheckWays; ++way) {
 #pragma unroll
