@@ -1422,19 +1422,17 @@ void backward_tc(cudaStream_t stream, AttentionBackward how, void* dqkv, float* 
   const auto* qkv16 = static_cast<const uint16_t*>(qkv);
   const float scale = 1.0f / sqrtf(float(HD));
   if (how == AttentionBackward::wgmma) {
-    const dim3 grid(ceil_div(T, WgmmaTiles::kRows), B * H);
-    auto dkdv = attention_backward_dkdv_wgmma_kernel<HD>;
-    constexpr size_t dkdv_shared = wgmma_dkdv_shared_bytes<HD>();
-    allow_dynamic_shared_memory(dkdv, dkdv_shared, "attention_backward");
-    dkdv<<<grid, WgmmaTiles::kThreads, dkdv_shared, stream>>>(dqkv16, dout16, qkv16, lse, row_dot, T, C, H, scale,
-                                                                scale * kLog2e);
-    CUDA_CHECK_LAUNCH("attention_backward_dkdv_wgmma_kernel");
-    auto dq = attention_backward_dq_wgmma_kernel<HD>;
-    constexpr size_t dq_shared = wgmma_dq_shared_bytes<HD>();
-    allow_dynamic_shared_memory(dq, dq_shared, "attention_backward");
-    dq<<<grid, WgmmaTiles::kThreads, dq_shared, stream>>>(dqkv16, dout16, qkv16, lse, row_dot, T, C, H, scale,
-                                                            scale * kLog2e);
-    CUDA_CHECK_LAUNCH("attention_backward_dq_wgmma_kernel");
+    // The two passes, dK/dV then dQ, take the same arguments.
+    auto pass = [&](auto kernel, size_t shared, const char* name) {
+      allow_dynamic_shared_memory(kernel, shared, "attention_backward");
+      const dim3 grid(ceil_div(T, WgmmaTiles::kRows), B * H);
+      kernel<<<grid, WgmmaTiles::kThreads, shared, stream>>>(dqkv16, dout16, qkv16, lse, row_dot, T, C, H, scale,
+                                                              scale * kLog2e);
+      CUDA_CHECK_LAUNCH(name);
+    };
+    pass(attention_backward_dkdv_wgmma_kernel<HD>, wgmma_dkdv_shared_bytes<HD>(),
+         "attention_backward_dkdv_wgmma_kernel");
+    pass(attention_backward_dq_wgmma_kernel<HD>, wgmma_dq_shared_bytes<HD>(), "attention_backward_dq_wgmma_kernel");
     return;
   }
   if (how == AttentionBackward::one_pass) {
