@@ -377,6 +377,70 @@ __device__ __forceinline__ float quad_sum(float x) {
   return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
+// The backward passes' softmax pieces, for a warp's MB 16-row blocks of
+// fragments (rows row0 + 16 m + g (+ 8), columns 8 nb + 2 q (+ 1)).
+//
+// Query rows (the dQ passes): each lane's rows' log-sum-exp, in the log2
+// domain, and D; rows at or past T get zeros.
+template <int MB>
+__device__ __forceinline__ void load_row_stats(float (&row_lse)[MB][2], float (&row_dot_value)[MB][2],
+                                               const float* lse_rows, const float* dot_rows, int row0, int T,
+                                               int lane) {
+  const int g = lane / 4;
+#pragma unroll
+  for (int m = 0; m < MB; ++m) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int t = row0 + 16 * m + g + 8 * half;
+      row_lse[m][half] = t < T ? lse_rows[t] * kLog2e : 0.0f;
+      row_dot_value[m][half] = t < T ? dot_rows[t] : 0.0f;
+    }
+  }
+}
+
+// dS = P (dP - D), P = exp2(s scale_log2 - lse), from the unscaled scores
+// s (keys after their query at -inf) and dP, in place of dP.
+template <int MB, int NB>
+__device__ __forceinline__ void ds_from_scores(float (&dp)[MB][NB][4], const float (&s)[MB][NB][4],
+                                               const float (&row_lse)[MB][2], const float (&row_dot_value)[MB][2],
+                                               float scale_log2) {
+#pragma unroll
+  for (int m = 0; m < MB; ++m) {
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float p = exp2f(s[m][nb][e] * scale_log2 - row_lse[m][e / 2]);  // one FFMA
+        dp[m][nb][e] = p * (dp[m][nb][e] - row_dot_value[m][e / 2]);
+      }
+    }
+  }
+}
+
+// Key rows (the dK/dV passes): P^T = exp2(s^T scale_log2 - lse) in place of
+// the unscaled S^T of the warp's keys (first warp_k0) and the query tile
+// starting at row0, whose lse (log2 domain) tile_lse holds; a query before
+// its key, or at or past T, gets 0.
+template <int MB, int NB>
+__device__ __forceinline__ void probabilities_transposed(float (&p)[MB][NB][4], int warp_k0, int row0, int T,
+                                                         const float* tile_lse, float scale_log2, int lane) {
+  const int g = lane / 4, q = lane % 4;
+#pragma unroll
+  for (int m = 0; m < MB; ++m) {
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = warp_k0 + 16 * m + g + 8 * (e / 2);
+        const int column = nb * 8 + 2 * q + (e & 1);
+        const int query = row0 + column;
+        const float value = exp2f(p[m][nb][e] * scale_log2 - tile_lse[column]);  // one FFMA
+        p[m][nb][e] = query >= key && query < T ? value : 0.0f;
+      }
+    }
+  }
+}
+
 // The forward pass's running softmax over key tiles for a warp's MB row
 // blocks: O (unnormalised), the running maximum of the unscaled scores,
 // and this lane's share of the sum of exp2(scale_log2 (s - row_max)),
@@ -683,19 +747,14 @@ __global__ void __launch_bounds__(WgmmaTiles::kThreads)
 
   const int q0 = (gridDim.x - 1 - blockIdx.x) * WgmmaTiles::kRows;
   const HeadOffsets head(T, C, H, HD);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int warp_q0 = q0 + 16 * warp;
   const uint16_t* q_base = qkv + head.qkv;
   load_tile_async<WgmmaTiles::kRows, HD, WgmmaTiles::kThreads>(sQ, q_base, q0, T, head.qkv_stride);
   load_tile_async<WgmmaTiles::kRows, HD, WgmmaTiles::kThreads>(sdO, dout + head.out, q0, T, size_t(C));
 
-  float row_lse[2], row_dot_value[2];  // log2 domain; D
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int t = warp_q0 + g + 8 * half;
-    row_lse[half] = t < T ? lse[head.stats + t] * kLog2e : 0.0f;
-    row_dot_value[half] = t < T ? row_dot[head.stats + t] : 0.0f;
-  }
+  float row_lse[1][2], row_dot_value[1][2];  // log2 domain; D
+  load_row_stats(row_lse, row_dot_value, lse + head.stats, row_dot + head.stats, warp_q0, T, lane);
 
   float dq[1][HD / 8][4] = {};
   uint32_t dout_frag[1][HD / 16][4];
@@ -706,14 +765,7 @@ __global__ void __launch_bounds__(WgmmaTiles::kThreads)
         float ds[1][KT / 8][4] = {};
         wgmma_product<KT, false, HD / 16>(ds[0], dout_frag[0],
                                           [&](int kb) { return k_major_descriptor<HD>(v_tile, kb); });  // dP
-#pragma unroll
-        for (int nb = 0; nb < KT / 8; ++nb) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const float p = exp2f(s[0][nb][e] * scale_log2 - row_lse[e / 2]);  // one FFMA
-            ds[0][nb][e] = p * (ds[0][nb][e] - row_dot_value[e / 2]);
-          }
-        }
+        ds_from_scores(ds, s, row_lse, row_dot_value, scale_log2);
         uint32_t a[KT / 16][4];
 #pragma unroll
         for (int kb = 0; kb < KT / 16; ++kb) pack_p_fragment(a[kb], ds[0], kb);
@@ -756,7 +808,7 @@ __global__ void __launch_bounds__(WgmmaTiles::kThreads)
 
   const int k0 = blockIdx.x * kRows;
   const HeadOffsets head(T, C, H, HD);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, q = lane % 4;
   const int group = warp / 4, group_k0 = k0 + 64 * group, warp_k0 = k0 + 16 * warp;
   const size_t qkv_stride = head.qkv_stride;
   const uint16_t* q_base = qkv + head.qkv;
@@ -796,17 +848,7 @@ __global__ void __launch_bounds__(WgmmaTiles::kThreads)
     float p[1][QT / 8][4] = {};
     wgmma_product_shared_a<false, HD / 16>(p[0], [&](int kb) { return k_major_descriptor<HD>(group_k, kb); },
                                            [&](int kb) { return k_major_descriptor<HD>(q_tile, kb); });
-#pragma unroll
-    for (int nb = 0; nb < QT / 8; ++nb) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int key = warp_k0 + g + 8 * (e / 2);
-        const int column = nb * 8 + 2 * q + (e & 1);
-        const int query = row0 + column;
-        const float value = exp2f(p[0][nb][e] * scale_log2 - tile_lse[column]);  // one FFMA
-        p[0][nb][e] = query >= key && query < T ? value : 0.0f;
-      }
-    }
+    probabilities_transposed(p, warp_k0, row0, T, tile_lse, scale_log2, lane);
     uint32_t a[QT / 16][4];
 #pragma unroll
     for (int kb = 0; kb < QT / 16; ++kb) pack_p_fragment(a[kb], p[0], kb);
@@ -1014,20 +1056,7 @@ __global__ void __launch_bounds__(kThreads)
       float p[MB][QT / 8][4] = {};
       mma_a_bt_tile<S, MB, HD / 16, QT / 8>(p, FragmentsInShared<S, MB>{sK, warp * Tiles::kRowsPerWarp, lane},
                                             q_tile, lane);
-#pragma unroll
-      for (int m = 0; m < MB; ++m) {
-#pragma unroll
-        for (int nb = 0; nb < QT / 8; ++nb) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int key = warp_k0 + 16 * m + g + 8 * (e / 2);
-            const int column = nb * 8 + 2 * q + (e & 1);
-            const int query = row0 + column;
-            const float value = exp2f(p[m][nb][e] * scale_log2 - tile_lse[column]);  // one FFMA
-            p[m][nb][e] = query >= key && query < T ? value : 0.0f;
-          }
-        }
-      }
+      probabilities_transposed(p, warp_k0, row0, T, tile_lse, scale_log2, lane);
       mma_p_b_tile<S, MB, QT / 16, HD>(dv, p, dout_tile, lane);  // dV += P^T dO
       // dS^T = P^T (dP^T - D), dP^T = V dO^T
       float ds[MB][QT / 8][4] = {};
@@ -1143,7 +1172,7 @@ __global__ void __launch_bounds__(kThreads)
   // Later query tiles attend to more keys: start them first.
   const int q0 = (gridDim.x - 1 - blockIdx.x) * Tiles::kRows;
   const HeadOffsets head(T, C, H, HD);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int warp_q0 = q0 + warp * Tiles::kRowsPerWarp;
   const size_t qkv_stride = head.qkv_stride;
   const uint16_t* q_base = qkv + head.qkv;
@@ -1158,15 +1187,7 @@ __global__ void __launch_bounds__(kThreads)
   cp_async_commit();
 
   float row_lse[MB][2], row_dot_value[MB][2];  // log2 domain; D
-#pragma unroll
-  for (int m = 0; m < MB; ++m) {
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int t = warp_q0 + 16 * m + g + 8 * half;
-      row_lse[m][half] = t < T ? lse[head.stats + t] * kLog2e : 0.0f;
-      row_dot_value[m][half] = t < T ? row_dot[head.stats + t] : 0.0f;
-    }
-  }
+  load_row_stats(row_lse, row_dot_value, lse + head.stats, row_dot + head.stats, warp_q0, T, lane);
 
   float dq[MB][HD / 8][4] = {};
   for_each_key_tile<HD, KT, MB>(
@@ -1177,17 +1198,7 @@ __global__ void __launch_bounds__(kThreads)
         float ds[MB][KT / 8][4] = {};
         mma_a_bt_tile<S, MB, HD / 16, KT / 8>(ds, FragmentsInShared<S, MB>{sdO, warp * Tiles::kRowsPerWarp, lane},
                                               v_tile, lane);
-#pragma unroll
-        for (int m = 0; m < MB; ++m) {
-#pragma unroll
-          for (int nb = 0; nb < KT / 8; ++nb) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const float p_value = exp2f(p[m][nb][e] * scale_log2 - row_lse[m][e / 2]);  // one FFMA
-              ds[m][nb][e] = p_value * (ds[m][nb][e] - row_dot_value[m][e / 2]);
-            }
-          }
-        }
+        ds_from_scores(ds, p, row_lse, row_dot_value, scale_log2);
         mma_p_b_tile<S, MB, KT / 16, HD>(dq, ds, k_tile, lane);  // dQ += dS K
       });
 
