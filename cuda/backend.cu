@@ -25,6 +25,13 @@ StreamHandle open_device_stream(DType dtype, int device) {
   return make_stream();
 }
 
+// Fails, naming `choice` and saying why, where this build and GPU cannot run
+// the wgmma attention kernels.
+void require_wgmma(const std::string& choice) {
+  std::string why;
+  if (!attention_wgmma_available(&why)) fail("{} cannot run here: {}", choice, why);
+}
+
 }  // namespace
 
 CudaBackend::CudaBackend(DType dtype, int device)
@@ -37,26 +44,18 @@ CudaBackend::CudaBackend(DType dtype, int device)
   CUDA_CHECK(cudaGetDeviceProperties(&properties, device));
   device_name_ = properties.name;
   matmul_ = std::make_unique<Matmul>(memory_);
-  std::string why;
-  const AttentionForward forward = attention_forward_from_environment();
-  if (forward == AttentionForward::wgmma && !attention_wgmma_available(&why))
-    fail("{}=wgmma cannot run here: {}", kAttentionForwardEnv, why);
-  attention_forward_ = forward;
-  if (attention_backward_ == AttentionBackward::wgmma && !attention_wgmma_available(&why))
-    fail("{}=wgmma cannot run here: {}", kAttentionBackwardEnv, why);
+  attention_forward_ = attention_forward_from_environment();
+  if (attention_forward_ == AttentionForward::wgmma) require_wgmma(std::string(kAttentionForwardEnv) + "=wgmma");
+  if (attention_backward_ == AttentionBackward::wgmma) require_wgmma(std::string(kAttentionBackwardEnv) + "=wgmma");
 }
 
 void CudaBackend::set_attention_forward_strategy(AttentionForward how) {
-  std::string why;
-  if (how == AttentionForward::wgmma && !attention_wgmma_available(&why))
-    fail("the wgmma attention forward cannot run here: {}", why);
+  if (how == AttentionForward::wgmma) require_wgmma("the wgmma attention forward");
   attention_forward_ = how;
 }
 
 void CudaBackend::set_attention_backward_strategy(AttentionBackward how) {
-  std::string why;
-  if (how == AttentionBackward::wgmma && !attention_wgmma_available(&why))
-    fail("the wgmma attention backward cannot run here: {}", why);
+  if (how == AttentionBackward::wgmma) require_wgmma("the wgmma attention backward");
   attention_backward_ = how;
 }
 
