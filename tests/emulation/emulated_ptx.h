@@ -37,6 +37,17 @@ struct Accumulator {
   float d[4];
 };
 
+// Places a lane's A fragment (16x16, row-major; four registers of bf16
+// pairs, the layout mma.m16n8k16 and wgmma's register A share) into A.
+inline void unpack_a_fragment(const uint32_t (&a)[4], int lane, float (&A)[16][16]) {
+  const int g = lane / 4, q = lane % 4;
+  for (int r = 0; r < 4; ++r) {
+    const int row = g + 8 * (r % 2), col = 2 * q + 8 * (r / 2);
+    A[row][col] = bf16_half(a[r], 0);
+    A[row][col + 1] = bf16_half(a[r], 1);
+  }
+}
+
 // D (16x8) = A (16x16, row-major) B (16x8) + C, fp32 accumulation.
 inline void mma_m16n8k16(const unsigned char* inputs, unsigned char* outputs) {
   float A[16][16], B[16][8], C[16][8];
@@ -44,11 +55,7 @@ inline void mma_m16n8k16(const unsigned char* inputs, unsigned char* outputs) {
     MmaIn in;
     std::memcpy(&in, inputs + lane * sizeof(MmaIn), sizeof(MmaIn));
     const int g = lane / 4, q = lane % 4;
-    for (int r = 0; r < 4; ++r) {
-      const int row = g + 8 * (r % 2), col = 2 * q + 8 * (r / 2);
-      A[row][col] = bf16_half(in.a[r], 0);
-      A[row][col + 1] = bf16_half(in.a[r], 1);
-    }
+    unpack_a_fragment(in.a, lane, A);
     for (int r = 0; r < 2; ++r) {
       const int k = 2 * q + 8 * r;
       B[k][g] = bf16_half(in.b[r], 0);
@@ -164,14 +171,7 @@ void wgmma_issue(const unsigned char* inputs, unsigned char*) {
       for (int row = 0; row < 16; ++row)
         for (int k = 0; k < 16; ++k) A[row][k] = a.at(k, 16 * warp_in_group + row);
     } else {
-      for (int lane = 0; lane < 32; ++lane) {
-        const int g = lane / 4, q = lane % 4;
-        for (int r = 0; r < 4; ++r) {
-          const int row = g + 8 * (r % 2), col = 2 * q + 8 * (r / 2);
-          A[row][col] = bf16_half((*lanes)[lane].a[r], 0);
-          A[row][col + 1] = bf16_half((*lanes)[lane].a[r], 1);
-        }
-      }
+      for (int lane = 0; lane < 32; ++lane) unpack_a_fragment((*lanes)[lane].a, lane, A);
     }
     const WgmmaMatrix b((*lanes)[0].descriptor, TransposeB);
     std::array<float, 16 * N> B;
