@@ -631,15 +631,16 @@ __device__ __forceinline__ void wgmma_product(float (&d)[N / 8][4], const A& a, 
       d);
 }
 
-// d (64 x 64) += sum over kb < Steps of the A that a_descriptor(kb) names
+// d (64 x N) += sum over kb < Steps of the A that a_descriptor(kb) names
 // (shared memory) times the B that b_descriptor(kb) names.
-template <bool TransposeB, int Steps, typename ADescriptor, typename BDescriptor>
-__device__ __forceinline__ void wgmma_product_shared_a(float (&d)[8][4], const ADescriptor& a_descriptor,
+template <int N, bool TransposeA, bool TransposeB, int Steps, typename ADescriptor, typename BDescriptor>
+__device__ __forceinline__ void wgmma_product_shared_a(float (&d)[N / 8][4], const ADescriptor& a_descriptor,
                                                        const BDescriptor& b_descriptor) {
   wgmma_group(
       [&] {
 #pragma unroll
-        for (int kb = 0; kb < Steps; ++kb) wgmma_bf16_shared_a<TransposeB>(d, a_descriptor(kb), b_descriptor(kb));
+        for (int kb = 0; kb < Steps; ++kb)
+          wgmma_bf16_shared_a<N, TransposeA, TransposeB>(d, a_descriptor(kb), b_descriptor(kb));
       },
       d);
 }
@@ -846,8 +847,9 @@ __global__ void __launch_bounds__(WgmmaTiles::kThreads)
     // P^T: the warp's 16 keys x QT queries, masked (a query before its key,
     // or past T, gets 0).
     float p[1][QT / 8][4] = {};
-    wgmma_product_shared_a<false, HD / 16>(p[0], [&](int kb) { return k_major_descriptor<HD>(group_k, kb); },
-                                           [&](int kb) { return k_major_descriptor<HD>(q_tile, kb); });
+    wgmma_product_shared_a<64, false, false, HD / 16>(
+        p[0], [&](int kb) { return k_major_descriptor<HD>(group_k, kb); },
+        [&](int kb) { return k_major_descriptor<HD>(q_tile, kb); });
     probabilities_transposed(p, warp_k0, row0, T, tile_lse, scale_log2, lane);
     uint32_t a[QT / 16][4];
 #pragma unroll
@@ -861,8 +863,8 @@ __global__ void __launch_bounds__(WgmmaTiles::kThreads)
             wgmma_bf16<HD, true>(dv[0], a[kb], n_major_descriptor<HD>(dout_tile, kb));
 #pragma unroll
           for (int kb = 0; kb < HD / 16; ++kb)
-            wgmma_bf16_shared_a<false>(ds[0], k_major_descriptor<HD>(group_v, kb),
-                                       k_major_descriptor<HD>(dout_tile, kb));
+            wgmma_bf16_shared_a<64, false, false>(ds[0], k_major_descriptor<HD>(group_v, kb),
+                                                  k_major_descriptor<HD>(dout_tile, kb));
         },
         dv[0], ds[0]);
     // dS^T = P^T (dP^T - D); dK += dS^T Q.
@@ -918,8 +920,8 @@ __global__ void __launch_bounds__(128)
   float d[kWgmmaCheckWays][8][4] = {};
   wgmma_product<64, false, K / 16>(d[0], a_frag[0], [&](int kb) { return k_major_descriptor<K>(sBt_core, kb); });
   wgmma_product<64, true, K / 16>(d[1], a_frag[0], [&](int kb) { return n_major_descriptor<64>(sB_core, kb); });
-  wgmma_product_shared_a<false, K / 16>(d[2], [&](int kb) { return k_major_descriptor<K>(sA_core, kb); },
-                                        [&](int kb) { return k_major_descriptor<K>(sBt_core, kb); });
+  wgmma_product_shared_a<64, false, false, K / 16>(d[2], [&](int kb) { return k_major_descriptor<K>(sA_core, kb); },
+                                                   [&](int kb) { return k_major_descriptor<K>(sBt_core, kb); });
 #pragma unroll
   for (int way = 0; way < kWgmmaCheckWays; ++way) {
 #pragma unroll

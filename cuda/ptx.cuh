@@ -173,23 +173,37 @@ __device__ __forceinline__ void wgmma_bf16(float (&d)[N / 8][4], const uint32_t 
 #endif
 }
 
-// d (64 x 64 per warpgroup) += A (64 x 16) B (16 x 64), both in shared
-// memory: A K-major (core matrix rows hold 8 consecutive k of one m; the
-// warpgroup's 64 rows, warp w taking rows 16 w ..), B as in wgmma_bf16.
-template <bool TransposeB>
-__device__ __forceinline__ void wgmma_bf16_shared_a(float (&d)[8][4], uint64_t a_descriptor, uint64_t b_descriptor) {
+// d (64 x N per warpgroup, N 32 or 64) += A (64 x 16) B (16 x N), both in
+// shared memory: A K-major (core matrix rows hold 8 consecutive k of one m;
+// the warpgroup's 64 rows, warp w taking rows 16 w ..) or, with
+// TransposeA, M-major (8 consecutive m of one k); B as in wgmma_bf16.
+template <int N, bool TransposeA, bool TransposeB>
+__device__ __forceinline__ void wgmma_bf16_shared_a(float (&d)[N / 8][4], uint64_t a_descriptor,
+                                                    uint64_t b_descriptor) {
+  static_assert(N == 32 || N == 64, "wgmma_bf16_shared_a: N is 32 or 64");
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
-      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-      "%32, %33, p, 1, 1, 0, %35;\n}\n"
-      : SRGPT_WGMMA_ACCUMULATORS(d, 0), SRGPT_WGMMA_ACCUMULATORS(d, 1),
-        SRGPT_WGMMA_ACCUMULATORS(d, 2), SRGPT_WGMMA_ACCUMULATORS(d, 3),
-        SRGPT_WGMMA_ACCUMULATORS(d, 4), SRGPT_WGMMA_ACCUMULATORS(d, 5),
-        SRGPT_WGMMA_ACCUMULATORS(d, 6), SRGPT_WGMMA_ACCUMULATORS(d, 7)
-      : "l"(a_descriptor), "l"(b_descriptor), "r"(1), "n"(int(TransposeB)));
+  if constexpr (N == 32) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+        "%16, %17, p, 1, 1, %19, %20;\n}\n"
+        : SRGPT_WGMMA_ACCUMULATORS(d, 0), SRGPT_WGMMA_ACCUMULATORS(d, 1),
+          SRGPT_WGMMA_ACCUMULATORS(d, 2), SRGPT_WGMMA_ACCUMULATORS(d, 3)
+        : "l"(a_descriptor), "l"(b_descriptor), "r"(1), "n"(int(TransposeA)), "n"(int(TransposeB)));
+  } else {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+        "%32, %33, p, 1, 1, %35, %36;\n}\n"
+        : SRGPT_WGMMA_ACCUMULATORS(d, 0), SRGPT_WGMMA_ACCUMULATORS(d, 1),
+          SRGPT_WGMMA_ACCUMULATORS(d, 2), SRGPT_WGMMA_ACCUMULATORS(d, 3),
+          SRGPT_WGMMA_ACCUMULATORS(d, 4), SRGPT_WGMMA_ACCUMULATORS(d, 5),
+          SRGPT_WGMMA_ACCUMULATORS(d, 6), SRGPT_WGMMA_ACCUMULATORS(d, 7)
+        : "l"(a_descriptor), "l"(b_descriptor), "r"(1), "n"(int(TransposeA)), "n"(int(TransposeB)));
+  }
 #else
   __trap();
 #endif

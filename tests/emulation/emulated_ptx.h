@@ -108,15 +108,16 @@ void ldmatrix_x4(const unsigned char* inputs, unsigned char* outputs) {
 // from the issue to the wait, so reading them early shows.
 struct WgmmaIn {
   uint32_t a[4];          // A in registers, or
-  uint64_t a_descriptor;  // A in shared memory (K-major)
+  uint64_t a_descriptor;  // A in shared memory
   uint64_t descriptor;    // B
   float* d;               // this lane's accumulators, N / 2 floats
 };
 
-// A no-swizzle descriptor's matrix, element (k, n) of B (PTX ISA, "Shared
-// Memory Matrix Layout", canonical layouts without swizzling, in bytes):
-// K-major ((8,m),(8,2)) : ((16,SBO),(2,LBO)) over (n, k); N-major
-// ((8,m),(8,k)) : ((2,SBO),(16,LBO)) over (n, k).
+// A no-swizzle descriptor's matrix, element (k, n) of B, or (k, m) of A
+// from shared memory (PTX ISA, "Shared Memory Matrix Layout", canonical
+// layouts without swizzling, in bytes): K-major ((8,m),(8,2)) :
+// ((16,SBO),(2,LBO)) over (n, k); N- or M-major ((8,m),(8,k)) :
+// ((2,SBO),(16,LBO)) over (n, k).
 struct WgmmaMatrix {
   const unsigned char* start;
   uint32_t leading_bytes, stride_bytes;
@@ -133,14 +134,22 @@ struct WgmmaMatrix {
     const size_t offset = size_t(n / 8) * stride_bytes + size_t(k / 8) * leading_bytes +
                           (n_major ? (k % 8) * 16 + (n % 8) * 2 : (n % 8) * 16 + (k % 8) * 2);
     const unsigned char* p = start + offset;
-    if (!emulation::in_shared(p, 2)) emulation::fault("wgmma reads B outside the block's dynamic shared memory");
+    if (!emulation::in_shared(p, 2))
+      emulation::fault("wgmma reads an operand outside the block's dynamic shared memory");
     uint16_t bits;
     std::memcpy(&bits, p, 2);
     return bf16_to_float(bf16{bits});
   }
 };
 
-template <int N, bool TransposeB, bool SharedA>
+// The instruction's name, for the warpgroup's consistency check and faults.
+template <int N, bool SharedA>
+constexpr const char* wgmma_name() {
+  if constexpr (SharedA) return N == 32 ? "wgmma.m64n32k16 (A shared)" : "wgmma.m64n64k16 (A shared)";
+  return N == 64 ? "wgmma.m64n64k16" : "wgmma.m64n128k16";
+}
+
+template <int N, bool TransposeA, bool TransposeB, bool SharedA>
 void wgmma_issue(const unsigned char* inputs, unsigned char*) {
   auto lanes = std::make_shared<std::array<WgmmaIn, 32>>();
   std::memcpy(lanes->data(), inputs, sizeof(*lanes));
@@ -152,9 +161,8 @@ void wgmma_issue(const unsigned char* inputs, unsigned char*) {
   const uint3& thread = emulation::thread_index();
   const dim3& block = emulation::block_dim();
   const int warp_in_group = int((thread.x + block.x * (thread.y + block.y * thread.z)) / 32 % 4);
-  emulation::warpgroup_operation(N == 64 ? (SharedA ? "wgmma.m64n64k16 (A shared)" : "wgmma.m64n64k16")
-                                         : "wgmma.m64n128k16",
-                                 descriptor ^ uint64_t(TransposeB) ^ (a_descriptor << 1));
+  emulation::warpgroup_operation(wgmma_name<N, SharedA>(), descriptor ^ uint64_t(TransposeB) ^ (a_descriptor << 1) ^
+                                                               (uint64_t(TransposeA) << 63));
   // Continuing a queued product on the same accumulators: the device chains
   // them, so this one starts from that one's result.
   const bool chained = emulation::warp_has_deferred((*lanes)[0].d);
@@ -167,7 +175,7 @@ void wgmma_issue(const unsigned char* inputs, unsigned char*) {
   emulation::warp_defer((*lanes)[0].d, [lanes, c, chained, warp_in_group] {
     float A[16][16];
     if (SharedA) {
-      const WgmmaMatrix a((*lanes)[0].a_descriptor, false);  // K-major: a.at(k, m)
+      const WgmmaMatrix a((*lanes)[0].a_descriptor, TransposeA);  // a.at(k, m)
       for (int row = 0; row < 16; ++row)
         for (int k = 0; k < 16; ++k) A[row][k] = a.at(k, 16 * warp_in_group + row);
     } else {
@@ -262,14 +270,14 @@ void wgmma_bf16(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t b_descrip
   static_assert(N == 64 || N == 128, "wgmma_bf16: N is 64 or 128");
   using namespace emulated_ptx;
   const WgmmaIn in{{a[0], a[1], a[2], a[3]}, 0, b_descriptor, &d[0][0]};
-  emulation::warp_collective<WgmmaIn, char>(N == 64 ? "wgmma.m64n64k16" : "wgmma.m64n128k16", in,
-                                            wgmma_issue<N, TransposeB, false>);
+  emulation::warp_collective<WgmmaIn, char>(wgmma_name<N, false>(), in, wgmma_issue<N, false, TransposeB, false>);
 }
-template <bool TransposeB>
-void wgmma_bf16_shared_a(float (&d)[8][4], uint64_t a_descriptor, uint64_t b_descriptor) {
+template <int N, bool TransposeA, bool TransposeB>
+void wgmma_bf16_shared_a(float (&d)[N / 8][4], uint64_t a_descriptor, uint64_t b_descriptor) {
+  static_assert(N == 32 || N == 64, "wgmma_bf16_shared_a: N is 32 or 64");
   using namespace emulated_ptx;
   const WgmmaIn in{{0, 0, 0, 0}, a_descriptor, b_descriptor, &d[0][0]};
-  emulation::warp_collective<WgmmaIn, char>("wgmma.m64n64k16 (A shared)", in, wgmma_issue<64, TransposeB, true>);
+  emulation::warp_collective<WgmmaIn, char>(wgmma_name<N, true>(), in, wgmma_issue<N, TransposeA, TransposeB, true>);
 }
 inline void wgmma_fence() {
   emulation::warp_collective<char, char>("wgmma.fence", 0, emulated_ptx::wgmma_fence_compute);

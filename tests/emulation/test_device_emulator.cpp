@@ -111,17 +111,20 @@ __global__ void early_exit_kernel(float* out) {
 // bytes each, placed with gaps: the leading byte offset (k by 8) is 256,
 // the stride byte offset (n by 8) 1024, and the second k16 step starts
 // 512 bytes on. A core matrix's rows are n (8 consecutive k each:
-// K-major) or k (8 consecutive n: N-major). With shared_a, A comes from
-// shared memory too, K-major, after B: core matrices 128 bytes apart along
-// k, 256 along m, the second step 2048 bytes on. How it goes wrong, if asked:
+// K-major) or k (8 consecutive n: N-major). A comes from registers or from
+// shared memory, after B, K-major or M-major: core matrices 128 bytes apart
+// along k, 256 along m, the second step 2048 bytes on. With halves, from
+// shared memory, each product is two m64n32k16, for columns 0-31 and 32-63
+// (B's descriptor four core matrices on). How it goes wrong, if asked:
 // read_early reads the accumulators before the wait; skip_warp leaves one
 // warp out of the products; no_wait never waits.
 struct WgmmaFaults {
   bool read_early = false, skip_warp = false, no_wait = false;
 };
+enum class ASource { registers, shared_k_major, shared_m_major };
 constexpr size_t kWgmmaBBytes = 2 * 512 + 8 * 1024, kWgmmaSharedBytes = kWgmmaBBytes + 2 * 2048;
-__global__ void wgmma_kernel(float* d_out, const uint16_t* a, const uint16_t* b, bool n_major, bool shared_a,
-                             WgmmaFaults faults) {
+__global__ void wgmma_kernel(float* d_out, const uint16_t* a, const uint16_t* b, bool n_major, ASource a_source,
+                             bool halves, WgmmaFaults faults) {
   constexpr uint32_t kLeading = 256, kStride = 1024, kStep = 512;
   constexpr uint32_t kLeadingA = 128, kStrideA = 256, kStepA = 2048;
   unsigned char* smem = emulation::dynamic_shared();
@@ -132,11 +135,13 @@ __global__ void wgmma_kernel(float* d_out, const uint16_t* a, const uint16_t* b,
     const int row = n_major ? kk % 8 : n % 8, column = n_major ? n % 8 : kk % 8;
     std::memcpy(smem + step * kStep + (n / 8) * kStride + (kk / 8) * kLeading + row * 16 + column * 2, b + i, 2);
   }
+  const bool shared_a = a_source != ASource::registers, m_major = a_source == ASource::shared_m_major;
   if (shared_a) {
     for (int i = t; i < 64 * 32; i += 128) {
       const int m = i / 32, k = i % 32, step = k / 16, kk = k % 16;
-      std::memcpy(smem_a + step * kStepA + (m / 8) * kStrideA + (kk / 8) * kLeadingA + (m % 8) * 16 + (kk % 8) * 2,
-                  a + i, 2);
+      const int row = m_major ? kk % 8 : m % 8, column = m_major ? m % 8 : kk % 8;
+      std::memcpy(smem_a + step * kStepA + (m / 8) * kStrideA + (kk / 8) * kLeadingA + row * 16 + column * 2, a + i,
+                  2);
     }
   }
   __syncthreads();
@@ -158,10 +163,33 @@ __global__ void wgmma_kernel(float* d_out, const uint16_t* a, const uint16_t* b,
                                                         kLeading, kStride);
       const uint64_t a_descriptor =
           gpu::wgmma_descriptor(reinterpret_cast<const uint16_t*>(smem_a + s * kStepA), kLeadingA, kStrideA);
-      if (shared_a && n_major)
-        gpu::wgmma_bf16_shared_a<true>(d, a_descriptor, descriptor);
+      // Every combination of the template flags, chosen at run time.
+      auto shared_product = [&](auto n, auto transpose_a, auto transpose_b) {
+        constexpr int N = decltype(n)::value;
+        for (int half = 0; half < 64 / N; ++half) {
+          float(&d_half)[N / 8][4] = *reinterpret_cast<float(*)[N / 8][4]>(&d[half * N / 8][0]);
+          const uint64_t b_half = gpu::wgmma_descriptor(
+              reinterpret_cast<const uint16_t*>(smem + s * kStep + half * (N / 8) * kStride), kLeading, kStride);
+          gpu::wgmma_bf16_shared_a<N, decltype(transpose_a)::value, decltype(transpose_b)::value>(
+              d_half, a_descriptor, b_half);
+        }
+      };
+      auto with_b = [&](auto n, auto transpose_a) {
+        if (n_major)
+          shared_product(n, transpose_a, std::true_type{});
+        else
+          shared_product(n, transpose_a, std::false_type{});
+      };
+      auto with_a = [&](auto n) {
+        if (m_major)
+          with_b(n, std::true_type{});
+        else
+          with_b(n, std::false_type{});
+      };
+      if (shared_a && halves)
+        with_a(std::integral_constant<int, 32>{});
       else if (shared_a)
-        gpu::wgmma_bf16_shared_a<false>(d, a_descriptor, descriptor);
+        with_a(std::integral_constant<int, 64>{});
       else if (n_major)
         gpu::wgmma_bf16<64, true>(d, frag[s], descriptor);
       else
@@ -256,7 +284,7 @@ TEST_CASE("device emulator: cp.async data arrives only at the wait", "[emulated]
 }
 
 TEST_CASE("device emulator: wgmma multiplies through K-major and N-major descriptors, A from registers or shared "
-          "memory, completing at the wait",
+          "memory (K- or M-major), 64 or 32 columns at a time, completing at the wait",
           "[emulated]") {
   emulation::set_schedule(Schedule{false, false});
   // Small integers times powers of two: every product and sum is exact in
@@ -276,21 +304,27 @@ TEST_CASE("device emulator: wgmma multiplies through K-major and N-major descrip
     for (int n = 0; n < 64; ++n)
       for (int k = 0; k < 32; ++k) expected[r * 64 + n] += af[r * 32 + k] * bf[k * 64 + n];
   for (const bool n_major : {false, true}) {
-    INFO((n_major ? "N-major" : "K-major"));
-    for (const bool shared_a : {false, true}) {
-      INFO((shared_a ? "A in shared memory" : "A in registers"));
-      std::vector<float> d(64 * 64, -1.0f);
-      wgmma_kernel ^ Launch(1, 128, kWgmmaSharedBytes) ^
-          kernel_arguments(d.data(), a.data(), b.data(), n_major, shared_a, WgmmaFaults{});
-      finish();
-      CHECK(d == expected);
+    INFO((n_major ? "B N-major" : "B K-major"));
+    for (const ASource a_source : {ASource::registers, ASource::shared_k_major, ASource::shared_m_major}) {
+      INFO((a_source == ASource::registers        ? "A in registers"
+            : a_source == ASource::shared_k_major ? "A in shared memory, K-major"
+                                                  : "A in shared memory, M-major"));
+      for (const bool halves : {false, true}) {
+        if (halves && a_source == ASource::registers) continue;
+        INFO((halves ? "two m64n32k16" : "one product"));
+        std::vector<float> d(64 * 64, -1.0f);
+        wgmma_kernel ^ Launch(1, 128, kWgmmaSharedBytes) ^
+            kernel_arguments(d.data(), a.data(), b.data(), n_major, a_source, halves, WgmmaFaults{});
+        finish();
+        CHECK(d == expected);
+      }
     }
     // Before the wait the accumulators hold NaN.
     std::vector<float> early(128, 0.0f);
     WgmmaFaults read_early;
     read_early.read_early = true;
     wgmma_kernel ^ Launch(1, 128, kWgmmaSharedBytes) ^
-        kernel_arguments(early.data(), a.data(), b.data(), n_major, false, read_early);
+        kernel_arguments(early.data(), a.data(), b.data(), n_major, ASource::registers, false, read_early);
     finish();
     CHECK(std::all_of(early.begin(), early.end(), [](float x) { return std::isnan(x); }));
   }
@@ -306,20 +340,20 @@ TEST_CASE("device emulator: wgmma left out by a warp of its warpgroup, or never 
   no_wait.no_wait = true;
   const std::string skipped = error_of([&] {
     wgmma_kernel ^ Launch(1, 128, kWgmmaSharedBytes) ^
-        kernel_arguments(d.data(), a.data(), b.data(), false, false, skip);
+        kernel_arguments(d.data(), a.data(), b.data(), false, ASource::registers, false, skip);
     finish();
   });
   CHECK(skipped.find("warpgroup") != std::string::npos);
   const std::string unwaited = error_of([&] {
     wgmma_kernel ^ Launch(1, 128, kWgmmaSharedBytes) ^
-        kernel_arguments(d.data(), a.data(), b.data(), false, false, no_wait);
+        kernel_arguments(d.data(), a.data(), b.data(), false, ASource::registers, false, no_wait);
     finish();
   });
   CHECK(unwaited.find("never waited for") != std::string::npos);
   // A warpgroup needs four whole warps.
   const std::string partial = error_of([&] {
     wgmma_kernel ^ Launch(1, 96, kWgmmaSharedBytes) ^
-        kernel_arguments(d.data(), a.data(), b.data(), false, false, WgmmaFaults{});
+        kernel_arguments(d.data(), a.data(), b.data(), false, ASource::registers, false, WgmmaFaults{});
     finish();
   });
   CHECK(partial.find("not whole") != std::string::npos);
