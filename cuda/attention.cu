@@ -441,6 +441,61 @@ __device__ __forceinline__ void probabilities_transposed(float (&p)[MB][NB][4], 
   }
 }
 
+// The one-pass backwards' ordering of dQ's adds (attention_backward_tc_kernel
+// explains it): the block's key tile is the ticket it draws from its
+// (batch, head)'s counter, the first of that head's 1 + query_tiles words of
+// dq_flags; *flags is set to the head's flag per query tile.
+__device__ __forceinline__ int draw_key_tile(unsigned* dq_flags, int query_tiles, unsigned** flags) {
+  unsigned* const head_flags = dq_flags + size_t(blockIdx.y) * (1 + query_tiles);
+  *flags = head_flags + 1;
+  __shared__ int ticket;
+  if (threadIdx.x == 0) ticket = int(atomicAdd(head_flags, 1u));
+  __syncthreads();
+  return ticket;
+}
+
+// Adds a query tile's share of dQ once the key tiles before key_tile have
+// added theirs (*flag == key_tile), then releases the flag to key_tile + 1.
+// This thread's share: C fragments of 16 rows from t0 and NB x 8 columns
+// from col0, added to dq_rows ([T][HD], fp32); key tile 0 stores instead of
+// adding, and the last key tile to add (finishes) writes the sum times
+// scale as bf16 into the rows of dq_out (stride out_stride). Every thread
+// of the block calls it. ReportStall: wait_for_flag's Report.
+template <int HD, bool ReportStall, int NB>
+__device__ __forceinline__ void add_dq_share_in_order(const float (&dq)[NB][4], unsigned* flag, int key_tile,
+                                                      bool finishes, float* dq_rows, uint16_t* dq_out,
+                                                      size_t out_stride, int t0, int col0, int T, float scale,
+                                                      int lane) {
+  const int g = lane / 4, q = lane % 4;
+  if (threadIdx.x == 0) wait_for_flag<ReportStall>(flag, unsigned(key_tile));
+  __syncthreads();
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int t = t0 + g + 8 * half;
+    if (t >= T) continue;
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb) {
+      const int column = col0 + nb * 8 + 2 * q;
+      float* target = dq_rows + size_t(t) * HD + column;
+      float2 value = make_float2(dq[nb][2 * half], dq[nb][2 * half + 1]);
+      if (key_tile > 0) {
+        const float2 before = __ldcg(reinterpret_cast<const float2*>(target));
+        value.x += before.x;
+        value.y += before.y;
+      }
+      if (finishes)
+        *reinterpret_cast<uint32_t*>(dq_out + size_t(t) * out_stride + column) =
+            pack_bf16(value.x * scale, value.y * scale);
+      else
+        *reinterpret_cast<float2*>(target) = value;
+    }
+  }
+  // The barrier orders every thread's adds before thread 0's release,
+  // whose GPU-scope release semantics cover them (no fence per thread).
+  __syncthreads();
+  if (threadIdx.x == 0) release_flag(flag, unsigned(key_tile) + 1);
+}
+
 // The forward pass's running softmax over key tiles for a warp's MB row
 // blocks: O (unnormalised), the running maximum of the unscaled scores,
 // and this lane's share of the sum of exp2(scale_log2 (s - row_max)),
@@ -779,45 +834,61 @@ __global__ void __launch_bounds__(WgmmaTiles::kThreads)
 
 // dK/dV pass: block = (kRows-key tile, batch*head), each warpgroup 64
 // keys, streaming the query tiles at or after the key tile (kStream rows,
-// with their lse and D):
+// with their lse and D) from the last down:
 //   S^T = K Q^T (K and Q both from shared memory), P^T = exp(S^T - lse),
 //   dV += P^T dO (dO as N-major B), dP^T = V dO^T (V from shared memory),
 //   dS^T = P^T (dP^T - D), dK += dS^T Q (Q as N-major B).
-template <int HD>
+// With AddsDq (AttentionBackward::wgmma_one_pass) the block also adds each
+// query tile's share of dQ, dS K, in key-tile order as the mma one-pass
+// kernel does (attention_backward_tc_kernel; five products of the score
+// matrix's size, no dQ pass): dS^T of the block's keys goes to shared
+// memory as bf16, where it is dS as M-major A, and warpgroup w computes
+// dQ's columns w HD / 2 .. (w + 1) HD / 2 - 1 over all kRows keys, in the
+// same wgmma group as its dK product.
+template <int HD, bool AddsDq>
 constexpr size_t wgmma_dkdv_shared_bytes() {
   constexpr int QT = WgmmaTiles::kStream;
-  const size_t tiles = sizeof(uint16_t) * HD * (2 * size_t(WgmmaTiles::kRows) + 4 * QT) + sizeof(float) * 4 * QT;
+  const size_t staged_ds = AddsDq ? size_t(WgmmaTiles::kRows) * QT : 0;
+  const size_t tiles = sizeof(uint16_t) * (HD * (2 * size_t(WgmmaTiles::kRows) + 4 * QT) + staged_ds) +
+                       sizeof(float) * 4 * QT;
   // After the loop, each warp stages its dK and dV rows for the stores.
   const size_t staging = sizeof(uint16_t) * size_t(HD + kPad) * 2 * WgmmaTiles::kRows;
   return tiles > staging ? tiles : staging;
 }
 
-template <int HD>
+template <int HD, bool AddsDq>
 __global__ void __launch_bounds__(WgmmaTiles::kThreads)
-    attention_backward_dkdv_wgmma_kernel(uint16_t* dqkv, const uint16_t* dout, const uint16_t* qkv,
-                                         const float* lse, const float* row_dot, int T, int C, int H, float scale,
-                                         float scale_log2) {
+    attention_backward_dkdv_wgmma_kernel(uint16_t* dqkv, float* dq_accum, unsigned* dq_flags, const uint16_t* dout,
+                                         const uint16_t* qkv, const float* lse, const float* row_dot, int T, int C,
+                                         int H, float scale, float scale_log2) {
   constexpr int S = HD + kPad, QT = WgmmaTiles::kStream, kRows = WgmmaTiles::kRows;
   constexpr int kBlockThreads = WgmmaTiles::kThreads;
+  // A query tile lies within one key tile, so the diagonal block finishes it.
+  static_assert(kRows % QT == 0, "the key tile must be a multiple of the query tile");
   extern __shared__ __align__(16) uint16_t smem[];
   uint16_t* sK = smem;                  // [kRows * HD], core matrices
   uint16_t* sV = sK + kRows * HD;       // [kRows * HD], core matrices
   uint16_t* sQ = sV + kRows * HD;       // [2][QT * HD], core matrices
   uint16_t* sdO = sQ + 2 * QT * HD;     // [2][QT * HD], core matrices
-  float* sLse = reinterpret_cast<float*>(sdO + 2 * QT * HD);  // [2][QT], log2 domain
-  float* sDot = sLse + 2 * QT;                                // [2][QT]
+  uint16_t* sdS = sdO + 2 * QT * HD;    // one pass: [kRows * QT], core matrices: dS^T of the query tile
+  float* sLse = reinterpret_cast<float*>(sdS + (AddsDq ? kRows * QT : 0));  // [2][QT], log2 domain
+  float* sDot = sLse + 2 * QT;                                              // [2][QT]
 
-  const int k0 = blockIdx.x * kRows;
+  unsigned* flags = nullptr;  // one pass: a flag per query tile of this (batch, head)
+  const int key_tile = AddsDq ? draw_key_tile(dq_flags, (T + QT - 1) / QT, &flags) : int(blockIdx.x);
+  const int k0 = key_tile * kRows;
   const HeadOffsets head(T, C, H, HD);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, q = lane % 4;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
   const int group = warp / 4, group_k0 = k0 + 64 * group, warp_k0 = k0 + 16 * warp;
   const size_t qkv_stride = head.qkv_stride;
   const uint16_t* q_base = qkv + head.qkv;
   const uint16_t* dout_base = dout + head.out;
   const int tiles = (T - k0 + QT - 1) / QT;
+  // Step i works on the i-th query tile from the last.
+  auto tile_row0 = [&](int i) { return k0 + (tiles - 1 - i) * QT; };
 
   auto load_query_tile = [&](int i, int buffer) {
-    const int row0 = k0 + i * QT;
+    const int row0 = tile_row0(i);
     load_core_matrix_tile_async<QT, HD, kBlockThreads>(sQ + buffer * QT * HD, q_base, row0, T, qkv_stride);
     load_core_matrix_tile_async<QT, HD, kBlockThreads>(sdO + buffer * QT * HD, dout_base, row0, T, size_t(C));
     for (int r = threadIdx.x; r < QT; r += kBlockThreads) {
@@ -834,48 +905,97 @@ __global__ void __launch_bounds__(WgmmaTiles::kThreads)
   // This warpgroup's 64 rows of K and V, as A from shared memory.
   const uint16_t* group_k = sK + 64 * group * HD;
   const uint16_t* group_v = sV + 64 * group * HD;
+  // This warp's 16 rows of dS^T: 16 core matrices, contiguous.
+  uint16_t* warp_ds = sdS + 16 * warp * QT;
   float dk[1][HD / 8][4] = {}, dv[1][HD / 8][4] = {};
   walk_tiles<true>(tiles, load_query_tile, [&](int i, int buffer) {
-    const int row0 = k0 + i * QT;
-    // Query tiles wholly before the warpgroup's keys add nothing.
-    if (row0 + QT - 1 < group_k0 || group_k0 >= T) return;
+    const int row0 = tile_row0(i);
     const uint16_t* q_tile = sQ + buffer * QT * HD;
-    const uint16_t* dout_tile = sdO + buffer * QT * HD;
-    const float* tile_lse = sLse + buffer * QT;
-    const float* tile_dot = sDot + buffer * QT;
+    // Query tiles wholly before the warpgroup's keys add nothing to its dK
+    // and dV, and zeros to dQ.
+    const bool adds = row0 + QT - 1 >= group_k0 && group_k0 < T;
+    uint32_t a[QT / 16][4];  // dS^T, the A of dK's product
+    if (adds) {
+      const uint16_t* dout_tile = sdO + buffer * QT * HD;
+      const float* tile_lse = sLse + buffer * QT;
+      const float* tile_dot = sDot + buffer * QT;
 
-    // P^T: the warp's 16 keys x QT queries, masked (a query before its key,
-    // or past T, gets 0).
-    float p[1][QT / 8][4] = {};
-    wgmma_product_shared_a<64, false, false, HD / 16>(
-        p[0], [&](int kb) { return k_major_descriptor<HD>(group_k, kb); },
-        [&](int kb) { return k_major_descriptor<HD>(q_tile, kb); });
-    probabilities_transposed(p, warp_k0, row0, T, tile_lse, scale_log2, lane);
-    uint32_t a[QT / 16][4];
+      // P^T: the warp's 16 keys x QT queries, masked (a query before its
+      // key, or past T, gets 0).
+      float p[1][QT / 8][4] = {};
+      wgmma_product_shared_a<64, false, false, HD / 16>(
+          p[0], [&](int kb) { return k_major_descriptor<HD>(group_k, kb); },
+          [&](int kb) { return k_major_descriptor<HD>(q_tile, kb); });
+      probabilities_transposed(p, warp_k0, row0, T, tile_lse, scale_log2, lane);
 #pragma unroll
-    for (int kb = 0; kb < QT / 16; ++kb) pack_p_fragment(a[kb], p[0], kb);
-    // dV += P^T dO and dP^T = V dO^T, in one group.
-    float ds[1][QT / 8][4] = {};
-    wgmma_group(
-        [&] {
+      for (int kb = 0; kb < QT / 16; ++kb) pack_p_fragment(a[kb], p[0], kb);
+      // dV += P^T dO and dP^T = V dO^T, in one group.
+      float ds[1][QT / 8][4] = {};
+      wgmma_group(
+          [&] {
 #pragma unroll
-          for (int kb = 0; kb < QT / 16; ++kb)
-            wgmma_bf16<HD, true>(dv[0], a[kb], n_major_descriptor<HD>(dout_tile, kb));
+            for (int kb = 0; kb < QT / 16; ++kb)
+              wgmma_bf16<HD, true>(dv[0], a[kb], n_major_descriptor<HD>(dout_tile, kb));
 #pragma unroll
-          for (int kb = 0; kb < HD / 16; ++kb)
-            wgmma_bf16_shared_a<64, false, false>(ds[0], k_major_descriptor<HD>(group_v, kb),
-                                                  k_major_descriptor<HD>(dout_tile, kb));
-        },
-        dv[0], ds[0]);
-    // dS^T = P^T (dP^T - D); dK += dS^T Q.
+            for (int kb = 0; kb < HD / 16; ++kb)
+              wgmma_bf16_shared_a<64, false, false>(ds[0], k_major_descriptor<HD>(group_v, kb),
+                                                    k_major_descriptor<HD>(dout_tile, kb));
+          },
+          dv[0], ds[0]);
+      // dS^T = P^T (dP^T - D)
 #pragma unroll
-    for (int nb = 0; nb < QT / 8; ++nb) {
+      for (int nb = 0; nb < QT / 8; ++nb) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) ds[0][nb][e] = p[0][nb][e] * (ds[0][nb][e] - tile_dot[nb * 8 + 2 * q + (e & 1)]);
+        for (int e = 0; e < 4; ++e)
+          ds[0][nb][e] = p[0][nb][e] * (ds[0][nb][e] - tile_dot[nb * 8 + 2 * q + (e & 1)]);
+        if constexpr (AddsDq) {
+          // As bf16 (rounded as dK's A is), at key row g (+ 8) of the
+          // warp's two rows of core matrices, query column nb 8 + 2 q.
+          *reinterpret_cast<uint32_t*>(warp_ds + nb * 64 + g * 8 + 2 * q) = pack_bf16(ds[0][nb][0], ds[0][nb][1]);
+          *reinterpret_cast<uint32_t*>(warp_ds + (QT / 8 + nb) * 64 + g * 8 + 2 * q) =
+              pack_bf16(ds[0][nb][2], ds[0][nb][3]);
+        }
+      }
+#pragma unroll
+      for (int kb = 0; kb < QT / 16; ++kb) pack_p_fragment(a[kb], ds[0], kb);
+    } else if constexpr (AddsDq) {
+      // dS^T = 0: no share of dQ, and (below) nothing added to dK.
+      for (int c = lane; c < 16 * QT / 8; c += 32) reinterpret_cast<uint4*>(warp_ds)[c] = make_uint4(0, 0, 0, 0);
+#pragma unroll
+      for (int kb = 0; kb < QT / 16; ++kb) a[kb][0] = a[kb][1] = a[kb][2] = a[kb][3] = 0;
     }
+    auto dk_product = [&] {
 #pragma unroll
-    for (int kb = 0; kb < QT / 16; ++kb) pack_p_fragment(a[kb], ds[0], kb);
-    wgmma_product<HD, true, QT / 16>(dk[0], a, [&](int kb) { return n_major_descriptor<HD>(q_tile, kb); });
+      for (int kb = 0; kb < QT / 16; ++kb) wgmma_bf16<HD, true>(dk[0], a[kb], n_major_descriptor<HD>(q_tile, kb));
+    };
+    if constexpr (!AddsDq) {
+      if (adds) wgmma_group(dk_product, dk[0]);  // dK += dS^T Q
+    } else {
+      fence_proxy_async_shared();
+      __syncthreads();  // dS^T of all the block's keys is in sdS
+      // dK += dS^T Q, and this warpgroup's columns of dQ's share, dS K:
+      // A = dS (queries x keys), M-major, is laid out as N-major B would
+      // be; B = K (keys x HD), N-major, from this warpgroup's column. Both
+      // products are issued whether or not the warpgroup adds (then with
+      // dS^T = 0): a wgmma on a divergent path makes ptxas serialise them
+      // all (tests/scripts/test_wgmma_compile.py).
+      constexpr int kColumns = HD / 2;
+      const uint16_t* k_columns = sK + group * (kColumns / 8) * 64;
+      float dq[kColumns / 8][4] = {};
+      wgmma_group(
+          [&] {
+            dk_product();
+#pragma unroll
+            for (int kb = 0; kb < kRows / 16; ++kb)
+              wgmma_bf16_shared_a<kColumns, true, true>(dq, n_major_descriptor<QT>(sdS, kb),
+                                                        n_major_descriptor<HD>(k_columns, kb));
+          },
+          dk[0], dq);
+      // A stalled wait traps without saying which block (see wait_for_flag).
+      add_dq_share_in_order<HD, false>(dq, flags + row0 / QT, key_tile, row0 < k0 + kRows,
+                                       dq_accum + head.stats * HD, dqkv + head.qkv, qkv_stride,
+                                       row0 + 16 * (warp % 4), group * kColumns, T, scale, lane);
+    }
   });
 
   // The loop's last barrier has passed: all of shared memory is free. Each
@@ -890,46 +1010,91 @@ __global__ void __launch_bounds__(WgmmaTiles::kThreads)
 // wgmma gives the products the kernels' layouts assume (the check kernel).
 __global__ void wgmma_probe_kernel(int* compiled) { *compiled = wgmma_compiled() ? 1 : 0; }
 
+// The wgmma self-check's ways, as bits, and which the strategies' kernels
+// use (attention_support).
+enum WgmmaCheckWay : unsigned {
+  kRegistersAKMajorB = 1u << 0,
+  kRegistersANMajorB = 1u << 1,
+  kSharedKMajorAKMajorB = 1u << 2,
+  kSharedMMajorANMajorB = 1u << 3,
+  kSharedMMajorANMajorB32 = 1u << 4,
+};
+
 // The wgmma self-check: one warpgroup computes D = A B (64 x 64, k = 32 in
 // two chained steps) in each way the kernels use wgmma, with their own
 // loaders and descriptors: A from registers (ldmatrix from a padded tile)
-// with B K-major (a core-matrix tile of B^T) and with B N-major (one of B),
-// and A from shared memory (a core-matrix tile of A) with B K-major.
+// with B K-major (a core-matrix tile of B^T) and with B N-major (one of B);
+// A from shared memory K-major (a core-matrix tile of A) with B K-major;
+// and A from shared memory M-major (one of A^T) with B N-major, as one
+// 64-column product and as two of 32 columns (B's descriptor moved to
+// column 32, as the one-pass dK/dV kernel moves it to its warpgroup's).
 // d_out: [kWgmmaCheckWays][64][64], row-major.
-constexpr int kWgmmaCheckK = 32, kWgmmaCheckWays = 3;
-constexpr size_t kWgmmaCheckShared = sizeof(uint16_t) * (64 * (kWgmmaCheckK + kPad) + 3 * 64 * kWgmmaCheckK);
-__global__ void __launch_bounds__(128)
-    wgmma_check_kernel(float* d_out, const uint16_t* a, const uint16_t* b, const uint16_t* b_transposed) {
+constexpr int kWgmmaCheckK = 32, kWgmmaCheckWays = 5;
+constexpr size_t kWgmmaCheckShared = sizeof(uint16_t) * (64 * (kWgmmaCheckK + kPad) + 4 * 64 * kWgmmaCheckK);
+
+// Writes a warpgroup's 64 x 8 NB product, columns col0 .., into the rows of d_out (64 columns).
+template <int NB>
+__device__ __forceinline__ void store_check_product(float* d_out, const float (&d)[NB][4], int col0) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+#pragma unroll
+  for (int nb = 0; nb < NB; ++nb) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      d_out[(16 * warp + g + 8 * (e / 2)) * 64 + col0 + 8 * nb + 2 * q + e % 2] = d[nb][e];
+  }
+}
+
+__global__ void __launch_bounds__(128) wgmma_check_kernel(float* d_out, const uint16_t* a, const uint16_t* a_transposed,
+                                                          const uint16_t* b, const uint16_t* b_transposed) {
   constexpr int K = kWgmmaCheckK, S = K + kPad;
   extern __shared__ __align__(16) uint16_t smem[];
-  uint16_t* sA = smem;                  // [64][S], row-major
-  uint16_t* sA_core = sA + 64 * S;      // A, 64 x K, core matrices
-  uint16_t* sBt_core = sA_core + 64 * K;  // B^T, 64 x K, core matrices
+  uint16_t* sA = smem;                    // [64][S], row-major
+  uint16_t* sA_core = sA + 64 * S;        // A, 64 x K, core matrices
+  uint16_t* sAt_core = sA_core + 64 * K;  // A^T, K x 64, core matrices
+  uint16_t* sBt_core = sAt_core + 64 * K; // B^T, 64 x K, core matrices
   uint16_t* sB_core = sBt_core + 64 * K;  // B, K x 64, core matrices
   load_tile_async<64, K, 128>(sA, a, 0, 64, K);
   load_core_matrix_tile_async<64, K, 128>(sA_core, a, 0, 64, K);
+  load_core_matrix_tile_async<K, 64, 128>(sAt_core, a_transposed, 0, K, 64);
   load_core_matrix_tile_async<64, K, 128>(sBt_core, b_transposed, 0, 64, K);
   load_core_matrix_tile_async<K, 64, 128>(sB_core, b, 0, K, 64);
   cp_async_commit();
   cp_async_wait<0>();
   fence_proxy_async_shared();
   __syncthreads();
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   uint32_t a_frag[1][K / 16][4];
   load_a_fragments<S, 1, K / 16>(a_frag, sA, 16 * warp, lane);
-  float d[kWgmmaCheckWays][8][4] = {};
-  wgmma_product<64, false, K / 16>(d[0], a_frag[0], [&](int kb) { return k_major_descriptor<K>(sBt_core, kb); });
-  wgmma_product<64, true, K / 16>(d[1], a_frag[0], [&](int kb) { return n_major_descriptor<64>(sB_core, kb); });
-  wgmma_product_shared_a<64, false, false, K / 16>(d[2], [&](int kb) { return k_major_descriptor<K>(sA_core, kb); },
-                                                   [&](int kb) { return k_major_descriptor<K>(sBt_core, kb); });
+  auto a_m_major = [&](int kb) { return n_major_descriptor<64>(sAt_core, kb); };  // laid out as N-major B
+  {
+    float d[8][4] = {};
+    wgmma_product<64, false, K / 16>(d, a_frag[0], [&](int kb) { return k_major_descriptor<K>(sBt_core, kb); });
+    store_check_product(d_out, d, 0);
+  }
+  {
+    float d[8][4] = {};
+    wgmma_product<64, true, K / 16>(d, a_frag[0], [&](int kb) { return n_major_descriptor<64>(sB_core, kb); });
+    store_check_product(d_out + 64 * 64, d, 0);
+  }
+  {
+    float d[8][4] = {};
+    wgmma_product_shared_a<64, false, false, K / 16>(d, [&](int kb) { return k_major_descriptor<K>(sA_core, kb); },
+                                                     [&](int kb) { return k_major_descriptor<K>(sBt_core, kb); });
+    store_check_product(d_out + 2 * 64 * 64, d, 0);
+  }
+  {
+    float d[8][4] = {};
+    wgmma_product_shared_a<64, true, true, K / 16>(d, a_m_major,
+                                                   [&](int kb) { return n_major_descriptor<64>(sB_core, kb); });
+    store_check_product(d_out + 3 * 64 * 64, d, 0);
+  }
 #pragma unroll
-  for (int way = 0; way < kWgmmaCheckWays; ++way) {
-#pragma unroll
-    for (int nb = 0; nb < 8; ++nb) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e)
-        d_out[way * 64 * 64 + (16 * warp + g + 8 * (e / 2)) * 64 + 8 * nb + 2 * q + e % 2] = d[way][nb][e];
-    }
+  for (int half = 0; half < 2; ++half) {
+    float d[4][4] = {};
+    const uint16_t* b_columns = sB_core + half * 4 * 64;
+    wgmma_product_shared_a<32, true, true, K / 16>(d, a_m_major,
+                                                   [&](int kb) { return n_major_descriptor<64>(b_columns, kb); });
+    store_check_product(d_out + 4 * 64 * 64, d, 32 * half);
   }
 }
 
@@ -992,17 +1157,8 @@ __global__ void __launch_bounds__(kThreads)
   float* sLse = reinterpret_cast<float*>(sdS + (AddsDq ? Tiles::kRows * SD : 0));  // [2][QT], log2 domain
   float* sDot = sLse + 2 * QT;                                                      // [2][QT]
 
-  int key_tile = int(blockIdx.x);
   unsigned* flags = nullptr;  // one pass: a flag per query tile of this (batch, head)
-  if constexpr (AddsDq) {
-    // This (batch, head)'s ticket counter, then its flags.
-    unsigned* const head_flags = dq_flags + size_t(blockIdx.y) * (1 + (T + QT - 1) / QT);
-    flags = head_flags + 1;
-    __shared__ int ticket;
-    if (threadIdx.x == 0) ticket = int(atomicAdd(head_flags, 1u));
-    __syncthreads();
-    key_tile = ticket;
-  }
+  const int key_tile = AddsDq ? draw_key_tile(dq_flags, (T + QT - 1) / QT, &flags) : int(blockIdx.x);
   const int k0 = key_tile * Tiles::kRows;
   const HeadOffsets head(T, C, H, HD);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
@@ -1105,36 +1261,9 @@ __global__ void __launch_bounds__(kThreads)
       // Add it after the key tiles before this one, in order. No later key
       // tile adds to this block's own (diagonal) query tiles: there it
       // writes the finished dQ, times the scale, as bf16 into dqkv instead.
-      const int tile = row0 / QT;
-      const bool finishes = row0 < k0 + Tiles::kRows;
-      float* dq_rows = dq_accum + head.stats * HD;  // [T][HD] of this (batch, head)
-      if (threadIdx.x == 0) wait_for_flag(flags + tile, unsigned(key_tile));
-      __syncthreads();
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int t = row0 + rb * 16 + g + 8 * half;
-        if (t >= T) continue;
-#pragma unroll
-        for (int nb = 0; nb < kDqColumns / 8; ++nb) {
-          const int column = col0 + nb * 8 + 2 * q;
-          float* target = dq_rows + size_t(t) * HD + column;
-          float2 value = make_float2(dq[nb][2 * half], dq[nb][2 * half + 1]);
-          if (key_tile > 0) {  // key tile 0 adds first: nothing before it
-            const float2 before = __ldcg(reinterpret_cast<const float2*>(target));
-            value.x += before.x;
-            value.y += before.y;
-          }
-          if (finishes)
-            *reinterpret_cast<uint32_t*>(dqkv_base + size_t(t) * qkv_stride + column) =
-                pack_bf16(value.x * scale, value.y * scale);
-          else
-            *reinterpret_cast<float2*>(target) = value;
-        }
-      }
-      // The barrier orders every thread's adds before thread 0's release,
-      // whose GPU-scope release semantics cover them (no fence per thread).
-      __syncthreads();
-      if (threadIdx.x == 0) release_flag(flags + tile, unsigned(key_tile) + 1);
+      add_dq_share_in_order<HD, true>(dq, flags + row0 / QT, key_tile, row0 < k0 + Tiles::kRows,
+                                      dq_accum + head.stats * HD, dqkv_base, qkv_stride, row0 + rb * 16, col0, T,
+                                      scale, lane);
     }
   });
 
@@ -1434,22 +1563,28 @@ void backward_tc(cudaStream_t stream, AttentionBackward how, void* dqkv, float* 
   const auto* dout16 = static_cast<const uint16_t*>(dout);
   const auto* qkv16 = static_cast<const uint16_t*>(qkv);
   const float scale = 1.0f / sqrtf(float(HD));
-  if (how == AttentionBackward::wgmma) {
-    // The two passes, dK/dV then dQ, take the same arguments.
-    auto pass = [&](auto kernel, size_t shared, const char* name) {
+  if (attention_backward_adds_dq(how)) CUDA_CHECK(cudaMemsetAsync(dq_flags, 0, sizeof(unsigned) * flag_count, stream));
+  if (attention_backward_uses_wgmma(how)) {
+    auto launch = [&](auto kernel, size_t shared, const char* name, auto... arguments) {
       allow_dynamic_shared_memory(kernel, shared, "attention_backward");
       const dim3 grid(ceil_div(T, WgmmaTiles::kRows), B * H);
-      kernel<<<grid, WgmmaTiles::kThreads, shared, stream>>>(dqkv16, dout16, qkv16, lse, row_dot, T, C, H, scale,
-                                                              scale * kLog2e);
+      kernel<<<grid, WgmmaTiles::kThreads, shared, stream>>>(arguments...);
       CUDA_CHECK_LAUNCH(name);
     };
-    pass(attention_backward_dkdv_wgmma_kernel<HD>, wgmma_dkdv_shared_bytes<HD>(),
-         "attention_backward_dkdv_wgmma_kernel");
-    pass(attention_backward_dq_wgmma_kernel<HD>, wgmma_dq_shared_bytes<HD>(), "attention_backward_dq_wgmma_kernel");
+    if (how == AttentionBackward::wgmma_one_pass) {
+      launch(attention_backward_dkdv_wgmma_kernel<HD, true>, wgmma_dkdv_shared_bytes<HD, true>(),
+             "attention_backward_dkdv_wgmma_kernel", dqkv16, dq_accum, dq_flags, dout16, qkv16, lse, row_dot, T, C, H,
+             scale, scale * kLog2e);
+      return;
+    }
+    launch(attention_backward_dkdv_wgmma_kernel<HD, false>, wgmma_dkdv_shared_bytes<HD, false>(),
+           "attention_backward_dkdv_wgmma_kernel", dqkv16, static_cast<float*>(nullptr),
+           static_cast<unsigned*>(nullptr), dout16, qkv16, lse, row_dot, T, C, H, scale, scale * kLog2e);
+    launch(attention_backward_dq_wgmma_kernel<HD>, wgmma_dq_shared_bytes<HD>(), "attention_backward_dq_wgmma_kernel",
+           dqkv16, dout16, qkv16, lse, row_dot, T, C, H, scale, scale * kLog2e);
     return;
   }
   if (how == AttentionBackward::one_pass) {
-    CUDA_CHECK(cudaMemsetAsync(dq_flags, 0, sizeof(unsigned) * flag_count, stream));
     backward_key_pass<HD, true>(stream, dqkv16, dq_accum, dq_flags, dout16, qkv16, lse, row_dot, B, T, C, H, scale);
     return;
   }
@@ -1487,13 +1622,15 @@ const char* attention_backward_name(AttentionBackward how) {
       return "two-pass";
     case AttentionBackward::wgmma:
       return "wgmma";
+    case AttentionBackward::wgmma_one_pass:
+      return "wgmma-one-pass";
   }
   return "?";
 }
 
 AttentionBackward attention_backward_from_environment() {
   constexpr AttentionBackward kChoices[] = {AttentionBackward::one_pass, AttentionBackward::two_pass,
-                                            AttentionBackward::wgmma};
+                                            AttentionBackward::wgmma, AttentionBackward::wgmma_one_pass};
   return strategy_from_environment(kAttentionBackwardEnv, "an attention backward", kChoices, attention_backward_name);
 }
 
@@ -1508,13 +1645,18 @@ namespace {
 
 // Runs wgmma_check_kernel against the host's product: small integers times
 // powers of two, so every product and sum is exact in fp32 and each way must
-// give the host's result to the bit. False, saying which ways differ, if not.
-bool wgmma_check_passes(DeviceMemory& memory, std::string* why) {
+// give the host's result to the bit. Returns the ways (WgmmaCheckWay bits)
+// among `needed` that differ, and says in *why how many elements each got
+// wrong.
+unsigned wgmma_check_failures(unsigned needed, DeviceMemory& memory, std::string* why) {
   constexpr int K = kWgmmaCheckK;
-  std::vector<uint16_t> a(64 * K), b(K * 64), b_transposed(64 * K);
+  std::vector<uint16_t> a(64 * K), a_transposed(K * 64), b(K * 64), b_transposed(64 * K);
   std::vector<float> expected(64 * 64, 0.0f);
   auto bits = [](float x) { return float_to_bf16_rn(x).bits; };
-  for (int i = 0; i < 64 * K; ++i) a[i] = bits(float(int((i * 7919) % 13) - 6) * 0.25f);
+  for (int i = 0; i < 64 * K; ++i) {
+    a[i] = bits(float(int((i * 7919) % 13) - 6) * 0.25f);
+    a_transposed[(i % K) * 64 + i / K] = a[i];
+  }
   for (int k = 0; k < K; ++k) {
     for (int n = 0; n < 64; ++n) {
       b[k * 64 + n] = bits(float(int(((k * 64 + n) * 104729) % 11) - 5) * 0.5f);
@@ -1532,34 +1674,41 @@ bool wgmma_check_passes(DeviceMemory& memory, std::string* why) {
     return device;
   };
   const uint16_t* a_device = upload(a, "the wgmma check's A");
+  const uint16_t* at_device = upload(a_transposed, "the wgmma check's A^T");
   const uint16_t* b_device = upload(b, "the wgmma check's B");
   const uint16_t* bt_device = upload(b_transposed, "the wgmma check's B^T");
   auto* d_device = static_cast<float*>(
       memory.allocate(sizeof(float) * kWgmmaCheckWays * 64 * 64, "the wgmma check's products"));
   allow_dynamic_shared_memory(wgmma_check_kernel, kWgmmaCheckShared, "the wgmma check");
-  wgmma_check_kernel<<<1, 128, kWgmmaCheckShared>>>(d_device, a_device, b_device, bt_device);
+  wgmma_check_kernel<<<1, 128, kWgmmaCheckShared>>>(d_device, a_device, at_device, b_device, bt_device);
   CUDA_CHECK_LAUNCH("wgmma_check_kernel");
   std::vector<float> d(size_t(kWgmmaCheckWays) * 64 * 64);
   CUDA_CHECK(cudaMemcpyAsync(d.data(), d_device, d.size() * sizeof(float), cudaMemcpyDeviceToHost, nullptr));
   CUDA_CHECK(cudaStreamSynchronize(nullptr));
 
   const char* ways[kWgmmaCheckWays] = {"A in registers, B K-major", "A in registers, B N-major",
-                                       "A in shared memory, B K-major"};
+                                       "A in shared memory K-major, B K-major",
+                                       "A in shared memory M-major, B N-major",
+                                       "A in shared memory M-major, B N-major, 32 columns at a time"};
   std::string wrong;
+  unsigned failures = 0;
   for (int way = 0; way < kWgmmaCheckWays; ++way) {
+    if (!(needed & (1u << way))) continue;
     int differ = 0;
     for (int i = 0; i < 64 * 64; ++i) differ += d[size_t(way) * 64 * 64 + i] != expected[i];
-    if (differ > 0) wrong += fmt::format("{}{}: {} of 4096 elements", wrong.empty() ? "" : "; ", ways[way], differ);
+    if (differ == 0) continue;
+    failures |= 1u << way;
+    wrong += fmt::format("{}{}: {} of 4096 elements", wrong.empty() ? "" : "; ", ways[way], differ);
   }
-  if (wrong.empty()) return true;
-  *why = "this GPU's wgmma does not give the products the kernels' shared-memory layouts assume (" + wrong +
-         " differ from the host's); the wgmma kernels stay off";
-  return false;
+  if (failures != 0)
+    *why = "this GPU's wgmma does not give the products the kernels' shared-memory layouts assume (" + wrong +
+           " differ from the host's); the kernels that multiply this way stay off";
+  return failures;
 }
 
-}  // namespace
-
-WgmmaSupport attention_wgmma_support(std::string* why) {
+// Whether the wgmma kernels run here, for kernels that use the self-check's
+// ways `needed` (WgmmaCheckWay bits).
+AttentionSupport wgmma_support(unsigned needed, std::string* why) {
   int device = 0, major = 0, minor = 0;
   CUDA_CHECK(cudaGetDevice(&device));
   CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
@@ -1567,7 +1716,7 @@ WgmmaSupport attention_wgmma_support(std::string* why) {
   if (major != 9 || minor != 0) {
     *why = fmt::format("wgmma needs a compute-capability 9.0 GPU (H100, H200); device {} is {}.{}", device, major,
                        minor);
-    return WgmmaSupport::other_gpu;
+    return AttentionSupport::other_gpu;
   }
   DeviceMemory memory;
   int* compiled = static_cast<int*>(memory.allocate(sizeof(int), "the wgmma probe's result"));
@@ -1578,9 +1727,37 @@ WgmmaSupport attention_wgmma_support(std::string* why) {
   CUDA_CHECK(cudaStreamSynchronize(nullptr));
   if (host != 1) {
     *why = "this build has no sm_90a code (CMAKE_CUDA_ARCHITECTURES must include 90a; the default does)";
-    return WgmmaSupport::no_sm90a_code;
+    return AttentionSupport::no_sm90a_code;
   }
-  return wgmma_check_passes(memory, why) ? WgmmaSupport::available : WgmmaSupport::wrong_products;
+  return wgmma_check_failures(needed, memory, why) == 0 ? AttentionSupport::available
+                                                         : AttentionSupport::wrong_products;
+}
+
+}  // namespace
+
+// The forward: S = Q K^T with K as K-major B, O += P V with V as N-major B.
+AttentionSupport attention_support(AttentionForward how, std::string* why) {
+  if (how == AttentionForward::mma) return AttentionSupport::available;
+  return wgmma_support(kRegistersAKMajorB | kRegistersANMajorB, why);
+}
+
+// The two-pass dQ kernel multiplies as the forward does; both dK/dV kernels
+// take K and V as K-major A from shared memory and P^T, dS^T from
+// registers; the one-pass one also dS as M-major A (32 columns at a time
+// at head size 64, 64 at 128).
+AttentionSupport attention_support(AttentionBackward how, std::string* why) {
+  switch (how) {
+    case AttentionBackward::one_pass:
+    case AttentionBackward::two_pass:
+      return AttentionSupport::available;
+    case AttentionBackward::wgmma:
+      return wgmma_support(kRegistersAKMajorB | kRegistersANMajorB | kSharedKMajorAKMajorB, why);
+    case AttentionBackward::wgmma_one_pass:
+      return wgmma_support(kRegistersANMajorB | kSharedKMajorAKMajorB | kSharedMMajorANMajorB |
+                               kSharedMMajorANMajorB32,
+                           why);
+  }
+  return AttentionSupport::available;
 }
 
 bool attention_uses_tensor_cores(DType dtype, int C, int H, const void* a, const void* b, const void* c) {
@@ -1615,12 +1792,14 @@ void attention_backward(DType dtype, cudaStream_t stream, Scratch& scratch, Atte
   const int hd = head_dim(C, H, "attention_backward");
   if (B <= 0 || T <= 0) return;
   const bool tensor_cores = attention_uses_tensor_cores(dtype, C, H, dqkv, dout, qkv) && B * H <= kMaxGridY;
-  const bool one_pass = tensor_cores && how == AttentionBackward::one_pass;
-  // Scratch: the row dot products; for the one-pass backward also dQ's
+  const bool one_pass = tensor_cores && attention_backward_adds_dq(how);
+  // Scratch: the row dot products; for the one-pass backwards also dQ's
   // fp32 accumulator and, per (batch, head), a ticket counter and a flag
   // per query tile.
   const size_t rows = size_t(B) * H * T;
-  const int query_tile = hd == 64 ? BackwardTiles<64>::kQueries : BackwardTiles<128>::kQueries;
+  const int query_tile = attention_backward_uses_wgmma(how) ? WgmmaTiles::kStream
+                         : hd == 64                         ? BackwardTiles<64>::kQueries
+                                                            : BackwardTiles<128>::kQueries;
   const size_t flag_count = size_t(B) * H * (1 + ceil_div(T, query_tile));
   auto carve = [&](ScratchCarver& carver) {
     struct Pieces {

@@ -27,16 +27,6 @@ constexpr const char* kAttentionForwardEnv = "SRGPT_ATTENTION_FORWARD";
 // kAttentionForwardEnv's choice (mma when unset); another value fails,
 // naming the variable, the value and what is allowed.
 AttentionForward attention_forward_from_environment();
-// Whether this build and the current device run the wgmma kernels: a
-// compute-capability 9.0 GPU, code built for sm_90a, and a self-check of
-// wgmma's products in each way the kernels use it (exact, against the
-// host's). If not, *why says what is missing or which products differ.
-enum class WgmmaSupport { available, other_gpu, no_sm90a_code, wrong_products };
-WgmmaSupport attention_wgmma_support(std::string* why);
-inline bool attention_wgmma_available(std::string* why) {
-  return attention_wgmma_support(why) == WgmmaSupport::available;
-}
-
 void attention_forward(DType dtype, cudaStream_t stream, AttentionForward how, void* out, float* lse, const void* qkv,
                        int B, int T, int C, int H);
 // How the tensor-core backward computes dQ (the simple kernels always run
@@ -51,14 +41,36 @@ void attention_forward(DType dtype, cudaStream_t stream, AttentionForward how, v
 //   the one-pass kernel misbehave on some GPU, and its speed reference.
 // - wgmma: two passes as two_pass, on Hopper's wgmma (the same conditions
 //   as AttentionForward::wgmma; not the default either).
+// - wgmma_one_pass: one pass as one_pass, on wgmma (the same conditions).
 // All are deterministic; they round dQ's sum differently.
-enum class AttentionBackward { one_pass, two_pass, wgmma };
-const char* attention_backward_name(AttentionBackward how);  // "one-pass", "two-pass", "wgmma"
+enum class AttentionBackward { one_pass, two_pass, wgmma, wgmma_one_pass };
+// "one-pass", "two-pass", "wgmma", "wgmma-one-pass"
+const char* attention_backward_name(AttentionBackward how);
+constexpr bool attention_backward_uses_wgmma(AttentionBackward how) {
+  return how == AttentionBackward::wgmma || how == AttentionBackward::wgmma_one_pass;
+}
+constexpr bool attention_backward_adds_dq(AttentionBackward how) {
+  return how == AttentionBackward::one_pass || how == AttentionBackward::wgmma_one_pass;
+}
 // The variable that chooses it for a process, read by the cuda backend.
 constexpr const char* kAttentionBackwardEnv = "SRGPT_ATTENTION_BACKWARD";
 // kAttentionBackwardEnv's choice (one_pass when unset); another value than
-// the two names fails, naming the variable, the value and what is allowed.
+// the names above fails, naming the variable, the value and what is allowed.
 AttentionBackward attention_backward_from_environment();
+
+// Whether this build and the current device run a strategy: the mma ones
+// always; the wgmma ones on a compute-capability 9.0 GPU, with code built
+// for sm_90a, where a self-check of wgmma's products in each way that
+// strategy's kernels use it (exact, against the host's) passes, so that a
+// misreading of one operand layout leaves only the strategies that use it
+// off. If not, *why says what is missing or which products differ.
+enum class AttentionSupport { available, other_gpu, no_sm90a_code, wrong_products };
+AttentionSupport attention_support(AttentionForward how, std::string* why);
+AttentionSupport attention_support(AttentionBackward how, std::string* why);
+template <typename Strategy>
+bool attention_runs_here(Strategy how, std::string* why) {
+  return attention_support(how, why) == AttentionSupport::available;
+}
 
 void attention_backward(DType dtype, cudaStream_t stream, Scratch& scratch, AttentionBackward how, void* dqkv,
                         const void* dout, const void* qkv, const void* out, const float* lse, int B, int T, int C,

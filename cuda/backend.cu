@@ -26,10 +26,11 @@ StreamHandle open_device_stream(DType dtype, int device) {
 }
 
 // Fails, naming `choice` and saying why, where this build and GPU cannot run
-// the wgmma attention kernels.
-void require_wgmma(const std::string& choice) {
+// the attention strategy `how` (the wgmma ones need Hopper and sm_90a code).
+template <typename Strategy>
+void require_attention(Strategy how, const std::string& choice) {
   std::string why;
-  if (!attention_wgmma_available(&why)) fail("{} cannot run here: {}", choice, why);
+  if (!attention_runs_here(how, &why)) fail("{} cannot run here: {}", choice, why);
 }
 
 }  // namespace
@@ -45,17 +46,19 @@ CudaBackend::CudaBackend(DType dtype, int device)
   device_name_ = properties.name;
   matmul_ = std::make_unique<Matmul>(memory_);
   attention_forward_ = attention_forward_from_environment();
-  if (attention_forward_ == AttentionForward::wgmma) require_wgmma(std::string(kAttentionForwardEnv) + "=wgmma");
-  if (attention_backward_ == AttentionBackward::wgmma) require_wgmma(std::string(kAttentionBackwardEnv) + "=wgmma");
+  require_attention(attention_forward_,
+                    fmt::format("{}={}", kAttentionForwardEnv, attention_forward_name(attention_forward_)));
+  require_attention(attention_backward_,
+                    fmt::format("{}={}", kAttentionBackwardEnv, attention_backward_name(attention_backward_)));
 }
 
 void CudaBackend::set_attention_forward_strategy(AttentionForward how) {
-  if (how == AttentionForward::wgmma) require_wgmma("the wgmma attention forward");
+  require_attention(how, fmt::format("the {} attention forward", attention_forward_name(how)));
   attention_forward_ = how;
 }
 
 void CudaBackend::set_attention_backward_strategy(AttentionBackward how) {
-  if (how == AttentionBackward::wgmma) require_wgmma("the wgmma attention backward");
+  require_attention(how, fmt::format("the {} attention backward", attention_backward_name(how)));
   attention_backward_ = how;
 }
 

@@ -67,7 +67,10 @@ constexpr uint64_t kFlagWaitLimitNs = 10'000'000'000ull;
 
 // Spins until *flag == value; the load has acquire semantics at GPU scope,
 // so what the thread that stored the value wrote before its release is
-// visible after the wait.
+// visible after the wait. With Report, a block that gives up prints which
+// block and flag first; kernels with wgmma leave that out, since ptxas
+// serialises every wgmma of a kernel that calls printf (C7510).
+template <bool Report = true>
 __device__ __forceinline__ void wait_for_flag(const unsigned* flag, unsigned value) {
   uint64_t start = 0;
   for (;;) {
@@ -78,9 +81,10 @@ __device__ __forceinline__ void wait_for_flag(const unsigned* flag, unsigned val
     if (start == 0) {
       start = now;
     } else if (now - start > kFlagWaitLimitNs) {
-      printf("srgpt: block (%d, %d) waited over 10 s for a flag to become %u (it is %u): the block that sets it "
-             "is not running; aborting the kernel\n",
-             int(blockIdx.x), int(blockIdx.y), value, seen);
+      if constexpr (Report)
+        printf("srgpt: block (%d, %d) waited over 10 s for a flag to become %u (it is %u): the block that sets it "
+               "is not running; aborting the kernel\n",
+               int(blockIdx.x), int(blockIdx.y), value, seen);
       __trap();
     }
     __nanosleep(32);  // poll gently: the other blocks share the L2

@@ -299,7 +299,10 @@ inline void fence_proxy_async_shared() {}
 // The emulator's flags (device_emulator.h, wait_until_equal): a fault for a
 // wait no earlier block can satisfy, one block at a time; interleaved, a
 // wait, and a release ends the block's turn.
-inline void wait_for_flag(const unsigned* flag, unsigned value) { emulation::wait_until_equal(flag, value); }
+template <bool Report = true>
+void wait_for_flag(const unsigned* flag, unsigned value) {
+  emulation::wait_until_equal(flag, value);
+}
 inline void release_flag(unsigned* flag, unsigned value) { emulation::release_flag(flag, value); }
 
 }  // namespace srgpt::gpu

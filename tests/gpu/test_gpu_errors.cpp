@@ -89,12 +89,13 @@ TEST_CASE("SRGPT_ATTENTION_BACKWARD chooses the attention backward and refuses o
   if (!have_gpu()) return;
   check_strategy_variable<gpu::AttentionBackward>(
       gpu::kAttentionBackwardEnv, "backward",
-      {gpu::AttentionBackward::one_pass, gpu::AttentionBackward::two_pass, gpu::AttentionBackward::wgmma},
+      {gpu::AttentionBackward::one_pass, gpu::AttentionBackward::two_pass, gpu::AttentionBackward::wgmma,
+       gpu::AttentionBackward::wgmma_one_pass},
       gpu::attention_backward_name,
       [](const Backend& be) { return dynamic_cast<const gpu::CudaBackend&>(be).attention_backward_strategy(); },
       [](gpu::AttentionBackward how) {
         std::string why;
-        return how != gpu::AttentionBackward::wgmma || gpu::attention_wgmma_available(&why);
+        return gpu::attention_runs_here(how, &why);
       });
 }
 
@@ -106,7 +107,7 @@ TEST_CASE("SRGPT_ATTENTION_FORWARD chooses the attention forward and refuses oth
       [](const Backend& be) { return dynamic_cast<const gpu::CudaBackend&>(be).attention_forward_strategy(); },
       [](gpu::AttentionForward how) {
         std::string why;
-        return how == gpu::AttentionForward::mma || gpu::attention_wgmma_available(&why);
+        return gpu::attention_runs_here(how, &why);
       });
 }
 

@@ -302,28 +302,34 @@ TEST_CASE("gpu attention with the two-pass backward matches the cpu backend", "[
   check_attention(std::nullopt, gpu::AttentionBackward::two_pass);
 }
 
-// The wgmma kernels where this build and GPU run them, forward and
-// backward apart, so that a failure on hardware says which. A GPU and build
-// that should run them but whose wgmma fails the backend's self-check is a
+// The wgmma kernels where this build and GPU run them, each strategy
+// apart, so that a failure on hardware says which. A GPU and build that
+// should run them but whose wgmma fails the backend's self-check is a
 // failure, not a reason to skip (the emulated device is such a GPU).
-bool wgmma_runs_here() {
+template <typename Strategy>
+bool runs_here(Strategy how) {
   std::string why;
-  const gpu::WgmmaSupport support = gpu::attention_wgmma_support(&why);
+  const gpu::AttentionSupport support = gpu::attention_support(how, &why);
   INFO(why);
-  REQUIRE(support != gpu::WgmmaSupport::wrong_products);
-  if (support == gpu::WgmmaSupport::available) return true;
+  REQUIRE(support != gpu::AttentionSupport::wrong_products);
+  if (support == gpu::AttentionSupport::available) return true;
   WARN("the wgmma attention kernels are not checked: " << why);
   return false;
 }
 
 TEST_CASE("gpu attention forward on wgmma matches the cpu backend", "[gpu][schedules]") {
-  if (!have_gpu() || !wgmma_runs_here()) return;
+  if (!have_gpu() || !runs_here(gpu::AttentionForward::wgmma)) return;
   check_attention(gpu::AttentionForward::wgmma, std::nullopt);
 }
 
 TEST_CASE("gpu attention backward on wgmma matches the cpu backend", "[gpu][schedules]") {
-  if (!have_gpu() || !wgmma_runs_here()) return;
+  if (!have_gpu() || !runs_here(gpu::AttentionBackward::wgmma)) return;
   check_attention(std::nullopt, gpu::AttentionBackward::wgmma);
+}
+
+TEST_CASE("gpu attention backward on wgmma in one pass matches the cpu backend", "[gpu][schedules]") {
+  if (!have_gpu() || !runs_here(gpu::AttentionBackward::wgmma_one_pass)) return;
+  check_attention(std::nullopt, gpu::AttentionBackward::wgmma_one_pass);
 }
 
 TEST_CASE("gpu fused cross-entropy matches the cpu backend", "[gpu][schedules]") {

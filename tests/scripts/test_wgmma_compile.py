@@ -54,12 +54,14 @@ class WgmmaCompileTest(unittest.TestCase):
         cls.wgmma = {name: usage for name, usage in cls.kernels.items() if "wgmma_kernel" in name}
 
     def test_every_wgmma_kernel_is_compiled(self):
-        # Forward, dK/dV and dQ, at head sizes 64 and 128.
-        for kind in ("attention_forward_wgmma_kernel", "attention_backward_dkdv_wgmma_kernel",
-                     "attention_backward_dq_wgmma_kernel"):
+        # Forward, dK/dV (without and with dQ's adds: Lb0E, Lb1E) and dQ, at
+        # head sizes 64 and 128.
+        for kind, rest in (("attention_forward_wgmma_kernel", ""), ("attention_backward_dkdv_wgmma_kernel", "Lb0E"),
+                           ("attention_backward_dkdv_wgmma_kernel", "Lb1E"),
+                           ("attention_backward_dq_wgmma_kernel", "")):
             for head_size in (64, 128):
-                self.assertTrue(any(kind in name and f"ILi{head_size}E" in name for name in self.wgmma),
-                                f"{kind}<{head_size}> not in {sorted(self.wgmma)}")
+                self.assertTrue(any(kind + f"ILi{head_size}E" + rest in name for name in self.wgmma),
+                                f"{kind}<{head_size}{rest}> not in {sorted(self.wgmma)}")
 
     def test_no_wgmma_serialised_or_arrive_injected(self):
         self.assertEqual(self.notes, [])
