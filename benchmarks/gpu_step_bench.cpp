@@ -5,19 +5,21 @@
 // 2. Each cuda-backend op at GPT-2 d12 training shapes (micro batch 32,
 //    sequence 1024): median time, achieved GB/s (memory-bound ops, counting
 //    each input read and output written once) or TFLOP/s (matmuls,
-//    attention; the attention backward with both dQ strategies), against
+//    attention; the attention with each of its strategies), against
 //    the H100's 3.0 TB/s and 790 TFLOP/s and against the measured ceilings.
 // 3. Whole training steps (forward + backward + grad norm + AdamW) for d12
 //    and d24 in bf16-sr, bf16-rn and mixed: median step time after warm-up,
 //    tokens/s, MFU (6 N + 12 L C T FLOPs per token) and peak memory. The
-//    attention backward is the one SRGPT_ATTENTION_BACKWARD chooses.
+//    attention is what SRGPT_ATTENTION_FORWARD and _BACKWARD choose, and
+//    in extra bf16-sr rows on wgmma, with each wgmma backward.
 //
 //   gpu_step_bench [--kernels] [--steps] [--model d12|d24]... [--batch 32] [--seq 1024]
-//                  [--warmup 3] [--iters 10] [--json FILE] [--only TEXT] [--no-wgmma]
+//                  [--warmup 3] [--iters 10] [--json FILE] [--only TEXT] [--no-wgmma] [--no-wgmma-one-pass]
 // With neither --kernels nor --steps both parts run. --only times just the
 // kernel rows whose op name contains TEXT (e.g. "attention"). --no-wgmma
 // leaves the wgmma attention kernels out, their self-check included (for a
-// GPU on which their tests failed: a fault there would end the run). --json also
+// GPU on which their tests failed: a fault there would end the run);
+// --no-wgmma-one-pass only the one-pass wgmma backward. --json also
 // writes the step rows as JSON lines, each as soon as it is measured
 // (scripts/bench_targets.py reads them beside PyTorch's).
 #include <cuda_runtime.h>
@@ -32,6 +34,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -61,17 +64,35 @@ struct Options {
   int batch = 32, seq = 1024, warmup = 3, iters = 10;
   std::string json;  // step rows as JSON lines, if set
   std::string only;  // kernel rows whose op contains this, if set
-  bool wgmma = true;  // the wgmma attention kernels too, where they run
+  bool wgmma = true;           // the wgmma attention kernels too, where they run
+  bool wgmma_one_pass = true;  // and among them the one-pass backward
 };
 
-// Whether the wgmma attention kernels are measured: asked for, and this
-// build and GPU run them; if not, says so under `what`.
-bool measure_wgmma(const Options& o, const char* what) {
-  std::string why = "--no-wgmma";
-  if (o.wgmma && gpu::attention_wgmma_available(&why)) return true;
-  std::printf("%s on wgmma: not measured: %s\n", what, why.c_str());
+// Whether an attention strategy is measured: the options do not leave it
+// out, and this build and GPU run it (cuda/attention.cuh); if not, says why
+// under `what`.
+template <typename Strategy>
+bool measured(const Options& o, Strategy how, bool uses_wgmma, const char* name, const char* what) {
+  std::string why;
+  if (uses_wgmma && !o.wgmma)
+    why = "--no-wgmma";
+  else if (std::strcmp(name, "wgmma-one-pass") == 0 && !o.wgmma_one_pass)
+    why = "--no-wgmma-one-pass";
+  else if (gpu::attention_runs_here(how, &why))
+    return true;
+  std::printf("%s %s: not measured: %s\n", what, name, why.c_str());
   return false;
 }
+bool measured(const Options& o, gpu::AttentionForward how, const char* what) {
+  return measured(o, how, how == gpu::AttentionForward::wgmma, gpu::attention_forward_name(how), what);
+}
+bool measured(const Options& o, gpu::AttentionBackward how, const char* what) {
+  return measured(o, how, gpu::attention_backward_uses_wgmma(how), gpu::attention_backward_name(how), what);
+}
+
+constexpr gpu::AttentionBackward kAttentionBackwards[] = {
+    gpu::AttentionBackward::one_pass, gpu::AttentionBackward::two_pass, gpu::AttentionBackward::wgmma,
+    gpu::AttentionBackward::wgmma_one_pass};
 
 int int_at_least(const std::string& flag, const std::string& text, int minimum) {
   int v = 0;
@@ -128,9 +149,11 @@ Options parse(int argc, char** argv) {
       o.only = value();
     } else if (a == "--no-wgmma") {
       o.wgmma = false;
+    } else if (a == "--no-wgmma-one-pass") {
+      o.wgmma_one_pass = false;
     } else {
       fail("unknown argument '{}' (allowed: --kernels --steps --model d12|d24 --batch --seq --warmup --iters --json "
-           "--only --no-wgmma)",
+           "--only --no-wgmma --no-wgmma-one-pass)",
            a);
     }
   }
@@ -366,19 +389,17 @@ void bench_kernels(const Options& o, const Ceilings& ceilings) {
     const double forward_flops = 2.0 * B * double(T) * T * C;
     // Every strategy (cuda/attention.cuh) this build and GPU run, whichever
     // the steps use.
-    const bool wgmma = measure_wgmma(o, "  attention");
     const gpu::AttentionForward chosen_forward = be.attention_forward_strategy();
     for (gpu::AttentionForward how : {gpu::AttentionForward::mma, gpu::AttentionForward::wgmma}) {
-      if (how == gpu::AttentionForward::wgmma && !wgmma) continue;
+      if (!measured(o, how, "  attention forward")) continue;
       be.set_attention_forward_strategy(how);
       run(std::string("attention_forward ") + gpu::attention_forward_name(how), shape, forward_flops, true,
           [&] { be.attention_forward(att.get(), lse.get(), qkv.get(), B, T, C, H); });
     }
     be.set_attention_forward_strategy(chosen_forward);
     const gpu::AttentionBackward chosen = be.attention_backward_strategy();
-    for (gpu::AttentionBackward how :
-         {gpu::AttentionBackward::one_pass, gpu::AttentionBackward::two_pass, gpu::AttentionBackward::wgmma}) {
-      if (how == gpu::AttentionBackward::wgmma && !wgmma) continue;
+    for (gpu::AttentionBackward how : kAttentionBackwards) {
+      if (!measured(o, how, "  attention backward")) continue;
       be.set_attention_backward_strategy(how);
       run(std::string("attention_backward ") + gpu::attention_backward_name(how), shape, 2.5 * forward_flops, true,
           [&] { be.attention_backward(dqkv.get(), dy.get(), qkv.get(), att.get(), lse.get(), B, T, C, H); });
@@ -474,19 +495,21 @@ void write_json_line(std::ofstream& out, const StepRow& r, const Options& o) {
 
 // `weights`: the model's initial weights (gpt2_initial_weights), computed
 // once per model for all its rows: on the host that takes seconds.
-// wgmma_attention: both attention passes on wgmma (cuda/attention.cuh),
-// else the strategies the environment chooses.
+// wgmma_backward: both attention passes on wgmma (cuda/attention.cuh), the
+// backward being this one; if not given, the strategies the environment
+// chooses.
 StepRow bench_steps(const Options& o, const std::string& model_name, const std::vector<float>& weights,
-                    Precision precision, ActivationOptions activations, bool wgmma_attention, const Ceilings& c) {
+                    Precision precision, ActivationOptions activations,
+                    std::optional<gpu::AttentionBackward> wgmma_backward, const Ceilings& c) {
   const ModelConfig cfg = model_config(model_name, o.seq);
   const int B = o.batch, T = o.seq;
   size_t free0 = 0, total = 0;
   CUDA_CHECK(cudaMemGetInfo(&free0, &total));
   auto backend = make_cuda_backend(compute_dtype(precision), 0);
   auto& be = cuda_of(*backend);
-  if (wgmma_attention) {
+  if (wgmma_backward) {
     be.set_attention_forward_strategy(gpu::AttentionForward::wgmma);
-    be.set_attention_backward_strategy(gpu::AttentionBackward::wgmma);
+    be.set_attention_backward_strategy(*wgmma_backward);
   }
   auto comm = make_single_process_communicator(be);
   ParameterStore params(be, *comm, gpt2_param_layout(cfg), 0);
@@ -553,7 +576,6 @@ int main(int argc, char** argv) {
     const Ceilings ceilings = measure_ceilings(o);
     if (o.kernels) bench_kernels(o, ceilings);
     if (o.steps) {
-      const bool wgmma = measure_wgmma(o, "steps with the attention");
       std::vector<StepRow> rows;
       auto record = [&](StepRow row) {
         if (json_out.is_open()) write_json_line(json_out, row, o);
@@ -563,14 +585,21 @@ int main(int argc, char** argv) {
         const ModelConfig cfg = model_config(m, o.seq);
         const std::vector<float> weights = gpt2_initial_weights(cfg, gpt2_param_layout(cfg), 1234, 0.02);
         for (Precision p : {Precision::bf16_sr, Precision::bf16_rn, Precision::mixed})
-          record(bench_steps(o, m, weights, p, ActivationOptions{}, false, ceilings));
-        // The attention on wgmma, where this build and GPU run it.
-        if (wgmma) record(bench_steps(o, m, weights, Precision::bf16_sr, ActivationOptions{}, true, ceilings));
+          record(bench_steps(o, m, weights, p, ActivationOptions{}, std::nullopt, ceilings));
+        // The attention on wgmma, with each wgmma backward, where this build
+        // and GPU run them.
+        if (measured(o, gpu::AttentionForward::wgmma, "steps: attention forward")) {
+          for (gpu::AttentionBackward how : kAttentionBackwards) {
+            if (gpu::attention_backward_uses_wgmma(how) && measured(o, how, "steps: attention backward"))
+              record(bench_steps(o, m, weights, Precision::bf16_sr, ActivationOptions{}, how, ceilings));
+          }
+        }
         // The memory-saving options, by memory saved: the LM head in 8
         // chunks (4096 rows each at batch 32 x 1024), then also recompute
         // LayerNorm (2 d_model per token and layer), GELU (4), or both.
         for (Recompute recompute : {Recompute::none, Recompute::layernorm, Recompute::gelu, Recompute::all})
-          record(bench_steps(o, m, weights, Precision::bf16_sr, ActivationOptions{recompute, 8}, false, ceilings));
+          record(
+              bench_steps(o, m, weights, Precision::bf16_sr, ActivationOptions{recompute, 8}, std::nullopt, ceilings));
       }
       std::printf("\ntraining steps: micro batch %d, seq %d, median of %d after %d warm-up\n", o.batch, o.seq,
                   o.iters, o.warmup);

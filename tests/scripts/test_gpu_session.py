@@ -82,6 +82,7 @@ GPU_TESTS = """
 echo "srgpt_gpu_tests $* | SRGPT_ATTENTION_BACKWARD=${SRGPT_ATTENTION_BACKWARD:-}" >>"$CALLS"
 case "$1" in
   *two-pass*) exit "${FAKE_TWO_PASS_RC:-0}" ;;
+  *"wgmma in one pass"*) exit "${FAKE_WGMMA_ONE_PASS_RC:-${FAKE_WGMMA_RC:-0}}" ;;
   *wgmma*) exit "${FAKE_WGMMA_RC:-0}" ;;
   *attention*)
     [ -n "${FAKE_ONE_PASS_HANG:-}" ] && sleep 60
@@ -105,7 +106,8 @@ printf '| attention_forward mma | B=32 | 0.345 | 150 TFLOP/s |\\n'
 printf '| attention_forward wgmma | B=32 | 0.200 | 258 TFLOP/s |\\n'
 printf '| attention_backward one-pass | B=32 | 0.700 | 184 TFLOP/s |\\n'
 printf '| attention_backward two-pass | B=32 | 0.962 | 134 TFLOP/s |\\n'
-printf '| attention_backward wgmma | B=32 | 0.600 | 215 TFLOP/s |\\n\\n'
+printf '| attention_backward wgmma | B=32 | 0.600 | 215 TFLOP/s |\\n'
+printf '| attention_backward wgmma-one-pass | B=32 | 0.500 | 258 TFLOP/s |\\n\\n'
 printf 'cuBLASLt epilogues of these matmuls, fused on how many of the products they were asked for: BGRADB 0 of 4;\\n'
 """
 
@@ -182,6 +184,7 @@ class GpuSessionTest(unittest.TestCase):
         report = self.report()
         for line in ("- build: exit 0", "- PASS attention one-pass", "- PASS attention two-pass",
                      "- PASS attention wgmma-forward", "- PASS attention wgmma-backward",
+                     "- PASS attention wgmma-one-pass",
                      "- other GPU tests: exit 0", "100% tests passed", "- PyTorch compile warm-up: exit 0",
                      "- gpu_step_bench: exit 0", "- PyTorch baseline: exit 0", "- targets table: exit 0",
                      "- PyTorch SDPA alone: exit 0", "- attention sweep: exit 0", "GPU: NVIDIA H100 80GB HBM3",
@@ -203,6 +206,7 @@ class GpuSessionTest(unittest.TestCase):
         self.assertIn("| attention_backward two-pass | B=32 | 0.962 |", report)
         self.assertIn("| attention_forward wgmma | B=32 | 0.200 |", report)
         self.assertIn("| attention_backward wgmma | B=32 | 0.600 |", report)
+        self.assertIn("| attention_backward wgmma-one-pass | B=32 | 0.500 |", report)
         self.assertNotIn("d12: bf16-sr vs mixed", report)  # the line after the steps table
         # The report is also the end of the output (what the device tool shows).
         self.assertTrue(result.stdout.rstrip().endswith(report.rstrip().splitlines()[-1]))
@@ -259,6 +263,19 @@ class GpuSessionTest(unittest.TestCase):
         self.assertIn("- gpu_step_bench: exit 0", report)
         self.assertIn("- PyTorch baseline: exit 0", report)
         self.check_returned_files()
+
+    def test_only_the_one_pass_wgmma_backward_failing_leaves_only_it_out(self):
+        result = self.run_session(FAKE_WGMMA_ONE_PASS_RC=1)
+        self.assertNotEqual(result.returncode, 0)
+        report = self.report()
+        self.assertIn("- PASS attention wgmma-forward", report)
+        self.assertIn("- PASS attention wgmma-backward", report)
+        self.assertIn("- FAIL attention wgmma-one-pass: exit 1", report)
+        self.assertIn("- the benchmark leaves the one-pass wgmma backward out (--no-wgmma-one-pass)", report)
+        bench = self.calls_of("gpu_step_bench")[0]
+        self.assertIn("--no-wgmma-one-pass", bench)
+        self.assertNotIn("--no-wgmma ", bench)
+        self.assertIn("- gpu_step_bench: exit 0", report)
 
     def test_a_hung_attention_test_ends_at_its_limit(self):
         result = self.run_session(FAKE_ONE_PASS_HANG=1)
