@@ -130,6 +130,10 @@ __device__ __forceinline__ uint64_t wgmma_descriptor(const uint16_t* tile, uint3
 }
 
 #define SRGPT_WGMMA_ACCUMULATORS(d, nb) "+f"(d[nb][0]), "+f"(d[nb][1]), "+f"(d[nb][2]), "+f"(d[nb][3])
+// The accumulators of 32 columns from 8 nb on, as asm operands.
+#define SRGPT_WGMMA_ACCUMULATORS_32(d, nb)                                   \
+  SRGPT_WGMMA_ACCUMULATORS(d, nb), SRGPT_WGMMA_ACCUMULATORS(d, nb + 1),      \
+      SRGPT_WGMMA_ACCUMULATORS(d, nb + 2), SRGPT_WGMMA_ACCUMULATORS(d, nb + 3)
 
 // d (64 x N per warpgroup, fp32) += A (64 x 16, bf16, in registers) times
 // B (16 x N, bf16, in shared memory). Each warp holds 16 rows of A and D in
@@ -148,10 +152,7 @@ __device__ __forceinline__ void wgmma_bf16(float (&d)[N / 8][4], const uint32_t 
         "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
         "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
         "{%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
-        : SRGPT_WGMMA_ACCUMULATORS(d, 0), SRGPT_WGMMA_ACCUMULATORS(d, 1),
-          SRGPT_WGMMA_ACCUMULATORS(d, 2), SRGPT_WGMMA_ACCUMULATORS(d, 3),
-          SRGPT_WGMMA_ACCUMULATORS(d, 4), SRGPT_WGMMA_ACCUMULATORS(d, 5),
-          SRGPT_WGMMA_ACCUMULATORS(d, 6), SRGPT_WGMMA_ACCUMULATORS(d, 7)
+        : SRGPT_WGMMA_ACCUMULATORS_32(d, 0), SRGPT_WGMMA_ACCUMULATORS_32(d, 4)
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_descriptor), "r"(1), "n"(int(TransposeB)));
   } else {
     asm volatile(
@@ -162,14 +163,8 @@ __device__ __forceinline__ void wgmma_bf16(float (&d)[N / 8][4], const uint32_t 
         "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
         "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
         "{%64, %65, %66, %67}, %68, p, 1, 1, %70;\n}\n"
-        : SRGPT_WGMMA_ACCUMULATORS(d, 0), SRGPT_WGMMA_ACCUMULATORS(d, 1),
-          SRGPT_WGMMA_ACCUMULATORS(d, 2), SRGPT_WGMMA_ACCUMULATORS(d, 3),
-          SRGPT_WGMMA_ACCUMULATORS(d, 4), SRGPT_WGMMA_ACCUMULATORS(d, 5),
-          SRGPT_WGMMA_ACCUMULATORS(d, 6), SRGPT_WGMMA_ACCUMULATORS(d, 7),
-          SRGPT_WGMMA_ACCUMULATORS(d, 8), SRGPT_WGMMA_ACCUMULATORS(d, 9),
-          SRGPT_WGMMA_ACCUMULATORS(d, 10), SRGPT_WGMMA_ACCUMULATORS(d, 11),
-          SRGPT_WGMMA_ACCUMULATORS(d, 12), SRGPT_WGMMA_ACCUMULATORS(d, 13),
-          SRGPT_WGMMA_ACCUMULATORS(d, 14), SRGPT_WGMMA_ACCUMULATORS(d, 15)
+        : SRGPT_WGMMA_ACCUMULATORS_32(d, 0), SRGPT_WGMMA_ACCUMULATORS_32(d, 4), SRGPT_WGMMA_ACCUMULATORS_32(d, 8),
+          SRGPT_WGMMA_ACCUMULATORS_32(d, 12)
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_descriptor), "r"(1), "n"(int(TransposeB)));
   }
 #else
@@ -192,8 +187,7 @@ __device__ __forceinline__ void wgmma_bf16_shared_a(float (&d)[N / 8][4], uint64
         "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {"
         "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
         "%16, %17, p, 1, 1, %19, %20;\n}\n"
-        : SRGPT_WGMMA_ACCUMULATORS(d, 0), SRGPT_WGMMA_ACCUMULATORS(d, 1),
-          SRGPT_WGMMA_ACCUMULATORS(d, 2), SRGPT_WGMMA_ACCUMULATORS(d, 3)
+        : SRGPT_WGMMA_ACCUMULATORS_32(d, 0)
         : "l"(a_descriptor), "l"(b_descriptor), "r"(1), "n"(int(TransposeA)), "n"(int(TransposeB)));
   } else {
     asm volatile(
@@ -202,10 +196,7 @@ __device__ __forceinline__ void wgmma_bf16_shared_a(float (&d)[N / 8][4], uint64
         "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
         "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
         "%32, %33, p, 1, 1, %35, %36;\n}\n"
-        : SRGPT_WGMMA_ACCUMULATORS(d, 0), SRGPT_WGMMA_ACCUMULATORS(d, 1),
-          SRGPT_WGMMA_ACCUMULATORS(d, 2), SRGPT_WGMMA_ACCUMULATORS(d, 3),
-          SRGPT_WGMMA_ACCUMULATORS(d, 4), SRGPT_WGMMA_ACCUMULATORS(d, 5),
-          SRGPT_WGMMA_ACCUMULATORS(d, 6), SRGPT_WGMMA_ACCUMULATORS(d, 7)
+        : SRGPT_WGMMA_ACCUMULATORS_32(d, 0), SRGPT_WGMMA_ACCUMULATORS_32(d, 4)
         : "l"(a_descriptor), "l"(b_descriptor), "r"(1), "n"(int(TransposeA)), "n"(int(TransposeB)));
   }
 #else
@@ -213,6 +204,7 @@ __device__ __forceinline__ void wgmma_bf16_shared_a(float (&d)[N / 8][4], uint64
 #endif
 }
 
+#undef SRGPT_WGMMA_ACCUMULATORS_32
 #undef SRGPT_WGMMA_ACCUMULATORS
 
 __device__ __forceinline__ void wgmma_fence() {
