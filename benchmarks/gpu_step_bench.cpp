@@ -90,10 +90,6 @@ bool measured(const Options& o, gpu::AttentionBackward how, const char* what) {
   return measured(o, how, gpu::attention_backward_uses_wgmma(how), gpu::attention_backward_name(how), what);
 }
 
-constexpr gpu::AttentionBackward kAttentionBackwards[] = {
-    gpu::AttentionBackward::one_pass, gpu::AttentionBackward::two_pass, gpu::AttentionBackward::wgmma,
-    gpu::AttentionBackward::wgmma_one_pass};
-
 int int_at_least(const std::string& flag, const std::string& text, int minimum) {
   int v = 0;
   const char* end = text.data() + text.size();
@@ -390,7 +386,7 @@ void bench_kernels(const Options& o, const Ceilings& ceilings) {
     // Every strategy (cuda/attention.cuh) this build and GPU run, whichever
     // the steps use.
     const gpu::AttentionForward chosen_forward = be.attention_forward_strategy();
-    for (gpu::AttentionForward how : {gpu::AttentionForward::mma, gpu::AttentionForward::wgmma}) {
+    for (gpu::AttentionForward how : gpu::kAttentionForwards) {
       if (!measured(o, how, "  attention forward")) continue;
       be.set_attention_forward_strategy(how);
       run(std::string("attention_forward ") + gpu::attention_forward_name(how), shape, forward_flops, true,
@@ -398,7 +394,7 @@ void bench_kernels(const Options& o, const Ceilings& ceilings) {
     }
     be.set_attention_forward_strategy(chosen_forward);
     const gpu::AttentionBackward chosen = be.attention_backward_strategy();
-    for (gpu::AttentionBackward how : kAttentionBackwards) {
+    for (gpu::AttentionBackward how : gpu::kAttentionBackwards) {
       if (!measured(o, how, "  attention backward")) continue;
       be.set_attention_backward_strategy(how);
       run(std::string("attention_backward ") + gpu::attention_backward_name(how), shape, 2.5 * forward_flops, true,
@@ -589,7 +585,7 @@ int main(int argc, char** argv) {
         // The attention on wgmma, with each wgmma backward, where this build
         // and GPU run them.
         if (measured(o, gpu::AttentionForward::wgmma, "steps: attention forward")) {
-          for (gpu::AttentionBackward how : kAttentionBackwards) {
+          for (gpu::AttentionBackward how : gpu::kAttentionBackwards) {
             if (gpu::attention_backward_uses_wgmma(how) && measured(o, how, "steps: attention backward"))
               record(bench_steps(o, m, weights, Precision::bf16_sr, ActivationOptions{}, how, ceilings));
           }

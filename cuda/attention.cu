@@ -1629,16 +1629,15 @@ const char* attention_backward_name(AttentionBackward how) {
 }
 
 AttentionBackward attention_backward_from_environment() {
-  constexpr AttentionBackward kChoices[] = {AttentionBackward::one_pass, AttentionBackward::two_pass,
-                                            AttentionBackward::wgmma, AttentionBackward::wgmma_one_pass};
-  return strategy_from_environment(kAttentionBackwardEnv, "an attention backward", kChoices, attention_backward_name);
+  return strategy_from_environment(kAttentionBackwardEnv, "an attention backward", kAttentionBackwards,
+                                   attention_backward_name);
 }
 
 const char* attention_forward_name(AttentionForward how) { return how == AttentionForward::mma ? "mma" : "wgmma"; }
 
 AttentionForward attention_forward_from_environment() {
-  constexpr AttentionForward kChoices[] = {AttentionForward::mma, AttentionForward::wgmma};
-  return strategy_from_environment(kAttentionForwardEnv, "an attention forward", kChoices, attention_forward_name);
+  return strategy_from_environment(kAttentionForwardEnv, "an attention forward", kAttentionForwards,
+                                   attention_forward_name);
 }
 
 namespace {

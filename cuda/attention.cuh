@@ -22,6 +22,7 @@ namespace srgpt::gpu {
 // Both match the cpu backend within the same bound; they round the sums
 // differently, so a run keeps one for bit-exact resumes.
 enum class AttentionForward { mma, wgmma };
+constexpr AttentionForward kAttentionForwards[] = {AttentionForward::mma, AttentionForward::wgmma};  // default first
 const char* attention_forward_name(AttentionForward how);  // "mma", "wgmma"
 constexpr const char* kAttentionForwardEnv = "SRGPT_ATTENTION_FORWARD";
 // kAttentionForwardEnv's choice (mma when unset); another value fails,
@@ -44,6 +45,9 @@ void attention_forward(DType dtype, cudaStream_t stream, AttentionForward how, v
 // - wgmma_one_pass: one pass as one_pass, on wgmma (the same conditions).
 // All are deterministic; they round dQ's sum differently.
 enum class AttentionBackward { one_pass, two_pass, wgmma, wgmma_one_pass };
+constexpr AttentionBackward kAttentionBackwards[] = {AttentionBackward::one_pass, AttentionBackward::two_pass,
+                                                     AttentionBackward::wgmma,
+                                                     AttentionBackward::wgmma_one_pass};  // default first
 // "one-pass", "two-pass", "wgmma", "wgmma-one-pass"
 const char* attention_backward_name(AttentionBackward how);
 constexpr bool attention_backward_uses_wgmma(AttentionBackward how) {

@@ -38,6 +38,7 @@ void require_attention(Strategy how, const std::string& choice) {
 CudaBackend::CudaBackend(DType dtype, int device)
     : Backend(dtype),
       device_(device),
+      attention_forward_(attention_forward_from_environment()),
       attention_backward_(attention_backward_from_environment()),
       stream_(open_device_stream(dtype, device)),
       scratch_(memory_) {
@@ -45,7 +46,6 @@ CudaBackend::CudaBackend(DType dtype, int device)
   CUDA_CHECK(cudaGetDeviceProperties(&properties, device));
   device_name_ = properties.name;
   matmul_ = std::make_unique<Matmul>(memory_);
-  attention_forward_ = attention_forward_from_environment();
   require_attention(attention_forward_,
                     fmt::format("{}={}", kAttentionForwardEnv, attention_forward_name(attention_forward_)));
   require_attention(attention_backward_,

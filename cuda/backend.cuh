@@ -79,7 +79,7 @@ class CudaBackend final : public Backend {
  private:
   int device_;
   std::string device_name_;
-  AttentionForward attention_forward_ = AttentionForward::mma;
+  AttentionForward attention_forward_;
   AttentionBackward attention_backward_;
   // Declaration order is destruction order reversed: the stream outlives
   // the scratch and matmul state that enqueue work on it.

@@ -31,13 +31,12 @@ namespace {
 // An attention strategy variable (cuda/attention.cuh): unset gives the
 // default, unnamed in the backend's name; each allowed value gives its
 // strategy, named there as "<value> attention <pass>"; anything else fails
-// naming the variable, the value and the allowed values. `available(value)`
-// says whether this build and GPU run it; one that does not fails at
-// construction, saying "cannot run here".
-template <typename Strategy>
-void check_strategy_variable(const char* variable, const char* pass, const std::vector<Strategy>& choices,
-                             const char* (*name)(Strategy), Strategy (*strategy_of)(const Backend&),
-                             bool (*available)(Strategy)) {
+// naming the variable, the value and the allowed values. One this build
+// and GPU do not run (attention_support) fails at construction, saying
+// "cannot run here".
+template <typename Strategy, size_t N>
+void check_strategy_variable(const char* variable, const char* pass, const Strategy (&choices)[N],
+                             const char* (*name)(Strategy), Strategy (*strategy_of)(const Backend&)) {
   const char* before = std::getenv(variable);
   const std::string saved = before ? before : "";
   std::string allowed;
@@ -45,12 +44,13 @@ void check_strategy_variable(const char* variable, const char* pass, const std::
 
   unsetenv(variable);
   auto plain = make_cuda_backend(DType::bf16, 0);
-  CHECK(strategy_of(*plain) == choices.front());
+  CHECK(strategy_of(*plain) == choices[0]);
   CHECK(plain->name().find(std::string("attention ") + pass) == std::string::npos);
   for (Strategy how : choices) {
     setenv(variable, name(how), 1);
     INFO(variable << "=" << name(how));
-    if (!available(how)) {
+    std::string why;
+    if (!gpu::attention_runs_here(how, &why)) {
       try {
         make_cuda_backend(DType::bf16, 0);
         FAIL("a strategy this GPU cannot run was accepted");
@@ -61,10 +61,10 @@ void check_strategy_variable(const char* variable, const char* pass, const std::
     }
     auto chosen = make_cuda_backend(DType::bf16, 0);
     CHECK(strategy_of(*chosen) == how);
-    if (how != choices.front())
+    if (how != choices[0])
       CHECK(chosen->name().find(std::string(name(how)) + " attention " + pass) != std::string::npos);
   }
-  const std::string misspelt = std::string(name(choices.back())) + " ";
+  const std::string misspelt = std::string(name(choices[N - 1])) + " ";
   for (const std::string& bad : {std::string(), misspelt, std::string("Two_pass")}) {
     setenv(variable, bad.c_str(), 1);
     try {
@@ -88,27 +88,15 @@ void check_strategy_variable(const char* variable, const char* pass, const std::
 TEST_CASE("SRGPT_ATTENTION_BACKWARD chooses the attention backward and refuses other values", "[gpu]") {
   if (!have_gpu()) return;
   check_strategy_variable<gpu::AttentionBackward>(
-      gpu::kAttentionBackwardEnv, "backward",
-      {gpu::AttentionBackward::one_pass, gpu::AttentionBackward::two_pass, gpu::AttentionBackward::wgmma,
-       gpu::AttentionBackward::wgmma_one_pass},
-      gpu::attention_backward_name,
-      [](const Backend& be) { return dynamic_cast<const gpu::CudaBackend&>(be).attention_backward_strategy(); },
-      [](gpu::AttentionBackward how) {
-        std::string why;
-        return gpu::attention_runs_here(how, &why);
-      });
+      gpu::kAttentionBackwardEnv, "backward", gpu::kAttentionBackwards, gpu::attention_backward_name,
+      [](const Backend& be) { return dynamic_cast<const gpu::CudaBackend&>(be).attention_backward_strategy(); });
 }
 
 TEST_CASE("SRGPT_ATTENTION_FORWARD chooses the attention forward and refuses other values", "[gpu]") {
   if (!have_gpu()) return;
   check_strategy_variable<gpu::AttentionForward>(
-      gpu::kAttentionForwardEnv, "forward", {gpu::AttentionForward::mma, gpu::AttentionForward::wgmma},
-      gpu::attention_forward_name,
-      [](const Backend& be) { return dynamic_cast<const gpu::CudaBackend&>(be).attention_forward_strategy(); },
-      [](gpu::AttentionForward how) {
-        std::string why;
-        return gpu::attention_runs_here(how, &why);
-      });
+      gpu::kAttentionForwardEnv, "forward", gpu::kAttentionForwards, gpu::attention_forward_name,
+      [](const Backend& be) { return dynamic_cast<const gpu::CudaBackend&>(be).attention_forward_strategy(); });
 }
 
 TEST_CASE("gpu out-of-memory names the buffer, the size, the free memory and micro_batch", "[gpu]") {
