@@ -700,6 +700,18 @@ __device__ __forceinline__ void wgmma_product_shared_a(float (&d)[N / 8][4], con
       d);
 }
 
+// acc (64 x HD) += x (64 x KT, the accumulators of an earlier product,
+// rounded to bf16: wgmma's register A layout) times tile (KT x HD, core
+// matrices, as N-major B).
+template <int HD, int KT>
+__device__ __forceinline__ void wgmma_product_of_accumulators(float (&acc)[HD / 8][4], const float (&x)[KT / 8][4],
+                                                              const uint16_t* tile) {
+  uint32_t a[KT / 16][4];
+#pragma unroll
+  for (int kb = 0; kb < KT / 16; ++kb) pack_p_fragment(a[kb], x, kb);
+  wgmma_product<HD, true, KT / 16>(acc, a, [&](int kb) { return n_major_descriptor<HD>(tile, kb); });
+}
+
 // The query-owning wgmma kernels' loop over key tiles (the counterpart of
 // for_each_key_tile), for a block owning queries q0 .. q0 + kRows - 1:
 // issues tile 0's K and V copies and commits them with the caller's
@@ -767,11 +779,7 @@ __global__ void __launch_bounds__(WgmmaTiles::kThreads)
       sQ, sK, sV, q0, T, q_base + C, q_base + 2 * C, head.qkv_stride,
       [&](int, float(&s)[1][KT / 8][4], const uint16_t*, const uint16_t* v_tile) {
         softmax.add_tile(s, scale_log2);
-        uint32_t p[KT / 16][4];
-#pragma unroll
-        for (int kb = 0; kb < KT / 16; ++kb) pack_p_fragment(p[kb], s[0], kb);
-        wgmma_product<HD, true, KT / 16>(softmax.o[0], p,
-                                         [&](int kb) { return n_major_descriptor<HD>(v_tile, kb); });  // O += P V
+        wgmma_product_of_accumulators<HD, KT>(softmax.o[0], s[0], v_tile);  // O += P V
       });
   softmax.finish(lse + head.stats, warp_q0, T, scale_log2, lane);
   // The warp's Q rows are in registers; reuse them to stage the output.
@@ -822,11 +830,7 @@ __global__ void __launch_bounds__(WgmmaTiles::kThreads)
         wgmma_product<KT, false, HD / 16>(ds[0], dout_frag[0],
                                           [&](int kb) { return k_major_descriptor<HD>(v_tile, kb); });  // dP
         ds_from_scores(ds, s, row_lse, row_dot_value, scale_log2);
-        uint32_t a[KT / 16][4];
-#pragma unroll
-        for (int kb = 0; kb < KT / 16; ++kb) pack_p_fragment(a[kb], ds[0], kb);
-        wgmma_product<HD, true, KT / 16>(dq[0], a,
-                                         [&](int kb) { return n_major_descriptor<HD>(k_tile, kb); });  // dQ += dS K
+        wgmma_product_of_accumulators<HD, KT>(dq[0], ds[0], k_tile);  // dQ += dS K
       });
   // The warp's Q rows are in registers since the first tile; stage there.
   store_warp_blocks<HD, 1>(dqkv + head.qkv, head.qkv_stride, warp_q0, T, dq, scale, sQ + 16 * warp * S, lane);
