@@ -69,25 +69,27 @@ struct Options {
 };
 
 // Whether an attention strategy is measured: the options do not leave it
-// out, and this build and GPU run it (cuda/attention.cuh); if not, says why
-// under `what`.
+// out (`left_out`: the option that does, or null), and this build and GPU
+// run it (cuda/attention.cuh); if not, says why under `what`.
 template <typename Strategy>
-bool measured(const Options& o, Strategy how, bool uses_wgmma, const char* name, const char* what) {
+bool measured(Strategy how, const char* left_out, const char* name, const char* what) {
   std::string why;
-  if (uses_wgmma && !o.wgmma)
-    why = "--no-wgmma";
-  else if (std::strcmp(name, "wgmma-one-pass") == 0 && !o.wgmma_one_pass)
-    why = "--no-wgmma-one-pass";
+  if (left_out != nullptr)
+    why = left_out;
   else if (gpu::attention_runs_here(how, &why))
     return true;
   std::printf("%s %s: not measured: %s\n", what, name, why.c_str());
   return false;
 }
 bool measured(const Options& o, gpu::AttentionForward how, const char* what) {
-  return measured(o, how, how == gpu::AttentionForward::wgmma, gpu::attention_forward_name(how), what);
+  const char* left_out = how == gpu::AttentionForward::wgmma && !o.wgmma ? "--no-wgmma" : nullptr;
+  return measured(how, left_out, gpu::attention_forward_name(how), what);
 }
 bool measured(const Options& o, gpu::AttentionBackward how, const char* what) {
-  return measured(o, how, gpu::attention_backward_uses_wgmma(how), gpu::attention_backward_name(how), what);
+  const char* left_out = gpu::attention_backward_uses_wgmma(how) && !o.wgmma                  ? "--no-wgmma"
+                         : how == gpu::AttentionBackward::wgmma_one_pass && !o.wgmma_one_pass ? "--no-wgmma-one-pass"
+                                                                                               : nullptr;
+  return measured(how, left_out, gpu::attention_backward_name(how), what);
 }
 
 int int_at_least(const std::string& flag, const std::string& text, int minimum) {
