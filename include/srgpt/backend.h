@@ -70,9 +70,8 @@ class Backend {
   // GELU of pre as stored (rounded to dtype()) on the cpu backend, as
   // PyTorch computes it after a bf16 linear layer; the cuda backend may fuse
   // it into the matmul in bf16, taking the fp32 value before rounding
-  // (within bf16 tolerance). A caller that recomputes out later with
-  // gelu_forward and needs the same bits computes it with gelu_forward in
-  // the first place (the model's GELU recompute does).
+  // (within bf16 tolerance). So gelu_forward of the stored pre gives out's
+  // bits again on the cpu backend, and within one rounding on cuda.
   virtual void matmul_forward(void* out, void* gelu_pre, const void* in, const void* w, const void* bias, int N,
                               int C, int OC) = 0;
   // out = gelu(pre) elementwise over n elements: recomputes matmul_forward's
