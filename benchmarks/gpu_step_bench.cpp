@@ -333,10 +333,14 @@ void bench_kernels(const Options& o, const Ceilings& ceilings) {
     be.residual_layernorm_forward(x.get(), y.get(), mean.get(), rstd.get(), x.get(), delta.get(), lw.get(), lb.get(),
                                   N, C);
   });
-  run("layernorm_backward", shape_nc, 4.0 * NC * s, false, [&] {
-    be.layernorm_backward(delta.get(), ldw.get(), ldb.get(), dy.get(), x.get(), lw.get(), mean.get(), rstd.get(), N,
-                          C);
-  });
+  for (LayerNormBackwardFrom from : {LayerNormBackwardFrom::input, LayerNormBackwardFrom::output}) {
+    run(from == LayerNormBackwardFrom::input ? "layernorm_backward" : "layernorm_backward from output", shape_nc,
+        4.0 * NC * s, false, [&] {
+          be.layernorm_backward(delta.get(), ldw.get(), ldb.get(), dy.get(), from,
+                                from == LayerNormBackwardFrom::input ? x.get() : y.get(), lw.get(), lb.get(),
+                                mean.get(), rstd.get(), N, C);
+        });
+  }
 
   // The four matmuls of a block and the LM head, forward and backward.
   struct Mm {
@@ -535,10 +539,11 @@ StepRow bench_steps(const Options& o, const std::string& model_name, const std::
   StepRow r;
   r.model = model_name;
   r.precision = precision_name(precision);
-  r.activations = activations.recompute == Recompute::none && activations.lm_head_chunks == 1
-                    ? "none"
-                    : fmt::format("recompute {}, {} head chunks", recompute_name(activations.recompute),
-                                  activations.lm_head_chunks);
+  const bool ln_from_output = activations.layernorm_backward_from == LayerNormBackwardFrom::output;
+  r.activations = activations.recompute == Recompute::none && activations.lm_head_chunks == 1 && !ln_from_output
+                      ? "none"
+                      : fmt::format("recompute {}, {} head chunks{}", recompute_name(activations.recompute),
+                                    activations.lm_head_chunks, ln_from_output ? ", LayerNorm backward from output" : "");
   r.attention = fmt::format("{} forward, {} backward", gpu::attention_forward_name(be.attention_forward_strategy()),
                             gpu::attention_backward_name(be.attention_backward_strategy()));
   r.params = params.layout().num_params();
@@ -594,10 +599,19 @@ int main(int argc, char** argv) {
         }
         // The memory-saving options, by memory saved: the LM head in 8
         // chunks (4096 rows each at batch 32 x 1024), then also recompute
-        // LayerNorm (2 d_model per token and layer), GELU (4), or both.
-        for (Recompute recompute : {Recompute::none, Recompute::layernorm, Recompute::gelu, Recompute::all})
-          record(
-              bench_steps(o, m, weights, Precision::bf16_sr, ActivationOptions{recompute, 8}, std::nullopt, ceilings));
+        // LayerNorm (2 d_model per token and layer) or instead run its
+        // backward from its output (the same 2, without a pass), GELU (4),
+        // or both.
+        const ActivationOptions memory_options[] = {
+            {Recompute::none, 8},
+            {Recompute::layernorm, 8},
+            {Recompute::none, 8, LayerNormBackwardFrom::output},
+            {Recompute::gelu, 8},
+            {Recompute::all, 8},
+            {Recompute::gelu, 8, LayerNormBackwardFrom::output},
+        };
+        for (const ActivationOptions& activations : memory_options)
+          record(bench_steps(o, m, weights, Precision::bf16_sr, activations, std::nullopt, ceilings));
       }
       std::printf("\ntraining steps: micro batch %d, seq %d, median of %d after %d warm-up\n", o.batch, o.seq,
                   o.iters, o.warmup);

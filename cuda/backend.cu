@@ -121,10 +121,11 @@ void CudaBackend::residual_layernorm_forward(void* res_out, void* out, void* mea
                                   static_cast<float*>(rstd), res_in, delta, w, b, N, C);
 }
 
-void CudaBackend::layernorm_backward(void* din, void* dw, void* db, const void* dout, const void* in, const void* w,
-                                     const void* mean, const void* rstd, int N, int C) {
-  gpu::layernorm_backward(dtype(), stream(), scratch_, din, dw, db, dout, in, w, static_cast<const float*>(mean),
-                          static_cast<const float*>(rstd), N, C);
+void CudaBackend::layernorm_backward(void* din, void* dw, void* db, const void* dout, LayerNormBackwardFrom from,
+                                     const void* x, const void* w, const void* b, const void* mean, const void* rstd,
+                                     int N, int C) {
+  gpu::layernorm_backward(dtype(), stream(), scratch_, din, dw, db, dout, from, x, w, b,
+                          static_cast<const float*>(mean), static_cast<const float*>(rstd), N, C);
 }
 
 void CudaBackend::matmul_forward(void* out, void* gelu_pre, const void* in, const void* w, const void* bias, int N,

@@ -38,8 +38,8 @@ class CudaBackend final : public Backend {
                           int C) override;
   void residual_layernorm_forward(void* res_out, void* out, void* mean, void* rstd, const void* res_in,
                                   const void* delta, const void* w, const void* b, int N, int C) override;
-  void layernorm_backward(void* din, void* dw, void* db, const void* dout, const void* in, const void* w,
-                          const void* mean, const void* rstd, int N, int C) override;
+  void layernorm_backward(void* din, void* dw, void* db, const void* dout, LayerNormBackwardFrom from, const void* x,
+                          const void* w, const void* b, const void* mean, const void* rstd, int N, int C) override;
   void matmul_forward(void* out, void* gelu_pre, const void* in, const void* w, const void* bias, int N, int C,
                       int OC) override;
   void matmul_backward(void* din, void* dw, void* db, const void* dout, const void* in, const void* w,

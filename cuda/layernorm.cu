@@ -1,3 +1,5 @@
+#include <type_traits>
+
 #include "common.cuh"
 #include "cuda_check.cuh"
 #include "layernorm.cuh"
@@ -112,13 +114,15 @@ __global__ void residual_layernorm_forward_kernel(S* res_out, S* out, float* mea
 // ---- backward: one warp per row for din; each warp also sums dw and db of
 // its rows into its own shared-memory row (lanes own disjoint columns), and
 // the block adds its warps in order into one fp32 partial row per chunk of
-// kColumnChunkRows rows. The row's dout and input are read once into
-// registers when Held; otherwise the second pass reads them again.
+// kColumnChunkRows rows. The row's dout and x (the forward's input or
+// output, as From says) are read once into registers when Held; otherwise
+// the second pass reads them again.
 constexpr int kBackwardMaxWarps = 8;
 
-template <typename S, int W, bool Held>
+template <typename S, int W, bool Held, LayerNormBackwardFrom From>
 __global__ void layernorm_backward_kernel(S* din, float* dw_partials, float* db_partials, const S* dout, const S* in,
-                                          const S* w, const float* mean, const float* rstd, int N, int C) {
+                                          const S* w, const S* b, const float* mean, const float* rstd, int N,
+                                          int C) {
   extern __shared__ float sums[];  // [warps][2][shared_row_words]: dw, db
   const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row_words = shared_row_words<W>(C);
@@ -130,11 +134,24 @@ __global__ void layernorm_backward_kernel(S* din, float* dw_partials, float* db_
     for (int k = 0; k < W; ++k) dw_sum[shared_slot<W>(c / W, k)] = db_sum[shared_slot<W>(c / W, k)] = 0.0f;
   });
 
+  const float xhat_bound = sqrtf(float(C));
   HeldChunks<S, W, Held, kHeldChunks> held_dout, held_in;
   const int row_begin = blockIdx.x * kColumnChunkRows, row_end = min(row_begin + kColumnChunkRows, N);
   for (int n = row_begin + warp; n < row_end; n += warps) {
     const size_t row = size_t(n) * C;
-    const float mu = mean[n], rs = rstd[n];
+    const float mu = From == LayerNormBackwardFrom::input ? mean[n] : 0.0f, rs = rstd[n];
+    // x[] becomes the normalised input, chunk by chunk.
+    auto normalise = [&](int c, float (&x)[W], const float (&weight)[W]) {
+      if constexpr (From == LayerNormBackwardFrom::output) {
+        float bias[W];
+        load_chunk<W>(b + c, bias);
+#pragma unroll
+        for (int k = 0; k < W; ++k) x[k] = layernorm_xhat_from_output(x[k], bias[k], weight[k], xhat_bound);
+      } else {
+#pragma unroll
+        for (int k = 0; k < W; ++k) x[k] = (x[k] - mu) * rs;
+      }
+    };
     float dxhat_sum = 0, dxhat_xhat_sum = 0;
     for_lane_chunks<W, Held>(C, lane, [&](int i, int c) {
       float g[W], x[W], weight[W];
@@ -143,9 +160,10 @@ __global__ void layernorm_backward_kernel(S* din, float* dw_partials, float* db_
       held_dout.get(i, dout + row + c, g);
       held_in.get(i, in + row + c, x);
       load_chunk<W>(w + c, weight);
+      normalise(c, x, weight);
 #pragma unroll
       for (int k = 0; k < W; ++k) {
-        const float xhat = (x[k] - mu) * rs;
+        const float xhat = x[k];
         const float dxhat = g[k] * weight[k];
         dxhat_sum += dxhat;
         dxhat_xhat_sum += dxhat * xhat;
@@ -161,11 +179,9 @@ __global__ void layernorm_backward_kernel(S* din, float* dw_partials, float* db_
       held_in.get(i, in + row + c, x);
       load_chunk<W>(w + c, weight);
       load_chunk<W>(din + row + c, d);
+      normalise(c, x, weight);
 #pragma unroll
-      for (int k = 0; k < W; ++k) {
-        const float xhat = (x[k] - mu) * rs;
-        d[k] += rs * (g[k] * weight[k] - dxhat_mean - xhat * dxhat_xhat_mean);
-      }
+      for (int k = 0; k < W; ++k) d[k] += rs * (g[k] * weight[k] - dxhat_mean - x[k] * dxhat_xhat_mean);
       store_chunk<W>(din + row + c, d);
     });
   }
@@ -212,8 +228,8 @@ void residual_layernorm_forward(DType dtype, cudaStream_t stream, void* res_out,
 }
 
 void layernorm_backward(DType dtype, cudaStream_t stream, Scratch& scratch, void* din, void* dw, void* db,
-                        const void* dout, const void* in, const void* w, const float* mean, const float* rstd, int N,
-                        int C) {
+                        const void* dout, LayerNormBackwardFrom from, const void* x, const void* w, const void* b,
+                        const float* mean, const float* rstd, int N, int C) {
   if (N <= 0 || C <= 0) return;
   const int chunks = column_chunks(N);
   float* dw_partials = static_cast<float*>(scratch.get(sizeof(float) * 2 * size_t(chunks) * C));
@@ -221,7 +237,7 @@ void layernorm_backward(DType dtype, cudaStream_t stream, Scratch& scratch, void
   dispatch_storage(dtype, [&](auto tag) {
     using S = decltype(tag);
     constexpr int kVec = VecWidth<S>::value;
-    const bool vectorised = rows_vectorisable<S>(C, din, dout, in, w);
+    const bool vectorised = rows_vectorisable<S>(C, din, dout, x, w, b);
     auto launch = [&](auto kernel, int row_words) {
       // Fewer warps per block for very wide rows, so the per-warp sums fit.
       int warps = kBackwardMaxWarps;
@@ -229,18 +245,26 @@ void layernorm_backward(DType dtype, cudaStream_t stream, Scratch& scratch, void
       const size_t shared = sizeof(float) * 2 * size_t(row_words) * warps;
       allow_dynamic_shared_memory(kernel, shared, "layernorm_backward");
       kernel<<<chunks, 32 * warps, shared, stream>>>(static_cast<S*>(din), dw_partials, db_partials,
-                                                    static_cast<const S*>(dout), static_cast<const S*>(in),
-                                                    static_cast<const S*>(w), mean, rstd, N, C);
+                                                    static_cast<const S*>(dout), static_cast<const S*>(x),
+                                                    static_cast<const S*>(w), static_cast<const S*>(b), mean, rstd,
+                                                    N, C);
       CUDA_CHECK_LAUNCH("layernorm_backward_kernel");
     };
-    if (vectorised && C <= 32 * kVec * kHeldChunks) {
-      launch(layernorm_backward_kernel<S, kVec, true>, shared_row_words<kVec>(C));
-      return;
-    }
-    dispatch_width<S>(vectorised, [&](auto width) {
-      constexpr int W = decltype(width)::value;
-      launch(layernorm_backward_kernel<S, W, false>, shared_row_words<W>(C));
-    });
+    auto launch_from = [&](auto from_tag) {
+      constexpr LayerNormBackwardFrom From = decltype(from_tag)::value;
+      if (vectorised && C <= 32 * kVec * kHeldChunks) {
+        launch(layernorm_backward_kernel<S, kVec, true, From>, shared_row_words<kVec>(C));
+        return;
+      }
+      dispatch_width<S>(vectorised, [&](auto width) {
+        constexpr int W = decltype(width)::value;
+        launch(layernorm_backward_kernel<S, W, false, From>, shared_row_words<W>(C));
+      });
+    };
+    if (from == LayerNormBackwardFrom::output)
+      launch_from(std::integral_constant<LayerNormBackwardFrom, LayerNormBackwardFrom::output>{});
+    else
+      launch_from(std::integral_constant<LayerNormBackwardFrom, LayerNormBackwardFrom::input>{});
   });
   add_column_partials(dtype, stream, dw, dw_partials, chunks, C);
   add_column_partials(dtype, stream, db, db_partials, chunks, C);

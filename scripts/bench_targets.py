@@ -10,7 +10,8 @@ markdown table docs/benchmarks.md records:
     fastest other choice of them (gpu_step_bench's "attention" field),
   - bf16-sr peak memory against PyTorch mixed precision's allocated peak
     (target <= 0.65x); where plain bf16-sr misses it, the fastest run with
-    memory options (train.recompute, train.lm_head_chunks) that meets it,
+    memory options (train.recompute, train.lm_head_chunks,
+    train.layernorm_backward_from) that meets it,
   - bf16-sr against srgpt's own mixed precision (the paper reports 1.54x
     throughput and 0.70x memory).
 

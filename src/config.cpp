@@ -85,6 +85,14 @@ const char* recompute_name(Recompute r) {
   return "?";
 }
 
+const char* layernorm_backward_from_name(LayerNormBackwardFrom f) {
+  switch (f) {
+    case LayerNormBackwardFrom::input: return "input";
+    case LayerNormBackwardFrom::output: return "output";
+  }
+  return "?";
+}
+
 namespace {
 
 constexpr uint64_t kIntFieldMax = uint64_t(std::numeric_limits<int>::max());
@@ -258,6 +266,8 @@ void visit_config(Visitor& v, C& c) {
   v.choice("train.recompute", c.train.recompute,
            {Recompute::none, Recompute::gelu, Recompute::layernorm, Recompute::all}, recompute_name);
   v.integer("train.lm_head_chunks", c.train.lm_head_chunks, 1, kIntFieldMax);
+  v.choice("train.layernorm_backward_from", c.train.layernorm_backward_from,
+           {LayerNormBackwardFrom::input, LayerNormBackwardFrom::output}, layernorm_backward_from_name);
   v.integer("checkpoint.every", c.checkpoint.every, 0, kInt64FieldMax);
   v.integer("checkpoint.keep", c.checkpoint.keep, 1, kIntFieldMax);
   v.integer("dist.zero_stage", c.dist.zero_stage, 0, 3);
@@ -470,6 +480,16 @@ std::string model_size_problem(const ModelConfig& m) {
   return "";
 }
 
+std::string activation_options_problem(const ActivationOptions& options) {
+  if (options.layernorm_backward_from == LayerNormBackwardFrom::output &&
+      (options.recompute == Recompute::layernorm || options.recompute == Recompute::all))
+    return fmt::format("train.layernorm_backward_from = \"output\" reads the LayerNorm outputs, which "
+                       "train.recompute = \"{}\" does not keep; allowed with it: recompute \"none\" or \"gelu\" "
+                       "(\"gelu\" keeps as little as \"all\" does, with no LayerNorm pass in backward)",
+                       recompute_name(options.recompute));
+  return "";
+}
+
 namespace {
 
 void check_consistency(const Config& c, std::vector<std::string>& problems) {
@@ -495,6 +515,8 @@ void check_consistency(const Config& c, std::vector<std::string>& problems) {
   if (c.optimizer.warmup_steps > c.train.steps)
     problems.push_back(fmt::format("optimizer.warmup_steps = {} exceeds train.steps = {}; allowed: 0..{}",
                                    c.optimizer.warmup_steps, c.train.steps, c.train.steps));
+  if (const std::string problem = activation_options_problem(c.train.activation_options()); !problem.empty())
+    problems.push_back(problem);
   if (int64_t(c.train.lm_head_chunks) > int64_t(c.batch.micro_batch) * c.batch.seq_len)
     problems.push_back(fmt::format(
         "train.lm_head_chunks = {} exceeds the {} rows of a micro-batch (batch.micro_batch x batch.seq_len); "

@@ -86,6 +86,7 @@ GPT::GPT(const ModelConfig& cfg, ParameterStore& params, int B, int T, Activatio
   head_rows_ = int((int64_t(B) * T + options.lm_head_chunks - 1) / options.lm_head_chunks);
   if (params.layout().total() != gpt2_param_layout(cfg, params.comm().size()).total())
     fail("internal: the parameter store does not hold this model's layout");
+  if (const std::string problem = activation_options_problem(options); !problem.empty()) fail("{}", problem);
   Backend& backend = backend_;
   if (T > cfg.max_seq_len) fail("sequence length {} exceeds model.max_seq_len {}", T, cfg.max_seq_len);
   const int64_t N = int64_t(B) * T, C = cfg.d_model, Vp = cfg.padded_vocab(), H = cfg.n_head;
@@ -96,11 +97,11 @@ GPT::GPT(const ModelConfig& cfg, ParameterStore& params, int B, int T, Activatio
     if (!recompute_layernorm()) act_layout_.add(gpt2_tensor_name("ln1", l), {N, C});
     act_layout_.add(gpt2_tensor_name("qkv", l), {N, 3 * C});
     act_layout_.add(gpt2_tensor_name("atty", l), {N, C});
-    act_layout_.add(gpt2_tensor_name("res2", l), {N, C});
+    if (keep_residual_stream()) act_layout_.add(gpt2_tensor_name("res2", l), {N, C});
     if (!recompute_layernorm()) act_layout_.add(gpt2_tensor_name("ln2", l), {N, C});
     act_layout_.add(gpt2_tensor_name("fch", l), {N, 4 * C});
     if (!recompute_gelu()) act_layout_.add(gpt2_tensor_name("fch_gelu", l), {N, 4 * C});
-    act_layout_.add(gpt2_tensor_name("res3", l), {N, C});
+    if (keep_residual_stream()) act_layout_.add(gpt2_tensor_name("res3", l), {N, C});
     stat_layout_.add(gpt2_tensor_name("ln1_mean", l), {N});
     stat_layout_.add(gpt2_tensor_name("ln1_rstd", l), {N});
     stat_layout_.add(gpt2_tensor_name("ln2_mean", l), {N});
@@ -157,7 +158,8 @@ void* GPT::act(const char* name, int layer) {
 void* GPT::stat(const char* name, int layer) {
   return stats_.as<char>() + stat_layout_.at(gpt2_tensor_name(name, layer)).offset * dtype_size(accum_dtype(backend_.dtype()));
 }
-void* GPT::residual(int l) { return l == 0 ? act("encoded") : act("res3", l - 1); }
+void* GPT::residual(int l) { return l == 0 || !keep_residual_stream() ? act("encoded") : act("res3", l - 1); }
+void* GPT::mid_residual(int l) { return keep_residual_stream() ? act("res2", l) : act("encoded"); }
 void* GPT::ln1(int l) { return recompute_layernorm() ? act("ln") : act("ln1", l); }
 void* GPT::ln2(int l) { return recompute_layernorm() ? act("ln") : act("ln2", l); }
 void* GPT::fch_gelu(int l) { return recompute_gelu() ? act("fch_gelu") : act("fch_gelu", l); }
@@ -181,7 +183,7 @@ void GPT::forward_pass(const int32_t* inputs, const int32_t* targets, float dlos
     be.attention_forward(act("atty", l), stat("lse", l), act("qkv", l), B_, T_, C, H);
     be.matmul_forward(act("delta"), nullptr, act("atty", l), w("attn.c_proj.weight", l), w("attn.c_proj.bias", l), N,
                       C, C);
-    be.residual_layernorm_forward(act("res2", l), ln2(l), stat("ln2_mean", l), stat("ln2_rstd", l),
+    be.residual_layernorm_forward(mid_residual(l), ln2(l), stat("ln2_mean", l), stat("ln2_rstd", l),
                                   residual(l), act("delta"), w("ln_2.weight", l), w("ln_2.bias", l), N, C);
     // GELU fused into the matmul also under GELU recompute: forward costs
     // the same, and backward's gelu_forward of the stored pre-activation
@@ -192,9 +194,9 @@ void GPT::forward_pass(const int32_t* inputs, const int32_t* targets, float dlos
                       N, 4 * C, C);
     const bool last = l + 1 == L;
     acquire(last ? plan.final_unit() : plan.unit_of_layer(l + 1));
-    be.residual_layernorm_forward(act("res3", l), last ? act("lnf") : ln1(l + 1),
+    be.residual_layernorm_forward(residual(l + 1), last ? act("lnf") : ln1(l + 1),
                                   last ? stat("lnf_mean") : stat("ln1_mean", l + 1),
-                                  last ? stat("lnf_rstd") : stat("ln1_rstd", l + 1), act("res2", l), act("delta"),
+                                  last ? stat("lnf_rstd") : stat("ln1_rstd", l + 1), mid_residual(l), act("delta"),
                                   last ? w("ln_f.weight") : w("ln_1.weight", l + 1),
                                   last ? w("ln_f.bias") : w("ln_1.bias", l + 1), N, C);
   }
@@ -245,8 +247,9 @@ void GPT::backward() {
   // add, so one dres buffer carries it from the top to the embeddings.
   // forward_pass left the LM head's input gradient in dln.
   be.fill_zero(dres, size_t(N) * C * dtype_size(be.dtype()));
-  be.layernorm_backward(dres, g("ln_f.weight"), g("ln_f.bias"), dln, residual(L), w("ln_f.weight"), stat("lnf_mean"),
-                        stat("lnf_rstd"), N, C);
+  const LayerNormBackwardFrom from = options_.layernorm_backward_from;
+  be.layernorm_backward(dres, g("ln_f.weight"), g("ln_f.bias"), dln, from, layernorm_saved(residual(L), act("lnf")),
+                        w("ln_f.weight"), w("ln_f.bias"), stat("lnf_mean"), stat("lnf_rstd"), N, C);
   params_.grads_done(plan.final_unit());
   for (int l = L - 1; l >= 0; --l) {
     acquire(plan.unit_of_layer(l));
@@ -256,12 +259,12 @@ void GPT::backward() {
     // Normalising the stored residual again gives forward's bits (and
     // rewrites the same mean and rstd).
     if (recompute_layernorm())
-      be.residual_layernorm_forward(act("res2", l), ln2(l), stat("ln2_mean", l), stat("ln2_rstd", l), act("res2", l),
-                                    nullptr, w("ln_2.weight", l), w("ln_2.bias", l), N, C);
+      be.residual_layernorm_forward(mid_residual(l), ln2(l), stat("ln2_mean", l), stat("ln2_rstd", l),
+                                    mid_residual(l), nullptr, w("ln_2.weight", l), w("ln_2.bias", l), N, C);
     be.matmul_backward(dln, g("mlp.c_fc.weight", l), g("mlp.c_fc.bias", l), dbig, ln2(l),
                        w("mlp.c_fc.weight", l), nullptr, N, C, 4 * C);
-    be.layernorm_backward(dres, g("ln_2.weight", l), g("ln_2.bias", l), dln, act("res2", l), w("ln_2.weight", l),
-                          stat("ln2_mean", l), stat("ln2_rstd", l), N, C);
+    be.layernorm_backward(dres, g("ln_2.weight", l), g("ln_2.bias", l), dln, from, layernorm_saved(mid_residual(l), ln2(l)),
+                          w("ln_2.weight", l), w("ln_2.bias", l), stat("ln2_mean", l), stat("ln2_rstd", l), N, C);
     be.matmul_backward(act("datty"), g("attn.c_proj.weight", l), g("attn.c_proj.bias", l), dres, act("atty", l),
                        w("attn.c_proj.weight", l), nullptr, N, C, C);
     be.attention_backward(dbig, act("datty"), act("qkv", l), act("atty", l), stat("lse", l), B_, T_, C, H);
@@ -270,8 +273,8 @@ void GPT::backward() {
                                     nullptr, w("ln_1.weight", l), w("ln_1.bias", l), N, C);
     be.matmul_backward(dln, g("attn.c_attn.weight", l), g("attn.c_attn.bias", l), dbig, ln1(l),
                        w("attn.c_attn.weight", l), nullptr, N, C, 3 * C);
-    be.layernorm_backward(dres, g("ln_1.weight", l), g("ln_1.bias", l), dln, residual(l), w("ln_1.weight", l),
-                          stat("ln1_mean", l), stat("ln1_rstd", l), N, C);
+    be.layernorm_backward(dres, g("ln_1.weight", l), g("ln_1.bias", l), dln, from, layernorm_saved(residual(l), ln1(l)),
+                          w("ln_1.weight", l), w("ln_1.bias", l), stat("ln1_mean", l), stat("ln1_rstd", l), N, C);
     params_.grads_done(plan.unit_of_layer(l));
   }
   be.embedding_backward(g("wte"), g("wpe"), dres, tok, B_, T_, C);

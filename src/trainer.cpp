@@ -409,7 +409,7 @@ Trainer::Trainer(Config config, TrainOptions options) : config_(std::move(config
   params_ = std::make_unique<ParameterStore>(*backend_, *comm_, gpt2_param_layout(config_.model, world),
                                              config_.dist.zero_stage, config_.dist.grad_dtype(config_.precision));
   model_ = std::make_unique<GPT>(config_.model, *params_, b.micro_batch, b.seq_len,
-                                 ActivationOptions{config_.train.recompute, config_.train.lm_head_chunks});
+                                 config_.train.activation_options());
   optimizer_ = std::make_unique<Optimizer>(*params_, config_.precision, config_.optimizer, config_.train.seed);
   inputs_.resize(size_t(b.micro_batch) * b.seq_len);
   targets_.resize(inputs_.size());
@@ -621,10 +621,12 @@ TrainResult Trainer::run() {
                  config_.dist.zero_stage, dtype_name(params_->grad_dtype()));
     const size_t persistent = params_->weight_bytes() + params_->grad_bytes() + optimizer_->state_bytes();
     spdlog::info("memory per rank: weights {:.1f} MiB, gradients {:.1f} MiB, optimizer state {:.1f} MiB ({:.2f} bytes "
-                 "per parameter), working buffers {:.1f} MiB, activations {:.1f} MiB (recompute {})",
+                 "per parameter), working buffers {:.1f} MiB, activations {:.1f} MiB (recompute {}, LayerNorm backward from "
+                 "its {})",
                  mib(params_->weight_bytes()), mib(params_->grad_bytes()), mib(optimizer_->state_bytes()),
                  double(persistent) / double(layout.num_params()), mib(params_->working_bytes()),
-                 mib(model_->activation_bytes()), recompute_name(config_.train.recompute));
+                 mib(model_->activation_bytes()), recompute_name(config_.train.recompute),
+                 layernorm_backward_from_name(config_.train.layernorm_backward_from));
     spdlog::info("batch: {} tokens/step = micro batch {} x seq {} x grad accum {} x ranks {}; communication {:.1f} MiB "
                  "per step per rank",
                  config_.batch.total_tokens, config_.batch.micro_batch, config_.batch.seq_len, accum, comm_->size(),

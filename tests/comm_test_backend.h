@@ -45,8 +45,8 @@ class ScrambledMemoryBackend final : public Backend {
                                   int) override {
     no_op("residual_layernorm_forward");
   }
-  void layernorm_backward(void*, void*, void*, const void*, const void*, const void*, const void*, const void*, int,
-                          int) override {
+  void layernorm_backward(void*, void*, void*, const void*, LayerNormBackwardFrom, const void*, const void*,
+                          const void*, const void*, const void*, int, int) override {
     no_op("layernorm_backward");
   }
   void matmul_forward(void*, void*, const void*, const void*, const void*, int, int, int) override {

@@ -15,6 +15,7 @@
 
 #include "srgpt/adamw_math.h"
 #include "srgpt/dtype.h"
+#include "srgpt/layernorm_math.h"
 #include "srgpt/precision.h"
 
 namespace srgpt {
@@ -58,13 +59,16 @@ class Backend {
   // dwte[tokens] += dout, dwpe[t] += sum_b dout; deterministic order.
   virtual void embedding_backward(void* dwte, void* dwpe, const void* dout, const int32_t* tokens, int B, int T,
                                   int C) = 0;
-  // res_out = res_in + delta (delta may be null: res_out = res_in, and
-  // res_out may then alias res_in); out = LayerNorm(res_out) * w + b.
+  // res_out = res_in + delta (delta may be null: res_out = res_in); res_out
+  // may alias res_in or delta. out = LayerNorm(res_out) * w + b.
   virtual void residual_layernorm_forward(void* res_out, void* out, void* mean, void* rstd, const void* res_in,
                                           const void* delta, const void* w, const void* b, int N, int C) = 0;
-  // din +=, dw +=, db += ; in is the layernorm input.
-  virtual void layernorm_backward(void* din, void* dw, void* db, const void* dout, const void* in, const void* w,
-                                  const void* mean, const void* rstd, int N, int C) = 0;
+  // din +=, dw +=, db +=. x is what `from` says (layernorm_math.h): the
+  // layernorm's input (read with mean; b unused) or its output (read with
+  // b; mean unused).
+  virtual void layernorm_backward(void* din, void* dw, void* db, const void* dout, LayerNormBackwardFrom from,
+                                  const void* x, const void* w, const void* b, const void* mean, const void* rstd,
+                                  int N, int C) = 0;
   // out[N,OC] = in[N,C] @ w[OC,C]^T + bias (bias may be null). With
   // gelu_pre non-null the pre-activation goes there and out = gelu(pre):
   // GELU of pre as stored (rounded to dtype()) on the cpu backend, as

@@ -57,6 +57,9 @@ struct TrainConfig {
   double init_std = 0.02;
   Recompute recompute = Recompute::none;
   int lm_head_chunks = 1;  // row chunks of the LM head + loss (model_config.h)
+  LayerNormBackwardFrom layernorm_backward_from = LayerNormBackwardFrom::input;  // (layernorm_math.h)
+
+  ActivationOptions activation_options() const { return {recompute, lm_head_chunks, layernorm_backward_from}; }
 };
 
 struct CheckpointConfig {
@@ -115,6 +118,7 @@ const char* communicator_choice_name(CommunicatorChoice c);
 const char* grad_reduce_choice_name(GradReduceChoice g);
 const char* nonfinite_policy_name(NonFinitePolicy p);
 const char* recompute_name(Recompute r);
+const char* layernorm_backward_from_name(LayerNormBackwardFrom f);
 
 // Learning rate at optimizer step t (1-based): linear warmup over
 // warmup_steps, then decay to lr * min_lr_ratio at total_steps.

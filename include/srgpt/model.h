@@ -69,12 +69,21 @@ class GPT {
   void* g(const char* name, int layer = -1);
   void* act(const char* name, int layer = -1);
   void* stat(const char* name, int layer = -1);
-  void* residual(int l);  // input to block l (l == n_layer: input to lnf)
+  // Where the residual stream lives: per layer when kept, else one buffer
+  // updated in place. residual(l) is block l's input (l == n_layer: ln_f's),
+  // mid_residual(l) block l's after its attention.
+  void* residual(int l);
+  void* mid_residual(int l);
   // Where block l's LayerNorm outputs and GELU output live: per layer when
   // kept, one shared buffer when backward recomputes them.
   void* ln1(int l);
   void* ln2(int l);
   void* fch_gelu(int l);
+  // What a LayerNorm's backward reads, of its input and output.
+  const void* layernorm_saved(const void* input, const void* output) const {
+    return options_.layernorm_backward_from == LayerNormBackwardFrom::input ? input : output;
+  }
+  bool keep_residual_stream() const { return options_.layernorm_backward_from == LayerNormBackwardFrom::input; }
   bool recompute_gelu() const {
     return options_.recompute == Recompute::gelu || options_.recompute == Recompute::all;
   }

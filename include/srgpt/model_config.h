@@ -2,6 +2,8 @@
 #include <cstdint>
 #include <string>
 
+#include "srgpt/layernorm_math.h"
+
 namespace srgpt {
 
 // GPT-2's LayerNorm epsilon: used by both backends, the sampler, and
@@ -39,7 +41,7 @@ std::string model_size_problem(const ModelConfig& m);
 enum class Recompute { none, gelu, layernorm, all };
 
 // How the model trades work for activation memory (train.recompute,
-// train.lm_head_chunks).
+// train.lm_head_chunks, train.layernorm_backward_from).
 struct ActivationOptions {
   Recompute recompute = Recompute::none;
   // The LM head and cross-entropy run over this many row chunks of the
@@ -47,6 +49,14 @@ struct ActivationOptions {
   // going through the loss and the head's backward before the next chunk
   // reuses the buffer.
   int lm_head_chunks = 1;
+  // From the output, the residual stream (2 d_model per token and layer)
+  // is not kept: one buffer carries it through forward. Needs the
+  // LayerNorm outputs kept (no LayerNorm recompute).
+  LayerNormBackwardFrom layernorm_backward_from = LayerNormBackwardFrom::input;
 };
+
+// Why these options cannot go together (the keys named as in the run
+// config), or "" when they can.
+std::string activation_options_problem(const ActivationOptions& options);
 
 }  // namespace srgpt

@@ -89,9 +89,9 @@ class CpuBackend final : public Backend {
     cpu::residual_layernorm_forward(st(res_out), st(out), acc(mean), acc(rstd), st(res_in), st(delta), st(w), st(b), N,
                                     C);
   }
-  void layernorm_backward(void* din, void* dw, void* db, const void* dout, const void* in, const void* w,
-                          const void* mean, const void* rstd, int N, int C) override {
-    cpu::layernorm_backward(st(din), st(dw), st(db), st(dout), st(in), st(w), acc(mean), acc(rstd), N, C);
+  void layernorm_backward(void* din, void* dw, void* db, const void* dout, LayerNormBackwardFrom from, const void* x,
+                          const void* w, const void* b, const void* mean, const void* rstd, int N, int C) override {
+    cpu::layernorm_backward(st(din), st(dw), st(db), st(dout), from, st(x), st(w), st(b), acc(mean), acc(rstd), N, C);
   }
   void matmul_forward(void* out, void* gelu_pre, const void* in, const void* w, const void* bias, int N, int C,
                       int OC) override {

@@ -17,6 +17,7 @@
 #include "srgpt/adamw_math.h"
 #include "srgpt/bf16.h"
 #include "srgpt/dtype.h"
+#include "srgpt/layernorm_math.h"
 #include "srgpt/precision.h"
 
 namespace srgpt {
@@ -77,8 +78,8 @@ template <typename S>
 void residual_layernorm_forward(S* res_out, S* out, Math<S>* mean, Math<S>* rstd, const S* res_in, const S* delta,
                                 const S* w, const S* b, int N, int C);
 template <typename S>
-void layernorm_backward(S* din, S* dw, S* db, const S* dout, const S* in, const S* w, const Math<S>* mean,
-                        const Math<S>* rstd, int N, int C);
+void layernorm_backward(S* din, S* dw, S* db, const S* dout, LayerNormBackwardFrom from, const S* x, const S* w,
+                        const S* b, const Math<S>* mean, const Math<S>* rstd, int N, int C);
 
 template <typename S>
 void matmul_forward(S* out, S* gelu_pre, const S* in, const S* w, const S* bias, int N, int C, int OC);

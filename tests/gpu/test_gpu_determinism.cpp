@@ -2,6 +2,7 @@
 // depend on timing (atomics, split reductions) are run twice and compared.
 #include "backend.cuh"
 #include "gpu_test_util.h"
+#include "srgpt/config.h"
 
 using namespace srgpt;
 using namespace srgpt::gpu_test;
@@ -104,17 +105,20 @@ TEST_CASE("gpu ops are deterministic", "[gpu][determinism]") {
       be.residual_layernorm_forward(in.get(), ln_out.get(), mean.get(), rstd.get(), in.get(), nullptr, lw.get(),
                                     lb.get(), N, C);
       const auto ldin0 = random_normal(ldin.count(), ++seed);
-      check_repeatable(
-          std::string("layernorm_backward ") + dtype_name(dtype), {&ldin, &ldw, &ldb},
-          [&] {
-            ldin.set(ldin0);
-            ldw.set(std::vector<float>(C, 0.5f));
-            ldb.set(std::vector<float>(C, -0.25f));
-          },
-          [&] {
-            be.layernorm_backward(ldin.get(), ldw.get(), ldb.get(), pre.get(), in.get(), lw.get(), mean.get(),
-                                  rstd.get(), N, C);
-          });
+      for (LayerNormBackwardFrom from : {LayerNormBackwardFrom::input, LayerNormBackwardFrom::output})
+        check_repeatable(
+            std::string("layernorm_backward from ") + layernorm_backward_from_name(from) + " " + dtype_name(dtype),
+            {&ldin, &ldw, &ldb},
+            [&] {
+              ldin.set(ldin0);
+              ldw.set(std::vector<float>(C, 0.5f));
+              ldb.set(std::vector<float>(C, -0.25f));
+            },
+            [&] {
+              be.layernorm_backward(ldin.get(), ldw.get(), ldb.get(), pre.get(), from,
+                                    from == LayerNormBackwardFrom::input ? in.get() : ln_out.get(), lw.get(), lb.get(),
+                                    mean.get(), rstd.get(), N, C);
+            });
     }
 
     {  // reductions and cross-entropy

@@ -132,22 +132,31 @@ TEST_CASE("gpu recompute keeps the loss and gradients and saves activation memor
   Run kept(make_cuda_backend(DType::bf16, 0), cfg, Precision::bf16_sr, B, T);
   const double kept_loss = kept.gradients(inputs, targets);
   const auto kept_grads = kept.grads();
-  for (Recompute recompute : {Recompute::layernorm, Recompute::gelu, Recompute::all}) {
-    Run again(make_cuda_backend(DType::bf16, 0), cfg, Precision::bf16_sr, B, T, {recompute});
+  const ActivationOptions options[] = {{Recompute::layernorm},
+                                       {Recompute::gelu},
+                                       {Recompute::all},
+                                       {Recompute::none, 1, LayerNormBackwardFrom::output},
+                                       {Recompute::gelu, 1, LayerNormBackwardFrom::output}};
+  for (const ActivationOptions& option : options) {
+    Run again(make_cuda_backend(DType::bf16, 0), cfg, Precision::bf16_sr, B, T, option);
     const double loss = again.gradients(inputs, targets);
     const auto grads = again.grads();
     const double error = relative_error(grads, kept_grads);
-    std::printf("[gpu] recompute %-9s activations %.1f -> %.1f MiB, loss %.6f vs %.6f, gradient rel.err %.3e\n",
-                recompute_name(recompute), kept.model.activation_bytes() / 1048576.0,
-                again.model.activation_bytes() / 1048576.0, loss, kept_loss, error);
-    INFO("recompute " << recompute_name(recompute) << ": gradient relative error " << error);
+    const std::string name = fmt::format("recompute {}, LayerNorm backward from {}", recompute_name(option.recompute),
+                                         layernorm_backward_from_name(option.layernorm_backward_from));
+    std::printf("[gpu] %-50s activations %.1f -> %.1f MiB, loss %.6f vs %.6f, gradient rel.err %.3e\n",
+                name.c_str(), kept.model.activation_bytes() / 1048576.0, again.model.activation_bytes() / 1048576.0,
+                loss, kept_loss, error);
+    INFO(name << ": gradient relative error " << error);
     CHECK(again.model.activation_bytes() < kept.model.activation_bytes());
     // Forward is the same either way. LayerNorm recompute gives forward's
     // bits; GELU recompute takes GELU of the rounded pre-activation, where
     // forward's matmul epilogue took it of the unrounded one: only the MLP
-    // projection's weight gradient sees it, within bf16 rounding.
+    // projection's weight gradient sees it; the LayerNorm backward from the
+    // output reads its normalised input back from bf16. Both within bf16
+    // rounding.
     CHECK(loss == kept_loss);
-    if (recompute == Recompute::layernorm)
+    if (option.recompute == Recompute::layernorm)
       CHECK(error == 0.0);
     else
       CHECK(error <= 1e-2);

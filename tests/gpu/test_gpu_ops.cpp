@@ -80,10 +80,13 @@ TEST_CASE("gpu residual layernorm forward and backward match the cpu backend", "
   uint64_t seed = 200;
   for (DType dtype : kDtypes) {
     for (const Shape& s : shapes) {
-      for (bool with_delta : {true, false}) {
+      // With delta into another buffer (the model's default), in place
+      // (the model's residual stream with the LayerNorm backward from the
+      // output), and without delta in place (its first layernorm).
+      for (const auto& [with_delta, in_place] : {std::pair{true, false}, std::pair{true, true}, std::pair{false, true}}) {
         Backends be(dtype);
         const size_t NC = size_t(s.N) * s.C;
-        const std::string shape = fmt::format("N={} C={} delta={}", s.N, s.C, with_delta);
+        const std::string shape = fmt::format("N={} C={} delta={} in place={}", s.N, s.C, with_delta, in_place);
         Pair res_in(be, dtype, NC), delta(be, dtype, NC), w(be, dtype, s.C), b(be, dtype, s.C);
         Pair res_out(be, dtype, NC), out(be, dtype, NC);
         Pair mean(be, DType::f32, s.N), rstd(be, DType::f32, s.N);
@@ -91,23 +94,24 @@ TEST_CASE("gpu residual layernorm forward and backward match the cpu backend", "
         delta.set(random_normal(NC, ++seed));
         auto weight = random_normal(s.C, ++seed, 0.2f);
         for (float& x : weight) x += 1.0f;
+        // A zero weight: a backward from the output cannot read that
+        // column's normalised input back and takes it as 0 (layernorm_math.h).
+        weight[s.C / 2] = 0.0f;
         w.set(weight);
         b.set(random_normal(s.C, ++seed, 0.1f));
         out.poison();
         mean.poison();
         rstd.poison();
-        // Without delta the op runs in place (res_out aliases res_in), as
-        // the model's first layernorm does.
-        void* cpu_res_out = with_delta ? res_out.cpu.get() : res_in.cpu.get();
-        void* gpu_res_out = with_delta ? res_out.gpu.get() : res_in.gpu.get();
-        if (with_delta) res_out.poison();
+        void* cpu_res_out = in_place ? res_in.cpu.get() : res_out.cpu.get();
+        void* gpu_res_out = in_place ? res_in.gpu.get() : res_out.gpu.get();
+        if (!in_place) res_out.poison();
         be.cpu->residual_layernorm_forward(cpu_res_out, out.cpu.get(), mean.cpu.get(), rstd.cpu.get(),
                                            res_in.cpu.get(), with_delta ? delta.cpu.get() : nullptr, w.cpu.get(),
                                            b.cpu.get(), s.N, s.C);
         be.gpu->residual_layernorm_forward(gpu_res_out, out.gpu.get(), mean.gpu.get(), rstd.gpu.get(),
                                            res_in.gpu.get(), with_delta ? delta.gpu.get() : nullptr, w.gpu.get(),
                                            b.gpu.get(), s.N, s.C);
-        const Pair& residual = with_delta ? res_out : res_in;
+        const Pair& residual = in_place ? res_in : res_out;
         check_close(label("layernorm_forward res_out", dtype, shape), residual.gpu, residual.cpu,
                     bound_for(dtype, 1e-6, 1e-7));
         check_close(label("layernorm_forward out", dtype, shape), out.gpu, out.cpu, bound_for(dtype, 4e-3, 1e-5));
@@ -115,22 +119,27 @@ TEST_CASE("gpu residual layernorm forward and backward match the cpu backend", "
         check_close(label("layernorm_forward mean", dtype, shape), mean.gpu, mean.cpu, 1e-4);
         check_close(label("layernorm_forward rstd", dtype, shape), rstd.gpu, rstd.cpu, 1e-5);
 
-        // Backward from the cpu's statistics, accumulating into random
-        // existing gradients.
-        Pair din(be, dtype, NC), dw(be, dtype, s.C), db(be, dtype, s.C), dout(be, dtype, NC);
-        din.set(random_normal(NC, ++seed));
-        dw.set(random_normal(s.C, ++seed));
-        db.set(random_normal(s.C, ++seed));
-        dout.set(random_normal(NC, ++seed));
+        // Backward from the cpu's statistics and output, from the input and
+        // from the output, accumulating into random existing gradients.
         mean.gpu.set(mean.cpu.values());
         rstd.gpu.set(rstd.cpu.values());
-        be.cpu->layernorm_backward(din.cpu.get(), dw.cpu.get(), db.cpu.get(), dout.cpu.get(), residual.cpu.get(),
-                                   w.cpu.get(), mean.cpu.get(), rstd.cpu.get(), s.N, s.C);
-        be.gpu->layernorm_backward(din.gpu.get(), dw.gpu.get(), db.gpu.get(), dout.gpu.get(), residual.gpu.get(),
-                                   w.gpu.get(), mean.gpu.get(), rstd.gpu.get(), s.N, s.C);
-        check_close(label("layernorm_backward din", dtype, shape), din.gpu, din.cpu, bound_for(dtype, 4e-3, 1e-5));
-        check_close(label("layernorm_backward dw", dtype, shape), dw.gpu, dw.cpu, bound_for(dtype, 4e-3, 1e-5));
-        check_close(label("layernorm_backward db", dtype, shape), db.gpu, db.cpu, bound_for(dtype, 4e-3, 1e-5));
+        out.gpu.set(out.cpu.values());
+        for (LayerNormBackwardFrom from : {LayerNormBackwardFrom::input, LayerNormBackwardFrom::output}) {
+          const std::string how = shape + (from == LayerNormBackwardFrom::input ? " from input" : " from output");
+          const Pair& x = from == LayerNormBackwardFrom::input ? residual : out;
+          Pair din(be, dtype, NC), dw(be, dtype, s.C), db(be, dtype, s.C), dout(be, dtype, NC);
+          din.set(random_normal(NC, ++seed));
+          dw.set(random_normal(s.C, ++seed));
+          db.set(random_normal(s.C, ++seed));
+          dout.set(random_normal(NC, ++seed));
+          be.cpu->layernorm_backward(din.cpu.get(), dw.cpu.get(), db.cpu.get(), dout.cpu.get(), from, x.cpu.get(),
+                                     w.cpu.get(), b.cpu.get(), mean.cpu.get(), rstd.cpu.get(), s.N, s.C);
+          be.gpu->layernorm_backward(din.gpu.get(), dw.gpu.get(), db.gpu.get(), dout.gpu.get(), from, x.gpu.get(),
+                                     w.gpu.get(), b.gpu.get(), mean.gpu.get(), rstd.gpu.get(), s.N, s.C);
+          check_close(label("layernorm_backward din", dtype, how), din.gpu, din.cpu, bound_for(dtype, 4e-3, 1e-5));
+          check_close(label("layernorm_backward dw", dtype, how), dw.gpu, dw.cpu, bound_for(dtype, 4e-3, 1e-5));
+          check_close(label("layernorm_backward db", dtype, how), db.gpu, db.cpu, bound_for(dtype, 4e-3, 1e-5));
+        }
       }
     }
   }

@@ -63,6 +63,10 @@ Config random_valid_config(std::mt19937_64& rng) {
   c.train.lm_head_chunks = int(integer(1, int64_t(c.batch.micro_batch) * c.batch.seq_len));
   c.train.recompute = pick(rng, {srgpt::Recompute::none, srgpt::Recompute::gelu, srgpt::Recompute::layernorm,
                                  srgpt::Recompute::all});
+  // From the output only where the LayerNorm outputs are kept.
+  if (c.train.recompute == srgpt::Recompute::none || c.train.recompute == srgpt::Recompute::gelu)
+    c.train.layernorm_backward_from =
+        pick(rng, {srgpt::LayerNormBackwardFrom::input, srgpt::LayerNormBackwardFrom::output});
   c.checkpoint.every = integer(0, 100000);
   c.checkpoint.keep = int(integer(1, 100));
   c.dist.zero_stage = int(integer(0, 3));
@@ -109,7 +113,7 @@ TEST_CASE("config round trip: to_json, text, from_json gives an identical config
   std::mt19937_64 rng(20240520);
   std::vector<std::string> default_keys;
   collect_keys(srgpt::config_to_json(Config{}), "", default_keys);
-  CHECK(default_keys.size() == 36);  // every key of the schema, comment excluded
+  CHECK(default_keys.size() == 37);  // every key of the schema, comment excluded
   for (int trial = 0; trial < 200; ++trial) {
     Config original = random_valid_config(rng);
     json doc = srgpt::config_to_json(original);
@@ -166,6 +170,11 @@ TEST_CASE("config errors name the origin, the key, the value and what is allowed
       {R"({"batch": {"micro_batch": 2, "seq_len": 8, "total_tokens": 16}, "train": {"lm_head_chunks": 17}})",
        {"train.lm_head_chunks = 17 exceeds the 16 rows of a micro-batch", "allowed: 1..16"}},
       {R"({"train": {"recompute": "attention"}})", {"train.recompute = \"attention\"", "none, gelu, layernorm, all"}},
+      {R"({"train": {"layernorm_backward_from": "residual"}})",
+       {"train.layernorm_backward_from = \"residual\"", "input, output"}},
+      {R"({"train": {"recompute": "all", "layernorm_backward_from": "output"}})",
+       {"train.layernorm_backward_from = \"output\" reads the LayerNorm outputs",
+        "train.recompute = \"all\" does not keep", "allowed with it: recompute \"none\" or \"gelu\""}},
       {R"({"dist": {"communicator": "gloo"}})", {"dist.communicator = \"gloo\"", "auto, nccl, mpi"}},
       {R"({"dist": {"grad_reduce_dtype": "fp16"}})", {"dist.grad_reduce_dtype = \"fp16\"", "auto, bf16, fp32"}},
       {R"({"precision": "fp32", "dist": {"grad_reduce_dtype": "bf16"}})",
@@ -399,6 +408,7 @@ TEST_CASE("config names", "[config]") {
   CHECK(std::string(srgpt::device_choice_name(srgpt::DeviceChoice::auto_select)) == "auto");
   CHECK(std::string(srgpt::nonfinite_policy_name(srgpt::NonFinitePolicy::skip)) == "skip");
   CHECK(std::string(srgpt::recompute_name(srgpt::Recompute::layernorm)) == "layernorm");
+  CHECK(std::string(srgpt::layernorm_backward_from_name(srgpt::LayerNormBackwardFrom::output)) == "output");
 }
 
 TEST_CASE("config shipped configs parse and have the documented shapes", "[config]") {

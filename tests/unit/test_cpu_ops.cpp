@@ -196,13 +196,15 @@ OpUnderTest embedding_op() {
 // res_out = res_in + delta; out = LayerNorm(res_out). Without delta the
 // residual is normalised in place (res_out aliases res_in), as the model
 // does for the first block. The backward starts din from the residual
-// stream's own gradient, as the model does.
-OpUnderTest layernorm_op(bool with_delta) {
+// stream's own gradient, as the model does, and reads the forward's input
+// or output as `from` says.
+OpUnderTest layernorm_op(bool with_delta, LayerNormBackwardFrom from = LayerNormBackwardFrom::input) {
   const int N = 5, C = 12;
   const size_t NC = size_t(N) * C;
   std::mt19937_64 rng(with_delta ? 21 : 22);
   OpUnderTest op;
-  op.name = with_delta ? "residual_layernorm" : "layernorm in place";
+  op.name = std::string(with_delta ? "residual_layernorm" : "layernorm in place") +
+            (from == LayerNormBackwardFrom::output ? ", backward from the output" : "");
   Values res_in = random_values(rng, NC, -2, 2), delta = random_values(rng, NC);
   Values w = random_values(rng, C, 0.5, 1.5), b = random_values(rng, C, -0.5, 0.5);
   op.inputs = with_delta ? Inputs{res_in, delta, w, b} : Inputs{res_in, w, b};
@@ -233,7 +235,8 @@ OpUnderTest layernorm_op(bool with_delta) {
     void* res_out = run_forward(dev, x, buf);
     Values base_w = accumulation_base(C, 3), base_b = accumulation_base(C, 4);
     auto din = dev.put(dy[0]), dout = dev.put(dy[1]), dw = dev.put(base_w), db = dev.put(base_b);
-    dev.be().layernorm_backward(din.get(), dw.get(), db.get(), dout.get(), res_out, buf["w"].get(),
+    const void* saved = from == LayerNormBackwardFrom::input ? res_out : buf["out"].get();
+    dev.be().layernorm_backward(din.get(), dw.get(), db.get(), dout.get(), from, saved, buf["w"].get(), buf["b"].get(),
                                 buf["mean"].get(), buf["rstd"].get(), N, C);
     Values dres = dev.get(din, NC);
     std::vector<Values> grads{dres};
@@ -370,7 +373,13 @@ OpUnderTest cross_entropy_op() {
 }
 
 std::vector<OpUnderTest> all_ops() {
-  return {embedding_op(), layernorm_op(true), layernorm_op(false), matmul_op(), mlp_op(), attention_op(),
+  return {embedding_op(),
+          layernorm_op(true),
+          layernorm_op(false),
+          layernorm_op(true, LayerNormBackwardFrom::output),
+          matmul_op(),
+          mlp_op(),
+          attention_op(),
           cross_entropy_op()};
 }
 
@@ -739,8 +748,8 @@ std::vector<Bytes> reduction_outputs(DType type, int threads) {
                                         b.get(), N, C);
     auto din = dev.put(random_values(rng, N * C)), dw = dev.put(random_values(rng, C)),
          db = dev.put(random_values(rng, C)), dout = dev.put(random_values(rng, N * C));
-    dev.be().layernorm_backward(din.get(), dw.get(), db.get(), dout.get(), in.get(), w.get(), mean.get(), rstd.get(),
-                                N, C);
+    dev.be().layernorm_backward(din.get(), dw.get(), db.get(), dout.get(), LayerNormBackwardFrom::input, in.get(),
+                                w.get(), b.get(), mean.get(), rstd.get(), N, C);
     for (auto* buf : {&out, &din, &dw, &db}) results.push_back(dev.get_bytes(*buf));
   }
   {  // matmul forward + backward with GELU
