@@ -48,8 +48,8 @@ void throw_out_of_memory(const char* what, size_t bytes, size_t held_bytes, cuda
   constexpr double kMiB = 1024.0 * 1024.0;
   fail(
       "GPU out of memory allocating {} ({:.1f} MiB, {} bytes) on device {}: {}. srgpt already holds {:.1f} MiB; "
-      "{:.1f} MiB of {:.1f} MiB are free. To need less memory: set train.recompute = \"all\" and "
-      "train.lm_head_chunks = 8 (activations), "
+      "{:.1f} MiB of {:.1f} MiB are free. To need less memory: set train.recompute = \"gelu\", "
+      "train.layernorm_backward_from = \"output\" and train.lm_head_chunks = 8 (activations), "
       "lower batch.micro_batch (raising the gradient accumulation to keep batch.total_tokens), raise "
       "dist.zero_stage with more ranks (weights, gradients, optimizer state), or shorten batch.seq_len",
       what, bytes / kMiB, bytes, device, cudaGetErrorString(err), held_bytes / kMiB, free_bytes / kMiB,

@@ -115,6 +115,7 @@ TEST_CASE("gpu out-of-memory names the buffer, the size, the free memory and mic
     CHECK(message.find("batch.micro_batch") != std::string::npos);
     CHECK(message.find("train.recompute") != std::string::npos);
     CHECK(message.find("train.lm_head_chunks") != std::string::npos);
+    CHECK(message.find("train.layernorm_backward_from") != std::string::npos);
   }
   // The backend still works after the failed allocation.
   Tensor t(*gpu, DType::bf16, 1000);
