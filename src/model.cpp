@@ -86,14 +86,16 @@ GPT::GPT(const ModelConfig& cfg, ParameterStore& params, int B, int T, Activatio
   head_rows_ = int((int64_t(B) * T + options.lm_head_chunks - 1) / options.lm_head_chunks);
   if (params.layout().total() != gpt2_param_layout(cfg, params.comm().size()).total())
     fail("internal: the parameter store does not hold this model's layout");
-  if (const std::string problem = activation_options_problem(options); !problem.empty()) fail("{}", problem);
+  if (const std::string problem = activation_options_problem(options); options.for_backward && !problem.empty())
+    fail("{}", problem);
   Backend& backend = backend_;
   if (T > cfg.max_seq_len) fail("sequence length {} exceeds model.max_seq_len {}", T, cfg.max_seq_len);
   const int64_t N = int64_t(B) * T, C = cfg.d_model, Vp = cfg.padded_vocab(), H = cfg.n_head;
   act_layout_.add("encoded", {N, C});
   if (recompute_layernorm()) act_layout_.add("ln", {N, C});
   if (recompute_gelu()) act_layout_.add("fch_gelu", {N, 4 * C});
-  for (int l = 0; l < cfg.n_layer; ++l) {
+  for (int i = 0; i < (options.for_backward ? cfg.n_layer : 1); ++i) {
+    const int l = kept_layer(i);
     if (!recompute_layernorm()) act_layout_.add(gpt2_tensor_name("ln1", l), {N, C});
     act_layout_.add(gpt2_tensor_name("qkv", l), {N, 3 * C});
     act_layout_.add(gpt2_tensor_name("atty", l), {N, C});
@@ -113,10 +115,12 @@ GPT::GPT(const ModelConfig& cfg, ParameterStore& params, int B, int T, Activatio
   // Scratch: the branch output added to the residual stream in forward, and
   // gradients in backward (dqkv reuses dbig).
   act_layout_.add("delta", {N, C});
-  act_layout_.add("dres", {N, C});
-  act_layout_.add("dln", {N, C});
-  act_layout_.add("datty", {N, C});
-  act_layout_.add("dbig", {N, 4 * C});
+  if (options.for_backward) {
+    act_layout_.add("dres", {N, C});
+    act_layout_.add("dln", {N, C});
+    act_layout_.add("datty", {N, C});
+    act_layout_.add("dbig", {N, 4 * C});
+  }
   stat_layout_.add("lnf_mean", {N});
   stat_layout_.add("lnf_rstd", {N});
   stat_layout_.add("losses", {N});
@@ -153,10 +157,12 @@ void* GPT::g(const char* name, int layer) {
          (t.offset - params_.plan().unit(u).begin) * dtype_size(backend_.dtype());
 }
 void* GPT::act(const char* name, int layer) {
-  return acts_.as<char>() + act_layout_.at(gpt2_tensor_name(name, layer)).offset * dtype_size(backend_.dtype());
+  return acts_.as<char>() +
+         act_layout_.at(gpt2_tensor_name(name, kept_layer(layer))).offset * dtype_size(backend_.dtype());
 }
 void* GPT::stat(const char* name, int layer) {
-  return stats_.as<char>() + stat_layout_.at(gpt2_tensor_name(name, layer)).offset * dtype_size(accum_dtype(backend_.dtype()));
+  return stats_.as<char>() + stat_layout_.at(gpt2_tensor_name(name, kept_layer(layer))).offset *
+                                 dtype_size(accum_dtype(backend_.dtype()));
 }
 void* GPT::residual(int l) { return l == 0 || !keep_residual_stream() ? act("encoded") : act("res3", l - 1); }
 void* GPT::mid_residual(int l) { return keep_residual_stream() ? act("res2", l) : act("encoded"); }
@@ -225,6 +231,7 @@ double GPT::forward(const int32_t* inputs, const int32_t* targets) {
 }
 
 double GPT::forward_backward(const int32_t* inputs, const int32_t* targets, float dloss) {
+  if (!options_.for_backward) fail("internal: forward_backward on a model built for forward only");
   forward_pass(inputs, targets, dloss, true);
   // The loss is read (a host wait) only once backward is queued too, so
   // the device never idles while the host launches backward's kernels.

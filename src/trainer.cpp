@@ -734,11 +734,12 @@ LoadedModel load_model_for_inference(CheckpointReader& reader, int batch, int se
   lm.backend = make_backend(run);
   lm.comm = make_single_process_communicator(*lm.backend);
   lm.params = std::make_unique<ParameterStore>(*lm.backend, *lm.comm, layout, 0);
-  // The training run's LM-head chunking bounds the logits memory here too
-  // (recompute only concerns backward).
-  const int head_chunks = int(std::min<int64_t>(lm.config.train.lm_head_chunks, int64_t(batch) * seq_len));
-  lm.model = std::make_unique<GPT>(lm.config.model, *lm.params, batch, seq_len,
-                                   ActivationOptions{Recompute::none, head_chunks});
+  // Forward only: one layer's activations. The training run's LM-head
+  // chunking bounds the logits memory here too.
+  ActivationOptions activations;
+  activations.lm_head_chunks = int(std::min<int64_t>(lm.config.train.lm_head_chunks, int64_t(batch) * seq_len));
+  activations.for_backward = false;
+  lm.model = std::make_unique<GPT>(lm.config.model, *lm.params, batch, seq_len, activations);
   lm.params->load_full_weights(read_layout_tensors(reader, "model.bin", lm.params->layout(), "", lm.backend->dtype()));
   // Training never saves such weights (Trainer::save refuses), so they come
   // from outside; every result computed from them would be NaN.

@@ -52,7 +52,7 @@ class GPT {
   double forward(const int32_t* inputs, const int32_t* targets);
   // Mean loss, with gradients accumulated (+=) into the parameter store;
   // dloss scales the gradient of the summed token losses (e.g.
-  // 1/(B*T*accum)).
+  // 1/(B*T*accum)). Not for a model built with options.for_backward false.
   double forward_backward(const int32_t* inputs, const int32_t* targets, float dloss);
 
  private:
@@ -83,13 +83,21 @@ class GPT {
   const void* layernorm_saved(const void* input, const void* output) const {
     return options_.layernorm_backward_from == LayerNormBackwardFrom::input ? input : output;
   }
-  bool keep_residual_stream() const { return options_.layernorm_backward_from == LayerNormBackwardFrom::input; }
+  bool keep_residual_stream() const {
+    return options_.for_backward && options_.layernorm_backward_from == LayerNormBackwardFrom::input;
+  }
+  // Forward only, nothing is kept for backward: GELU and LayerNorm outputs
+  // in shared buffers as when recomputed, the residual stream in one.
   bool recompute_gelu() const {
-    return options_.recompute == Recompute::gelu || options_.recompute == Recompute::all;
+    return !options_.for_backward || options_.recompute == Recompute::gelu || options_.recompute == Recompute::all;
   }
   bool recompute_layernorm() const {
-    return options_.recompute == Recompute::layernorm || options_.recompute == Recompute::all;
+    return !options_.for_backward || options_.recompute == Recompute::layernorm ||
+           options_.recompute == Recompute::all;
   }
+  // The layer whose copy of a per-layer tensor holds layer l's: l, or -1
+  // (one copy for all layers) forward only.
+  int kept_layer(int l) const { return options_.for_backward ? l : -1; }
 
   ModelConfig cfg_;
   ParameterStore& params_;

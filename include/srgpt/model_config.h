@@ -53,6 +53,10 @@ struct ActivationOptions {
   // is not kept: one buffer carries it through forward. Needs the
   // LayerNorm outputs kept (no LayerNorm recompute).
   LayerNormBackwardFrom layernorm_backward_from = LayerNormBackwardFrom::input;
+  // False for a model that only runs forward (evaluation, sampling): no
+  // layer's activations outlive it, so all layers share one set of buffers
+  // and the options above do not apply.
+  bool for_backward = true;
 };
 
 // Why these options cannot go together (the keys named as in the run

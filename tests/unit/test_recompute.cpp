@@ -175,6 +175,42 @@ TEST_CASE("layernorm_backward_from output cannot go with LayerNorm recompute", "
   }
 }
 
+TEST_CASE("a model for forward only gives the same loss from one layer's activations", "[recompute]") {
+  ModelConfig cfg = three_layer_model();
+  cfg.max_seq_len = 32;
+  const int B = 2, T = 32, N = B * T;  // N, N * C and B * H * T multiples of the layout alignment
+  const size_t L = size_t(cfg.n_layer), NC = size_t(N) * cfg.d_model, BHT = size_t(B) * cfg.n_head * T;
+  for (DType dtype : {DType::bf16, DType::f32}) {
+    INFO("dtype " << dtype_name(dtype));
+    auto backend = make_cpu_backend(dtype);
+    auto comm = make_single_process_communicator(*backend);
+    ParameterStore params(*backend, *comm, gpt2_param_layout(cfg), 0);
+    params.set_weights(gpt2_initial_weights(cfg, params.layout(), 77, 0.3));
+    ActivationOptions forward_only;
+    forward_only.lm_head_chunks = 3;
+    forward_only.for_backward = false;
+    GPT trained(cfg, params, B, T, {Recompute::none, 3});
+    GPT evaluated(cfg, params, B, T, forward_only);
+    std::mt19937_64 rng(8);
+    std::vector<int32_t> in(static_cast<size_t>(N)), tg(in.size());
+    for (size_t i = 0; i < in.size(); ++i) {
+      in[i] = int32_t(rng() % cfg.vocab_size);
+      tg[i] = int32_t(rng() % cfg.vocab_size);
+    }
+    const double expected = trained.forward(in.data(), tg.data()), loss = evaluated.forward(in.data(), tg.data());
+    CHECK(std::memcmp(&loss, &expected, sizeof loss) == 0);
+    // Per layer, training keeps 16 [N, C] values and 4 [N] + [B, H, T]
+    // statistics; forward only keeps 13 (LayerNorm output, q/k/v, attention
+    // output, MLP pre-activation and GELU) and one layer's statistics, and
+    // no backward scratch (7 [N, C]).
+    const size_t es = dtype_size(dtype), as = dtype_size(accum_dtype(dtype));
+    const size_t saved = (16 * L - 13 + 7) * NC * es + (L - 1) * (4 * size_t(N) + BHT) * as;
+    CHECK(trained.activation_bytes() - evaluated.activation_bytes() == saved);
+    CHECK_THROWS_WITH(evaluated.forward_backward(in.data(), tg.data(), 1.0f),
+                      Catch::Contains("forward_backward on a model built for forward only"));
+  }
+}
+
 TEST_CASE("gelu_forward recomputes matmul_forward's GELU output bit for bit", "[recompute]") {
   for (DType dtype : {DType::bf16, DType::f32}) {
     auto backend = make_cpu_backend(dtype);
