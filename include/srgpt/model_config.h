@@ -55,7 +55,8 @@ struct ActivationOptions {
   LayerNormBackwardFrom layernorm_backward_from = LayerNormBackwardFrom::input;
   // False for a model that only runs forward (evaluation, sampling): no
   // layer's activations outlive it, so all layers share one set of buffers
-  // and the options above do not apply.
+  // and recompute and layernorm_backward_from do not apply (the LM-head
+  // chunks do).
   bool for_backward = true;
 };
 
