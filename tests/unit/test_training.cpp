@@ -1,6 +1,6 @@
 // End-to-end training on the cpu backend: the loss falls in every precision
 // mode, bf16-sr, mixed and bf16-kahan land close to fp32, and resume is
-// bit-exact.
+// bit-exact; training with the memory options follows the default run.
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -102,4 +102,37 @@ TEST_CASE("resume is bit-exact in every precision mode", "[training][resume]") {
       CHECK(second.optimizer().state_on_host() == straight.optimizer().state_on_host());
     }
   }
+}
+
+TEST_CASE("the memory options reach the model from the config, and training with them follows the default run",
+          "[training]") {
+  TempDir tmp("memory options");
+  write_markov_shards(tmp.path() / "data", 64, 30000, 4000);
+  Config c = tiny_config(tmp.path() / "data", tmp.path() / "plain");
+  c.train.steps = 12;
+  c.data.val.clear();
+  Trainer plain(c, quiet_options());
+  Config saving_config = c;
+  saving_config.out_dir = (tmp.path() / "saving").string();
+  saving_config.train.recompute = Recompute::gelu;
+  saving_config.train.lm_head_chunks = 2;
+  saving_config.train.layernorm_backward_from = LayerNormBackwardFrom::output;
+  Trainer saving(saving_config, quiet_options());
+  // Its model has the layout of these options.
+  GPT expected(c.model, saving.params(), c.batch.micro_batch, c.batch.seq_len,
+               {Recompute::gelu, 2, LayerNormBackwardFrom::output});
+  CHECK(saving.model().activation_bytes() == expected.activation_bytes());
+  CHECK(saving.model().activation_bytes() < plain.model().activation_bytes());
+
+  const TrainResult a = plain.run(), b = saving.run();
+  REQUIRE(a.losses.size() == 12);
+  REQUIRE(b.losses.size() == 12);
+  // The first step's forward is the same; after that, the gradients'
+  // rounding differs (the LayerNorm backward, wte's chunks), not the
+  // training.
+  CHECK(std::memcmp(&a.losses[0], &b.losses[0], sizeof(double)) == 0);
+  const double plain_end = mean_of(a.losses, 9, 12), saving_end = mean_of(b.losses, 9, 12);
+  INFO("mean loss of the last 3 steps: default " << plain_end << ", memory options " << saving_end);
+  CHECK(std::fabs(saving_end - plain_end) / plain_end < 0.01);
+  CHECK(saving_end < mean_of(b.losses, 0, 3));  // and it trains
 }
