@@ -45,30 +45,30 @@ template <typename S>
 void layernorm_backward(S* din, S* dw, S* db, const S* dout, LayerNormBackwardFrom from, const S* x, const S* w,
                         const S* b, const Math<S>* mean, const Math<S>* rstd, int N, int C) {
   using M = Math<S>;
+  const bool from_output = from == LayerNormBackwardFrom::output;
   const M xhat_bound = std::sqrt(M(C));
-  // The normalised input at row n, column c.
-  auto xhat = [&](int n, int c) {
-    const M value = load(x[size_t(n) * C + c]);
-    if (from == LayerNormBackwardFrom::output)
-      return layernorm_xhat_from_output(value, M(load(b[c])), M(load(w[c])), xhat_bound);
-    return (value - mean[n]) * rstd[n];
+  // The normalised input of x's element at column c of a row with mean mu
+  // and rstd rs.
+  auto xhat = [&](M value, int c, M mu, M rs) {
+    return from_output ? layernorm_xhat_from_output(value, M(load(b[c])), M(load(w[c])), xhat_bound)
+                       : (value - mu) * rs;
   };
 #pragma omp parallel
   {
 #pragma omp for schedule(static)
     for (int n = 0; n < N; ++n) {
       const size_t row = size_t(n) * C;
-      const M rs = rstd[n];
+      const M mu = from_output ? M(0) : mean[n], rs = rstd[n];
       M dxhat_sum = 0, dxhat_xhat_sum = 0;
       for (int c = 0; c < C; ++c) {
         M dxhat = load(dout[row + c]) * load(w[c]);
         dxhat_sum += dxhat;
-        dxhat_xhat_sum += dxhat * xhat(n, c);
+        dxhat_xhat_sum += dxhat * xhat(load(x[row + c]), c, mu, rs);
       }
       const M dxhat_mean = dxhat_sum / M(C), dxhat_xhat_mean = dxhat_xhat_sum / M(C);
       for (int c = 0; c < C; ++c) {
         M dxhat = load(dout[row + c]) * load(w[c]);
-        accumulate(&din[row + c], rs * (dxhat - dxhat_mean - xhat(n, c) * dxhat_xhat_mean));
+        accumulate(&din[row + c], rs * (dxhat - dxhat_mean - xhat(load(x[row + c]), c, mu, rs) * dxhat_xhat_mean));
       }
     }
 
@@ -82,9 +82,10 @@ void layernorm_backward(S* din, S* dw, S* db, const S* dout, LayerNormBackwardFr
       std::fill(db_sum, db_sum + width, M(0));
       for (int n = 0; n < N; ++n) {
         const size_t row = size_t(n) * C + c0;
+        const M mu = from_output ? M(0) : mean[n], rs = rstd[n];
         for (int c = 0; c < width; ++c) {
           M g = load(dout[row + c]);
-          dw_sum[c] += g * xhat(n, c0 + c);
+          dw_sum[c] += g * xhat(load(x[row + c]), c0 + c, mu, rs);
           db_sum[c] += g;
         }
       }
