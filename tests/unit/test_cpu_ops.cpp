@@ -486,6 +486,22 @@ TEST_CASE("cpu ops: layernorm statistics are the row mean and 1/sqrt(var + 1e-5)
   }
 }
 
+TEST_CASE("cpu ops: the normalised input read back from a LayerNorm output", "[cpu_ops]") {
+  const double bound = std::sqrt(768.0);
+  // Exact where w is well away from 0, for either sign.
+  for (double xhat : {-2.5, 0.0, 0.75, 3.0})
+    for (double w : {1.3, -0.4})
+      CHECK(layernorm_xhat_from_output(xhat * w + 0.25, 0.25, w, bound) == Approx(xhat).margin(1e-15));
+  // w = 0: the output is the bias whatever xhat was; 0, not NaN.
+  CHECK(layernorm_xhat_from_output(0.25, 0.25, 0.0, bound) == 0.0);
+  CHECK(layernorm_xhat_from_output(0.3, 0.25, -0.0, bound) == 0.0);
+  // A weight so small that the output's rounding dominates: held to the
+  // range of a normalised element.
+  CHECK(layernorm_xhat_from_output(0.25 + 1e-3, 0.25, 1e-9, bound) == bound);
+  CHECK(layernorm_xhat_from_output(0.25 + 1e-3, 0.25, -1e-9, bound) == -bound);
+  CHECK(std::isnan(layernorm_xhat_from_output(std::nan(""), 0.25, 1.0, bound)));
+}
+
 TEST_CASE("cpu ops: matmul forward matches a naive triple loop", "[cpu_ops]") {
   struct Shape {
     int N, C, OC;
