@@ -22,6 +22,7 @@
 #include <cstdlib>
 #include <thread>
 
+#include "backend.cuh"
 #include "communicator_nccl.cuh"
 #include "cuda_check.cuh"
 #include "stream.cuh"
@@ -99,6 +100,7 @@ class NcclCommunicator final : public Communicator {
   NcclCommunicator(Backend& backend, std::unique_ptr<Communicator> host, const CommunicatorOptions& options)
       : Communicator(host->rank(), host->size(), host->local_rank()),
         backend_(backend),
+        backend_stream_(stream_of(backend)),
         host_(std::move(host)),
         options_(options),
         comm_(init_nccl_comm(*host_)) {}
@@ -106,49 +108,18 @@ class NcclCommunicator final : public Communicator {
   std::string name() const override { return "nccl"; }
 
   void reduce_scatter_sum(const void* send, void* recv, size_t count, DType dtype) override {
-    if (count == 0) return;
-    const size_t element = dtype_size(dtype), ranks = size_t(size());
-    const size_t piece_elements = std::min(count, std::max<size_t>(1, options_.piece_bytes / (ranks * element)));
     begin_collective();
-    // Sized once, before anything is queued: growing later would free a
-    // buffer that queued work still uses.
-    char* incoming = scratch(ranks * piece_elements * element);
-    for (size_t begin = 0; begin < count; begin += piece_elements) {
-      const size_t length = std::min(piece_elements, count - begin), piece = length * element;
-      check(ncclGroupStart(), "ncclGroupStart");
-      for (int peer = 0; peer < size(); ++peer) {
-        check(ncclSend(bytes_of(send) + (size_t(peer) * count + begin) * element, piece, ncclUint8, peer, comm_.get(),
-                       stream_.get()),
-              "ncclSend");
-        check(ncclRecv(incoming + size_t(peer) * piece, piece, ncclUint8, peer, comm_.get(), stream_.get()),
-              "ncclRecv");
-      }
-      check(ncclGroupEnd(), "ncclGroupEnd");
-      sum_in_rank_order(incoming, bytes_of(recv) + begin * element, length, dtype);
-    }
+    enqueue_reduce_scatter(send, recv, count, dtype);
     finish("reduce_scatter_sum");
   }
-
   void all_gather(const void* send, void* recv, size_t count, DType dtype) override {
-    if (count == 0) return;
     begin_collective();
-    check(ncclAllGather(send, recv, count * dtype_size(dtype), ncclUint8, comm_.get(), stream_.get()),
-          "ncclAllGather");
+    enqueue_all_gather(send, recv, count, dtype);
     finish("all_gather");
   }
-
   void all_reduce_sum(void* data, size_t count, DType dtype) override {
-    const size_t element = dtype_size(dtype), ranks = size_t(size());
-    const size_t head = all_reduce_equal_chunks(data, count, dtype);
-    if (head == count) return;
-    // The count % size() elements left over: every rank gathers all ranks'
-    // tails and sums them in rank order, the same bits on every rank.
-    const size_t length = count - head;
-    char* tail = bytes_of(data) + head * element;
     begin_collective();
-    char* gathered = scratch(ranks * length * element);
-    check(ncclAllGather(tail, gathered, length * element, ncclUint8, comm_.get(), stream_.get()), "ncclAllGather");
-    sum_in_rank_order(gathered, tail, length, dtype);
+    enqueue_all_reduce(data, count, dtype);
     finish("all_reduce_sum");
   }
 
@@ -171,18 +142,115 @@ class NcclCommunicator final : public Communicator {
     std::_Exit(code);  // host_->abort does not return; this is for the compiler
   }
 
+  // Started collectives are queued on this communicator's stream behind an
+  // event of the backend's stream, and waited for by the backend's stream
+  // through an event of this one: the host never waits, so the backend's
+  // next kernels run beside the transfer.
+  CollectiveTicket start_reduce_scatter_sum(const void* send, void* recv, size_t count, DType dtype) override {
+    follow_backend();
+    enqueue_reduce_scatter(send, recv, count, dtype);
+    return record_ticket();
+  }
+  CollectiveTicket start_all_gather(const void* send, void* recv, size_t count, DType dtype) override {
+    follow_backend();
+    enqueue_all_gather(send, recv, count, dtype);
+    return record_ticket();
+  }
+  CollectiveTicket start_all_reduce_sum(void* data, size_t count, DType dtype) override {
+    follow_backend();
+    enqueue_all_reduce(data, count, dtype);
+    return record_ticket();
+  }
+  void wait(CollectiveTicket ticket) override {
+    if (ticket > issued_) fail("internal: wait for collective ticket {}, but only {} were started", ticket, issued_);
+    if (ticket <= completed_) return;
+    require_alive();
+    CUDA_CHECK(cudaStreamWaitEvent(backend_stream_, done_[ticket - completed_ - 1].get(), 0));
+  }
+  void wait_all() override {
+    if (issued_ > completed_) finish("started collectives");
+  }
+
  private:
+  static cudaStream_t stream_of(Backend& backend) {
+    auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+    if (!cuda) fail("internal: the NCCL communicator needs the cuda backend, not {}", backend.name());
+    return cuda->stream();
+  }
+
   void check(ncclResult_t result, const char* call) {
     if (result != ncclSuccess) throw_nccl_error(result, call, rank(), comm_.get());
   }
 
-  // The backend's queued work produced the inputs; NCCL runs on its own
-  // stream, so wait for that work first.
-  void begin_collective() {
+  void require_alive() const {
     if (!comm_.get())
       fail("rank {}: the NCCL communicator was shut down after an earlier collective failed; the job must end",
            rank());
+  }
+
+  // The backend's queued work produced the inputs (and may still read
+  // buffers the collective writes). A synchronous collective waits for it
+  // on the host; a started one makes this stream wait for it.
+  void begin_collective() {
+    require_alive();
     backend_.synchronize();
+  }
+  void follow_backend() {
+    require_alive();
+    CUDA_CHECK(cudaEventRecord(backend_ready_.get(), backend_stream_));
+    CUDA_CHECK(cudaStreamWaitEvent(stream_.get(), backend_ready_.get(), 0));
+  }
+
+  // An event after the work just queued; done_[i] belongs to ticket
+  // completed_ + 1 + i, and the events are reused once finish() has seen
+  // them all complete.
+  CollectiveTicket record_ticket() {
+    const size_t open = size_t(issued_ - completed_);
+    if (open == done_.size()) done_.push_back(make_event());
+    CUDA_CHECK(cudaEventRecord(done_[open].get(), stream_.get()));
+    return ++issued_;
+  }
+
+  void enqueue_reduce_scatter(const void* send, void* recv, size_t count, DType dtype) {
+    if (count == 0) return;
+    const size_t element = dtype_size(dtype), ranks = size_t(size());
+    const size_t piece_elements = std::min(count, std::max<size_t>(1, options_.piece_bytes / (ranks * element)));
+    char* incoming = scratch(ranks * piece_elements * element);
+    for (size_t begin = 0; begin < count; begin += piece_elements) {
+      const size_t length = std::min(piece_elements, count - begin), piece = length * element;
+      check(ncclGroupStart(), "ncclGroupStart");
+      for (int peer = 0; peer < size(); ++peer) {
+        check(ncclSend(bytes_of(send) + (size_t(peer) * count + begin) * element, piece, ncclUint8, peer, comm_.get(),
+                       stream_.get()),
+              "ncclSend");
+        check(ncclRecv(incoming + size_t(peer) * piece, piece, ncclUint8, peer, comm_.get(), stream_.get()),
+              "ncclRecv");
+      }
+      check(ncclGroupEnd(), "ncclGroupEnd");
+      sum_in_rank_order(incoming, bytes_of(recv) + begin * element, length, dtype);
+    }
+  }
+
+  void enqueue_all_gather(const void* send, void* recv, size_t count, DType dtype) {
+    if (count == 0) return;
+    check(ncclAllGather(send, recv, count * dtype_size(dtype), ncclUint8, comm_.get(), stream_.get()),
+          "ncclAllGather");
+  }
+
+  void enqueue_all_reduce(void* data, size_t count, DType dtype) {
+    const size_t element = dtype_size(dtype), ranks = size_t(size());
+    const size_t head = all_reduce_equal_chunks(
+        data, count, dtype,
+        [this](const void* send, void* recv, size_t n, DType t) { enqueue_reduce_scatter(send, recv, n, t); },
+        [this](const void* send, void* recv, size_t n, DType t) { enqueue_all_gather(send, recv, n, t); });
+    if (head == count) return;
+    // The count % size() elements left over: every rank gathers all ranks'
+    // tails and sums them in rank order, the same bits on every rank.
+    const size_t length = count - head;
+    char* tail = bytes_of(data) + head * element;
+    char* gathered = scratch(ranks * length * element);
+    check(ncclAllGather(tail, gathered, length * element, ncclUint8, comm_.get(), stream_.get()), "ncclAllGather");
+    sum_in_rank_order(gathered, tail, length, dtype);
   }
 
   // Waits for the stream, watching NCCL's asynchronous errors and the
@@ -192,7 +260,10 @@ class NcclCommunicator final : public Communicator {
     const auto start = std::chrono::steady_clock::now();
     for (;;) {
       const cudaError_t state = cudaStreamQuery(stream_.get());
-      if (state == cudaSuccess) return;
+      if (state == cudaSuccess) {
+        completed_ = issued_;
+        return;
+      }
       if (state != cudaErrorNotReady)
         throw_cuda_error(state, fmt::format("cudaStreamQuery waiting for NCCL {}", what).c_str(), __FILE__, __LINE__);
       ncclResult_t async_error = ncclSuccess;
@@ -215,10 +286,14 @@ class NcclCommunicator final : public Communicator {
     }
   }
 
-  // Device scratch from the backend (so it shows in its memory accounting),
-  // grown only when no queued work can still be using it.
+  // Device scratch from the backend (so it shows in its memory accounting).
+  // Queued collectives share it in stream order; it grows only once no
+  // queued work can still be using it.
   char* scratch(size_t bytes) {
-    if (bytes > scratch_.bytes()) scratch_ = DeviceBuffer(backend_, bytes, "NCCL communicator scratch");
+    if (bytes > scratch_.bytes()) {
+      finish("collectives queued before the scratch grows");
+      scratch_ = DeviceBuffer(backend_, bytes, "NCCL communicator scratch");
+    }
     return scratch_.as<char>();
   }
 
@@ -243,11 +318,16 @@ class NcclCommunicator final : public Communicator {
   }
 
   Backend& backend_;
+  cudaStream_t backend_stream_;
   std::unique_ptr<Communicator> host_;
   CommunicatorOptions options_;
   StreamHandle stream_ = make_stream();
   OwnedNcclComm comm_;
   DeviceBuffer scratch_;
+  EventHandle backend_ready_ = make_event();
+  std::vector<EventHandle> done_;
+  CollectiveTicket issued_ = 0;     // tickets handed out
+  CollectiveTicket completed_ = 0;  // tickets finish() has seen complete
 };
 
 }  // namespace

@@ -260,7 +260,7 @@ class MpiCommunicator final : public Communicator {
                                 MPI_BYTE, MPI_COMM_WORLD, &request),
                   "MPI_Ialltoall");
       }
-      wait(request, "MPI_Ialltoall in reduce_scatter_sum");
+      complete(request, "MPI_Ialltoall in reduce_scatter_sum");
       char* destination = bytes_of(recv) + begin * element;
       char* reduced = device_ ? outgoing_.get(piece) : destination;
       sum_in_rank_order(incoming, reduced, length, ranks, dtype);
@@ -282,7 +282,7 @@ class MpiCommunicator final : public Communicator {
         check_mpi(MPI_Iallgather(outgoing, int(piece), MPI_BYTE, incoming, int(piece), MPI_BYTE, MPI_COMM_WORLD,
                                  &request),
                   "MPI_Iallgather");
-        wait(request, "MPI_Iallgather in all_gather");
+        complete(request, "MPI_Iallgather in all_gather");
         for (size_t r = 0; r < ranks; ++r)
           device_->upload(bytes_of(recv) + (r * count + begin) * element, incoming + r * piece, piece);
       } else {
@@ -292,13 +292,16 @@ class MpiCommunicator final : public Communicator {
         check_mpi(MPI_Iallgather(source, int(piece), MPI_BYTE, bytes_of(recv) + begin * element, 1,
                                  incoming_type.get(), MPI_COMM_WORLD, &request),
                   "MPI_Iallgather");
-        wait(request, "MPI_Iallgather in all_gather");
+        complete(request, "MPI_Iallgather in all_gather");
       }
     }
   }
 
   void all_reduce_sum(void* data, size_t count, DType dtype) override {
-    const size_t head = all_reduce_equal_chunks(data, count, dtype);
+    const size_t head = all_reduce_equal_chunks(
+        data, count, dtype,
+        [this](const void* send, void* recv, size_t n, DType t) { reduce_scatter_sum(send, recv, n, t); },
+        [this](const void* send, void* recv, size_t n, DType t) { all_gather(send, recv, n, t); });
     if (head < count) all_reduce_tail(bytes_of(data) + head * dtype_size(dtype), count - head, dtype);
   }
 
@@ -311,7 +314,7 @@ class MpiCommunicator final : public Communicator {
       if (device_ && rank() == root) device_->download(buffer, target, piece);
       MPI_Request request;
       check_mpi(MPI_Ibcast(buffer, int(piece), MPI_BYTE, root, MPI_COMM_WORLD, &request), "MPI_Ibcast");
-      wait(request, "MPI_Ibcast in broadcast");
+      complete(request, "MPI_Ibcast in broadcast");
       if (device_ && rank() != root) device_->upload(target, buffer, piece);
     }
   }
@@ -319,7 +322,7 @@ class MpiCommunicator final : public Communicator {
   void barrier() override {
     MPI_Request request;
     check_mpi(MPI_Ibarrier(MPI_COMM_WORLD, &request), "MPI_Ibarrier");
-    wait(request, "MPI_Ibarrier in barrier");
+    complete(request, "MPI_Ibarrier in barrier");
   }
 
   double all_reduce_sum(double x) override {
@@ -350,7 +353,7 @@ class MpiCommunicator final : public Communicator {
   // than a hang. The timed-out request stays pending: MPI cannot cancel a
   // collective (MPI_Cancel is for point-to-point requests), which is why
   // the job must end rather than go on reusing this communicator's buffers.
-  void wait(MPI_Request& request, const char* what) {
+  void complete(MPI_Request& request, const char* what) {
     const auto start = std::chrono::steady_clock::now();
     for (;;) {
       int done = 0;
@@ -382,7 +385,7 @@ class MpiCommunicator final : public Communicator {
     MPI_Request request;
     check_mpi(MPI_Iallgather(local, int(piece), MPI_BYTE, gathered, int(piece), MPI_BYTE, MPI_COMM_WORLD, &request),
               "MPI_Iallgather");
-    wait(request, "MPI_Iallgather in all_reduce_sum");
+    complete(request, "MPI_Iallgather in all_reduce_sum");
     sum_in_rank_order(gathered, local, length, ranks, dtype);
     if (device_) device_->upload(data, local, piece);
   }
@@ -392,7 +395,7 @@ class MpiCommunicator final : public Communicator {
     MPI_Request request;
     check_mpi(MPI_Iallgather(&x, 1, MPI_DOUBLE, values.data(), 1, MPI_DOUBLE, MPI_COMM_WORLD, &request),
               "MPI_Iallgather");
-    wait(request, "MPI_Iallgather of a scalar");
+    complete(request, "MPI_Iallgather of a scalar");
     return values;
   }
 

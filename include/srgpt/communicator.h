@@ -11,13 +11,20 @@
 // results, a rerun with the same world size reproduces them, and the MPI and
 // NCCL communicators give the same bits for the same inputs.
 //
-// Every collective is synchronous: it returns when its result is in place
-// (with a device backend it first waits for the backend's pending work).
-// All ranks must call the same collectives in the same order. A collective
+// The plain collectives are synchronous: each returns when its result is
+// in place (with a device backend it first waits for the backend's queued
+// work). The start_* collectives let communication overlap the backend's
+// work instead (docs/distributed.md): each is ordered after the work queued
+// before it and returns a ticket; wait(ticket) orders the backend's later
+// work after it, without a host wait where the transport allows (NCCL);
+// wait_all() waits on the host for every started one. All ranks must call
+// the same collectives, started or plain, in the same order. A collective
 // that other ranks do not join within CommunicatorOptions::timeout_s throws
 // an Error naming the rank and the call instead of hanging.
 #include <cstddef>
 #include <cstdint>
+#include <deque>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -26,6 +33,9 @@
 namespace srgpt {
 
 class Backend;
+
+// Names a started collective (Communicator::start_*).
+using CollectiveTicket = uint64_t;
 
 class Communicator {
  public:
@@ -58,25 +68,56 @@ class Communicator {
   // "srgpt: rank R: msg" to stderr; never returns.
   [[noreturn]] virtual void abort(int code, const std::string& msg) = 0;
 
+  // ---- Started collectives: the same operations and bits as the plain
+  // ones above, run beside the backend's work. Until the collective is
+  // waited for, its send buffer must not change and its receive buffer must
+  // not be read or written. Started collectives run in start order, and
+  // plain ones may be called between them as long as they touch other
+  // buffers. Tickets count from 1.
+  //
+  // This base implementation defers a started collective until it is
+  // waited for and then runs the plain one: a host-memory transport (MPI)
+  // progresses only inside its calls, so nothing could run beside the
+  // host's own computation anyway, and a caller that reads a result before
+  // waiting for it sees stale data in every test. The NCCL communicator
+  // overrides these with collectives queued on its own stream.
+  virtual CollectiveTicket start_reduce_scatter_sum(const void* send, void* recv, size_t count, DType dtype);
+  virtual CollectiveTicket start_all_gather(const void* send, void* recv, size_t count, DType dtype);
+  virtual CollectiveTicket start_all_reduce_sum(void* data, size_t count, DType dtype);
+  // The backend's work queued after this call sees the results of `ticket`
+  // and of every collective started before it, and may reuse their buffers.
+  virtual void wait(CollectiveTicket ticket);
+  // Returns when every started collective has finished; the host may then
+  // read their results.
+  virtual void wait_all();
+
  protected:
   Communicator(int rank, int size, int local_rank) : rank_(rank), size_(size), local_rank_(local_rank) {}
 
   // The part of all_reduce_sum every implementation shares: the first
   // count - count % size() elements, reduce-scattered and all-gathered in
-  // place. Returns where the tail left to the implementation begins.
-  size_t all_reduce_equal_chunks(void* data, size_t count, DType dtype) {
+  // place by the given operations (with reduce_scatter_sum's and
+  // all_gather's arguments). Returns where the tail left to the
+  // implementation begins.
+  template <typename ReduceScatter, typename AllGather>
+  size_t all_reduce_equal_chunks(void* data, size_t count, DType dtype, ReduceScatter&& reduce_scatter,
+                                 AllGather&& gather) {
     const size_t element = dtype_size(dtype), ranks = size_t(size());
     const size_t chunk = count / ranks;
     char* own_chunk = static_cast<char*>(data) + size_t(rank()) * chunk * element;
     if (chunk) {
-      reduce_scatter_sum(data, own_chunk, chunk, dtype);
-      all_gather(own_chunk, data, chunk, dtype);
+      reduce_scatter(data, own_chunk, chunk, dtype);
+      gather(own_chunk, data, chunk, dtype);
     }
     return chunk * ranks;
   }
 
  private:
+  CollectiveTicket defer(std::function<void()> collective);
+
   int rank_, size_, local_rank_;
+  std::deque<std::function<void()>> deferred_;  // started, not yet run; the oldest first
+  CollectiveTicket started_ = 0, finished_ = 0;
 };
 
 struct CommunicatorOptions {

@@ -1,5 +1,6 @@
 // The single-process communicator: a world of one, where every collective
-// is a copy (a sum over one rank is the value itself, with no rounding).
+// is a copy (a sum over one rank is the value itself, with no rounding);
+// and the base class's started collectives, which run when waited for.
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -73,6 +74,36 @@ TEST_CASE("single-process collectives copy their input unchanged", "[comm]") {
     CHECK(std::isnan(comm->all_reduce_max(std::nan(""))));
     REQUIRE_THROWS_AS(comm->broadcast(nullptr, 0, 1), Error);
   }
+}
+
+TEST_CASE("started collectives run when waited for, in start order", "[comm][overlap]") {
+  auto backend = make_cpu_backend(DType::f32);
+  auto comm = make_single_process_communicator(*backend);
+  std::mt19937 rng(20261206);
+  std::uniform_real_distribution<float> value(-1.0f, 1.0f);
+  std::vector<float> a(37), b(37), recv(37, 0.0f), gathered(37, 0.0f);
+  for (size_t i = 0; i < a.size(); ++i) {
+    a[i] = value(rng);
+    b[i] = value(rng);
+  }
+  const CollectiveTicket first = comm->start_reduce_scatter_sum(a.data(), recv.data(), a.size(), DType::f32);
+  const CollectiveTicket second = comm->start_all_gather(b.data(), gathered.data(), b.size(), DType::f32);
+  const CollectiveTicket third = comm->start_reduce_scatter_sum(b.data(), recv.data(), b.size(), DType::f32);
+  CHECK(first == 1);
+  CHECK(second == 2);
+  CHECK(third == 3);
+  CHECK(recv == std::vector<float>(37, 0.0f));  // nothing has run yet
+  comm->wait(first);
+  CHECK(recv == a);
+  CHECK(gathered == std::vector<float>(37, 0.0f));
+  comm->wait(first);  // again: nothing more runs
+  CHECK(gathered == std::vector<float>(37, 0.0f));
+  comm->wait_all();
+  CHECK(gathered == b);
+  CHECK(recv == b);  // the later reduce-scatter into recv ran last
+  comm->wait_all();
+  comm->wait(third);
+  CHECK(recv == b);
 }
 
 TEST_CASE("communicators this build lacks fail with a clear error", "[comm]") {
