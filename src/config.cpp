@@ -276,6 +276,7 @@ void visit_config(Visitor& v, C& c) {
            communicator_choice_name);
   v.choice("dist.grad_reduce_dtype", c.dist.grad_reduce_dtype,
            {GradReduceChoice::auto_select, GradReduceChoice::bf16, GradReduceChoice::fp32}, grad_reduce_choice_name);
+  v.boolean("dist.overlap_comm", c.dist.overlap_comm);
   v.text("out_dir", c.out_dir, TextRule::non_empty);
 }
 
@@ -289,6 +290,7 @@ struct SchemaBuilder {
   void integer(const char* path, T&, uint64_t, uint64_t) { add(path); }
   void real(const char* path, double&, RealRange) { add(path); }
   void text(const char* path, std::string&, TextRule) { add(path); }
+  void boolean(const char* path, bool&) { add(path); }
   template <typename Field, typename E>
   void choice(const char* path, Field&, std::initializer_list<E>, const char* (*)(E)) { add(path); }
 };
@@ -399,6 +401,13 @@ struct Reader {
     field = v->get<std::string>();
   }
 
+  void boolean(const char* path, bool& field) {
+    const json* v = find(path);
+    if (!v) return;
+    if (!v->is_boolean()) return wrong_kind(path, *v, "true or false");
+    field = v->get<bool>();
+  }
+
   template <typename E>
   void choice(const char* path, E& field, std::initializer_list<E> values, const char* (*name)(E)) {
     const json* v = find(path);
@@ -428,6 +437,7 @@ struct Writer {
   void integer(const char* path, const T& field, uint64_t, uint64_t) { put(path, field); }
   void real(const char* path, const double& field, RealRange) { put(path, field); }
   void text(const char* path, const std::string& field, TextRule) { put(path, field); }
+  void boolean(const char* path, const bool& field) { put(path, field); }
   template <typename E>
   void choice(const char* path, const E& field, std::initializer_list<E>, const char* (*name)(E)) {
     put(path, name(field));

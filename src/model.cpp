@@ -180,6 +180,10 @@ void GPT::forward_pass(const int32_t* inputs, const int32_t* targets, float dlos
   const ZeroShardPlan& plan = params_.plan();
   acquire(plan.embeddings_unit());
   acquire(plan.unit_of_layer(0));
+  // ZeRO-3 gathers the next units while this one computes (ln_f has a slot
+  // of its own; blocks alternate between two).
+  params_.prefetch_weights(plan.final_unit());
+  if (L > 1) params_.prefetch_weights(plan.unit_of_layer(1));
   be.embedding_forward(act("encoded"), tok, w("wte"), w("wpe"), B_, T_, C);
   be.residual_layernorm_forward(act("encoded"), ln1(0), stat("ln1_mean", 0), stat("ln1_rstd", 0),
                                 act("encoded"), nullptr, w("ln_1.weight", 0), w("ln_1.bias", 0), N, C);
@@ -200,6 +204,8 @@ void GPT::forward_pass(const int32_t* inputs, const int32_t* targets, float dlos
                       N, 4 * C, C);
     const bool last = l + 1 == L;
     acquire(last ? plan.final_unit() : plan.unit_of_layer(l + 1));
+    // Block l's work is queued, so its slot can take block l + 2.
+    if (l + 2 < L) params_.prefetch_weights(plan.unit_of_layer(l + 2));
     be.residual_layernorm_forward(residual(l + 1), last ? act("lnf") : ln1(l + 1),
                                   last ? stat("lnf_mean") : stat("ln1_mean", l + 1),
                                   last ? stat("lnf_rstd") : stat("ln1_rstd", l + 1), mid_residual(l), act("delta"),
@@ -223,7 +229,10 @@ void GPT::forward_pass(const int32_t* inputs, const int32_t* targets, float dlos
   }
 }
 
-double GPT::mean_loss() { return backend_.sum_accum(stat("losses"), size_t(B_) * T_) / (double(B_) * T_); }
+double GPT::mean_loss() {
+  params_.complete_collectives();
+  return backend_.sum_accum(stat("losses"), size_t(B_) * T_) / (double(B_) * T_);
+}
 
 double GPT::forward(const int32_t* inputs, const int32_t* targets) {
   forward_pass(inputs, targets, 0.0f, false);
@@ -260,6 +269,8 @@ void GPT::backward() {
   params_.grads_done(plan.final_unit());
   for (int l = L - 1; l >= 0; --l) {
     acquire(plan.unit_of_layer(l));
+    // Block l + 1's work is queued, so its slot can take block l - 1.
+    if (l > 0) params_.prefetch_weights(plan.unit_of_layer(l - 1));
     if (recompute_gelu()) be.gelu_forward(fch_gelu(l), act("fch", l), size_t(N) * 4 * C);
     be.matmul_backward(dbig, g("mlp.c_proj.weight", l), g("mlp.c_proj.bias", l), dres, fch_gelu(l),
                        w("mlp.c_proj.weight", l), act("fch", l), N, 4 * C, C);

@@ -1,6 +1,7 @@
 #include "srgpt/param_store.h"
 
 #include <algorithm>
+#include <utility>
 
 #include "srgpt/bf16.h"
 #include "srgpt/error.h"
@@ -27,7 +28,8 @@ std::vector<char> encode(const float* values, size_t n, DType dtype) {
 ParameterStore::ParameterStore(Backend& backend, Communicator& comm, Layout layout, int zero_stage)
     : ParameterStore(backend, comm, std::move(layout), zero_stage, backend.dtype()) {}
 
-ParameterStore::ParameterStore(Backend& backend, Communicator& comm, Layout layout, int zero_stage, DType grad_dtype)
+ParameterStore::ParameterStore(Backend& backend, Communicator& comm, Layout layout, int zero_stage, DType grad_dtype,
+                               bool overlap_comm)
     : backend_(backend),
       comm_(comm),
       layout_(std::move(layout)),
@@ -35,7 +37,8 @@ ParameterStore::ParameterStore(Backend& backend, Communicator& comm, Layout layo
       stage_(zero_stage),
       grad_dtype_(grad_dtype),
       es_(dtype_size(backend.dtype())),
-      ges_(dtype_size(grad_dtype)) {
+      ges_(dtype_size(grad_dtype)),
+      overlap_(overlap_comm) {
   if (zero_stage < 0 || zero_stage > 3) fail("dist.zero_stage = {} is not allowed; use 0, 1, 2 or 3", zero_stage);
   if (grad_dtype != backend.dtype() && !(grad_dtype == DType::f32 && backend.dtype() == DType::bf16))
     fail("dist.grad_reduce_dtype: gradients in {} on a {} backend are not supported (allowed: {} or fp32)",
@@ -44,6 +47,8 @@ ParameterStore::ParameterStore(Backend& backend, Communicator& comm, Layout layo
     if (u.layer >= 0) max_block_ = std::max(max_block_, u.size());
   const ZeroUnit& emb = plan_.unit(plan_.embeddings_unit());
   const ZeroUnit& lnf = plan_.unit(plan_.final_unit());
+  other_slot_ = std::max(max_block_, lnf.size());
+  const size_t slot_elements = grad_slot_offset(kGradSlots);
   weights_ = DeviceBuffer(backend, (stage_ == 3 ? plan_.shard_size() : layout_.total()) * es_,
                           stage_ == 3 ? "weight shard" : "weights");
   grads_ = DeviceBuffer(backend, (stage_ >= 2 ? plan_.shard_size() : layout_.total()) * ges_,
@@ -51,18 +56,13 @@ ParameterStore::ParameterStore(Backend& backend, Communicator& comm, Layout layo
   backend.fill_zero(weights_.get(), weights_.bytes());
   if (stage_ == 3)
     work_weights_ = DeviceBuffer(backend, (emb.size() + lnf.size() + 2 * max_block_) * es_, "gathered weights");
-  if (unit_work_buffers())
-    work_grads_ = DeviceBuffer(backend, (emb.size() + std::max(max_block_, lnf.size())) * es_, "unit gradients");
+  if (unit_work_buffers()) work_grads_ = DeviceBuffer(backend, slot_elements * es_, "unit gradients");
   if (stage_ >= 2) {
-    size_t max_chunk = 0, max_unit = 0;
-    for (const ZeroUnit& u : plan_.units()) {
-      max_chunk = std::max(max_chunk, u.chunk);
-      max_unit = std::max(max_unit, u.size());
-    }
-    reduced_chunk_ = DeviceBuffer(backend, max_chunk * ges_, "reduced gradient chunk");
-    if (grad_dtype_ != backend.dtype()) wide_unit_ = DeviceBuffer(backend, max_unit * ges_, "fp32 unit gradients");
+    reduced_chunk_ = DeviceBuffer(backend, slot_elements / size_t(plan_.world_size()) * ges_, "reduced gradient chunks");
+    if (grad_dtype_ != backend.dtype()) wide_unit_ = DeviceBuffer(backend, slot_elements * ges_, "fp32 unit gradients");
   }
   grads_active_.assign(plan_.units().size(), false);
+  updated_weights_.assign(plan_.units().size(), 0);
   zero_grads();
 }
 
@@ -74,19 +74,63 @@ size_t ParameterStore::working_slot(size_t u) const {
   return emb.size() + lnf.size() + size_t(plan_.unit(u).layer % 2) * max_block_;
 }
 
+size_t ParameterStore::weight_slot_index(size_t u) const {
+  if (u == plan_.embeddings_unit()) return 0;
+  if (u == plan_.final_unit()) return 1;
+  return 2 + size_t(plan_.unit(u).layer % 2);
+}
+
+size_t ParameterStore::grad_slot(size_t u) const {
+  if (u == plan_.embeddings_unit()) return 0;
+  // ln_f comes first in backward, then the blocks from the last down.
+  const size_t position = u == plan_.final_unit() ? plan_.units().size() - 2 : size_t(plan_.unit(u).layer);
+  return 1 + position % 2;
+}
+
+size_t ParameterStore::grad_slot_offset(size_t s) const {
+  return s == 0 ? 0 : plan_.unit(plan_.embeddings_unit()).size() + (s - 1) * other_slot_;
+}
+
 const void* ParameterStore::acquire_weights(size_t u) {
   const ZeroUnit& unit = plan_.unit(u);
-  if (stage_ < 3) return at(weights_.get(), unit.begin);
+  if (stage_ < 3) {
+    // Stages 1-2: the optimizer's gather of this unit's updated chunks.
+    if (updated_weights_[u]) comm_.wait(std::exchange(updated_weights_[u], 0));
+    return at(weights_.get(), unit.begin);
+  }
   char* slot = at(work_weights_.get(), working_slot(u));
-  comm_.all_gather(at(weights_.get(), unit.shard_offset), slot, unit.chunk, backend_.dtype());
+  Pending& gather = pending_gathers_[weight_slot_index(u)];
+  if (gather.active && gather.unit == u) {
+    comm_.wait(gather.ticket);
+  } else {
+    const CollectiveTicket ticket =
+        comm_.start_all_gather(at(weights_.get(), unit.shard_offset), slot, unit.chunk, backend_.dtype());
+    if (overlap_)
+      comm_.wait(ticket);
+    else
+      complete_collectives();
+  }
+  gather.active = false;
   return slot;
+}
+
+void ParameterStore::prefetch_weights(size_t u) {
+  if (stage_ < 3 || !overlap_) return;
+  const ZeroUnit& unit = plan_.unit(u);
+  pending_gathers_[weight_slot_index(u)] = {
+      true, comm_.start_all_gather(at(weights_.get(), unit.shard_offset), at(work_weights_.get(), working_slot(u)),
+                                   unit.chunk, backend_.dtype()),
+      u};
 }
 
 void* ParameterStore::unit_grads(size_t u) {
   const ZeroUnit& unit = plan_.unit(u);
   if (!unit_work_buffers()) return at(grads_.get(), unit.begin);
-  char* slot = at(work_grads_.get(), u == plan_.embeddings_unit() ? 0 : plan_.unit(plan_.embeddings_unit()).size());
+  const size_t s = grad_slot(u);
+  char* slot = at(work_grads_.get(), grad_slot_offset(s));
   if (!grads_active_[u]) {
+    // The slot's previous unit may still be on its way to the other ranks.
+    finish_reduction(s);
     backend_.fill_zero(slot, unit.size() * es_);
     grads_active_[u] = true;
   }
@@ -94,33 +138,79 @@ void* ParameterStore::unit_grads(size_t u) {
 }
 
 void ParameterStore::grads_done(size_t u) {
-  if (!unit_work_buffers()) return;
+  if (!unit_work_buffers()) {
+    start_unit_reduction(u);
+    return;
+  }
   const ZeroUnit& unit = plan_.unit(u);
   const DType dtype = backend_.dtype();
+  const size_t s = grad_slot(u);
   const void* micro_step = unit_grads(u);
   if (stage_ < 2) {
-    // f32 gradients, reduced after the last micro-step.
+    // f32 gradients, reduced in or after the last micro-step.
     backend_.accumulate(grad_at(grads_.get(), unit.begin), grad_dtype_, micro_step, dtype, unit.size());
+    start_unit_reduction(u);
   } else {
     const void* send = micro_step;
     if (grad_dtype_ != dtype) {
-      backend_.fill_zero(wide_unit_.get(), unit.size() * ges_);
-      backend_.accumulate(wide_unit_.get(), grad_dtype_, micro_step, dtype, unit.size());
-      send = wide_unit_.get();
+      char* wide = grad_at(wide_unit_.get(), grad_slot_offset(s));
+      backend_.fill_zero(wide, unit.size() * ges_);
+      backend_.accumulate(wide, grad_dtype_, micro_step, dtype, unit.size());
+      send = wide;
     }
-    comm_.reduce_scatter_sum(send, reduced_chunk_.get(), unit.chunk, grad_dtype_);
-    backend_.accumulate(grad_at(grads_.get(), unit.shard_offset), grad_dtype_, reduced_chunk_.get(), grad_dtype_,
-                        unit.chunk);
+    char* reduced = grad_at(reduced_chunk_.get(), grad_slot_offset(s) / size_t(plan_.world_size()));
+    pending_reductions_[s] = {true, comm_.start_reduce_scatter_sum(send, reduced, unit.chunk, grad_dtype_), u};
+    if (!overlap_) complete_collectives();
   }
   grads_active_[u] = false;
+}
+
+void ParameterStore::start_unit_reduction(size_t u) {
+  if (!reduce_in_backward_) return;
+  const ZeroUnit& unit = plan_.unit(u);
+  if (stage_ == 0)
+    comm_.start_all_reduce_sum(grad_at(grads_.get(), unit.begin), unit.size(), grad_dtype_);
+  else
+    comm_.start_reduce_scatter_sum(grad_at(grads_.get(), unit.begin),
+                                   grad_at(grads_.get(), plan_.owned_begin(u, comm_.rank())), unit.chunk, grad_dtype_);
+  ++units_reduced_;
+}
+
+void ParameterStore::finish_reduction(size_t s) {
+  Pending& reduction = pending_reductions_[s];
+  if (!reduction.active) return;
+  reduction.active = false;
+  comm_.wait(reduction.ticket);
+  const ZeroUnit& unit = plan_.unit(reduction.unit);
+  backend_.accumulate(grad_at(grads_.get(), unit.shard_offset), grad_dtype_,
+                      grad_at(reduced_chunk_.get(), grad_slot_offset(s) / size_t(plan_.world_size())), grad_dtype_,
+                      unit.chunk);
+}
+
+void ParameterStore::complete_collectives() {
+  comm_.wait_all();
+  for (size_t s = 0; s < kGradSlots; ++s) finish_reduction(s);
+  // A gather nobody acquired is dropped, so no later pass (after the
+  // optimizer has changed the shard) can take its stale weights.
+  for (Pending& gather : pending_gathers_) gather.active = false;
+  std::fill(updated_weights_.begin(), updated_weights_.end(), 0);
 }
 
 void ParameterStore::zero_grads() {
   backend_.fill_zero(grads_.get(), grads_.bytes());
   std::fill(grads_active_.begin(), grads_active_.end(), false);
+  reduce_in_backward_ = false;
+  units_reduced_ = 0;
 }
 
+void ParameterStore::begin_micro_step(bool last) { reduce_in_backward_ = last && overlap_ && stage_ < 2; }
+
 void ParameterStore::reduce_gradients() {
+  complete_collectives();
+  reduce_in_backward_ = false;
+  const size_t reduced = std::exchange(units_reduced_, 0);
+  if (reduced == plan_.units().size()) return;
+  if (reduced != 0) fail("internal: backward reduced {} of {} units' gradients", reduced, plan_.units().size());
   if (stage_ == 0) {
     comm_.all_reduce_sum(grads_.get(), layout_.total(), grad_dtype_);
   } else if (stage_ == 1) {
@@ -167,13 +257,16 @@ void ParameterStore::gather_updated_weights() {
   if (stage_ != 1 && stage_ != 2) return;
   for (size_t u = 0; u < plan_.units().size(); ++u) {
     const ZeroUnit& unit = plan_.unit(u);
-    comm_.all_gather(at(weights_.get(), plan_.owned_begin(u, comm_.rank())), at(weights_.get(), unit.begin),
-                     unit.chunk, backend_.dtype());
+    updated_weights_[u] = comm_.start_all_gather(at(weights_.get(), plan_.owned_begin(u, comm_.rank())),
+                                                 at(weights_.get(), unit.begin), unit.chunk, backend_.dtype());
   }
+  // With overlap the next pass's acquire_weights waits for each unit.
+  if (!overlap_) complete_collectives();
 }
 
 void ParameterStore::set_weights(const std::vector<float>& values) {
   if (values.size() != layout_.total()) fail("internal: weight vector size mismatch");
+  complete_collectives();
   if (stage_ < 3) {
     std::vector<char> bytes = encode(values.data(), values.size(), backend_.dtype());
     backend_.upload(weights_.get(), bytes.data(), bytes.size());
@@ -188,19 +281,23 @@ void ParameterStore::set_weights(const std::vector<float>& values) {
 
 std::vector<char> ParameterStore::full_weights_on_host() {
   std::vector<char> host(layout_.total() * es_);
+  complete_collectives();
   if (stage_ < 3) {
     backend_.download(host.data(), weights_.get(), host.size());
     return host;
   }
   for (size_t u = 0; u < plan_.units().size(); ++u) {
     const ZeroUnit& unit = plan_.unit(u);
-    backend_.download(host.data() + unit.begin * es_, acquire_weights(u), unit.size() * es_);
+    const void* gathered = acquire_weights(u);
+    complete_collectives();
+    backend_.download(host.data() + unit.begin * es_, gathered, unit.size() * es_);
   }
   return host;
 }
 
 void ParameterStore::load_full_weights(const std::vector<char>& host) {
   if (host.size() != layout_.total() * es_) fail("internal: weight bytes size mismatch");
+  complete_collectives();
   if (stage_ < 3) {
     backend_.upload(weights_.get(), host.data(), host.size());
     return;

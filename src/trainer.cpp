@@ -407,7 +407,8 @@ Trainer::Trainer(Config config, TrainOptions options) : config_(std::move(config
                                                 b.seq_len, rank, world, config_.model.vocab_size, false,
                                                 config_.train.seed);
   params_ = std::make_unique<ParameterStore>(*backend_, *comm_, gpt2_param_layout(config_.model, world),
-                                             config_.dist.zero_stage, config_.dist.grad_dtype(config_.precision));
+                                             config_.dist.zero_stage, config_.dist.grad_dtype(config_.precision),
+                                             config_.dist.overlap_comm);
   model_ = std::make_unique<GPT>(config_.model, *params_, b.micro_batch, b.seq_len,
                                  config_.train.activation_options());
   optimizer_ = std::make_unique<Optimizer>(*params_, config_.precision, config_.optimizer, config_.train.seed);
@@ -462,6 +463,8 @@ fs::path Trainer::save(int64_t step) {
   const int rank = comm.rank();
   const Layout& layout = params_->layout();
   const size_t weight_elements = params_->weight_bytes() / dtype_size(backend_->dtype());
+  // The optimizer's gathers of updated weights may still be on their way.
+  params_->complete_collectives();
   const double nonfinite = backend_->all_finite(params_->weights(), weight_elements) ? 0.0 : 1.0;
   // Scalar collectives work on host values with any communicator.
   if (comm.all_reduce_max(nonfinite) > 0)
@@ -574,6 +577,7 @@ double Trainer::train_step(int64_t step, double* grad_norm) {
   double loss = 0;
   for (int micro = 0; micro < accum; ++micro) {
     train_loader_->next_batch(inputs_.data(), targets_.data());
+    params_->begin_micro_step(micro + 1 == accum);
     loss += model_->forward_backward(inputs_.data(), targets_.data(), dloss);
   }
   loss = comm_->all_reduce_sum(loss) / double(accum * world);
@@ -617,8 +621,9 @@ TrainResult Trainer::run() {
                  layout.num_params(), config_.model.n_layer, config_.model.n_head, config_.model.d_model,
                  config_.model.vocab_size, config_.model.padded_vocab(), precision_name(config_.precision),
                  backend_->name());
-    spdlog::info("ranks: {} ({}), ZeRO stage {}, gradients reduced in {}", comm_->size(), comm_->name(),
-                 config_.dist.zero_stage, dtype_name(params_->grad_dtype()));
+    spdlog::info("ranks: {} ({}), ZeRO stage {}, gradients reduced in {}, communication {} computation",
+                 comm_->size(), comm_->name(), config_.dist.zero_stage, dtype_name(params_->grad_dtype()),
+                 config_.dist.overlap_comm ? "overlapping" : "between phases of");
     const size_t persistent = params_->weight_bytes() + params_->grad_bytes() + optimizer_->state_bytes();
     spdlog::info("memory per rank: weights {:.1f} MiB, gradients {:.1f} MiB, optimizer state {:.1f} MiB ({:.2f} bytes "
                  "per parameter), working buffers {:.1f} MiB, activations {:.1f} MiB (recompute {}, LayerNorm backward from "

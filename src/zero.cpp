@@ -72,16 +72,14 @@ RankMemory rank_memory(const Layout& layout, Precision precision, int zero_stage
   r.optimizer_state = 2 * state * dtype_size(adam_state_dtype(precision));
   if (has_master_weights(precision)) r.optimizer_state += state * sizeof(float);
   if (has_kahan_compensation(precision)) r.optimizer_state += state * dtype_size(DType::bf16);
-  size_t max_block = 0, max_chunk = 0, max_unit = 0;
-  for (const ZeroUnit& u : plan.units()) {
+  size_t max_block = 0;
+  for (const ZeroUnit& u : plan.units())
     if (u.layer >= 0) max_block = std::max(max_block, u.size());
-    max_chunk = std::max(max_chunk, u.chunk);
-    max_unit = std::max(max_unit, u.size());
-  }
   const size_t embeddings = plan.unit(plan.embeddings_unit()).size(), ln_f = plan.unit(plan.final_unit()).size();
+  const size_t grad_slots = embeddings + 2 * std::max(max_block, ln_f);
   if (zero_stage == 3) r.working += (embeddings + ln_f + 2 * max_block) * es;
-  if (zero_stage >= 2 || wide) r.working += (embeddings + std::max(max_block, ln_f)) * es;
-  if (zero_stage >= 2) r.working += max_chunk * ges + (wide ? max_unit * ges : 0);
+  if (zero_stage >= 2 || wide) r.working += grad_slots * es;
+  if (zero_stage >= 2) r.working += grad_slots / size_t(world_size) * ges + (wide ? grad_slots * ges : 0);
   return r;
 }
 

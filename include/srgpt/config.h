@@ -80,6 +80,10 @@ struct DistConfig {
   // are added into fp32 buffers, reduced in fp32 (twice the bytes on the
   // wire) and the optimizer reads fp32 gradients (docs/distributed.md).
   GradReduceChoice grad_reduce_dtype = GradReduceChoice::auto_select;
+  // Run gradient reductions and weight gathers beside backward and forward
+  // instead of between them; the same bits either way
+  // (docs/distributed.md).
+  bool overlap_comm = true;
   // The resolved dtype for a precision mode.
   DType grad_dtype(Precision precision) const;
 };

@@ -19,6 +19,17 @@
 // writes them into per-unit working buffers, which grads_done adds into the
 // f32 gradients (stages 0-1) or converts to f32 and reduce-scatters
 // (stages 2-3), so sums over micro-steps and ranks are taken in f32.
+//
+// With overlap_comm the collectives run beside backward (the
+// communicator's start_* calls; docs/distributed.md): stages 2-3
+// reduce-scatter a unit while backward computes the next one, which writes
+// its gradients into the other of two working slots; stages 0-1 reduce
+// each unit in the step's last micro-step as soon as backward finishes it;
+// stage 3 gathers the next unit's weights while the model computes this
+// one (prefetch_weights); stages 1-2 gather the optimizer's updated chunks
+// while the next pass begins. The reductions and their bits are the same as
+// without overlap, only their timing differs.
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -45,7 +56,8 @@ struct UnitUpdateView {
 class ParameterStore {
  public:
   ParameterStore(Backend& backend, Communicator& comm, Layout layout, int zero_stage);
-  ParameterStore(Backend& backend, Communicator& comm, Layout layout, int zero_stage, DType grad_dtype);
+  ParameterStore(Backend& backend, Communicator& comm, Layout layout, int zero_stage, DType grad_dtype,
+                 bool overlap_comm = true);
 
   Backend& backend() { return backend_; }
   Communicator& comm() { return comm_; }
@@ -61,13 +73,21 @@ class ParameterStore {
   // unit.begin) elements. Under stage 3 this gathers the unit into a working
   // slot (the embeddings and ln_f have one each; blocks alternate between
   // two, so blocks l and l+1 are valid together) and the pointer stays valid
-  // until another unit is acquired into the same slot.
+  // until another unit is acquired or prefetched into the same slot.
   const void* acquire_weights(size_t u);
+  // Stage 3 with overlap: starts gathering unit u into its slot, so that
+  // acquire_weights(u) later finds it there. The model calls it once the
+  // work that reads the slot's present unit has been queued.
+  void prefetch_weights(size_t u);
   // Base pointer (as above) of the buffer backward accumulates unit u's
   // gradients into during the current micro-step (backend dtype).
   void* unit_grads(size_t u);
   // Backward has finished unit u for this micro-step.
   void grads_done(size_t u);
+  // Waits on the host for every collective started so far (which watches
+  // for peers that failed or hang) and finishes their bookkeeping; the
+  // model calls it before it reads a result on the host.
+  void complete_collectives();
 
   // ---- the trainer's and optimizer's side
   // This rank's weight buffer: the full layout for stages 0-2, the shard
@@ -76,12 +96,18 @@ class ParameterStore {
   void* weights() { return weights_.get(); }
   void* grads() { return grads_.get(); }
   void zero_grads();
-  // After the last micro-step: stage 0 all-reduces, stage 1 reduce-scatters.
+  // Called before each micro-step's forward: whether it is the step's last,
+  // whose backward then starts stages 0-1's reductions (with overlap).
+  void begin_micro_step(bool last);
+  // After the last micro-step: stage 0 all-reduces, stage 1 reduce-scatters
+  // (or waits for backward's reductions of every unit).
   void reduce_gradients();
   // Sum of squared gradients of the whole model, identical on every rank.
   double grad_norm_squared();
   UnitUpdateView update_view(size_t u);
-  // After the optimizer step: stages 1 and 2 all-gather the updated chunks.
+  // After the optimizer step: stages 1 and 2 all-gather the updated chunks
+  // (with overlap: started, and waited for by the next pass's
+  // acquire_weights of each unit, so the gather runs beside that pass).
   void gather_updated_weights();
   // Sets this rank's weights from fp32 values for the whole layout.
   void set_weights(const std::vector<float>& values);
@@ -105,6 +131,20 @@ class ParameterStore {
   size_t working_slot(size_t u) const;
   // Backward writes into per-unit working buffers rather than grads_.
   bool unit_work_buffers() const { return stage_ >= 2 || grad_dtype_ != backend_.dtype(); }
+  // The working gradient slots: 0 for the embeddings (the LM head writes
+  // wte's gradient first, the embedding backward last), 1 and 2 alternate
+  // between ln_f and the blocks in backward order. Offsets in elements;
+  // every unit's size is a multiple of the world size, and so are these.
+  static constexpr size_t kGradSlots = 3;
+  size_t grad_slot(size_t u) const;
+  size_t grad_slot_offset(size_t s) const;
+  // Stages 0-1 in the last micro-step with overlap: starts reducing unit u.
+  void start_unit_reduction(size_t u);
+  // Stages 2-3: the slot's pending reduce-scatter is waited for and added
+  // into the gradient shard.
+  void finish_reduction(size_t s);
+  // Stage 3: which of the four weight slots unit u is gathered into.
+  size_t weight_slot_index(size_t u) const;
 
   Backend& backend_;
   Communicator& comm_;
@@ -116,11 +156,28 @@ class ParameterStore {
   DeviceBuffer weights_;     // full (stages 0-2) or shard (stage 3)
   DeviceBuffer grads_;       // grad dtype: full (stages 0-1) or shard (stages 2-3)
   DeviceBuffer work_weights_;  // stage 3: embeddings | ln_f | block slot 0 | block slot 1
-  DeviceBuffer work_grads_;    // unit_work_buffers(): embeddings | other unit
-  DeviceBuffer wide_unit_;     // stages 2-3 with f32 gradients: one unit's gradients in f32
-  DeviceBuffer reduced_chunk_; // stages 2-3: one unit's reduce-scatter result (grad dtype)
+  DeviceBuffer work_grads_;    // unit_work_buffers(): the gradient slots (backend dtype)
+  DeviceBuffer wide_unit_;     // stages 2-3 with f32 gradients: the slots' gradients in f32
+  DeviceBuffer reduced_chunk_; // stages 2-3: each slot's reduce-scatter result (grad dtype)
   std::vector<bool> grads_active_;
   size_t max_block_ = 0;
+  size_t other_slot_ = 0;  // elements of gradient slots 1 and 2: the largest block or ln_f
+  bool overlap_;
+
+  // A started collective not yet waited for: per gradient slot (stages
+  // 2-3's reduce-scatters) and per weight slot (stage 3's gathers).
+  struct Pending {
+    bool active = false;
+    CollectiveTicket ticket = 0;
+    size_t unit = 0;
+  };
+  std::array<Pending, kGradSlots> pending_reductions_;
+  std::array<Pending, 4> pending_gathers_;
+  // Stages 1-2: each unit's gather of the updated chunks, started by the
+  // optimizer and waited for by the next acquire_weights (0: none).
+  std::vector<CollectiveTicket> updated_weights_;
+  bool reduce_in_backward_ = false;  // stages 0-1: this micro-step's backward reduces each unit
+  size_t units_reduced_ = 0;         // units whose reduction backward has started this step
 };
 
 }  // namespace srgpt

@@ -70,10 +70,11 @@ class ZeroShardPlan {
 //                    bf16-kahan): full for stage 0, the shard otherwise
 //   working          ZeRO working buffers: stage 3's gathered weights
 //                    (embeddings, ln_f, two block slots); the micro-step
-//                    unit gradients (embeddings + the largest other unit)
-//                    of stages 2-3, and of stages 0-1 with f32 gradients;
-//                    stages 2-3's reduced chunk, and with f32 gradients
-//                    one unit converted to f32
+//                    gradient slots (embeddings + twice the largest other
+//                    unit, so one can be reduced while backward fills the
+//                    other) of stages 2-3, and of stages 0-1 with f32
+//                    gradients; stages 2-3's reduced chunks (1/world of
+//                    the slots), and with f32 gradients the slots in f32
 struct RankMemory {
   size_t weights = 0;
   size_t grads = 0;

@@ -1,8 +1,9 @@
 // Data-parallel training under mpirun on the cpu backend: every ZeRO stage
 // and precision mode against the single-process run with the same global
 // batch, replicas bit-identical after every step, bytes per rank as the
-// ZeRO formulas say, bit-exact resume (with validation during the run), and
-// resume on another world size.
+// ZeRO formulas say, the same bits with and without dist.overlap_comm,
+// bit-exact resume (with validation during the run), and resume on another
+// world size.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -146,6 +147,16 @@ TEST_CASE("every ZeRO stage and precision: losses match one process, replicas bi
       CHECK(std::fabs(losses[0] - ref_losses[0]) < 1e-9);
       CHECK(max_gap(losses, ref_losses, 1) < bound);
       CHECK(same_on_all_ranks(losses.back()));
+      // Without overlap every collective completes where it is called:
+      // the same reductions, so the same bits.
+      Config sequential = c;
+      sequential.dist.overlap_comm = false;
+      sequential.out_dir += "-sequential";
+      TrainOptions quiet;
+      quiet.quiet = true;
+      Trainer seq(sequential, quiet);
+      CHECK(seq.run().losses == losses);
+      CHECK(weights_crc(seq) == weights_crc(dp));
     }
   }
 }

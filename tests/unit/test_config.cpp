@@ -77,6 +77,7 @@ Config random_valid_config(std::mt19937_64& rng) {
           ? pick(rng, {srgpt::GradReduceChoice::auto_select, srgpt::GradReduceChoice::fp32})
           : pick(rng, {srgpt::GradReduceChoice::auto_select, srgpt::GradReduceChoice::bf16,
                        srgpt::GradReduceChoice::fp32});
+  c.dist.overlap_comm = rng() % 2 == 0;
   c.out_dir = "runs/r" + std::to_string(integer(0, 1000000));
   return c;
 }
@@ -101,6 +102,7 @@ TEST_CASE("config defaults: an empty document gives the documented defaults", "[
   CHECK(parsed.device == srgpt::DeviceChoice::auto_select);
   CHECK(parsed.optimizer.decay == srgpt::LrDecay::cosine);
   CHECK(parsed.dist.communicator == srgpt::CommunicatorChoice::auto_select);
+  CHECK(parsed.dist.overlap_comm);
   CHECK(parsed.out_dir == "runs/default");
   // The defaults themselves are a valid, consistent config.
   CHECK_NOTHROW(parsed.validate_for_world(1));
@@ -113,7 +115,7 @@ TEST_CASE("config round trip: to_json, text, from_json gives an identical config
   std::mt19937_64 rng(20240520);
   std::vector<std::string> default_keys;
   collect_keys(srgpt::config_to_json(Config{}), "", default_keys);
-  CHECK(default_keys.size() == 37);  // every key of the schema, comment excluded
+  CHECK(default_keys.size() == 38);  // every key of the schema, comment excluded
   for (int trial = 0; trial < 200; ++trial) {
     Config original = random_valid_config(rng);
     json doc = srgpt::config_to_json(original);
@@ -145,6 +147,8 @@ TEST_CASE("config errors name the origin, the key, the value and what is allowed
       {R"({"model": {"n_layer": 2.5}})", {"model.n_layer = 2.5", "an integer in [1, 4096]", "fractional"}},
       {R"({"optimizer": {"lr": "3e-4"}})", {"optimizer.lr = \"3e-4\"", "a number > 0", "without quotes"}},
       {R"({"train": {"steps": true}})", {"train.steps = true", "an integer >= 1", "a boolean"}},
+      {R"({"dist": {"overlap_comm": "false"}})", {"dist.overlap_comm = \"false\"", "expected true or false", "a string"}},
+      {R"({"dist": {"overlap_comm": 0}})", {"dist.overlap_comm = 0", "expected true or false", "a number"}},
       {R"({"model": 12})", {"model = 12", "an object with keys vocab_size, max_seq_len", "a number"}},
       {R"({"data": {"train": ["a.bin", "b.bin"]}})", {"data.train", "a string", "an array"}},
       {R"({"comment": 7})", {"comment = 7", "a string"}},
@@ -255,6 +259,7 @@ TEST_CASE("config overrides: dotted keys, JSON or plain-string values, clear err
   srgpt::apply_override(doc, "out_dir=runs/a=b");  // only the first '=' splits
   srgpt::apply_override(doc, "checkpoint={\"every\": 50, \"keep\": 9}");
   srgpt::apply_override(doc, "data.val=");  // empty string disables validation
+  srgpt::apply_override(doc, "dist.overlap_comm=false");
   CHECK(doc["optimizer"]["lr"].is_number_float());
   CHECK(doc["model"]["n_layer"].is_number_integer());
   Config c = srgpt::config_from_json(doc, "o.json");
@@ -266,6 +271,7 @@ TEST_CASE("config overrides: dotted keys, JSON or plain-string values, clear err
   CHECK(c.out_dir == "runs/a=b");
   CHECK(c.checkpoint.every == 50);
   CHECK(c.checkpoint.keep == 9);
+  CHECK_FALSE(c.dist.overlap_comm);
 
   json quoted = json::object();
   srgpt::apply_override(quoted, "data.val=\"quoted.bin\"");

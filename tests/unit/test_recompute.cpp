@@ -17,8 +17,10 @@
 #include "srgpt/communicator.h"
 #include "srgpt/config.h"
 #include "srgpt/model.h"
+#include "unit/test_util.h"
 
 using namespace srgpt;
+using srgpt_test::three_layer_model;
 
 namespace {
 
@@ -84,18 +86,6 @@ double relative_difference(const std::vector<char>& a, const std::vector<char>& 
   }
   REQUIRE(norm > 0);
   return std::sqrt(diff / norm);
-}
-
-// Small enough for f64 runs, with 3 layers so that a tensor shared between
-// layers is told apart from one per layer.
-ModelConfig three_layer_model() {
-  ModelConfig cfg;
-  cfg.vocab_size = 70;
-  cfg.max_seq_len = 16;
-  cfg.n_layer = 3;
-  cfg.n_head = 2;
-  cfg.d_model = 32;
-  return cfg;
 }
 
 }  // namespace

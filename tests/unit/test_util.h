@@ -27,6 +27,19 @@ namespace srgpt_test {
 
 namespace fs = std::filesystem;
 
+// A GPT small enough for f64 runs, with 3 layers so that a tensor shared
+// between layers is told apart from one per layer, and ZeRO-3's two block
+// slots are each used more than once.
+inline srgpt::ModelConfig three_layer_model() {
+  srgpt::ModelConfig cfg;
+  cfg.vocab_size = 70;
+  cfg.max_seq_len = 16;
+  cfg.n_layer = 3;
+  cfg.n_head = 2;
+  cfg.d_model = 32;
+  return cfg;
+}
+
 // A seed drawn anew each run, for inputs that must not be the same every
 // time; tests print it (INFO) so that a failure can be replayed.
 inline uint32_t fresh_seed() { return std::random_device{}(); }
