@@ -162,10 +162,13 @@ class NcclCommunicator final : public Communicator {
     return record_ticket();
   }
   void wait(CollectiveTicket ticket) override {
-    if (ticket > issued_) fail("internal: wait for collective ticket {}, but only {} were started", ticket, issued_);
-    if (ticket <= completed_) return;
-    require_alive();
-    CUDA_CHECK(cudaStreamWaitEvent(backend_stream_, done_[ticket - completed_ - 1].get(), 0));
+    if (ticket_done(ticket)) return;
+    CUDA_CHECK(cudaStreamWaitEvent(backend_stream_, done_event(ticket), 0));
+  }
+  void wait_on_host(CollectiveTicket ticket) override {
+    if (ticket_done(ticket)) return;
+    cudaEvent_t done = done_event(ticket);
+    watch("started collectives", "cudaEventQuery", [done] { return cudaEventQuery(done); });
   }
   void wait_all() override {
     if (issued_ > completed_) finish("started collectives");
@@ -200,6 +203,16 @@ class NcclCommunicator final : public Communicator {
     CUDA_CHECK(cudaEventRecord(backend_ready_.get(), backend_stream_));
     CUDA_CHECK(cudaStreamWaitEvent(stream_.get(), backend_ready_.get(), 0));
   }
+
+  // True when finish() has seen `ticket` complete; otherwise the
+  // communicator must still be usable.
+  bool ticket_done(CollectiveTicket ticket) const {
+    if (ticket > issued_) fail("internal: wait for collective ticket {}, but only {} were started", ticket, issued_);
+    if (ticket <= completed_) return true;
+    require_alive();
+    return false;
+  }
+  cudaEvent_t done_event(CollectiveTicket ticket) const { return done_[ticket - completed_ - 1].get(); }
 
   // An event after the work just queued; done_[i] belongs to ticket
   // completed_ + 1 + i, and the events are reused once finish() has seen
@@ -257,15 +270,19 @@ class NcclCommunicator final : public Communicator {
   // timeout: a peer that died or never joins makes NCCL kernels spin
   // forever, and aborting the NCCL communicator is what releases them.
   void finish(const char* what) {
+    watch(what, "cudaStreamQuery", [this] { return cudaStreamQuery(stream_.get()); });
+    completed_ = issued_;
+  }
+
+  // Polls `query` (a CUDA query of this stream's work) until it succeeds.
+  template <typename Query>
+  void watch(const char* what, const char* query_name, Query query) {
     const auto start = std::chrono::steady_clock::now();
     for (;;) {
-      const cudaError_t state = cudaStreamQuery(stream_.get());
-      if (state == cudaSuccess) {
-        completed_ = issued_;
-        return;
-      }
+      const cudaError_t state = query();
+      if (state == cudaSuccess) return;
       if (state != cudaErrorNotReady)
-        throw_cuda_error(state, fmt::format("cudaStreamQuery waiting for NCCL {}", what).c_str(), __FILE__, __LINE__);
+        throw_cuda_error(state, fmt::format("{} waiting for NCCL {}", query_name, what).c_str(), __FILE__, __LINE__);
       ncclResult_t async_error = ncclSuccess;
       check(ncclCommGetAsyncError(comm_.get(), &async_error), "ncclCommGetAsyncError");
       if (async_error != ncclSuccess) {

@@ -32,6 +32,8 @@ void Communicator::wait(CollectiveTicket ticket) {
   }
 }
 
+void Communicator::wait_on_host(CollectiveTicket ticket) { wait(ticket); }
+
 void Communicator::wait_all() { wait(started_); }
 
 }  // namespace srgpt

@@ -230,7 +230,7 @@ void GPT::forward_pass(const int32_t* inputs, const int32_t* targets, float dlos
 }
 
 double GPT::mean_loss() {
-  params_.complete_collectives();
+  params_.prepare_backend_read();
   return backend_.sum_accum(stat("losses"), size_t(B_) * T_) / (double(B_) * T_);
 }
 

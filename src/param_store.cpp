@@ -95,18 +95,18 @@ const void* ParameterStore::acquire_weights(size_t u) {
   const ZeroUnit& unit = plan_.unit(u);
   if (stage_ < 3) {
     // Stages 1-2: the optimizer's gather of this unit's updated chunks.
-    if (updated_weights_[u]) comm_.wait(std::exchange(updated_weights_[u], 0));
+    if (updated_weights_[u]) backend_waits_for(std::exchange(updated_weights_[u], 0));
     return at(weights_.get(), unit.begin);
   }
   char* slot = at(work_weights_.get(), working_slot(u));
   Pending& gather = pending_gathers_[weight_slot_index(u)];
   if (gather.active && gather.unit == u) {
-    comm_.wait(gather.ticket);
+    backend_waits_for(gather.ticket);
   } else {
     const CollectiveTicket ticket =
         comm_.start_all_gather(at(weights_.get(), unit.shard_offset), slot, unit.chunk, backend_.dtype());
     if (overlap_)
-      comm_.wait(ticket);
+      backend_waits_for(ticket);
     else
       complete_collectives();
   }
@@ -180,23 +180,38 @@ void ParameterStore::finish_reduction(size_t s) {
   Pending& reduction = pending_reductions_[s];
   if (!reduction.active) return;
   reduction.active = false;
-  comm_.wait(reduction.ticket);
+  backend_waits_for(reduction.ticket);
   const ZeroUnit& unit = plan_.unit(reduction.unit);
   backend_.accumulate(grad_at(grads_.get(), unit.shard_offset), grad_dtype_,
                       grad_at(reduced_chunk_.get(), grad_slot_offset(s) / size_t(plan_.world_size())), grad_dtype_,
                       unit.chunk);
 }
 
+void ParameterStore::backend_waits_for(CollectiveTicket ticket) {
+  comm_.wait(ticket);
+  backend_waits_ = std::max(backend_waits_, ticket);
+}
+
+void ParameterStore::prepare_backend_read() {
+  comm_.wait_on_host(backend_waits_);
+  // A gather nobody acquired is dropped, so no later pass (after the
+  // optimizer has changed the shard) can take its stale weights; a later
+  // gather into the same slot runs after it.
+  for (Pending& gather : pending_gathers_) gather.active = false;
+}
+
 void ParameterStore::complete_collectives() {
   comm_.wait_all();
   for (size_t s = 0; s < kGradSlots; ++s) finish_reduction(s);
-  // A gather nobody acquired is dropped, so no later pass (after the
-  // optimizer has changed the shard) can take its stale weights.
   for (Pending& gather : pending_gathers_) gather.active = false;
   std::fill(updated_weights_.begin(), updated_weights_.end(), 0);
 }
 
 void ParameterStore::zero_grads() {
+  // Reductions of gradients being thrown away: their slots wait for them,
+  // their sums are dropped.
+  for (Pending& reduction : pending_reductions_)
+    if (std::exchange(reduction.active, false)) backend_waits_for(reduction.ticket);
   backend_.fill_zero(grads_.get(), grads_.bytes());
   std::fill(grads_active_.begin(), grads_active_.end(), false);
   reduce_in_backward_ = false;

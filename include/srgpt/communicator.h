@@ -87,6 +87,10 @@ class Communicator {
   // The backend's work queued after this call sees the results of `ticket`
   // and of every collective started before it, and may reuse their buffers.
   virtual void wait(CollectiveTicket ticket);
+  // Returns when `ticket` and every collective started before it have
+  // finished, watching for failed or absent peers as the plain collectives
+  // do; later ones may still run.
+  virtual void wait_on_host(CollectiveTicket ticket);
   // Returns when every started collective has finished; the host may then
   // read their results.
   virtual void wait_all();

@@ -84,9 +84,15 @@ class ParameterStore {
   void* unit_grads(size_t u);
   // Backward has finished unit u for this micro-step.
   void grads_done(size_t u);
-  // Waits on the host for every collective started so far (which watches
-  // for peers that failed or hang) and finishes their bookkeeping; the
-  // model calls it before it reads a result on the host.
+  // Waits on the host (watching for peers that failed or hang) for the
+  // collectives the backend's queued work waits for, so that reading a
+  // result of that work cannot hang on a peer; the model calls it before
+  // it reads the loss. Those nothing waits for yet go on: the embeddings'
+  // reduce-scatter (stages 2-3), waited for by the next micro-step's LM
+  // head or by reduce_gradients.
+  void prepare_backend_read();
+  // Waits on the host for every collective started so far and finishes
+  // their bookkeeping.
   void complete_collectives();
 
   // ---- the trainer's and optimizer's side
@@ -145,6 +151,8 @@ class ParameterStore {
   void finish_reduction(size_t s);
   // Stage 3: which of the four weight slots unit u is gathered into.
   size_t weight_slot_index(size_t u) const;
+  // comm_.wait(ticket), remembering the latest ticket the backend waits for.
+  void backend_waits_for(CollectiveTicket ticket);
 
   Backend& backend_;
   Communicator& comm_;
@@ -176,8 +184,9 @@ class ParameterStore {
   // Stages 1-2: each unit's gather of the updated chunks, started by the
   // optimizer and waited for by the next acquire_weights (0: none).
   std::vector<CollectiveTicket> updated_weights_;
-  bool reduce_in_backward_ = false;  // stages 0-1: this micro-step's backward reduces each unit
-  size_t units_reduced_ = 0;         // units whose reduction backward has started this step
+  CollectiveTicket backend_waits_ = 0;  // the latest ticket the backend's work was made to wait for
+  bool reduce_in_backward_ = false;    // stages 0-1: this micro-step's backward reduces each unit
+  size_t units_reduced_ = 0;           // units whose reduction backward has started this step
 };
 
 }  // namespace srgpt
