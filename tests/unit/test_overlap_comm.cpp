@@ -1,14 +1,20 @@
 // dist.overlap_comm on one process: a ParameterStore gives the same bits
 // with the collectives overlapped (deferred or run at once) as completed
-// at each call, at every ZeRO stage and gradient dtype.
+// at each call, at every ZeRO stage and gradient dtype; and zero_grads
+// drops a reduction still pending from gradients it throws away.
 // tests/mpi/test_overlap_mpi.cpp repeats the check across ranks, where the
 // reductions add real sums.
+#include <cstdint>
 #include <cstring>
+#include <random>
+#include <vector>
 
 #include "catch.h"
 #include "overlap_schedule.h"
 #include "srgpt/backend.h"
 #include "srgpt/communicator.h"
+#include "srgpt/model.h"
+#include "srgpt/param_store.h"
 
 using namespace srgpt;
 using namespace srgpt_test;
@@ -33,5 +39,42 @@ TEST_CASE("overlapped collectives give the same losses, gradients and weights at
       const size_t half = completed.grads.size() / 2;
       CHECK(std::memcmp(completed.grads.data(), completed.grads.data() + half, half) != 0);
     }
+  }
+}
+
+TEST_CASE("zero_grads drops a reduction still pending from thrown-away gradients", "[overlap]") {
+  // After a micro-step the embeddings' reduce-scatter is still pending
+  // (ZeRO-2/3); zeroing the gradients then must not let it be added into
+  // the next step's shard.
+  constexpr int kB = 2, kT = 16;
+  const ModelConfig cfg = three_layer_model();
+  const uint32_t seed = fresh_seed();
+  INFO("seed " << seed);
+  std::mt19937_64 rng(seed);
+  std::vector<std::vector<int32_t>> tokens(4, std::vector<int32_t>(kB * kT));
+  for (auto& t : tokens)
+    for (int32_t& id : t) id = int32_t(rng() % uint64_t(cfg.vocab_size));
+  for (int stage = 2; stage <= 3; ++stage) {
+    INFO("ZeRO stage " << stage);
+    auto gradients = [&](bool thrown_away_step_first) {
+      auto backend = make_cpu_backend(DType::bf16);
+      auto comm = make_single_process_communicator(*backend);
+      ParameterStore params(*backend, *comm, gpt2_param_layout(cfg), stage, DType::bf16, true);
+      params.set_weights(gpt2_initial_weights(cfg, params.layout(), 29, 0.2));
+      GPT model(cfg, params, kB, kT);
+      if (thrown_away_step_first) {
+        params.zero_grads();
+        params.begin_micro_step(true);
+        model.forward_backward(tokens[0].data(), tokens[1].data(), 1.0f);
+      }
+      params.zero_grads();
+      params.begin_micro_step(true);
+      model.forward_backward(tokens[2].data(), tokens[3].data(), 1.0f);
+      params.reduce_gradients();
+      std::vector<char> out(params.grad_bytes());
+      backend->download(out.data(), params.grads(), out.size());
+      return out;
+    };
+    CHECK(gradients(true) == gradients(false));
   }
 }
