@@ -457,8 +457,28 @@ void bench_kernels(const Options& o, const Ceilings& ceilings) {
     uint64_t t = 0;
     run(std::string("adamw_update ") + precision_name(mode), fmt::format("n={}", P), per_param * P, false, [&] {
       step.step = ++t;
-      be.adamw_update(mode, bufs, 0, P, step);
+      be.adamw_update(mode, bufs, {{0, P, true}}, step);
     });
+    if (mode != Precision::bf16_sr) continue;
+    // The optimizer's calls over d12's tensors: one per ZeRO unit (one
+    // launch for its tensors), against one launch per tensor.
+    const Layout layout = gpt2_param_layout(cfg);
+    const ZeroShardPlan plan(layout, 1);
+    std::vector<std::vector<AdamWRange>> per_unit(plan.units().size()), per_tensor;
+    for (const TensorSpec& tensor : layout.tensors()) {
+      per_tensor.push_back({{tensor.offset, tensor.offset + tensor.numel, tensor.decay}});
+      for (size_t u = 0; u < plan.units().size(); ++u)
+        if (tensor.offset >= plan.unit(u).begin && tensor.offset < plan.unit(u).end)
+          per_unit[u].push_back(per_tensor.back()[0]);
+    }
+    const std::string shape = fmt::format("n={} (d12 tensors)", layout.num_params());
+    const std::pair<const char*, const std::vector<std::vector<AdamWRange>>*> schedules[] = {
+        {"a launch per tensor", &per_tensor}, {"a launch per unit", &per_unit}};
+    for (const auto& [what, calls] : schedules)
+      run(fmt::format("adamw_update bf16-sr, {}", what), shape, per_param * layout.num_params(), false, [&] {
+        step.step = ++t;
+        for (const auto& ranges : *calls) be.adamw_update(mode, bufs, ranges, step);
+      });
   }
   std::printf("\nper-kernel results, GPT-2 d12 shapes (bf16):\n");
   print_kernel_table(rows, ceilings);

@@ -1,4 +1,5 @@
 #include <cstdint>
+#include <vector>
 
 #include "adamw.cuh"
 #include "common.cuh"
@@ -67,18 +68,42 @@ struct ModeTypes<Precision::fp32> {
   using State = float;
 };
 
+// The ranges of one launch, by value. A block updates groups of one range
+// only: range r owns blocks [first_block[r], first_block[r + 1]).
+constexpr int kMaxRanges = 16;
+struct LaunchRanges {
+  int count = 0;
+  size_t begin[kMaxRanges] = {}, end[kMaxRanges] = {};
+  bool decay[kMaxRanges] = {};
+  unsigned first_block[kMaxRanges + 1] = {};
+};
+
+// At most 64 registers, so that 4 blocks fit on an SM as before the
+// range table (which costs up to 10 more): the update is memory-bound.
 template <Precision Mode, typename G>
-__global__ void __launch_bounds__(kThreads)
-    adamw_kernel(OptimizerBuffers buffers, size_t begin, size_t end, size_t first_group, size_t groups,
-                 AdamWStep step, bool aligned) {
+__global__ void __launch_bounds__(kThreads, 4)
+    adamw_kernel(OptimizerBuffers buffers, LaunchRanges ranges, AdamWStep launch_step, bool aligned) {
   using W = typename ModeTypes<Mode>::Weight;
   using M = typename ModeTypes<Mode>::State;
-  const size_t group = first_group + size_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (group >= first_group + groups) return;
-  const size_t first = group * kGroup;
+  // This block's range, found with constant indices only: a parameter array
+  // indexed at run time would be copied to local memory.
+  size_t begin = ranges.begin[0], end = ranges.end[0];
+  bool decay = ranges.decay[0];
+  unsigned range_block = blockIdx.x;
+#pragma unroll
+  for (int r = 1; r < kMaxRanges; ++r)
+    if (r < ranges.count && blockIdx.x >= ranges.first_block[r]) {
+      begin = ranges.begin[r];
+      end = ranges.end[r];
+      decay = ranges.decay[r];
+      range_block = blockIdx.x - ranges.first_block[r];
+    }
+  const size_t first = (begin / kGroup + size_t(range_block) * blockDim.x + threadIdx.x) * kGroup;
+  if (first >= end) return;
   const size_t lo = first > begin ? first : begin;
   const size_t hi = first + kGroup < end ? first + kGroup : end;
   const bool whole = aligned && lo == first && hi == first + kGroup;
+  const AdamWStep step = step_for_range(launch_step, decay);
 
   auto* weights = static_cast<W*>(buffers.weights);
   auto* grads = static_cast<const G*>(buffers.grads);
@@ -128,47 +153,54 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <Precision Mode>
-void launch(cudaStream_t stream, const OptimizerBuffers& buffers, size_t begin, size_t end, const AdamWStep& step) {
-  const size_t first_group = begin / kGroup;
-  const size_t groups = (end + kGroup - 1) / kGroup - first_group;
+void launch(cudaStream_t stream, const OptimizerBuffers& buffers, const LaunchRanges& ranges, const AdamWStep& step) {
+  const unsigned blocks = ranges.first_block[ranges.count];
   const bool aligned = all_aligned16(buffers.weights, buffers.grads, buffers.m, buffers.v, buffers.master,
                                      buffers.compensation);
   if (buffers.f32_grads)
-    adamw_kernel<Mode, float><<<ceil_div(groups, kThreads), kThreads, 0, stream>>>(buffers, begin, end, first_group,
-                                                                                  groups, step, aligned);
+    adamw_kernel<Mode, float><<<blocks, kThreads, 0, stream>>>(buffers, ranges, step, aligned);
   else
-    adamw_kernel<Mode, typename ModeTypes<Mode>::Weight><<<ceil_div(groups, kThreads), kThreads, 0, stream>>>(
-        buffers, begin, end, first_group, groups, step, aligned);
+    adamw_kernel<Mode, typename ModeTypes<Mode>::Weight><<<blocks, kThreads, 0, stream>>>(buffers, ranges, step,
+                                                                                        aligned);
   CUDA_CHECK_LAUNCH("adamw_kernel");
 }
 
-void require(const void* p, const char* buffer) {
-  if (!p) fail("adamw_update: this precision mode needs the {} buffer, which is missing", buffer);
+void launch(cudaStream_t stream, Precision mode, const OptimizerBuffers& buffers, const LaunchRanges& ranges,
+            const AdamWStep& step) {
+  switch (mode) {
+    case Precision::bf16_sr: return launch<Precision::bf16_sr>(stream, buffers, ranges, step);
+    case Precision::bf16_rn: return launch<Precision::bf16_rn>(stream, buffers, ranges, step);
+    case Precision::mixed: return launch<Precision::mixed>(stream, buffers, ranges, step);
+    case Precision::fp32: return launch<Precision::fp32>(stream, buffers, ranges, step);
+    case Precision::bf16_kahan: return launch<Precision::bf16_kahan>(stream, buffers, ranges, step);
+  }
+  fail("adamw_update: unknown precision mode {}", int(mode));
 }
 
 }  // namespace
 
-void adamw_update(DType storage, cudaStream_t stream, Precision mode, const OptimizerBuffers& buffers, size_t begin,
-                  size_t end, const AdamWStep& step) {
-  if (storage != compute_dtype(mode))
-    fail("adamw_update: the precision mode computes in {}, but this cuda backend stores {}",
-         dtype_name(compute_dtype(mode)), dtype_name(storage));
-  if (begin > end) fail("adamw_update: element range [{}, {}) is reversed", begin, end);
-  require(buffers.weights, "weights");
-  require(buffers.grads, "grads");
-  require(buffers.m, "m");
-  require(buffers.v, "v");
-  if (has_master_weights(mode)) require(buffers.master, "master");
-  if (has_kahan_compensation(mode)) require(buffers.compensation, "compensation");
-  if (begin == end) return;
-  switch (mode) {
-    case Precision::bf16_sr: return launch<Precision::bf16_sr>(stream, buffers, begin, end, step);
-    case Precision::bf16_rn: return launch<Precision::bf16_rn>(stream, buffers, begin, end, step);
-    case Precision::mixed: return launch<Precision::mixed>(stream, buffers, begin, end, step);
-    case Precision::fp32: return launch<Precision::fp32>(stream, buffers, begin, end, step);
-    case Precision::bf16_kahan: return launch<Precision::bf16_kahan>(stream, buffers, begin, end, step);
+void adamw_update(DType storage, cudaStream_t stream, Precision mode, const OptimizerBuffers& buffers,
+                  const std::vector<AdamWRange>& ranges, const AdamWStep& step) {
+  check_adamw_update("cuda", storage, mode, buffers, ranges);
+  // Up to kMaxRanges non-empty ranges per launch: the optimizer's ranges are
+  // the tensors of one ZeRO unit, at most 12 for a transformer block.
+  LaunchRanges batch;
+  auto flush = [&] {
+    if (batch.count) launch(stream, mode, buffers, batch, step);
+    batch = LaunchRanges();
+  };
+  for (const AdamWRange& range : ranges) {
+    if (range.begin == range.end) continue;
+    if (batch.count == kMaxRanges) flush();
+    const size_t groups = (range.end + kGroup - 1) / kGroup - range.begin / kGroup;
+    const size_t blocks = batch.first_block[batch.count] + (groups + kThreads - 1) / kThreads;
+    if (blocks > 0x7fffffffu) fail("adamw_update: {} elements in one launch exceed the grid", range.end - range.begin);
+    batch.begin[batch.count] = range.begin;
+    batch.end[batch.count] = range.end;
+    batch.decay[batch.count] = range.decay;
+    batch.first_block[++batch.count] = unsigned(blocks);
   }
-  fail("adamw_update: unknown precision mode {}", int(mode));
+  flush();
 }
 
 }  // namespace srgpt::gpu

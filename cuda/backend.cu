@@ -175,9 +175,9 @@ double CudaBackend::sum_squares(const void* x, DType x_dtype, size_t n) {
 
 bool CudaBackend::all_finite(const void* x, size_t n) { return gpu::all_finite(dtype(), stream(), scratch_, x, n); }
 
-void CudaBackend::adamw_update(Precision mode, const OptimizerBuffers& buffers, size_t begin, size_t end,
+void CudaBackend::adamw_update(Precision mode, const OptimizerBuffers& buffers, const std::vector<AdamWRange>& ranges,
                                const AdamWStep& step) {
-  gpu::adamw_update(dtype(), stream(), mode, buffers, begin, end, step);
+  gpu::adamw_update(dtype(), stream(), mode, buffers, ranges, step);
 }
 
 }  // namespace gpu

@@ -54,7 +54,7 @@ class CudaBackend final : public Backend {
   double sum_accum(const void* x, size_t n) override;
   double sum_squares(const void* x, DType x_dtype, size_t n) override;
   bool all_finite(const void* x, size_t n) override;
-  void adamw_update(Precision mode, const OptimizerBuffers& buffers, size_t begin, size_t end,
+  void adamw_update(Precision mode, const OptimizerBuffers& buffers, const std::vector<AdamWRange>& ranges,
                     const AdamWStep& step) override;
 
   // The tensor-core attention's strategies (attention.cuh);

@@ -49,6 +49,7 @@ void Optimizer::step(int64_t t, double lr, float grad_scale) {
   s.beta1 = float(config_.beta1);
   s.beta2 = float(config_.beta2);
   s.eps = float(config_.eps);
+  s.weight_decay = float(config_.weight_decay);
   s.grad_scale = grad_scale;
   s.bias_correction1 = float(1.0 - std::pow(config_.beta1, double(t)));
   s.bias_correction2 = float(1.0 - std::pow(config_.beta2, double(t)));
@@ -61,18 +62,20 @@ void Optimizer::step(int64_t t, double lr, float grad_scale) {
   bufs.compensation = compensation_.get();
   bufs.f32_grads = params_.grad_dtype() != params_.backend().dtype();
   const auto& tensors = params_.layout().tensors();
+  std::vector<AdamWRange> ranges;
   for (size_t u = 0; u < params_.plan().units().size(); ++u) {
     UnitUpdateView view = params_.update_view(u);
     bufs.weights = view.weights;
     bufs.grads = view.grads;
     s.index_offset = view.sr_offset;
-    // Each tensor's part of the owned range; alignment padding is skipped.
+    // Each tensor's part of the owned range, in one backend call per unit;
+    // alignment padding is skipped.
+    ranges.clear();
     for (const TensorSpec& tensor : tensors) {
       const size_t a = std::max(view.begin, tensor.offset), b = std::min(view.end, tensor.offset + tensor.numel);
-      if (a >= b) continue;
-      s.weight_decay = tensor.decay ? float(config_.weight_decay) : 0.0f;
-      params_.backend().adamw_update(precision_, bufs, a - view.offset, b - view.offset, s);
+      if (a < b) ranges.push_back({a - view.offset, b - view.offset, tensor.decay});
     }
+    params_.backend().adamw_update(precision_, bufs, ranges, s);
   }
   params_.gather_updated_weights();
 }

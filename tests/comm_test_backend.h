@@ -68,7 +68,7 @@ class ScrambledMemoryBackend final : public Backend {
   double sum_accum(const void*, size_t) override { no_op("sum_accum"); }
   double sum_squares(const void*, DType, size_t) override { no_op("sum_squares"); }
   bool all_finite(const void*, size_t) override { no_op("all_finite"); }
-  void adamw_update(Precision, const OptimizerBuffers&, size_t, size_t, const AdamWStep&) override {
+  void adamw_update(Precision, const OptimizerBuffers&, const std::vector<AdamWRange>&, const AdamWStep&) override {
     no_op("adamw_update");
   }
 

@@ -15,7 +15,8 @@ namespace srgpt {
 struct AdamWStep {
   float lr;
   float beta1, beta2, eps;
-  float weight_decay;       // already zero for tensors that are not decayed
+  float weight_decay;       // of the tensors that decay; the element functions take the step through
+                            // step_for_range, where it is zero for the others
   float grad_scale;         // global-norm clipping factor (1 when not clipping)
   float bias_correction1;   // 1 - beta1^t, computed in double on the host
   float bias_correction2;   // 1 - beta2^t
@@ -28,6 +29,13 @@ struct AdamWStep {
   // world size.
   uint64_t index_offset;
 };
+
+// The step as the element functions see it in a range that decays or not.
+SRGPT_HD AdamWStep step_for_range(const AdamWStep& s, bool decay) {
+  AdamWStep r = s;
+  if (!decay) r.weight_decay = 0.0f;
+  return r;
+}
 
 // m, v and the update direction in fp32, from fp32 state values.
 SRGPT_HD float adamw_moments(float g, float* m, float* v, const AdamWStep& s) {

@@ -12,9 +12,11 @@
 #include <memory>
 #include <utility>
 #include <string>
+#include <vector>
 
 #include "srgpt/adamw_math.h"
 #include "srgpt/dtype.h"
+#include "srgpt/error.h"
 #include "srgpt/layernorm_math.h"
 #include "srgpt/precision.h"
 
@@ -31,6 +33,46 @@ struct OptimizerBuffers {
   float* master = nullptr;      // mixed only
   void* compensation = nullptr; // bf16-kahan only, bf16
 };
+
+// An element range [begin, end) of the optimizer buffers, and whether
+// AdamWStep::weight_decay applies to it (matrices and embeddings do, biases
+// and layernorm parameters do not).
+struct AdamWRange {
+  size_t begin = 0;
+  size_t end = 0;
+  bool decay = false;
+};
+
+// Fails, naming the backend, unless `storage` is the mode's compute dtype,
+// the mode's buffers are all there and the ranges are ascending, disjoint
+// and not reversed (each element is updated once, so a backend may update
+// the ranges in any order or all at once).
+inline void check_adamw_update(const char* backend, DType storage, Precision mode, const OptimizerBuffers& buffers,
+                               const std::vector<AdamWRange>& ranges) {
+  if (storage != compute_dtype(mode))
+    fail("adamw_update ({} backend): precision {} computes in {}, but this backend stores {}", backend,
+         precision_name(mode), dtype_name(compute_dtype(mode)), dtype_name(storage));
+  auto require = [&](const void* p, const char* name) {
+    if (!p)
+      fail("adamw_update ({} backend): precision {} needs the {} buffer, which is missing", backend,
+           precision_name(mode), name);
+  };
+  require(buffers.weights, "weights");
+  require(buffers.grads, "grads");
+  require(buffers.m, "m");
+  require(buffers.v, "v");
+  if (has_master_weights(mode)) require(buffers.master, "master");
+  if (has_kahan_compensation(mode)) require(buffers.compensation, "compensation");
+  for (size_t i = 0; i < ranges.size(); ++i) {
+    if (ranges[i].begin > ranges[i].end)
+      fail("adamw_update ({} backend): element range {} [{}, {}) is reversed", backend, i, ranges[i].begin,
+           ranges[i].end);
+    if (i > 0 && ranges[i].begin < ranges[i - 1].end)
+      fail("adamw_update ({} backend): element range {} [{}, {}) starts before range {} ends at {} (ranges must be "
+           "ascending and disjoint)",
+           backend, i, ranges[i].begin, ranges[i].end, i - 1, ranges[i - 1].end);
+  }
+}
 
 class Backend {
  public:
@@ -108,10 +150,12 @@ class Backend {
   // True when every element of a dtype() vector is finite.
   virtual bool all_finite(const void* x, size_t n) = 0;
 
-  // ---- optimizer: AdamW over flat elements [begin, end) of the buffers.
-  // The element's flat index is the SR counter, so the same element gets
-  // the same random bits whichever rank or thread updates it.
-  virtual void adamw_update(Precision mode, const OptimizerBuffers& buffers, size_t begin, size_t end,
+  // ---- optimizer: AdamW over the ranges of flat elements of the buffers
+  // (check_adamw_update's rules), in one launch on a GPU: the optimizer
+  // passes all the tensors of a ZeRO unit at once. The element's flat index
+  // (plus step.index_offset) is the SR counter, so the same element gets the
+  // same random bits whichever rank, thread or launch updates it.
+  virtual void adamw_update(Precision mode, const OptimizerBuffers& buffers, const std::vector<AdamWRange>& ranges,
                             const AdamWStep& step) = 0;
 
  protected:

@@ -9,7 +9,16 @@ namespace srgpt {
 
 enum class Precision { bf16_sr, bf16_rn, mixed, fp32, bf16_kahan };
 
-const char* precision_name(Precision p);
+inline const char* precision_name(Precision p) {
+  switch (p) {
+    case Precision::bf16_sr: return "bf16-sr";
+    case Precision::bf16_rn: return "bf16-rn";
+    case Precision::mixed: return "mixed";
+    case Precision::fp32: return "fp32";
+    case Precision::bf16_kahan: return "bf16-kahan";
+  }
+  return "?";
+}
 
 // Storage of weights used by forward/backward, gradients and activations.
 inline DType compute_dtype(Precision p) { return p == Precision::fp32 ? DType::f32 : DType::bf16; }

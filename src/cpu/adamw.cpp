@@ -1,4 +1,4 @@
-// AdamW over a flat element range, through the per-element functions of
+// AdamW over ranges of flat elements, through the per-element functions of
 // srgpt/adamw_math.h that the CUDA kernel shares.
 #include "cpu_ops.h"
 #include "srgpt/backend.h"
@@ -16,10 +16,6 @@ void for_each_element(size_t begin, size_t end, Update update) {
   for (int64_t i = int64_t(begin); i < int64_t(end); ++i) update(size_t(i));
 }
 
-void require(const void* p, const char* buffer, Precision mode) {
-  if (!p) fail("adamw_update: precision {} needs the {} buffer, which is missing", precision_name(mode), buffer);
-}
-
 // Element i of the gradients as float, from bf16 or f32 storage.
 struct GradientReader {
   const void* data;
@@ -29,20 +25,10 @@ struct GradientReader {
   }
 };
 
-}  // namespace
-
-void adamw_update(DType storage, Precision mode, const OptimizerBuffers& buffers, size_t begin, size_t end,
-                  const AdamWStep& step) {
-  if (storage != compute_dtype(mode))
-    fail("adamw_update: precision {} computes in {}, but this cpu backend stores {}", precision_name(mode),
-         dtype_name(compute_dtype(mode)), dtype_name(storage));
-  if (begin > end) fail("adamw_update: element range [{}, {}) is reversed", begin, end);
-  require(buffers.weights, "weights", mode);
-  require(buffers.grads, "grads", mode);
-  require(buffers.m, "m", mode);
-  require(buffers.v, "v", mode);
-  if (has_master_weights(mode)) require(buffers.master, "master", mode);
-  if (has_kahan_compensation(mode)) require(buffers.compensation, "compensation", mode);
+void adamw_update_range(DType storage, Precision mode, const OptimizerBuffers& buffers, const AdamWRange& range,
+                        const AdamWStep& range_step) {
+  const AdamWStep step = step_for_range(range_step, range.decay);
+  const size_t begin = range.begin, end = range.end;
   const float grad_scale = step.grad_scale;
   const GradientReader g{buffers.grads, buffers.f32_grads || storage == DType::f32};
   switch (mode) {
@@ -84,5 +70,14 @@ void adamw_update(DType storage, Precision mode, const OptimizerBuffers& buffers
   }
   fail("adamw_update: unknown precision mode {}", int(mode));
 }
+
+}  // namespace
+
+void adamw_update(DType storage, Precision mode, const OptimizerBuffers& buffers, const std::vector<AdamWRange>& ranges,
+                  const AdamWStep& step) {
+  check_adamw_update("cpu", storage, mode, buffers, ranges);
+  for (const AdamWRange& range : ranges) adamw_update_range(storage, mode, buffers, range, step);
+}
+
 
 }  // namespace srgpt::cpu

@@ -134,9 +134,9 @@ class CpuBackend final : public Backend {
   }
   bool all_finite(const void* x, size_t n) override { return cpu::all_finite(st(x), n); }
 
-  void adamw_update(Precision mode, const OptimizerBuffers& buffers, size_t begin, size_t end,
+  void adamw_update(Precision mode, const OptimizerBuffers& buffers, const std::vector<AdamWRange>& ranges,
                     const AdamWStep& step) override {
-    cpu::adamw_update(dtype(), mode, buffers, begin, end, step);
+    cpu::adamw_update(dtype(), mode, buffers, ranges, step);
   }
 
  private:

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "srgpt/adamw_math.h"
 #include "srgpt/bf16.h"
@@ -22,6 +23,7 @@
 
 namespace srgpt {
 struct OptimizerBuffers;
+struct AdamWRange;
 }
 
 namespace srgpt::cpu {
@@ -113,7 +115,7 @@ template <typename S>
 bool all_finite(const S* x, size_t n);
 
 // storage is the backend's dtype; it must be the mode's compute dtype.
-void adamw_update(DType storage, Precision mode, const OptimizerBuffers& buffers, size_t begin, size_t end,
+void adamw_update(DType storage, Precision mode, const OptimizerBuffers& buffers, const std::vector<AdamWRange>& ranges,
                   const AdamWStep& step);
 
 }  // namespace srgpt::cpu

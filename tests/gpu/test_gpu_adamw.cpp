@@ -1,5 +1,6 @@
 // The GPU optimizer step is bit-identical to the cpu reference for every
-// precision mode, over whole and partial (unaligned) element ranges.
+// precision mode, over whole and partial (unaligned) element ranges, and
+// over many ranges in one call.
 #include <cmath>
 
 #include "gpu_test_util.h"
@@ -88,10 +89,20 @@ TEST_CASE("gpu adamw_update is bit-identical to the cpu backend in every precisi
       if (s->master.count()) s->master.set(weights);
       if (s->compensation.count()) s->compensation.set(compensation);
     }
-    // Three steps: the whole range, then ranges with unaligned ends (as a
-    // ZeRO shard or one tensor of the layout would be), with new gradients
-    // each step.
-    const std::pair<size_t, size_t> ranges[] = {{0, n}, {3, n - 5}, {8, 8 * 1001 + 1}};
+    // Four steps: the whole range, then ranges with unaligned ends (as a
+    // ZeRO shard or one tensor of the layout would be), then many ranges in
+    // one call (as the tensors of a ZeRO unit): more than one launch takes,
+    // empty ones, neighbours sharing a group of 8 elements, gaps, with and
+    // without weight decay. New gradients each step.
+    std::vector<AdamWRange> tensors;
+    for (size_t begin = 1; begin + 2000 < n;) {
+      const size_t end = begin + 1 + (begin * 7919) % 1999;
+      tensors.push_back({begin, end, (tensors.size() % 3) != 1});
+      tensors.push_back({end, end, true});
+      begin = end + (tensors.size() % 4 == 0 ? 5 : 0);
+    }
+    REQUIRE(tensors.size() > 2 * 16);
+    const std::vector<AdamWRange> ranges[] = {{{0, n, true}}, {{3, n - 5, false}}, {{8, 8 * 1001 + 1, true}}, tensors};
     uint64_t t = 0;
     for (const auto& range : ranges) {
       ++t;
@@ -99,9 +110,9 @@ TEST_CASE("gpu adamw_update is bit-identical to the cpu backend in every precisi
       on_cpu.grads.set(grads);
       on_gpu.grads.set(grads);
       // The third step updates as a ZeRO shard would: SR counters offset.
-      const AdamWStep step = make_step(t, t == 2 ? 0.0f : 0.1f, t == 3 ? 0.37f : 1.0f, t == 3 ? 123457 : 0);
-      cpu->adamw_update(mode, on_cpu.buffers(), range.first, range.second, step);
-      gpu->adamw_update(mode, on_gpu.buffers(), range.first, range.second, step);
+      const AdamWStep step = make_step(t, 0.1f, t == 3 ? 0.37f : 1.0f, t == 3 ? 123457 : 0);
+      cpu->adamw_update(mode, on_cpu.buffers(), range, step);
+      gpu->adamw_update(mode, on_gpu.buffers(), range, step);
       const auto cpu_tensors = on_cpu.all(), gpu_tensors = on_gpu.all();
       const char* names[] = {"weights", "grads", "m", "v", "master", "compensation"};
       for (size_t i = 0; i < cpu_tensors.size(); ++i)
@@ -114,7 +125,7 @@ TEST_CASE("gpu adamw_update is bit-identical to the cpu backend in every precisi
   }
 }
 
-TEST_CASE("gpu adamw_update refuses a mode whose dtype differs from the backend's", "[gpu]") {
+TEST_CASE("gpu adamw_update refuses a mode whose dtype differs from the backend's, or overlapping ranges", "[gpu]") {
   if (!have_gpu()) return;
   auto gpu = make_cuda_backend(DType::bf16, 0);
   Tensor w(*gpu, DType::bf16, 16), g(*gpu, DType::bf16, 16), m(*gpu, DType::f32, 16), v(*gpu, DType::f32, 16);
@@ -123,7 +134,10 @@ TEST_CASE("gpu adamw_update refuses a mode whose dtype differs from the backend'
   b.grads = g.get();
   b.m = m.get();
   b.v = v.get();
-  REQUIRE_THROWS_AS(gpu->adamw_update(Precision::fp32, b, 0, 16, make_step(1, 0.1f, 1.0f)), Error);
+  REQUIRE_THROWS_AS(gpu->adamw_update(Precision::fp32, b, {{0, 16, true}}, make_step(1, 0.1f, 1.0f)), Error);
   // mixed needs the master buffer.
-  REQUIRE_THROWS_AS(gpu->adamw_update(Precision::mixed, b, 0, 16, make_step(1, 0.1f, 1.0f)), Error);
+  REQUIRE_THROWS_AS(gpu->adamw_update(Precision::mixed, b, {{0, 16, true}}, make_step(1, 0.1f, 1.0f)), Error);
+  // Ranges that overlap would update an element twice, at once on a GPU.
+  REQUIRE_THROWS_AS(gpu->adamw_update(Precision::bf16_sr, b, {{0, 9, true}, {8, 16, true}}, make_step(1, 0.1f, 1.0f)),
+                    Error);
 }

@@ -908,9 +908,9 @@ OptimizerState shard_of(OptimizerState s, size_t from) {
   return s;
 }
 
-// Runs the backend's adamw_update over [begin, end) and returns the state.
-OptimizerState backend_adamw(Precision mode, OptimizerState s, size_t begin, size_t end, const AdamWStep& step,
-                             int threads) {
+// Runs the backend's adamw_update over the ranges and returns the state.
+OptimizerState backend_adamw(Precision mode, OptimizerState s, const std::vector<AdamWRange>& ranges,
+                             const AdamWStep& step, int threads) {
   ThreadCount thread_count(threads);
   Device dev(compute_dtype(mode));
   Buffers buf;
@@ -926,7 +926,7 @@ OptimizerState backend_adamw(Precision mode, OptimizerState s, size_t begin, siz
   ob.v = put("v", s.v32.empty() ? as_bytes(s.v16) : as_bytes(s.v32));
   ob.master = static_cast<float*>(put("master", as_bytes(s.master)));
   ob.compensation = put("c", as_bytes(s.c16));
-  dev.be().adamw_update(mode, ob, begin, end, step);
+  dev.be().adamw_update(mode, ob, ranges, step);
   auto fetch = [&](const char* name) { return dev.get_bytes(buf.at(name)); };
   if (mode == Precision::fp32) {
     s.w32 = from_bytes<float>(fetch("w"));
@@ -946,22 +946,28 @@ OptimizerState backend_adamw(Precision mode, OptimizerState s, size_t begin, siz
 }
 
 // The same update as direct per-element calls of adamw_math.h.
-OptimizerState direct_adamw(Precision mode, OptimizerState s, size_t begin, size_t end, const AdamWStep& step) {
-  const uint64_t sr_key = sr_step_key(step.seed, step.step);
-  for (size_t i = begin; i < end; ++i) {
-    switch (mode) {
-      case Precision::bf16_sr:
-      case Precision::bf16_rn:
-        adamw_bf16(&s.w16[i], &s.m16[i], &s.v16[i], bf16_to_float(s.g16[i]) * step.grad_scale, i,
-                   mode == Precision::bf16_sr ? &sr_key : nullptr, step);
-        break;
-      case Precision::mixed:
-        adamw_mixed(&s.master[i], &s.w16[i], &s.m32[i], &s.v32[i], bf16_to_float(s.g16[i]) * step.grad_scale, step);
-        break;
-      case Precision::fp32: adamw_fp32(&s.w32[i], &s.m32[i], &s.v32[i], s.g32[i] * step.grad_scale, step); break;
-      case Precision::bf16_kahan:
-        adamw_kahan(&s.w16[i], &s.c16[i], &s.m16[i], &s.v16[i], bf16_to_float(s.g16[i]) * step.grad_scale, step);
-        break;
+OptimizerState direct_adamw(Precision mode, OptimizerState s, const std::vector<AdamWRange>& ranges,
+                            const AdamWStep& decayed) {
+  const uint64_t sr_key = sr_step_key(decayed.seed, decayed.step);
+  for (const AdamWRange& range : ranges) {
+    AdamWStep step = decayed;
+    if (!range.decay) step.weight_decay = 0.0f;
+    for (size_t i = range.begin; i < range.end; ++i) {
+      switch (mode) {
+        case Precision::bf16_sr:
+        case Precision::bf16_rn:
+          adamw_bf16(&s.w16[i], &s.m16[i], &s.v16[i], bf16_to_float(s.g16[i]) * step.grad_scale, i,
+                     mode == Precision::bf16_sr ? &sr_key : nullptr, step);
+          break;
+        case Precision::mixed:
+          adamw_mixed(&s.master[i], &s.w16[i], &s.m32[i], &s.v32[i], bf16_to_float(s.g16[i]) * step.grad_scale,
+                      step);
+          break;
+        case Precision::fp32: adamw_fp32(&s.w32[i], &s.m32[i], &s.v32[i], s.g32[i] * step.grad_scale, step); break;
+        case Precision::bf16_kahan:
+          adamw_kahan(&s.w16[i], &s.c16[i], &s.m16[i], &s.v16[i], bf16_to_float(s.g16[i]) * step.grad_scale, step);
+          break;
+      }
     }
   }
   return s;
@@ -975,53 +981,69 @@ std::vector<Bytes> state_bytes(const OptimizerState& s) {
 }  // namespace
 
 TEST_CASE("cpu ops: adamw_update equals the adamw_math.h element functions bit for bit", "[cpu_ops]") {
-  const size_t n = 1001, begin = 37, end = 901;  // a sub-range: the SR index is the flat index
+  const size_t n = 1001;
+  // Sub-ranges (the SR index is the flat index), with and without weight
+  // decay, one empty, two neighbours and a gap: the tensors of a ZeRO unit.
+  const std::vector<AdamWRange> ranges = {{37, 301, true}, {301, 302, false}, {302, 302, true}, {310, 901, false}};
   const AdamWStep step = test_step();
   for (Precision mode :
        {Precision::bf16_sr, Precision::bf16_rn, Precision::mixed, Precision::fp32, Precision::bf16_kahan}) {
     INFO(precision_name(mode));
     const OptimizerState initial = random_optimizer_state(mode, n, 151);
-    const OptimizerState expected = direct_adamw(mode, initial, begin, end, step);
-    const OptimizerState got = backend_adamw(mode, initial, begin, end, step, 2);
+    const OptimizerState expected = direct_adamw(mode, initial, ranges, step);
+    const OptimizerState got = backend_adamw(mode, initial, ranges, step, 2);
     CHECK(state_bytes(got) == state_bytes(expected));
-    // The step must have moved some weights for the comparison to mean much.
+    // The step must have moved some weights for the comparison to mean much,
+    // and weight decay must matter: the same ranges all without it differ.
     const auto w_before = state_bytes(initial)[mode == Precision::fp32 ? 4 : 0];
     const auto w_after = state_bytes(got)[mode == Precision::fp32 ? 4 : 0];
     CHECK(w_before != w_after);
+    std::vector<AdamWRange> undecayed = ranges;
+    for (AdamWRange& r : undecayed) r.decay = false;
+    CHECK(state_bytes(backend_adamw(mode, initial, undecayed, step, 2)) != state_bytes(got));
   }
   // Stochastic rounding's bits come from the element's flat index: not
   // from the thread, nor from where the rank's shard of the buffers starts.
   const OptimizerState initial = random_optimizer_state(Precision::bf16_sr, n, 152);
-  const OptimizerState whole = backend_adamw(Precision::bf16_sr, initial, 0, n, step, 2);
-  CHECK(state_bytes(backend_adamw(Precision::bf16_sr, initial, 0, n, step, 1)) == state_bytes(whole));
+  const OptimizerState whole = backend_adamw(Precision::bf16_sr, initial, {{0, n, true}}, step, 2);
+  CHECK(state_bytes(backend_adamw(Precision::bf16_sr, initial, {{0, n, true}}, step, 1)) == state_bytes(whole));
   const size_t shard_start = 300;
   AdamWStep shard_step = step;
   shard_step.index_offset += shard_start;
-  CHECK(state_bytes(backend_adamw(Precision::bf16_sr, shard_of(initial, shard_start), 0, n - shard_start,
+  CHECK(state_bytes(backend_adamw(Precision::bf16_sr, shard_of(initial, shard_start), {{0, n - shard_start, true}},
                                   shard_step, 2)) == state_bytes(shard_of(whole, shard_start)));
 }
 
-TEST_CASE("cpu ops: adamw_update rejects a dtype or buffer that does not fit the mode", "[cpu_ops]") {
+TEST_CASE("cpu ops: adamw_update rejects a dtype, buffer or ranges that do not fit", "[cpu_ops]") {
   const AdamWStep step = test_step();
-  auto expect_error = [&](DType type, Precision mode, bool with_master, const std::string& needle) {
+  auto expect_error = [&](DType type, Precision mode, bool with_master, const std::vector<AdamWRange>& ranges,
+                          const std::string& needle) {
     Device dev(type);
     DeviceBuffer buf(dev.be(), 64, "optimizer buffer");
     OptimizerBuffers ob;
     ob.weights = ob.m = ob.v = buf.get();
     ob.grads = buf.get();
     ob.master = with_master ? buf.as<float>() : nullptr;
+    Bytes before(buf.bytes());
+    for (size_t i = 0; i < before.size(); ++i) before[i] = decltype(before)::value_type(i * 37 + 11);
+    dev.be().upload(buf.get(), before.data(), before.size());
     try {
-      dev.be().adamw_update(mode, ob, 0, 4, step);
+      dev.be().adamw_update(mode, ob, ranges, step);
       FAIL("no error for " << precision_name(mode) << " on " << dtype_name(type));
     } catch (const Error& e) {
       INFO(e.what());
       CHECK(std::string(e.what()).find(needle) != std::string::npos);
     }
+    // Refused before anything was updated.
+    CHECK(dev.get_bytes(buf) == before);
   };
-  expect_error(DType::f64, Precision::fp32, false, "f64");
-  expect_error(DType::bf16, Precision::fp32, false, "f32");
-  expect_error(DType::f32, Precision::bf16_sr, false, "bf16");
-  expect_error(DType::bf16, Precision::mixed, false, "master");
+  expect_error(DType::f64, Precision::fp32, false, {{0, 4, true}}, "f64");
+  expect_error(DType::bf16, Precision::fp32, false, {{0, 4, true}}, "f32");
+  expect_error(DType::f32, Precision::bf16_sr, false, {{0, 4, true}}, "bf16");
+  expect_error(DType::bf16, Precision::mixed, false, {{0, 4, true}}, "master");
+  expect_error(DType::bf16, Precision::bf16_sr, false, {{0, 4, true}, {5, 3, true}}, "range 1 [5, 3) is reversed");
+  expect_error(DType::bf16, Precision::bf16_sr, false, {{0, 4, true}, {8, 12, true}, {11, 16, false}},
+               "range 2 [11, 16) starts before range 1 ends at 12");
 }
 
 TEST_CASE("cpu ops: backend memory", "[cpu_ops]") {

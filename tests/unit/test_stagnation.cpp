@@ -45,7 +45,7 @@ FinalState run_updates(Precision mode, float w0, float lr, int steps, size_t n, 
     s.bias_correction2 = float(1.0 - std::pow(0.95, t));
     s.seed = seed;
     s.step = uint64_t(t);
-    be->adamw_update(mode, bufs, 0, n, s);
+    be->adamw_update(mode, bufs, {{0, n, false}}, s);
   }
   std::vector<bf16> c(n);
   be->download(w.data(), wb.get(), n * 2);
