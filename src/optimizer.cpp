@@ -76,6 +76,7 @@ void Optimizer::step(int64_t t, double lr, float grad_scale) {
       if (a < b) ranges.push_back({a - view.offset, b - view.offset, tensor.decay});
     }
     params_.backend().adamw_update(precision_, bufs, ranges, s);
+    params_.weights_updated(u);
   }
   params_.gather_updated_weights();
 }

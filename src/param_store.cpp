@@ -268,15 +268,23 @@ UnitUpdateView ParameterStore::update_view(size_t u) {
   return v;
 }
 
+void ParameterStore::weights_updated(size_t u) {
+  if (overlap_) start_updated_gather(u);
+}
+
 void ParameterStore::gather_updated_weights() {
   if (stage_ != 1 && stage_ != 2) return;
-  for (size_t u = 0; u < plan_.units().size(); ++u) {
-    const ZeroUnit& unit = plan_.unit(u);
-    updated_weights_[u] = comm_.start_all_gather(at(weights_.get(), plan_.owned_begin(u, comm_.rank())),
-                                                 at(weights_.get(), unit.begin), unit.chunk, backend_.dtype());
-  }
+  for (size_t u = 0; u < plan_.units().size(); ++u)
+    if (!updated_weights_[u]) start_updated_gather(u);
   // With overlap the next pass's acquire_weights waits for each unit.
   if (!overlap_) complete_collectives();
+}
+
+void ParameterStore::start_updated_gather(size_t u) {
+  if (stage_ != 1 && stage_ != 2) return;
+  const ZeroUnit& unit = plan_.unit(u);
+  updated_weights_[u] = comm_.start_all_gather(at(weights_.get(), plan_.owned_begin(u, comm_.rank())),
+                                               at(weights_.get(), unit.begin), unit.chunk, backend_.dtype());
 }
 
 void ParameterStore::set_weights(const std::vector<float>& values) {

@@ -11,6 +11,7 @@
 //    into a buffer the model still reads (a prefetch too early) is caught.
 #include <cstdint>
 #include <cstdlib>
+#include <functional>
 #include <memory>
 #include <random>
 #include <string>
@@ -55,6 +56,7 @@ class EagerCommunicator final : public srgpt::Communicator {
     return ++started_;
   }
   srgpt::CollectiveTicket start_all_gather(const void* send, void* recv, size_t count, srgpt::DType dtype) override {
+    if (before_gather) before_gather();
     all_gather(send, recv, count, dtype);
     return ++started_;
   }
@@ -64,6 +66,9 @@ class EagerCommunicator final : public srgpt::Communicator {
   }
   void wait(srgpt::CollectiveTicket) override {}
   void wait_all() override {}
+
+  // Called as each started all-gather begins: when, among the caller's other work, gathers start.
+  std::function<void()> before_gather;
 
  private:
   std::unique_ptr<srgpt::Communicator> inner_;

@@ -111,9 +111,15 @@ class ParameterStore {
   // Sum of squared gradients of the whole model, identical on every rank.
   double grad_norm_squared();
   UnitUpdateView update_view(size_t u);
+  // The optimizer has queued unit u's update. With overlap, stages 1 and 2
+  // start all-gathering the unit's updated chunks at once, beside the
+  // updates of the units after it.
+  void weights_updated(size_t u);
   // After the optimizer step: stages 1 and 2 all-gather the updated chunks
-  // (with overlap: started, and waited for by the next pass's
-  // acquire_weights of each unit, so the gather runs beside that pass).
+  // of the units weights_updated did not start (all of them without
+  // overlap, which then waits for them). With overlap the next pass's
+  // acquire_weights of each unit waits for its gather, so the gathers run
+  // beside that pass too.
   void gather_updated_weights();
   // Sets this rank's weights from fp32 values for the whole layout.
   void set_weights(const std::vector<float>& values);
@@ -151,6 +157,8 @@ class ParameterStore {
   void finish_reduction(size_t s);
   // Stage 3: which of the four weight slots unit u is gathered into.
   size_t weight_slot_index(size_t u) const;
+  // Stages 1-2: starts all-gathering unit u's updated chunks.
+  void start_updated_gather(size_t u);
   // comm_.wait(ticket), remembering the latest ticket the backend waits for.
   void backend_waits_for(CollectiveTicket ticket);
 

@@ -14,6 +14,7 @@
 #include "srgpt/backend.h"
 #include "srgpt/communicator.h"
 #include "srgpt/model.h"
+#include "srgpt/optimizer.h"
 #include "srgpt/param_store.h"
 
 using namespace srgpt;
@@ -76,5 +77,52 @@ TEST_CASE("zero_grads drops a reduction still pending from thrown-away gradients
       return out;
     };
     CHECK(gradients(true) == gradients(false));
+  }
+}
+
+TEST_CASE("ZeRO-1/2 with overlap start each unit's gather of updated weights before updating the next unit",
+          "[overlap]") {
+  const ModelConfig cfg = three_layer_model();
+  const uint32_t seed = fresh_seed();
+  INFO("seed " << seed);
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1e-2f);
+  for (int stage = 1; stage <= 2; ++stage) {
+    for (bool overlap : {true, false}) {
+      INFO("ZeRO stage " << stage << (overlap ? ", overlap" : ", no overlap"));
+      auto backend = make_cpu_backend(DType::bf16);
+      EagerCommunicator eager(make_single_process_communicator(*backend));
+      ParameterStore params(*backend, eager, gpt2_param_layout(cfg), stage, DType::bf16, overlap);
+      params.set_weights(gpt2_initial_weights(cfg, params.layout(), 31, 0.2));
+      Optimizer optimizer(params, Precision::bf16_sr, OptimizerConfig(), 7);
+      std::vector<bf16> grads(params.grad_bytes() / sizeof(bf16));
+      for (bf16& g : grads) g = float_to_bf16_rn(normal(rng));
+      backend->upload(params.grads(), grads.data(), params.grad_bytes());
+      const size_t weight_bytes = params.layout().total() * sizeof(bf16);
+      auto weights_now = [&] {
+        std::vector<char> w(weight_bytes);
+        backend->download(w.data(), params.weights(), weight_bytes);
+        return w;
+      };
+      const std::vector<char> before = weights_now();
+      std::vector<std::vector<char>> at_gather;
+      eager.before_gather = [&] { at_gather.push_back(weights_now()); };
+      optimizer.step(1, 1e-2, 1.0f);
+      const std::vector<char> after = weights_now();
+      const size_t units = params.plan().units().size();
+      REQUIRE(at_gather.size() == units);
+      // With overlap, when unit u's gather starts, units up to u are
+      // updated and the later ones not yet; without, every unit is.
+      auto unit_bytes = [&](const std::vector<char>& w, size_t v) {
+        const ZeroUnit& unit = params.plan().unit(v);
+        return std::vector<char>(w.begin() + long(unit.begin * sizeof(bf16)), w.begin() + long(unit.end * sizeof(bf16)));
+      };
+      for (size_t u = 0; u < units; ++u)
+        for (size_t v = 0; v < units; ++v) {
+          INFO("gather of unit " << u << ", unit " << v);
+          REQUIRE(unit_bytes(before, v) != unit_bytes(after, v));
+          CHECK(unit_bytes(at_gather[u], v) == unit_bytes(!overlap || v <= u ? after : before, v));
+        }
+    }
   }
 }
