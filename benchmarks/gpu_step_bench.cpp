@@ -422,7 +422,7 @@ void bench_kernels(const Options& o, const Ceilings& ceilings) {
   {
     DeviceBuffer g = buffer(P, DType::bf16, "grads", 1e-3f);
     run("sum_squares (grad norm)", fmt::format("n={}", P), double(P) * s, false,
-        [&] { be.sum_squares(g.get(), DType::bf16, P); });
+        [&] { be.sum_squares(g.get(), DType::bf16, {{0, P}}); });
     DeviceBuffer acc = buffer(P, DType::bf16, "accumulate dst");
     run("accumulate", fmt::format("n={}", P), 3.0 * P * s, false,
         [&] { be.accumulate(acc.get(), DType::bf16, g.get(), DType::bf16, P); });

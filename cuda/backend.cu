@@ -166,11 +166,12 @@ double CudaBackend::sum_accum(const void* x, size_t n) {
   return gpu::sum_accum(stream(), scratch_, static_cast<const float*>(x), n);
 }
 
-double CudaBackend::sum_squares(const void* x, DType x_dtype, size_t n) {
+double CudaBackend::sum_squares(const void* x, DType x_dtype, const std::vector<ElementRange>& ranges) {
   if (x_dtype != dtype() && x_dtype != DType::f32)
     fail("cuda backend ({}): sum_squares of {} data is not supported (allowed: {} or f32)", dtype_name(dtype()),
          dtype_name(x_dtype), dtype_name(dtype()));
-  return gpu::sum_squares(x_dtype, stream(), scratch_, x, n);
+  check_ranges("sum_squares", "cuda", ranges);
+  return gpu::sum_squares(x_dtype, stream(), scratch_, x, ranges);
 }
 
 bool CudaBackend::all_finite(const void* x, size_t n) { return gpu::all_finite(dtype(), stream(), scratch_, x, n); }

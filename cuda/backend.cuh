@@ -52,7 +52,7 @@ class CudaBackend final : public Backend {
                                       float dloss) override;
   void accumulate(void* dst, DType dst_dtype, const void* src, DType src_dtype, size_t n) override;
   double sum_accum(const void* x, size_t n) override;
-  double sum_squares(const void* x, DType x_dtype, size_t n) override;
+  double sum_squares(const void* x, DType x_dtype, const std::vector<ElementRange>& ranges) override;
   bool all_finite(const void* x, size_t n) override;
   void adamw_update(Precision mode, const OptimizerBuffers& buffers, const std::vector<AdamWRange>& ranges,
                     const AdamWStep& step) override;

@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "common.cuh"
 #include "cuda_check.cuh"
@@ -55,12 +56,11 @@ __global__ void final_sum_kernel(double* result, const double* partials, int cou
   if (threadIdx.x == 0) *result = x;
 }
 
+// Queues the sum of x[0, n), n > 0, into *result: per-block partials, then
+// one block adds them.
 template <typename S, typename Term>
-double reduce_sum(cudaStream_t stream, Scratch& scratch, const S* x, size_t n, Term term) {
-  if (n == 0) return 0.0;
+void queue_sum(cudaStream_t stream, double* partials, double* result, const S* x, size_t n, Term term) {
   const int blocks = sum_blocks(n);
-  double* partials = static_cast<double*>(scratch.get(sizeof(double) * (blocks + 1)));
-  double* result = partials + blocks;
   dispatch_width<S>(aligned16(x), [&](auto width) {
     constexpr int W = decltype(width)::value;
     partial_sum_kernel<S, W, Term><<<blocks, kSumThreads, 0, stream>>>(partials, x, n, term);
@@ -68,10 +68,39 @@ double reduce_sum(cudaStream_t stream, Scratch& scratch, const S* x, size_t n, T
   });
   final_sum_kernel<<<1, kFinalThreads, 0, stream>>>(result, partials, blocks);
   CUDA_CHECK_LAUNCH("final_sum_kernel");
-  double host = 0;
-  CUDA_CHECK(cudaMemcpyAsync(&host, result, sizeof(double), cudaMemcpyDeviceToHost, stream));
+}
+
+// The ranges' sums, added in order on the host after one wait for all.
+template <typename S, typename Term>
+double reduce_sum(cudaStream_t stream, Scratch& scratch, const S* x, const std::vector<ElementRange>& ranges,
+                  Term term) {
+  // Scratch: the ranges' results, then each range's partials.
+  auto carve = [&](ScratchCarver& carver, std::vector<double*>& partials) {
+    double* results = carver.take<double>(ranges.size());
+    for (const ElementRange& r : ranges) partials.push_back(carver.take<double>(sum_blocks(r.end - r.begin)));
+    return results;
+  };
+  std::vector<double*> partials;
+  ScratchCarver measure(nullptr);
+  carve(measure, partials);
+  partials.clear();
+  ScratchCarver carver(scratch.get(measure.used()));
+  double* results = carve(carver, partials);
+  bool queued = false;
+  for (size_t i = 0; i < ranges.size(); ++i) {
+    const size_t n = ranges[i].end - ranges[i].begin;
+    if (n == 0) continue;
+    queue_sum(stream, partials[i], results + i, x + ranges[i].begin, n, term);
+    queued = true;
+  }
+  if (!queued) return 0.0;
+  std::vector<double> host(ranges.size());
+  CUDA_CHECK(cudaMemcpyAsync(host.data(), results, sizeof(double) * host.size(), cudaMemcpyDeviceToHost, stream));
   CUDA_CHECK(cudaStreamSynchronize(stream));
-  return host;
+  double total = 0;
+  for (size_t i = 0; i < ranges.size(); ++i)
+    if (ranges[i].end > ranges[i].begin) total += host[i];
+  return total;
 }
 
 // ---- column sums. Block: 32 lanes across W-wide column chunks x 8 row
@@ -126,14 +155,15 @@ __global__ void add_column_partials_kernel(S* out, const float* partials, int ch
 }  // namespace
 
 double sum_accum(cudaStream_t stream, Scratch& scratch, const float* x, size_t n) {
-  return reduce_sum(stream, scratch, x, n, Identity{});
+  return reduce_sum(stream, scratch, x, {{0, n}}, Identity{});
 }
 
-double sum_squares(DType dtype, cudaStream_t stream, Scratch& scratch, const void* x, size_t n) {
+double sum_squares(DType dtype, cudaStream_t stream, Scratch& scratch, const void* x,
+                   const std::vector<ElementRange>& ranges) {
   double result = 0;
   dispatch_storage(dtype, [&](auto tag) {
     using S = decltype(tag);
-    result = reduce_sum(stream, scratch, static_cast<const S*>(x), n, Square{});
+    result = reduce_sum(stream, scratch, static_cast<const S*>(x), ranges, Square{});
   });
   return result;
 }
@@ -142,7 +172,7 @@ bool all_finite(DType dtype, cudaStream_t stream, Scratch& scratch, const void* 
   double non_finite = 0;
   dispatch_storage(dtype, [&](auto tag) {
     using S = decltype(tag);
-    non_finite = reduce_sum(stream, scratch, static_cast<const S*>(x), n, NonFinite{});
+    non_finite = reduce_sum(stream, scratch, static_cast<const S*>(x), {{0, n}}, NonFinite{});
   });
   return non_finite == 0.0;
 }

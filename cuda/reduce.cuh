@@ -6,16 +6,20 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <vector>
 
 #include "memory.cuh"
+#include "srgpt/backend.h"
 #include "srgpt/dtype.h"
 
 namespace srgpt::gpu {
 
 // Sum of n floats, in double.
 double sum_accum(cudaStream_t stream, Scratch& scratch, const float* x, size_t n);
-// Sum of squares of n storage elements, in double.
-double sum_squares(DType dtype, cudaStream_t stream, Scratch& scratch, const void* x, size_t n);
+// Sum of squares of the storage elements in the ranges, in double
+// (Backend::sum_squares).
+double sum_squares(DType dtype, cudaStream_t stream, Scratch& scratch, const void* x,
+                   const std::vector<ElementRange>& ranges);
 // True when none of the n storage elements is NaN or infinite.
 bool all_finite(DType dtype, cudaStream_t stream, Scratch& scratch, const void* x, size_t n);
 

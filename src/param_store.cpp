@@ -238,14 +238,15 @@ void ParameterStore::reduce_gradients() {
 }
 
 double ParameterStore::grad_norm_squared() {
-  if (stage_ == 0) return backend_.sum_squares(grads_.get(), grad_dtype_, layout_.total());
-  double local = 0;
+  if (stage_ == 0) return backend_.sum_squares(grads_.get(), grad_dtype_, {{0, layout_.total()}});
+  // This rank's chunk of each unit: where it is in the full gradients
+  // (stage 1) or in the shard (stages 2-3). One call, one wait.
+  std::vector<ElementRange> owned;
   for (size_t u = 0; u < plan_.units().size(); ++u) {
-    UnitUpdateView v = update_view(u);
-    local += backend_.sum_squares(grad_at(const_cast<void*>(v.grads), v.begin - v.offset), grad_dtype_,
-                                  v.end - v.begin);
+    const size_t begin = stage_ == 1 ? plan_.owned_begin(u, comm_.rank()) : plan_.unit(u).shard_offset;
+    owned.push_back({begin, begin + plan_.unit(u).chunk});
   }
-  return comm_.all_reduce_sum(local);
+  return comm_.all_reduce_sum(backend_.sum_squares(grads_.get(), grad_dtype_, owned));
 }
 
 UnitUpdateView ParameterStore::update_view(size_t u) {

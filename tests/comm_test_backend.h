@@ -66,7 +66,7 @@ class ScrambledMemoryBackend final : public Backend {
   }
   void accumulate(void*, DType, const void*, DType, size_t) override { no_op("accumulate"); }
   double sum_accum(const void*, size_t) override { no_op("sum_accum"); }
-  double sum_squares(const void*, DType, size_t) override { no_op("sum_squares"); }
+  double sum_squares(const void*, DType, const std::vector<ElementRange>&) override { no_op("sum_squares"); }
   bool all_finite(const void*, size_t) override { no_op("all_finite"); }
   void adamw_update(Precision, const OptimizerBuffers&, const std::vector<AdamWRange>&, const AdamWStep&) override {
     no_op("adamw_update");

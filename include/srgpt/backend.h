@@ -34,19 +34,38 @@ struct OptimizerBuffers {
   void* compensation = nullptr; // bf16-kahan only, bf16
 };
 
-// An element range [begin, end) of the optimizer buffers, and whether
-// AdamWStep::weight_decay applies to it (matrices and embeddings do, biases
-// and layernorm parameters do not).
+// Elements [begin, end) of a flat buffer.
+struct ElementRange {
+  size_t begin = 0;
+  size_t end = 0;
+};
+
+// Elements [begin, end) of the optimizer buffers, and whether
+// AdamWStep::weight_decay applies to them (matrices and embeddings do,
+// biases and layernorm parameters do not).
 struct AdamWRange {
   size_t begin = 0;
   size_t end = 0;
   bool decay = false;
 };
 
+// Fails, naming the op and the backend, unless the ranges are ascending,
+// disjoint and not reversed: each element is used once, so a backend may
+// take the ranges in any order or all at once.
+template <typename Range>
+void check_ranges(const char* op, const char* backend, const std::vector<Range>& ranges) {
+  for (size_t i = 0; i < ranges.size(); ++i) {
+    if (ranges[i].begin > ranges[i].end)
+      fail("{} ({} backend): element range {} [{}, {}) is reversed", op, backend, i, ranges[i].begin, ranges[i].end);
+    if (i > 0 && ranges[i].begin < ranges[i - 1].end)
+      fail("{} ({} backend): element range {} [{}, {}) starts before range {} ends at {} (ranges must be "
+           "ascending and disjoint)",
+           op, backend, i, ranges[i].begin, ranges[i].end, i - 1, ranges[i - 1].end);
+  }
+}
+
 // Fails, naming the backend, unless `storage` is the mode's compute dtype,
-// the mode's buffers are all there and the ranges are ascending, disjoint
-// and not reversed (each element is updated once, so a backend may update
-// the ranges in any order or all at once).
+// the mode's buffers are all there and check_ranges passes.
 inline void check_adamw_update(const char* backend, DType storage, Precision mode, const OptimizerBuffers& buffers,
                                const std::vector<AdamWRange>& ranges) {
   if (storage != compute_dtype(mode))
@@ -63,15 +82,7 @@ inline void check_adamw_update(const char* backend, DType storage, Precision mod
   require(buffers.v, "v");
   if (has_master_weights(mode)) require(buffers.master, "master");
   if (has_kahan_compensation(mode)) require(buffers.compensation, "compensation");
-  for (size_t i = 0; i < ranges.size(); ++i) {
-    if (ranges[i].begin > ranges[i].end)
-      fail("adamw_update ({} backend): element range {} [{}, {}) is reversed", backend, i, ranges[i].begin,
-           ranges[i].end);
-    if (i > 0 && ranges[i].begin < ranges[i - 1].end)
-      fail("adamw_update ({} backend): element range {} [{}, {}) starts before range {} ends at {} (ranges must be "
-           "ascending and disjoint)",
-           backend, i, ranges[i].begin, ranges[i].end, i - 1, ranges[i - 1].end);
-  }
+  check_ranges("adamw_update", backend, ranges);
 }
 
 class Backend {
@@ -144,9 +155,12 @@ class Backend {
   virtual void accumulate(void* dst, DType dst_dtype, const void* src, DType src_dtype, size_t n) = 0;
   // Sum of an accum_dtype vector (losses), in double.
   virtual double sum_accum(const void* x, size_t n) = 0;
-  // Sum of squares of a vector of dtype() elements (or f32 on a bf16
-  // backend), in double.
-  virtual double sum_squares(const void* x, DType x_dtype, size_t n) = 0;
+  // Sum of squares of the elements in the ranges (check_ranges) of a vector
+  // of dtype() elements (or f32 on a bf16 backend), in double: each range
+  // summed in the fixed order of a sum over it alone, the ranges' sums
+  // added in order, with one wait for the device for all of them (the
+  // gradient norm of a ZeRO shard is a range per unit).
+  virtual double sum_squares(const void* x, DType x_dtype, const std::vector<ElementRange>& ranges) = 0;
   // True when every element of a dtype() vector is finite.
   virtual bool all_finite(const void* x, size_t n) = 0;
 

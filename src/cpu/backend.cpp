@@ -126,9 +126,15 @@ class CpuBackend final : public Backend {
          dtype_name(dtype()), dtype_name(src_dtype), dtype_name(dst_dtype), dtype_name(dtype()));
   }
   double sum_accum(const void* x, size_t n) override { return cpu::sum_accum(acc(x), n); }
-  double sum_squares(const void* x, DType x_dtype, size_t n) override {
-    if (x_dtype == dtype()) return cpu::sum_squares(st(x), n);
-    if (x_dtype == DType::f32 && dtype() == DType::bf16) return cpu::sum_squares(static_cast<const float*>(x), n);
+  double sum_squares(const void* x, DType x_dtype, const std::vector<ElementRange>& ranges) override {
+    check_ranges("sum_squares", "cpu", ranges);
+    auto sum = [&](const auto* data) {
+      double total = 0;
+      for (const ElementRange& r : ranges) total += cpu::sum_squares(data + r.begin, r.end - r.begin);
+      return total;
+    };
+    if (x_dtype == dtype()) return sum(st(x));
+    if (x_dtype == DType::f32 && dtype() == DType::bf16) return sum(static_cast<const float*>(x));
     fail("cpu backend ({}): sum_squares of {} data is not supported (allowed: {} or f32)", dtype_name(dtype()),
          dtype_name(x_dtype), dtype_name(dtype()));
   }

@@ -126,9 +126,9 @@ TEST_CASE("gpu ops are deterministic", "[gpu][determinism]") {
       Tensor x(be, dtype, n), losses(be, DType::f32, n);
       x.set(random_normal(n, ++seed));
       losses.set(random_normal(n, ++seed));
-      const double squares = be.sum_squares(x.get(), dtype, n), sum = be.sum_accum(losses.get(), n);
+      const double squares = be.sum_squares(x.get(), dtype, {{0, n}}), sum = be.sum_accum(losses.get(), n);
       for (int repeat = 0; repeat < 3; ++repeat) {
-        CHECK(be.sum_squares(x.get(), dtype, n) == squares);
+        CHECK(be.sum_squares(x.get(), dtype, {{0, n}}) == squares);
         CHECK(be.sum_accum(losses.get(), n) == sum);
       }
       const int N = 64, V = 50257, Vp = 50304;

@@ -398,9 +398,17 @@ TEST_CASE("gpu reductions match the cpu backend", "[gpu][schedules]") {
         const double cpu_sum = be.cpu->sum_accum(losses.cpu.get(), n);
         const double gpu_sum = be.gpu->sum_accum(losses.gpu.get(), n);
         CHECK(std::fabs(gpu_sum - cpu_sum) <= 1e-12 * std::fabs(cpu_sum));
-        const double cpu_squares = be.cpu->sum_squares(x.cpu.get(), dtype, n);
-        const double gpu_squares = be.gpu->sum_squares(x.gpu.get(), dtype, n);
+        const double cpu_squares = be.cpu->sum_squares(x.cpu.get(), dtype, {{0, n}});
+        const double gpu_squares = be.gpu->sum_squares(x.gpu.get(), dtype, {{0, n}});
         CHECK(std::fabs(gpu_squares - cpu_squares) <= 1e-12 * cpu_squares);
+        // Several ranges, as a ZeRO shard's units, one empty and one
+        // unaligned: each range's own sum, added in order.
+        const std::vector<ElementRange> ranges = {{0, n / 3}, {n / 3, n / 3}, {n / 3 + 1, n}};
+        double gpu_in_order = 0;
+        for (const ElementRange& r : ranges) gpu_in_order += be.gpu->sum_squares(x.gpu.get(), dtype, {r});
+        CHECK(be.gpu->sum_squares(x.gpu.get(), dtype, ranges) == gpu_in_order);
+        const double cpu_ranges = be.cpu->sum_squares(x.cpu.get(), dtype, ranges);
+        CHECK(std::fabs(gpu_in_order - cpu_ranges) <= 1e-12 * cpu_ranges);
         CHECK(be.gpu->all_finite(x.gpu.get(), n));
 
         // One non-finite element anywhere, first as infinity, then as NaN.
@@ -453,8 +461,8 @@ TEST_CASE("gpu accumulate matches the cpu backend", "[gpu]") {
       }
       check_same_bytes(label("accumulate f32 += bf16, f32 += f32", DType::bf16, shape), dst.gpu.bytes(),
                        dst.cpu.bytes());
-      const double cpu_squares = be.cpu->sum_squares(dst.cpu.get(), DType::f32, n);
-      const double gpu_squares = be.gpu->sum_squares(dst.gpu.get(), DType::f32, n);
+      const double cpu_squares = be.cpu->sum_squares(dst.cpu.get(), DType::f32, {{0, n}});
+      const double gpu_squares = be.gpu->sum_squares(dst.gpu.get(), DType::f32, {{0, n}});
       INFO(shape << ": sum of squares of f32 data, cpu " << cpu_squares << ", gpu " << gpu_squares);
       CHECK(std::fabs(gpu_squares - cpu_squares) <= 1e-12 * cpu_squares);
     }

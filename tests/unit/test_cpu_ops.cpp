@@ -675,11 +675,24 @@ TEST_CASE("cpu ops: reductions", "[cpu_ops]") {
     Device dev(type);
     auto storage = dev.put(x), stats = dev.put_stats(x);
     INFO(dtype_name(type));
-    CHECK(std::fabs(dev.be().sum_squares(storage.get(), type, n) - squares) < 1e-9 * squares);
+    CHECK(std::fabs(dev.be().sum_squares(storage.get(), type, {{0, n}}) - squares) < 1e-9 * squares);
     if (type == DType::bf16) {  // f32 gradients on a bf16 backend
       auto wide = dev.put_bytes(encode(DType::f32, x));
-      CHECK(dev.be().sum_squares(wide.get(), DType::f32, n) == dev.be().sum_squares(storage.get(), type, n));
+      CHECK(dev.be().sum_squares(wide.get(), DType::f32, {{0, n}}) == dev.be().sum_squares(storage.get(), type, {{0, n}}));
     }
+    // Several ranges (a ZeRO shard's units): each range's own sum, added
+    // in order; an empty range adds nothing; overlapping ones are refused.
+    const std::vector<ElementRange> ranges = {{3, 1000}, {1000, 1000}, {1001, 25003}, {30000, n}};
+    double in_order = 0, exact = 0;
+    for (const ElementRange& r : ranges) {
+      in_order += dev.be().sum_squares(storage.get(), type, {r});
+      for (size_t i = r.begin; i < r.end; ++i) exact += x[i] * x[i];
+    }
+    CHECK(dev.be().sum_squares(storage.get(), type, ranges) == in_order);
+    CHECK(std::fabs(in_order - exact) < 1e-9 * exact);
+    CHECK_THROWS_WITH(dev.be().sum_squares(storage.get(), type, {{0, 10}, {5, 20}}),
+                      "sum_squares (cpu backend): element range 1 [5, 20) starts before range 0 ends at 10 (ranges "
+                      "must be ascending and disjoint)");
     CHECK(std::fabs(dev.be().sum_accum(stats.get(), n) - sum) < 1e-9 * max_abs(x) * n);
     CHECK(dev.be().all_finite(storage.get(), n));
     // One bad element anywhere must be found: at either end (the first
@@ -797,7 +810,7 @@ std::vector<Bytes> reduction_outputs(DType type, int threads) {
     results.push_back(dev.get_bytes(losses));
     const size_t n = 100003;
     auto big = dev.put(random_values(rng, n)), big_stats = dev.put_stats(random_values(rng, n));
-    const double sums[] = {dev.be().sum_squares(big.get(), type, n), dev.be().sum_accum(big_stats.get(), n)};
+    const double sums[] = {dev.be().sum_squares(big.get(), type, {{0, n}}), dev.be().sum_accum(big_stats.get(), n)};
     Bytes sum_bytes(sizeof(sums));
     std::memcpy(sum_bytes.data(), sums, sizeof(sums));
     results.push_back(sum_bytes);
