@@ -388,12 +388,18 @@ Schedule parse_schedule(const std::string& text) {
       parsed.copies_at_issue = true;
     else if (flag == "interleaved")
       parsed.interleaved = true;
+    else if (flag == "oldest_first")
+      parsed.oldest_first = true;
     else
       fail("device emulator: unknown schedule flag '{}' in SRGPT_EMULATOR_SCHEDULE='{}' (allowed: descending, "
-           "copies_at_issue, interleaved, joined with '+'; empty for the default)",
+           "copies_at_issue, interleaved, oldest_first, joined with '+'; empty for the default)",
            flag, text);
     start = end + 1;
   }
+  if (parsed.descending && parsed.oldest_first)
+    fail("device emulator: SRGPT_EMULATOR_SCHEDULE='{}' asks for streams newest first (descending) and oldest first "
+         "(oldest_first); choose one",
+         text);
   return parsed;
 }
 
@@ -686,20 +692,21 @@ void run_needed(CUstream_st& stream, uint64_t position) {
   }
 }
 
-// Descending: any runnable item, newest stream first, until the target is
-// reached. Waits name items queued before them, so one is always runnable.
-void run_newest_first(const CUstream_st& target, uint64_t position) {
+// Descending and oldest_first: any runnable item, from the newest stream or
+// the oldest, until the target is reached. Waits name items queued before
+// them, so one is always runnable.
+void run_any_first(const CUstream_st& target, uint64_t position, bool newest) {
+  auto ready = [](const auto& s) { return !s->queue.empty() && runnable(*s); };
   while (target.completed < position) {
     auto& all = streams();
-    auto pick = std::find_if(all.rbegin(), all.rend(), [](const auto& s) { return !s->queue.empty() && runnable(*s); });
-    run_front(**pick);
+    run_front(newest ? **std::find_if(all.rbegin(), all.rend(), ready) : **std::find_if(all.begin(), all.end(), ready));
   }
 }
 
 void run_until(CUstream_st& stream, uint64_t position) {
   try {
-    if (schedule().descending)
-      run_newest_first(stream, position);
+    if (schedule().descending || schedule().oldest_first)
+      run_any_first(stream, position, schedule().descending);
     else
       run_needed(stream, position);
   } catch (...) {

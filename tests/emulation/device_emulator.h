@@ -86,7 +86,11 @@ struct Launch {
 // Streams: ascending runs only the work a synchronising call needs, oldest
 // stream first, leaving work nothing waits for queued (a missing join shows);
 // descending runs all runnable work, newest stream first, so a stream's work
-// runs as early as its event waits allow (a missing fork shows).
+// runs as early as its event waits allow (a missing fork shows);
+// oldest_first runs all runnable work, oldest stream first, so an older
+// stream's work runs before a newer stream's that it does not wait for, even
+// where the host waits for the newer stream first (a missing join shows
+// there too: NCCL's stream beside the backend's).
 //
 // A process starts with the schedule SRGPT_EMULATOR_SCHEDULE names (see
 // parse_schedule; unset: ascending, data at the wait); ctest sets it.
@@ -94,11 +98,12 @@ struct Schedule {
   bool descending = false;
   bool copies_at_issue = false;
   bool interleaved = false;
+  bool oldest_first = false;  // streams only; not with descending
 };
 constexpr size_t kInterleavedBlocks = 4;
 // "" for the default, else flags joined with '+': "descending",
-// "copies_at_issue", "interleaved". Throws srgpt::Error naming an unknown
-// flag.
+// "copies_at_issue", "interleaved", "oldest_first". Throws srgpt::Error
+// naming an unknown flag, or for descending with oldest_first.
 Schedule parse_schedule(const std::string& text);
 void set_schedule(const Schedule& schedule);
 

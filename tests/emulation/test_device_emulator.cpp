@@ -449,9 +449,10 @@ namespace {
 // Two streams as the matmul backward uses them: `main` writes x; `side`
 // reads x into y, forked after the write (or not); main joins side before
 // its last work (or not). The result is y as the host sees it after
-// synchronising main.
+// synchronising main (and, first, side's last work: as the NCCL
+// communicator's host wait for a collective before the loss is read).
 struct ForkJoin {
-  bool fork = true, join = true;
+  bool fork = true, join = true, host_waits_for_side_first = false;
   std::vector<float> run(const Schedule& schedule) const {
     emulation::set_schedule(schedule);
     constexpr int n = 64;
@@ -474,6 +475,7 @@ struct ForkJoin {
       REQUIRE(cudaStreamWaitEvent(main, joined, 0) == cudaSuccess);
     }
     REQUIRE(cudaMemcpyAsync(result.data(), y.data(), n * sizeof(float), cudaMemcpyDeviceToHost, main) == cudaSuccess);
+    if (host_waits_for_side_first) REQUIRE(cudaStreamQuery(side) == cudaSuccess);
     REQUIRE(cudaStreamSynchronize(main) == cudaSuccess);
     REQUIRE(cudaEventDestroy(forked) == cudaSuccess);
     REQUIRE(cudaEventDestroy(joined) == cudaSuccess);
@@ -504,8 +506,21 @@ TEST_CASE("device emulator: work queued on a stream runs when a synchronisation 
 }
 
 TEST_CASE("device emulator: streams forked and joined by events give the same result in every schedule", "[emulated]") {
-  for (const Schedule schedule : {Schedule{false, false}, Schedule{true, false}})
-    CHECK(ForkJoin{}.run(schedule) == incremented(64));
+  Schedule oldest_first;
+  oldest_first.oldest_first = true;
+  for (const Schedule schedule : {Schedule{false, false}, Schedule{true, false}, oldest_first})
+    for (bool host_waits : {false, true}) CHECK(ForkJoin{true, true, host_waits}.run(schedule) == incremented(64));
+}
+
+TEST_CASE("device emulator: a missing join the host's wait hides elsewhere shows in the oldest_first schedule",
+          "[emulated]") {
+  // The host's wait for side runs side's work before main's copy in the
+  // default schedule; oldest_first runs main's copy first, as a GPU may.
+  CHECK(ForkJoin{true, false, true}.run(Schedule{false, false}) == incremented(64));
+  Schedule oldest_first;
+  oldest_first.oldest_first = true;
+  CHECK(ForkJoin{true, false, true}.run(oldest_first)[0] == -100.0f);
+  finish();
 }
 
 TEST_CASE("device emulator: a missing join leaves the side stream's work undone in the ascending schedule", "[emulated]") {
@@ -562,9 +577,15 @@ TEST_CASE("device emulator: SRGPT_EMULATOR_SCHEDULE flags parse, and an unknown 
   CHECK(interleaved.descending);
   CHECK(interleaved.interleaved);
   CHECK_FALSE(interleaved.copies_at_issue);
+  const auto oldest = emulation::parse_schedule("oldest_first+copies_at_issue");
+  CHECK(oldest.oldest_first);
+  CHECK(oldest.copies_at_issue);
+  CHECK_FALSE(oldest.descending);
   const std::string message = error_of([] { emulation::parse_schedule("descending+backwards"); });
   CHECK(message.find("unknown schedule flag 'backwards'") != std::string::npos);
-  CHECK(message.find("allowed: descending, copies_at_issue, interleaved") != std::string::npos);
+  CHECK(message.find("allowed: descending, copies_at_issue, interleaved, oldest_first") != std::string::npos);
+  CHECK(error_of([] { emulation::parse_schedule("oldest_first+descending"); }).find("choose one") !=
+        std::string::npos);
 }
 
 TEST_CASE("emulated cuBLASLt: SRGPT_EMULATED_CUBLASLT_EPILOGUES values parse, and another is an error naming it",
