@@ -315,22 +315,18 @@ class NcclCommunicator final : public Communicator {
   }
 
   void sum_in_rank_order(const void* contributions, void* out, size_t length, DType dtype) {
+    switch (dtype) {
+      case DType::bf16: return sum_in_rank_order_of<bf16>(contributions, out, length);
+      case DType::f32: return sum_in_rank_order_of<float>(contributions, out, length);
+      case DType::f64: return sum_in_rank_order_of<double>(contributions, out, length);
+    }
+  }
+  template <typename T>
+  void sum_in_rank_order_of(const void* contributions, void* out, size_t length) {
     constexpr int kThreads = 256;
     const unsigned blocks = unsigned(std::min<size_t>((length + kThreads - 1) / kThreads, 8192));
-    switch (dtype) {
-      case DType::bf16:
-        sum_in_rank_order_kernel<<<blocks, kThreads, 0, stream_.get()>>>(static_cast<const bf16*>(contributions),
-                                                                          static_cast<bf16*>(out), length, size());
-        break;
-      case DType::f32:
-        sum_in_rank_order_kernel<<<blocks, kThreads, 0, stream_.get()>>>(static_cast<const float*>(contributions),
-                                                                          static_cast<float*>(out), length, size());
-        break;
-      case DType::f64:
-        sum_in_rank_order_kernel<<<blocks, kThreads, 0, stream_.get()>>>(static_cast<const double*>(contributions),
-                                                                          static_cast<double*>(out), length, size());
-        break;
-    }
+    sum_in_rank_order_kernel<T><<<blocks, kThreads, 0, stream_.get()>>>(static_cast<const T*>(contributions),
+                                                                      static_cast<T*>(out), length, size());
     CUDA_CHECK_LAUNCH("sum_in_rank_order_kernel");
   }
 

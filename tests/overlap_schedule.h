@@ -12,11 +12,13 @@
 #include <cstdint>
 #include <cstdlib>
 #include <functional>
+#include <initializer_list>
 #include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "catch.h"
 #include "srgpt/backend.h"
 #include "srgpt/communicator.h"
 #include "srgpt/model.h"
@@ -80,6 +82,16 @@ struct OverlapRun {
   std::vector<char> grads;        // the reduced gradients the optimizer read, per step, back to back
   std::vector<char> weights;      // the whole model's at the end
 };
+
+// Each run gave the reference's losses, reduced gradients and final
+// weights, bit for bit (Catch2 checks).
+inline void check_same_bits(std::initializer_list<const OverlapRun*> runs, const OverlapRun& reference) {
+  for (const OverlapRun* run : runs) {
+    CHECK(run->losses == reference.losses);
+    CHECK(run->grads == reference.grads);
+    CHECK(run->weights == reference.weights);
+  }
+}
 
 // Two steps of three micro-steps each on this rank's own tokens, bf16-sr.
 inline OverlapRun run_overlap_steps(srgpt::Backend& backend, srgpt::Communicator& comm, int zero_stage,

@@ -25,11 +25,7 @@ TEST_CASE("gpu NCCL with one rank: overlapped collectives give the same bits at 
       auto nccl = make_nccl_communicator(*backend);
       const OverlapRun completed = run_overlap_steps(*backend, *nccl, stage, grad_dtype, false);
       const OverlapRun overlapped = run_overlap_steps(*backend, *nccl, stage, grad_dtype, true);
-      for (const OverlapRun* run : {&completed, &overlapped}) {
-        CHECK(run->losses == reference.losses);
-        CHECK(run->grads == reference.grads);
-        CHECK(run->weights == reference.weights);
-      }
+      check_same_bits({&completed, &overlapped}, reference);
     }
   }
 }

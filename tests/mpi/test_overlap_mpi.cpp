@@ -24,11 +24,7 @@ TEST_CASE("overlapped collectives across ranks: the same losses, gradients and w
       const OverlapRun deferred = run_overlap_steps(*backend, *comm, stage, grad_dtype, true);
       EagerCommunicator eager(make_mpi_communicator(*backend));
       const OverlapRun at_once = run_overlap_steps(*backend, eager, stage, grad_dtype, true);
-      for (const OverlapRun* run : {&deferred, &at_once}) {
-        CHECK(run->losses == completed.losses);
-        CHECK(run->grads == completed.grads);
-        CHECK(run->weights == completed.weights);
-      }
+      check_same_bits({&deferred, &at_once}, completed);
       // The ranks' gradients were summed: every rank ends with the same weights.
       const double crc = crc32(completed.weights.data(), completed.weights.size());
       CHECK(comm->all_reduce_max(crc) == -comm->all_reduce_max(-crc));
