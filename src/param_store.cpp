@@ -274,11 +274,11 @@ void ParameterStore::weights_updated(size_t u) {
 }
 
 void ParameterStore::gather_updated_weights() {
-  if (stage_ != 1 && stage_ != 2) return;
-  for (size_t u = 0; u < plan_.units().size(); ++u)
-    if (!updated_weights_[u]) start_updated_gather(u);
-  // With overlap the next pass's acquire_weights waits for each unit.
-  if (!overlap_) complete_collectives();
+  // With overlap weights_updated has started every unit's gather, and the
+  // next pass's acquire_weights waits for each.
+  if (overlap_ || (stage_ != 1 && stage_ != 2)) return;
+  for (size_t u = 0; u < plan_.units().size(); ++u) start_updated_gather(u);
+  complete_collectives();
 }
 
 void ParameterStore::start_updated_gather(size_t u) {

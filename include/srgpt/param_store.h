@@ -111,15 +111,13 @@ class ParameterStore {
   // Sum of squared gradients of the whole model, identical on every rank.
   double grad_norm_squared();
   UnitUpdateView update_view(size_t u);
-  // The optimizer has queued unit u's update. With overlap, stages 1 and 2
-  // start all-gathering the unit's updated chunks at once, beside the
-  // updates of the units after it.
+  // The optimizer step calls weights_updated(u) once it has queued unit u's
+  // update, for every unit, then gather_updated_weights. Stages 1 and 2
+  // all-gather the updated chunks: with overlap, each unit's gather starts
+  // in weights_updated, beside the updates of the units after it, and the
+  // next pass's acquire_weights of the unit waits for it; without, every
+  // unit's gather runs and is waited for in gather_updated_weights.
   void weights_updated(size_t u);
-  // After the optimizer step: stages 1 and 2 all-gather the updated chunks
-  // of the units weights_updated did not start (all of them without
-  // overlap, which then waits for them). With overlap the next pass's
-  // acquire_weights of each unit waits for its gather, so the gathers run
-  // beside that pass too.
   void gather_updated_weights();
   // Sets this rank's weights from fp32 values for the whole layout.
   void set_weights(const std::vector<float>& values);
