@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "catch.h"
+#include "mpi_world.h"
 #include "srgpt/checkpoint.h"
 #include "srgpt/communicator.h"
 #include "srgpt/trainer.h"
@@ -27,38 +28,6 @@ namespace {
 
 const Precision kAllModes[] = {Precision::bf16_sr, Precision::bf16_rn, Precision::mixed, Precision::fp32,
                                Precision::bf16_kahan};
-
-// The MPI world, for the tests' own agreement checks.
-Communicator& world() {
-  static auto backend = make_cpu_backend(DType::f32);
-  static auto comm = make_mpi_communicator(*backend);
-  return *comm;
-}
-
-bool same_on_all_ranks(double x) { return world().all_reduce_max(x) == -world().all_reduce_max(-x); }
-
-// A directory every rank agrees on (rank 0 makes it), removed by rank 0.
-class SharedDir {
- public:
-  explicit SharedDir(const std::string& tag) {
-    std::string p;
-    if (world().rank() == 0) {
-      dir_ = std::make_unique<TempDir>(tag);
-      p = dir_->str();
-    }
-    uint64_t n = p.size();
-    world().broadcast(&n, sizeof n, 0);
-    p.resize(n);
-    world().broadcast(p.data(), n, 0);
-    path_ = p;
-  }
-  ~SharedDir() { world().barrier(); }
-  const fs::path& path() const { return path_; }
-
- private:
-  std::unique_ptr<TempDir> dir_;
-  fs::path path_;
-};
 
 // Global batch micro batch 2 x seq 16 x accum x ranks: 128 tokens where the
 // world size divides that (2 and 4 ranks), else two micro-steps per rank
