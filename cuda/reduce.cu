@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <vector>
 
 #include "common.cuh"
@@ -74,10 +75,14 @@ void queue_sum(cudaStream_t stream, double* partials, double* result, const S* x
 template <typename S, typename Term>
 double reduce_sum(cudaStream_t stream, Scratch& scratch, const S* x, const std::vector<ElementRange>& ranges,
                   Term term) {
+  std::vector<ElementRange> filled;
+  std::copy_if(ranges.begin(), ranges.end(), std::back_inserter(filled),
+               [](const ElementRange& r) { return r.end > r.begin; });
+  if (filled.empty()) return 0.0;
   // Scratch: the ranges' results, then each range's partials.
   auto carve = [&](ScratchCarver& carver, std::vector<double*>& partials) {
-    double* results = carver.take<double>(ranges.size());
-    for (const ElementRange& r : ranges) partials.push_back(carver.take<double>(sum_blocks(r.end - r.begin)));
+    double* results = carver.take<double>(filled.size());
+    for (const ElementRange& r : filled) partials.push_back(carver.take<double>(sum_blocks(r.end - r.begin)));
     return results;
   };
   std::vector<double*> partials;
@@ -86,20 +91,13 @@ double reduce_sum(cudaStream_t stream, Scratch& scratch, const S* x, const std::
   partials.clear();
   ScratchCarver carver(scratch.get(measure.used()));
   double* results = carve(carver, partials);
-  bool queued = false;
-  for (size_t i = 0; i < ranges.size(); ++i) {
-    const size_t n = ranges[i].end - ranges[i].begin;
-    if (n == 0) continue;
-    queue_sum(stream, partials[i], results + i, x + ranges[i].begin, n, term);
-    queued = true;
-  }
-  if (!queued) return 0.0;
-  std::vector<double> host(ranges.size());
+  for (size_t i = 0; i < filled.size(); ++i)
+    queue_sum(stream, partials[i], results + i, x + filled[i].begin, filled[i].end - filled[i].begin, term);
+  std::vector<double> host(filled.size());
   CUDA_CHECK(cudaMemcpyAsync(host.data(), results, sizeof(double) * host.size(), cudaMemcpyDeviceToHost, stream));
   CUDA_CHECK(cudaStreamSynchronize(stream));
   double total = 0;
-  for (size_t i = 0; i < ranges.size(); ++i)
-    if (ranges[i].end > ranges[i].begin) total += host[i];
+  for (double sum : host) total += sum;
   return total;
 }
 

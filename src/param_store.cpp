@@ -91,6 +91,10 @@ size_t ParameterStore::grad_slot_offset(size_t s) const {
   return s == 0 ? 0 : plan_.unit(plan_.embeddings_unit()).size() + (s - 1) * other_slot_;
 }
 
+char* ParameterStore::slot_reduced_chunk(size_t s) const {
+  return grad_at(reduced_chunk_.get(), grad_slot_offset(s) / size_t(plan_.world_size()));
+}
+
 const void* ParameterStore::acquire_weights(size_t u) {
   const ZeroUnit& unit = plan_.unit(u);
   if (stage_ < 3) {
@@ -158,8 +162,8 @@ void ParameterStore::grads_done(size_t u) {
       backend_.accumulate(wide, grad_dtype_, micro_step, dtype, unit.size());
       send = wide;
     }
-    char* reduced = grad_at(reduced_chunk_.get(), grad_slot_offset(s) / size_t(plan_.world_size()));
-    pending_reductions_[s] = {true, comm_.start_reduce_scatter_sum(send, reduced, unit.chunk, grad_dtype_), u};
+    pending_reductions_[s] = {
+        true, comm_.start_reduce_scatter_sum(send, slot_reduced_chunk(s), unit.chunk, grad_dtype_), u};
     if (!overlap_) complete_collectives();
   }
   grads_active_[u] = false;
@@ -182,8 +186,7 @@ void ParameterStore::finish_reduction(size_t s) {
   reduction.active = false;
   backend_waits_for(reduction.ticket);
   const ZeroUnit& unit = plan_.unit(reduction.unit);
-  backend_.accumulate(grad_at(grads_.get(), unit.shard_offset), grad_dtype_,
-                      grad_at(reduced_chunk_.get(), grad_slot_offset(s) / size_t(plan_.world_size())), grad_dtype_,
+  backend_.accumulate(grad_at(grads_.get(), unit.shard_offset), grad_dtype_, slot_reduced_chunk(s), grad_dtype_,
                       unit.chunk);
 }
 

@@ -148,6 +148,8 @@ class ParameterStore {
   static constexpr size_t kGradSlots = 3;
   size_t grad_slot(size_t u) const;
   size_t grad_slot_offset(size_t s) const;
+  // Stages 2-3: where slot s's reduce-scatter leaves this rank's chunk.
+  char* slot_reduced_chunk(size_t s) const;
   // Stages 0-1 in the last micro-step with overlap: starts reducing unit u.
   void start_unit_reduction(size_t u);
   // Stages 2-3: the slot's pending reduce-scatter is waited for and added

@@ -79,5 +79,4 @@ void adamw_update(DType storage, Precision mode, const OptimizerBuffers& buffers
   for (const AdamWRange& range : ranges) adamw_update_range(storage, mode, buffers, range, step);
 }
 
-
 }  // namespace srgpt::cpu
