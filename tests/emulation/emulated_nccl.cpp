@@ -5,6 +5,7 @@
 
 #include <climits>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -109,8 +110,9 @@ void exchange(ncclComm_t comm, const std::vector<PointToPoint>& operations) {
 #endif
 }
 
-ncclResult_t add_point_to_point(const char* call, PointToPoint op, ncclComm_t comm, cudaStream_t stream) {
-  if (const ncclResult_t r = check_call(call, comm, ncclUint8, op.bytes); r != ncclSuccess) return r;
+ncclResult_t add_point_to_point(const char* call, PointToPoint op, ncclDataType_t type, ncclComm_t comm,
+                                cudaStream_t stream) {
+  if (const ncclResult_t r = check_call(call, comm, type, op.bytes); r != ncclSuccess) return r;
   if (const ncclResult_t r = check_rank(call, comm, op.peer); r != ncclSuccess) return r;
   Group& g = group();
   const bool alone = g.depth == 0;
@@ -155,7 +157,7 @@ ncclResult_t ncclCommInitRank(ncclComm_t* comm, int nranks, ncclUniqueId id, int
   if (nranks < 1 || rank < 0 || rank >= nranks)
     return failure(ncclInvalidArgument, "ncclCommInitRank: rank " + std::to_string(rank) + " of " +
                                             std::to_string(nranks));
-  auto made = new ncclComm;
+  auto made = std::make_unique<ncclComm>();
   made->rank = rank;
   made->size = nranks;
   if (nranks > 1) {
@@ -166,21 +168,16 @@ ncclResult_t ncclCommInitRank(ncclComm_t* comm, int nranks, ncclUniqueId id, int
       MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
       MPI_Comm_size(MPI_COMM_WORLD, &world_size);
     }
-    if (world_rank != rank || world_size != nranks) {
-      delete made;
+    if (world_rank != rank || world_size != nranks)
       return failure(ncclInvalidUsage, "ncclCommInitRank: rank " + std::to_string(rank) + " of " +
                                            std::to_string(nranks) + " needs MPI's world to be the same ranks");
-    }
-    if (MPI_Comm_dup(MPI_COMM_WORLD, &made->mpi) != MPI_SUCCESS) {
-      delete made;
+    if (MPI_Comm_dup(MPI_COMM_WORLD, &made->mpi) != MPI_SUCCESS)
       return failure(ncclSystemError, "ncclCommInitRank: MPI_Comm_dup failed");
-    }
 #else
-    delete made;
     return failure(ncclInvalidUsage, "ncclCommInitRank: more than one rank needs MPI, which this build lacks");
 #endif
   }
-  *comm = made;
+  *comm = made.release();
   return ncclSuccess;
 }
 
@@ -227,13 +224,11 @@ ncclResult_t ncclGroupEnd() {
 
 ncclResult_t ncclSend(const void* send, size_t count, ncclDataType_t type, int peer, ncclComm_t comm,
                       cudaStream_t stream) {
-  if (type != ncclUint8) return failure(ncclInvalidArgument, "ncclSend: only ncclUint8 is emulated");
-  return add_point_to_point("ncclSend", {true, send, nullptr, count, peer}, comm, stream);
+  return add_point_to_point("ncclSend", {true, send, nullptr, count, peer}, type, comm, stream);
 }
 
 ncclResult_t ncclRecv(void* recv, size_t count, ncclDataType_t type, int peer, ncclComm_t comm, cudaStream_t stream) {
-  if (type != ncclUint8) return failure(ncclInvalidArgument, "ncclRecv: only ncclUint8 is emulated");
-  return add_point_to_point("ncclRecv", {false, nullptr, recv, count, peer}, comm, stream);
+  return add_point_to_point("ncclRecv", {false, nullptr, recv, count, peer}, type, comm, stream);
 }
 
 ncclResult_t ncclAllGather(const void* send, void* recv, size_t count, ncclDataType_t type, ncclComm_t comm,
