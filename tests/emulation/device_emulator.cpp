@@ -10,10 +10,12 @@
 #include <ucontext.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <deque>
 #include <map>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "srgpt/error.h"
@@ -45,10 +47,14 @@ struct CUstream_st {
   std::deque<Item> queue;
   uint64_t enqueued = 0, completed = 0;  // items ever queued, ever run
 };
-// Recorded: the work queued on `stream` before the record.
+// Recorded: the work queued on `stream` before the record. A timing event
+// also queues, at each record, an item that notes when it ran: shared, as
+// the event may be recorded again or destroyed before its item runs.
 struct CUevent_st {
   CUstream_st* stream = nullptr;
   uint64_t position = 0;
+  bool timing = false;
+  std::shared_ptr<std::optional<std::chrono::steady_clock::time_point>> reached;
 };
 
 namespace srgpt::emulation {
@@ -734,12 +740,29 @@ void enqueue(CUstream_st* stream, std::function<void()> work) {
   ++s.enqueued;
 }
 
-CUevent_st* create_event() { return new CUevent_st; }
+CUevent_st* create_event(bool timing) {
+  auto* event = new CUevent_st;
+  event->timing = timing;
+  return event;
+}
 void destroy_event(CUevent_st* event) { delete event; }
 
 void record_event(CUevent_st* event, CUstream_st* stream) {
+  if (event->timing) {
+    auto reached = std::make_shared<std::optional<std::chrono::steady_clock::time_point>>();
+    enqueue(stream, [reached] { *reached = std::chrono::steady_clock::now(); });
+    event->reached = reached;
+  }
   event->stream = resolve(stream);
   event->position = event->stream->enqueued;
+}
+
+bool event_elapsed_ms(float* ms, CUevent_st* start, CUevent_st* end) {
+  if (!start->timing || !end->timing || !start->reached || !end->reached) return false;
+  synchronize_event(start);
+  synchronize_event(end);
+  *ms = std::chrono::duration<float, std::milli>(**end->reached - **start->reached).count();
+  return true;
 }
 
 void stream_wait_event(CUstream_st* stream, CUevent_st* event) {

@@ -134,9 +134,15 @@ void run_kernel(const Launch& launch, const std::function<void()>& thread);
 CUstream_st* create_stream();
 void destroy_stream(CUstream_st* stream);  // runs its queued work first
 void enqueue(CUstream_st* stream, std::function<void()> work);
-CUevent_st* create_event();
+// A timing event (without cudaEventDisableTiming) notes the host time at
+// which the work before each record has run.
+CUevent_st* create_event(bool timing);
 void destroy_event(CUevent_st* event);
 void record_event(CUevent_st* event, CUstream_st* stream);
+// The host time between two timing events' records, after running the work
+// before them (as cudaEventQuery does here); false if either is not a
+// timing event or was never recorded.
+bool event_elapsed_ms(float* ms, CUevent_st* start, CUevent_st* end);
 // The stream's later work waits for the work before the event's last record.
 void stream_wait_event(CUstream_st* stream, CUevent_st* event);
 void synchronize_event(CUevent_st* event);

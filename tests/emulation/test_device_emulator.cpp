@@ -7,8 +7,11 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "catch.h"
@@ -549,6 +552,40 @@ TEST_CASE("device emulator: a copy from pageable host memory reads it when queue
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
   CHECK(device_value == 4.0f);
   REQUIRE(cudaFreeHost(pinned) == cudaSuccess);
+}
+
+TEST_CASE("device emulator: timing events give the host time of the work between their records", "[emulated]") {
+  emulation::set_schedule(Schedule{false, false});
+  cudaStream_t stream = nullptr;
+  cudaEvent_t start = nullptr, end = nullptr, unrecorded = nullptr, ordering = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) == cudaSuccess);
+  for (cudaEvent_t* timing : {&start, &end, &unrecorded})
+    REQUIRE(cudaEventCreateWithFlags(timing, cudaEventDefault) == cudaSuccess);
+  REQUIRE(cudaEventCreateWithFlags(&ordering, cudaEventDisableTiming) == cudaSuccess);
+  const int sleep_ms = 20 + int(std::random_device{}() % 20);
+  bool ran = false;
+  REQUIRE(cudaEventRecord(start, stream) == cudaSuccess);
+  emulation::enqueue(stream, [&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(sleep_ms));
+    ran = true;
+  });
+  REQUIRE(cudaEventRecord(end, stream) == cudaSuccess);
+  REQUIRE(cudaEventRecord(ordering, stream) == cudaSuccess);
+  CHECK_FALSE(ran);
+  float ms = -1.0f;
+  REQUIRE(cudaEventElapsedTime(&ms, start, end) == cudaSuccess);
+  CHECK(ran);
+  CHECK(ms >= float(sleep_ms));
+  CHECK(ms < float(sleep_ms) + 1000.0f);
+  // As the runtime: events without timing, or never recorded, have none.
+  CHECK(cudaEventElapsedTime(&ms, start, ordering) == cudaErrorInvalidResourceHandle);
+  CHECK(cudaEventElapsedTime(&ms, unrecorded, end) == cudaErrorInvalidResourceHandle);
+  // A timing event destroyed before the work of its record has run.
+  REQUIRE(cudaEventRecord(start, stream) == cudaSuccess);
+  REQUIRE(cudaEventDestroy(start) == cudaSuccess);
+  REQUIRE(cudaStreamSynchronize(stream) == cudaSuccess);
+  for (cudaEvent_t event : {end, unrecorded, ordering}) REQUIRE(cudaEventDestroy(event) == cudaSuccess);
+  REQUIRE(cudaStreamDestroy(stream) == cudaSuccess);
 }
 
 TEST_CASE("device emulator: a fault in queued work is the synchronising call's error, until a device reset", "[emulated]") {

@@ -92,6 +92,7 @@ enum cudaError {
   cudaErrorInvalidValue = 1,
   cudaErrorMemoryAllocation = 2,
   cudaErrorInvalidConfiguration = 9,
+  cudaErrorInvalidResourceHandle = 400,
   cudaErrorNotReady = 600,
   cudaErrorLaunchFailure = 719,
 };
@@ -105,6 +106,10 @@ enum cudaMemcpyKind {
 };
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 enum cudaDeviceAttr {
+  cudaDevAttrClockRate = 13,
+  cudaDevAttrMultiProcessorCount = 16,
+  cudaDevAttrMemoryClockRate = 36,
+  cudaDevAttrGlobalMemoryBusWidth = 37,
   cudaDevAttrComputeCapabilityMajor = 75,
   cudaDevAttrComputeCapabilityMinor = 76,
   cudaDevAttrMaxSharedMemoryPerBlockOptin = 97
@@ -141,6 +146,7 @@ inline const char* cudaGetErrorName(cudaError_t err) {
     case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
     case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
     case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
     case cudaErrorNotReady: return "cudaErrorNotReady";
     case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
   }
@@ -152,6 +158,7 @@ inline const char* cudaGetErrorString(cudaError_t err) {
     case cudaErrorInvalidValue: return "invalid argument";
     case cudaErrorMemoryAllocation: return "out of memory";
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
     case cudaErrorNotReady: return "device not ready";
     case cudaErrorLaunchFailure: return ::srgpt::emulation::runtime::last_fault().c_str();
   }
@@ -233,8 +240,8 @@ inline cudaError_t cudaDeviceReset() {
   ::srgpt::emulation::runtime::last_fault().clear();
   return cudaSuccess;
 }
-inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned) {
-  *event = ::srgpt::emulation::create_event();
+inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned flags) {
+  *event = ::srgpt::emulation::create_event((flags & cudaEventDisableTiming) == 0);
   return cudaSuccess;
 }
 inline cudaError_t cudaEventDestroy(cudaEvent_t event) {
@@ -247,6 +254,14 @@ inline cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream = null
 }
 inline cudaError_t cudaEventSynchronize(cudaEvent_t event) {
   return ::srgpt::emulation::runtime::synchronizing([&] { ::srgpt::emulation::synchronize_event(event); });
+}
+// Host time, not device time: the emulation's timings say nothing of a GPU's.
+inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
+  bool timed = false;
+  const cudaError_t err = ::srgpt::emulation::runtime::synchronizing(
+      [&] { timed = ::srgpt::emulation::event_elapsed_ms(ms, start, end); });
+  if (err != cudaSuccess) return err;
+  return timed ? cudaSuccess : cudaErrorInvalidResourceHandle;
 }
 // Queued work runs only when something needs it, so a query runs the work
 // it asks about and never answers cudaErrorNotReady.
@@ -264,9 +279,22 @@ inline cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
   *free_bytes = *total_bytes = 0;
   return cudaSuccess;
 }
-// The emulated device is an H100: compute capability 9.0, its shared-memory limit.
+// The emulated device is an H100 SXM: compute capability 9.0, its
+// shared-memory limit, SMs, clocks (kHz) and memory bus.
 inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int) {
   switch (attr) {
+    case cudaDevAttrClockRate:
+      *value = 1980000;
+      return cudaSuccess;
+    case cudaDevAttrMultiProcessorCount:
+      *value = 132;
+      return cudaSuccess;
+    case cudaDevAttrMemoryClockRate:
+      *value = 2619000;
+      return cudaSuccess;
+    case cudaDevAttrGlobalMemoryBusWidth:
+      *value = 5120;
+      return cudaSuccess;
     case cudaDevAttrComputeCapabilityMajor:
       *value = 9;
       return cudaSuccess;
