@@ -1,27 +1,33 @@
-// GPU benchmark (run on the H100 host; prints tables, asserts nothing).
+// GPU benchmark (run on the GPU host; prints tables, asserts nothing).
 //
-// 1. Ceilings measured on this device: device-to-device copy bandwidth and
-//    an 8192^3 bf16 cuBLASLt matmul.
-// 2. Each cuda-backend op at GPT-2 d12 training shapes (micro batch 32,
+// 1. The device (its SMs, clock and memory bandwidth from its attributes)
+//    and ceilings measured on it: device-to-device copy bandwidth and an
+//    8192^3 bf16 cuBLASLt matmul. Every percentage below is of these
+//    measured ceilings, so the tables read the same on an H100 or an H200.
+// 2. Whole training steps (forward + backward + grad norm + AdamW) for d12
+//    and d24 in bf16-sr, bf16-rn and mixed: median step time after warm-up,
+//    tokens/s, MFU (6 N + 12 L C T FLOPs per token, of the measured matmul
+//    ceiling) and peak memory. The attention is what SRGPT_ATTENTION_FORWARD
+//    and _BACKWARD choose, and in extra bf16-sr rows on wgmma, with each
+//    wgmma backward. First, because issue 4's targets need these rows.
+// 3. Each cuda-backend op at GPT-2 d12 training shapes (micro batch 32,
 //    sequence 1024): median time, achieved GB/s (memory-bound ops, counting
 //    each input read and output written once) or TFLOP/s (matmuls,
-//    attention; the attention with each of its strategies), against
-//    the H100's 3.0 TB/s and 790 TFLOP/s and against the measured ceilings.
-// 3. Whole training steps (forward + backward + grad norm + AdamW) for d12
-//    and d24 in bf16-sr, bf16-rn and mixed: median step time after warm-up,
-//    tokens/s, MFU (6 N + 12 L C T FLOPs per token) and peak memory. The
-//    attention is what SRGPT_ATTENTION_FORWARD and _BACKWARD choose, and
-//    in extra bf16-sr rows on wgmma, with each wgmma backward.
+//    attention; the attention with each of its strategies).
 //
 //   gpu_step_bench [--kernels] [--steps] [--model d12|d24]... [--batch 32] [--seq 1024]
 //                  [--warmup 3] [--iters 10] [--json FILE] [--only TEXT] [--no-wgmma] [--no-wgmma-one-pass]
+//                  [--smoke]
 // With neither --kernels nor --steps both parts run. --only times just the
 // kernel rows whose op name contains TEXT (e.g. "attention"). --no-wgmma
 // leaves the wgmma attention kernels out, their self-check included (for a
 // GPU on which their tests failed: a fault there would end the run);
 // --no-wgmma-one-pass only the one-pass wgmma backward. --json also
 // writes the step rows as JSON lines, each as soon as it is measured
-// (scripts/bench_targets.py reads them beside PyTorch's).
+// (scripts/bench_targets.py reads them beside PyTorch's). --smoke runs
+// every row at tiny shapes (2-layer models, see model_config; 1 MiB and
+// 256^3 ceilings), to check that the program runs: CI runs it on the
+// device emulator (tests/emulation); its numbers mean nothing.
 #include <cuda_runtime.h>
 
 #include <fstream>
@@ -54,9 +60,7 @@ using namespace srgpt;
 
 namespace {
 
-constexpr double kPeakBandwidth = 3.0e12;  // H100 SXM HBM3, bytes/s
-constexpr double kPeakFlops = 790e12;      // measured bf16 dense matmul peak of the test host
-constexpr int kVocab = 50257;
+constexpr int kGpt2Vocab = 50257;
 
 struct Options {
   bool kernels = false, steps = false;
@@ -66,6 +70,7 @@ struct Options {
   std::string only;  // kernel rows whose op contains this, if set
   bool wgmma = true;           // the wgmma attention kernels too, where they run
   bool wgmma_one_pass = true;  // and among them the one-pass backward
+  bool smoke = false;          // tiny shapes: does every row run?
 };
 
 // Whether an attention strategy is measured: the options do not leave it
@@ -101,11 +106,20 @@ int int_at_least(const std::string& flag, const std::string& text, int minimum) 
   return v;
 }
 
-ModelConfig model_config(const std::string& name, int seq) {
+// GPT-2 d12 and d24; with --smoke, 2-layer stand-ins whose heads have the
+// same sizes (64; d24's 128 too, a size the attention kernels also serve)
+// and whose vocabulary (1000) pads as GPT-2's does.
+ModelConfig model_config(const Options& o, const std::string& name) {
   ModelConfig cfg;
-  cfg.vocab_size = kVocab;
-  cfg.max_seq_len = std::max(seq, 1024);
-  if (name == "d12") {
+  cfg.vocab_size = kGpt2Vocab;
+  cfg.max_seq_len = std::max(o.seq, 1024);
+  if (o.smoke && (name == "d12" || name == "d24")) {
+    cfg.vocab_size = 1000;
+    cfg.max_seq_len = o.seq;
+    cfg.n_layer = 2;
+    cfg.d_model = 128;
+    cfg.n_head = name == "d12" ? 2 : 1;
+  } else if (name == "d12") {
     cfg.n_layer = 12;
     cfg.n_head = 12;
     cfg.d_model = 768;
@@ -149,15 +163,17 @@ Options parse(int argc, char** argv) {
       o.wgmma = false;
     } else if (a == "--no-wgmma-one-pass") {
       o.wgmma_one_pass = false;
+    } else if (a == "--smoke") {
+      o.smoke = true;
     } else {
       fail("unknown argument '{}' (allowed: --kernels --steps --model d12|d24 --batch --seq --warmup --iters --json "
-           "--only --no-wgmma --no-wgmma-one-pass)",
+           "--only --no-wgmma --no-wgmma-one-pass --smoke)",
            a);
     }
   }
   if (!o.kernels && !o.steps) o.kernels = o.steps = true;
   if (o.models.empty()) o.models = {"d12", "d24"};
-  for (const std::string& m : o.models) model_config(m, o.seq);  // a bad name fails before any measuring
+  for (const std::string& m : o.models) model_config(o, m);  // a bad name fails before any measuring
   return o;
 }
 
@@ -228,24 +244,40 @@ void fill_random(Backend& be, void* dst, size_t count, DType dtype, float stddev
   be.synchronize();
 }
 
-std::vector<int32_t> random_tokens(size_t n, uint64_t seed) {
+std::vector<int32_t> random_tokens(size_t n, uint64_t seed, int vocab) {
   std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<int32_t> dist(0, kVocab - 1);
+  std::uniform_int_distribution<int32_t> dist(0, vocab - 1);
   std::vector<int32_t> v(n);
   for (int32_t& t : v) t = dist(rng);
   return v;
 }
 
+// Measured on this device: what its memory and tensor cores reach at best.
 struct Ceilings {
-  double bandwidth = kPeakBandwidth;  // bytes/s
-  double flops = kPeakFlops;
+  double bandwidth = 0;  // bytes/s, a device-to-device copy
+  double flops = 0;      // FLOP/s, a large bf16 matmul
 };
+
+int device_attribute(cudaDeviceAttr attribute) {
+  int device = 0, value = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, device));
+  return value;
+}
 
 Ceilings measure_ceilings(const Options& o) {
   auto backend = make_cuda_backend(DType::bf16, 0);
   auto& be = cuda_of(*backend);
+  // Which GPU this is (an H100 and an H200 differ mostly in memory), and
+  // its memory's bandwidth by specification: 2 transfers a clock.
+  const double memory_spec = 2.0 * device_attribute(cudaDevAttrMemoryClockRate) * 1e3 *
+                             device_attribute(cudaDevAttrGlobalMemoryBusWidth) / 8;
+  std::printf("device: %s, %d SMs at up to %d MHz, memory %.2f TB/s by specification\n", be.name().c_str(),
+              device_attribute(cudaDevAttrMultiProcessorCount), device_attribute(cudaDevAttrClockRate) / 1000,
+              memory_spec / 1e12);
+
   Ceilings c;
-  const size_t copy_bytes = size_t(2) << 30;
+  const size_t copy_bytes = o.smoke ? size_t(1) << 20 : size_t(2) << 30;
   DeviceBuffer a(be, copy_bytes, "copy source"), b(be, copy_bytes, "copy destination");
   fill_random(be, a.get(), copy_bytes / 2, DType::bf16);
   const double copy_ms = median_ms(be, o.warmup, o.iters, [&] {
@@ -253,7 +285,7 @@ Ceilings measure_ceilings(const Options& o) {
   });
   c.bandwidth = 2.0 * copy_bytes / (copy_ms * 1e-3);
 
-  const int n = 8192;
+  const int n = o.smoke ? 256 : 8192;
   DeviceBuffer x(be, size_t(n) * n * 2, "matmul in"), w(be, size_t(n) * n * 2, "matmul w"),
       y(be, size_t(n) * n * 2, "matmul out");
   fill_random(be, x.get(), size_t(n) * n, DType::bf16);
@@ -262,11 +294,9 @@ Ceilings measure_ceilings(const Options& o) {
     be.matmul_forward(y.get(), nullptr, x.get(), w.get(), nullptr, n, n, n);
   });
   c.flops = 2.0 * n * n * double(n) / (mm_ms * 1e-3);
-  std::printf("device: %s\n", be.name().c_str());
-  std::printf("measured ceilings: device copy %.0f GB/s (%.0f%% of %.1f TB/s), bf16 matmul 8192^3 %.0f TFLOP/s "
-              "(%.0f%% of %.0f)\n\n",
-              c.bandwidth / 1e9, 100 * c.bandwidth / kPeakBandwidth, kPeakBandwidth / 1e12, c.flops / 1e12,
-              100 * c.flops / kPeakFlops, kPeakFlops / 1e12);
+  std::printf("measured ceilings: device copy %.0f GB/s (%.0f%% of the specification), bf16 matmul %d^3 %.0f "
+              "TFLOP/s\n\n",
+              c.bandwidth / 1e9, 100 * c.bandwidth / memory_spec, n, c.flops / 1e12);
   return c;
 }
 
@@ -279,21 +309,21 @@ struct KernelRow {
 };
 
 void print_kernel_table(const std::vector<KernelRow>& rows, const Ceilings& c) {
-  std::printf("| op | shape | ms | achieved | of H100 peak | of measured ceiling |\n|---|---|---|---|---|---|\n");
+  std::printf("| op | shape | ms | achieved | of measured ceiling |\n|---|---|---|---|---|\n");
   for (const auto& r : rows) {
     const double rate = r.amount / (r.ms * 1e-3);
     if (r.flops)
-      std::printf("| %s | %s | %.3f | %.0f TFLOP/s | %.0f%% | %.0f%% |\n", r.op.c_str(), r.shape.c_str(), r.ms,
-                  rate / 1e12, 100 * rate / kPeakFlops, 100 * rate / c.flops);
+      std::printf("| %s | %s | %.3f | %.0f TFLOP/s | %.0f%% |\n", r.op.c_str(), r.shape.c_str(), r.ms, rate / 1e12,
+                  100 * rate / c.flops);
     else
-      std::printf("| %s | %s | %.3f | %.0f GB/s | %.0f%% | %.0f%% |\n", r.op.c_str(), r.shape.c_str(), r.ms,
-                  rate / 1e9, 100 * rate / kPeakBandwidth, 100 * rate / c.bandwidth);
+      std::printf("| %s | %s | %.3f | %.0f GB/s | %.0f%% |\n", r.op.c_str(), r.shape.c_str(), r.ms, rate / 1e9,
+                  100 * rate / c.bandwidth);
   }
   std::printf("\n");
 }
 
 void bench_kernels(const Options& o, const Ceilings& ceilings) {
-  const ModelConfig cfg = model_config("d12", o.seq);
+  const ModelConfig cfg = model_config(o, "d12");
   const int B = o.batch, T = o.seq, C = cfg.d_model, H = cfg.n_head, Vp = cfg.padded_vocab();
   const int N = B * T;
   const size_t NC = size_t(N) * C;
@@ -310,7 +340,7 @@ void bench_kernels(const Options& o, const Ceilings& ceilings) {
   };
 
   DeviceBuffer tokens(be, size_t(N) * 4, "tokens"), targets(be, size_t(N) * 4, "targets");
-  const auto token_values = random_tokens(N, 1), target_values = random_tokens(N, 2);
+  const auto token_values = random_tokens(N, 1, cfg.vocab_size), target_values = random_tokens(N, 2, cfg.vocab_size);
   be.upload(tokens.get(), token_values.data(), size_t(N) * 4);
   be.upload(targets.get(), target_values.data(), size_t(N) * 4);
   auto buffer = [&](size_t count, DType dtype, const char* what, float stddev = 1.0f) {
@@ -412,7 +442,7 @@ void bench_kernels(const Options& o, const Ceilings& ceilings) {
     DeviceBuffer logits = buffer(size_t(N) * Vp, DType::bf16, "logits", 3.0f),
                  losses = buffer(N, DType::f32, "losses");
     run("cross_entropy_forward_backward", fmt::format("N={} Vp={}", N, Vp), 2.0 * N * double(Vp) * s, false, [&] {
-      be.cross_entropy_forward_backward(losses.get(), logits.get(), targets.as<int32_t>(), N, kVocab, Vp,
+      be.cross_entropy_forward_backward(losses.get(), logits.get(), targets.as<int32_t>(), N, cfg.vocab_size, Vp,
                                         1.0f / N);
     });
   }
@@ -491,14 +521,14 @@ void bench_kernels(const Options& o, const Ceilings& ceilings) {
 // ---------------------------------------------------------------- steps
 struct StepRow {
   std::string model, precision, activations, attention;
-  double step_ms, tokens_per_s, mfu_peak, mfu_measured;
+  double step_ms, tokens_per_s, mfu;  // mfu: of the measured matmul ceiling
   double peak_gib, device_used_gib;
   size_t params;
 };
 
 // One JSON line per row, written as soon as the row is measured: a run
 // stopped part-way (a time limit) keeps the rows it finished.
-void write_json_line(std::ofstream& out, const StepRow& r, const Options& o) {
+void write_json_line(std::ofstream& out, const StepRow& r, const Options& o, const Ceilings& c) {
   out << nlohmann::json{{"model", r.model},
                         {"precision", r.precision},
                         {"activations", r.activations},
@@ -508,7 +538,8 @@ void write_json_line(std::ofstream& out, const StepRow& r, const Options& o) {
                         {"params", r.params},
                         {"step_ms", r.step_ms},
                         {"tokens_per_s", r.tokens_per_s},
-                        {"mfu", r.mfu_peak},
+                        {"mfu", r.mfu},
+                        {"matmul_ceiling_tflops", c.flops / 1e12},
                         {"peak_gib", r.peak_gib}}
              .dump()
       << "\n";
@@ -523,7 +554,7 @@ void write_json_line(std::ofstream& out, const StepRow& r, const Options& o) {
 StepRow bench_steps(const Options& o, const std::string& model_name, const std::vector<float>& weights,
                     Precision precision, ActivationOptions activations,
                     std::optional<gpu::AttentionBackward> wgmma_backward, const Ceilings& c) {
-  const ModelConfig cfg = model_config(model_name, o.seq);
+  const ModelConfig cfg = model_config(o, model_name);
   const int B = o.batch, T = o.seq;
   size_t free0 = 0, total = 0;
   CUDA_CHECK(cudaMemGetInfo(&free0, &total));
@@ -539,7 +570,8 @@ StepRow bench_steps(const Options& o, const std::string& model_name, const std::
   OptimizerConfig oc;
   Optimizer optimizer(params, precision, oc, 1234);
   optimizer.set_weights(weights);
-  const auto inputs = random_tokens(size_t(B) * T, 3), targets = random_tokens(size_t(B) * T, 4);
+  const auto inputs = random_tokens(size_t(B) * T, 3, cfg.vocab_size),
+             targets = random_tokens(size_t(B) * T, 4, cfg.vocab_size);
   const float dloss = 1.0f / float(B * T);
 
   int64_t t = 0;
@@ -571,17 +603,78 @@ StepRow bench_steps(const Options& o, const std::string& model_name, const std::
   const double tokens = double(B) * T;
   const double flops = 6.0 * r.params * tokens + 12.0 * cfg.n_layer * cfg.d_model * double(T) * tokens;
   r.tokens_per_s = tokens / (r.step_ms * 1e-3);
-  r.mfu_peak = flops / (r.step_ms * 1e-3) / kPeakFlops;
-  r.mfu_measured = flops / (r.step_ms * 1e-3) / c.flops;
+  r.mfu = flops / (r.step_ms * 1e-3) / c.flops;
   r.peak_gib = be.peak_allocated_bytes() / double(1 << 30);
   r.device_used_gib = double(free0 - free1) / double(1 << 30);
   std::printf(
-      "  %s %-8s activations: %s, attention: %s, step %.1f ms, %.0f tokens/s, MFU %.1f%% (of measured %.1f%%), peak "
-      "%.2f GiB\n",
+      "  %s %-8s activations: %s, attention: %s, step %.1f ms, %.0f tokens/s, MFU %.1f%%, peak %.2f "
+      "GiB\n",
       r.model.c_str(), r.precision.c_str(), r.activations.c_str(), r.attention.c_str(), r.step_ms, r.tokens_per_s,
-      100 * r.mfu_peak, 100 * r.mfu_measured, r.peak_gib);
+      100 * r.mfu, r.peak_gib);
   std::fflush(stdout);
   return r;
+}
+
+// Every step row of every model, then their table.
+void bench_all_steps(const Options& o, const Ceilings& ceilings, std::ofstream& json_out) {
+  std::vector<StepRow> rows;
+  auto record = [&](StepRow row) {
+    if (json_out.is_open()) write_json_line(json_out, row, o, ceilings);
+    rows.push_back(std::move(row));
+  };
+  for (const std::string& m : o.models) {
+    const ModelConfig cfg = model_config(o, m);
+    const std::vector<float> weights = gpt2_initial_weights(cfg, gpt2_param_layout(cfg), 1234, 0.02);
+    for (Precision p : {Precision::bf16_sr, Precision::bf16_rn, Precision::mixed})
+      record(bench_steps(o, m, weights, p, ActivationOptions{}, std::nullopt, ceilings));
+    // The attention on wgmma, with each wgmma backward, where this build
+    // and GPU run them.
+    if (measured(o, gpu::AttentionForward::wgmma, "steps: attention forward")) {
+      for (gpu::AttentionBackward how : gpu::kAttentionBackwards) {
+        if (gpu::attention_backward_uses_wgmma(how) && measured(o, how, "steps: attention backward"))
+          record(bench_steps(o, m, weights, Precision::bf16_sr, ActivationOptions{}, how, ceilings));
+      }
+    }
+    // The memory-saving options, by memory saved: the LM head in 8
+    // chunks (4096 rows each at batch 32 x 1024), then also recompute
+    // LayerNorm (2 d_model per token and layer) or instead run its
+    // backward from its output (the same 2, without a pass), GELU (4),
+    // or both.
+    const ActivationOptions memory_options[] = {
+        {Recompute::none, 8},
+        {Recompute::layernorm, 8},
+        {Recompute::none, 8, LayerNormBackwardFrom::output},
+        {Recompute::gelu, 8},
+        {Recompute::all, 8},
+        {Recompute::gelu, 8, LayerNormBackwardFrom::output},
+    };
+    for (const ActivationOptions& activations : memory_options)
+      record(bench_steps(o, m, weights, Precision::bf16_sr, activations, std::nullopt, ceilings));
+  }
+  std::printf("\ntraining steps: micro batch %d, seq %d, median of %d after %d warm-up\n", o.batch, o.seq, o.iters,
+              o.warmup);
+  std::printf("| model | precision | activation options | attention | params | step ms | tokens/s | MFU (of %.0f "
+              "TFLOP/s) | peak GiB | device used GiB |\n|---|---|---|---|---|---|---|---|---|---|\n",
+              ceilings.flops / 1e12);
+  for (const auto& r : rows)
+    std::printf("| %s | %s | %s | %s | %.1fM | %.1f | %.0f | %.1f%% | %.2f | %.2f |\n", r.model.c_str(),
+                r.precision.c_str(), r.activations.c_str(), r.attention.c_str(), r.params / 1e6, r.step_ms,
+                r.tokens_per_s, 100 * r.mfu, r.peak_gib, r.device_used_gib);
+  // bf16-sr against mixed with the same attention and no memory options:
+  // each model's first row of either precision (the wgmma rows come later).
+  for (const std::string& m : o.models) {
+    const StepRow *sr = nullptr, *mixed = nullptr;
+    for (const auto& r : rows) {
+      if (r.model != m || r.activations != "none") continue;
+      if (r.precision == "bf16-sr" && !sr) sr = &r;
+      if (r.precision == "mixed" && !mixed) mixed = &r;
+    }
+    if (sr && mixed)
+      std::printf("%s: bf16-sr vs mixed: %.2fx throughput, %.2fx peak memory (paper: 1.54x, 0.70x)\n", m.c_str(),
+                  sr->tokens_per_s / mixed->tokens_per_s, sr->peak_gib / mixed->peak_gib);
+  }
+  std::printf("\n");
+  std::fflush(stdout);
 }
 
 }  // namespace
@@ -596,64 +689,10 @@ int main(int argc, char** argv) {
       if (!json_out) fail("--json: cannot open '{}' for writing", o.json);
     }
     if (cuda_device_count() == 0) fail("no CUDA device visible: this benchmark runs on a GPU host");
+    if (o.smoke) std::printf("smoke run: tiny shapes, to check that every row runs; the numbers mean nothing\n");
     const Ceilings ceilings = measure_ceilings(o);
+    if (o.steps) bench_all_steps(o, ceilings, json_out);
     if (o.kernels) bench_kernels(o, ceilings);
-    if (o.steps) {
-      std::vector<StepRow> rows;
-      auto record = [&](StepRow row) {
-        if (json_out.is_open()) write_json_line(json_out, row, o);
-        rows.push_back(std::move(row));
-      };
-      for (const std::string& m : o.models) {
-        const ModelConfig cfg = model_config(m, o.seq);
-        const std::vector<float> weights = gpt2_initial_weights(cfg, gpt2_param_layout(cfg), 1234, 0.02);
-        for (Precision p : {Precision::bf16_sr, Precision::bf16_rn, Precision::mixed})
-          record(bench_steps(o, m, weights, p, ActivationOptions{}, std::nullopt, ceilings));
-        // The attention on wgmma, with each wgmma backward, where this build
-        // and GPU run them.
-        if (measured(o, gpu::AttentionForward::wgmma, "steps: attention forward")) {
-          for (gpu::AttentionBackward how : gpu::kAttentionBackwards) {
-            if (gpu::attention_backward_uses_wgmma(how) && measured(o, how, "steps: attention backward"))
-              record(bench_steps(o, m, weights, Precision::bf16_sr, ActivationOptions{}, how, ceilings));
-          }
-        }
-        // The memory-saving options, by memory saved: the LM head in 8
-        // chunks (4096 rows each at batch 32 x 1024), then also recompute
-        // LayerNorm (2 d_model per token and layer) or instead run its
-        // backward from its output (the same 2, without a pass), GELU (4),
-        // or both.
-        const ActivationOptions memory_options[] = {
-            {Recompute::none, 8},
-            {Recompute::layernorm, 8},
-            {Recompute::none, 8, LayerNormBackwardFrom::output},
-            {Recompute::gelu, 8},
-            {Recompute::all, 8},
-            {Recompute::gelu, 8, LayerNormBackwardFrom::output},
-        };
-        for (const ActivationOptions& activations : memory_options)
-          record(bench_steps(o, m, weights, Precision::bf16_sr, activations, std::nullopt, ceilings));
-      }
-      std::printf("\ntraining steps: micro batch %d, seq %d, median of %d after %d warm-up\n", o.batch, o.seq,
-                  o.iters, o.warmup);
-      std::printf("| model | precision | activation options | attention | params | step ms | tokens/s | MFU (790) | "
-                  "MFU (measured %.0f) | peak GiB | device used GiB |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
-                  ceilings.flops / 1e12);
-      for (const auto& r : rows)
-        std::printf("| %s | %s | %s | %s | %.1fM | %.1f | %.0f | %.1f%% | %.1f%% | %.2f | %.2f |\n", r.model.c_str(),
-                    r.precision.c_str(), r.activations.c_str(), r.attention.c_str(), r.params / 1e6, r.step_ms,
-                    r.tokens_per_s, 100 * r.mfu_peak, 100 * r.mfu_measured, r.peak_gib, r.device_used_gib);
-      for (const std::string& m : o.models) {
-        const StepRow *sr = nullptr, *mixed = nullptr;
-        for (const auto& r : rows) {
-          if (r.model != m || r.activations != "none") continue;
-          if (r.precision == "bf16-sr") sr = &r;
-          if (r.precision == "mixed") mixed = &r;
-        }
-        if (sr && mixed)
-          std::printf("%s: bf16-sr vs mixed: %.2fx throughput, %.2fx peak memory (paper: 1.54x, 0.70x)\n", m.c_str(),
-                      sr->tokens_per_s / mixed->tokens_per_s, sr->peak_gib / mixed->peak_gib);
-      }
-    }
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "gpu_step_bench: %s\n", e.what());

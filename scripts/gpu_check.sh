@@ -411,6 +411,9 @@ stage_session() {
     rc=$?
     [ $rc -eq 0 ] || status=1
     session_note "- gpu_step_bench: $(session_outcome $rc $t)"
+    # Which GPU the tables are from (a run may get an H100 or an H200) and
+    # the ceilings their percentages are of.
+    grep -E "^(device|measured ceilings): " "$LOGS/bench.log" | head -n 2 | sed 's/^/- /' >>"$LOGS/session-steps.md"
     grep -m 1 "^cuBLASLt epilogues" "$LOGS/bench.log" | sed 's/^/- /' >>"$LOGS/session-steps.md"
   else
     session_note "- gpu_step_bench: SKIPPED ($(session_left) s left)"
