@@ -272,9 +272,9 @@ Ceilings measure_ceilings(const Options& o) {
   // its memory's bandwidth by specification: 2 transfers a clock.
   const double memory_spec = 2.0 * device_attribute(cudaDevAttrMemoryClockRate) * 1e3 *
                              device_attribute(cudaDevAttrGlobalMemoryBusWidth) / 8;
-  std::printf("device: %s, %d SMs at up to %d MHz, memory %.2f TB/s by specification\n", be.name().c_str(),
-              device_attribute(cudaDevAttrMultiProcessorCount), device_attribute(cudaDevAttrClockRate) / 1000,
-              memory_spec / 1e12);
+  std::printf("device: %s, %d SMs at up to %d MHz (dense bf16 %.0f TFLOP/s), memory %.2f TB/s by specification\n",
+              be.name().c_str(), device_attribute(cudaDevAttrMultiProcessorCount),
+              device_attribute(cudaDevAttrClockRate) / 1000, be.tensor_peak_flops() / 1e12, memory_spec / 1e12);
 
   Ceilings c;
   const size_t copy_bytes = o.smoke ? size_t(1) << 20 : size_t(2) << 30;

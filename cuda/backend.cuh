@@ -24,6 +24,7 @@ class CudaBackend final : public Backend {
 
   std::string name() const override;
   bool memory_on_host() const override { return false; }
+  double tensor_peak_flops() const override { return tensor_peak_flops_; }
 
   void* allocate(size_t bytes, const char* what) override;
   void release(void* p) noexcept override;
@@ -79,6 +80,7 @@ class CudaBackend final : public Backend {
  private:
   int device_;
   std::string device_name_;
+  double tensor_peak_flops_ = 0;
   AttentionForward attention_forward_;
   AttentionBackward attention_backward_;
   // Declaration order is destruction order reversed: the stream outlives

@@ -268,6 +268,7 @@ void visit_config(Visitor& v, C& c) {
   v.integer("train.lm_head_chunks", c.train.lm_head_chunks, 1, kIntFieldMax);
   v.choice("train.layernorm_backward_from", c.train.layernorm_backward_from,
            {LayerNormBackwardFrom::input, LayerNormBackwardFrom::output}, layernorm_backward_from_name);
+  v.real("train.mfu_peak_tflops", c.train.mfu_peak_tflops, kNonNegative);
   v.integer("checkpoint.every", c.checkpoint.every, 0, kInt64FieldMax);
   v.integer("checkpoint.keep", c.checkpoint.keep, 1, kIntFieldMax);
   v.integer("dist.zero_stage", c.dist.zero_stage, 0, 3);

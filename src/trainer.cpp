@@ -59,10 +59,6 @@ class StopSignalGuard {
 
 double mib(size_t bytes) { return double(bytes) / (1024.0 * 1024.0); }
 
-// The bf16 dense matmul rate measured on the H100 test host (DESIGN.md
-// section 10): the denominator of the model FLOPs utilisation we log.
-constexpr double kGpuPeakFlops = 790e12;
-
 // Training FLOPs per token: 6 per parameter (forward and backward matmuls)
 // plus causal attention's 6 * n_layer * T * d_model (half of the full T x T
 // scores, forward and backward).
@@ -616,6 +612,9 @@ TrainResult Trainer::run() {
   const Layout& layout = model_->layout();
   const int64_t steps = config_.train.steps;
   const int accum = config_.batch.grad_accum(comm_->size());
+  // The MFU denominator per rank; none on the cpu backend unless given.
+  const double peak_flops =
+      config_.train.mfu_peak_tflops > 0 ? config_.train.mfu_peak_tflops * 1e12 : backend_->tensor_peak_flops();
   if (log) {
     spdlog::info("model: {} parameters ({} layers, {} heads, d_model {}, vocab {} padded to {}), precision {}, backend {}",
                  layout.num_params(), config_.model.n_layer, config_.model.n_head, config_.model.d_model,
@@ -636,6 +635,12 @@ TrainResult Trainer::run() {
                  "per step per rank",
                  config_.batch.total_tokens, config_.batch.micro_batch, config_.batch.seq_len, accum, comm_->size(),
                  mib(params_->comm_bytes_per_step(accum)));
+    if (peak_flops > 0)
+      spdlog::info("MFU: of {:.4g} TFLOP/s per rank ({})", peak_flops / 1e12,
+                   config_.train.mfu_peak_tflops > 0 ? "train.mfu_peak_tflops"
+                                                     : "this GPU's dense bf16 tensor-core rate at its highest clock");
+    else if (!backend_->memory_on_host())
+      spdlog::info("MFU: not logged, srgpt does not know this GPU's tensor-core rate; set train.mfu_peak_tflops");
   }
   TrainResult result;
   result.first_step = step_ + 1;
@@ -659,9 +664,9 @@ TrainResult Trainer::run() {
                         {"elapsed_s", elapsed},  {"tokens", tokens_seen_}, {"peak_memory_bytes", peak},
                         {"skipped_steps", skipped_steps_}};
     std::string mfu_text;
-    if (!backend_->memory_on_host()) {
+    if (peak_flops > 0) {
       const double mfu = tps * flops_per_token(config_.model, layout.num_params(), config_.batch.seq_len) /
-                         (kGpuPeakFlops * comm_->size());
+                         (peak_flops * comm_->size());
       line["mfu"] = mfu;
       mfu_text = fmt::format(" | MFU {:.1f}%", 100 * mfu);
     }

@@ -19,6 +19,7 @@ class ScrambledMemoryBackend final : public Backend {
   ScrambledMemoryBackend() : Backend(DType::f32) {}
   std::string name() const override { return "scrambled-test-memory"; }
   bool memory_on_host() const override { return false; }
+  double tensor_peak_flops() const override { return 0.0; }
 
   void* allocate(size_t bytes, const char*) override { return scramble(new char[bytes ? bytes : 1]); }
   void release(void* p) noexcept override { delete[] unscramble(p); }

@@ -93,6 +93,10 @@ class Backend {
   // True when buffers from allocate() are ordinary host memory (the cpu
   // backend): communicators then use them directly instead of staging.
   virtual bool memory_on_host() const = 0;
+  // The device's dense bf16 tensor-core rate at its highest clock, FLOP/s:
+  // the default denominator of the MFU the trainer logs. 0 where unknown
+  // (the cpu backend; GPUs whose per-SM rate srgpt does not know).
+  virtual double tensor_peak_flops() const = 0;
 
   // ---- memory (RAII wrapper: DeviceBuffer below)
   virtual void* allocate(size_t bytes, const char* what) = 0;

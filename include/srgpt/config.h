@@ -58,6 +58,7 @@ struct TrainConfig {
   Recompute recompute = Recompute::none;
   int lm_head_chunks = 1;  // row chunks of the LM head + loss (model_config.h)
   LayerNormBackwardFrom layernorm_backward_from = LayerNormBackwardFrom::input;  // (layernorm_math.h)
+  double mfu_peak_tflops = 0;  // MFU's denominator per rank; 0: the backend's tensor_peak_flops()
 
   ActivationOptions activation_options() const { return {recompute, lm_head_chunks, layernorm_backward_from}; }
 };

@@ -42,6 +42,7 @@ class CpuBackend final : public Backend {
 
   std::string name() const override { return std::string("cpu-") + dtype_name(dtype()); }
   bool memory_on_host() const override { return true; }
+  double tensor_peak_flops() const override { return 0.0; }
 
   void* allocate(size_t bytes, const char* what) override {
     // aligned_alloc wants a multiple of the alignment; a zero-byte request

@@ -93,7 +93,7 @@ esac
 # attention): gpu_step_bench's table headings and op names.
 STEP_BENCH = """
 echo "$(basename "$0") $* | SRGPT_ATTENTION_BACKWARD=${SRGPT_ATTENTION_BACKWARD:-}" >>"$CALLS"
-echo "device: cuda-bf16 (NVIDIA H100 80GB HBM3, device 0), 132 SMs at up to 1980 MHz, memory 3.35 TB/s by specification"
+echo "device: cuda-bf16 (NVIDIA H100 80GB HBM3, device 0), 132 SMs at up to 1980 MHz (dense bf16 1071 TFLOP/s), memory 3.35 TB/s by specification"
 echo "measured ceilings: device copy 3000 GB/s (90% of the specification), bf16 matmul 8192^3 784 TFLOP/s"
 if [ "$1" = --json ]; then
   for model in d12 d24; do
@@ -196,8 +196,8 @@ class GpuSessionTest(unittest.TestCase):
                      "- other GPU tests: exit 0", "100% tests passed", "- PyTorch compile warm-up: exit 0",
                      "- gpu_step_bench: exit 0", "- PyTorch baseline: exit 0", "- targets table: exit 0",
                      "- PyTorch SDPA alone: exit 0", "- attention sweep: exit 0", "GPU: NVIDIA H100 80GB HBM3",
-                     "- device: cuda-bf16 (NVIDIA H100 80GB HBM3, device 0), 132 SMs at up to 1980 MHz, memory "
-                     "3.35 TB/s by specification",
+                     "- device: cuda-bf16 (NVIDIA H100 80GB HBM3, device 0), 132 SMs at up to 1980 MHz (dense "
+                     "bf16 1071 TFLOP/s), memory 3.35 TB/s by specification",
                      "- measured ceilings: device copy 3000 GB/s (90% of the specification), bf16 matmul 8192^3 784 "
                      "TFLOP/s",
                      "- cuBLASLt epilogues of these matmuls, fused on how many of the products they were asked for: "

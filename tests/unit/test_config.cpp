@@ -60,6 +60,7 @@ Config random_valid_config(std::mt19937_64& rng) {
   c.train.seed = rng();
   c.train.on_nonfinite = pick(rng, {srgpt::NonFinitePolicy::stop, srgpt::NonFinitePolicy::skip});
   c.train.init_std = real(1e-4, 1);
+  c.train.mfu_peak_tflops = pick(rng, {0.0, real(1, 5000)});
   c.train.lm_head_chunks = int(integer(1, int64_t(c.batch.micro_batch) * c.batch.seq_len));
   c.train.recompute = pick(rng, {srgpt::Recompute::none, srgpt::Recompute::gelu, srgpt::Recompute::layernorm,
                                  srgpt::Recompute::all});
@@ -115,7 +116,7 @@ TEST_CASE("config round trip: to_json, text, from_json gives an identical config
   std::mt19937_64 rng(20240520);
   std::vector<std::string> default_keys;
   collect_keys(srgpt::config_to_json(Config{}), "", default_keys);
-  CHECK(default_keys.size() == 38);  // every key of the schema, comment excluded
+  CHECK(default_keys.size() == 39);  // every key of the schema, comment excluded
   for (int trial = 0; trial < 200; ++trial) {
     Config original = random_valid_config(rng);
     json doc = srgpt::config_to_json(original);
@@ -159,6 +160,8 @@ TEST_CASE("config errors name the origin, the key, the value and what is allowed
       {R"({"optimizer": {"eps": 0.0}})", {"optimizer.eps", "a number > 0"}},
       {R"({"optimizer": {"weight_decay": -0.1}})", {"optimizer.weight_decay = -0.1", "a number >= 0"}},
       {R"({"optimizer": {"grad_clip": -1}})", {"optimizer.grad_clip = -1", "a number >= 0"}},
+      {R"({"train": {"mfu_peak_tflops": -989}})", {"train.mfu_peak_tflops = -989", "a number >= 0"}},
+      {R"({"train": {"mfu_peak_tflops": "989"}})", {"train.mfu_peak_tflops = \"989\"", "a number >= 0"}},
       {R"({"optimizer": {"min_lr_ratio": 1.5}})", {"optimizer.min_lr_ratio = 1.5", "a number in [0, 1]"}},
       {R"({"model": {"vocab_size": 2147483648}})", {"model.vocab_size = 2147483648", "[1, 1073741824]"}},
       {R"({"batch": {"micro_batch": 0}})", {"batch.micro_batch = 0", "[1, 2147483647]"}},

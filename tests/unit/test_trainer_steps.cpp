@@ -442,6 +442,25 @@ TEST_CASE("a resume keeps metrics.jsonl's whole step lines up to its checkpoint 
   CHECK(losses_in(metrics) == reference);
 }
 
+TEST_CASE("the cpu backend logs an MFU only against train.mfu_peak_tflops, and of that rate", "[trainer]") {
+  TempDir tmp("mfu");
+  write_markov_shards(tmp.path() / "data", 64, 8000, 1000, fresh_seed());
+  Config c = tiny_config(tmp.path() / "data", tmp.path() / "unset");
+  c.train.steps = 3;
+  c.data.val.clear();
+  Trainer unset(c, single_quiet());
+  unset.run();
+  const size_t params = unset.params().layout().num_params();
+  CHECK(check_logged_mfu(fs::path(c.out_dir) / "metrics.jsonl", c, params, 0) == 3);
+
+  // A rate of the order of a cpu core's, drawn afresh: each line's MFU is of it.
+  std::mt19937_64 rng(fresh_seed());
+  c.train.mfu_peak_tflops = std::uniform_real_distribution<double>(0.01, 1.0)(rng);
+  c.out_dir = (tmp.path() / "set").string();
+  Trainer(c, single_quiet()).run();
+  CHECK(check_logged_mfu(fs::path(c.out_dir) / "metrics.jsonl", c, params, c.train.mfu_peak_tflops * 1e12) == 3);
+}
+
 TEST_CASE("validation every few steps is logged at those steps, evaluates that step's weights, leaves training "
           "bit-identical and resumes bit-exactly",
           "[trainer][evaluate][resume]") {

@@ -286,6 +286,31 @@ inline std::vector<std::pair<int64_t, double>> val_losses_in(const fs::path& met
   return found;
 }
 
+// Checks the `mfu` of every step line of a single-rank run's metrics.jsonl:
+// none where peak_flops is 0, otherwise tokens/s times the FLOPs per token
+// docs/formats.md states, 6 x parameters + 6 x n_layer x seq_len x d_model,
+// over peak_flops. Returns the number of step lines.
+inline size_t check_logged_mfu(const fs::path& metrics, const srgpt::Config& c, size_t params, double peak_flops) {
+  const double flops_per_token =
+      6.0 * double(params) + 6.0 * c.model.n_layer * double(c.batch.seq_len) * c.model.d_model;
+  size_t lines = 0;
+  std::ifstream in(metrics);
+  for (std::string line; std::getline(in, line);) {
+    const nlohmann::json j = nlohmann::json::parse(line);
+    if (!j.contains("loss")) continue;
+    ++lines;
+    if (peak_flops == 0) {
+      if (j.contains("mfu")) throw std::runtime_error(metrics.string() + ": an MFU without a peak rate in " + line);
+      continue;
+    }
+    if (!j.contains("mfu")) throw std::runtime_error(metrics.string() + ": no mfu in " + line);
+    const double expected = j.at("tokens_per_s").get<double>() * flops_per_token / peak_flops;
+    if (std::abs(j.at("mfu").get<double>() - expected) > 1e-12 * expected)
+      throw std::runtime_error(metrics.string() + ": mfu is not " + std::to_string(expected) + " in " + line);
+  }
+  return lines;
+}
+
 // The message of the srgpt::Error `action` throws, or "" when it throws none.
 inline std::string error_message(const std::function<void()>& action) {
   try {
