@@ -601,7 +601,7 @@ StepRow bench_steps(const Options& o, const std::string& model_name, const std::
   r.params = params.layout().num_params();
   r.step_ms = median(times);
   const double tokens = double(B) * T;
-  const double flops = 6.0 * r.params * tokens + 12.0 * cfg.n_layer * cfg.d_model * double(T) * tokens;
+  const double flops = training_flops_per_token(cfg, r.params, T) * tokens;
   r.tokens_per_s = tokens / (r.step_ms * 1e-3);
   r.mfu = flops / (r.step_ms * 1e-3) / c.flops;
   r.peak_gib = be.peak_allocated_bytes() / double(1 << 30);

@@ -59,13 +59,6 @@ class StopSignalGuard {
 
 double mib(size_t bytes) { return double(bytes) / (1024.0 * 1024.0); }
 
-// Training FLOPs per token: 6 per parameter (forward and backward matmuls)
-// plus causal attention's 6 * n_layer * T * d_model (half of the full T x T
-// scores, forward and backward).
-double flops_per_token(const ModelConfig& m, size_t params, int T) {
-  return 6.0 * double(params) + 6.0 * m.n_layer * double(T) * m.d_model;
-}
-
 fs::path checkpoint_root(const Config& c) { return fs::path(c.out_dir) / "checkpoints"; }
 
 // One checkpoint tensor per layout tensor, pointing into a host copy of a
@@ -665,7 +658,7 @@ TrainResult Trainer::run() {
                         {"skipped_steps", skipped_steps_}};
     std::string mfu_text;
     if (peak_flops > 0) {
-      const double mfu = tps * flops_per_token(config_.model, layout.num_params(), config_.batch.seq_len) /
+      const double mfu = tps * training_flops_per_token(config_.model, layout.num_params(), config_.batch.seq_len) /
                          (peak_flops * comm_->size());
       line["mfu"] = mfu;
       mfu_text = fmt::format(" | MFU {:.1f}%", 100 * mfu);

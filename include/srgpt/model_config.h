@@ -1,4 +1,5 @@
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
@@ -34,6 +35,15 @@ constexpr double kMaxParameters = 1099511627776.0;  // 2^40, 2 TiB of bf16 weigh
 // Why the model is beyond the bounds above (the keys named as in the run
 // config), or "" when it is within them.
 std::string model_size_problem(const ModelConfig& m);
+
+// Training FLOPs per token, the numerator of MFU in the usual convention
+// (PaLM's, which nanoGPT and llm.c follow), so that srgpt's MFU reads as
+// theirs: 6 per parameter (the forward and backward matmuls) plus the
+// attention's 12 x n_layer x seq_len x d_model, which counts the whole
+// T x T score matrix although causal attention needs half of it.
+inline double training_flops_per_token(const ModelConfig& m, size_t params, int seq_len) {
+  return 6.0 * double(params) + 12.0 * m.n_layer * double(seq_len) * m.d_model;
+}
 
 // Activations the backward pass recomputes instead of keeping them from
 // forward: each block's GELU output (4 d_model per token), its two

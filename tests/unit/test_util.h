@@ -288,11 +288,11 @@ inline std::vector<std::pair<int64_t, double>> val_losses_in(const fs::path& met
 
 // Checks the `mfu` of every step line of a single-rank run's metrics.jsonl:
 // none where peak_flops is 0, otherwise tokens/s times the FLOPs per token
-// docs/formats.md states, 6 x parameters + 6 x n_layer x seq_len x d_model,
+// docs/formats.md states, 6 x parameters + 12 x n_layer x seq_len x d_model,
 // over peak_flops. Returns the number of step lines.
 inline size_t check_logged_mfu(const fs::path& metrics, const srgpt::Config& c, size_t params, double peak_flops) {
   const double flops_per_token =
-      6.0 * double(params) + 6.0 * c.model.n_layer * double(c.batch.seq_len) * c.model.d_model;
+      6.0 * double(params) + 12.0 * c.model.n_layer * double(c.batch.seq_len) * c.model.d_model;
   size_t lines = 0;
   std::ifstream in(metrics);
   for (std::string line; std::getline(in, line);) {
