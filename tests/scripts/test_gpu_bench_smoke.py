@@ -3,7 +3,9 @@ device emulator, runs every row at tiny shapes (--smoke) and reports what
 the GPU host's run would: each step row in the table and as a JSON line,
 each kernel row, the bf16-sr vs mixed ratios and the cuBLASLt epilogues.
 A row that faults ends the program, and on the GPU host that would cost
-the session every row after it: this finds such a row without a GPU.
+the session every row after it: this finds such a row without a GPU. The
+rows then make issue 4's targets table (scripts/bench_targets.py), as in
+the session.
 
 Usage: test_gpu_bench_smoke.py BENCH (the emulated gpu_step_bench)."""
 import json
@@ -15,6 +17,7 @@ import tempfile
 import unittest
 
 BENCH = sys.argv[1]
+BENCH_TARGETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts", "bench_targets.py")
 BATCH, SEQ = 2, 64
 
 DEFAULT_ATTENTION = "mma forward, one-pass backward"
@@ -122,6 +125,28 @@ class EveryRow(unittest.TestCase):
         self.assertRegex(self.result.stdout,
                          r"cuBLASLt epilogues of these matmuls, fused on how many of the products they were asked "
                          r"for: BIAS \d+ of \d+;")
+
+
+    def test_targets_table_reads_the_rows(self):
+        # The session's next step: issue 4's table from these rows and
+        # PyTorch's (made up here, in bench_pytorch_gpt2.py's fields).
+        with tempfile.TemporaryDirectory() as tmp:
+            srgpt_path, torch_path = os.path.join(tmp, "srgpt.jsonl"), os.path.join(tmp, "pytorch.jsonl")
+            with open(srgpt_path, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in self.json_rows)
+            with open(torch_path, "w") as f:
+                for model in ["d12", "d24"]:
+                    for mode, tokens_per_s in [("mixed", 200.0), ("bf16", 210.0)]:
+                        f.write(json.dumps({"model": model, "mode": mode, "tokens_per_s": tokens_per_s,
+                                            "peak_alloc_gib": 0.1, "peak_reserved_gib": 0.12, "mfu": 0.1,
+                                            "matmul_ceiling_tflops": 0.01}) + "\n")
+            result = subprocess.run([sys.executable, BENCH_TARGETS, srgpt_path, torch_path], capture_output=True,
+                                    text=True, timeout=60)
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        rows = [line for line in result.stdout.splitlines() if line.startswith("| d")]
+        self.assertEqual([r.split("|")[1].strip() for r in rows], ["d12", "d24"])
+        sr = next(j for j in self.json_rows if j["model"] == "d12" and j["precision"] == "bf16-sr")
+        self.assertIn(f"{sr['tokens_per_s'] / 210.0:.2f}x (PyTorch bf16)", rows[0])
 
 
 class LeftOut(unittest.TestCase):
