@@ -682,10 +682,12 @@ bool runnable(const CUstream_st& stream) {
   return !front.after_stream || front.after_stream->completed >= front.after_position;
 }
 
+// Runs the work in place, so that work that is not ready (WorkNotReady)
+// stays at the front. (Work queued meanwhile does not move it: a deque's
+// push_back keeps references to its elements.)
 void run_front(CUstream_st& stream) {
-  CUstream_st::Item item = std::move(stream.queue.front());
+  if (stream.queue.front().work) stream.queue.front().work();
   stream.queue.pop_front();
-  if (item.work) item.work();
   ++stream.completed;
 }
 
@@ -709,19 +711,36 @@ void run_any_first(const CUstream_st& target, uint64_t position, bool newest) {
   }
 }
 
+void drop_all_work() {
+  for (auto& s : streams()) {
+    s->queue.clear();
+    s->completed = s->enqueued;
+  }
+}
+
 void run_until(CUstream_st& stream, uint64_t position) {
   try {
     if (schedule().descending || schedule().oldest_first)
       run_any_first(stream, position, schedule().descending);
     else
       run_needed(stream, position);
+  } catch (const WorkNotReady&) {
+    throw;  // nothing went wrong yet: the work stays queued
   } catch (...) {
     // The device is unusable after a fault: drop the rest of the work.
-    for (auto& s : streams()) {
-      s->queue.clear();
-      s->completed = s->enqueued;
-    }
+    drop_all_work();
     throw;
+  }
+}
+
+// A synchronisation: work that is not ready would keep a GPU's waiting
+// forever, so here it is a fault.
+void synchronize_until(CUstream_st& stream, uint64_t position) {
+  try {
+    run_until(stream, position);
+  } catch (const WorkNotReady& e) {
+    drop_all_work();
+    fault(std::string("a synchronisation would wait forever for queued work that cannot complete: ") + e.what());
   }
 }
 
@@ -773,20 +792,39 @@ void stream_wait_event(CUstream_st* stream, CUevent_st* event) {
 }
 
 void synchronize_event(CUevent_st* event) {
-  if (event->stream) run_until(*event->stream, event->position);
+  if (event->stream) synchronize_until(*event->stream, event->position);
 }
 
 void synchronize_stream(CUstream_st* stream) {
   CUstream_st& s = *resolve(stream);
-  run_until(s, s.enqueued);
+  synchronize_until(s, s.enqueued);
 }
 
 void synchronize_device() {
   auto& all = streams();
   if (schedule().descending)
-    for (auto it = all.rbegin(); it != all.rend(); ++it) run_until(**it, (*it)->enqueued);
+    for (auto it = all.rbegin(); it != all.rend(); ++it) synchronize_until(**it, (*it)->enqueued);
   else
-    for (auto& s : all) run_until(*s, s->enqueued);
+    for (auto& s : all) synchronize_until(*s, s->enqueued);
+}
+
+bool query_stream(CUstream_st* stream) {
+  CUstream_st& s = *resolve(stream);
+  try {
+    run_until(s, s.enqueued);
+    return true;
+  } catch (const WorkNotReady&) {
+    return false;
+  }
+}
+
+bool query_event(CUevent_st* event) {
+  try {
+    if (event->stream) run_until(*event->stream, event->position);
+    return true;
+  } catch (const WorkNotReady&) {
+    return false;
+  }
 }
 
 void register_pinned(const void* p, size_t bytes) { g_pinned[static_cast<const char*>(p)] = bytes; }

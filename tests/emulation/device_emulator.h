@@ -31,6 +31,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <stdexcept>
 #include <string>
 #include <tuple>
 #include <type_traits>
@@ -148,6 +149,17 @@ void stream_wait_event(CUstream_st* stream, CUevent_st* event);
 void synchronize_event(CUevent_st* event);
 void synchronize_stream(CUstream_st* stream);
 void synchronize_device();
+// Thrown by queued work that cannot run yet and may never (an emulated
+// NCCL collective whose peers do not arrive): it stays queued. A query
+// (cudaStreamQuery, cudaEventQuery) then answers not ready; a
+// synchronisation, which on a GPU would wait forever, is a fault saying so.
+struct WorkNotReady : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+// As synchronize_stream and synchronize_event, but false where work that
+// is not ready stops them.
+bool query_stream(CUstream_st* stream);
+bool query_event(CUevent_st* event);
 // Page-locked host memory (cudaHostAlloc): copies from it read it when
 // they run; copies from other host memory read it when queued, as the
 // runtime stages pageable memory before it returns.

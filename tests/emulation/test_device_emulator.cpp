@@ -588,6 +588,43 @@ TEST_CASE("device emulator: timing events give the host time of the work between
   REQUIRE(cudaStreamDestroy(stream) == cudaSuccess);
 }
 
+TEST_CASE("device emulator: work that is not ready stays queued; queries answer not ready, a synchronisation is a "
+          "fault",
+          "[emulated]") {
+  emulation::set_schedule(Schedule{false, false});
+  cudaStream_t stream = nullptr;
+  cudaEvent_t after = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) == cudaSuccess);
+  REQUIRE(cudaEventCreateWithFlags(&after, cudaEventDisableTiming) == cudaSuccess);
+  const int attempts_before_ready = 1 + int(std::random_device{}() % 5);
+  int attempts = 0, later_runs = 0;
+  emulation::enqueue(stream, [&] {
+    if (++attempts <= attempts_before_ready) throw emulation::WorkNotReady("waiting for a peer");
+  });
+  emulation::enqueue(stream, [&] { ++later_runs; });
+  REQUIRE(cudaEventRecord(after, stream) == cudaSuccess);
+  for (int i = 0; i < attempts_before_ready; ++i) {
+    CHECK(cudaStreamQuery(stream) == cudaErrorNotReady);
+    CHECK(later_runs == 0);  // nothing after it ran, nothing was dropped
+  }
+  CHECK(cudaEventQuery(after) == cudaSuccess);  // ready now: the rest runs
+  CHECK(later_runs == 1);
+  CHECK(attempts == attempts_before_ready + 1);
+
+  // What a GPU would wait for forever, a synchronisation reports.
+  emulation::enqueue(stream, [] { throw emulation::WorkNotReady("waiting for a peer that never comes"); });
+  CHECK(cudaEventQuery(after) == cudaSuccess);  // recorded before it
+  CHECK(cudaStreamQuery(stream) == cudaErrorNotReady);
+  CHECK(cudaStreamSynchronize(stream) == cudaErrorLaunchFailure);
+  const std::string message = cudaGetErrorString(cudaErrorLaunchFailure);
+  CHECK(message.find("would wait forever") != std::string::npos);
+  CHECK(message.find("waiting for a peer that never comes") != std::string::npos);
+  REQUIRE(cudaDeviceReset() == cudaSuccess);
+  CHECK(cudaStreamSynchronize(stream) == cudaSuccess);
+  REQUIRE(cudaEventDestroy(after) == cudaSuccess);
+  REQUIRE(cudaStreamDestroy(stream) == cudaSuccess);
+}
+
 TEST_CASE("device emulator: a fault in queued work is the synchronising call's error, until a device reset", "[emulated]") {
   emulation::set_schedule(Schedule{false, false});
   std::vector<float> out(32);

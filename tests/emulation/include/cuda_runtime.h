@@ -264,9 +264,23 @@ inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_
   return timed ? cudaSuccess : cudaErrorInvalidResourceHandle;
 }
 // Queued work runs only when something needs it, so a query runs the work
-// it asks about and never answers cudaErrorNotReady.
-inline cudaError_t cudaStreamQuery(cudaStream_t stream) { return cudaStreamSynchronize(stream); }
-inline cudaError_t cudaEventQuery(cudaEvent_t event) { return cudaEventSynchronize(event); }
+// it asks about, and answers cudaErrorNotReady only where work that cannot
+// complete yet stops it (device_emulator.h).
+namespace srgpt::emulation::runtime {
+template <typename Query>
+cudaError_t querying(Query query) {
+  bool done = false;
+  const cudaError_t err = synchronizing([&] { done = query(); });
+  if (err != cudaSuccess) return err;
+  return done ? cudaSuccess : cudaErrorNotReady;
+}
+}  // namespace srgpt::emulation::runtime
+inline cudaError_t cudaStreamQuery(cudaStream_t stream) {
+  return ::srgpt::emulation::runtime::querying([&] { return ::srgpt::emulation::query_stream(stream); });
+}
+inline cudaError_t cudaEventQuery(cudaEvent_t event) {
+  return ::srgpt::emulation::runtime::querying([&] { return ::srgpt::emulation::query_event(event); });
+}
 inline cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned) {
   ::srgpt::emulation::stream_wait_event(stream, event);
   return cudaSuccess;
