@@ -47,14 +47,16 @@ size_t DeviceMemory::peak_bytes() const {
   return peak_;
 }
 
-Scratch::~Scratch() { memory_.release(ptr_); }
+Scratch::~Scratch() {
+  memory_.release(ptr_);
+  for (void* p : outgrown_) memory_.release(p);
+}
 
 void* Scratch::get(size_t bytes) {
   if (bytes <= bytes_ && ptr_) return ptr_;
-  memory_.release(ptr_);
-  ptr_ = nullptr;
-  bytes_ = 0;
-  ptr_ = memory_.allocate(bytes, what_);
+  void* grown = memory_.allocate(bytes, what_);
+  if (ptr_) outgrown_.push_back(ptr_);
+  ptr_ = grown;
   bytes_ = bytes;
   return ptr_;
 }

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <mutex>
 #include <unordered_map>
+#include <vector>
 
 namespace srgpt::gpu {
 
@@ -34,8 +35,13 @@ class DeviceMemory {
 // A grow-only buffer reused by the work on one stream: the backend's for
 // every op that needs temporaries, the matmul's cuBLASLt workspaces. Work on
 // a stream runs in order, so the next use comes only after the previous one
-// is done with it. Growing frees the old buffer first (cudaFree waits for
-// the device), so the largest request is allocated once. `what` names it in
+// is done with it. Growing keeps the old buffer until the Scratch is
+// destroyed: cudaFree waits for the whole device, and mid-step that means
+// the communicator's collectives in flight too, which, should a peer have
+// died, never finish (the NCCL communicator's watchdog could not end that
+// wait). The requests grow to their largest within the first step, and the
+// earlier ones are small (reduction partials before the attention
+// backward's row statistics), so little is kept. `what` names it in
 // out-of-memory errors.
 class Scratch {
  public:
@@ -54,6 +60,7 @@ class Scratch {
   const char* what_;
   void* ptr_ = nullptr;
   size_t bytes_ = 0;
+  std::vector<void*> outgrown_;  // earlier buffers, released with the Scratch
 };
 
 // Carves consecutive 256-byte aligned pieces out of one scratch buffer:

@@ -5,6 +5,8 @@
 
 #include <climits>
 #include <cstring>
+#include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -22,9 +24,34 @@ struct ncclComm {
 #ifdef SRGPT_HAVE_MPI
   MPI_Comm mpi = MPI_COMM_NULL;
 #endif
+  bool aborted = false;
+  ncclResult_t async_error = ncclSuccess;
 };
 
 namespace {
+
+using srgpt::emulation::NcclFault;
+
+// The communicators not yet destroyed or aborted, by their handles. Queued
+// collectives hold a reference of their own: an abort releases the handle
+// while a collective that will never complete still names it.
+std::map<const ncclComm*, std::shared_ptr<ncclComm>>& live() {
+  static std::map<const ncclComm*, std::shared_ptr<ncclComm>> all;
+  return all;
+}
+
+struct InjectedFault {
+  NcclFault fault = NcclFault::none;
+  uint64_t at = 0;  // the index of the collective it strikes
+};
+InjectedFault& injected() {
+  static InjectedFault f;
+  return f;
+}
+uint64_t& queued() {
+  static uint64_t count = 0;
+  return count;
+}
 
 constexpr char kIdTag[] = "srgpt emulated NCCL";
 
@@ -42,6 +69,8 @@ ncclResult_t failure(ncclResult_t result, std::string message) {
 // bytes, and a count MPI can take.
 ncclResult_t check_call(const char* call, ncclComm_t comm, ncclDataType_t type, size_t count) {
   if (!comm) return failure(ncclInvalidArgument, std::string(call) + ": null communicator");
+  if (!live().count(comm))
+    return failure(ncclInvalidArgument, std::string(call) + ": a destroyed or aborted communicator");
   if (type != ncclUint8) return failure(ncclInvalidArgument, std::string(call) + ": only ncclUint8 is emulated");
   if (comm->size > 1 && count > size_t(INT_MAX))
     return failure(ncclInvalidArgument, std::string(call) + ": more than INT_MAX bytes in one MPI call");
@@ -60,6 +89,29 @@ void mpi_check(int result, const char* call) {
   if (result != MPI_SUCCESS) srgpt::emulation::fault(std::string("emulated NCCL: ") + call + " failed");
 }
 #endif
+
+// Queues a collective's transfer on the stream: it runs with the
+// communicator as the device reaches it, unless an abort came first (then
+// its bytes are undefined, as on a GPU) or an injected fault keeps it from
+// completing.
+void queue_collective(ncclComm_t comm, cudaStream_t stream, std::function<void(const ncclComm&)> transfer) {
+  const uint64_t index = queued()++;
+  NcclFault fault = NcclFault::none;
+  if (injected().fault != NcclFault::none && injected().at == index) {
+    fault = injected().fault;
+    injected() = {};
+  }
+  srgpt::emulation::enqueue(stream, [held = live().at(comm), fault, transfer = std::move(transfer)] {
+    if (held->aborted) return;
+    if (fault == NcclFault::remote_error) {
+      held->async_error = ncclRemoteError;
+      last_error() = "emulated NCCL: a peer of rank " + std::to_string(held->rank) + " failed (injected)";
+    }
+    if (fault != NcclFault::none)
+      throw srgpt::emulation::WorkNotReady("an emulated NCCL collective whose peers never arrive (injected)");
+    transfer(*held);
+  });
+}
 
 // ncclSend/ncclRecv between ncclGroupStart and ncclGroupEnd: posted
 // together when the group ends.
@@ -83,8 +135,8 @@ Group& group() {
 
 // Runs on the stream: every receive and send of a group at once, as NCCL
 // does (so a rank may send to and receive from all peers in one group).
-void exchange(ncclComm_t comm, const std::vector<PointToPoint>& operations) {
-  if (comm->size == 1) {
+void exchange(const ncclComm& comm, const std::vector<PointToPoint>& operations) {
+  if (comm.size == 1) {
     // A rank's own sends and receives pair up in order.
     std::vector<const PointToPoint*> sends, receives;
     for (const PointToPoint& op : operations) (op.send ? sends : receives).push_back(&op);
@@ -102,9 +154,9 @@ void exchange(ncclComm_t comm, const std::vector<PointToPoint>& operations) {
   for (size_t i = 0; i < operations.size(); ++i) {
     const PointToPoint& op = operations[i];
     if (op.send)
-      mpi_check(MPI_Isend(op.send_buffer, int(op.bytes), MPI_BYTE, op.peer, 0, comm->mpi, &requests[i]), "MPI_Isend");
+      mpi_check(MPI_Isend(op.send_buffer, int(op.bytes), MPI_BYTE, op.peer, 0, comm.mpi, &requests[i]), "MPI_Isend");
     else
-      mpi_check(MPI_Irecv(op.recv_buffer, int(op.bytes), MPI_BYTE, op.peer, 0, comm->mpi, &requests[i]), "MPI_Irecv");
+      mpi_check(MPI_Irecv(op.recv_buffer, int(op.bytes), MPI_BYTE, op.peer, 0, comm.mpi, &requests[i]), "MPI_Irecv");
   }
   mpi_check(MPI_Waitall(int(requests.size()), requests.data(), MPI_STATUSES_IGNORE), "MPI_Waitall");
 #endif
@@ -139,6 +191,7 @@ const char* ncclGetErrorString(ncclResult_t result) {
     case ncclInternalError: return "internal error";
     case ncclInvalidArgument: return "invalid argument";
     case ncclInvalidUsage: return "invalid usage";
+    case ncclRemoteError: return "remote process exited or there was a network error";
   }
   return "unknown result code";
 }
@@ -157,7 +210,7 @@ ncclResult_t ncclCommInitRank(ncclComm_t* comm, int nranks, ncclUniqueId id, int
   if (nranks < 1 || rank < 0 || rank >= nranks)
     return failure(ncclInvalidArgument, "ncclCommInitRank: rank " + std::to_string(rank) + " of " +
                                             std::to_string(nranks));
-  auto made = std::make_unique<ncclComm>();
+  auto made = std::make_shared<ncclComm>();
   made->rank = rank;
   made->size = nranks;
   if (nranks > 1) {
@@ -177,32 +230,37 @@ ncclResult_t ncclCommInitRank(ncclComm_t* comm, int nranks, ncclUniqueId id, int
     return failure(ncclInvalidUsage, "ncclCommInitRank: more than one rank needs MPI, which this build lacks");
 #endif
   }
-  *comm = made.release();
+  *comm = made.get();
+  live()[made.get()] = std::move(made);
   return ncclSuccess;
 }
 
 ncclResult_t ncclCommDestroy(ncclComm_t comm) {
-  if (!comm) return failure(ncclInvalidArgument, "ncclCommDestroy: null communicator");
-  // Queued collectives still hold the communicator: let them run first.
+  if (!comm || !live().count(comm)) return failure(ncclInvalidArgument, "ncclCommDestroy: not a live communicator");
+  // Queued collectives use the MPI duplicate: let them run first.
   cudaDeviceSynchronize();
 #ifdef SRGPT_HAVE_MPI
   int finalized = 1;
   MPI_Finalized(&finalized);
   if (comm->mpi != MPI_COMM_NULL && !finalized) MPI_Comm_free(&comm->mpi);
 #endif
-  delete comm;
+  live().erase(comm);
   return ncclSuccess;
 }
 
-// Without waiting for peers: the MPI duplicate is left to MPI_Finalize.
+// Without waiting for peers: queued collectives complete without moving
+// bytes, and the MPI duplicate is left to MPI_Finalize.
 ncclResult_t ncclCommAbort(ncclComm_t comm) {
-  delete comm;
+  if (!comm || !live().count(comm)) return failure(ncclInvalidArgument, "ncclCommAbort: not a live communicator");
+  comm->aborted = true;
+  live().erase(comm);
   return ncclSuccess;
 }
 
 ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t* async_error) {
-  if (!comm) return failure(ncclInvalidArgument, "ncclCommGetAsyncError: null communicator");
-  *async_error = ncclSuccess;
+  if (!comm || !live().count(comm))
+    return failure(ncclInvalidArgument, "ncclCommGetAsyncError: not a live communicator");
+  *async_error = comm->async_error;
   return ncclSuccess;
 }
 
@@ -215,9 +273,8 @@ ncclResult_t ncclGroupEnd() {
   Group& g = group();
   if (g.depth == 0) return failure(ncclInvalidUsage, "ncclGroupEnd without ncclGroupStart");
   if (--g.depth > 0 || g.operations.empty()) return ncclSuccess;
-  srgpt::emulation::enqueue(g.stream, [comm = g.comm, operations = std::move(g.operations)] {
-    exchange(comm, operations);
-  });
+  queue_collective(g.comm, g.stream,
+                   [operations = std::move(g.operations)](const ncclComm& comm) { exchange(comm, operations); });
   g.operations.clear();
   return ncclSuccess;
 }
@@ -239,14 +296,13 @@ ncclResult_t ncclAllGather(const void* send, void* recv, size_t count, ncclDataT
   const char* from = static_cast<const char*>(send);
   if (!in_place && from < static_cast<char*>(recv) + size_t(comm->size) * count && from + count > recv)
     return failure(ncclInvalidArgument, "ncclAllGather: the send buffer overlaps the receive buffer, but not in place");
-  srgpt::emulation::enqueue(stream, [=] {
-    if (comm->size == 1) {
+  queue_collective(comm, stream, [=](const ncclComm& c) {
+    if (c.size == 1) {
       if (!in_place) std::memcpy(own, send, count);
       return;
     }
 #ifdef SRGPT_HAVE_MPI
-    mpi_check(MPI_Allgather(in_place ? MPI_IN_PLACE : send, int(count), MPI_BYTE, recv, int(count), MPI_BYTE,
-                            comm->mpi),
+    mpi_check(MPI_Allgather(in_place ? MPI_IN_PLACE : send, int(count), MPI_BYTE, recv, int(count), MPI_BYTE, c.mpi),
               "MPI_Allgather");
 #endif
   });
@@ -257,11 +313,19 @@ ncclResult_t ncclBroadcast(const void* send, void* recv, size_t count, ncclDataT
                            ncclComm_t comm, cudaStream_t stream) {
   if (const ncclResult_t r = check_call("ncclBroadcast", comm, type, count); r != ncclSuccess) return r;
   if (const ncclResult_t r = check_rank("ncclBroadcast", comm, root); r != ncclSuccess) return r;
-  srgpt::emulation::enqueue(stream, [=] {
-    if (comm->rank == root && send != recv) std::memmove(recv, send, count);
+  queue_collective(comm, stream, [=](const ncclComm& c) {
+    if (c.rank == root && send != recv) std::memmove(recv, send, count);
 #ifdef SRGPT_HAVE_MPI
-    if (comm->size > 1) mpi_check(MPI_Bcast(recv, int(count), MPI_BYTE, root, comm->mpi), "MPI_Bcast");
+    if (c.size > 1) mpi_check(MPI_Bcast(recv, int(count), MPI_BYTE, root, c.mpi), "MPI_Bcast");
 #endif
   });
   return ncclSuccess;
 }
+
+namespace srgpt::emulation {
+
+void inject_nccl_fault(NcclFault fault, uint64_t after) { injected() = {fault, queued() + after}; }
+
+uint64_t nccl_collectives_queued() { return queued(); }
+
+}  // namespace srgpt::emulation

@@ -11,11 +11,14 @@
 // synchronising calls, in an order set by the calls alone, so every rank
 // reaches its MPI calls in the same order and blocking ones cannot
 // deadlock. A rank that never reaches a collective blocks its peers
-// inside MPI, where the real library would spin on the GPU: the
-// communicator's timeout cannot be tested here. Only ncclUint8 is
-// supported (srgpt moves bytes and sums them itself), and a group's
-// operations must share one stream. A test double, used only here.
+// inside MPI, where the real library would spin on the GPU; what that
+// spinning looks like to srgpt (queries answering not ready until the
+// communicator is aborted, perhaps an asynchronous error) is injected
+// instead, below. Only ncclUint8 is supported (srgpt moves bytes and sums
+// them itself), and a group's operations must share one stream. A test
+// double, used only here.
 #include <cstddef>
+#include <cstdint>
 
 #include "cuda_runtime.h"
 
@@ -26,6 +29,7 @@ enum ncclResult_t {
   ncclInternalError = 3,
   ncclInvalidArgument = 4,
   ncclInvalidUsage = 5,
+  ncclRemoteError = 6,
 };
 enum ncclDataType_t { ncclUint8 = 1 };
 constexpr int NCCL_UNIQUE_ID_BYTES = 128;
@@ -52,3 +56,21 @@ ncclResult_t ncclAllGather(const void* send, void* recv, size_t count, ncclDataT
                            cudaStream_t stream);
 ncclResult_t ncclBroadcast(const void* send, void* recv, size_t count, ncclDataType_t type, int root,
                            ncclComm_t comm, cudaStream_t stream);
+
+// The test double's own hooks, for tests of srgpt's NCCL watchdog (not
+// NCCL's API).
+namespace srgpt::emulation {
+enum class NcclFault {
+  none,
+  peers_never_arrive,  // the collective never completes
+  remote_error,        // and ncclCommGetAsyncError reports ncclRemoteError
+};
+// The collective queued `after` collectives from now, on any communicator
+// of this process, gets `fault` once the device reaches it: it stays
+// queued (the emulator's WorkNotReady) until its communicator is aborted,
+// then completes without moving any bytes, as the real library's kernels
+// return on an abort.
+void inject_nccl_fault(NcclFault fault, uint64_t after = 0);
+// Collectives this process has queued so far (a group's are one).
+uint64_t nccl_collectives_queued();
+}  // namespace srgpt::emulation
