@@ -258,23 +258,17 @@ struct Ceilings {
   double flops = 0;      // FLOP/s, a large bf16 matmul
 };
 
-int device_attribute(cudaDeviceAttr attribute) {
-  int device = 0, value = 0;
-  CUDA_CHECK(cudaGetDevice(&device));
-  CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, device));
-  return value;
-}
-
 Ceilings measure_ceilings(const Options& o) {
   auto backend = make_cuda_backend(DType::bf16, 0);
   auto& be = cuda_of(*backend);
   // Which GPU this is (an H100 and an H200 differ mostly in memory), and
   // its memory's bandwidth by specification: 2 transfers a clock.
-  const double memory_spec = 2.0 * device_attribute(cudaDevAttrMemoryClockRate) * 1e3 *
-                             device_attribute(cudaDevAttrGlobalMemoryBusWidth) / 8;
+  const double memory_spec = 2.0 * gpu::current_device_attribute(cudaDevAttrMemoryClockRate) * 1e3 *
+                             gpu::current_device_attribute(cudaDevAttrGlobalMemoryBusWidth) / 8;
   std::printf("device: %s, %d SMs at up to %d MHz (dense bf16 %.0f TFLOP/s), memory %.2f TB/s by specification\n",
-              be.name().c_str(), device_attribute(cudaDevAttrMultiProcessorCount),
-              device_attribute(cudaDevAttrClockRate) / 1000, be.tensor_peak_flops() / 1e12, memory_spec / 1e12);
+              be.name().c_str(), gpu::current_device_attribute(cudaDevAttrMultiProcessorCount),
+              gpu::current_device_attribute(cudaDevAttrClockRate) / 1000, be.tensor_peak_flops() / 1e12,
+              memory_spec / 1e12);
 
   Ceilings c;
   const size_t copy_bytes = o.smoke ? size_t(1) << 20 : size_t(2) << 30;

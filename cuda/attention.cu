@@ -1712,13 +1712,11 @@ unsigned wgmma_check_failures(unsigned needed, DeviceMemory& memory, std::string
 // Whether the wgmma kernels run here, for kernels that use the self-check's
 // ways `needed` (WgmmaCheckWay bits).
 AttentionSupport wgmma_support(unsigned needed, std::string* why) {
-  int device = 0, major = 0, minor = 0;
-  CUDA_CHECK(cudaGetDevice(&device));
-  CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  const int major = current_device_attribute(cudaDevAttrComputeCapabilityMajor),
+            minor = current_device_attribute(cudaDevAttrComputeCapabilityMinor);
   if (major != 9 || minor != 0) {
-    *why = fmt::format("wgmma needs a compute-capability 9.0 GPU (H100, H200); device {} is {}.{}", device, major,
-                       minor);
+    *why = fmt::format("wgmma needs a compute-capability 9.0 GPU (H100, H200); device {} is {}.{}", current_device(),
+                       major, minor);
     return AttentionSupport::other_gpu;
   }
   DeviceMemory memory;

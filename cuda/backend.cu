@@ -33,21 +33,18 @@ void require_attention(Strategy how, const std::string& choice) {
   if (!attention_runs_here(how, &why)) fail("{} cannot run here: {}", choice, why);
 }
 
-// Dense bf16 tensor-core FLOPs per SM per clock (fp32 accumulation) for
-// the compute capabilities whose rate is known: A100 (8.0), H100 and H200
-// (9.0); 0 for others (GeForce parts of one capability differ among
-// themselves). Times the SMs and their highest clock: on an H100 SXM,
-// 132 x 1980 MHz x 4096 = 1071 TFLOP/s (the datasheet's 989 assumes a
-// 1830 MHz clock; an 8192^3 cuBLAS matmul reaches about 790).
-double dense_bf16_peak_flops(int device) {
-  auto attribute = [device](cudaDeviceAttr what) {
-    int value = 0;
-    CUDA_CHECK(cudaDeviceGetAttribute(&value, what, device));
-    return value;
-  };
-  const int major = attribute(cudaDevAttrComputeCapabilityMajor), minor = attribute(cudaDevAttrComputeCapabilityMinor);
+// The current device's dense bf16 tensor-core FLOPs per SM per clock (fp32
+// accumulation) for the compute capabilities whose rate is known: A100
+// (8.0), H100 and H200 (9.0); 0 for others (GeForce parts of one capability
+// differ among themselves). Times the SMs and their highest clock: on an
+// H100 SXM, 132 x 1980 MHz x 4096 = 1071 TFLOP/s (the datasheet's 989
+// assumes a 1830 MHz clock; an 8192^3 cuBLAS matmul reaches about 790).
+double dense_bf16_peak_flops() {
+  const int major = current_device_attribute(cudaDevAttrComputeCapabilityMajor),
+            minor = current_device_attribute(cudaDevAttrComputeCapabilityMinor);
   const double per_sm_clock = major == 8 && minor == 0 ? 2048 : major == 9 && minor == 0 ? 4096 : 0;
-  return per_sm_clock * attribute(cudaDevAttrMultiProcessorCount) * attribute(cudaDevAttrClockRate) * 1e3;
+  return per_sm_clock * current_device_attribute(cudaDevAttrMultiProcessorCount) *
+         current_device_attribute(cudaDevAttrClockRate) * 1e3;
 }
 
 }  // namespace
@@ -62,7 +59,7 @@ CudaBackend::CudaBackend(DType dtype, int device)
   cudaDeviceProp properties{};
   CUDA_CHECK(cudaGetDeviceProperties(&properties, device));
   device_name_ = properties.name;
-  tensor_peak_flops_ = dense_bf16_peak_flops(device);
+  tensor_peak_flops_ = dense_bf16_peak_flops();  // open_device_stream made `device` current
   matmul_ = std::make_unique<Matmul>(memory_);
   require_attention(attention_forward_,
                     fmt::format("{}={}", kAttentionForwardEnv, attention_forward_name(attention_forward_)));

@@ -222,9 +222,7 @@ template <typename Kernel>
 void allow_dynamic_shared_memory(Kernel kernel, size_t bytes, const char* op) {
   constexpr size_t kDefaultLimit = 48 * 1024;
   if (bytes <= kDefaultLimit) return;
-  int device = 0, limit = 0;
-  CUDA_CHECK(cudaGetDevice(&device));
-  CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  const int limit = current_device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
   if (bytes > size_t(limit))
     fail("{}: needs {} bytes of shared memory per block, the device allows {}; the shape is too wide", op, bytes,
          limit);

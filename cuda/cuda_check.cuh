@@ -51,4 +51,16 @@ inline void check_launch(const char* kernel_name, const char* file, int line) {
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) throw_cuda_error(err, kernel_name, file, line);
 }
+
+// The current CUDA device, and one of its attributes.
+inline int current_device() {
+  int device = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  return device;
+}
+inline int current_device_attribute(cudaDeviceAttr what) {
+  int value = 0;
+  CUDA_CHECK(cudaDeviceGetAttribute(&value, what, current_device()));
+  return value;
+}
 }  // namespace srgpt::gpu
