@@ -733,6 +733,16 @@ void run_until(CUstream_st& stream, uint64_t position) {
   }
 }
 
+// A query: false where work that is not ready stops it.
+bool run_until_ready(CUstream_st& stream, uint64_t position) {
+  try {
+    run_until(stream, position);
+    return true;
+  } catch (const WorkNotReady&) {
+    return false;
+  }
+}
+
 // A synchronisation: work that is not ready would keep a GPU's waiting
 // forever, so here it is a fault.
 void synchronize_until(CUstream_st& stream, uint64_t position) {
@@ -810,22 +820,10 @@ void synchronize_device() {
 
 bool query_stream(CUstream_st* stream) {
   CUstream_st& s = *resolve(stream);
-  try {
-    run_until(s, s.enqueued);
-    return true;
-  } catch (const WorkNotReady&) {
-    return false;
-  }
+  return run_until_ready(s, s.enqueued);
 }
 
-bool query_event(CUevent_st* event) {
-  try {
-    if (event->stream) run_until(*event->stream, event->position);
-    return true;
-  } catch (const WorkNotReady&) {
-    return false;
-  }
-}
+bool query_event(CUevent_st* event) { return !event->stream || run_until_ready(*event->stream, event->position); }
 
 void register_pinned(const void* p, size_t bytes) { g_pinned[static_cast<const char*>(p)] = bytes; }
 void unregister_pinned(const void* p) { g_pinned.erase(static_cast<const char*>(p)); }

@@ -65,12 +65,18 @@ ncclResult_t failure(ncclResult_t result, std::string message) {
   return result;
 }
 
-// A call's arguments that every collective checks: a live communicator,
-// bytes, and a count MPI can take.
-ncclResult_t check_call(const char* call, ncclComm_t comm, ncclDataType_t type, size_t count) {
+// A handle that ncclCommInitRank made and no destroy or abort released.
+ncclResult_t check_live(const char* call, ncclComm_t comm) {
   if (!comm) return failure(ncclInvalidArgument, std::string(call) + ": null communicator");
   if (!live().count(comm))
     return failure(ncclInvalidArgument, std::string(call) + ": a destroyed or aborted communicator");
+  return ncclSuccess;
+}
+
+// A call's arguments that every collective checks: a live communicator,
+// bytes, and a count MPI can take.
+ncclResult_t check_call(const char* call, ncclComm_t comm, ncclDataType_t type, size_t count) {
+  if (const ncclResult_t r = check_live(call, comm); r != ncclSuccess) return r;
   if (type != ncclUint8) return failure(ncclInvalidArgument, std::string(call) + ": only ncclUint8 is emulated");
   if (comm->size > 1 && count > size_t(INT_MAX))
     return failure(ncclInvalidArgument, std::string(call) + ": more than INT_MAX bytes in one MPI call");
@@ -236,7 +242,7 @@ ncclResult_t ncclCommInitRank(ncclComm_t* comm, int nranks, ncclUniqueId id, int
 }
 
 ncclResult_t ncclCommDestroy(ncclComm_t comm) {
-  if (!comm || !live().count(comm)) return failure(ncclInvalidArgument, "ncclCommDestroy: not a live communicator");
+  if (const ncclResult_t r = check_live("ncclCommDestroy", comm); r != ncclSuccess) return r;
   // Queued collectives use the MPI duplicate: let them run first.
   cudaDeviceSynchronize();
 #ifdef SRGPT_HAVE_MPI
@@ -251,15 +257,14 @@ ncclResult_t ncclCommDestroy(ncclComm_t comm) {
 // Without waiting for peers: queued collectives complete without moving
 // bytes, and the MPI duplicate is left to MPI_Finalize.
 ncclResult_t ncclCommAbort(ncclComm_t comm) {
-  if (!comm || !live().count(comm)) return failure(ncclInvalidArgument, "ncclCommAbort: not a live communicator");
+  if (const ncclResult_t r = check_live("ncclCommAbort", comm); r != ncclSuccess) return r;
   comm->aborted = true;
   live().erase(comm);
   return ncclSuccess;
 }
 
 ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t* async_error) {
-  if (!comm || !live().count(comm))
-    return failure(ncclInvalidArgument, "ncclCommGetAsyncError: not a live communicator");
+  if (const ncclResult_t r = check_live("ncclCommGetAsyncError", comm); r != ncclSuccess) return r;
   *async_error = comm->async_error;
   return ncclSuccess;
 }
