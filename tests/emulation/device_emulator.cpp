@@ -6,8 +6,10 @@
 #include "device_emulator.h"
 
 #include <setjmp.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <ucontext.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -25,14 +27,8 @@
 // _longjmp on a fiber makes it clean up from the fiber's stack pointer to
 // the thread's own stack top, a range it refuses with a warning, and it
 // then reports false stack-buffer-underflows on the fiber stacks.
-#if defined(__SANITIZE_ADDRESS__)
-#define SRGPT_EMULATOR_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define SRGPT_EMULATOR_ASAN 1
-#endif
-#endif
 #ifdef SRGPT_EMULATOR_ASAN
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #endif
 
@@ -41,6 +37,7 @@
 struct CUstream_st {
   struct Item {
     std::function<void()> work;
+    std::string what;  // names the work in fault messages
     CUstream_st* after_stream = nullptr;
     uint64_t after_position = 0;
   };
@@ -62,7 +59,7 @@ namespace {
 
 constexpr size_t kStackBytes = 256 * 1024;
 constexpr size_t kSharedGuardBytes = 4096;
-constexpr unsigned char kSharedPoison = 0xFF;  // NaN in bf16 and fp32
+constexpr unsigned char kPoison = 0xFF;  // NaN in bf16 and fp32
 constexpr unsigned char kGuardByte = 0xA5;
 constexpr int kErrorInvalidValue = 1;
 constexpr int kErrorInvalidConfiguration = 9;
@@ -293,7 +290,7 @@ bool runnable(const Block& b, const Fiber& f) {
 }
 
 void start_block(Block& b) {
-  std::fill(b.shared.begin(), b.shared.begin() + b.shared_bytes, kSharedPoison);
+  std::fill(b.shared.begin(), b.shared.begin() + b.shared_bytes, kPoison);
   std::fill(b.shared.begin() + b.shared_bytes, b.shared.end(), kGuardByte);
   const int threads = int(b.fibers.size());
   b.alive = threads;
@@ -414,6 +411,16 @@ void set_schedule(const Schedule& chosen) { schedule() = chosen; }
 void set_max_dynamic_shared(const void* kernel, size_t bytes) { g_max_dynamic_shared[kernel] = bytes; }
 
 int take_launch_error() { return std::exchange(g_launch_error, 0); }
+
+std::string describe(const Launch& launch) {
+  std::string site = "a test";
+  if (launch.site.file) {
+    const char* slash = std::strrchr(launch.site.file, '/');
+    site = fmt::format("{}:{}", slash ? slash + 1 : launch.site.file, launch.site.line);
+  }
+  return fmt::format("kernel launched at {} (grid ({},{},{}), block ({},{},{}))", site, launch.grid.x, launch.grid.y,
+                     launch.grid.z, launch.block.x, launch.block.y, launch.block.z);
+}
 
 bool accept_launch(const void* kernel, const Launch& launch) {
   if (g_block) fail("device emulator: a kernel launched another kernel");
@@ -658,6 +665,145 @@ void cp_async_wait(int pending_groups) {
   }
 }
 
+// ---- Device memory
+
+namespace {
+
+struct DeviceAllocation {
+  char* mapping;  // a guard page, the pages holding the allocation, a guard page
+  size_t mapping_bytes;
+  size_t bytes;
+};
+constexpr size_t kDeviceAlignment = 256;  // cudaMalloc's
+// The live allocations by their start.
+std::map<const char*, DeviceAllocation> g_device_memory;
+// What the device runs now, for the messages of faults in device memory.
+const std::string* g_running_work = nullptr;
+struct RunningWork {
+  explicit RunningWork(const std::string& what) : previous(std::exchange(g_running_work, &what)) {}
+  ~RunningWork() { g_running_work = previous; }
+  const std::string* previous;
+};
+
+size_t page_bytes() {
+  static const size_t bytes = size_t(sysconf(_SC_PAGESIZE));
+  return bytes;
+}
+// The guard bytes: [mapping + page, start) and [start + bytes, back guard page).
+char* guard_front(const DeviceAllocation& a) { return a.mapping + page_bytes(); }
+char* guard_back_end(const DeviceAllocation& a) { return a.mapping + a.mapping_bytes - page_bytes(); }
+
+// The SIGSEGV action before the emulator's.
+struct sigaction g_previous_segv_action;
+
+// Writes to stderr which allocation's guard page a segmentation fault hit,
+// then restores the action before it, which the repeated access meets (a
+// test framework's report, or the end of the process). Async-signal-safe
+// but for snprintf, the map lookup and the strings, which nothing else
+// touches while a kernel or a copy runs.
+void name_device_memory_fault(int, siginfo_t* info, void*) {
+  const char* address = static_cast<const char*>(info->si_addr);
+  for (const auto& [start, a] : g_device_memory) {
+    const bool before = address >= a.mapping && address < guard_front(a);
+    const bool after = address >= guard_back_end(a) && address < a.mapping + a.mapping_bytes;
+    if (!before && !after) continue;
+    char text[768];
+    int n = std::snprintf(text, sizeof text,
+                          "srgpt device emulator: segmentation fault %zu bytes %s the %zu-byte device allocation at "
+                          "%p, by %s",
+                          before ? size_t(start - address) : size_t(address - (start + a.bytes)),
+                          before ? "before the start of" : "past the end of", a.bytes, static_cast<const void*>(start),
+                          g_running_work ? g_running_work->c_str() : "the host");
+    if (g_running_work && g_block && g_fiber && n > 0 && size_t(n) < sizeof text)
+      n += std::snprintf(text + n, sizeof text - size_t(n), ", thread (%u,%u,%u) of block (%u,%u,%u)",
+                         g_fiber->index.x, g_fiber->index.y, g_fiber->index.z, g_block->index.x, g_block->index.y,
+                         g_block->index.z);
+    if (n > 0 && size_t(n) < sizeof text - 1) {
+      text[n++] = '\n';
+      [[maybe_unused]] const ssize_t written = write(STDERR_FILENO, text, size_t(n));
+    }
+    break;
+  }
+  sigaction(SIGSEGV, &g_previous_segv_action, nullptr);
+}
+
+// Puts name_device_memory_fault before the current SIGSEGV action, unless
+// it is that already. Test frameworks install their own for each test, so
+// every allocation checks.
+void name_device_memory_faults() {
+#ifndef SRGPT_EMULATOR_ASAN  // AddressSanitizer reports them itself
+  struct sigaction current {};
+  if (sigaction(SIGSEGV, nullptr, &current) != 0) fail("device emulator: cannot read the SIGSEGV action");
+  if ((current.sa_flags & SA_SIGINFO) && current.sa_sigaction == name_device_memory_fault) return;
+  struct sigaction action {};
+  action.sa_sigaction = name_device_memory_fault;
+  action.sa_flags = SA_SIGINFO;
+  sigemptyset(&action.sa_mask);
+  if (sigaction(SIGSEGV, &action, &g_previous_segv_action) != 0)
+    fail("device emulator: cannot install its SIGSEGV action");
+#endif
+}
+
+// Throws, naming `by`, if a write reached an allocation's guard bytes;
+// those are restored, so that one write is reported once.
+void check_guard_bytes(const std::string& by) {
+#ifndef SRGPT_EMULATOR_ASAN  // there the guard bytes are poisoned
+  auto intact = [](char c) { return static_cast<unsigned char>(c) == kGuardByte; };
+  for (const auto& [start, a] : g_device_memory) {
+    char* end = const_cast<char*>(start) + a.bytes;
+    const auto last_after = std::find_if_not(std::make_reverse_iterator(guard_back_end(a)),
+                                             std::make_reverse_iterator(end), intact);
+    const auto first_before = std::find_if_not(guard_front(a), const_cast<char*>(start), intact);
+    if (last_after.base() == end && first_before == start) continue;
+    const bool after = last_after.base() != end;
+    const size_t distance = after ? size_t(last_after.base() - end) : size_t(start - first_before);
+    std::fill(guard_front(a), const_cast<char*>(start), char(kGuardByte));
+    std::fill(end, guard_back_end(a), char(kGuardByte));
+    fail("device emulator: {} wrote {} the {}-byte device allocation at {} (guard bytes changed {} {} bytes {} it)",
+         by, after ? "past the end of" : "before the start of", a.bytes, static_cast<const void*>(start),
+         after ? "up to" : "from", distance, after ? "past" : "before");
+  }
+#endif
+}
+
+}  // namespace
+
+void* allocate_device_memory(size_t bytes) {
+  name_device_memory_faults();
+  const size_t page = page_bytes();
+  const size_t rounded = (bytes + kDeviceAlignment - 1) / kDeviceAlignment * kDeviceAlignment;
+  const size_t mapping_bytes = (rounded + page - 1) / page * page + 2 * page;
+  void* mapped = mmap(nullptr, mapping_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mapped == MAP_FAILED) return nullptr;
+  const DeviceAllocation a{static_cast<char*>(mapped), mapping_bytes, bytes};
+  if (mprotect(a.mapping, page, PROT_NONE) != 0 || mprotect(guard_back_end(a), page, PROT_NONE) != 0) {
+    munmap(mapped, mapping_bytes);
+    return nullptr;
+  }
+  char* start = guard_back_end(a) - rounded;
+  std::fill(guard_front(a), start, char(kGuardByte));
+  std::fill(start, start + bytes, char(kPoison));
+  std::fill(start + bytes, guard_back_end(a), char(kGuardByte));
+#ifdef SRGPT_EMULATOR_ASAN
+  ASAN_POISON_MEMORY_REGION(guard_front(a), size_t(start - guard_front(a)));
+  ASAN_POISON_MEMORY_REGION(start + bytes, rounded - bytes);
+#endif
+  g_device_memory.emplace(start, a);
+  return start;
+}
+
+bool free_device_memory(void* p) {
+  auto it = g_device_memory.find(static_cast<const char*>(p));
+  if (it == g_device_memory.end()) return false;
+  const DeviceAllocation a = it->second;
+  g_device_memory.erase(it);
+#ifdef SRGPT_EMULATOR_ASAN
+  ASAN_UNPOISON_MEMORY_REGION(a.mapping, a.mapping_bytes);
+#endif
+  munmap(a.mapping, a.mapping_bytes);
+  return true;
+}
+
 // ---- Streams and events
 
 namespace {
@@ -686,7 +832,19 @@ bool runnable(const CUstream_st& stream) {
 // stays at the front. (Work queued meanwhile does not move it: a deque's
 // push_back keeps references to its elements.)
 void run_front(CUstream_st& stream) {
-  if (stream.queue.front().work) stream.queue.front().work();
+  CUstream_st::Item& item = stream.queue.front();
+  if (item.work) {
+    check_guard_bytes("the host");
+    try {
+      const RunningWork running(item.what);
+      item.work();
+    } catch (const WorkNotReady&) {
+      throw;
+    } catch (const std::exception& e) {
+      fail("{}: {}", item.what, e.what());  // names the launch, copy or call that faulted
+    }
+    check_guard_bytes(item.what);
+  }
   stream.queue.pop_front();
   ++stream.completed;
 }
@@ -763,9 +921,9 @@ CUstream_st* create_stream() {
 
 void destroy_stream(CUstream_st* stream) { synchronize_stream(stream); }
 
-void enqueue(CUstream_st* stream, std::function<void()> work) {
+void enqueue(CUstream_st* stream, std::function<void()> work, std::string what) {
   CUstream_st& s = *resolve(stream);
-  s.queue.push_back({std::move(work)});
+  s.queue.push_back({std::move(work), std::move(what)});
   ++s.enqueued;
 }
 
@@ -779,7 +937,7 @@ void destroy_event(CUevent_st* event) { delete event; }
 void record_event(CUevent_st* event, CUstream_st* stream) {
   if (event->timing) {
     auto reached = std::make_shared<std::optional<std::chrono::steady_clock::time_point>>();
-    enqueue(stream, [reached] { *reached = std::chrono::steady_clock::now(); });
+    enqueue(stream, [reached] { *reached = std::chrono::steady_clock::now(); }, "cudaEventRecord");
     event->reached = reached;
   }
   event->stream = resolve(stream);
@@ -797,7 +955,7 @@ bool event_elapsed_ms(float* ms, CUevent_st* start, CUevent_st* end) {
 void stream_wait_event(CUstream_st* stream, CUevent_st* event) {
   if (!event->stream) return;  // never recorded: nothing to wait for
   CUstream_st& s = *resolve(stream);
-  s.queue.push_back({nullptr, event->stream, event->position});
+  s.queue.push_back({nullptr, "cudaStreamWaitEvent", event->stream, event->position});
   ++s.enqueued;
 }
 

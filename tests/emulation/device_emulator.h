@@ -13,8 +13,10 @@
 // lanes of one warp at different warp-wide operations, a lane exiting while
 // its warp waits for it, ldmatrix or cp.async addresses outside the block's
 // shared memory or misaligned, writes past the end of the dynamic shared
-// memory, cp.async copies never waited for, and launch configurations the
-// device would refuse (too much shared memory, too many threads).
+// memory, cp.async copies never waited for, writes beside a device
+// allocation and accesses beyond its guard bytes (Device memory, below),
+// and launch configurations the device would refuse (too much shared
+// memory, too many threads).
 //
 // Streams are asynchronous as on the device: kernels, copies and library
 // calls queue on their stream and run when a synchronising call needs them
@@ -36,6 +38,15 @@
 #include <tuple>
 #include <type_traits>
 #include <utility>
+
+// Built with AddressSanitizer (SRGPT_SANITIZE).
+#if defined(__SANITIZE_ADDRESS__)
+#define SRGPT_EMULATOR_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SRGPT_EMULATOR_ASAN 1
+#endif
+#endif
 
 struct uint3 {
   unsigned x, y, z;
@@ -59,14 +70,29 @@ inline float2 make_float2(float x, float y) { return float2{x, y}; }
 
 namespace srgpt::emulation {
 
+// Where a kernel was launched: the prepared kernel sources pass their
+// __FILE__ and __LINE__ (tests/emulation/CMakeLists.txt), so that the
+// emulator's messages name the launch.
+struct LaunchSite {
+  const char* file = nullptr;
+  int line = 0;
+};
+
 // A kernel launch's <<<grid, block, shared bytes, stream>>>.
 struct Launch {
   Launch(dim3 grid_, dim3 block_, size_t shared_bytes_ = 0, CUstream_st* stream_ = nullptr)
       : grid(grid_), block(block_), shared_bytes(shared_bytes_), stream(stream_) {}
+  Launch(LaunchSite site_, dim3 grid_, dim3 block_, size_t shared_bytes_ = 0, CUstream_st* stream_ = nullptr)
+      : Launch(grid_, block_, shared_bytes_, stream_) {
+    site = site_;
+  }
   dim3 grid, block;
   size_t shared_bytes;
   CUstream_st* stream;
+  LaunchSite site;
 };
+// "kernel launched at attention.cu:1536 (grid (8,12,32), block (128,1,1))".
+std::string describe(const Launch& launch);
 
 // How the emulator settles what the hardware leaves open. Blocks run one
 // at a time, in blockIdx order (descending: the last first; CUDA promises
@@ -134,7 +160,8 @@ void run_kernel(const Launch& launch, const std::function<void()>& thread);
 // queues are then emptied.
 CUstream_st* create_stream();
 void destroy_stream(CUstream_st* stream);  // runs its queued work first
-void enqueue(CUstream_st* stream, std::function<void()> work);
+// `what` names the work in fault messages ("cudaMemcpyAsync", describe(launch)).
+void enqueue(CUstream_st* stream, std::function<void()> work, std::string what);
 // A timing event (without cudaEventDisableTiming) notes the host time at
 // which the work before each record has run.
 CUevent_st* create_event(bool timing);
@@ -160,6 +187,23 @@ struct WorkNotReady : std::runtime_error {
 // is not ready stops them.
 bool query_stream(CUstream_st* stream);
 bool query_event(CUevent_st* event);
+// ---- Device memory (cudaMalloc; cudaHostAlloc too)
+// Each allocation is aligned to 256 bytes, as the runtime's, and ends
+// where an inaccessible page begins, with another before its first page.
+// The bytes between its end and that page (fewer than 256), and between
+// the page start and its start, hold guard bytes. So a write into the
+// guard bytes is a fault of the work that made it, found when that work
+// has run (and one by the host, found before the next work runs); an access
+// beyond them is a segmentation fault, for which the emulator first
+// writes to stderr which allocation it missed, by how far, and which work
+// and thread made it. (Under AddressSanitizer the guard bytes are poisoned
+// instead, and it reports the access.) New allocations hold 0xFF bytes,
+// NaN in bf16 and fp32: a GPU's hold whatever was there before.
+// nullptr when the memory cannot be mapped.
+void* allocate_device_memory(size_t bytes);
+// False, freeing nothing, when p is not a live allocation's start.
+bool free_device_memory(void* p);
+
 // Page-locked host memory (cudaHostAlloc): copies from it read it when
 // they run; copies from other host memory read it when queued, as the
 // runtime stages pageable memory before it returns.
@@ -249,9 +293,12 @@ template <typename... P, typename... A>
 void operator^(const BoundLaunch<P...>& bound, const std::tuple<A...>& arguments) {
   static_assert(sizeof...(P) == sizeof...(A), "kernel launched with the wrong number of arguments");
   if (!accept_launch(reinterpret_cast<const void*>(bound.kernel), bound.launch)) return;
-  enqueue(bound.launch.stream, [kernel = bound.kernel, launch = bound.launch, arguments] {
-    run_kernel(launch, [&] { std::apply([&](const auto&... a) { kernel(a...); }, arguments); });
-  });
+  enqueue(
+      bound.launch.stream,
+      [kernel = bound.kernel, launch = bound.launch, arguments] {
+        run_kernel(launch, [&] { std::apply([&](const auto&... a) { kernel(a...); }, arguments); });
+      },
+      describe(bound.launch));
 }
 
 }  // namespace srgpt::emulation

@@ -100,7 +100,8 @@ void mpi_check(int result, const char* call) {
 // communicator as the device reaches it, unless an abort came first (then
 // its bytes are undefined, as on a GPU) or an injected fault keeps it from
 // completing.
-void queue_collective(ncclComm_t comm, cudaStream_t stream, std::function<void(const ncclComm&)> transfer) {
+void queue_collective(const char* name, ncclComm_t comm, cudaStream_t stream,
+                      std::function<void(const ncclComm&)> transfer) {
   const uint64_t index = queued()++;
   NcclFault fault = NcclFault::none;
   if (injected().fault != NcclFault::none && injected().at == index) {
@@ -116,7 +117,7 @@ void queue_collective(ncclComm_t comm, cudaStream_t stream, std::function<void(c
     if (fault != NcclFault::none)
       throw srgpt::emulation::WorkNotReady("an emulated NCCL collective whose peers never arrive (injected)");
     transfer(*held);
-  });
+  }, name);
 }
 
 // ncclSend/ncclRecv between ncclGroupStart and ncclGroupEnd: posted
@@ -278,7 +279,7 @@ ncclResult_t ncclGroupEnd() {
   Group& g = group();
   if (g.depth == 0) return failure(ncclInvalidUsage, "ncclGroupEnd without ncclGroupStart");
   if (--g.depth > 0 || g.operations.empty()) return ncclSuccess;
-  queue_collective(g.comm, g.stream,
+  queue_collective("ncclSend/ncclRecv group", g.comm, g.stream,
                    [operations = std::move(g.operations)](const ncclComm& comm) { exchange(comm, operations); });
   g.operations.clear();
   return ncclSuccess;
@@ -301,7 +302,7 @@ ncclResult_t ncclAllGather(const void* send, void* recv, size_t count, ncclDataT
   const char* from = static_cast<const char*>(send);
   if (!in_place && from < static_cast<char*>(recv) + size_t(comm->size) * count && from + count > recv)
     return failure(ncclInvalidArgument, "ncclAllGather: the send buffer overlaps the receive buffer, but not in place");
-  queue_collective(comm, stream, [=](const ncclComm& c) {
+  queue_collective("ncclAllGather", comm, stream, [=](const ncclComm& c) {
     if (c.size == 1) {
       if (!in_place) std::memcpy(own, send, count);
       return;
@@ -318,7 +319,7 @@ ncclResult_t ncclBroadcast(const void* send, void* recv, size_t count, ncclDataT
                            ncclComm_t comm, cudaStream_t stream) {
   if (const ncclResult_t r = check_call("ncclBroadcast", comm, type, count); r != ncclSuccess) return r;
   if (const ncclResult_t r = check_rank("ncclBroadcast", comm, root); r != ncclSuccess) return r;
-  queue_collective(comm, stream, [=](const ncclComm& c) {
+  queue_collective("ncclBroadcast", comm, stream, [=](const ncclComm& c) {
     if (c.rank == root && send != recv) std::memmove(recv, send, count);
 #ifdef SRGPT_HAVE_MPI
     if (c.size > 1) mpi_check(MPI_Bcast(recv, int(count), MPI_BYTE, root, c.mpi), "MPI_Bcast");

@@ -14,6 +14,10 @@
 #include <thread>
 #include <vector>
 
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include "catch.h"
 #include "common.cuh"
 #include "emulated_ptx.h"
@@ -105,6 +109,11 @@ __global__ void unreleased_flag_kernel(unsigned* flag) {
 __global__ void early_exit_kernel(float* out) {
   if (threadIdx.x % 32 == 5) return;
   out[threadIdx.x] = gpu::warp_sum(1.0f);
+}
+
+// base[index] = value, by the last thread of the last block.
+__global__ void store_kernel(float* base, long index, float value) {
+  if (blockIdx.x == gridDim.x - 1 && threadIdx.x == blockDim.x - 1) base[index] = value;
 }
 
 // wgmma on one warpgroup: D (64 x 64, fp32, row-major in d_out) = A (64 x
@@ -568,7 +577,7 @@ TEST_CASE("device emulator: timing events give the host time of the work between
   emulation::enqueue(stream, [&] {
     std::this_thread::sleep_for(std::chrono::milliseconds(sleep_ms));
     ran = true;
-  });
+  }, "a sleep");
   REQUIRE(cudaEventRecord(end, stream) == cudaSuccess);
   REQUIRE(cudaEventRecord(ordering, stream) == cudaSuccess);
   CHECK_FALSE(ran);
@@ -600,8 +609,8 @@ TEST_CASE("device emulator: work that is not ready stays queued; queries answer 
   int attempts = 0, later_runs = 0;
   emulation::enqueue(stream, [&] {
     if (++attempts <= attempts_before_ready) throw emulation::WorkNotReady("waiting for a peer");
-  });
-  emulation::enqueue(stream, [&] { ++later_runs; });
+  }, "work not ready at first");
+  emulation::enqueue(stream, [&] { ++later_runs; }, "later work");
   REQUIRE(cudaEventRecord(after, stream) == cudaSuccess);
   for (int i = 0; i < attempts_before_ready; ++i) {
     CHECK(cudaStreamQuery(stream) == cudaErrorNotReady);
@@ -612,7 +621,8 @@ TEST_CASE("device emulator: work that is not ready stays queued; queries answer 
   CHECK(attempts == attempts_before_ready + 1);
 
   // What a GPU would wait for forever, a synchronisation reports.
-  emulation::enqueue(stream, [] { throw emulation::WorkNotReady("waiting for a peer that never comes"); });
+  emulation::enqueue(stream, [] { throw emulation::WorkNotReady("waiting for a peer that never comes"); },
+                     "work never ready");
   CHECK(cudaEventQuery(after) == cudaSuccess);  // recorded before it
   CHECK(cudaStreamQuery(stream) == cudaErrorNotReady);
   CHECK(cudaStreamSynchronize(stream) == cudaErrorLaunchFailure);
@@ -628,13 +638,189 @@ TEST_CASE("device emulator: work that is not ready stays queued; queries answer 
 TEST_CASE("device emulator: a fault in queued work is the synchronising call's error, until a device reset", "[emulated]") {
   emulation::set_schedule(Schedule{false, false});
   std::vector<float> out(32);
-  early_exit_kernel ^ Launch(1, 32) ^ kernel_arguments(out.data());
+  const emulation::LaunchSite site{__FILE__, __LINE__};
+  early_exit_kernel ^ Launch(site, 1, 32) ^ kernel_arguments(out.data());
   CHECK(cudaGetLastError() == cudaSuccess);  // the launch itself is fine
   CHECK(cudaDeviceSynchronize() == cudaErrorLaunchFailure);
-  CHECK(std::string(cudaGetErrorString(cudaErrorLaunchFailure)).find("exited") != std::string::npos);
+  // The message names the launch, then the fault.
+  const std::string message = cudaGetErrorString(cudaErrorLaunchFailure);
+  CHECK(message.find(fmt::format("kernel launched at test_device_emulator.cpp:{} (grid (1,1,1), block (32,1,1)): ",
+                                 site.line)) == 0);
+  CHECK(message.find("exited") != std::string::npos);
   CHECK(cudaDeviceSynchronize() == cudaErrorLaunchFailure);
   REQUIRE(cudaDeviceReset() == cudaSuccess);
   CHECK(cudaDeviceSynchronize() == cudaSuccess);
+}
+
+// A number of floats whose bytes are not a multiple of the 256-byte
+// alignment, so that guard bytes follow them; at most 255, so that more
+// than 3 KiB of guard bytes precede them in their 4 KiB page.
+int unaligned_float_count(std::mt19937& rng) { return 64 * int(rng() % 4) + 1 + int(rng() % 63); }
+
+std::string device_allocation(const void* start, size_t bytes) {
+  return fmt::format("the {}-byte device allocation at {}", bytes, start);
+}
+
+// Runs f in a child process, with the default SIGSEGV action and no core
+// dumps; its wait status and what it wrote to stderr.
+std::pair<int, std::string> run_in_child(const std::function<void()>& f) {
+  int fds[2];
+  REQUIRE(pipe(fds) == 0);
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    close(fds[0]);
+    dup2(fds[1], STDERR_FILENO);
+    const rlimit no_core{0, 0};
+    setrlimit(RLIMIT_CORE, &no_core);
+    signal(SIGSEGV, SIG_DFL);
+    f();
+    _exit(0);
+  }
+  close(fds[1]);
+  std::string text;
+  char buffer[512];
+  for (ssize_t got; (got = read(fds[0], buffer, sizeof buffer)) > 0;) text.append(buffer, size_t(got));
+  close(fds[0]);
+  int status = 0;
+  REQUIRE(waitpid(pid, &status, 0) == pid);
+  return {status, text};
+}
+
+TEST_CASE("device emulator: device memory starts as NaN, and a write into the guard bytes beside an allocation is "
+          "the fault of the work that made it",
+          "[emulated]") {
+  emulation::set_schedule(Schedule{false, false});
+  std::mt19937 rng(std::random_device{}());
+  const int n = unaligned_float_count(rng);
+  const size_t bytes = size_t(n) * sizeof(float);
+  float* device = nullptr;
+  REQUIRE(cudaMalloc(reinterpret_cast<void**>(&device), bytes) == cudaSuccess);
+  CHECK(reinterpret_cast<uintptr_t>(device) % 256 == 0);
+  std::vector<float> host(size_t(n), 0.0f);
+  REQUIRE(cudaMemcpyAsync(host.data(), device, bytes, cudaMemcpyDeviceToHost, nullptr) == cudaSuccess);
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  CHECK(std::all_of(host.begin(), host.end(), [](float x) { return std::isnan(x); }));
+  const std::string allocation = device_allocation(device, bytes);
+
+  // The first and the last element are the allocation's.
+  store_kernel ^ Launch(1, 1) ^ kernel_arguments(device, 0L, 1.0f);
+  store_kernel ^ Launch(1, 1) ^ kernel_arguments(device, long(n - 1), 1.0f);
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+
+  // Writes into the guard bytes, each with the fault it must be.
+  const long past = long(rng() % ((256 - bytes % 256) / sizeof(float)));  // within the alignment
+  const long before = 1 + long(rng() % 256);
+  const emulation::LaunchSite site{__FILE__, __LINE__};
+  std::vector<float> longer(size_t(n) + 1, 4.0f);
+  float* pinned = nullptr;
+  REQUIRE(cudaHostAlloc(reinterpret_cast<void**>(&pinned), bytes, cudaHostAllocDefault) == cudaSuccess);
+  struct Case {
+    std::function<void()> write;
+    std::string fault;
+  };
+  const Case cases[] = {
+      {[&] { store_kernel ^ Launch(site, 2, 32) ^ kernel_arguments(device, long(n) + past, 2.0f); },
+       fmt::format("kernel launched at test_device_emulator.cpp:{} (grid (2,1,1), block (32,1,1)) wrote past the end "
+                   "of {} (guard bytes changed up to {} bytes past it)",
+                   site.line, allocation, sizeof(float) * size_t(past + 1))},
+      {[&] { store_kernel ^ Launch(1, 1) ^ kernel_arguments(device, -before, 3.0f); },
+       fmt::format("kernel launched at a test (grid (1,1,1), block (1,1,1)) wrote before the start of {} (guard bytes "
+                   "changed from {} bytes before it)",
+                   allocation, sizeof(float) * size_t(before))},
+      {[&] {
+         REQUIRE(cudaMemcpyAsync(device, longer.data(), longer.size() * sizeof(float), cudaMemcpyHostToDevice,
+                                 nullptr) == cudaSuccess);
+       },
+       fmt::format("cudaMemcpyAsync wrote past the end of {} (guard bytes changed up to {} bytes past it)", allocation,
+                   sizeof(float))},
+      // The host, past the end of page-locked memory: found before the next work runs.
+      {[&] {
+         pinned[n] = 5.0f;
+         REQUIRE(cudaMemsetAsync(device, 0, bytes, nullptr) == cudaSuccess);
+       },
+       fmt::format("the host wrote past the end of {} (guard bytes changed up to {} bytes past it)",
+                   device_allocation(pinned, bytes), sizeof(float))},
+  };
+  for (const Case& c : cases) {
+#ifdef SRGPT_EMULATOR_ASAN  // the guard bytes are poisoned: AddressSanitizer ends the process
+    const auto [status, report] = run_in_child([&] {
+      c.write();
+      (void)cudaDeviceSynchronize();
+    });
+    INFO(report);
+    CHECK_FALSE((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+    CHECK(report.find("AddressSanitizer: use-after-poison") != std::string::npos);
+#else
+    c.write();
+    CHECK(cudaDeviceSynchronize() == cudaErrorLaunchFailure);
+    CHECK(std::string(cudaGetErrorString(cudaErrorLaunchFailure)).find(c.fault) != std::string::npos);
+    REQUIRE(cudaDeviceReset() == cudaSuccess);
+#endif
+  }
+
+  // Each fault was reported once: the guard bytes hold again.
+  REQUIRE(cudaMemsetAsync(device, 0, bytes, nullptr) == cudaSuccess);
+  CHECK(cudaDeviceSynchronize() == cudaSuccess);
+  CHECK(cudaFree(device + 1) == cudaErrorInvalidValue);  // not an allocation's start
+  CHECK(cudaFree(nullptr) == cudaSuccess);
+  REQUIRE(cudaFreeHost(pinned) == cudaSuccess);
+  REQUIRE(cudaFree(device) == cudaSuccess);
+}
+
+TEST_CASE("device emulator: an access beyond an allocation's guard bytes is a segmentation fault that names the "
+          "allocation, the work and the thread",
+          "[emulated]") {
+  emulation::set_schedule(Schedule{false, false});
+  std::mt19937 rng(std::random_device{}());
+  const int n = unaligned_float_count(rng);
+  const size_t bytes = size_t(n) * sizeof(float), rounded = (bytes + 255) / 256 * 256;
+  const size_t page = size_t(sysconf(_SC_PAGESIZE));
+  // Into the page after the allocation, and into the page before its page.
+  const long past = long((rounded + rng() % page) / sizeof(float));
+  const long before = long((page - rounded + sizeof(float) + rng() % page) / sizeof(float));
+  const emulation::LaunchSite site{__FILE__, __LINE__};
+  // In the child (the allocation too, after its SIGSEGV action is reset).
+  auto allocated = [&] {
+    float* device = nullptr;
+    if (cudaMalloc(reinterpret_cast<void**>(&device), bytes) != cudaSuccess) _exit(2);
+    return device;
+  };
+  struct Case {
+    std::function<void()> access;
+    std::string fault, by;
+  };
+  const std::string allocation = fmt::format("the {}-byte device allocation at 0x", bytes);
+  const Case cases[] = {
+      {[&] {
+         store_kernel ^ Launch(site, 3, 2) ^ kernel_arguments(allocated(), past, 1.0f);
+         (void)cudaDeviceSynchronize();
+       },
+       fmt::format("segmentation fault {} bytes past the end of {}", sizeof(float) * size_t(past) - bytes, allocation),
+       fmt::format(", by kernel launched at test_device_emulator.cpp:{} (grid (3,1,1), block (2,1,1)), thread (1,0,0) "
+                   "of block (2,0,0)\n",
+                   site.line)},
+      {[&] {
+         store_kernel ^ Launch(1, 1) ^ kernel_arguments(allocated(), -before, 1.0f);
+         (void)cudaDeviceSynchronize();
+       },
+       fmt::format("segmentation fault {} bytes before the start of {}", sizeof(float) * size_t(before), allocation),
+       ", by kernel launched at a test (grid (1,1,1), block (1,1,1)), thread (0,0,0) of block (0,0,0)\n"},
+      {[&] { *reinterpret_cast<volatile float*>(allocated() + past) = 1.0f; },
+       fmt::format("segmentation fault {} bytes past the end of {}", sizeof(float) * size_t(past) - bytes, allocation),
+       ", by the host\n"},
+  };
+  for (const Case& c : cases) {
+    const auto [status, report] = run_in_child(c.access);
+    INFO(report);
+    CHECK_FALSE((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+#ifndef SRGPT_EMULATOR_ASAN  // AddressSanitizer reports the access itself
+    CHECK(WIFSIGNALED(status));
+    CHECK(WTERMSIG(status) == SIGSEGV);
+    CHECK(report.find(c.fault) != std::string::npos);
+    CHECK(report.find(c.by) != std::string::npos);
+#endif
+  }
 }
 
 TEST_CASE("device emulator: SRGPT_EMULATOR_SCHEDULE flags parse, and an unknown one is an error naming it", "[emulated]") {

@@ -313,6 +313,7 @@ inline cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t desc
   srgpt::emulation::enqueue(stream,
                             [desc = *desc, alpha_value, A, a = *a, B, b = *b, beta_value, C, c = *c, D, d = *d] {
                               lt::matmul(desc, alpha_value, A, a, B, b, beta_value, C, c, D, d);
-                            });
+                            },
+                            "cublasLtMatmul");
   return CUBLAS_STATUS_SUCCESS;
 }

@@ -166,14 +166,15 @@ inline const char* cudaGetErrorString(cudaError_t err) {
 }
 inline cudaError_t cudaGetLastError() { return cudaError_t(::srgpt::emulation::take_launch_error()); }
 
+// Guarded and poisoned (device_emulator.h, Device memory).
 inline cudaError_t cudaMalloc(void** p, size_t bytes) {
-  *p = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
+  *p = ::srgpt::emulation::allocate_device_memory(bytes);
   return *p ? cudaSuccess : cudaErrorMemoryAllocation;
 }
 inline cudaError_t cudaFree(void* p) {
   // As the runtime's, waits for the device first.
   const cudaError_t err = ::srgpt::emulation::runtime::synchronizing(::srgpt::emulation::synchronize_device);
-  std::free(p);
+  if (p && !::srgpt::emulation::free_device_memory(p)) return cudaErrorInvalidValue;
   return err;
 }
 inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
@@ -181,14 +182,15 @@ inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cud
   if (kind == cudaMemcpyHostToDevice && !::srgpt::emulation::is_pinned(src)) {
     auto staged = std::make_shared<std::vector<unsigned char>>(static_cast<const unsigned char*>(src),
                                                                static_cast<const unsigned char*>(src) + bytes);
-    ::srgpt::emulation::enqueue(stream, [dst, staged] { std::memcpy(dst, staged->data(), staged->size()); });
+    ::srgpt::emulation::enqueue(
+        stream, [dst, staged] { std::memcpy(dst, staged->data(), staged->size()); }, "cudaMemcpyAsync");
   } else {
-    ::srgpt::emulation::enqueue(stream, [dst, src, bytes] { std::memcpy(dst, src, bytes); });
+    ::srgpt::emulation::enqueue(stream, [dst, src, bytes] { std::memcpy(dst, src, bytes); }, "cudaMemcpyAsync");
   }
   return cudaSuccess;
 }
 inline cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t stream = nullptr) {
-  ::srgpt::emulation::enqueue(stream, [dst, value, bytes] { std::memset(dst, value, bytes); });
+  ::srgpt::emulation::enqueue(stream, [dst, value, bytes] { std::memset(dst, value, bytes); }, "cudaMemsetAsync");
   return cudaSuccess;
 }
 inline cudaError_t cudaHostAlloc(void** p, size_t bytes, unsigned) {

@@ -32,7 +32,7 @@ struct DeviceRadixSort {
         keys_out[i] = keys_in[order[i]];
         values_out[i] = values_in[order[i]];
       }
-    });
+    }, "cub::DeviceRadixSort::SortPairs");
     return cudaSuccess;
   }
 };
