@@ -3,13 +3,21 @@
 
 #include "cuda_check.cuh"
 #include "host_staging.cuh"
+#include "srgpt/error.h"
 
 namespace srgpt::gpu {
 
 PinnedUploadStaging::PinnedUploadStaging() {
   for (Slot& slot : slots_) {
     void* memory = nullptr;
-    CUDA_CHECK(cudaHostAlloc(&memory, kSlotBytes, cudaHostAllocDefault));
+    const cudaError_t err = cudaHostAlloc(&memory, kSlotBytes, cudaHostAllocDefault);
+    if (err == cudaErrorMemoryAllocation) {
+      cudaGetLastError();  // not sticky: clear it
+      fail("host out of page-locked memory allocating the upload staging slots ({} of {:.1f} MiB) for device {}: {}. "
+           "The host's memory is exhausted: run fewer ranks on this host, or free host memory",
+           kSlots, double(kSlotBytes) / (1 << 20), current_device(), cudaGetErrorString(err));
+    }
+    if (err != cudaSuccess) throw_cuda_error(err, "cudaHostAlloc", __FILE__, __LINE__);
     slot.memory.reset(memory);
     slot.copied = make_event();
   }

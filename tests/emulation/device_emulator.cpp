@@ -677,6 +677,8 @@ struct DeviceAllocation {
 constexpr size_t kDeviceAlignment = 256;  // cudaMalloc's
 // The live allocations by their start.
 std::map<const char*, DeviceAllocation> g_device_memory;
+size_t g_allocations_requested = 0;
+std::optional<size_t> g_failing_request;  // inject_allocation_failure
 // What the device runs now, for the messages of faults in device memory.
 const std::string* g_running_work = nullptr;
 struct RunningWork {
@@ -770,6 +772,10 @@ void check_guard_bytes(const std::string& by) {
 
 void* allocate_device_memory(size_t bytes) {
   name_device_memory_faults();
+  if (g_failing_request == g_allocations_requested++) {
+    g_failing_request.reset();
+    return nullptr;
+  }
   const size_t page = page_bytes();
   const size_t rounded = (bytes + kDeviceAlignment - 1) / kDeviceAlignment * kDeviceAlignment;
   const size_t mapping_bytes = (rounded + page - 1) / page * page + 2 * page;
@@ -802,6 +808,19 @@ bool free_device_memory(void* p) {
 #endif
   munmap(a.mapping, a.mapping_bytes);
   return true;
+}
+
+size_t device_allocations_requested() { return g_allocations_requested; }
+
+void inject_allocation_failure(size_t after) { g_failing_request = g_allocations_requested + after; }
+
+DeviceMemoryInUse device_memory_in_use() {
+  DeviceMemoryInUse in_use;
+  for (const auto& [start, a] : g_device_memory) {
+    ++in_use.allocations;
+    in_use.bytes += a.bytes;
+  }
+  return in_use;
 }
 
 // ---- Streams and events

@@ -203,6 +203,18 @@ bool query_event(CUevent_st* event);
 void* allocate_device_memory(size_t bytes);
 // False, freeing nothing, when p is not a live allocation's start.
 bool free_device_memory(void* p);
+// The allocations not yet freed: what a test of srgpt's ownership of device
+// memory compares before and after the objects that own it.
+struct DeviceMemoryInUse {
+  size_t allocations = 0, bytes = 0;
+  bool operator==(const DeviceMemoryInUse& o) const { return allocations == o.allocations && bytes == o.bytes; }
+};
+DeviceMemoryInUse device_memory_in_use();
+// Allocations asked for so far, failed ones too.
+size_t device_allocations_requested();
+// The allocation `after` requests from now (0: the next) fails, once, as
+// on a device that is full: what a test of srgpt's unwinding injects.
+void inject_allocation_failure(size_t after);
 
 // Page-locked host memory (cudaHostAlloc): copies from it read it when
 // they run; copies from other host memory read it when queued, as the
