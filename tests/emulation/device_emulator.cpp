@@ -746,24 +746,35 @@ void name_device_memory_faults() {
 #endif
 }
 
+// Guard bytes of device memory: 0xA5 at even addresses, 0xFF at odd ones,
+// so that a bf16 or fp32 read of them is a NaN (0xFFA5, 0xFFA5FFA5) that
+// spreads into the reader's results, while the NaNs kernels write (0x7FC0,
+// 0x7FC00000) still differ from them.
+unsigned char guard_byte(const char* p) { return (reinterpret_cast<uintptr_t>(p) & 1) ? 0xFF : 0xA5; }
+bool guard_intact(const char* p) { return static_cast<unsigned char>(*p) == guard_byte(p); }
+void fill_guard(char* from, char* to) {
+  for (char* p = from; p < to; ++p) *p = char(guard_byte(p));
+}
+
 // Throws, naming `by`, if a write reached an allocation's guard bytes;
 // those are restored, so that one write is reported once.
 void check_guard_bytes(const std::string& by) {
 #ifndef SRGPT_EMULATOR_ASAN  // there the guard bytes are poisoned
-  auto intact = [](char c) { return static_cast<unsigned char>(c) == kGuardByte; };
   for (const auto& [start, a] : g_device_memory) {
-    char* end = const_cast<char*>(start) + a.bytes;
-    const auto last_after = std::find_if_not(std::make_reverse_iterator(guard_back_end(a)),
-                                             std::make_reverse_iterator(end), intact);
-    const auto first_before = std::find_if_not(guard_front(a), const_cast<char*>(start), intact);
-    if (last_after.base() == end && first_before == start) continue;
-    const bool after = last_after.base() != end;
-    const size_t distance = after ? size_t(last_after.base() - end) : size_t(start - first_before);
-    std::fill(guard_front(a), const_cast<char*>(start), char(kGuardByte));
-    std::fill(end, guard_back_end(a), char(kGuardByte));
+    char* first = const_cast<char*>(start);
+    char* end = first + a.bytes;
+    char* changed_before = guard_front(a);  // the first changed byte before `first`, or `first`
+    while (changed_before < first && guard_intact(changed_before)) ++changed_before;
+    char* changed_after = guard_back_end(a);  // one past the last changed byte after `end`, or `end`
+    while (changed_after > end && guard_intact(changed_after - 1)) --changed_after;
+    if (changed_before == first && changed_after == end) continue;
+    fill_guard(guard_front(a), first);
+    fill_guard(end, guard_back_end(a));
+    const bool after = changed_after != end;
     fail("device emulator: {} wrote {} the {}-byte device allocation at {} (guard bytes changed {} {} bytes {} it)",
          by, after ? "past the end of" : "before the start of", a.bytes, static_cast<const void*>(start),
-         after ? "up to" : "from", distance, after ? "past" : "before");
+         after ? "up to" : "from", after ? size_t(changed_after - end) : size_t(first - changed_before),
+         after ? "past" : "before");
   }
 #endif
 }
@@ -787,9 +798,9 @@ void* allocate_device_memory(size_t bytes) {
     return nullptr;
   }
   char* start = guard_back_end(a) - rounded;
-  std::fill(guard_front(a), start, char(kGuardByte));
+  fill_guard(guard_front(a), start);
   std::fill(start, start + bytes, char(kPoison));
-  std::fill(start + bytes, guard_back_end(a), char(kGuardByte));
+  fill_guard(start + bytes, guard_back_end(a));
 #ifdef SRGPT_EMULATOR_ASAN
   ASAN_POISON_MEMORY_REGION(guard_front(a), size_t(start - guard_front(a)));
   ASAN_POISON_MEMORY_REGION(start + bytes, rounded - bytes);

@@ -111,6 +111,12 @@ __global__ void early_exit_kernel(float* out) {
   out[threadIdx.x] = gpu::warp_sum(1.0f);
 }
 
+// *out = base[index], by one thread.
+template <typename T>
+__global__ void load_kernel(T* out, const T* base, long index) {
+  *out = base[index];
+}
+
 // base[index] = value, by the last thread of the last block.
 __global__ void store_kernel(float* base, long index, float value) {
   if (blockIdx.x == gridDim.x - 1 && threadIdx.x == blockDim.x - 1) base[index] = value;
@@ -708,9 +714,25 @@ TEST_CASE("device emulator: device memory starts as NaN, and a write into the gu
   store_kernel ^ Launch(1, 1) ^ kernel_arguments(device, long(n - 1), 1.0f);
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
 
-  // Writes into the guard bytes, each with the fault it must be.
   const long past = long(rng() % ((256 - bytes % 256) / sizeof(float)));  // within the alignment
   const long before = 1 + long(rng() % 256);
+
+#ifndef SRGPT_EMULATOR_ASAN  // there the guard bytes are poisoned: AddressSanitizer reports reads of them
+  // Reads of the guard bytes are NaN, as fp32 and as bf16.
+  float loaded[2] = {0.0f, 0.0f};
+  uint16_t loaded_bf16[2] = {0, 0};
+  const auto* device_bf16 = reinterpret_cast<const uint16_t*>(device);
+  load_kernel<float> ^ Launch(1, 1) ^ kernel_arguments(&loaded[0], static_cast<const float*>(device), long(n) + past);
+  load_kernel<float> ^ Launch(1, 1) ^ kernel_arguments(&loaded[1], static_cast<const float*>(device), -before);
+  load_kernel<uint16_t> ^ Launch(1, 1) ^ kernel_arguments(&loaded_bf16[0], device_bf16, long(2 * (n + past) + 1));
+  load_kernel<uint16_t> ^ Launch(1, 1) ^ kernel_arguments(&loaded_bf16[1], device_bf16, -2 * before);
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  CHECK(std::isnan(loaded[0]));
+  CHECK(std::isnan(loaded[1]));
+  for (uint16_t bits : loaded_bf16) CHECK(((bits & 0x7F80) == 0x7F80 && (bits & 0x7F) != 0));
+#endif
+
+  // Writes into the guard bytes, each with the fault it must be.
   const emulation::LaunchSite site{__FILE__, __LINE__};
   std::vector<float> longer(size_t(n) + 1, 4.0f);
   float* pinned = nullptr;
