@@ -187,6 +187,7 @@ struct WorkNotReady : std::runtime_error {
 // is not ready stops them.
 bool query_stream(CUstream_st* stream);
 bool query_event(CUevent_st* event);
+
 // ---- Device memory (cudaMalloc; cudaHostAlloc too)
 // Each allocation is aligned to 256 bytes, as the runtime's, and ends
 // where an inaccessible page begins, with another before its first page.
@@ -208,7 +209,6 @@ bool free_device_memory(void* p);
 // memory compares before and after the objects that own it.
 struct DeviceMemoryInUse {
   size_t allocations = 0, bytes = 0;
-  bool operator==(const DeviceMemoryInUse& o) const { return allocations == o.allocations && bytes == o.bytes; }
 };
 DeviceMemoryInUse device_memory_in_use();
 // Allocations asked for so far, failed ones too.
