@@ -2,7 +2,8 @@
 // and unwinds cleanly when one cannot be had. On the emulated device, which
 // counts every cudaMalloc and cudaHostAlloc not yet freed and can fail a
 // chosen one (device_emulator.h): whole training runs, with evaluation,
-// checkpoints, a resume and the default communicator, leave as many
+// checkpoints, a resume and the default communicator (ZeRO stage 0 and 3
+// for the failing runs), leave as many
 // allocations live as there were before them; so do runs that fail part
 // way, with a non-finite loss mid-run or out of memory at any of a run's
 // allocations, where the exception destroys the owners. Each failed
@@ -89,8 +90,12 @@ TEST_CASE("cuda backend: a training run out of memory at any of its allocations 
   const Runs runs;
   const std::string before = in_use();
   // A run and its resume, counting their allocations. The resume starts
-  // from a copy of the run's directory as the run left it (step 4).
-  const Config straight = runs.config("straight", Precision::bf16_sr);
+  // from a copy of the run's directory as the run left it (step 4). At
+  // ZeRO stage 0 and 3 (one rank: its gathers and shards still allocate).
+  const int zero_stage = GENERATE(0, 3);
+  INFO("ZeRO stage " << zero_stage);
+  Config straight = runs.config("straight-" + std::to_string(zero_stage), Precision::bf16_sr);
+  straight.dist.zero_stage = zero_stage;
   auto resumable_copy = [&](const std::string& name) {
     Config c = straight;
     c.train.steps = 6;
@@ -101,19 +106,20 @@ TEST_CASE("cuda backend: a training run out of memory at any of its allocations 
   size_t start = emulation::device_allocations_requested();
   REQUIRE(run_error(straight, quiet_options()).empty());
   const size_t straight_count = emulation::device_allocations_requested() - start;
-  const Config resumed = resumable_copy("resumed");
+  const Config resumed = resumable_copy("resumed-" + std::to_string(zero_stage));
   start = emulation::device_allocations_requested();
   REQUIRE(run_error(resumed, resuming()).empty());
   const size_t resumed_count = emulation::device_allocations_requested() - start;
   REQUIRE(in_use() == before);
   // The same runs again, each with one allocation failing, every one in
-  // turn (18 each on 2026-12-07, half a second a run).
+  // turn (18 each at stage 0 and 22 at stage 3 on 2026-12-07, half a
+  // second a run).
   int tried = 0;
   for (bool resume : {false, true}) {
     const size_t count = resume ? resumed_count : straight_count;
     for (size_t at = 0; at < count; ++at) {
       INFO("allocation " << at << " of " << count << (resume ? " of the resumed run" : ""));
-      const std::string name = "failed-" + std::to_string(++tried);
+      const std::string name = "failed-" + std::to_string(zero_stage) + "-" + std::to_string(++tried);
       Config failed = straight;
       if (resume)
         failed = resumable_copy(name);
