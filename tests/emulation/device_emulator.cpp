@@ -864,7 +864,6 @@ bool runnable(const CUstream_st& stream) {
 void run_front(CUstream_st& stream) {
   CUstream_st::Item& item = stream.queue.front();
   if (item.work) {
-    check_guard_bytes("the host");
     try {
       const RunningWork running(item.what);
       item.work();
@@ -908,6 +907,9 @@ void drop_all_work() {
 
 void run_until(CUstream_st& stream, uint64_t position) {
   try {
+    // Only the host runs between synchronisations; each piece of work is
+    // checked as it ends (run_front).
+    check_guard_bytes("the host");
     if (schedule().descending || schedule().oldest_first)
       run_any_first(stream, position, schedule().descending);
     else

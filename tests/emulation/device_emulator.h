@@ -195,7 +195,8 @@ bool query_event(CUevent_st* event);
 // the page start and its start, hold guard bytes, which read as NaN in
 // bf16 and fp32. So a read of them spreads NaN into the reader's results;
 // a write into them is a fault of the work that made it, found when that
-// work has run (and one by the host, found before the next work runs); an access
+// work has run (and one by the host, found at the next synchronisation or
+// query); an access
 // beyond them is a segmentation fault, for which the emulator first
 // writes to stderr which allocation it missed, by how far, and which work
 // and thread made it. (Under AddressSanitizer the guard bytes are poisoned

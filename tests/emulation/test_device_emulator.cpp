@@ -756,7 +756,7 @@ TEST_CASE("device emulator: device memory starts as NaN, and a write into the gu
        },
        fmt::format("cudaMemcpyAsync wrote past the end of {} (guard bytes changed up to {} bytes past it)", allocation,
                    sizeof(float))},
-      // The host, past the end of page-locked memory: found before the next work runs.
+      // The host, past the end of page-locked memory: found at the next synchronisation.
       {[&] {
          pinned[n] = 5.0f;
          REQUIRE(cudaMemsetAsync(device, 0, bytes, nullptr) == cudaSuccess);
