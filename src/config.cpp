@@ -10,6 +10,7 @@
 #include <limits>
 #include <optional>
 #include <set>
+#include <sstream>
 
 #include "srgpt/error.h"
 #include "srgpt/json_parse.h"
@@ -121,11 +122,18 @@ constexpr RealRange kPositive{0, false, kInf, false};
 constexpr RealRange kNonNegative{0, true, kInf, false};
 constexpr RealRange kUnitHalfOpen{0, true, 1, false};
 constexpr RealRange kUnitClosed{0, true, 1, true};
+// The update adds eps in fp32: below about 1e-38 it would be 0 there, and a
+// parameter whose gradients are all zero would get 0/0.
+constexpr RealRange kAdamEps{1e-30, true, 1, true};
+// Standard deviations far above 1 overflow the first forward pass.
+constexpr RealRange kInitStd{0, false, 1, true};
+// Far above any accelerator's (an H100's dense bf16 peak is about 1000).
+constexpr RealRange kPeakTflops{0, true, 1e6, true};
 
 enum class TextRule { any, non_empty };
 
 std::string describe_integers(uint64_t lo, uint64_t hi) {
-  if (hi == kInt64FieldMax) return fmt::format("an integer >= {}", lo);
+  if (hi == kInt64FieldMax) return fmt::format("an integer in [{}, 2^63 - 1]", lo);
   return fmt::format("an integer in [{}, {}]", lo, hi);
 }
 
@@ -243,7 +251,7 @@ void visit_config(Visitor& v, C& c) {
   v.real("optimizer.lr", c.optimizer.lr, kPositive);
   v.real("optimizer.beta1", c.optimizer.beta1, kUnitHalfOpen);
   v.real("optimizer.beta2", c.optimizer.beta2, kUnitHalfOpen);
-  v.real("optimizer.eps", c.optimizer.eps, kPositive);
+  v.real("optimizer.eps", c.optimizer.eps, kAdamEps);
   v.real("optimizer.weight_decay", c.optimizer.weight_decay, kNonNegative);
   v.real("optimizer.grad_clip", c.optimizer.grad_clip, kNonNegative);
   v.integer("optimizer.warmup_steps", c.optimizer.warmup_steps, 0, kInt64FieldMax);
@@ -262,13 +270,13 @@ void visit_config(Visitor& v, C& c) {
   v.integer("train.seed", c.train.seed, 0, kUint64FieldMax);
   v.choice("train.on_nonfinite", c.train.on_nonfinite, {NonFinitePolicy::stop, NonFinitePolicy::skip},
            nonfinite_policy_name);
-  v.real("train.init_std", c.train.init_std, kPositive);
+  v.real("train.init_std", c.train.init_std, kInitStd);
   v.choice("train.recompute", c.train.recompute,
            {Recompute::none, Recompute::gelu, Recompute::layernorm, Recompute::all}, recompute_name);
   v.integer("train.lm_head_chunks", c.train.lm_head_chunks, 1, kIntFieldMax);
   v.choice("train.layernorm_backward_from", c.train.layernorm_backward_from,
            {LayerNormBackwardFrom::input, LayerNormBackwardFrom::output}, layernorm_backward_from_name);
-  v.real("train.mfu_peak_tflops", c.train.mfu_peak_tflops, kNonNegative);
+  v.real("train.mfu_peak_tflops", c.train.mfu_peak_tflops, kPeakTflops);
   v.integer("checkpoint.every", c.checkpoint.every, 0, kInt64FieldMax);
   v.integer("checkpoint.keep", c.checkpoint.keep, 1, kIntFieldMax);
   v.integer("dist.zero_stage", c.dist.zero_stage, 0, 3);
@@ -281,19 +289,22 @@ void visit_config(Visitor& v, C& c) {
   v.text("out_dir", c.out_dir, TextRule::non_empty);
 }
 
-// Builds the tree of known keys: sections are objects, keys are null.
+// Builds the tree of known keys: sections are objects, keys are booleans,
+// true where the value is a string (a path, a name, a choice).
 struct SchemaBuilder {
   ordered_json tree = ordered_json::object();
 
-  void add(const char* path) { tree[ordered_json::json_pointer(json_pointer_of(path))] = nullptr; }
-  void annotation(const char* path) { add(path); }
+  void add(const char* path, bool string_valued) {
+    tree[ordered_json::json_pointer(json_pointer_of(path))] = string_valued;
+  }
+  void annotation(const char* path) { add(path, true); }
   template <typename T>
-  void integer(const char* path, T&, uint64_t, uint64_t) { add(path); }
-  void real(const char* path, double&, RealRange) { add(path); }
-  void text(const char* path, std::string&, TextRule) { add(path); }
-  void boolean(const char* path, bool&) { add(path); }
+  void integer(const char* path, T&, uint64_t, uint64_t) { add(path, false); }
+  void real(const char* path, double&, RealRange) { add(path, false); }
+  void text(const char* path, std::string&, TextRule) { add(path, true); }
+  void boolean(const char* path, bool&) { add(path, false); }
   template <typename Field, typename E>
-  void choice(const char* path, Field&, std::initializer_list<E>, const char* (*)(E)) { add(path); }
+  void choice(const char* path, Field&, std::initializer_list<E>, const char* (*)(E)) { add(path, true); }
 };
 
 const ordered_json& schema() {
@@ -399,6 +410,12 @@ struct Reader {
     const char* allowed = rule == TextRule::non_empty ? "a non-empty string" : "a string";
     if (!v->is_string()) return wrong_kind(path, *v, allowed);
     if (rule == TextRule::non_empty && v->get<std::string>().empty()) return out_of_range(path, *v, allowed);
+    // Paths end at a NUL byte: the rest would be silently dropped.
+    if (v->get<std::string>().find('\0') != std::string::npos) {
+      problems.push_back(fmt::format("{} = {}: contains a NUL character (\\u0000); allowed: {} without one", path,
+                                     brief(*v), allowed));
+      return;
+    }
     field = v->get<std::string>();
   }
 
@@ -548,8 +565,9 @@ void raise_if_any(const std::vector<std::string>& problems, const std::string& o
 }
 
 // Duplicate keys are legal JSON but one copy would be silently dropped; in a
-// run config that is a bug, so the parse rejects them.
-json parse_rejecting_duplicates(std::istream& in, const std::string& path) {
+// run config that is a bug, so the parse rejects them. `root`: the dotted
+// path of the parsed value within the config ("" for a whole file).
+json parse_rejecting_duplicates(std::istream& in, const std::string& origin, const std::string& root = "") {
   struct Frame {
     std::string path;
     std::set<std::string> keys;
@@ -561,7 +579,7 @@ json parse_rejecting_duplicates(std::istream& in, const std::string& path) {
     switch (event) {
       case json::parse_event_t::object_start:
       case json::parse_event_t::array_start: {
-        std::string here;
+        std::string here = root;
         if (!stack.empty())
           here = stack.back().is_array ? stack.back().path + "[]" : dotted(stack.back().path, stack.back().last_key);
         stack.push_back({here, {}, {}, event == json::parse_event_t::array_start});
@@ -573,7 +591,7 @@ json parse_rejecting_duplicates(std::istream& in, const std::string& path) {
         Frame& frame = stack.back();
         frame.last_key = parsed.get<std::string>();
         if (!frame.keys.insert(frame.last_key).second)
-          fail("{}: duplicate key '{}'; each key may appear once per object", path,
+          fail("{}: duplicate key '{}'; each key may appear once per object", origin,
                dotted(frame.path, frame.last_key));
         break;
       }
@@ -581,7 +599,34 @@ json parse_rejecting_duplicates(std::istream& in, const std::string& path) {
     }
     return true;
   };
-  return parse_json(in, path, "", callback);
+  return parse_json(in, origin, "", callback);
+}
+
+// Whether `text` is a JSON number as the grammar spells one (1e400 too,
+// which no double holds).
+bool spells_json_number(const std::string& text) {
+  size_t i = 0;
+  auto digits = [&] {
+    const size_t start = i;
+    while (i < text.size() && text[i] >= '0' && text[i] <= '9') ++i;
+    return i > start;
+  };
+  if (i < text.size() && text[i] == '-') ++i;
+  if (i < text.size() && text[i] == '0')
+    ++i;
+  else if (!digits())
+    return false;
+  if (i < text.size() && text[i] == '.' && (++i, !digits())) return false;
+  if (i < text.size() && (text[i] == 'e' || text[i] == 'E')) {
+    ++i;
+    if (i < text.size() && (text[i] == '+' || text[i] == '-')) ++i;
+    if (!digits()) return false;
+  }
+  return i == text.size();
+}
+
+void require_object(const json& doc, const std::string& origin) {
+  if (!doc.is_object()) fail("{}: the config must be a JSON object {{...}}, found {}", origin, describe_kind(doc));
 }
 
 json read_json_file(const std::string& path) {
@@ -594,7 +639,9 @@ json read_json_file(const std::string& path) {
   if (!std::filesystem::is_regular_file(status)) fail("config file '{}' is not a regular file", path);
   std::ifstream in(path, std::ios::binary);
   if (!in) fail("config file '{}' cannot be opened: {}", path, std::strerror(errno));
-  return parse_rejecting_duplicates(in, path);
+  json doc = parse_rejecting_duplicates(in, path);
+  require_object(doc, path);
+  return doc;
 }
 
 }  // namespace
@@ -605,7 +652,7 @@ void Config::validate_for_world(int world_size) const {
 }
 
 Config config_from_json(const json& doc, const std::string& origin) {
-  if (!doc.is_object()) fail("{}: the config must be a JSON object {{...}}, found {}", origin, describe_kind(doc));
+  require_object(doc, origin);
   std::vector<std::string> problems;
   check_known_keys(doc, schema(), "", problems);
   Config config;
@@ -623,6 +670,42 @@ json config_to_json(const Config& config) {
   return writer.doc;
 }
 
+namespace {
+
+// A --set value is parsed as JSON, else taken as the string typed. For a
+// key whose value is not a string, a value spelled as JSON (an object, an
+// array, a number) is parsed as in a file: its syntax errors are reported
+// and duplicate keys refused, rather than the text becoming a string. A
+// string-valued key takes such text as typed ("[ab]*.bin" is a glob).
+json override_value(const std::string& key, const std::string& text, const std::string& assignment,
+                    bool string_valued) {
+  const size_t first = text.find_first_not_of(" \t\r\n");
+  const bool spelled_as_json =
+      (first != std::string::npos && (text[first] == '{' || text[first] == '[')) || spells_json_number(text);
+  if (spelled_as_json && !string_valued) {
+    std::istringstream in(text);
+    return parse_rejecting_duplicates(in, "--set " + key + "=...", key);
+  }
+  // Nesting is limited as in a config file: dumping the value for an error
+  // message would overflow the stack.
+  const json::parser_callback_t limit_depth = [&](int depth, json::parse_event_t event, json&) {
+    // As parse_json counts: the outermost array or object is depth 0.
+    const bool opens = event == json::parse_event_t::object_start || event == json::parse_event_t::array_start;
+    if (opens && depth >= kMaxJsonDepth)
+      fail("--set {}=...: JSON nested deeper than {} levels; a config is a few levels deep", key, kMaxJsonDepth);
+    return true;
+  };
+  json value = json::parse(text, limit_depth, /*allow_exceptions=*/false);
+  if (!value.is_discarded()) return value;
+  // A config file is JSON, which is UTF-8: other bytes could not be shown
+  // in an error (brief() dumps the value) or written into a manifest.
+  if (!is_valid_utf8(text))
+    fail("--set '{}': the value is not valid UTF-8; allowed: UTF-8 text, as in a JSON config file", assignment);
+  return json(text);
+}
+
+}  // namespace
+
 void apply_override(json& doc, const std::string& assignment) {
   size_t eq = assignment.find('=');
   if (eq == std::string::npos || eq == 0)
@@ -630,8 +713,7 @@ void apply_override(json& doc, const std::string& assignment) {
          assignment);
   const std::string key = assignment.substr(0, eq);
   const std::string text = assignment.substr(eq + 1);
-  if (!doc.is_null() && !doc.is_object())
-    fail("--set '{}': the config is {}, not a JSON object", assignment, describe_kind(doc));
+  if (!doc.is_object()) fail("--set '{}': the config is {}, not a JSON object", assignment, describe_kind(doc));
 
   // The whole path is checked before the document is touched, so a rejected
   // override leaves it unchanged.
@@ -650,29 +732,14 @@ void apply_override(json& doc, const std::string& assignment) {
   std::string section_path;
   for (size_t i = 0; i + 1 < parts.size(); ++i) {
     section_path = dotted(section_path, parts[i]);
+    if (!target->contains(parts[i])) (*target)[parts[i]] = json::object();
     json& section = (*target)[parts[i]];
-    if (section.is_null()) section = json::object();
     if (!section.is_object())
       fail("--set '{}': cannot set '{}' because '{}' is {} in the config, not an object", assignment, key,
            section_path, describe_kind(section));
     target = &section;
   }
-  // Nesting is limited as in a config file: dumping the value for an error
-  // message would overflow the stack.
-  const json::parser_callback_t limit_depth = [&](int depth, json::parse_event_t event, json&) {
-    // As parse_json counts: the outermost array or object is depth 0.
-    const bool opens = event == json::parse_event_t::object_start || event == json::parse_event_t::array_start;
-    if (opens && depth >= kMaxJsonDepth)
-      fail("--set {}=...: the value is JSON nested deeper than {} levels; a config is a few levels deep", key,
-           kMaxJsonDepth);
-    return true;
-  };
-  json value = json::parse(text, limit_depth, /*allow_exceptions=*/false);
-  // A config file is JSON, which is UTF-8: other bytes could not be shown
-  // in an error (brief() dumps the value) or written into a manifest.
-  if (value.is_discarded() && !is_valid_utf8(text))
-    fail("--set '{}': the value is not valid UTF-8; allowed: UTF-8 text, as in a JSON config file", assignment);
-  (*target)[parts.back()] = value.is_discarded() ? json(text) : std::move(value);
+  (*target)[parts.back()] = override_value(key, text, assignment, known->is_boolean() && known->get<bool>());
 }
 
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {

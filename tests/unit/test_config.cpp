@@ -147,7 +147,7 @@ TEST_CASE("config errors name the origin, the key, the value and what is allowed
       // wrong JSON types
       {R"({"model": {"n_layer": 2.5}})", {"model.n_layer = 2.5", "an integer in [1, 4096]", "fractional"}},
       {R"({"optimizer": {"lr": "3e-4"}})", {"optimizer.lr = \"3e-4\"", "a number > 0", "without quotes"}},
-      {R"({"train": {"steps": true}})", {"train.steps = true", "an integer >= 1", "a boolean"}},
+      {R"({"train": {"steps": true}})", {"train.steps = true", "an integer in [1, 2^63 - 1]", "a boolean"}},
       {R"({"dist": {"overlap_comm": "false"}})", {"dist.overlap_comm = \"false\"", "expected true or false", "a string"}},
       {R"({"dist": {"overlap_comm": 0}})", {"dist.overlap_comm = 0", "expected true or false", "a number"}},
       {R"({"model": 12})", {"model = 12", "an object with keys vocab_size, max_seq_len", "a number"}},
@@ -157,11 +157,15 @@ TEST_CASE("config errors name the origin, the key, the value and what is allowed
       {R"({"optimizer": {"lr": 0}})", {"optimizer.lr = 0", "out of range", "a number > 0"}},
       {R"({"optimizer": {"beta1": 1.0}})", {"optimizer.beta1 = 1.0", "a number in [0, 1)"}},
       {R"({"optimizer": {"beta2": -0.5}})", {"optimizer.beta2 = -0.5", "a number in [0, 1)"}},
-      {R"({"optimizer": {"eps": 0.0}})", {"optimizer.eps", "a number > 0"}},
+      {R"({"optimizer": {"eps": 0.0}})", {"optimizer.eps", "a number in [1e-30, 1]"}},
+      // eps would be 0 in the fp32 update; init_std 1e39 overflowed step 1.
+      {R"({"optimizer": {"eps": 1e-46}})", {"optimizer.eps = 1e-46", "a number in [1e-30, 1]"}},
+      {R"({"train": {"init_std": 1e39}})", {"train.init_std = 1e+39", "a number in (0, 1]"}},
+      {R"({"train": {"steps": 9223372036854775808}})", {"train.steps = 9223372036854775808", "[1, 2^63 - 1]"}},
       {R"({"optimizer": {"weight_decay": -0.1}})", {"optimizer.weight_decay = -0.1", "a number >= 0"}},
       {R"({"optimizer": {"grad_clip": -1}})", {"optimizer.grad_clip = -1", "a number >= 0"}},
-      {R"({"train": {"mfu_peak_tflops": -989}})", {"train.mfu_peak_tflops = -989", "a number >= 0"}},
-      {R"({"train": {"mfu_peak_tflops": "989"}})", {"train.mfu_peak_tflops = \"989\"", "a number >= 0"}},
+      {R"({"train": {"mfu_peak_tflops": -989}})", {"train.mfu_peak_tflops = -989", "a number in [0, 1000000]"}},
+      {R"({"train": {"mfu_peak_tflops": "989"}})", {"train.mfu_peak_tflops = \"989\"", "a number in [0, 1000000]"}},
       {R"({"optimizer": {"min_lr_ratio": 1.5}})", {"optimizer.min_lr_ratio = 1.5", "a number in [0, 1]"}},
       {R"({"model": {"vocab_size": 2147483648}})", {"model.vocab_size = 2147483648", "[1, 1073741824]"}},
       {R"({"batch": {"micro_batch": 0}})", {"batch.micro_batch = 0", "[1, 2147483647]"}},
@@ -225,9 +229,9 @@ TEST_CASE("config errors: several problems are reported together, non-objects an
   CHECK(contains(error_message([] { srgpt::config_from_json(json::array(), "arr.json"); }),
                  "arr.json: the config must be a JSON object"));
 
-  json infinite = {{"optimizer", {{"eps", std::numeric_limits<double>::infinity()}}}};
+  json infinite = {{"optimizer", {{"lr", std::numeric_limits<double>::infinity()}}}};
   std::string message = error_message([&] { srgpt::config_from_json(infinite, "inf.json"); });
-  CHECK(contains(message, "optimizer.eps = inf"));
+  CHECK(contains(message, "optimizer.lr = inf"));
   CHECK(contains(message, "a number > 0"));
 
   // Integral values written as floats are integers; this one is too large.
@@ -306,7 +310,7 @@ TEST_CASE("config overrides: dotted keys, JSON or plain-string values, clear err
   // test_input_fuzz.cpp: an error message dumping it overflowed the stack).
   const std::string deep_value = std::string(100000, '[') + "1" + std::string(100000, ']');
   CHECK(contains(error_message([&] { srgpt::apply_override(doc, "model.n_layer=" + deep_value); }),
-                 "--set model.n_layer=...: the value is JSON nested deeper than 64 levels"));
+                 "--set model.n_layer=...: JSON nested deeper than 64 levels"));
   // The limit counts levels: 64 are set (a value of the wrong type, for
   // config_from_json to refuse), 65 are not.
   for (size_t levels : {size_t(64), size_t(65)}) {
@@ -316,6 +320,27 @@ TEST_CASE("config overrides: dotted keys, JSON or plain-string values, clear err
     CHECK(contains(message, "nested deeper than 64 levels") == (levels == 65));
   }
   CHECK(doc == before);
+  // A value spelled as JSON is parsed as a file is: its syntax errors and
+  // duplicate keys are errors (they used to make it a string, or drop a copy).
+  CHECK(contains(error_message([&] { srgpt::apply_override(doc, R"(model={"n_layer": 1, "n_layer": 3})"); }),
+                 "--set model=...: duplicate key 'model.n_layer'"));
+  CHECK(contains(error_message([&] { srgpt::apply_override(doc, R"(model={"n_layer": 1,})"); }),
+                 "--set model=...: not valid JSON"));
+  CHECK(contains(error_message([&] { srgpt::apply_override(doc, "optimizer.lr=1e400"); }),
+                 "number overflow parsing '1e400'"));
+  CHECK(doc == before);
+  // Anything else is the string as typed, digits first or not.
+  srgpt::apply_override(doc, "out_dir=2024-run");
+  CHECK(doc["out_dir"] == "2024-run");
+  srgpt::apply_override(doc, "data.train=[ab]*.bin");
+  CHECK(doc["data"]["train"] == "[ab]*.bin");
+  // null is no object to set keys in, as in the file itself.
+  json null_section = json::parse(R"({"optimizer": null})");
+  CHECK(contains(error_message([&] { srgpt::apply_override(null_section, "optimizer.lr=1e-3"); }),
+                 "'optimizer' is null in the config, not an object"));
+  json null_doc;
+  CHECK(contains(error_message([&] { srgpt::apply_override(null_doc, "optimizer.lr=1e-3"); }),
+                 "the config is null, not a JSON object"));
   json scalar_section = json::parse(R"({"model": 5})");
   CHECK(contains(error_message([&] { srgpt::apply_override(scalar_section, "model.n_layer=3"); }),
                  "'model' is a number in the config, not an object"));
