@@ -1,4 +1,5 @@
 // srgpt: pure-BF16 GPT training with stochastic-rounding AdamW.
+#include <csignal>
 #include <cstdio>
 #include <exception>
 #include <string>
@@ -26,10 +27,26 @@ int report_error(const std::string& msg) {
   return 1;
 }
 
+// CLI11 answers a misspelled subcommand with "A subcommand is required";
+// name the word it did not know instead.
+std::string unknown_subcommand(const CLI::App& app, int argc, char** argv) {
+  if (argc < 2 || argv[1][0] == '-') return "";
+  const std::string word = argv[1];
+  std::string names, closest;
+  for (const CLI::App* sub : app.get_subcommands([](const CLI::App*) { return true; })) {
+    if (sub->check_name(word)) return "";
+    names += (names.empty() ? "" : ", ") + sub->get_name();
+    if (closest.empty() && word.size() > 1 && sub->get_name().compare(0, 2, word, 0, 2) == 0) closest = sub->get_name();
+  }
+  return "unknown subcommand '" + word + "'" + (closest.empty() ? "" : " (did you mean '" + closest + "'?)") +
+         "; the subcommands are " + names + ", each with its --help";
+}
+
 // The srgpt command line, every error reported as one line.
 int run(int argc, char** argv) {
   CLI::App app{"srgpt: train GPT-2 models in pure BF16 with stochastic-rounding AdamW"};
   app.require_subcommand(1);
+  app.set_version_flag("--version", "srgpt " SRGPT_VERSION);
   srgpt::add_train_command(app);
   srgpt::add_eval_command(app);
   srgpt::add_info_command(app);
@@ -38,6 +55,7 @@ int run(int argc, char** argv) {
   srgpt::add_export_command(app);
   srgpt::add_import_command(app);
   spdlog::set_pattern("[%H:%M:%S] %v");
+  if (const std::string unknown = unknown_subcommand(app, argc, argv); !unknown.empty()) return report_error(unknown);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -64,6 +82,11 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // A file-size limit (`ulimit -f`, often set by batch schedulers) would
+  // kill the process mid-write with SIGXFSZ, without a message and leaving
+  // temporary files; ignored, the write fails with EFBIG and is reported
+  // and cleaned up like a full disk.
+  std::signal(SIGXFSZ, SIG_IGN);
   try {
     return run(argc, argv);
   } catch (const std::bad_alloc&) {  // while setting up the command line

@@ -30,6 +30,10 @@ CLI::Validator integer_at_least(long long minimum) {
   return integer_in_range(minimum, std::numeric_limits<T>::max());
 }
 
+// Checks a floating-point option is a number, written whole (CLI11 reads
+// "" as 0); the command checks its range.
+CLI::Validator real_number();
+
 // A checkpoint directory, or a run directory / checkpoints root, resolved to
 // the checkpoint directory to read (the newest one for the latter two).
 std::filesystem::path resolve_checkpoint_dir(const std::filesystem::path& path);

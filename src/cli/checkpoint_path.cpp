@@ -15,7 +15,8 @@ fs::path resolve_checkpoint_dir(const fs::path& path) {
   if (fs::exists(path / "manifest.json")) return path;
   for (const fs::path& root : {path, path / "checkpoints"})
     if (auto latest = latest_checkpoint(root)) return *latest;
-  fail("{} is neither a checkpoint directory (no manifest.json) nor a run directory containing checkpoints",
+  fail("{} is neither a checkpoint directory (it has no manifest.json, which an interrupted save leaves out) nor a "
+       "run directory containing complete checkpoints",
        path.string());
 }
 

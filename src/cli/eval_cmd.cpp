@@ -40,11 +40,13 @@ void add_eval_command(CLI::App& app) {
     LoadedModel lm = load_model_for_inference(resolve_checkpoint_dir(args->checkpoint), args->batch, args->seq_len);
     const std::vector<std::string> files = expand_shard_pattern(args->data, "--data");
     TokenLoader loader(files, lm.model->batch(), lm.model->seq_len(), 0, 1, lm.config.model.vocab_size, false, 0);
+    // Read before the evaluation, so a damaged summary.json stops it at once.
+    const std::optional<double> bytes_per_token = prepared_bytes_per_token(files);
     EvalResult r = evaluate(*lm.model, loader, args->max_tokens);
     std::printf("step %lld | tokens %lld | loss %.6f | perplexity %.4f", (long long)lm.step, (long long)r.tokens,
                 r.loss, r.perplexity());
     nlohmann::json j{{"step", lm.step}, {"tokens", r.tokens}, {"loss", r.loss}, {"perplexity", r.perplexity()}};
-    if (const std::optional<double> bytes_per_token = prepared_bytes_per_token(files)) {
+    if (bytes_per_token) {
       const double bits_per_byte = r.loss / std::log(2.0) / *bytes_per_token;
       std::printf(" | bits/byte %.4f", bits_per_byte);
       j["bits_per_byte"] = bits_per_byte;

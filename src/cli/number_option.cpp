@@ -1,3 +1,4 @@
+#include <cctype>
 #include <cerrno>
 #include <cstdlib>
 #include <string>
@@ -31,6 +32,18 @@ CLI::Validator integer_in_range(long long minimum, unsigned long long maximum) {
         return std::string();
       },
       "[" + std::to_string(minimum) + ", " + std::to_string(maximum) + "]");
+}
+
+CLI::Validator real_number() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        char* end = nullptr;
+        std::strtod(text.c_str(), &end);
+        if (text.empty() || std::isspace(static_cast<unsigned char>(text[0])) || end != text.c_str() + text.size())
+          return "'" + text + "' is not a number";
+        return std::string();
+      },
+      "NUMBER");
 }
 
 }  // namespace srgpt

@@ -1,4 +1,5 @@
 // `srgpt prepare`: text files -> token shards + summary.json.
+#include <cstdint>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -42,8 +43,11 @@ void add_prepare_command(CLI::App& app) {
       ->check(CLI::IsMember({"files", "paragraphs", "lines"}))
       ->capture_default_str();
   cmd->add_option("--val-fraction", options.val_fraction, "Fraction of documents that go to the val split, in [0, 1)")
+      ->check(real_number())
       ->capture_default_str();
-  cmd->add_option("--shard-tokens", options.shard_tokens, "Tokens per shard")->capture_default_str();
+  cmd->add_option("--shard-tokens", options.shard_tokens, "Tokens per shard")
+      ->check(integer_in_range(1, std::numeric_limits<int32_t>::max()))
+      ->capture_default_str();
   cmd->add_option("--seed", options.seed, "Seed of the train/val assignment")
       ->check(integer_at_least<uint64_t>(0))
       ->capture_default_str();

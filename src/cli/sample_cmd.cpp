@@ -65,6 +65,7 @@ void add_sample_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--temperature", o.temperature,
                   "Softmax temperature, finite; 0 picks the most likely token every time (greedy)")
+      ->check(real_number())
       ->capture_default_str();
   cmd->add_option("--top-k", o.top_k, "Sample only among the K most likely tokens (0: all)")
       ->check(integer_at_least<int>(0))

@@ -26,9 +26,17 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--set", args->overrides,
                   "Override a config key, e.g. --set optimizer.lr=1e-3 --set precision=mixed (repeatable; the value "
                   "is parsed as JSON, else taken as a string)");
-  cmd->add_flag("--resume", args->resume,
-                "Continue from the newest checkpoint in <out_dir>/checkpoints (start fresh if there is none)");
-  cmd->add_option("--resume-from", args->resume_from, "Continue from this checkpoint directory");
+  CLI::Option* resume = cmd->add_flag(
+      "--resume", args->resume, "Continue from the newest checkpoint in <out_dir>/checkpoints (start fresh if there is none)");
+  cmd->add_option("--resume-from", args->resume_from,
+                  "Continue from this checkpoint directory, or from the newest checkpoint of this run directory")
+      ->excludes(resume)
+      ->check(CLI::Validator(
+          [](std::string& path) {
+            // An unset shell variable must not silently start a fresh run.
+            return path.empty() ? std::string("an empty path; pass a checkpoint or run directory") : std::string();
+          },
+          "DIR"));
   cmd->add_option("--stop-after", args->stop_after,
                   "Write a checkpoint and stop after this step (for time-sliced jobs; resume later with --resume)")
       ->check(integer_at_least<int64_t>(1));
@@ -42,7 +50,7 @@ void add_train_command(CLI::App& app) {
     Config config = load_config(args->config, args->overrides);
     TrainOptions opts;
     opts.resume = args->resume;
-    opts.resume_from = args->resume_from;
+    if (!args->resume_from.empty()) opts.resume_from = resolve_checkpoint_dir(args->resume_from);
     opts.stop_after_step = args->stop_after;
     Trainer trainer(std::move(config), opts);
     TrainResult r = trainer.run();
