@@ -128,13 +128,38 @@ void remove_abandoned_scratch_dirs(const fs::path& root) {
   }
 }
 
+// Whether `path` is a regular file, missing, or neither: then `*why` says
+// why (the OS's reason it cannot be examined, or what it is instead).
+enum class FileCheck { regular, missing, unusable };
+FileCheck check_regular_file(const fs::path& path, std::string* why) {
+  std::error_code ec;
+  const fs::file_status status = fs::status(path, ec);
+  if (status.type() == fs::file_type::not_found) return FileCheck::missing;
+  if (ec) {
+    *why = "cannot be read: " + ec.message();
+    return FileCheck::unusable;
+  }
+  if (status.type() == fs::file_type::regular) return FileCheck::regular;
+  *why = "is not a regular file";
+  return FileCheck::unusable;
+}
+
 // Complete checkpoints (step_* with a manifest) under root, oldest first.
+// Only a missing manifest marks an incomplete one (an interrupted save):
+// one that cannot be read, or is not a file, is an error, since skipping it
+// would resume from an older checkpoint, or from scratch, and overwrite it.
 std::vector<std::pair<int64_t, fs::path>> complete_checkpoints(const fs::path& root) {
   std::vector<std::pair<int64_t, fs::path>> found;
   for (const fs::directory_entry& e : list_directory(root)) {
     std::optional<int64_t> step = parse_step_dir_name(e.path().filename().string());
-    std::error_code ec;
-    if (step && fs::is_regular_file(e.path() / kManifestName, ec)) found.emplace_back(*step, e.path());
+    if (!step) continue;
+    std::string why;
+    const FileCheck manifest = check_regular_file(e.path() / kManifestName, &why);
+    if (manifest == FileCheck::missing) continue;
+    if (manifest == FileCheck::unusable)
+      fail("{} {}; srgpt will not pass over this checkpoint (it would resume from an older one, or from scratch)",
+           (e.path() / kManifestName).string(), why);
+    found.emplace_back(*step, e.path());
   }
   std::sort(found.begin(), found.end());
   return found;
@@ -394,24 +419,36 @@ std::optional<fs::path> latest_checkpoint(const fs::path& root) {
 
 CheckpointReader::CheckpointReader(const fs::path& dir) : dir_(dir) {
   std::error_code ec;
-  if (!fs::is_directory(dir_, ec)) fail("checkpoint directory {} does not exist", dir_.string());
+  if (!fs::is_directory(dir_, ec))
+    fail("checkpoint directory {} {}", dir_.string(), fs::exists(dir_, ec) ? "is not a directory" : "does not exist");
   const fs::path manifest_path = dir_ / kManifestName;
-  if (!fs::is_regular_file(manifest_path, ec))
-    fail("{}: no {}, so it is not a complete checkpoint (an interrupted save leaves such a directory)", dir_.string(),
-         kManifestName);
+  std::string why;
+  switch (check_regular_file(manifest_path, &why)) {
+    case FileCheck::regular: break;
+    case FileCheck::missing:
+      fail("{}: no {}, so it is not a complete checkpoint (an interrupted save leaves such a directory)",
+           dir_.string(), kManifestName);
+    case FileCheck::unusable: fail("{} {}", manifest_path.string(), why);
+  }
 
   std::string text(fs::file_size(manifest_path, ec), '\0');
   if (ec) fail("cannot stat {}: {}", manifest_path.string(), ec.message());
   PosixFile(manifest_path, O_RDONLY).read_all(text.data(), text.size(), 0);
   manifest_ = parse_json(text, manifest_path.string());
   validate_manifest(manifest_, manifest_path);
+  // The newest checkpoint is found by its name: one renamed, or copied over
+  // another, would be taken for a step it does not hold.
+  const std::string name = (dir_.filename().empty() ? dir_.parent_path() : dir_).filename().string();
+  if (const std::optional<int64_t> named = parse_step_dir_name(name); named && *named != step())
+    fail("{}: the directory's name says step {} but its {} says step {}; a checkpoint directory must keep the name "
+         "srgpt gave it (step_{:08d}), or take one not of the form step_N",
+         dir_.string(), *named, kManifestName, step(), step());
 
   for (const nlohmann::json& f : manifest_.at("files")) {
     const fs::path path = dir_ / f.at("name").get<std::string>();
     uint64_t expected = f.at("bytes").get<uint64_t>();
-    if (!fs::is_regular_file(path, ec))
-      fail("{}: listed in {} but {}", path.string(), kManifestName,
-           fs::exists(path, ec) ? "not a regular file" : "missing");
+    if (const FileCheck file = check_regular_file(path, &why); file != FileCheck::regular)
+      fail("{}: listed in {} but {}", path.string(), kManifestName, file == FileCheck::missing ? "missing" : why);
     uint64_t actual = fs::file_size(path, ec);
     if (ec) fail("cannot stat {}: {}", path.string(), ec.message());
     if (actual < expected)

@@ -1,5 +1,6 @@
 #include "srgpt/hf_export.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -87,7 +88,7 @@ ModelConfig parse_hf_config(const nlohmann::json& c, const fs::path& file) {
     if (it == c.end() || it->is_null()) fail("{}: key \"{}\" is missing", file.string(), key);
     const std::optional<int> n = json_integer<int>(*it);
     if (!n || *n < 1 || *n > (1 << 30))
-      fail("{}: \"{}\" = {}; allowed: a positive integer", file.string(), key, it->dump());
+      fail("{}: \"{}\" = {}; allowed: an integer in [1, 2^30]", file.string(), key, it->dump());
     return *n;
   };
   auto must_be = [&](const char* key, const nlohmann::json& allowed, const char* why) {
@@ -235,6 +236,8 @@ HfModel read_hf_model(const fs::path& dir) {
   const nlohmann::json config = parse_json(read_text_file(config_path), config_path.string());
   HfModel hf;
   hf.model = parse_hf_config(config, config_path);
+  if (fs::exists(weights_path, ec) && !fs::is_regular_file(weights_path, ec))
+    fail("{}: not a regular file", weights_path.string());
   if (!fs::is_regular_file(weights_path, ec))
     fail("{}: missing; srgpt reads weights only from safetensors{}", weights_path.string(),
          fs::exists(dir / "pytorch_model.bin") ? " (pytorch_model.bin is a Python pickle; convert it with "
@@ -266,6 +269,10 @@ HfModel read_hf_model(const fs::path& dir) {
   for (size_t i = 0; i < entries.size(); ++i) {
     const TensorSpec& t = layout.tensors()[i];
     const std::vector<float> values = reader.read_floats(*entries[i]);
+    const auto bad = std::find_if(values.begin(), values.end(), [](float x) { return !std::isfinite(x); });
+    if (bad != values.end())
+      fail("{}: tensor '{}' holds {} at element {}; srgpt imports only finite weights", weights_path.string(),
+           entries[i]->name, *bad, bad - values.begin());
     const std::vector<float> ours =
         hf_transposed(t.name) ? transposed(values.data(), entries[i]->shape[0], entries[i]->shape[1]) : values;
     std::copy(ours.begin(), ours.end(), hf.weights.begin() + long(t.offset));

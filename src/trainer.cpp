@@ -140,6 +140,7 @@ struct SavedState {
   Config config;
   int64_t step = 0, tokens_seen = 0, skipped_steps = 0;
   int world_size = 1, zero_stage = 0;
+  nlohmann::json zero_plan;  // checked where the optimizer state is read
   LoaderPosition train_loader;
 };
 
@@ -179,6 +180,10 @@ SavedState read_saved_state(const CheckpointReader& reader) {
          zero_stage, std::numeric_limits<int>::max());
   s.world_size = int(world_size);
   s.zero_stage = int(zero_stage);
+  const uint64_t seed = field("seed", uint64_t());
+  if (seed != s.config.train.seed)
+    fail("checkpoint {}: its manifest's state says seed {} but its config {}", dir, seed, s.config.train.seed);
+  s.zero_plan = field("zero_plan", nlohmann::json());
   try {
     s.train_loader = loader_position_from_json(field("train_loader", nlohmann::json()));
   } catch (const nlohmann::json::exception& e) {
@@ -200,16 +205,49 @@ uint32_t saved_weights_crc32(const CheckpointReader& reader) {
   return *crc;
 }
 
+// Training never writes NaN or Inf (Trainer::save refuses them), nor a
+// negative second moment; a checkpoint holding one was changed outside, and
+// a resume from it would end a step or two later in a non-finite loss
+// blamed on the learning rate. `bytes`: a full flat buffer in `layout`.
+void check_checkpoint_values(const CheckpointReader& reader, const std::string& what, const Layout& layout,
+                             const std::vector<char>& bytes, DType dtype, bool non_negative) {
+  std::vector<float> values(std::min<size_t>(layout.total(), size_t(1) << 20));
+  for (size_t begin = 0; begin < layout.total(); begin += values.size()) {
+    const size_t n = std::min(values.size(), layout.total() - begin);
+    convert_to_float(bytes.data() + begin * dtype_size(dtype), dtype, n, values.data());
+    for (size_t i = 0; i < n; ++i) {
+      if (std::isfinite(values[i]) && !(non_negative && values[i] < 0)) continue;
+      const size_t at = begin + i;
+      std::string where = "alignment padding";
+      for (const TensorSpec& t : layout.tensors())
+        if (at >= t.offset && at < t.offset + t.numel) where = fmt::format("{}[{}]", t.name, at - t.offset);
+      fail("checkpoint {}: its {} {} at element {} ({}){}", reader.dir().string(), what, values[i], at, where,
+           std::isfinite(values[i]) ? ", but Adam's second moment is never negative" : "");
+    }
+  }
+}
+
+}  // namespace
+
 // A full flat optimizer-state buffer, in `layout`, from a checkpoint written
 // with any world size and ZeRO stage: stage 0 stores it per tensor, stages
 // 1-3 as each rank's flat shard, re-assembled here through the saved plan.
-}  // namespace
-
 std::vector<char> read_optimizer_state(CheckpointReader& reader, const std::string& name, DType dtype,
                                        const ModelConfig& model, const Layout& layout) {
   const SavedState saved = read_saved_state(reader);
   const int saved_world = saved.world_size, saved_stage = saved.zero_stage;
-  if (saved_stage == 0) return read_layout_tensors(reader, optim_file_name(0), layout, name + "/", dtype);
+  // The plan is a pure function of the model's shape and the world size,
+  // by which the shards are re-assembled below; a plan that differs means
+  // the checkpoint was written by another rule, or changed.
+  auto check_saved_plan = [&](const Layout& saved_layout) {
+    if (saved.zero_plan != ZeroShardPlan(saved_layout, saved_world).to_json())
+      fail("checkpoint {}: its manifest's state \"zero_plan\" is not the sharding plan of its model at world_size {}",
+           reader.dir().string(), saved_world);
+  };
+  if (saved_stage == 0) {
+    check_saved_plan(gpt2_param_layout(model, saved_world));
+    return read_layout_tensors(reader, optim_file_name(0), layout, name + "/", dtype);
+  }
   // One shard file per saving rank; checked before world_size sizes anything.
   const auto& files = reader.manifest().at("files");
   const auto shard_files = std::count_if(files.begin(), files.end(), [](const nlohmann::json& f) {
@@ -221,6 +259,7 @@ std::vector<char> read_optimizer_state(CheckpointReader& reader, const std::stri
          reader.dir().string(), saved_world, saved_stage, shard_files);
   const size_t es = dtype_size(dtype);
   const Layout saved_layout = gpt2_param_layout(model, saved_world);
+  check_saved_plan(saved_layout);
   const ZeroShardPlan saved_plan(saved_layout, saved_world);
   std::vector<char> saved_full(saved_layout.total() * es, 0), shard(saved_plan.shard_size() * es);
   for (int q = 0; q < saved_world; ++q) {
@@ -350,16 +389,19 @@ Trainer::Trainer(Config config, TrainOptions options) : config_(std::move(config
   config_.validate_for_world(launch.size);
   if (config_.data.train.empty() && !options_.without_data)
     fail("data.train is empty: set it to a glob pattern of token shards");
-  if (launch.rank == 0) {
-    std::error_code ec;
-    fs::create_directories(config_.out_dir, ec);
-    if (ec) fail("cannot create output directory '{}' (out_dir): {}", config_.out_dir, ec.message());
-    fs::path probe = fs::path(config_.out_dir) / ".srgpt-write-test";
-    std::ofstream f(probe);
-    if (!f) fail("output directory '{}' (out_dir) is not writable: {}", config_.out_dir, std::strerror(errno));
-    f.close();
-    fs::remove(probe, ec);
-  }
+  // Found now rather than at the first checkpoint, after hours of training.
+  if (launch.rank == 0)
+    for (const auto& [dir, what] : {std::pair{fs::path(config_.out_dir), "output directory"},
+                                    std::pair{checkpoint_root(config_), "checkpoint directory"}}) {
+      std::error_code ec;
+      fs::create_directories(dir, ec);
+      if (ec) fail("cannot create {} '{}' (out_dir): {}", what, dir.string(), ec.message());
+      fs::path probe = dir / ".srgpt-write-test";
+      std::ofstream f(probe);
+      if (!f) fail("{} '{}' (out_dir) is not writable: {}", what, dir.string(), std::strerror(errno));
+      f.close();
+      fs::remove(probe, ec);
+    }
 
   backend_ = make_backend(config_, launch.local_rank);
   comm_ = options_.single_process ? make_single_process_communicator(*backend_) : make_communicator(*backend_, config_.dist.communicator);
@@ -437,6 +479,13 @@ Trainer::Trainer(Config config, TrainOptions options) : config_(std::move(config
          "runs' checkpoints. Continue the newest with --resume, or use another out_dir, or delete {}",
          config_.out_dir, int64_t(newest_step), newest ? " (" + newest->second.string() + ")" : "", start_step,
          checkpoint_root(config_).string());
+  if (start_step > config_.train.steps)
+    fail("the checkpoint {} is at step {}, past train.steps = {}: nothing is left to train; raise train.steps to "
+         "train on",
+         resume_dir.string(), start_step, config_.train.steps);
+  if (options_.stop_after_step > 0 && options_.stop_after_step <= start_step)
+    fail("--stop-after {}: this run resumes after step {} ({}), so that step is done; give a later step",
+         options_.stop_after_step, start_step, resume_dir.string());
   if (checkpoint) {
     load(*checkpoint);
   } else {
@@ -541,9 +590,12 @@ void Trainer::load(CheckpointReader& reader) {
   // world size with the same global batch.
   if (train_loader_) train_loader_->seek(saved.train_loader);
   const Layout& layout = params_->layout();
-  params_->load_full_weights(read_layout_tensors(reader, "model.bin", layout, "", backend_->dtype()));
+  const std::vector<char> weights = read_layout_tensors(reader, "model.bin", layout, "", backend_->dtype());
+  check_checkpoint_values(reader, "weights hold", layout, weights, backend_->dtype(), false);
+  params_->load_full_weights(weights);
   for (const StateBuffer& s : optimizer_->state_buffers()) {
     std::vector<char> full = read_optimizer_state(reader, s.name, s.dtype, config_.model, layout);
+    check_checkpoint_values(reader, "optimizer state \"" + s.name + "\" holds", layout, full, s.dtype, s.name == "v");
     const size_t es = dtype_size(s.dtype);
     std::vector<char> local(params_->state_elements() * es, 0);
     for (size_t u = 0; u < params_->plan().units().size(); ++u) {
@@ -575,10 +627,20 @@ double Trainer::train_step(int64_t step, double* grad_norm) {
   const double norm = std::sqrt(params_->grad_norm_squared());
   *grad_norm = norm;
   if (!std::isfinite(loss) || !std::isfinite(norm)) {
-    if (config_.train.on_nonfinite == NonFinitePolicy::stop)
+    if (config_.train.on_nonfinite == NonFinitePolicy::stop) {
+      // Before any update the learning rate cannot be the cause.
+      const bool starting_weights = step - 1 == skipped_steps_;
+      const std::string remedy =
+          starting_weights
+              ? fmt::format("No update has been applied to the starting weights yet, so the learning rate is not the "
+                            "cause: they themselves overflow (train.init_std = {} for a fresh run, or the "
+                            "checkpoint's weights)",
+                            config_.train.init_std)
+              : std::string("Lower optimizer.lr, or set train.on_nonfinite = \"skip\" to skip such steps");
       fail("step {}: non-finite {} (loss {}, grad norm {}); no update was applied and no checkpoint is written with "
-           "these values. Lower optimizer.lr, or set train.on_nonfinite = \"skip\" to skip such steps",
-           step, std::isfinite(loss) ? "gradient norm" : "loss", loss, norm);
+           "these values. {}",
+           step, std::isfinite(loss) ? "gradient norm" : "loss", loss, norm, remedy);
+    }
     ++skipped_steps_;
     if (comm_->rank() == 0)
       spdlog::warn("step {}: non-finite loss or gradient norm (loss {}, grad norm {}); update skipped", step, loss,
@@ -635,6 +697,8 @@ TrainResult Trainer::run() {
     else if (!backend_->memory_on_host())
       spdlog::info("MFU: not logged, srgpt does not know this GPU's tensor-core rate; set train.mfu_peak_tflops");
   }
+  if (log && step_ == steps)
+    spdlog::info("the run is complete: step {} is train.steps; nothing to train, evaluating only", steps);
   TrainResult result;
   result.first_step = step_ + 1;
   const auto start = std::chrono::steady_clock::now();
@@ -754,18 +818,10 @@ LoadedModel load_model_for_inference(CheckpointReader& reader, int batch, int se
 void check_checkpoint_loads(CheckpointReader& reader) {
   const LoadedModel lm = load_model_for_inference(reader, 1, 1);
   const Layout& layout = lm.params->layout();
-  std::vector<float> values(std::min<size_t>(layout.total(), size_t(1) << 20));
-  for (const StateBuffer& s : optimizer_state_kinds(lm.config.precision)) {
-    const std::vector<char> full = read_optimizer_state(reader, s.name, s.dtype, lm.config.model, layout);
-    for (size_t begin = 0; begin < layout.total(); begin += values.size()) {
-      const size_t n = std::min(values.size(), layout.total() - begin);
-      convert_to_float(full.data() + begin * dtype_size(s.dtype), s.dtype, n, values.data());
-      for (size_t i = 0; i < n; ++i)
-        if (!std::isfinite(values[i]))
-          fail("checkpoint {}: its optimizer state \"{}\" holds {} at element {}", reader.dir().string(), s.name,
-               values[i], begin + i);
-    }
-  }
+  for (const StateBuffer& s : optimizer_state_kinds(lm.config.precision))
+    check_checkpoint_values(reader, "optimizer state \"" + s.name + "\" holds", layout,
+                            read_optimizer_state(reader, s.name, s.dtype, lm.config.model, layout), s.dtype,
+                            s.name == "v");
 }
 
 }  // namespace srgpt

@@ -176,6 +176,27 @@ TEST_CASE("latest_checkpoint picks the newest complete checkpoint", "[checkpoint
   fs::copy_file(root / "step_00000300" / "manifest.json", root / "step_00000500.tmp-12345" / "manifest.json");
   CHECK(srgpt::latest_checkpoint(root) == root / "step_00000300");
   CHECK(contains(error_message([&] { CheckpointReader r(root / "step_00000400"); }), "not a complete checkpoint"));
+
+  // A manifest that is there but cannot be read is no interrupted save:
+  // passing over it would resume from step 300 and overwrite step 600.
+  fs::create_directories(root / "step_00000600" / "manifest.json");
+  CHECK(contains(error_message([&] { srgpt::latest_checkpoint(root); }),
+                 "step_00000600/manifest.json is not a regular file; srgpt will not pass over this checkpoint"));
+  fs::remove(root / "step_00000600" / "manifest.json");
+  fs::create_symlink("manifest.json", root / "step_00000600" / "manifest.json");  // a loop: ELOOP
+  CHECK(contains(error_message([&] { srgpt::latest_checkpoint(root); }),
+                 "step_00000600/manifest.json cannot be read: Too many levels of symbolic links"));
+  CHECK(contains(error_message([&] { CheckpointReader r(root / "step_00000600"); }), "cannot be read"));
+  fs::remove_all(root / "step_00000600");
+
+  // A step directory holds the step it is named after; another name may
+  // hold any.
+  fs::copy(root / "step_00000300", root / "step_00000700");
+  CHECK(srgpt::latest_checkpoint(root) == root / "step_00000700");
+  CHECK(contains(error_message([&] { CheckpointReader r(root / "step_00000700"); }),
+                 "the directory's name says step 700 but its manifest.json says step 300"));
+  fs::rename(root / "step_00000700", tmp.path() / "best");
+  CHECK(CheckpointReader(tmp.path() / "best").step() == 300);
 }
 
 TEST_CASE("save_checkpoint keeps the newest `keep` checkpoints and replaces a re-saved step", "[checkpoint]") {

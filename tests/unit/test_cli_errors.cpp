@@ -288,6 +288,21 @@ TEST_CASE("bad inputs give a clear error and a non-zero exit", "[cli][errors]") 
     Fixture::write_json(ckpt + "/manifest.json", m);
     expect_error("a checkpoint state with a huge counter", resume,
                  {"state \"skipped_steps\" = 1e+300 is not of the expected type (an integer)"});
+    // Fields no load used to read: the seed must be the config's, the
+    // sharding plan its model's.
+    m["state"] = good_state;
+    m["state"].erase("seed");
+    Fixture::write_json(ckpt + "/manifest.json", m);
+    expect_error("a checkpoint state without a seed", resume, {"its manifest's state has no \"seed\""});
+    m["state"] = good_state;
+    m["state"]["seed"] = good_state["seed"].get<uint64_t>() + 1;
+    Fixture::write_json(ckpt + "/manifest.json", m);
+    expect_error("a checkpoint state whose seed is not its config's", resume, {"its manifest's state says seed"});
+    m["state"] = good_state;
+    m["state"]["zero_plan"] = "garbage";
+    Fixture::write_json(ckpt + "/manifest.json", m);
+    expect_error("a checkpoint state with another sharding plan", resume,
+                 {"\"zero_plan\" is not the sharding plan of its model at world_size 1"});
     m["state"] = nlohmann::json::array();
     Fixture::write_json(ckpt + "/manifest.json", m);
     expect_error("a checkpoint state that is an array", resume, {"its manifest's state has no \"config\""});
@@ -322,6 +337,85 @@ TEST_CASE("bad inputs give a clear error and a non-zero exit", "[cli][errors]") 
     Fixture::write_text(ckpt + "/manifest.json", "{\"format\": \"srgpt-checkpoint\", \"format_version\": ");
     expect_error("malformed manifest", bin + " info " + ckpt, {"manifest.json"});
   }
+}
+
+// Mistakes that were once taken silently (or found only after training):
+// each must now stop the command at once, naming what is wrong.
+TEST_CASE("command-line mistakes are refused before any training", "[cli][errors]") {
+  Fixture f;
+  const std::string bin = srgpt_bin();
+  const std::string train = bin + " train --config " + f.good_config;
+  const std::string no_step = "step      1/";  // the first step's log line
+
+  expect_error("a misspelled subcommand", bin + " trian --config " + f.good_config,
+               {"unknown subcommand 'trian' (did you mean 'train'?)", "train, eval, info"});
+  CommandResult version = run_command(bin + " --version");
+  CHECK(version.exit_code == 0);
+  CHECK(version.output.find("srgpt 0.") != std::string::npos);
+
+  // An unset shell variable in --resume-from "$CKPT" used to start afresh.
+  expect_error("an empty --resume-from", train + " --resume-from ''", {"--resume-from", "an empty path"});
+  expect_error("--resume with --resume-from", train + " --resume --resume-from " + f.checkpoint(),
+               {"--resume excludes --resume-from"});
+  expect_error("--resume-from a file", train + " --resume-from " + f.good_config,
+               {"good.json is not a directory"});
+  // The step is done: it used to train one more and say "stopped as requested".
+  expect_error("--stop-after a step already done", train + " --resume --stop-after 4",
+               {"--stop-after 4: this run resumes after step 4", "give a later step"});
+  expect_error("a checkpoint past train.steps", train + " --set train.steps=3 --resume-from " + f.checkpoint(),
+               {"is at step 4, past train.steps = 3"});
+  {
+    // Found at the first checkpoint, after the whole run, before.
+    const std::string out = f.tmp.str("checkpoints_a_file");
+    std::filesystem::create_directories(out);
+    Fixture::write_text(out + "/checkpoints", "x");
+    CommandResult r = run_command(train + " --set out_dir=" + out);
+    INFO(r.output);
+    CHECK(r.exit_code == 1);
+    CHECK(r.output.find("cannot create checkpoint directory") != std::string::npos);
+    CHECK(r.output.find(no_step) == std::string::npos);
+  }
+  {
+    // A run directory resumes from its newest checkpoint, as eval and sample read it.
+    CommandResult r = run_command(train + " --set train.steps=5 --resume-from " + f.run_dir);
+    INFO(r.output);
+    CHECK(r.exit_code == 0);
+    CHECK(r.output.find("checkpoints/step_00000004 at step 4") != std::string::npos);
+  }
+
+  {
+    // A damaged summary.json beside the shards (it gives bits per byte)
+    // used to fail only after the whole evaluation, its result printed.
+    const std::string data = f.tmp.str("summary_damaged");
+    std::filesystem::copy(f.data, data);
+    Fixture::write_text(data + "/summary.json", "{bad");
+    expect_error("a damaged summary.json", bin + " eval --checkpoint " + f.checkpoint() + " --data '" + data + "/val_*.bin'",
+                 {"summary.json: not valid JSON"});
+    CHECK(run_command(bin + " eval --checkpoint " + f.checkpoint() + " --data '" + data + "/val_*.bin'")
+              .output.find("perplexity") == std::string::npos);
+  }
+
+  // Options CLI11 read as 0 when empty.
+  expect_error("an empty --temperature", bin + " sample --checkpoint " + f.checkpoint() + " --temperature ''",
+               {"--temperature: '' is not a number"});
+  expect_error("an empty --val-fraction",
+               bin + " prepare --tokenizer byte --input '" + f.good_config + "' --out " + f.tmp.str("pv") +
+                   " --val-fraction ''",
+               {"--val-fraction: '' is not a number"});
+
+  // A config of null, or a null section, became an empty object under --set.
+  Fixture::write_text(f.tmp.str("null.json"), "null");
+  expect_error("a null config with --set", bin + " train --config " + f.tmp.str("null.json") + " --set device=cpu",
+               {"null.json: the config must be a JSON object", "found null"});
+  const std::string null_section = f.config_with([](auto& j) { j["optimizer"] = nullptr; }, "null_section");
+  expect_error("a null section with --set", bin + " train --config " + null_section + " --set optimizer.lr=1e-3",
+               {"'optimizer' is null in the config, not an object"});
+  // The path used to end at the NUL: the rest was dropped.
+  const std::string nul_path = f.config_with(
+      [&](auto& j) { j["out_dir"] = f.tmp.str("nul") + std::string(1, '\0') + "x"; }, "nul_path");
+  expect_error("a NUL in out_dir", bin + " train --config " + nul_path,
+               {"out_dir = ", "contains a NUL character"});
+  CHECK_FALSE(std::filesystem::exists(f.tmp.path() / "nul"));
 }
 
 namespace {
@@ -376,12 +470,26 @@ TEST_CASE("non-finite values in a checkpoint are refused where they are read", "
   expect_error("sample from NaN weights", bin + " sample --checkpoint " + nan_weights + " --tokens 4",
                {"weights contain NaN or Inf"});
 
-  // Infinite Adam state: eval does not read it, a resume would.
+  // A resume refuses them too, naming the tensor (before: it trained on, to
+  // "step 5: non-finite loss ... Lower optimizer.lr").
+  const std::string resume_into = f.config_with([&](auto& j) { j["out_dir"] = f.tmp.str("resumed"); }, "resumed");
+  expect_error("a resume from NaN weights", bin + " train --config " + resume_into + " --resume-from " + nan_weights,
+               {"its weights hold nan at element", "(h.1.mlp.c_fc.weight[7])"});
+
+  // Infinite Adam state, and a negative second moment: eval does not read
+  // them, a resume would.
   const std::string inf_state = f.tmp.str("inf_state");
   copy_with_element(f.checkpoint(), inf_state, "optim_rank00000.bin", "v/h.0.attn.c_attn.weight", 3, bf16_inf);
   CHECK(run_command(bin + " eval --checkpoint " + inf_state + eval_data).exit_code == 0);
   expect_error("info --verify of an infinite optimizer state", bin + " info --verify " + inf_state,
                {"optimizer state \"v\" holds inf"});
+  const std::string negative_v = f.tmp.str("negative_v");
+  constexpr uint16_t bf16_minus_two = 0xc000;
+  copy_with_element(f.checkpoint(), negative_v, "optim_rank00000.bin", "v/wpe", 5, bf16_minus_two);
+  for (const std::string& command : {bin + " info --verify " + negative_v,
+                                     bin + " train --config " + resume_into + " --resume-from " + negative_v})
+    expect_error("a negative second moment", command,
+                 {"optimizer state \"v\" holds -2 at element", "(wpe[5]), but Adam's second moment is never negative"});
 
   // A state that contradicts its own config.
   const std::string mixed_label = f.tmp.str("mixed_label");

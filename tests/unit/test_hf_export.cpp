@@ -2,6 +2,7 @@
 // names, shapes and orientation, config.json, bit-exact round trips through
 // `srgpt import` for fp32 and bf16, and malformed inputs.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <functional>
@@ -290,28 +291,56 @@ TEST_CASE("malformed safetensors and HF directories are clear errors", "[export]
     expect_error(import, {"config.json", "activation_function", "relu"});
     write_config([](nlohmann::json& c) { c.erase("n_embd"); });
     expect_error(import, {"config.json", "n_embd", "missing"});
+    write_config([](nlohmann::json& c) { c["vocab_size"] = (1 << 30) + 1; });
+    expect_error(import, {"config.json", "\"vocab_size\" = 1073741825", "an integer in [1, 2^30]"});
     write_config([](nlohmann::json&) {});
     CHECK(error_message(import).empty());
+
+    // The exported tensors, each changed by `edit`, plus any `extra`, as
+    // model.safetensors's replacement.
+    auto rewrite = [&](const std::function<void(const std::string&, std::vector<char>&)>& edit,
+                       const std::vector<std::pair<std::string, std::vector<char>>>& extra) {
+      const srgpt::SafetensorsReader reader(out / "model.safetensors");
+      std::vector<std::vector<char>> data;
+      std::vector<srgpt::SafetensorsTensor> tensors;
+      data.reserve(reader.tensors().size() + extra.size());
+      for (const auto& e : reader.tensors()) {
+        data.push_back(reader.read_bytes(e));
+        edit(e.name, data.back());
+        tensors.push_back({e.name, e.dtype, e.shape, data.back().data(), data.back().size()});
+      }
+      const srgpt::SafetensorsEntry* wte = reader.find("transformer.wte.weight");
+      for (const auto& [name, bytes] : extra) {
+        data.push_back(bytes);
+        tensors.push_back({name, srgpt::DType::f32, wte->shape, data.back().data(), data.back().size()});
+      }
+      srgpt::write_safetensors(tmp.path() / "rewritten.safetensors", tensors, {});
+    };
+    // A NaN in a weight (before: "refusing to write a checkpoint at step 0").
+    rewrite(
+        [](const std::string& name, std::vector<char>& bytes) {
+          const float nan = std::nanf("");
+          if (name == "transformer.h.1.mlp.c_proj.bias") std::memcpy(bytes.data() + 4 * 3, &nan, 4);
+        },
+        {});
+    fs::copy_file(out / "model.safetensors", tmp.path() / "finite.safetensors");
+    fs::rename(tmp.path() / "rewritten.safetensors", out / "model.safetensors");
+    expect_error(import, {"model.safetensors", "tensor 'transformer.h.1.mlp.c_proj.bias' holds nan at element 3"});
+    fs::rename(tmp.path() / "finite.safetensors", out / "model.safetensors");
 
     // An extra, untied LM head.
     {
       const srgpt::SafetensorsReader reader(out / "model.safetensors");
-      std::vector<std::vector<char>> data;
-      std::vector<srgpt::SafetensorsTensor> tensors;
-      data.reserve(reader.tensors().size() + 1);
-      for (const auto& e : reader.tensors()) {
-        data.push_back(reader.read_bytes(e));
-        tensors.push_back({e.name, e.dtype, e.shape, data.back().data(), data.back().size()});
-      }
       const srgpt::SafetensorsEntry* wte = reader.find("transformer.wte.weight");
-      data.push_back(std::vector<char>(wte->end - wte->begin, '\x3f'));
-      tensors.push_back({"lm_head.weight", srgpt::DType::f32, wte->shape, data.back().data(), data.back().size()});
-      srgpt::write_safetensors(tmp.path() / "untied.safetensors", tensors, {});
+      rewrite([](const std::string&, std::vector<char>&) {},
+              {{"lm_head.weight", std::vector<char>(wte->end - wte->begin, '\x3f')}});
     }
-    fs::rename(tmp.path() / "untied.safetensors", out / "model.safetensors");
+    fs::rename(tmp.path() / "rewritten.safetensors", out / "model.safetensors");
     expect_error(import, {"lm_head.weight", "differs"});
     fs::remove(out / "model.safetensors");
     expect_error(import, {"model.safetensors", "missing"});
+    fs::create_directory(out / "model.safetensors");
+    expect_error(import, {"model.safetensors: not a regular file"});
     fs::remove(out / "config.json");
     expect_error(import, {"config.json", "missing"});
   }

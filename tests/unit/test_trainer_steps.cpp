@@ -561,3 +561,38 @@ TEST_CASE("a run whose update overflows the weights refuses to write its checkpo
     CHECK(fs::exists(fs::path(c.out_dir) / "checkpoints" / "step_00000001"));
   }
 }
+
+TEST_CASE("a non-finite step says whether the learning rate can be its cause", "[trainer]") {
+  TempDir tmp("nonfinite-remedy");
+  write_markov_shards(tmp.path() / "data", 64, 8000, 1000, fresh_seed());
+  Config c = tiny_config(tmp.path() / "data", tmp.path() / "run");
+  c.train.steps = 3;
+  c.data.val.clear();
+  const std::string before_any_update = "No update has been applied to the starting weights yet";
+  // A NaN in wte[0][0] (the tied LM head makes every logit's softmax NaN)
+  // before step `poisoned_before`: the starting weights for step 1, which
+  // no learning rate touched, an updated weight for step 2.
+  for (int64_t poisoned_before : {1, 2}) {
+    INFO("NaN put into the weights before step " << poisoned_before);
+    c.out_dir = (tmp.path() / ("run" + std::to_string(poisoned_before))).string();
+    TrainOptions o = single_quiet();
+    Trainer* trainer = nullptr;
+    auto poison = [&] {
+      REQUIRE(trainer->params().backend().dtype() == DType::bf16);
+      const uint16_t nan = 0x7fc0;
+      std::memcpy(static_cast<char*>(trainer->params().weights()) + 2 * trainer->params().layout().at("wte").offset,
+                  &nan, 2);
+    };
+    o.on_step = [&](int64_t step) {
+      if (step + 1 == poisoned_before) poison();
+    };
+    Trainer t(c, o);
+    trainer = &t;
+    REQUIRE(t.params().backend().memory_on_host());
+    if (poisoned_before == 1) poison();
+    const std::string message = error_message([&] { t.run(); });
+    CHECK(contains(message, "step " + std::to_string(poisoned_before) + ": non-finite loss"));
+    CHECK(contains(message, before_any_update) == (poisoned_before == 1));
+    CHECK(contains(message, "Lower optimizer.lr") == (poisoned_before == 2));
+  }
+}
