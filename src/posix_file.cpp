@@ -1,12 +1,15 @@
 #include "srgpt/posix_file.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
 #include <string>
 #include <utility>
+
+#include <spdlog/spdlog.h>
 
 #include "srgpt/error.h"
 
@@ -15,6 +18,36 @@ namespace srgpt {
 PosixFile::PosixFile(const std::filesystem::path& path, int flags, mode_t mode)
     : path_(path), fd_(::open(path.c_str(), flags | O_CLOEXEC, mode)) {
   if (fd_ < 0) fail("cannot open {}: {}", path_.string(), std::strerror(errno));
+}
+
+ExclusiveFileLock::ExclusiveFileLock(const std::filesystem::path& path, const std::string& what,
+                                     const std::string& remedy)
+    : fd_(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644)) {
+  if (fd_ < 0) fail("cannot open the lock file {}: {}", path.string(), std::strerror(errno));
+  int result;
+  do {
+    result = ::flock(fd_, LOCK_EX | LOCK_NB);
+  } while (result != 0 && errno == EINTR);
+  if (result != 0 && errno == EWOULDBLOCK) {
+    char holder[32] = {};
+    const ssize_t n = ::pread(fd_, holder, sizeof(holder) - 1, 0);
+    ::close(fd_);
+    const std::string pid = n > 0 ? std::string(holder, size_t(n)) : std::string("?");
+    fail("{} is in use by another process: pid {} (on the host that wrote it) holds the lock {}; {}", what, pid,
+         path.string(), remedy);
+  }
+  if (result != 0) {
+    spdlog::warn("cannot lock {}: {}; a second process using {} at the same time would not be stopped", path.string(),
+                 std::strerror(errno), what);
+    return;
+  }
+  const std::string pid = std::to_string(::getpid());
+  if (::ftruncate(fd_, 0) != 0 || ::pwrite(fd_, pid.data(), pid.size(), 0) != ssize_t(pid.size()))
+    spdlog::warn("cannot record this process's pid in the lock file {}: {}", path.string(), std::strerror(errno));
+}
+
+ExclusiveFileLock::~ExclusiveFileLock() {
+  if (fd_ >= 0) ::close(fd_);  // which releases the lock
 }
 
 PosixFile::~PosixFile() {

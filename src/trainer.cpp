@@ -402,6 +402,12 @@ Trainer::Trainer(Config config, TrainOptions options) : config_(std::move(config
       f.close();
       fs::remove(probe, ec);
     }
+  // Two runs in one out_dir would overwrite each other's checkpoints and
+  // interleave their metrics. Rank 0 speaks for the job.
+  if (launch.rank == 0)
+    out_dir_lock_ = std::make_unique<ExclusiveFileLock>(fs::path(config_.out_dir) / ".srgpt-train.lock",
+                                                        fmt::format("out_dir '{}'", config_.out_dir),
+                                                        "wait for that run to end, or use another out_dir");
 
   backend_ = make_backend(config_, launch.local_rank);
   comm_ = options_.single_process ? make_single_process_communicator(*backend_) : make_communicator(*backend_, config_.dist.communicator);

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <string>
 #include <utility>
 
 namespace srgpt {
@@ -45,6 +46,23 @@ class RemovePathOnExit {
 
  private:
   std::filesystem::path path_;
+};
+
+// An exclusive advisory lock (flock(2)) on `path`, created if absent and
+// holding the holder's pid, kept until destroyed: the kernel drops it when
+// the process ends, however it ends, so no stale lock outlives a killed run.
+// When another process holds it, throws an Error saying `what` is in use,
+// by which pid, and `remedy`. Where the file system cannot lock, it warns
+// and goes on.
+class ExclusiveFileLock {
+ public:
+  ExclusiveFileLock(const std::filesystem::path& path, const std::string& what, const std::string& remedy);
+  ~ExclusiveFileLock();
+  ExclusiveFileLock(const ExclusiveFileLock&) = delete;
+  ExclusiveFileLock& operator=(const ExclusiveFileLock&) = delete;
+
+ private:
+  int fd_ = -1;
 };
 
 // Receives the bytes of a file being written, in order.

@@ -16,6 +16,7 @@
 #include "srgpt/data.h"
 #include "srgpt/model.h"
 #include "srgpt/optimizer.h"
+#include "srgpt/posix_file.h"
 
 namespace srgpt {
 
@@ -82,6 +83,7 @@ class Trainer {
 
   Config config_;
   TrainOptions options_;
+  std::unique_ptr<ExclusiveFileLock> out_dir_lock_;  // rank 0's, for the whole run
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<Communicator> comm_;
   // Collectives on host data (checkpoint paths and file tables): comm_

@@ -2,8 +2,12 @@
 // ZeRO stage reports, global-norm clipping, skipping non-finite steps, and
 // evaluate()'s mean and token budget, validation during a run, each
 // against a path computed here through the public API.
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
+#include <csignal>
 #include <cstdint>
 #include <cstring>
 #include <fstream>
@@ -595,4 +599,41 @@ TEST_CASE("a non-finite step says whether the learning rate can be its cause", "
     CHECK(contains(message, before_any_update) == (poisoned_before == 1));
     CHECK(contains(message, "Lower optimizer.lr") == (poisoned_before == 2));
   }
+}
+
+TEST_CASE("a second run in an out_dir in use is refused, naming the holder; a killed holder leaves no lock",
+          "[trainer]") {
+  TempDir tmp("out-dir-lock");
+  write_markov_shards(tmp.path() / "data", 64, 8000, 1000, fresh_seed());
+  Config c = tiny_config(tmp.path() / "data", tmp.path() / "run");
+  c.train.steps = 2;
+  c.data.val.clear();
+  {
+    // Two trainers in one process hold two open files: flock sets them apart
+    // as it does two processes.
+    Trainer first(c, single_quiet());
+    const std::string message = error_message([&] { Trainer second(c, single_quiet()); });
+    CHECK(contains(message, "out_dir '" + c.out_dir + "' is in use by another process: pid " +
+                                std::to_string(::getpid())));
+    CHECK(contains(message, "use another out_dir"));
+    first.run();
+  }
+  // A holder killed mid-run: the kernel drops its lock with it.
+  TrainOptions resume = single_quiet();
+  resume.resume = true;
+  const pid_t holder = ::fork();
+  REQUIRE(holder >= 0);
+  if (holder == 0) {
+    try {
+      Trainer t(c, resume);
+      ::kill(::getpid(), SIGKILL);
+    } catch (...) {
+    }
+    ::_exit(1);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(holder, &status, 0) == holder);
+  REQUIRE(WIFSIGNALED(status));
+  c.train.steps = 3;
+  CHECK(Trainer(c, resume).run().last_step == 3);
 }
