@@ -308,4 +308,10 @@ size_t TokenLoader::total_tokens() const {
   return total;
 }
 
+std::vector<size_t> TokenLoader::shard_tokens() const {
+  std::vector<size_t> tokens;
+  for (const TokenShard& s : shards_) tokens.push_back(s.size());
+  return tokens;
+}
+
 }  // namespace srgpt

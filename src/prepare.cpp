@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <memory>
 #include <optional>
 #include <set>
 #include <string_view>
@@ -117,7 +118,10 @@ bool is_shard_file_name(const std::string& name) {
   return false;
 }
 
-void prepare_output_dir(const fs::path& dir) {
+// Creates `dir` and takes its lock, held until the dataset is complete: two
+// prepares into one directory would delete and overwrite each other's
+// shards and leave a summary that describes neither.
+std::unique_ptr<ExclusiveFileLock> prepare_output_dir(const fs::path& dir) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec || !fs::is_directory(dir)) {
@@ -127,6 +131,8 @@ void prepare_output_dir(const fs::path& dir) {
   if (::access(dir.c_str(), W_OK) != 0) {
     fail("--out: output directory '{}' is not writable: {}", dir.string(), std::strerror(errno));
   }
+  auto lock = std::make_unique<ExclusiveFileLock>(dir / ".srgpt-prepare.lock", fmt::format("--out '{}'", dir.string()),
+                                                  "wait for that prepare to end, or write to another directory");
   // Until the summary is written, the marker makes the token loader refuse
   // these shards: a run that is interrupted or fails leaves it behind.
   {
@@ -146,6 +152,7 @@ void prepare_output_dir(const fs::path& dir) {
       if (ec) fail("--out: cannot remove old shard '{}': {}", entry.path().string(), ec.message());
     }
   }
+  return lock;
 }
 
 // Collects one split's tokens and writes a shard whenever shard_tokens are
@@ -421,7 +428,7 @@ PrepareSummary prepare_dataset(const PrepareOptions& options) {
            "ones; write the new dataset to another directory",
            file, out_dir.string());
   }
-  prepare_output_dir(out_dir);
+  const std::unique_ptr<ExclusiveFileLock> out_dir_lock = prepare_output_dir(out_dir);
   PrepareSummary summary;
   summary.tokenizer = tokenizer->name();
   summary.vocab_size = tokenizer->vocab_size();

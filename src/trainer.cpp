@@ -12,6 +12,9 @@
 #include <fstream>
 #include <limits>
 #include <optional>
+#include <random>
+#include <string>
+#include <thread>
 #include <type_traits>
 #include <utility>
 
@@ -93,6 +96,43 @@ std::string broadcast_string(Communicator& comm, std::string s, int root) {
   return s;
 }
 
+// Every rank must reach the same out_dir: all resume from its checkpoints,
+// and at ZeRO stages 1-3 each writes its shard into it. A relative out_dir
+// from ranks started in different directories, or a node-local one, used to
+// fail only at the first save, after training. Collective.
+void require_shared_out_dir(Communicator& comm, Communicator& host_comm, const std::string& out_dir) {
+  const int rank = comm.rank();
+  const std::string mine = fs::absolute(out_dir).lexically_normal().string();
+  const std::string lead = broadcast_string(host_comm, mine, 0);
+  if (comm.all_reduce_max(mine == lead ? 0.0 : 1.0) > 0)
+    fail("out_dir '{}' is {} on rank 0 but another directory on some rank (a relative path from another working "
+         "directory); give an absolute out_dir, or start every rank in the same directory",
+         out_dir, lead);
+  // The same path may still be node-local: rank 0 leaves a file of a fresh
+  // name there for the others to find (for a while: a network file system
+  // may show it late).
+  std::string name;
+  if (rank == 0) name = fmt::format(".srgpt-shared-{:08x}{:08x}", std::random_device{}(), std::random_device{}());
+  const fs::path probe = fs::path(out_dir) / broadcast_string(host_comm, name, 0);
+  if (rank == 0) std::ofstream(probe).put('\n');
+  comm.all_reduce_max(0.0);  // the file exists before any rank looks
+  bool seen = rank == 0;
+  for (int attempt = 0; !seen && attempt < 20; ++attempt) {
+    std::error_code ec;
+    seen = fs::exists(probe, ec);
+    if (!seen) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  const double missing = comm.all_reduce_max(seen ? 0.0 : 1.0);
+  if (rank == 0) {
+    std::error_code ec;
+    fs::remove(probe, ec);
+  }
+  if (missing > 0)
+    fail("out_dir '{}' is not on a file system all ranks share: a file rank 0 wrote there does not appear on some "
+         "rank; every rank writes checkpoints into it and resumes from them",
+         lead);
+}
+
 // The smallest and the largest of `value` over the ranks (every rank gets
 // both): equal when all ranks hold the same value.
 std::pair<double, double> range_over_ranks(Communicator& comm, double value) {
@@ -142,6 +182,9 @@ struct SavedState {
   int world_size = 1, zero_stage = 0;
   nlohmann::json zero_plan;  // checked where the optimizer state is read
   LoaderPosition train_loader;
+  // Tokens per shard of data.train, which the loader position refers to;
+  // absent in checkpoints written before srgpt recorded them.
+  std::optional<std::vector<size_t>> train_shard_tokens;
 };
 
 SavedState read_saved_state(const CheckpointReader& reader) {
@@ -184,6 +227,7 @@ SavedState read_saved_state(const CheckpointReader& reader) {
   if (seed != s.config.train.seed)
     fail("checkpoint {}: its manifest's state says seed {} but its config {}", dir, seed, s.config.train.seed);
   s.zero_plan = field("zero_plan", nlohmann::json());
+  if (st.contains("train_shard_tokens")) s.train_shard_tokens = field("train_shard_tokens", std::vector<size_t>());
   try {
     s.train_loader = loader_position_from_json(field("train_loader", nlohmann::json()));
   } catch (const nlohmann::json::exception& e) {
@@ -294,16 +338,47 @@ void check_same_model(const Config& ours, const Config& theirs, const fs::path& 
   mismatch("d_model", a.d_model, b.d_model);
 }
 
+// The loader position a checkpoint saved counts sequences of its seq_len
+// in shards of its data, shuffled by its seed: with any of them changed it
+// would point at other tokens (some trained twice, others never) or past
+// the data. The batch may be split differently (micro batch, ranks).
+void check_same_data_order(const Config& ours, const SavedState& saved, const TokenLoader* loader,
+                           const fs::path& dir) {
+  const Config& theirs = saved.config;
+  const char* why = "the data loader's saved position would point at other tokens";
+  if (ours.train.seed != theirs.train.seed)
+    fail("checkpoint {} was trained with train.seed = {}, but the config has {}; {} (the seed orders the data); "
+         "resume with the same seed",
+         dir.string(), theirs.train.seed, ours.train.seed, why);
+  if (ours.batch.seq_len != theirs.batch.seq_len)
+    fail("checkpoint {} was trained with batch.seq_len = {}, but the config has {}; {} (it counts sequences); "
+         "resume with the same seq_len",
+         dir.string(), theirs.batch.seq_len, ours.batch.seq_len, why);
+  if (!loader || !saved.train_shard_tokens || *saved.train_shard_tokens == loader->shard_tokens()) return;
+  auto describe = [](const std::vector<size_t>& tokens) {
+    size_t total = 0;
+    for (size_t n : tokens) total += n;
+    return fmt::format("{} shards, {} tokens", tokens.size(), total);
+  };
+  fail("checkpoint {} was trained on data.train of {}, but '{}' holds {}{}; {}; resume with the same data (it may "
+       "have moved)",
+       dir.string(), describe(*saved.train_shard_tokens), ours.data.train, describe(loader->shard_tokens()),
+       describe(*saved.train_shard_tokens) == describe(loader->shard_tokens()) ? " in shards of other sizes" : "",
+       why);
+}
+
 // Keeps the metrics lines of steps <= last_step (a resumed run rewrites the
-// steps after its checkpoint).
-void truncate_metrics(const fs::path& path, int64_t last_step) {
+// steps after its checkpoint), but for a run resumed after its last step
+// not the final evaluation at it, which the run writes again.
+void truncate_metrics(const fs::path& path, int64_t last_step, bool run_complete) {
   std::ifstream in(path);
   if (!in) return;
   std::string line, kept;
   while (std::getline(in, line)) {
     auto j = nlohmann::json::parse(line, nullptr, false);
-    if (!j.is_discarded() && j.contains("step") && j["step"].is_number_integer() && j["step"].get<int64_t>() <= last_step)
-      kept += line + "\n";
+    if (j.is_discarded() || !j.contains("step") || !j["step"].is_number_integer()) continue;
+    const int64_t step = j["step"].get<int64_t>();
+    if (step < last_step || (step == last_step && !(run_complete && j.contains("val_loss")))) kept += line + "\n";
   }
   in.close();
   write_file_atomically(path, [&](const ByteSink& sink) { sink(kept.data(), kept.size()); });
@@ -434,6 +509,7 @@ Trainer::Trainer(Config config, TrainOptions options) : config_(std::move(config
     fail("the run config differs between ranks ({}); every rank must get the same --config file and --set values",
          difference.empty() ? "no key differs from rank 0's, yet the configs do" : difference);
   }
+  if (world > 1) require_shared_out_dir(*comm_, *host_comm_, config_.out_dir);
   const auto& b = config_.batch;
   if (!options_.without_data)
     train_loader_ = std::make_unique<TokenLoader>(expand_shard_pattern(config_.data.train, "data.train"),
@@ -462,19 +538,19 @@ Trainer::Trainer(Config config, TrainOptions options) : config_(std::move(config
   std::optional<CheckpointReader> checkpoint;
   if (!resume_dir.empty()) checkpoint.emplace(resume_dir);
   const int64_t start_step = checkpoint ? checkpoint->step() : 0;
-  const std::string same_files = "the same on every rank (with out_dir on a file system all ranks share)";
+  const std::string shared = ", on a file system all ranks share";
   require_same_on_every_rank(
       *comm_,
       {{"the step to resume from (0: a fresh start)", double(start_step),
-        "give every rank the same --resume or --resume-from, and keep the checkpoints " + same_files},
+        "give every rank the same --resume or --resume-from, and keep the checkpoints" + shared},
        {"the checkpoint's weights (CRC-32 in its manifest; 0: a fresh start)",
         checkpoint ? double(saved_weights_crc32(*checkpoint)) : 0.0,
-        "every rank must resume from the same checkpoint, " + same_files},
+        "every rank must resume from the same checkpoint" + shared},
        {"--stop-after", double(options_.stop_after_step), "give every rank the same --stop-after"},
        {"the tokens in data.train", train_loader_ ? double(train_loader_->total_tokens()) : -1.0,
-        "every rank must read the same token shards " + same_files},
+        "every rank must read the same token shards" + shared},
        {"the tokens in data.val", val_loader_ ? double(val_loader_->total_tokens()) : -1.0,
-        "every rank must read the same token shards " + same_files}});
+        "every rank must read the same token shards" + shared}});
   // Checkpoints in out_dir past the starting step are another run's (or
   // this run's future, if resuming from an earlier one): training on would
   // mix the two histories, and --resume would later pick the other one.
@@ -565,6 +641,8 @@ fs::path Trainer::save(int64_t step) {
   state["tokens_seen"] = tokens_seen_;
   state["skipped_steps"] = skipped_steps_;
   state["train_loader"] = to_json(train_loader_ ? train_loader_->position() : LoaderPosition{});
+  // None for an imported model's checkpoint: its loader has not started.
+  if (train_loader_) state["train_shard_tokens"] = train_loader_->shard_tokens();
   state["seed"] = config_.train.seed;
   state["precision"] = precision_name(config_.precision);
   state["world_size"] = comm.size();
@@ -586,6 +664,7 @@ void Trainer::load(CheckpointReader& reader) {
     fail("checkpoint {} was trained with precision \"{}\", but the config has \"{}\"; resume with the same precision",
          dir.string(), precision_name(saved.config.precision), precision_name(config_.precision));
   check_same_model(config_, saved.config, dir);
+  check_same_data_order(config_, saved, train_loader_.get(), dir);
   if (saved.world_size != comm_->size() && config_.batch.total_tokens != saved.config.batch.total_tokens)
     fail("checkpoint {} used batch.total_tokens = {}; resuming on {} ranks needs the same global batch", dir.string(),
          saved.config.batch.total_tokens, comm_->size());
@@ -669,9 +748,9 @@ TrainResult Trainer::run() {
   const bool lead = comm_->rank() == 0;
   const bool log = lead && !options_.quiet;
   const fs::path metrics = fs::path(config_.out_dir) / "metrics.jsonl";
-  if (lead) truncate_metrics(metrics, step_);
-  const Layout& layout = model_->layout();
   const int64_t steps = config_.train.steps;
+  if (lead) truncate_metrics(metrics, step_, step_ == steps);
+  const Layout& layout = model_->layout();
   const int accum = config_.batch.grad_accum(comm_->size());
   // The MFU denominator per rank; none on the cpu backend unless given.
   const double peak_flops =

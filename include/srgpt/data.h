@@ -85,6 +85,8 @@ class TokenLoader {
   // Global batches available per epoch.
   int64_t batches_per_epoch() const;
   size_t total_tokens() const;
+  // Tokens of each shard, in the order of the files: what a position means.
+  std::vector<size_t> shard_tokens() const;
 
  private:
   std::vector<TokenShard> shards_;

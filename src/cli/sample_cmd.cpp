@@ -21,9 +21,10 @@ std::unique_ptr<Tokenizer> tokenizer_for(const std::string& name, const std::str
     if (model_vocab == ByteTokenizer().vocab_size()) chosen = "byte";
     else if (model_vocab == kGpt2VocabSize) chosen = "gpt2";
     else
-      fail("the model's vocabulary has {} tokens, which matches neither built-in tokenizer (gpt2: {}, byte: {}); "
-           "pass --tokenizer",
-           model_vocab, kGpt2VocabSize, ByteTokenizer().vocab_size());
+      fail("the model's vocabulary has {} tokens, which matches neither built-in tokenizer (gpt2: {}, byte: {}), so "
+           "srgpt cannot turn a prompt into its tokens or its tokens into text; sample needs a model trained with "
+           "model.vocab_size {} or {}",
+           model_vocab, kGpt2VocabSize, ByteTokenizer().vocab_size(), kGpt2VocabSize, ByteTokenizer().vocab_size());
   }
   std::unique_ptr<Tokenizer> tokenizer = make_tokenizer(chosen, dir);
   if (tokenizer->vocab_size() != model_vocab)

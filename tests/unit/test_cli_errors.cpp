@@ -418,6 +418,28 @@ TEST_CASE("command-line mistakes are refused before any training", "[cli][errors
   CHECK_FALSE(std::filesystem::exists(f.tmp.path() / "nul"));
 }
 
+// The loader's saved position counts sequences of the checkpoint's seq_len
+// in its shards, in its seed's order: a resume that changes one of them
+// used to read other tokens silently, or fail blaming the position.
+TEST_CASE("a resume that would change the data order is refused, a moved dataset is not", "[cli][errors][resume]") {
+  Fixture f;
+  const std::string bin = srgpt_bin();
+  const std::string resume = bin + " train --config " + f.good_config + " --set train.steps=6 --resume";
+  expect_error("another seed", resume + " --set train.seed=7", {"was trained with train.seed = ", "but the config has 7"});
+  expect_error("another seq_len", resume + " --set batch.seq_len=8",
+               {"was trained with batch.seq_len = 16, but the config has 8", "point at other tokens"});
+  write_markov_shards(f.tmp.path() / "other_data", 64, 15000, 3000);
+  expect_error("other data", resume + " --set 'data.train=" + f.tmp.str("other_data") + "/train_*.bin'",
+               {"was trained on data.train of ", "resume with the same data"});
+  // The same shards elsewhere, and another split of the batch: allowed.
+  std::filesystem::copy(f.data, f.tmp.path() / "moved_data");
+  CommandResult r = run_command(resume + " --set 'data.train=" + f.tmp.str("moved_data") +
+                                "/train_*.bin' --set batch.micro_batch=2");
+  INFO(r.output);
+  CHECK(r.exit_code == 0);
+  CHECK(r.output.find("at step 4") != std::string::npos);
+}
+
 namespace {
 
 // Copies `from` to `to` with element `index` of tensor `tensor` in `file`

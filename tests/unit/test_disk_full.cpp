@@ -64,11 +64,6 @@ std::set<std::string> names_in(const fs::path& dir) {
   return names;
 }
 
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
 // A tiny run (token shards and a config file) under one temporary directory.
 struct Run {
   TempDir tmp{"diskfull"};

@@ -55,6 +55,7 @@ namespace {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 using srgpt_test::contains;
+using srgpt_test::read_file;
 using srgpt_test::TempDir;
 
 // ---------------------------------------------------------------- settings
@@ -74,11 +75,6 @@ uint32_t fuzz_seed() {
 std::mt19937_64 iteration_rng(uint32_t seed, int iteration) {
   std::seed_seq seq{seed, uint32_t(iteration), 0x5eedu};
   return std::mt19937_64(seq);
-}
-
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
 void write_file(const fs::path& path, const std::string& bytes) {

@@ -158,11 +158,6 @@ size_t lines_in(const fs::path& p) {
   return size_t(std::count(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>(), '\n'));
 }
 
-std::string read_file(const fs::path& p) {
-  std::ifstream in(p);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
 }  // namespace
 
 TEST_CASE("mpi failure: a rank that reads a bad token stops the job naming the rank, file and offset",
@@ -331,6 +326,44 @@ TEST_CASE("mpi failure: a rank that exits without starting MPI ends the job afte
   CHECK((r.output.find("srgpt: rank 0: error: MPI_Init did not complete within 3 s") != std::string::npos ||
          r.output.find("did not call \"init\"") != std::string::npos));
   CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(60));
+}
+
+TEST_CASE("mpi failure: ranks that would not share out_dir stop before the first step", "[.mpi-failure-out-dir]") {
+  Run run;
+  write_markov_shards(run.tmp.path() / "data", 64, 20000, 3000);
+  srgpt::Config c = run.config(run.tmp.path() / "data");
+  c.train.steps = 2;
+  c.checkpoint.every = 0;  // the only save would come after training
+  SECTION("a relative out_dir from different working directories") {
+    c.out_dir = "run";
+    const std::string config = run.write_config(c, "relative");
+    const std::string train = srgpt_bin() + " train --config " + shell_quoted(config);
+    fs::create_directories(run.tmp.path() / "node0");
+    fs::create_directories(run.tmp.path() / "node1");
+    const CommandResult r = run_command(launcher() + " -np 1 -wdir " + shell_quoted(run.tmp.str("node0")) + " " +
+                                        train + " : -np 1 -wdir " + shell_quoted(run.tmp.str("node1")) + " " + train);
+    expect_job_failed(r, {"out_dir 'run' is " + run.tmp.str("node0/run") + " on rank 0 but another directory",
+                          "give an absolute out_dir"});
+    CHECK_FALSE(fs::exists(run.tmp.path() / "node0" / "run" / "metrics.jsonl"));
+  }
+  SECTION("a node-local out_dir") {
+    // Rank 1 in a mount namespace of its own, with a fresh tmpfs where
+    // out_dir is: the same path, another directory, as on another node.
+    if (run_command("unshare -m true").exit_code != 0) {
+      WARN("skipped: this machine cannot make a mount namespace (unshare -m), which the node-local case needs");
+      return;
+    }
+    const fs::path shared = run.tmp.path() / "shared";
+    fs::create_directories(shared);
+    c.out_dir = (shared / "run").string();
+    const std::string config = run.write_config(c, "node_local");
+    const std::string train = srgpt_bin() + " train --config " + shell_quoted(config);
+    const std::string local = "unshare -m sh -c " +
+                              shell_quoted("mount -t tmpfs none " + shell_quoted(shared.string()) + " && exec " + train);
+    const CommandResult r = run_command(launcher() + " -np 1 " + train + " : -np 1 " + local);
+    expect_job_failed(r, {"out_dir '" + c.out_dir + "' is not on a file system all ranks share"});
+    CHECK_FALSE(fs::exists(shared / "run" / "metrics.jsonl"));
+  }
 }
 
 TEST_CASE("mpi failure: a data pattern that matches nothing stops every rank at once",

@@ -1,5 +1,7 @@
 // `srgpt prepare`: document splitting, the deterministic train/val split,
 // shards that decode back to the documents, summary.json, and bad inputs.
+#include <unistd.h>
+
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
@@ -11,6 +13,7 @@
 #include "catch.h"
 #include "srgpt/data.h"
 #include "srgpt/error.h"
+#include "srgpt/posix_file.h"
 #include "srgpt/prepare.h"
 #include "srgpt/tokenizer.h"
 #include "test_util.h"
@@ -20,16 +23,12 @@ namespace {
 namespace fs = std::filesystem;
 using srgpt_test::contains;
 using srgpt_test::error_message;
+using srgpt_test::read_file;
 using srgpt_test::TempDir;
 
 void write_file(const fs::path& path, const std::string& contents) {
   std::ofstream out(path, std::ios::binary);
   out << contents;
-}
-
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
 std::string gpt2_dir() {
@@ -248,6 +247,18 @@ TEST_CASE("prepare replaces the shards of an earlier run and reports bytes per t
   CHECK(onto_itself_error.find("is in --out") != std::string::npos);
   CHECK(fs::exists(dir.path() / "out/summary.json"));
   CHECK(fs::exists(dir.path() / "out/train_000000.bin"));
+
+  // Another prepare writing the same directory: refused before anything is
+  // deleted (two left a summary matching neither's shards). A lock held
+  // here conflicts as another process's would: flock sets apart open files.
+  {
+    const srgpt::ExclusiveFileLock other(dir.path() / "out/.srgpt-prepare.lock", "another prepare's --out", "");
+    const std::string busy = error_message([&] { srgpt::prepare_dataset(options); });
+    CHECK(busy.find("--out '" + (dir.path() / "out").string() + "' is in use by another process: pid " +
+                    std::to_string(::getpid())) != std::string::npos);
+    CHECK(fs::exists(dir.path() / "out/summary.json"));
+    CHECK_FALSE(fs::exists(dir.path() / "out" / srgpt::kIncompleteDatasetMarker));
+  }
 
   const auto train_ratio = srgpt::prepared_bytes_per_token({(dir.path() / "out/train_000000.bin").string()});
   REQUIRE(train_ratio.has_value());

@@ -444,6 +444,13 @@ TEST_CASE("a resume keeps metrics.jsonl's whole step lines up to its checkpoint 
   std::ifstream in(metrics);
   for (std::string line; std::getline(in, line);) CHECK_NOTHROW(nlohmann::json::parse(line));
   CHECK(losses_in(metrics) == reference);
+
+  // Resumed once finished, it only evaluates: its final evaluation's line
+  // replaces the one there (each resume used to add another).
+  const std::string finished = read_file(metrics);
+  REQUIRE(std::count(finished.begin(), finished.end(), '\n') == 5);  // 4 steps and the final evaluation
+  for (int again = 0; again < 2; ++again) CHECK(Trainer(c, resume).run().losses.empty());
+  CHECK(read_file(metrics) == finished);
 }
 
 TEST_CASE("the cpu backend logs an MFU only against train.mfu_peak_tflops, and of that rate", "[trainer]") {
@@ -601,7 +608,7 @@ TEST_CASE("a non-finite step says whether the learning rate can be its cause", "
   }
 }
 
-TEST_CASE("a second run in an out_dir in use is refused, naming the holder; a killed holder leaves no lock",
+TEST_CASE("a second run in an out_dir in use is refused naming the holder, and a killed holder leaves no lock",
           "[trainer]") {
   TempDir tmp("out-dir-lock");
   write_markov_shards(tmp.path() / "data", 64, 8000, 1000, fresh_seed());
