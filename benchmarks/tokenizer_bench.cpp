@@ -14,6 +14,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "srgpt/cli.h"
 #include "srgpt/data.h"
 #include "srgpt/error.h"
 #include "srgpt/tokenizer.h"
@@ -61,7 +62,9 @@ int main(int argc, char** argv) {
   std::vector<std::string> files;
   int repeats = 3;
   app.add_option("--tokenizer-dir", tokenizer_dir, "Directory with encoder.json and vocab.bpe")->capture_default_str();
-  app.add_option("--repeats", repeats, "Timed runs per row; the best is shown")->capture_default_str();
+  app.add_option("--repeats", repeats, "Timed runs per row; the best is shown")
+      ->check(srgpt::integer_in_range(1, 1000))
+      ->capture_default_str();
   app.add_option("files", files, "Text files (default: data/demo/raw/*.txt)");
   CLI11_PARSE(app, argc, argv);
   try {
@@ -70,6 +73,7 @@ int main(int argc, char** argv) {
                                           "demo corpus (run scripts/get_demo_corpus.sh, or pass text files)");
     }
     const std::string text = read_text(files);
+    if (text.empty()) srgpt::fail("the input files hold no text; there is nothing to time");
     std::printf("%zu file(s), %.2f MB of text, best of %d runs, one thread\n\n", files.size(),
                 static_cast<double>(text.size()) / 1e6, repeats);
     std::printf("| %-34s | %8s | %8s | %8s | %10s | %6s |\n", "operation", "MB", "seconds", "MB/s", "tokens",

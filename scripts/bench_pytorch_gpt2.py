@@ -36,6 +36,8 @@ import subprocess
 import sys
 import time
 
+from reference_modules import require
+
 MODELS = {
     "d12": dict(n_layer=12, n_head=12, d_model=768),
     "d24": dict(n_layer=24, n_head=16, d_model=1024),
@@ -254,13 +256,14 @@ def main():
                         help="time causal scaled_dot_product_attention alone, per SDPA backend")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    require(__file__, "torch")
     if args.attention:
         return attention_table(args)
     if args.one:
         args.model, args.mode = args.model[0], args.mode[0]
         return run_one(args)
 
-    results, out = [], JsonLines(args.json)
+    results, out, failed = [], JsonLines(args.json), 0
     for model in args.model or ["d12", "d24"]:
         for mode in args.mode or ["mixed", "bf16"]:
             cmd = [sys.executable, __file__, "--one", "--model", model, "--mode", mode, "--batch", str(args.batch),
@@ -270,6 +273,7 @@ def main():
             if proc.returncode != 0 or not lines:
                 tail = (proc.stderr or proc.stdout)[-2000:]
                 print(f"pytorch {model} {mode}: FAILED (exit {proc.returncode})\n{tail}", flush=True)
+                failed += 1
                 continue
             result = json.loads(lines[-1][len("RESULT "):])
             results.append(result)
@@ -282,7 +286,11 @@ def main():
         print("| %s | %s | %.1f | %.0f | %.1f%% | %.0f | %.2f | %.2f |" % (
             r["model"], r["mode"], r["step_ms"], r["tokens_per_s"], 100 * r["mfu"], r["matmul_ceiling_tflops"],
             r["peak_alloc_gib"], r["peak_reserved_gib"]))
+    if failed:
+        print(f"\n{failed} of {failed + len(results)} runs failed (above)")
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

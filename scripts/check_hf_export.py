@@ -29,9 +29,9 @@ import subprocess
 import sys
 import tempfile
 
-import numpy as np
-import torch
-from transformers import GPT2LMHeadModel
+from reference_modules import require
+
+np = torch = GPT2LMHeadModel = None  # imported in main(), so that --help needs none of them
 
 LLMC_MAGIC = 20240520
 
@@ -69,6 +69,7 @@ def run(cmd):
 
 
 def main():
+    global np, torch, GPT2LMHeadModel
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--srgpt", default="build/srgpt", help="srgpt binary")
     p.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
@@ -78,8 +79,12 @@ def main():
     p.add_argument("--max-tokens", type=int, default=0, help="0: the whole split")
     p.add_argument("--hf-dir", help="use this export instead of exporting to a temporary directory")
     p.add_argument("--rtol", type=float, help="relative tolerance (default by the checkpoint's precision)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     args = p.parse_args()
+    np, torch, transformers = require(__file__, "numpy", "torch", "transformers")
+    GPT2LMHeadModel = transformers.GPT2LMHeadModel
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
 
     files = sorted(glob.glob(args.data))
     if not files:

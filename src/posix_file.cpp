@@ -1,11 +1,13 @@
 #include "srgpt/posix_file.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/file.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <fstream>
 #include <string>
 #include <utility>
 
@@ -97,7 +99,39 @@ RemovePathOnExit::~RemovePathOnExit() {
   std::filesystem::remove_all(path_, ec);
 }
 
+bool process_alive(pid_t pid) {
+  if (pid <= 0 || (::kill(pid, 0) != 0 && errno != EPERM)) return false;
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(stat, line)) return true;  // no /proc: kill's answer stands
+  // "pid (comm) state ...", where comm may itself contain ')'.
+  const size_t paren = line.rfind(')');
+  return paren == std::string::npos || paren + 2 >= line.size() || line[paren + 2] != 'Z';
+}
+
+namespace {
+
+// Removes `path`.tmp-<pid> files whose writer is gone (or is this process).
+void remove_abandoned_temporaries(const std::filesystem::path& path) {
+  const std::string prefix = path.filename().string() + ".tmp-";
+  const std::filesystem::path dir = path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0 ||
+        name.find_first_not_of("0123456789", prefix.size()) != std::string::npos || name.size() > prefix.size() + 9)
+      continue;
+    const pid_t pid = pid_t(std::stol(name.substr(prefix.size())));
+    if (pid != ::getpid() && process_alive(pid)) continue;
+    std::error_code removed;
+    std::filesystem::remove(it->path(), removed);
+  }
+}
+
+}  // namespace
+
 void write_file_atomically(const std::filesystem::path& path, const std::function<void(const ByteSink&)>& produce) {
+  remove_abandoned_temporaries(path);
   const std::filesystem::path temporary = path.string() + ".tmp-" + std::to_string(::getpid());
   RemovePathOnExit cleanup(temporary);
   PosixFile out(temporary, O_WRONLY | O_CREAT | O_TRUNC, 0644);

@@ -65,11 +65,17 @@ class ExclusiveFileLock {
   int fd_ = -1;
 };
 
+// A process that exists and is not a zombie: a writer killed mid-save (an
+// aborted MPI job's ranks) stays a zombie until its parent reaps it, which
+// in a container without an init may be never.
+bool process_alive(pid_t pid);
+
 // Receives the bytes of a file being written, in order.
 using ByteSink = std::function<void(const void* data, size_t bytes)>;
 // Writes `path` through a temporary file beside it (`path`.tmp-<pid>) that
 // is fsynced and then renamed over `path`, so a reader never sees a partial
-// file and a failed write leaves any previous file intact.
+// file and a failed write leaves any previous file intact. Temporaries of
+// `path` left by writers that were killed (a Ctrl-C mid-export) go first.
 void write_file_atomically(const std::filesystem::path& path, const std::function<void(const ByteSink&)>& produce);
 
 }  // namespace srgpt

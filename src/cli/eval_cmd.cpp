@@ -25,8 +25,8 @@ void add_eval_command(CLI::App& app) {
       ->required();
   cmd->add_option("--data", args->data, "Glob pattern of token shards, e.g. 'data/demo/val_*.bin'")->required();
   cmd->add_option("--max-tokens", args->max_tokens,
-                  "Evaluate about this many tokens: rounded down to whole batches, at least one (default: the whole "
-                  "split)")
+                  "Evaluate about this many tokens: rounded down to whole batches, at least one; 0 (the default): "
+                  "the whole split")
       ->check(integer_at_least<int64_t>(0));
   cmd->add_option("--batch", args->batch, "Sequences per batch (default: the checkpoint's batch.micro_batch)")
       ->check(integer_at_least<int>(1));
@@ -43,6 +43,11 @@ void add_eval_command(CLI::App& app) {
     // Read before the evaluation, so a damaged summary.json stops it at once.
     const std::optional<double> bytes_per_token = prepared_bytes_per_token(files);
     EvalResult r = evaluate(*lm.model, loader, args->max_tokens);
+    // Finite weights can still overflow the forward pass (a diverged run's).
+    if (!std::isfinite(r.loss))
+      fail("checkpoint at step {}: its mean loss over {} tokens is {}: its weights are finite but overflow the "
+           "forward pass (the run diverged); evaluate an earlier checkpoint",
+           lm.step, r.tokens, r.loss);
     std::printf("step %lld | tokens %lld | loss %.6f | perplexity %.4f", (long long)lm.step, (long long)r.tokens,
                 r.loss, r.perplexity());
     nlohmann::json j{{"step", lm.step}, {"tokens", r.tokens}, {"loss", r.loss}, {"perplexity", r.perplexity()}};

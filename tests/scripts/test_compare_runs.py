@@ -106,12 +106,30 @@ class CompareRunsTest(unittest.TestCase):
         self.assertIn("val_loss at step 20", out)
 
     def test_non_finite_loss_fails(self):
-        losses = list(self.losses)
-        losses[5] = float("nan")
-        run = write_run(self.root, "run", losses, self.norms, self.vals)
-        code, out = compare("--loss-rtol", "1.0", self.ref, run)
+        # srgpt writes a non-finite value as null (a skipped step's loss and
+        # grad norm, a diverged evaluation); the script used to crash on it.
+        losses, norms, vals = list(self.losses), list(self.norms), dict(self.vals)
+        losses[5] = norms[5] = vals[20] = None
+        run = write_run(self.root, "run", losses, norms, vals)
+        for reference, other in ((self.ref, run), (run, self.ref)):
+            code, out = compare("--loss-rtol", "1.0", reference, other)
+            self.assertEqual(code, 1, out)
+            self.assertIn("non-finite losses at steps [6]", out)
+            self.assertIn("val_loss at step 20", out)
+            self.assertNotIn("Traceback", out)
+            code, out = compare("--no-step-losses", reference, other)
+            self.assertEqual(code, 1, out)
+            self.assertIn("non-finite losses at steps [6]", out)
+
+    def test_metrics_not_utf8_fail(self):
+        run = os.path.join(self.root, "binary")
+        os.makedirs(run)
+        with open(os.path.join(run, "metrics.jsonl"), "wb") as f:
+            f.write(b'\xff\xfe{"step":1}\n')
+        code, out = compare("--exact", self.ref, run)
         self.assertEqual(code, 1, out)
-        self.assertIn("non-finite", out)
+        self.assertIn("not UTF-8 text", out)
+        self.assertNotIn("Traceback", out)
 
     def test_missing_steps_fail(self):
         run = write_run(self.root, "run", self.losses[:15], self.norms[:15], {10: self.vals[10]})

@@ -3,6 +3,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <functional>
@@ -13,6 +14,7 @@
 #include "catch.h"
 #include "srgpt/checkpoint.h"
 #include "srgpt/error.h"
+#include "srgpt/posix_file.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -405,6 +407,30 @@ TEST_CASE("a save killed midway leaves the previous checkpoint loadable", "[chec
   CHECK(dir_names(root) == std::vector<std::string>{"step_00000200", live});
   int status_of_zombie = 0;
   waitpid(zombie, &status_of_zombie, 0);
+}
+
+TEST_CASE("an atomic file write removes the temporaries of killed writers, not of live ones", "[checkpoint]") {
+  TempDir tmp("atomic-leftovers");
+  const fs::path target = tmp.path() / "model.safetensors";
+  // A writer that died (a Ctrl-C mid-export left its temporary behind), a
+  // live one (this process's parent), and names that are not temporaries.
+  const pid_t dead = fork();
+  REQUIRE(dead >= 0);
+  if (dead == 0) _exit(0);
+  int status = 0;
+  REQUIRE(waitpid(dead, &status, 0) == dead);
+  const std::vector<std::string> kept = {"model.safetensors.tmp-" + std::to_string(getppid()),
+                                         "model.safetensors.tmp-12x", "config.json.tmp-" + std::to_string(dead)};
+  for (const std::string& name : kept) std::ofstream(tmp.path() / name) << "x";
+  std::ofstream(tmp.path() / ("model.safetensors.tmp-" + std::to_string(dead))) << "an abandoned partial file";
+  srgpt::write_file_atomically(target, [](const srgpt::ByteSink& sink) { sink("new", 3); });
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(tmp.path())) names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  std::vector<std::string> expected = kept;
+  expected.push_back("model.safetensors");
+  std::sort(expected.begin(), expected.end());
+  CHECK(names == expected);
 }
 
 TEST_CASE("a failed write removes the partial checkpoint and reports path and errno", "[checkpoint]") {

@@ -492,6 +492,14 @@ TEST_CASE("non-finite values in a checkpoint are refused where they are read", "
   expect_error("sample from NaN weights", bin + " sample --checkpoint " + nan_weights + " --tokens 4",
                {"weights contain NaN or Inf"});
 
+  // Finite weights that overflow the forward pass (a diverged run's): eval
+  // used to print a NaN loss, null in its JSON, and exit 0.
+  const std::string huge_weights = f.tmp.str("huge_weights");
+  constexpr uint16_t bf16_max = 0x7f7f;
+  copy_with_element(f.checkpoint(), huge_weights, "model.bin", "wte", 1, bf16_max);
+  expect_error("eval of weights that overflow", bin + " eval --checkpoint " + huge_weights + eval_data,
+               {"its weights are finite but overflow the forward pass"});
+
   // A resume refuses them too, naming the tensor (before: it trained on, to
   // "step 5: non-finite loss ... Lower optimizer.lr").
   const std::string resume_into = f.config_with([&](auto& j) { j["out_dir"] = f.tmp.str("resumed"); }, "resumed");
