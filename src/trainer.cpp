@@ -227,7 +227,21 @@ SavedState read_saved_state(const CheckpointReader& reader) {
   if (seed != s.config.train.seed)
     fail("checkpoint {}: its manifest's state says seed {} but its config {}", dir, seed, s.config.train.seed);
   s.zero_plan = field("zero_plan", nlohmann::json());
-  if (st.contains("train_shard_tokens")) s.train_shard_tokens = field("train_shard_tokens", std::vector<size_t>());
+  if (st.contains("train_shard_tokens")) {
+    // Element by element: nlohmann's own conversion of -2.5 to size_t is undefined.
+    const nlohmann::json& v = st.at("train_shard_tokens");
+    std::vector<size_t> tokens;
+    for (const nlohmann::json& count : v.is_array() ? v : nlohmann::json::array()) {
+      const std::optional<size_t> n = json_integer<size_t>(count);
+      if (!n) break;
+      tokens.push_back(*n);
+    }
+    if (!v.is_array() || tokens.size() != v.size())
+      fail("checkpoint {}: its manifest's state \"train_shard_tokens\" = {} is not of the expected type (an array "
+           "of token counts)",
+           dir, v.dump());
+    s.train_shard_tokens = std::move(tokens);
+  }
   try {
     s.train_loader = loader_position_from_json(field("train_loader", nlohmann::json()));
   } catch (const nlohmann::json::exception& e) {
