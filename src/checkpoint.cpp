@@ -74,23 +74,13 @@ std::optional<int64_t> parse_step_dir_name(const std::string& name) {
   return step;
 }
 
-// Pid of a "step_<digits>.tmp-<pid>" or "step_<digits>.old-<pid>" directory
-// left by save_checkpoint, or nullopt for any other name.
-std::optional<pid_t> parse_scratch_dir_pid(const std::string& name) {
-  size_t dot = name.find('.');
-  if (dot == std::string::npos || !parse_step_dir_name(name.substr(0, dot))) return std::nullopt;
-  std::string rest = name.substr(dot + 1);
-  for (const char* tag : {"tmp-", "old-"}) {
-    std::string t = tag;
-    if (rest.compare(0, t.size(), t) != 0 || rest.size() == t.size() || rest.size() > t.size() + 9) continue;
-    pid_t pid = 0;
-    for (size_t i = t.size(); i < rest.size(); ++i) {
-      if (rest[i] < '0' || rest[i] > '9') return std::nullopt;
-      pid = pid * 10 + (rest[i] - '0');
-    }
-    return pid;
-  }
-  return std::nullopt;
+// Whether `name` is a "step_<digits>.tmp-<pid>" or "step_<digits>.old-<pid>"
+// directory save_checkpoint left behind, its writer gone.
+bool abandoned_scratch_dir(const std::string& name) {
+  const size_t dot = name.find('.');
+  if (dot == std::string::npos || !parse_step_dir_name(name.substr(0, dot))) return false;
+  const std::string stem = name.substr(0, dot + 1);
+  return left_by_gone_writer(name, stem + "tmp-") || left_by_gone_writer(name, stem + "old-");
 }
 
 std::vector<fs::directory_entry> list_directory(const fs::path& root) {
@@ -102,13 +92,11 @@ std::vector<fs::directory_entry> list_directory(const fs::path& root) {
   return entries;
 }
 
-// Scratch directories of writers that died mid-save. Another live process's
-// directory is left alone; one bearing our own pid is a leftover (e.g. from
-// an earlier container that happened to have the same pid), never in use.
+// Scratch directories of writers that died mid-save; another live
+// process's directory is left alone.
 void remove_abandoned_scratch_dirs(const fs::path& root) {
   for (const fs::directory_entry& e : list_directory(root)) {
-    std::optional<pid_t> pid = parse_scratch_dir_pid(e.path().filename().string());
-    if (!pid || (*pid != ::getpid() && process_alive(*pid))) continue;
+    if (!abandoned_scratch_dir(e.path().filename().string())) continue;
     std::error_code ec;
     fs::remove_all(e.path(), ec);
     if (ec) spdlog::warn("cannot remove abandoned checkpoint scratch directory {}: {}", e.path().string(), ec.message());

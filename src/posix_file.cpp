@@ -99,6 +99,9 @@ RemovePathOnExit::~RemovePathOnExit() {
   std::filesystem::remove_all(path_, ec);
 }
 
+namespace {
+
+// A process that exists and is not a zombie.
 bool process_alive(pid_t pid) {
   if (pid <= 0 || (::kill(pid, 0) != 0 && errno != EPERM)) return false;
   std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
@@ -109,26 +112,28 @@ bool process_alive(pid_t pid) {
   return paren == std::string::npos || paren + 2 >= line.size() || line[paren + 2] != 'Z';
 }
 
-namespace {
-
-// Removes `path`.tmp-<pid> files whose writer is gone (or is this process).
+// Removes `path`.tmp-<pid> files whose writer is gone.
 void remove_abandoned_temporaries(const std::filesystem::path& path) {
   const std::string prefix = path.filename().string() + ".tmp-";
   const std::filesystem::path dir = path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");
   std::error_code ec;
   for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
-    const std::string name = it->path().filename().string();
-    if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0 ||
-        name.find_first_not_of("0123456789", prefix.size()) != std::string::npos || name.size() > prefix.size() + 9)
-      continue;
-    const pid_t pid = pid_t(std::stol(name.substr(prefix.size())));
-    if (pid != ::getpid() && process_alive(pid)) continue;
+    if (!left_by_gone_writer(it->path().filename().string(), prefix)) continue;
     std::error_code removed;
     std::filesystem::remove(it->path(), removed);
   }
 }
 
 }  // namespace
+
+bool left_by_gone_writer(const std::string& name, const std::string& prefix) {
+  // pids have at most 9 digits (pid_max is at most 2^22).
+  if (name.size() <= prefix.size() || name.size() > prefix.size() + 9 || name.compare(0, prefix.size(), prefix) != 0 ||
+      name.find_first_not_of("0123456789", prefix.size()) != std::string::npos)
+    return false;
+  const pid_t pid = pid_t(std::stol(name.substr(prefix.size())));
+  return pid == ::getpid() || !process_alive(pid);
+}
 
 void write_file_atomically(const std::filesystem::path& path, const std::function<void(const ByteSink&)>& produce) {
   remove_abandoned_temporaries(path);

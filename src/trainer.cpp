@@ -374,11 +374,10 @@ void check_same_data_order(const Config& ours, const SavedState& saved, const To
     for (size_t n : tokens) total += n;
     return fmt::format("{} shards, {} tokens", tokens.size(), total);
   };
+  const std::string trained_on = describe(*saved.train_shard_tokens), given = describe(loader->shard_tokens());
   fail("checkpoint {} was trained on data.train of {}, but '{}' holds {}{}; {}; resume with the same data (it may "
        "have moved)",
-       dir.string(), describe(*saved.train_shard_tokens), ours.data.train, describe(loader->shard_tokens()),
-       describe(*saved.train_shard_tokens) == describe(loader->shard_tokens()) ? " in shards of other sizes" : "",
-       why);
+       dir.string(), trained_on, ours.data.train, given, trained_on == given ? " in shards of other sizes" : "", why);
 }
 
 // Keeps the metrics lines of steps <= last_step (a resumed run rewrites the

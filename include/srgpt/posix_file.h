@@ -65,10 +65,13 @@ class ExclusiveFileLock {
   int fd_ = -1;
 };
 
-// A process that exists and is not a zombie: a writer killed mid-save (an
-// aborted MPI job's ranks) stays a zombie until its parent reaps it, which
-// in a container without an init may be never.
-bool process_alive(pid_t pid);
+// Whether `name` is `prefix` followed by the pid (digits) of a writer that
+// is gone, so that what it left may be deleted. A zombie counts as gone (a
+// writer killed mid-save, such as an aborted MPI job's rank, stays one until
+// its parent reaps it, which in a container without an init may be never),
+// and so does this process's own pid: a leftover of an earlier process that
+// had it (a restarted container), never in use.
+bool left_by_gone_writer(const std::string& name, const std::string& prefix);
 
 // Receives the bytes of a file being written, in order.
 using ByteSink = std::function<void(const void* data, size_t bytes)>;
