@@ -332,6 +332,21 @@ class GpuSessionTest(unittest.TestCase):
         self.assertEqual(self.calls_of("python3"), [])
         self.assertEqual(result.returncode, 0)
 
+    def test_an_unknown_stage_runs_nothing_and_keeps_the_last_logs(self):
+        # It used to empty $BUILD/logs first, then refuse the stage (--help too).
+        logs = os.path.join(self.build, "logs")
+        os.makedirs(logs, exist_ok=True)
+        with open(os.path.join(logs, "last.log"), "w") as f:
+            f.write("the previous call's log\n")
+        env = dict(os.environ, BUILD=self.build)
+        for args, code in ((["--help"], 0), (["session", "bogus"], 2)):
+            result = subprocess.run(["bash", SCRIPT, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                                    timeout=60)
+            self.assertEqual(result.returncode, code, result.stdout + result.stderr)
+            self.assertTrue(os.path.exists(os.path.join(logs, "last.log")))
+        self.assertIn("unknown stage 'bogus'", result.stderr)
+        self.assertIn("nothing was run", result.stderr)
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -303,6 +303,11 @@ TEST_CASE("bad inputs give a clear error and a non-zero exit", "[cli][errors]") 
     Fixture::write_json(ckpt + "/manifest.json", m);
     expect_error("a checkpoint state with another sharding plan", resume,
                  {"\"zero_plan\" is not the sharding plan of its model at world_size 1"});
+    m["state"] = good_state;
+    m["state"]["train_shard_tokens"] = {1000, -2.5};
+    Fixture::write_json(ckpt + "/manifest.json", m);
+    expect_error("a checkpoint state with a shard token count that is no count", resume,
+                 {"\"train_shard_tokens\" = [1000,-2.5] is not of the expected type (an array of token counts)"});
     m["state"] = nlohmann::json::array();
     Fixture::write_json(ckpt + "/manifest.json", m);
     expect_error("a checkpoint state that is an array", resume, {"its manifest's state has no \"config\""});
@@ -402,6 +407,10 @@ TEST_CASE("command-line mistakes are refused before any training", "[cli][errors
                bin + " prepare --tokenizer byte --input '" + f.good_config + "' --out " + f.tmp.str("pv") +
                    " --val-fraction ''",
                {"--val-fraction: '' is not a number"});
+  expect_error("an empty --shard-tokens",
+               bin + " prepare --tokenizer byte --input '" + f.good_config + "' --out " + f.tmp.str("ps") +
+                   " --shard-tokens ''",
+               {"--shard-tokens: '' is not a whole number"});
 
   // A config of null, or a null section, became an empty object under --set.
   Fixture::write_text(f.tmp.str("null.json"), "null");
