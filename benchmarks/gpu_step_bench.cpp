@@ -34,7 +34,6 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
-#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -49,6 +48,7 @@
 #include "cuda_check.cuh"
 #include "stream.cuh"
 #include "srgpt/backend.h"
+#include "srgpt/cli.h"
 #include "srgpt/communicator.h"
 #include "srgpt/config.h"
 #include "srgpt/error.h"
@@ -97,15 +97,6 @@ bool measured(const Options& o, gpu::AttentionBackward how, const char* what) {
   return measured(how, left_out, gpu::attention_backward_name(how), what);
 }
 
-int int_at_least(const std::string& flag, const std::string& text, int minimum) {
-  int v = 0;
-  const char* end = text.data() + text.size();
-  const auto [stop, error] = std::from_chars(text.data(), end, v);
-  if (error != std::errc() || stop != end || v < minimum)
-    fail("{} needs an integer >= {}, got '{}'", flag, minimum, text);
-  return v;
-}
-
 // GPT-2 d12 and d24; with --smoke, 2-layer stand-ins whose heads have the
 // same sizes (64; d24's 128 too, a size the attention kernels also serve)
 // and whose vocabulary (1000) pads as GPT-2's does.
@@ -133,48 +124,36 @@ ModelConfig model_config(const Options& o, const std::string& name) {
   return cfg;
 }
 
-Options parse(int argc, char** argv) {
-  Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) fail("{} needs a value", a);
-      return argv[++i];
-    };
-    if (a == "--kernels") {
-      o.kernels = true;
-    } else if (a == "--steps") {
-      o.steps = true;
-    } else if (a == "--model") {
-      o.models.push_back(value());
-    } else if (a == "--batch") {
-      o.batch = int_at_least(a, value(), 1);
-    } else if (a == "--seq") {
-      o.seq = int_at_least(a, value(), 1);
-    } else if (a == "--warmup") {
-      o.warmup = int_at_least(a, value(), 0);
-    } else if (a == "--iters") {
-      o.iters = int_at_least(a, value(), 1);
-    } else if (a == "--json") {
-      o.json = value();
-    } else if (a == "--only") {
-      o.only = value();
-    } else if (a == "--no-wgmma") {
-      o.wgmma = false;
-    } else if (a == "--no-wgmma-one-pass") {
-      o.wgmma_one_pass = false;
-    } else if (a == "--smoke") {
-      o.smoke = true;
-    } else {
-      fail("unknown argument '{}' (allowed: --kernels --steps --model d12|d24 --batch --seq --warmup --iters --json "
-           "--only --no-wgmma --no-wgmma-one-pass --smoke)",
-           a);
-    }
+// Fills `o` from the command line; false for --help (printed).
+bool parse(int argc, char** argv, Options& o) {
+  CLI::App app{"GPU benchmark: measured ceilings, whole training steps and each cuda-backend op (prints tables; "
+               "with neither --kernels nor --steps both parts run)"};
+  app.add_flag("--kernels", o.kernels, "Time each cuda-backend op at GPT-2 d12 training shapes");
+  app.add_flag("--steps", o.steps, "Time whole training steps in bf16-sr, bf16-rn and mixed");
+  app.add_option("--model", o.models, "d12 or d24, repeatable (default: both)");
+  app.add_option("--batch", o.batch, "Micro batch")->check(integer_at_least<int>(1))->capture_default_str();
+  app.add_option("--seq", o.seq, "Sequence length")->check(integer_at_least<int>(1))->capture_default_str();
+  app.add_option("--warmup", o.warmup, "Untimed runs first")->check(integer_at_least<int>(0))->capture_default_str();
+  app.add_option("--iters", o.iters, "Timed runs; the median is shown")
+      ->check(integer_at_least<int>(1))
+      ->capture_default_str();
+  app.add_option("--json", o.json, "Also write the step rows to this file as JSON lines");
+  app.add_option("--only", o.only, "Time just the kernel rows whose op name contains this text");
+  app.add_flag("!--no-wgmma", o.wgmma, "Leave out the wgmma attention kernels, their self-check included");
+  app.add_flag("!--no-wgmma-one-pass", o.wgmma_one_pass, "Leave out the one-pass wgmma attention backward");
+  app.add_flag("--smoke", o.smoke, "Tiny shapes, to check that every row runs; the numbers mean nothing");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    app.exit(e);
+    return false;
+  } catch (const CLI::ParseError& e) {
+    fail("{}; see --help", e.what());
   }
   if (!o.kernels && !o.steps) o.kernels = o.steps = true;
   if (o.models.empty()) o.models = {"d12", "d24"};
   for (const std::string& m : o.models) model_config(o, m);  // a bad name fails before any measuring
-  return o;
+  return true;
 }
 
 gpu::CudaBackend& cuda_of(Backend& be) {
@@ -675,7 +654,8 @@ void bench_all_steps(const Options& o, const Ceilings& ceilings, std::ofstream& 
 
 int main(int argc, char** argv) {
   try {
-    const Options o = parse(argc, argv);
+    Options o;
+    if (!parse(argc, argv, o)) return 0;
     // Opened before minutes of measuring, so a bad path fails at once.
     std::ofstream json_out;
     if (!o.json.empty()) {

@@ -74,6 +74,8 @@ int main(int argc, char** argv) {
     }
     const std::string text = read_text(files);
     if (text.empty()) srgpt::fail("the input files hold no text; there is nothing to time");
+    // Loaded before the table starts, so a missing tokenizer fails at once.
+    auto warm = srgpt::Gpt2Tokenizer::from_directory(tokenizer_dir);
     std::printf("%zu file(s), %.2f MB of text, best of %d runs, one thread\n\n", files.size(),
                 static_cast<double>(text.size()) / 1e6, repeats);
     std::printf("| %-34s | %8s | %8s | %8s | %10s | %6s |\n", "operation", "MB", "seconds", "MB/s", "tokens",
@@ -91,7 +93,6 @@ int main(int argc, char** argv) {
     }
     print_row("gpt2 encode, cold cache", text.size(), tokens.size(), cold_encode);
 
-    auto warm = srgpt::Gpt2Tokenizer::from_directory(tokenizer_dir);
     warm->encode(text);
     print_row("gpt2 encode, warm cache", text.size(), tokens.size(),
               best_seconds(repeats, [&] { tokens = warm->encode(text); }));

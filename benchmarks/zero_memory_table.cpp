@@ -8,6 +8,8 @@
 #include <functional>
 #include <iterator>
 
+#include <CLI/CLI.hpp>
+
 #include "srgpt/model.h"
 #include "srgpt/zero.h"
 
@@ -60,7 +62,9 @@ void print_table(const char* title, Precision precision, const std::function<siz
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  CLI::App app{"Per-rank memory of GPT-2 d12-d48 for each ZeRO stage and world size, as markdown tables"};
+  CLI11_PARSE(app, argc, argv);
   const auto persistent = [](const RankMemory& r) { return r.persistent(); };
   print_table("Persistent GiB per rank (weights + gradients + optimizer state), bf16-sr", Precision::bf16_sr,
               persistent);
