@@ -715,7 +715,11 @@ double Trainer::train_step(int64_t step, double* grad_norm) {
   params_->zero_grads();
   double loss = 0;
   for (int micro = 0; micro < accum; ++micro) {
-    train_loader_->next_batch(inputs_.data(), targets_.data());
+    try {
+      train_loader_->next_batch(inputs_.data(), targets_.data());
+    } catch (const Error& e) {
+      fail("step {}: reading data.train: {}", step, e.what());
+    }
     params_->begin_micro_step(micro + 1 == accum);
     loss += model_->forward_backward(inputs_.data(), targets_.data(), dloss);
   }

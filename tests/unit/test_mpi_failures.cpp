@@ -192,7 +192,9 @@ TEST_CASE("mpi failure: a rank that reads a bad token stops the job naming the r
   longer.train.steps = 10;
   longer.dist.zero_stage = 2;  // so the checkpoints hold one optimizer shard per rank
   const CommandResult r = run_command(run.train(kRanks, run.write_config(longer, "bad_data")));
-  expect_job_failed(r, {"srgpt: rank " + std::to_string(kFailingRank) + ": error: token shard", "train_000000.bin",
+  expect_job_failed(r, {"srgpt: rank " + std::to_string(kFailingRank) + ": error: step " +
+                            std::to_string(kFailingStep) + ": reading data.train: token shard",
+                        "train_000000.bin",
                         "index " + std::to_string(bad_index), "outside the vocabulary"});
   run.expect_verified_checkpoint(kFailingStep - 1);
 }
