@@ -348,22 +348,36 @@ PrepareSummary read_prepare_summary(const std::string& path) {
   return prepare_summary_from_json(parse_json(in, path), path);
 }
 
-std::optional<double> prepared_bytes_per_token(const std::vector<std::string>& shard_files) {
+std::optional<double> PreparedSplit::bytes_per_token() const {
+  if (split().tokens <= 0) return std::nullopt;
+  return static_cast<double>(split().bytes) / static_cast<double>(split().tokens);
+}
+
+std::optional<PreparedSplit> prepared_split(const std::vector<std::string>& shard_files) {
   if (shard_files.empty()) return std::nullopt;
   const fs::path dir = fs::path(shard_files.front()).parent_path();
   const fs::path summary_path = dir / kSummaryFile;
   if (!fs::exists(summary_path)) return std::nullopt;
-  const PrepareSummary summary = read_prepare_summary(summary_path.string());
-  for (const SplitSummary* split : {&summary.train, &summary.val}) {
+  PreparedSplit prepared{read_prepare_summary(summary_path.string())};
+  for (const bool val : {false, true}) {
+    prepared.val = val;
     std::set<std::string> names;
-    for (const auto& shard : split->shards) names.insert(shard.file);
+    for (const auto& shard : prepared.split().shards) names.insert(shard.file);
     const bool all_listed = std::all_of(shard_files.begin(), shard_files.end(), [&](const std::string& file) {
       const fs::path path(file);
       return path.parent_path() == dir && names.count(path.filename().string()) > 0;
     });
-    if (all_listed && split->tokens > 0) return static_cast<double>(split->bytes) / static_cast<double>(split->tokens);
+    if (all_listed) return prepared;
   }
   return std::nullopt;
+}
+
+std::optional<std::string> vocabulary_mismatch(const PreparedSplit& shards, int vocab_size, const std::string& what) {
+  if (shards.summary.vocab_size == vocab_size) return std::nullopt;
+  return fmt::format("{}: these shards hold tokens of the {} tokenizer (vocabulary {}, by their summary.json), but "
+                     "the model's vocabulary (model.vocab_size) has {} tokens: unless the model was trained on tokens "
+                     "of that tokenizer, its loss on them means nothing",
+                     what, shards.summary.tokenizer, shards.summary.vocab_size, vocab_size);
 }
 
 PrepareSummary prepare_dataset(const PrepareOptions& options) {

@@ -24,6 +24,7 @@
 #include "srgpt/error.h"
 #include "srgpt/json_parse.h"
 #include "srgpt/posix_file.h"
+#include "srgpt/prepare.h"
 #include "srgpt/safetensors.h"
 
 namespace srgpt {
@@ -352,6 +353,19 @@ void check_same_model(const Config& ours, const Config& theirs, const fs::path& 
   mismatch("d_model", a.d_model, b.d_model);
 }
 
+// Shards that `srgpt prepare` wrote for another vocabulary than the model's
+// train without error when their ids fit (byte tokens in a GPT-2 model):
+// said at the start. Training does not need summary.json, so one that cannot
+// be read is only a warning here.
+void warn_of_other_vocabulary(const std::vector<std::string>& files, int vocab_size, const char* what) {
+  try {
+    if (const auto shards = prepared_split(files))
+      if (const auto warning = vocabulary_mismatch(*shards, vocab_size, what)) spdlog::warn("{}", *warning);
+  } catch (const Error& e) {
+    spdlog::warn("{}: {}", what, e.what());
+  }
+}
+
 // The loader position a checkpoint saved counts sequences of its seq_len
 // in shards of its data, shuffled by its seed: with any of them changed it
 // would point at other tokens (some trained twice, others never) or past
@@ -524,14 +538,18 @@ Trainer::Trainer(Config config, TrainOptions options) : config_(std::move(config
   }
   if (world > 1) require_shared_out_dir(*comm_, *host_comm_, config_.out_dir);
   const auto& b = config_.batch;
-  if (!options_.without_data)
-    train_loader_ = std::make_unique<TokenLoader>(expand_shard_pattern(config_.data.train, "data.train"),
-                                                  b.micro_batch, b.seq_len, rank, world, config_.model.vocab_size,
-                                                  true, config_.train.seed);
-  if (!config_.data.val.empty() && !options_.without_data)
-    val_loader_ = std::make_unique<TokenLoader>(expand_shard_pattern(config_.data.val, "data.val"), b.micro_batch,
-                                                b.seq_len, rank, world, config_.model.vocab_size, false,
-                                                config_.train.seed);
+  if (!options_.without_data) {
+    const std::vector<std::string> files = expand_shard_pattern(config_.data.train, "data.train");
+    if (rank == 0 && !options_.quiet) warn_of_other_vocabulary(files, config_.model.vocab_size, "data.train");
+    train_loader_ = std::make_unique<TokenLoader>(files, b.micro_batch, b.seq_len, rank, world,
+                                                  config_.model.vocab_size, true, config_.train.seed);
+  }
+  if (!config_.data.val.empty() && !options_.without_data) {
+    const std::vector<std::string> files = expand_shard_pattern(config_.data.val, "data.val");
+    if (rank == 0 && !options_.quiet) warn_of_other_vocabulary(files, config_.model.vocab_size, "data.val");
+    val_loader_ = std::make_unique<TokenLoader>(files, b.micro_batch, b.seq_len, rank, world,
+                                                config_.model.vocab_size, false, config_.train.seed);
+  }
   params_ = std::make_unique<ParameterStore>(*backend_, *comm_, gpt2_param_layout(config_.model, world),
                                              config_.dist.zero_stage, config_.dist.grad_dtype(config_.precision),
                                              config_.dist.overlap_comm);

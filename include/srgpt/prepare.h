@@ -74,11 +74,25 @@ bool document_hash_is_val(uint64_t seed, int64_t index, double val_fraction);
 // output directory that cannot be written.
 PrepareSummary prepare_dataset(const PrepareOptions& options);
 
-// Bytes of text per token for shards that `srgpt prepare` wrote, from the
-// summary.json beside them: the ratio of the split (train or val) that lists
-// every one of `shard_files`; nullopt when there is no summary or the files
-// are not all from one split of it. Bits per byte = loss per token in nats /
-// ln(2) / bytes_per_token.
-std::optional<double> prepared_bytes_per_token(const std::vector<std::string>& shard_files);
+// Shards that `srgpt prepare` wrote: the summary.json beside them and the
+// split (train or val) that lists every one of them.
+struct PreparedSplit {
+  PrepareSummary summary;
+  bool val = false;  // the split is summary.val, else summary.train
+  const SplitSummary& split() const { return val ? summary.val : summary.train; }
+  // Bytes of text per token; nullopt for a split without tokens. Bits per
+  // byte = loss per token in nats / ln(2) / bytes_per_token.
+  std::optional<double> bytes_per_token() const;
+};
+// Nullopt when there is no summary beside `shard_files`, or they are not
+// all from one split of it.
+std::optional<PreparedSplit> prepared_split(const std::vector<std::string>& shard_files);
+
+// A warning when prepared shards hold tokens of another vocabulary than a
+// model's `vocab_size` (a model trained on GPT-2 tokens evaluated on
+// byte-tokenized shards gives a loss that means nothing, with no token out
+// of range to stop it); nullopt when the sizes agree. `what` names the
+// shards.
+std::optional<std::string> vocabulary_mismatch(const PreparedSplit& shards, int vocab_size, const std::string& what);
 
 }  // namespace srgpt

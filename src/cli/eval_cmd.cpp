@@ -41,7 +41,11 @@ void add_eval_command(CLI::App& app) {
     const std::vector<std::string> files = expand_shard_pattern(args->data, "--data");
     TokenLoader loader(files, lm.model->batch(), lm.model->seq_len(), 0, 1, lm.config.model.vocab_size, false, 0);
     // Read before the evaluation, so a damaged summary.json stops it at once.
-    const std::optional<double> bytes_per_token = prepared_bytes_per_token(files);
+    const std::optional<PreparedSplit> prepared = prepared_split(files);
+    const std::optional<double> bytes_per_token = prepared ? prepared->bytes_per_token() : std::nullopt;
+    if (prepared)
+      if (const auto warning = vocabulary_mismatch(*prepared, lm.config.model.vocab_size, "--data"))
+        std::fprintf(stderr, "warning: %s\n", warning->c_str());
     EvalResult r = evaluate(*lm.model, loader, args->max_tokens);
     // Finite weights can still overflow the forward pass (a diverged run's).
     if (!std::isfinite(r.loss))

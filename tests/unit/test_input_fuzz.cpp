@@ -1123,7 +1123,7 @@ TEST_CASE("fuzz: prepare's summary.json and input text", "[fuzz][prepare]") {
       watchdog.arm(description);
       reads_cleanly([&]() -> std::string {
         srgpt::read_prepare_summary(summary_path.string());
-        srgpt::prepared_bytes_per_token({tmp.str("out/train_000000.bin")});
+        srgpt::prepared_split({tmp.str("out/train_000000.bin")});
         return "";
       });
     }

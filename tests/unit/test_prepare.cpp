@@ -260,20 +260,33 @@ TEST_CASE("prepare replaces the shards of an earlier run and reports bytes per t
     CHECK_FALSE(fs::exists(dir.path() / "out" / srgpt::kIncompleteDatasetMarker));
   }
 
-  const auto train_ratio = srgpt::prepared_bytes_per_token({(dir.path() / "out/train_000000.bin").string()});
+  const auto train = srgpt::prepared_split({(dir.path() / "out/train_000000.bin").string()});
+  REQUIRE(train.has_value());
+  CHECK_FALSE(train->val);
+  const auto train_ratio = train->bytes_per_token();
   REQUIRE(train_ratio.has_value());
   CHECK(*train_ratio == static_cast<double>(summary.train.bytes) / static_cast<double>(summary.train.tokens));
   CHECK(*train_ratio < 1.0);  // byte tokens plus one separator per document
-  CHECK_FALSE(srgpt::prepared_bytes_per_token(
+  const auto val = srgpt::prepared_split({(dir.path() / "out/val_000000.bin").string()});
+  REQUIRE(val.has_value());
+  CHECK(val->val);
+  CHECK_FALSE(srgpt::prepared_split(
                   {(dir.path() / "out/train_000000.bin").string(), (dir.path() / "out/val_000000.bin").string()})
                   .has_value());
-  CHECK_FALSE(srgpt::prepared_bytes_per_token({(dir.path() / "in/a.txt").string()}).has_value());
+  CHECK_FALSE(srgpt::prepared_split({(dir.path() / "in/a.txt").string()}).has_value());
+
+  // Byte tokens: a model of the byte vocabulary agrees; a GPT-2 one is warned.
+  CHECK_FALSE(srgpt::vocabulary_mismatch(*train, 256, "data.train").has_value());
+  const auto mismatch = srgpt::vocabulary_mismatch(*train, 50257, "data.train");
+  REQUIRE(mismatch.has_value());
+  CHECK(mismatch->find("data.train: these shards hold tokens of the byte tokenizer (vocabulary 256, by their "
+                       "summary.json), but the model's vocabulary (model.vocab_size) has 50257 tokens") == 0);
 
   // Another format's summary.json, without a "version" (found by
   // test_input_fuzz.cpp: the message's object.at("version") threw
   // nlohmann's out_of_range instead).
   write_file(dir.path() / "out/summary.json", R"({"format": "something-else"})");
-  CHECK(error_message([&] { srgpt::prepared_bytes_per_token({(dir.path() / "out/train_000000.bin").string()}); })
+  CHECK(error_message([&] { srgpt::prepared_split({(dir.path() / "out/train_000000.bin").string()}); })
             .find("summary.json: not a version 1 srgpt-prepare-summary file (format \"something-else\", version "
                   "absent)") != std::string::npos);
 }

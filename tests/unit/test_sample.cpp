@@ -290,6 +290,7 @@ TEST_CASE("srgpt sample and eval through the binary: text, determinism, bits per
   auto trained = run_command(bin + " train --config " + tmp.str("run.json"));
   INFO(trained.output);
   REQUIRE(trained.exit_code == 0);
+  CHECK(trained.output.find("these shards hold tokens") == std::string::npos);
   const std::string checkpoint = " --checkpoint " + tmp.str("run");
 
   SECTION("eval reports bits per byte from the prepared split's bytes per token") {
@@ -309,6 +310,25 @@ TEST_CASE("srgpt sample and eval through the binary: text, determinism, bits per
     auto bare = run_command(bin + " eval" + checkpoint + " --data " + tmp.str("bare/val_000000.bin"));
     REQUIRE(bare.exit_code == 0);
     CHECK(bare.output.find("bits_per_byte") == std::string::npos);
+  }
+
+  SECTION("a model of another vocabulary than the shards' is warned about by train and eval") {
+    srgpt::Config other = c;
+    other.model.vocab_size = 300;
+    other.out_dir = tmp.str("run-300");
+    std::ofstream(tmp.str("run-300.json")) << srgpt::config_to_json(other).dump(2);
+    auto r = run_command(bin + " train --config " + tmp.str("run-300.json"));
+    INFO(r.output);
+    REQUIRE(r.exit_code == 0);
+    for (const char* what : {"data.train", "data.val"})
+      CHECK(r.output.find(std::string(what) + ": these shards hold tokens of the byte tokenizer (vocabulary 256, by "
+                                              "their summary.json), but the model's vocabulary (model.vocab_size) "
+                                              "has 300 tokens") != std::string::npos);
+    auto e = run_command(bin + " eval --checkpoint " + tmp.str("run-300") + " --data '" + tmp.str("data") +
+                         "/val_*.bin'");
+    INFO(e.output);
+    REQUIRE(e.exit_code == 0);
+    CHECK(e.output.find("warning: --data: these shards hold tokens of the byte tokenizer") != std::string::npos);
   }
 
   SECTION("sample prints the prompt and a continuation, reproducibly") {
