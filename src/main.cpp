@@ -2,10 +2,12 @@
 #include <csignal>
 #include <cstdio>
 #include <exception>
+#include <memory>
 #include <string>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
+#include <spdlog/pattern_formatter.h>
 #include <spdlog/spdlog.h>
 
 #include "srgpt/cli.h"
@@ -26,6 +28,18 @@ int report_error(const std::string& msg) {
   std::fprintf(stderr, "srgpt: error: %s\n", msg.c_str());
   return 1;
 }
+
+// The log's %W flag: "warning: " before a warning, nothing before the
+// progress lines, so that a warning among them stands out.
+class WarningTag : public spdlog::custom_flag_formatter {
+ public:
+  void format(const spdlog::details::log_msg& msg, const std::tm&, spdlog::memory_buf_t& dest) override {
+    if (msg.level < spdlog::level::warn) return;
+    const std::string_view tag = msg.level == spdlog::level::warn ? "warning: " : "error: ";
+    dest.append(tag.data(), tag.data() + tag.size());
+  }
+  std::unique_ptr<custom_flag_formatter> clone() const override { return std::make_unique<WarningTag>(); }
+};
 
 // CLI11 answers a misspelled subcommand with "A subcommand is required";
 // name the word it did not know instead.
@@ -54,7 +68,9 @@ int run(int argc, char** argv) {
   srgpt::add_sample_command(app);
   srgpt::add_export_command(app);
   srgpt::add_import_command(app);
-  spdlog::set_pattern("[%H:%M:%S] %v");
+  auto log_format = std::make_unique<spdlog::pattern_formatter>();
+  log_format->add_flag<WarningTag>('W').set_pattern("[%H:%M:%S] %W%v");
+  spdlog::set_formatter(std::move(log_format));
   if (const std::string unknown = unknown_subcommand(app, argc, argv); !unknown.empty()) return report_error(unknown);
   try {
     app.parse(argc, argv);

@@ -321,7 +321,7 @@ TEST_CASE("srgpt sample and eval through the binary: text, determinism, bits per
     INFO(r.output);
     REQUIRE(r.exit_code == 0);
     for (const char* what : {"data.train", "data.val"})
-      CHECK(r.output.find(std::string(what) + ": these shards hold tokens of the byte tokenizer (vocabulary 256, by "
+      CHECK(r.output.find("warning: " + std::string(what) + ": these shards hold tokens of the byte tokenizer (vocabulary 256, by "
                                               "their summary.json), but the model's vocabulary (model.vocab_size) "
                                               "has 300 tokens") != std::string::npos);
     auto e = run_command(bin + " eval --checkpoint " + tmp.str("run-300") + " --data '" + tmp.str("data") +
@@ -329,6 +329,15 @@ TEST_CASE("srgpt sample and eval through the binary: text, determinism, bits per
     INFO(e.output);
     REQUIRE(e.exit_code == 0);
     CHECK(e.output.find("warning: --data: these shards hold tokens of the byte tokenizer") != std::string::npos);
+
+    // Training does not need summary.json: a damaged one is a warning there.
+    std::ofstream(tmp.str("data/summary.json")) << "{\"format\": ";
+    other.out_dir = tmp.str("run-damaged-summary");
+    std::ofstream(tmp.str("run-damaged-summary.json")) << srgpt::config_to_json(other).dump(2);
+    auto d = run_command(bin + " train --config " + tmp.str("run-damaged-summary.json"));
+    INFO(d.output);
+    CHECK(d.exit_code == 0);
+    CHECK(d.output.find("warning: data.train: " + tmp.str("data/summary.json")) != std::string::npos);
   }
 
   SECTION("sample prints the prompt and a continuation, reproducibly") {
