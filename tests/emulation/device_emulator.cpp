@@ -1,11 +1,11 @@
-// Fibers switch with _setjmp/_longjmp between their stacks (ucontext only
-// starts them): swapcontext saves the signal mask with a system call at
-// every switch, which made the emulation several times slower. glibc's
-// fortified longjmp refuses to jump to another stack, hence the undef.
-#undef _FORTIFY_SOURCE
+// Fibers switch with the compiler's __builtin_setjmp/__builtin_longjmp
+// between their stacks (ucontext only starts them): swapcontext saves the
+// signal mask with a system call at every switch, which made the emulation
+// several times slower, and glibc's _longjmp still walks the thread's
+// cancellation handlers at each; the builtins save and restore only the
+// stack and frame pointers and the resumption address.
 #include "device_emulator.h"
 
-#include <setjmp.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <ucontext.h>
@@ -24,7 +24,7 @@
 
 // Under AddressSanitizer (SRGPT_SANITIZE) every switch between the
 // scheduler's stack and a fiber's is announced to it: otherwise a throw or
-// _longjmp on a fiber makes it clean up from the fiber's stack pointer to
+// longjmp on a fiber makes it clean up from the fiber's stack pointer to
 // the thread's own stack top, a range it refuses with a warning, and it
 // then reports false stack-buffer-underflows on the fiber stacks.
 #ifdef SRGPT_EMULATOR_ASAN
@@ -58,6 +58,13 @@ namespace srgpt::emulation {
 namespace {
 
 constexpr size_t kStackBytes = 256 * 1024;
+// The stacks lie kStackBytes apart, so their tops, where the threads
+// switch, would all fall in the same cache sets and evict each other at
+// every switch: thread t's top is (t % kStaggeredStacks) * kStackStagger
+// bytes lower, a different cache line and 1 KiB span for each of 64
+// threads, at most 67 KiB of the stack.
+constexpr size_t kStaggeredStacks = 64;
+constexpr size_t kStackStagger = 1024 + 64;
 constexpr size_t kSharedGuardBytes = 4096;
 constexpr unsigned char kPoison = 0xFF;  // NaN in bf16 and fp32
 constexpr unsigned char kGuardByte = 0xA5;
@@ -70,11 +77,20 @@ struct Copy {
   size_t bytes, src_bytes;
 };
 
+// What __builtin_setjmp saves: the frame and stack pointers, the
+// resumption address and two words the target may use.
+using JumpBuffer = void* [5];
+
+// Resumes the __builtin_setjmp that filled `to`. A function of its own:
+// __builtin_longjmp may not be called from the function that called
+// __builtin_setjmp.
+[[gnu::noinline, noreturn]] void jump_to(JumpBuffer& to) { __builtin_longjmp(to, 1); }
+
 enum class State { ready, at_block_barrier, at_warp_operation, at_flag_wait, done };
 
 struct Fiber {
   ucontext_t start;
-  jmp_buf resume;
+  JumpBuffer resume;
   bool started = false;
   void* asan_fake_stack = nullptr;  // AddressSanitizer's, while switched away
   uint3 index;
@@ -152,7 +168,7 @@ int g_launch_error = 0;
 Stacks g_stacks;
 Block* g_block = nullptr;
 Fiber* g_fiber = nullptr;
-jmp_buf g_scheduler;
+JumpBuffer g_scheduler;
 const std::function<void()>* g_thread_body = nullptr;
 // Set by release_flag in the interleaved schedule: the running block's
 // slice ends, so that the other blocks run before it goes on.
@@ -208,9 +224,9 @@ int linear_index(const Block& b, const uint3& i) { return int(i.x + b.dim.x * (i
 Warp& my_warp() { return block().warps[linear_index(*g_block, g_fiber->index) / 32]; }
 
 void yield() {
-  if (_setjmp(g_fiber->resume) == 0) {
+  if (__builtin_setjmp(g_fiber->resume) == 0) {
     switching_to_scheduler(*g_fiber, false);
-    _longjmp(g_scheduler, 1);
+    jump_to(g_scheduler);
   }
   switched_to_fiber(*g_fiber);
 }
@@ -250,7 +266,7 @@ void perform(const Copy& c) {
     ++b.generation;
   }
   switching_to_scheduler(fiber, true);
-  _longjmp(g_scheduler, 1);
+  jump_to(g_scheduler);
 }
 
 bool runnable(const Block& b, const Fiber& f) {
@@ -265,12 +281,12 @@ bool runnable(const Block& b, const Fiber& f) {
 }
 
 // Its own frame, so that no local of the scheduler loop lives across the
-// _setjmp that the fiber's _longjmp returns to.
+// __builtin_setjmp that the fiber's jump returns to.
 [[gnu::noinline]] void run_until_it_yields(Fiber& f) {
   g_fiber = &f;
-  if (_setjmp(g_scheduler) == 0) {
+  if (__builtin_setjmp(g_scheduler) == 0) {
     switching_to_fiber(f);
-    if (f.started) _longjmp(f.resume, 1);
+    if (f.started) jump_to(f.resume);
     f.started = true;
     setcontext(&f.start);
   }
@@ -280,11 +296,11 @@ bool runnable(const Block& b, const Fiber& f) {
 
 // Its own frame too: getcontext may return twice as far as the compiler
 // knows, which would make it suspect the caller's loop counter of being
-// clobbered.
-[[gnu::noinline]] void prepare_start(Fiber& f, char* stack) {
+// clobbered. `stagger`: bytes left unused at the stack's top.
+[[gnu::noinline]] void prepare_start(Fiber& f, char* stack, size_t stagger) {
   getcontext(&f.start);
   f.start.uc_stack.ss_sp = stack;
-  f.start.uc_stack.ss_size = kStackBytes;
+  f.start.uc_stack.ss_size = kStackBytes - stagger;
   f.start.uc_link = nullptr;  // fiber_entry never returns
   makecontext(&f.start, fiber_entry, 0);
 }
@@ -305,7 +321,7 @@ void start_block(Block& b) {
     Fiber& f = b.fibers[t];
     f = Fiber{};
     f.index = uint3{unsigned(t % b.dim.x), unsigned(t / b.dim.x % b.dim.y), unsigned(t / (b.dim.x * b.dim.y))};
-    prepare_start(f, b.stacks + size_t(t) * kStackBytes);
+    prepare_start(f, b.stacks + size_t(t) * kStackBytes, size_t(t % kStaggeredStacks) * kStackStagger);
   }
 }
 
@@ -575,7 +591,7 @@ void warp_collective(const char* kind, const void* in, size_t in_bytes, void* ou
     warp.kind = kind;
     warp.in_bytes = in_bytes;
     warp.out_bytes = out_bytes;
-  } else if (std::strcmp(warp.kind, kind) != 0) {
+  } else if (warp.kind != kind && std::strcmp(warp.kind, kind) != 0) {
     fault(fmt::format("lanes of one warp at different warp-wide operations: {} and {}", warp.kind, kind));
   }
   std::memcpy(warp.in + lane * in_bytes, in, in_bytes);
