@@ -538,17 +538,15 @@ Trainer::Trainer(Config config, TrainOptions options) : config_(std::move(config
   }
   if (world > 1) require_shared_out_dir(*comm_, *host_comm_, config_.out_dir);
   const auto& b = config_.batch;
+  auto loader_for = [&](const std::string& pattern, const char* what, bool shuffle) {
+    const std::vector<std::string> files = expand_shard_pattern(pattern, what);
+    if (rank == 0 && !options_.quiet) warn_of_other_vocabulary(files, config_.model.vocab_size, what);
+    return std::make_unique<TokenLoader>(files, b.micro_batch, b.seq_len, rank, world, config_.model.vocab_size,
+                                         shuffle, config_.train.seed);
+  };
   if (!options_.without_data) {
-    const std::vector<std::string> files = expand_shard_pattern(config_.data.train, "data.train");
-    if (rank == 0 && !options_.quiet) warn_of_other_vocabulary(files, config_.model.vocab_size, "data.train");
-    train_loader_ = std::make_unique<TokenLoader>(files, b.micro_batch, b.seq_len, rank, world,
-                                                  config_.model.vocab_size, true, config_.train.seed);
-  }
-  if (!config_.data.val.empty() && !options_.without_data) {
-    const std::vector<std::string> files = expand_shard_pattern(config_.data.val, "data.val");
-    if (rank == 0 && !options_.quiet) warn_of_other_vocabulary(files, config_.model.vocab_size, "data.val");
-    val_loader_ = std::make_unique<TokenLoader>(files, b.micro_batch, b.seq_len, rank, world,
-                                                config_.model.vocab_size, false, config_.train.seed);
+    train_loader_ = loader_for(config_.data.train, "data.train", true);
+    if (!config_.data.val.empty()) val_loader_ = loader_for(config_.data.val, "data.val", false);
   }
   params_ = std::make_unique<ParameterStore>(*backend_, *comm_, gpt2_param_layout(config_.model, world),
                                              config_.dist.zero_stage, config_.dist.grad_dtype(config_.precision),
