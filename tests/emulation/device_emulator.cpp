@@ -88,11 +88,18 @@ using JumpBuffer = void* [5];
 
 enum class State { ready, at_block_barrier, at_warp_operation, at_flag_wait, done };
 
+// A thread of the block in a slot (run_kernel). Once it has run its block
+// to the end it waits in fiber_entry (parked) for the slot's next block,
+// whose thread of the same index it becomes: a fresh context costs two
+// system calls (getcontext, setcontext), a quarter of the time of tests
+// with many small blocks.
 struct Fiber {
   ucontext_t start;
   JumpBuffer resume;
-  bool started = false;
+  bool started = false;  // has a `resume` point: it yielded or parked
+  bool parked = false;
   void* asan_fake_stack = nullptr;  // AddressSanitizer's, while switched away
+  // This block's run.
   uint3 index;
   State state = State::ready;
   uint64_t waiting_for = 0;  // the barrier generation that releases it
@@ -193,11 +200,10 @@ void switched_to_fiber([[maybe_unused]] Fiber& f) {
   __sanitizer_finish_switch_fiber(f.asan_fake_stack, &g_scheduler_stack_bottom, &g_scheduler_stack_size);
 #endif
 }
-// Before leaving fiber f's stack for the scheduler's; `finished`: for good.
-void switching_to_scheduler([[maybe_unused]] Fiber& f, [[maybe_unused]] bool finished) {
+// Before leaving fiber f's stack for the scheduler's.
+void switching_to_scheduler([[maybe_unused]] Fiber& f) {
 #ifdef SRGPT_EMULATOR_ASAN
-  __sanitizer_start_switch_fiber(finished ? nullptr : &f.asan_fake_stack, g_scheduler_stack_bottom,
-                                 g_scheduler_stack_size);
+  __sanitizer_start_switch_fiber(&f.asan_fake_stack, g_scheduler_stack_bottom, g_scheduler_stack_size);
 #endif
 }
 // First thing back on the scheduler's stack.
@@ -225,7 +231,7 @@ Warp& my_warp() { return block().warps[linear_index(*g_block, g_fiber->index) / 
 
 void yield() {
   if (__builtin_setjmp(g_fiber->resume) == 0) {
-    switching_to_scheduler(*g_fiber, false);
+    switching_to_scheduler(*g_fiber);
     jump_to(g_scheduler);
   }
   switched_to_fiber(*g_fiber);
@@ -236,10 +242,8 @@ void perform(const Copy& c) {
   std::memset(static_cast<char*>(c.dst) + c.src_bytes, 0, c.bytes - c.src_bytes);
 }
 
-[[noreturn]] void fiber_entry() {
-  Fiber& fiber = *g_fiber;
-  Block& b = *g_block;
-  switched_to_fiber(fiber);
+// One thread's run of block b, to its end.
+void run_thread(Fiber& fiber, Block& b) {
   try {
     (*g_thread_body)();
     if (!fiber.open_group.empty() || !fiber.committed_groups.empty())
@@ -265,8 +269,18 @@ void perform(const Copy& c) {
     b.arrived = 0;
     ++b.generation;
   }
-  switching_to_scheduler(fiber, true);
-  jump_to(g_scheduler);
+}
+
+// A fiber's whole life: the threads of one block after another in its
+// slot. When the launch ends its last park is abandoned, with nothing on
+// its stack to destroy.
+[[noreturn]] void fiber_entry() {
+  switched_to_fiber(*g_fiber);
+  for (;;) {
+    run_thread(*g_fiber, *g_block);
+    g_fiber->parked = true;
+    yield();  // until the slot's next block (start_block), if any
+  }
 }
 
 bool runnable(const Block& b, const Fiber& f) {
@@ -319,9 +333,17 @@ void start_block(Block& b) {
   }
   for (int t = 0; t < threads; ++t) {
     Fiber& f = b.fibers[t];
-    f = Fiber{};
+    // A parked fiber goes on from its park; any other starts afresh.
+    const bool parked = std::exchange(f.parked, false);
     f.index = uint3{unsigned(t % b.dim.x), unsigned(t / b.dim.x % b.dim.y), unsigned(t / (b.dim.x * b.dim.y))};
-    prepare_start(f, b.stacks + size_t(t) * kStackBytes, size_t(t % kStaggeredStacks) * kStackStagger);
+    f.state = State::ready;
+    f.waiting_for = 0;
+    f.flag = nullptr;
+    f.flag_value = 0;
+    f.open_group.clear();
+    f.committed_groups.clear();
+    f.started = parked;
+    if (!parked) prepare_start(f, b.stacks + size_t(t) * kStackBytes, size_t(t % kStaggeredStacks) * kStackStagger);
   }
 }
 
@@ -719,7 +741,7 @@ struct sigaction g_previous_segv_action;
 // test framework's report, or the end of the process). Async-signal-safe
 // but for snprintf, the map lookup and the strings, which nothing else
 // touches while a kernel or a copy runs.
-void name_device_memory_fault(int, siginfo_t* info, void*) {
+[[maybe_unused]] void name_device_memory_fault(int, siginfo_t* info, void*) {
   const char* address = static_cast<const char*>(info->si_addr);
   for (const auto& [start, a] : g_device_memory) {
     const bool before = address >= a.mapping && address < guard_front(a);
@@ -767,14 +789,14 @@ void name_device_memory_faults() {
 // spreads into the reader's results, while the NaNs kernels write (0x7FC0,
 // 0x7FC00000) still differ from them.
 unsigned char guard_byte(const char* p) { return (reinterpret_cast<uintptr_t>(p) & 1) ? 0xFF : 0xA5; }
-bool guard_intact(const char* p) { return static_cast<unsigned char>(*p) == guard_byte(p); }
+[[maybe_unused]] bool guard_intact(const char* p) { return static_cast<unsigned char>(*p) == guard_byte(p); }
 void fill_guard(char* from, char* to) {
   for (char* p = from; p < to; ++p) *p = char(guard_byte(p));
 }
 
 // Throws, naming `by`, if a write reached an allocation's guard bytes;
 // those are restored, so that one write is reported once.
-void check_guard_bytes(const std::string& by) {
+void check_guard_bytes([[maybe_unused]] const std::string& by) {
 #ifndef SRGPT_EMULATOR_ASAN  // there the guard bytes are poisoned
   for (const auto& [start, a] : g_device_memory) {
     char* first = const_cast<char*>(start);
