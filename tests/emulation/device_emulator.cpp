@@ -840,8 +840,11 @@ void* allocate_device_memory(size_t bytes) {
   std::fill(start, start + bytes, char(kPoison));
   fill_guard(start + bytes, guard_back_end(a));
 #ifdef SRGPT_EMULATOR_ASAN
-  ASAN_POISON_MEMORY_REGION(guard_front(a), size_t(start - guard_front(a)));
-  ASAN_POISON_MEMORY_REGION(start + bytes, rounded - bytes);
+  // The guard pages' shadow too: AddressSanitizer names a fault in an
+  // allocation's last, partly addressable 8 bytes by the shadow after them,
+  // which without this was the back guard page's, unpoisoned ("unknown-crash").
+  ASAN_POISON_MEMORY_REGION(a.mapping, size_t(start - a.mapping));
+  ASAN_POISON_MEMORY_REGION(start + bytes, size_t(a.mapping + a.mapping_bytes - (start + bytes)));
 #endif
   g_device_memory.emplace(start, a);
   return start;
