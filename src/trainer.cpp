@@ -360,7 +360,8 @@ void check_same_model(const Config& ours, const Config& theirs, const fs::path& 
 void warn_of_other_vocabulary(const std::vector<std::string>& files, int vocab_size, const char* what) {
   try {
     if (const auto shards = prepared_split(files))
-      if (const auto warning = vocabulary_mismatch(*shards, vocab_size, what)) spdlog::warn("{}", *warning);
+      if (const auto warning = vocabulary_mismatch(*shards, vocab_size, what, ShardUse::training))
+        spdlog::warn("{}", *warning);
   } catch (const Error& e) {
     spdlog::warn("{}: {}", what, e.what());
   }

@@ -88,11 +88,18 @@ struct PreparedSplit {
 // all from one split of it.
 std::optional<PreparedSplit> prepared_split(const std::vector<std::string>& shard_files);
 
+// What the shards are read for: the advice in vocabulary_mismatch differs.
+enum class ShardUse { training, evaluation };
+
 // A warning when prepared shards hold tokens of another vocabulary than a
-// model's `vocab_size` (a model trained on GPT-2 tokens evaluated on
-// byte-tokenized shards gives a loss that means nothing, with no token out
-// of range to stop it); nullopt when the sizes agree. `what` names the
-// shards.
-std::optional<std::string> vocabulary_mismatch(const PreparedSplit& shards, int vocab_size, const std::string& what);
+// model's `vocab_size`, which no token out of range stops (byte tokens fit a
+// GPT-2 model: trained on, `srgpt sample` reads them as GPT-2 tokens;
+// evaluated, the loss means nothing). A `vocab_size` that only pads the
+// shards' vocabulary (50304 for GPT-2's 50257) is warned about in training,
+// where it keeps `srgpt sample` from pairing the model with its tokenizer,
+// and is no mismatch in evaluation. Nullopt when the sizes agree. `what`
+// names the shards.
+std::optional<std::string> vocabulary_mismatch(const PreparedSplit& shards, int vocab_size, const std::string& what,
+                                                ShardUse use);
 
 }  // namespace srgpt

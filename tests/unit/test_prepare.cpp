@@ -275,12 +275,39 @@ TEST_CASE("prepare replaces the shards of an earlier run and reports bytes per t
                   .has_value());
   CHECK_FALSE(srgpt::prepared_split({(dir.path() / "in/a.txt").string()}).has_value());
 
-  // Byte tokens: a model of the byte vocabulary agrees; a GPT-2 one is warned.
-  CHECK_FALSE(srgpt::vocabulary_mismatch(*train, 256, "data.train").has_value());
-  const auto mismatch = srgpt::vocabulary_mismatch(*train, 50257, "data.train");
-  REQUIRE(mismatch.has_value());
-  CHECK(mismatch->find("data.train: these shards hold tokens of the byte tokenizer (vocabulary 256, by their "
-                       "summary.json), but the model's vocabulary (model.vocab_size) has 50257 tokens") == 0);
+  // Byte tokens: a model of the byte vocabulary agrees; a GPT-2 one is warned
+  // about, with advice that depends on the use.
+  using srgpt::ShardUse;
+  for (const ShardUse use : {ShardUse::training, ShardUse::evaluation}) {
+    CHECK_FALSE(srgpt::vocabulary_mismatch(*train, 256, "data.train", use).has_value());
+    const auto mismatch = srgpt::vocabulary_mismatch(*train, 50257, "data.train", use);
+    REQUIRE(mismatch.has_value());
+    CHECK(mismatch->find("data.train: these shards hold tokens of the byte tokenizer (vocabulary 256, by their "
+                         "summary.json), but the model's vocabulary (model.vocab_size) has 50257 tokens: ") == 0);
+    CHECK(mismatch->find(use == ShardUse::training ? "set model.vocab_size = 256" : "its loss on them means nothing") !=
+          std::string::npos);
+    // 512 is 256 rounded up to a multiple of 512, but that is no padding.
+    CHECK(srgpt::vocabulary_mismatch(*train, 512, "data.train", use).has_value());
+  }
+  // A padded GPT-2 vocabulary: advice in training, fine in evaluation.
+  srgpt::PreparedSplit gpt2 = *train;
+  gpt2.summary.tokenizer = "gpt2";
+  gpt2.summary.vocab_size = 50257;
+  for (const int padded : {50264, 50304, 50432, 51200}) {
+    INFO(padded);
+    const auto advice = srgpt::vocabulary_mismatch(gpt2, padded, "data.train", ShardUse::training);
+    REQUIRE(advice.has_value());
+    CHECK(advice->find("data.train: model.vocab_size " + std::to_string(padded) +
+                       " pads the gpt2 tokenizer's vocabulary of 50257 tokens") == 0);
+    CHECK(advice->find("set model.vocab_size = 50257") != std::string::npos);
+    CHECK_FALSE(srgpt::vocabulary_mismatch(gpt2, padded, "--data", ShardUse::evaluation).has_value());
+  }
+  for (const int other : {50256, 50258, 50300, 52224}) {
+    INFO(other);
+    const auto mismatch = srgpt::vocabulary_mismatch(gpt2, other, "--data", ShardUse::evaluation);
+    REQUIRE(mismatch.has_value());
+    CHECK(mismatch->find("--data: these shards hold tokens of the gpt2 tokenizer") == 0);
+  }
 
   // Another format's summary.json, without a "version" (found by
   // test_input_fuzz.cpp: the message's object.at("version") threw

@@ -323,7 +323,8 @@ TEST_CASE("srgpt sample and eval through the binary: text, determinism, bits per
     for (const char* what : {"data.train", "data.val"})
       CHECK(r.output.find("warning: " + std::string(what) + ": these shards hold tokens of the byte tokenizer (vocabulary 256, by "
                                               "their summary.json), but the model's vocabulary (model.vocab_size) "
-                                              "has 300 tokens") != std::string::npos);
+                                              "has 300 tokens: the ids fit") != std::string::npos);
+    CHECK(r.output.find("set model.vocab_size = 256") != std::string::npos);
     auto e = run_command(bin + " eval --checkpoint " + tmp.str("run-300") + " --data '" + tmp.str("data") +
                          "/val_*.bin'");
     INFO(e.output);
