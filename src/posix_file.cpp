@@ -5,6 +5,7 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -50,6 +51,43 @@ ExclusiveFileLock::ExclusiveFileLock(const std::filesystem::path& path, const st
 
 ExclusiveFileLock::~ExclusiveFileLock() {
   if (fd_ >= 0) ::close(fd_);  // which releases the lock
+}
+
+namespace {
+
+std::filesystem::path absolute_normal(const std::filesystem::path& path) {
+  std::error_code ec;
+  std::filesystem::path p = std::filesystem::absolute(path, ec).lexically_normal();
+  if (ec) p = path.lexically_normal();
+  return p.has_filename() ? p : p.parent_path();  // "out/" names "out"
+}
+
+}  // namespace
+
+void StartDirectories::create(const std::filesystem::path& dir, std::error_code& ec) {
+  std::vector<std::filesystem::path> missing;
+  for (std::filesystem::path p = absolute_normal(dir); p.has_relative_path(); p = p.parent_path()) {
+    std::error_code probe;
+    if (std::filesystem::symlink_status(p, probe).type() != std::filesystem::file_type::not_found) break;
+    missing.push_back(p);
+  }
+  std::filesystem::create_directories(dir, ec);
+  if (!ec) made_.insert(made_.end(), missing.rbegin(), missing.rend());
+}
+
+void StartDirectories::own_file(const std::filesystem::path& file) { files_.push_back(absolute_normal(file)); }
+
+void StartDirectories::keep() {
+  made_.clear();
+  files_.clear();
+}
+
+StartDirectories::~StartDirectories() {
+  std::error_code ec;
+  for (const auto& file : files_)
+    if (std::find(made_.begin(), made_.end(), file.parent_path()) != made_.end()) std::filesystem::remove(file, ec);
+  // remove() takes only empty directories: anything put there since stays.
+  for (auto dir = made_.rbegin(); dir != made_.rend(); ++dir) std::filesystem::remove(*dir, ec);
 }
 
 PosixFile::~PosixFile() {

@@ -497,7 +497,7 @@ Trainer::Trainer(Config config, TrainOptions options) : config_(std::move(config
     for (const auto& [dir, what] : {std::pair{fs::path(config_.out_dir), "output directory"},
                                     std::pair{checkpoint_root(config_), "checkpoint directory"}}) {
       std::error_code ec;
-      fs::create_directories(dir, ec);
+      start_dirs_.create(dir, ec);
       if (ec) fail("cannot create {} '{}' (out_dir): {}", what, dir.string(), ec.message());
       fs::path probe = dir / ".srgpt-write-test";
       std::ofstream f(probe);
@@ -507,10 +507,12 @@ Trainer::Trainer(Config config, TrainOptions options) : config_(std::move(config
     }
   // Two runs in one out_dir would overwrite each other's checkpoints and
   // interleave their metrics. Rank 0 speaks for the job.
-  if (launch.rank == 0)
-    out_dir_lock_ = std::make_unique<ExclusiveFileLock>(fs::path(config_.out_dir) / ".srgpt-train.lock",
-                                                        fmt::format("out_dir '{}'", config_.out_dir),
+  if (launch.rank == 0) {
+    const fs::path lock_file = fs::path(config_.out_dir) / ".srgpt-train.lock";
+    out_dir_lock_ = std::make_unique<ExclusiveFileLock>(lock_file, fmt::format("out_dir '{}'", config_.out_dir),
                                                         "wait for that run to end, or use another out_dir");
+    start_dirs_.own_file(lock_file);
+  }
 
   backend_ = make_backend(config_, launch.local_rank);
   comm_ = options_.single_process ? make_single_process_communicator(*backend_) : make_communicator(*backend_, config_.dist.communicator);
@@ -604,6 +606,7 @@ Trainer::Trainer(Config config, TrainOptions options) : config_(std::move(config
     optimizer_->set_weights(gpt2_initial_weights(config_.model, model_->layout(), config_.train.seed,
                                                  config_.train.init_std));
   }
+  start_dirs_.keep();
 }
 
 Trainer::~Trainer() = default;

@@ -11,6 +11,7 @@
 #include <functional>
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace srgpt {
 
@@ -63,6 +64,28 @@ class ExclusiveFileLock {
 
  private:
   int fd_ = -1;
+};
+
+// Directories made for a job, undone if it fails to start: unless keep() is
+// called, the destructor removes the files given to own_file() and then the
+// directories create() made, innermost first, where they are then empty.
+// Only what create() made goes: a directory that existed before, or that
+// holds anything else, stays. A mistyped data.train leaves no empty out_dir.
+class StartDirectories {
+ public:
+  StartDirectories() = default;
+  ~StartDirectories();
+  StartDirectories(const StartDirectories&) = delete;
+  StartDirectories& operator=(const StartDirectories&) = delete;
+  // std::filesystem::create_directories, remembering which were missing.
+  void create(const std::filesystem::path& dir, std::error_code& ec);
+  // A file the job made; removed with its directory if create() made that.
+  void own_file(const std::filesystem::path& file);
+  void keep();
+
+ private:
+  std::vector<std::filesystem::path> made_;  // absolute, outermost first
+  std::vector<std::filesystem::path> files_;
 };
 
 // Whether `name` is `prefix` followed by the pid (digits) of a writer that

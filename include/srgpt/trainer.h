@@ -84,6 +84,9 @@ class Trainer {
   Config config_;
   TrainOptions options_;
   std::unique_ptr<ExclusiveFileLock> out_dir_lock_;  // rank 0's, for the whole run
+  // Declared after the lock, so that a failed start removes the lock file
+  // (in an out_dir it made) while still holding the lock.
+  StartDirectories start_dirs_;
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<Communicator> comm_;
   // Collectives on host data (checkpoint paths and file tables): comm_

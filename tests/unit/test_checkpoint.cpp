@@ -121,6 +121,50 @@ int run_in_child(const std::function<int()>& child) {
 
 }  // namespace
 
+TEST_CASE("StartDirectories undoes only what it made, and only while empty", "[checkpoint]") {
+  namespace fs = std::filesystem;
+  TempDir tmp("start-dirs");
+  const fs::path made = tmp.path() / "a" / "b" / "c";
+  std::ofstream(tmp.path() / "lock") << "pid";  // in a directory that existed: stays
+  {
+    srgpt::StartDirectories dirs;
+    std::error_code ec;
+    dirs.create(made.string() + "/", ec);
+    REQUIRE_FALSE(ec);
+    REQUIRE(fs::is_directory(made));
+    std::ofstream(made / "lock") << "pid";
+    dirs.own_file(made / "lock");
+    dirs.own_file(tmp.path() / "lock");
+  }
+  CHECK_FALSE(fs::exists(tmp.path() / "a"));
+  CHECK(fs::exists(tmp.path() / "lock"));
+  {
+    srgpt::StartDirectories dirs;
+    std::error_code ec;
+    dirs.create(made, ec);
+    REQUIRE_FALSE(ec);
+    std::ofstream(tmp.path() / "a" / "someone-elses") << "x";  // put there meanwhile
+  }
+  CHECK_FALSE(fs::exists(tmp.path() / "a" / "b"));
+  CHECK(fs::exists(tmp.path() / "a" / "someone-elses"));
+  {
+    srgpt::StartDirectories dirs;
+    std::error_code ec;
+    dirs.create(made, ec);
+    REQUIRE_FALSE(ec);
+    dirs.keep();
+  }
+  CHECK(fs::is_directory(made));
+  {
+    // A path through a file cannot be made, and nothing is undone for it.
+    srgpt::StartDirectories dirs;
+    std::error_code ec;
+    dirs.create(tmp.path() / "a" / "someone-elses" / "d", ec);
+    CHECK(ec);
+  }
+  CHECK(fs::exists(tmp.path() / "a" / "someone-elses"));
+}
+
 TEST_CASE("crc32 is the IEEE CRC-32 and can be computed in pieces", "[checkpoint]") {
   const char* check = "123456789";
   CHECK(srgpt::crc32(check, 9) == 0xCBF43926u);

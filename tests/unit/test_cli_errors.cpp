@@ -381,6 +381,26 @@ TEST_CASE("command-line mistakes are refused before any training", "[cli][errors
     CHECK(r.output.find(no_step) == std::string::npos);
   }
   {
+    // A failed start used to leave the out_dir it made behind (checkpoints/
+    // and the lock file); one that existed keeps what it held.
+    namespace fs = std::filesystem;
+    const fs::path made = f.tmp.path() / "made" / "by" / "train";
+    expect_error("a data pattern that matches nothing, into a new out_dir",
+                 train + " --set data.train=" + f.tmp.str("nowhere/*.bin") + " --set out_dir=" + made.string(),
+                 {"data.train", "no files match"});
+    CHECK_FALSE(fs::exists(f.tmp.path() / "made"));
+    const fs::path kept = f.tmp.path() / "kept";
+    fs::create_directories(kept / "checkpoints");
+    Fixture::write_text((kept / "notes.txt").string(), "mine");
+    expect_error("a data pattern that matches nothing, into an existing out_dir",
+                 train + " --set data.train=" + f.tmp.str("nowhere/*.bin") + " --set out_dir=" + kept.string(),
+                 {"no files match"});
+    CHECK(fs::exists(kept / "checkpoints"));
+    CHECK(fs::exists(kept / "notes.txt"));
+    // The fixture's finished run is a start that succeeded: its lock stays.
+    CHECK(fs::exists(fs::path(f.run_dir) / ".srgpt-train.lock"));
+  }
+  {
     // A run directory resumes from its newest checkpoint, as eval and sample read it.
     CommandResult r = run_command(train + " --set train.steps=5 --resume-from " + f.run_dir);
     INFO(r.output);
