@@ -9,6 +9,7 @@
 #include <set>
 #include <utility>
 
+#include "srgpt/checkpoint.h"
 #include "srgpt/error.h"
 #include "srgpt/json_parse.h"
 #include "srgpt/mapped_read.h"
@@ -96,6 +97,17 @@ uint32_t TokenShard::token(size_t i) const {
   uint32_t v;
   std::memcpy(&v, tokens_ + 4 * i, 4);
   return v;
+}
+
+uint32_t TokenShard::head_crc32(size_t count) const {
+  std::vector<unsigned char> bytes(4 * std::min(count, count_));
+  read_mapped("token shard", path_, [&] {
+    for (size_t i = 0; i < bytes.size() / 4; ++i) {
+      const uint32_t id = token(i);
+      for (size_t b = 0; b < 4; ++b) bytes[4 * i + b] = static_cast<unsigned char>(id >> (8 * b));
+    }
+  });
+  return crc32(bytes.data(), bytes.size());
 }
 
 void TokenShard::copy(size_t begin, size_t count, int32_t* out, int vocab_size) const {
@@ -231,6 +243,7 @@ TokenLoader::TokenLoader(const std::vector<std::string>& files, int B, int T, in
       fail("token shard {} has {} tokens, too few for one global batch: it needs at least {} "
            "(world_size {} x batch {} x seq_len {} + 1)",
            f, shards_.back().size(), min_tokens, world_, B_, T_);
+    head_crc32_.push_back(shards_.back().head_crc32(kShardHeadTokens));
   }
   prepare_epoch_shard();
 }

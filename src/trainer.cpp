@@ -184,8 +184,10 @@ struct SavedState {
   nlohmann::json zero_plan;  // checked where the optimizer state is read
   LoaderPosition train_loader;
   // Tokens per shard of data.train, which the loader position refers to;
-  // absent in checkpoints written before srgpt recorded them.
+  // absent in checkpoints written before srgpt recorded them. The same for
+  // the CRC-32 of each shard's first tokens (TokenLoader::shard_head_crc32).
   std::optional<std::vector<size_t>> train_shard_tokens;
+  std::optional<std::vector<uint32_t>> train_shard_head_crc32;
 };
 
 SavedState read_saved_state(const CheckpointReader& reader) {
@@ -228,21 +230,26 @@ SavedState read_saved_state(const CheckpointReader& reader) {
   if (seed != s.config.train.seed)
     fail("checkpoint {}: its manifest's state says seed {} but its config {}", dir, seed, s.config.train.seed);
   s.zero_plan = field("zero_plan", nlohmann::json());
-  if (st.contains("train_shard_tokens")) {
-    // Element by element: nlohmann's own conversion of -2.5 to size_t is undefined.
-    const nlohmann::json& v = st.at("train_shard_tokens");
-    std::vector<size_t> tokens;
-    for (const nlohmann::json& count : v.is_array() ? v : nlohmann::json::array()) {
-      const std::optional<size_t> n = json_integer<size_t>(count);
+  // Element by element: nlohmann's own conversion of -2.5 to size_t is undefined.
+  auto optional_integers = [&](const char* key, auto element, const char* what) {
+    using T = decltype(element);
+    std::optional<std::vector<T>> result;
+    if (!st.contains(key)) return result;
+    const nlohmann::json& v = st.at(key);
+    std::vector<T> values;
+    for (const nlohmann::json& value : v.is_array() ? v : nlohmann::json::array()) {
+      const std::optional<T> n = json_integer<T>(value);
       if (!n) break;
-      tokens.push_back(*n);
+      values.push_back(*n);
     }
-    if (!v.is_array() || tokens.size() != v.size())
-      fail("checkpoint {}: its manifest's state \"train_shard_tokens\" = {} is not of the expected type (an array "
-           "of token counts)",
-           dir, v.dump());
-    s.train_shard_tokens = std::move(tokens);
-  }
+    if (!v.is_array() || values.size() != v.size())
+      fail("checkpoint {}: its manifest's state \"{}\" = {} is not of the expected type (an array of {})", dir, key,
+           v.dump(), what);
+    result = std::move(values);
+    return result;
+  };
+  s.train_shard_tokens = optional_integers("train_shard_tokens", size_t(), "token counts");
+  s.train_shard_head_crc32 = optional_integers("train_shard_head_crc32", uint32_t(), "CRC-32 values");
   try {
     s.train_loader = loader_position_from_json(field("train_loader", nlohmann::json()));
   } catch (const nlohmann::json::exception& e) {
@@ -367,6 +374,12 @@ void warn_of_other_vocabulary(const std::vector<std::string>& files, int vocab_s
   }
 }
 
+// One number for TokenLoader::shard_head_crc32, to compare across ranks.
+double shards_head_crc32(const TokenLoader& loader) {
+  const std::vector<uint32_t>& crcs = loader.shard_head_crc32();
+  return double(crc32(crcs.data(), crcs.size() * sizeof(uint32_t)));
+}
+
 // The loader position a checkpoint saved counts sequences of its seq_len
 // in shards of its data, shuffled by its seed: with any of them changed it
 // would point at other tokens (some trained twice, others never) or past
@@ -383,16 +396,30 @@ void check_same_data_order(const Config& ours, const SavedState& saved, const To
     fail("checkpoint {} was trained with batch.seq_len = {}, but the config has {}; {} (it counts sequences); "
          "resume with the same seq_len",
          dir.string(), theirs.batch.seq_len, ours.batch.seq_len, why);
-  if (!loader || !saved.train_shard_tokens || *saved.train_shard_tokens == loader->shard_tokens()) return;
-  auto describe = [](const std::vector<size_t>& tokens) {
-    size_t total = 0;
-    for (size_t n : tokens) total += n;
-    return fmt::format("{} shards, {} tokens", tokens.size(), total);
-  };
-  const std::string trained_on = describe(*saved.train_shard_tokens), given = describe(loader->shard_tokens());
-  fail("checkpoint {} was trained on data.train of {}, but '{}' holds {}{}; {}; resume with the same data (it may "
-       "have moved)",
-       dir.string(), trained_on, ours.data.train, given, trained_on == given ? " in shards of other sizes" : "", why);
+  if (!loader) return;
+  if (saved.train_shard_tokens && *saved.train_shard_tokens != loader->shard_tokens()) {
+    auto describe = [](const std::vector<size_t>& tokens) {
+      size_t total = 0;
+      for (size_t n : tokens) total += n;
+      return fmt::format("{} shards, {} tokens", tokens.size(), total);
+    };
+    const std::string trained_on = describe(*saved.train_shard_tokens), given = describe(loader->shard_tokens());
+    fail("checkpoint {} was trained on data.train of {}, but '{}' holds {}{}; {}; resume with the same data (it "
+         "may have moved)",
+         dir.string(), trained_on, ours.data.train, given, trained_on == given ? " in shards of other sizes" : "",
+         why);
+  }
+  // Shards of one size (all but the last of a prepared dataset) in another
+  // selection or order pass the check above.
+  if (!saved.train_shard_head_crc32) return;
+  const std::vector<uint32_t>& theirs_crc = *saved.train_shard_head_crc32;
+  const std::vector<uint32_t>& ours_crc = loader->shard_head_crc32();
+  for (size_t i = 0; i < ours_crc.size(); ++i)
+    if (i >= theirs_crc.size() || theirs_crc[i] != ours_crc[i])
+      fail("checkpoint {} was trained on a data.train whose shard {} of {} began with other tokens than {} (which "
+           "'{}' matches there): the shards have the same sizes but are not the same; {}; resume with the same "
+           "shards in the same order (the pattern sorts them by name)",
+           dir.string(), i + 1, theirs_crc.size(), loader->shard_path(i), ours.data.train, why);
 }
 
 // Keeps the metrics lines of steps <= last_step (a resumed run rewrites the
@@ -582,7 +609,9 @@ Trainer::Trainer(Config config, TrainOptions options) : config_(std::move(config
        {"the tokens in data.train", train_loader_ ? double(train_loader_->total_tokens()) : -1.0,
         "every rank must read the same token shards" + shared},
        {"the tokens in data.val", val_loader_ ? double(val_loader_->total_tokens()) : -1.0,
-        "every rank must read the same token shards" + shared}});
+        "every rank must read the same token shards" + shared},
+       {"the first tokens of data.train's shards (CRC-32)", train_loader_ ? shards_head_crc32(*train_loader_) : -1.0,
+        "every rank must read the same token shards, in the same order" + shared}});
   // Checkpoints in out_dir past the starting step are another run's (or
   // this run's future, if resuming from an earlier one): training on would
   // mix the two histories, and --resume would later pick the other one.
@@ -675,7 +704,10 @@ fs::path Trainer::save(int64_t step) {
   state["skipped_steps"] = skipped_steps_;
   state["train_loader"] = to_json(train_loader_ ? train_loader_->position() : LoaderPosition{});
   // None for an imported model's checkpoint: its loader has not started.
-  if (train_loader_) state["train_shard_tokens"] = train_loader_->shard_tokens();
+  if (train_loader_) {
+    state["train_shard_tokens"] = train_loader_->shard_tokens();
+    state["train_shard_head_crc32"] = train_loader_->shard_head_crc32();
+  }
   state["seed"] = config_.train.seed;
   state["precision"] = precision_name(config_.precision);
   state["world_size"] = comm.size();

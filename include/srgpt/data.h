@@ -33,8 +33,12 @@ class TokenShard {
   // Copies tokens [begin, begin+count) as int32; any id >= vocab_size is an
   // Error naming the file and token offset.
   void copy(size_t begin, size_t count, int32_t* out, int vocab_size) const;
-  // at() and copy() are an Error naming the file, not a crash, if it shrank
-  // since it was opened (the shard is memory-mapped: SIGBUS is caught).
+  // CRC-32 of the first min(size(), count) ids, each as 4 little-endian
+  // bytes: the same for the ids in a uint16 or a uint32 file.
+  uint32_t head_crc32(size_t count) const;
+  // at(), copy() and head_crc32() are an Error naming the file, not a crash,
+  // if it shrank since it was opened (the shard is memory-mapped: SIGBUS is
+  // caught).
 
  private:
   uint32_t token(size_t i) const;  // unchecked read from the mapping
@@ -87,9 +91,16 @@ class TokenLoader {
   size_t total_tokens() const;
   // Tokens of each shard, in the order of the files: what a position means.
   std::vector<size_t> shard_tokens() const;
+  // CRC-32 of each shard's first kShardHeadTokens ids, in the order of the
+  // files: tells apart what shard_tokens() cannot, such as shards of one
+  // size in another selection or order.
+  const std::vector<uint32_t>& shard_head_crc32() const { return head_crc32_; }
+  const std::string& shard_path(size_t index) const { return shards_.at(index).path(); }
+  static constexpr size_t kShardHeadTokens = 65536;
 
  private:
   std::vector<TokenShard> shards_;
+  std::vector<uint32_t> head_crc32_;
   int B_, T_, rank_, world_, vocab_;
   bool shuffle_;
   uint64_t seed_;

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "catch.h"
+#include "srgpt/checkpoint.h"
 #include "srgpt/data.h"
 #include "srgpt/error.h"
 #include "test_util.h"
@@ -141,6 +142,24 @@ TEST_CASE("llm.c uint16, llm.c uint32 and raw nanoGPT shards read the same token
   s2.copy(900, 100, copied.data(), 65536);
   CHECK(std::equal(copied.begin(), copied.end(), tokens.begin() + 900,
                    [](int32_t a, uint32_t b) { return uint32_t(a) == b; }));
+
+  // The head CRC is of the ids, not the file's bytes: one value for all three;
+  // it covers the first `count` ids (all of them past the end), no more.
+  std::vector<unsigned char> le;
+  for (size_t i = 0; i < 1000; ++i)
+    for (int b = 0; b < 4; ++b) le.push_back(static_cast<unsigned char>(tokens[i] >> (8 * b)));
+  const uint32_t first_1000 = srgpt::crc32(le.data(), le.size());
+  for (const TokenShard* s : {&s1, &s2, &raw}) {
+    CHECK(s->head_crc32(1000) == first_1000);
+    CHECK(s->head_crc32(1001) == s->head_crc32(1 << 20));
+    CHECK(s->head_crc32(1001) != first_1000);
+  }
+  std::vector<uint32_t> changed = tokens;
+  changed[999] ^= 1;
+  srgpt::write_token_shard((tmp.path() / "changed.bin").string(), changed);
+  const TokenShard c((tmp.path() / "changed.bin").string());
+  CHECK(c.head_crc32(1000) != first_1000);
+  CHECK(c.head_crc32(999) == s1.head_crc32(999));
 
   // Moving transfers the mapping.
   TokenShard moved = std::move(s1);
