@@ -16,6 +16,7 @@ void add_import_command(CLI::App& app);
 
 #include <filesystem>
 #include <limits>
+#include <string>
 
 namespace srgpt {
 
@@ -33,6 +34,10 @@ CLI::Validator integer_at_least(long long minimum) {
 // Checks a floating-point option is a number, written whole (CLI11 reads
 // "" as 0); the command checks its range.
 CLI::Validator real_number();
+
+// The checkpoint argument of eval, sample, export and info, required: given
+// as `--checkpoint DIR` or as DIR alone (a checkpoint or a run directory).
+CLI::Option* add_checkpoint_option(CLI::App& cmd, std::string& checkpoint);
 
 // A checkpoint directory, or a run directory / checkpoints root, resolved to
 // the checkpoint directory to read (the newest one for the latter two).

@@ -6,6 +6,14 @@ namespace srgpt {
 
 namespace fs = std::filesystem;
 
+CLI::Option* add_checkpoint_option(CLI::App& cmd, std::string& checkpoint) {
+  return cmd
+      .add_option("--checkpoint,checkpoint", checkpoint,
+                  "Checkpoint directory, or a run directory (its newest checkpoint is used); the option name may be "
+                  "left out")
+      ->required();
+}
+
 fs::path resolve_checkpoint_dir(const fs::path& path) {
   if (!fs::exists(path)) fail("checkpoint path {} does not exist", path.string());
   if (!fs::is_directory(path))

@@ -20,9 +20,7 @@ void add_eval_command(CLI::App& app) {
   };
   auto args = std::make_shared<Args>();
   CLI::App* cmd = app.add_subcommand("eval", "Mean loss, perplexity and bits per byte of a checkpoint on token shards");
-  cmd->add_option("--checkpoint", args->checkpoint,
-                  "Checkpoint directory, or a run directory (its newest checkpoint is used)")
-      ->required();
+  add_checkpoint_option(*cmd, args->checkpoint);
   cmd->add_option("--data", args->data, "Glob pattern of token shards, e.g. 'data/demo/val_*.bin'")->required();
   cmd->add_option("--max-tokens", args->max_tokens,
                   "Evaluate about this many tokens: rounded down to whole batches, at least one; 0 (the default): "

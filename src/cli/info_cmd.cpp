@@ -20,8 +20,7 @@ void add_info_command(CLI::App& app) {
   };
   auto args = std::make_shared<Args>();
   CLI::App* cmd = app.add_subcommand("info", "Describe a checkpoint: step, model, precision, files and tensors");
-  cmd->add_option("checkpoint", args->checkpoint, "Checkpoint directory, or a run directory (newest checkpoint)")
-      ->required();
+  add_checkpoint_option(*cmd, args->checkpoint);
   cmd->add_flag("--json", args->json, "Print the whole manifest as JSON");
   cmd->add_flag("--verify", args->verify,
                 "Read every file and check its size and CRC32, then load the state, weights and optimizer state as a "

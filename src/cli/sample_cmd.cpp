@@ -55,9 +55,7 @@ void add_sample_command(CLI::App& app) {
   auto args = std::make_shared<Args>();
   SampleOptions& o = args->options;
   CLI::App* cmd = app.add_subcommand("sample", "Generate text from a checkpoint");
-  cmd->add_option("--checkpoint", args->checkpoint,
-                  "Checkpoint directory, or a run directory (its newest checkpoint is used)")
-      ->required();
+  add_checkpoint_option(*cmd, args->checkpoint);
   cmd->add_option("--prompt", args->prompt,
                   "Text to continue; \"<|endoftext|>\" in it is GPT-2's special token. Empty (the default): start "
                   "from the end-of-text token, i.e. a new document");

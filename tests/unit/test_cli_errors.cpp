@@ -420,6 +420,27 @@ TEST_CASE("command-line mistakes are refused before any training", "[cli][errors
               .output.find("perplexity") == std::string::npos);
   }
 
+  // Every command that reads a checkpoint takes it with or without
+  // --checkpoint (info took only the bare path, the others only the option).
+  // sample gets as far as the fixture's 64-token vocabulary, which no
+  // tokenizer has.
+  const std::vector<std::pair<std::string, int>> reading_commands{
+      {" info", 0}, {" eval --data '" + f.data + "/val_*.bin'", 0}, {" export --out " + f.tmp.str("hf"), 0},
+      {" sample --tokens 3", 1}};
+  for (const auto& [command, exit_code] : reading_commands) {
+    const CommandResult named = run_command(bin + command + " --checkpoint " + f.run_dir);
+    const CommandResult bare = run_command(bin + command + " " + f.run_dir);
+    INFO(command << "\n" << named.output << "\n" << bare.output);
+    CHECK(named.exit_code == exit_code);
+    CHECK(bare.exit_code == exit_code);
+    CHECK(named.output == bare.output);
+  }
+  CHECK(run_command(bin + " sample --tokens 3 " + f.run_dir).output.find("the model's vocabulary has 64 tokens") !=
+        std::string::npos);
+  expect_error("a checkpoint given twice", bin + " info " + f.run_dir + " --checkpoint " + f.run_dir,
+               {"--checkpoint"});
+  expect_error("no checkpoint", bin + " eval --data '" + f.data + "/val_*.bin'", {"--checkpoint is required"});
+
   // Options CLI11 read as 0 when empty.
   expect_error("an empty --temperature", bin + " sample --checkpoint " + f.checkpoint() + " --temperature ''",
                {"--temperature: '' is not a number"});
