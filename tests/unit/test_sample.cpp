@@ -329,7 +329,7 @@ TEST_CASE("srgpt sample and eval through the binary: text, determinism, bits per
                          "/val_*.bin'");
     INFO(e.output);
     REQUIRE(e.exit_code == 0);
-    CHECK(e.output.find("warning: --data: these shards hold tokens of the byte tokenizer") != std::string::npos);
+    CHECK(e.output.find("srgpt: warning: --data: these shards hold tokens of the byte tokenizer") != std::string::npos);
 
     // Training does not need summary.json: a damaged one is a warning there.
     std::ofstream(tmp.str("data/summary.json")) << "{\"format\": ";
