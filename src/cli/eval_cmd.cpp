@@ -42,7 +42,8 @@ void add_eval_command(CLI::App& app) {
     const std::optional<PreparedSplit> prepared = prepared_split(files);
     const std::optional<double> bytes_per_token = prepared ? prepared->bytes_per_token() : std::nullopt;
     if (prepared)
-      if (const auto warning = vocabulary_mismatch(*prepared, lm.config.model.vocab_size, "--data", ShardUse::evaluation))
+      if (const auto warning =
+              vocabulary_mismatch(*prepared, lm.config.model.vocab_size, "--data", ShardUse::evaluation))
         std::fprintf(stderr, "srgpt: warning: %s\n", warning->c_str());
     EvalResult r = evaluate(*lm.model, loader, args->max_tokens);
     // Finite weights can still overflow the forward pass (a diverged run's).

@@ -484,7 +484,8 @@ TEST_CASE("a resume that would change the data order is refused, a moved dataset
   // Shards of the same sizes with other tokens (another selection or order of
   // equal shards) used to pass the size check.
   write_markov_shards(f.tmp.path() / "same_size_data", 64, 20000, 3000, 11);
-  expect_error("same sizes, other tokens", resume + " --set 'data.train=" + f.tmp.str("same_size_data") + "/train_*.bin'",
+  expect_error("same sizes, other tokens",
+               resume + " --set 'data.train=" + f.tmp.str("same_size_data") + "/train_*.bin'",
                {"whose shard 1 of 2 began with other tokens than " + f.tmp.str("same_size_data/train_000000.bin"),
                 "same sizes but are not the same", "same shards in the same order"});
   // The same shards elsewhere, and another split of the batch: allowed.
