@@ -259,7 +259,12 @@ void check_attention(std::optional<gpu::AttentionForward> forward, std::optional
     for (const Shape& s : shapes) {
       const bool defaults = forward.value_or(gpu::AttentionForward::mma) == gpu::AttentionForward::mma &&
                             backward.value_or(gpu::AttentionBackward::one_pass) == gpu::AttentionBackward::one_pass;
-      if (!defaults && !gpu::attention_uses_tensor_cores(dtype, s.C, s.H, nullptr, nullptr, nullptr)) continue;
+      const bool tensor_cores = gpu::attention_uses_tensor_cores(dtype, s.C, s.H, nullptr, nullptr, nullptr);
+      if (!defaults && !tensor_cores) continue;
+      // The simple kernel (a warp per row, no shared memory or barriers) has
+      // no path that T = 1000 adds to T = 300, and there it was half of this
+      // test's time on the CPU device emulator.
+      if (!tensor_cores && s.T > 512) continue;
       Backends be(dtype);
       auto& cuda = dynamic_cast<gpu::CudaBackend&>(*be.gpu);
       if (forward) cuda.set_attention_forward_strategy(*forward);
