@@ -88,18 +88,8 @@ using JumpBuffer = void* [5];
 
 enum class State { ready, at_block_barrier, at_warp_operation, at_flag_wait, done };
 
-// A thread of the block in a slot (run_kernel). Once it has run its block
-// to the end it waits in fiber_entry (parked) for the slot's next block,
-// whose thread of the same index it becomes: a fresh context costs two
-// system calls (getcontext, setcontext), a quarter of the time of tests
-// with many small blocks.
-struct Fiber {
-  ucontext_t start;
-  JumpBuffer resume;
-  bool started = false;  // has a `resume` point: it yielded or parked
-  bool parked = false;
-  void* asan_fake_stack = nullptr;  // AddressSanitizer's, while switched away
-  // This block's run.
+// What a thread holds for one block's run, reset for each block.
+struct ThreadRun {
   uint3 index;
   State state = State::ready;
   uint64_t waiting_for = 0;  // the barrier generation that releases it
@@ -107,6 +97,19 @@ struct Fiber {
   unsigned flag_value = 0;
   std::vector<Copy> open_group;
   std::deque<std::vector<Copy>> committed_groups;
+};
+
+// A thread of the block in a slot (run_kernel). Once it has run its block
+// to the end it waits in fiber_entry (parked) for the slot's next block,
+// whose thread of the same index it becomes: a fresh context costs two
+// system calls (getcontext, setcontext), a quarter of the time of tests
+// with many small blocks.
+struct Fiber : ThreadRun {
+  ucontext_t start;
+  JumpBuffer resume;
+  bool started = false;  // has a `resume` point: it yielded or parked
+  bool parked = false;
+  void* asan_fake_stack = nullptr;  // AddressSanitizer's, while switched away
 };
 
 struct DeferredWork {
@@ -335,13 +338,8 @@ void start_block(Block& b) {
     Fiber& f = b.fibers[t];
     // A parked fiber goes on from its park; any other starts afresh.
     const bool parked = std::exchange(f.parked, false);
+    static_cast<ThreadRun&>(f) = ThreadRun{};
     f.index = uint3{unsigned(t % b.dim.x), unsigned(t / b.dim.x % b.dim.y), unsigned(t / (b.dim.x * b.dim.y))};
-    f.state = State::ready;
-    f.waiting_for = 0;
-    f.flag = nullptr;
-    f.flag_value = 0;
-    f.open_group.clear();
-    f.committed_groups.clear();
     f.started = parked;
     if (!parked) prepare_start(f, b.stacks + size_t(t) * kStackBytes, size_t(t % kStaggeredStacks) * kStackStagger);
   }
