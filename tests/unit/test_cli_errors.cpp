@@ -308,6 +308,12 @@ TEST_CASE("bad inputs give a clear error and a non-zero exit", "[cli][errors]") 
     Fixture::write_json(ckpt + "/manifest.json", m);
     expect_error("a checkpoint state with a shard token count that is no count", resume,
                  {"\"train_shard_tokens\" = [1000,-2.5] is not of the expected type (an array of token counts)"});
+    m["state"] = good_state;
+    m["state"]["train_shard_head_crc32"] = {4294967296};
+    Fixture::write_json(ckpt + "/manifest.json", m);
+    expect_error("a checkpoint state with a shard CRC-32 past 32 bits", resume,
+                 {"\"train_shard_head_crc32\" = [4294967296] is not of the expected type (an array of CRC-32 "
+                  "values)"});
     m["state"] = nlohmann::json::array();
     Fixture::write_json(ckpt + "/manifest.json", m);
     expect_error("a checkpoint state that is an array", resume, {"its manifest's state has no \"config\""});
