@@ -159,8 +159,8 @@ bool hf_transposed(const std::string& layout_name) {
 
 nlohmann::json hf_config_json(const ModelConfig& model, DType dtype) {
   nlohmann::json eot = nullptr;
-  if (model.vocab_size == kGpt2VocabSize) eot = kGpt2EndOfText;
-  if (model.vocab_size == ByteTokenizer().vocab_size()) eot = ByteTokenizer().eot_token();
+  if (model_vocabulary_fits(model.vocab_size, kGpt2VocabSize)) eot = kGpt2EndOfText;
+  if (model_vocabulary_fits(model.vocab_size, ByteTokenizer().vocab_size())) eot = ByteTokenizer().eot_token();
   return {
       {"architectures", {"GPT2LMHeadModel"}},
       {"model_type", "gpt2"},
@@ -214,7 +214,7 @@ std::vector<fs::path> export_hf(const ModelConfig& model, const std::vector<floa
   std::vector<fs::path> written{out_dir / kWeightsFile, out_dir / kConfigFile};
   write_safetensors(written[0], tensors, {{"format", "pt"}});
   write_text_atomically(written[1], hf_config_json(model, options.dtype).dump(2) + "\n");
-  if (model.vocab_size == kGpt2VocabSize) {
+  if (model_vocabulary_fits(model.vocab_size, kGpt2VocabSize)) {
     for (const fs::path& f : copy_tokenizer_files(options.tokenizer_dir, out_dir)) written.push_back(f);
   } else {
     // An earlier GPT-2 export's tokenizer files would describe another vocabulary.

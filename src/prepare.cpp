@@ -372,31 +372,10 @@ std::optional<PreparedSplit> prepared_split(const std::vector<std::string>& shar
   return std::nullopt;
 }
 
-namespace {
-
-// Whether `vocab_size` is `tokens` rounded up to a multiple of a power of two
-// (8 to 1024, below `tokens`), as trainers pad the embedding table.
-bool pads_vocabulary(int64_t vocab_size, int64_t tokens) {
-  if (vocab_size <= tokens) return false;
-  for (int64_t multiple = 8; multiple <= 1024 && multiple < tokens; multiple *= 2)
-    if ((tokens + multiple - 1) / multiple * multiple == vocab_size) return true;
-  return false;
-}
-
-}  // namespace
-
 std::optional<std::string> vocabulary_mismatch(const PreparedSplit& shards, int vocab_size, const std::string& what,
                                                 ShardUse use) {
   const PrepareSummary& s = shards.summary;
-  if (s.vocab_size == vocab_size) return std::nullopt;
-  if (pads_vocabulary(vocab_size, s.vocab_size)) {
-    if (use == ShardUse::evaluation) return std::nullopt;
-    return fmt::format("{}: model.vocab_size {} pads the {} tokenizer's vocabulary of {} tokens (by the shards' "
-                       "summary.json), which srgpt does itself (the embedding table has a multiple of 128 rows); "
-                       "`srgpt sample` pairs a model only with a tokenizer of its own vocabulary size, so set "
-                       "model.vocab_size = {}",
-                       what, vocab_size, s.tokenizer, s.vocab_size, s.vocab_size);
-  }
+  if (model_vocabulary_fits(vocab_size, s.vocab_size)) return std::nullopt;
   const std::string consequence =
       use == ShardUse::training
           ? fmt::format("the ids fit, but `srgpt sample` pairs a model with the tokenizer of its vocabulary size, "

@@ -184,6 +184,11 @@ SampleResult generate(Gpt2Decoder& decoder, const std::vector<uint32_t>& prompt,
   require_valid_temperature(options.temperature);
   if (options.max_new_tokens < 0) fail("--tokens {} is negative", options.max_new_tokens);
   if (options.top_k < 0) fail("--top-k {} is negative; use 0 for no restriction", options.top_k);
+  const int model_vocab = decoder.config().vocab_size;
+  if (options.vocabulary_size < 0 || options.vocabulary_size > model_vocab)
+    fail("internal: generation over {} ids of a model that scores {}", options.vocabulary_size, model_vocab);
+  const size_t scored = size_t(options.vocabulary_size > 0 ? options.vocabulary_size : model_vocab);
+  std::vector<float> candidates(scored);
 
   decoder.reset();
   const std::vector<float>* logits = nullptr;
@@ -199,7 +204,9 @@ SampleResult generate(Gpt2Decoder& decoder, const std::vector<uint32_t>& prompt,
       result.reason = StopReason::context_full;
       break;
     }
-    const uint32_t next = choose_token(*logits, options.temperature, options.top_k, options.seed, result.tokens.size());
+    std::copy_n(logits->begin(), scored, candidates.begin());
+    const uint32_t next =
+        choose_token(candidates, options.temperature, options.top_k, options.seed, result.tokens.size());
     if (options.stop_token && next == *options.stop_token) {
       result.reason = StopReason::stop_token;
       break;

@@ -43,6 +43,14 @@ std::string_view ByteTokenizer::token_bytes(uint32_t id) const {
   return std::string_view(&kAllBytes[id], 1);
 }
 
+bool model_vocabulary_fits(int64_t model_vocab, int64_t tokenizer_vocab) {
+  if (model_vocab == tokenizer_vocab) return true;
+  if (model_vocab < tokenizer_vocab) return false;
+  for (int64_t multiple = 8; multiple <= 1024 && multiple < tokenizer_vocab; multiple *= 2)
+    if ((tokenizer_vocab + multiple - 1) / multiple * multiple == model_vocab) return true;
+  return false;
+}
+
 std::unique_ptr<Tokenizer> make_tokenizer(const std::string& name, const std::string& dir) {
   if (name == "byte") return std::make_unique<ByteTokenizer>();
   if (name == "gpt2") return Gpt2Tokenizer::from_directory(dir.empty() ? kDefaultGpt2TokenizerDir : dir);

@@ -8,7 +8,8 @@
 //                      Conv1D orientation [in, out], i.e. transposed from
 //                      srgpt's [out, in]; no lm_head (tied to wte)
 //   config.json        GPT2Config keys
-//   vocab.json, merges.txt   GPT-2 tokenizer files (50257-token vocab only)
+//   vocab.json, merges.txt   GPT-2 tokenizer files (a vocabulary that fits
+//                            GPT-2's: 50257 tokens, or padded as 50304)
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -32,7 +33,8 @@ nlohmann::json hf_config_json(const ModelConfig& model, DType dtype);
 struct HfExportOptions {
   DType dtype = DType::f32;  // of the safetensors data: f32 or bf16 (rounded to nearest)
   // Where encoder.json and vocab.bpe are (empty: kDefaultGpt2TokenizerDir);
-  // copied as vocab.json and merges.txt for a 50257-token model, skipped
+  // copied as vocab.json and merges.txt for a 50257-token model (or a
+  // padded one, model_vocabulary_fits), skipped
   // with a warning when absent.
   std::string tokenizer_dir;
 };

@@ -94,11 +94,9 @@ enum class ShardUse { training, evaluation };
 // A warning when prepared shards hold tokens of another vocabulary than a
 // model's `vocab_size`, which no token out of range stops (byte tokens fit a
 // GPT-2 model: trained on, `srgpt sample` reads them as GPT-2 tokens;
-// evaluated, the loss means nothing). A `vocab_size` that only pads the
-// shards' vocabulary (50304 for GPT-2's 50257) is warned about in training,
-// where it keeps `srgpt sample` from pairing the model with its tokenizer,
-// and is no mismatch in evaluation. Nullopt when the sizes agree. `what`
-// names the shards.
+// evaluated, the loss means nothing). Nullopt when the model's vocabulary
+// fits the shards' tokenizer (model_vocabulary_fits: equal, or padded as
+// 50304 pads GPT-2's 50257). `what` names the shards.
 std::optional<std::string> vocabulary_mismatch(const PreparedSplit& shards, int vocab_size, const std::string& what,
                                                 ShardUse use);
 

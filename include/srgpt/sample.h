@@ -65,6 +65,10 @@ struct SampleOptions {
   int top_k = 0;             // 0: no restriction
   uint64_t seed = 1337;
   std::optional<uint32_t> stop_token;  // ends generation when drawn (not emitted)
+  // The ids generation may choose are 0 .. vocabulary_size-1 (0: every id
+  // the model scores): a model with a padded vocabulary scores ids that its
+  // tokenizer lacks.
+  int vocabulary_size = 0;
 };
 
 enum class StopReason { token_budget, stop_token, context_full };

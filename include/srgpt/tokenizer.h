@@ -88,6 +88,13 @@ constexpr const char* kDefaultGpt2TokenizerDir = "data/tokenizer/gpt2";
 constexpr int kGpt2VocabSize = 50257;
 constexpr int kGpt2EndOfText = 50256;
 
+// Whether a tokenizer of `tokenizer_vocab` ids pairs with a model of
+// `model_vocab`: the sizes are equal, or the model's pads the tokenizer's,
+// i.e. rounds it up to a multiple of a power of two from 8 to 1024 below it
+// (50264, 50304, ... 51200 for GPT-2's 50257), as trainers pad the embedding
+// table. The padded ids are never a tokenizer's output.
+bool model_vocabulary_fits(int64_t model_vocab, int64_t tokenizer_vocab);
+
 // "gpt2" (files from `dir`, or kDefaultGpt2TokenizerDir when empty) or
 // "byte"; any other name is an Error listing the allowed ones.
 std::unique_ptr<Tokenizer> make_tokenizer(const std::string& name, const std::string& dir = "");

@@ -27,7 +27,7 @@ void add_export_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--tokenizer-dir", args->options.tokenizer_dir,
                   "Directory with GPT-2's encoder.json and vocab.bpe, copied as vocab.json and merges.txt for a "
-                  "50257-token model (default data/tokenizer/gpt2)");
+                  "50257-token model or a padded one such as 50304 (default data/tokenizer/gpt2)");
   cmd->footer(
       "Writes model.safetensors (transformer.* names, Conv1D [in, out] matrices, the real vocabulary rows of\n"
       "wte, no lm_head since it is tied), config.json (GPT2Config) and, for the GPT-2 vocabulary, the tokenizer\n"

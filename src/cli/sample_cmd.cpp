@@ -13,22 +13,24 @@ namespace srgpt {
 
 namespace {
 
-// The tokenizer named by --tokenizer, or the built-in one whose vocabulary
-// size is the model's; its vocabulary must be the model's either way.
+// The tokenizer named by --tokenizer, or the built-in one that the model's
+// vocabulary fits (equal or padded); the vocabulary must fit it either way.
 std::unique_ptr<Tokenizer> tokenizer_for(const std::string& name, const std::string& dir, int model_vocab) {
   std::string chosen = name;
   if (chosen.empty()) {
-    if (model_vocab == ByteTokenizer().vocab_size()) chosen = "byte";
-    else if (model_vocab == kGpt2VocabSize) chosen = "gpt2";
+    if (model_vocabulary_fits(model_vocab, ByteTokenizer().vocab_size())) chosen = "byte";
+    else if (model_vocabulary_fits(model_vocab, kGpt2VocabSize)) chosen = "gpt2";
     else
-      fail("the model's vocabulary has {} tokens, which matches neither built-in tokenizer (gpt2: {}, byte: {}), so "
+      fail("the model's vocabulary has {} tokens, which fits neither built-in tokenizer (gpt2: {}, byte: {}), so "
            "srgpt cannot turn a prompt into its tokens or its tokens into text; sample needs a model trained with "
-           "model.vocab_size {} or {}",
-           model_vocab, kGpt2VocabSize, ByteTokenizer().vocab_size(), kGpt2VocabSize, ByteTokenizer().vocab_size());
+           "model.vocab_size {} or {} (or {} rounded up to a multiple of 8 .. 1024, e.g. 50304)",
+           model_vocab, kGpt2VocabSize, ByteTokenizer().vocab_size(), kGpt2VocabSize, ByteTokenizer().vocab_size(),
+           kGpt2VocabSize);
   }
   std::unique_ptr<Tokenizer> tokenizer = make_tokenizer(chosen, dir);
-  if (tokenizer->vocab_size() != model_vocab)
-    fail("--tokenizer {} has {} tokens, but the model's vocabulary (model.vocab_size) has {}; they must match",
+  if (!model_vocabulary_fits(model_vocab, tokenizer->vocab_size()))
+    fail("--tokenizer {} has {} tokens, but the model's vocabulary (model.vocab_size) has {}; they must be equal, "
+         "or the model's the tokenizer's rounded up to a multiple of 8 .. 1024",
          chosen, tokenizer->vocab_size(), model_vocab);
   return tokenizer;
 }
@@ -73,7 +75,8 @@ void add_sample_command(CLI::App& app) {
       ->check(integer_at_least<uint64_t>(0))
       ->capture_default_str();
   cmd->add_option("--tokenizer", args->tokenizer,
-                  "gpt2 or byte (default: byte for a 256-token model, gpt2 for a 50257-token model)")
+                  "gpt2 or byte (default: byte for a 256-token model, gpt2 for a 50257-token one or a padded one such as "
+                  "50304)")
       ->check(CLI::IsMember({"gpt2", "byte"}));
   cmd->add_option("--tokenizer-dir", args->tokenizer_dir,
                   "Directory with GPT-2's encoder.json and vocab.bpe (default data/tokenizer/gpt2)");
@@ -92,6 +95,7 @@ void add_sample_command(CLI::App& app) {
     if (prompt.empty()) prompt.push_back(tokenizer->eot_token());
     SampleOptions options = args->options;
     options.stop_token = tokenizer->eot_token();
+    options.vocabulary_size = tokenizer->vocab_size();
     if (int64_t(prompt.size()) > model.max_seq_len)
       fail("--prompt is {} tokens long, more than the model's context of {} positions (model.max_seq_len); shorten "
            "it",

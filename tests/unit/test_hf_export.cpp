@@ -416,6 +416,21 @@ TEST_CASE("a GPT-2-vocabulary export carries the tokenizer files under their HF 
         std::vector<int64_t>{50257, 16});
   CHECK(srgpt::read_hf_model(tmp.path() / "hf").weights == weights);
 
+  // A padded GPT-2 vocabulary (50304, as other trainers set it) keeps all
+  // its rows and gets the tokenizer files too.
+  srgpt::ModelConfig padded = m;
+  padded.vocab_size = 50304;
+  const std::vector<float> padded_weights =
+      srgpt::gpt2_initial_weights(padded, srgpt::gpt2_param_layout(padded, 1), 4, 0.02);
+  CHECK(srgpt::export_hf(padded, padded_weights, tmp.path() / "padded", {srgpt::DType::f32, tokenizer_dir}).size() ==
+        4);
+  CHECK(read_all(tmp.path() / "padded" / "vocab.json") == read_all(tokenizer_dir + "/encoder.json"));
+  std::ifstream padded_config_in(tmp.path() / "padded" / "config.json");
+  const auto padded_config = nlohmann::json::parse(padded_config_in);
+  CHECK(padded_config["vocab_size"] == 50304);
+  CHECK(padded_config["eos_token_id"] == 50256);
+  CHECK(srgpt::read_hf_model(tmp.path() / "padded").weights == padded_weights);
+
   // Without the tokenizer files the model is still exported.
   const auto bare = srgpt::export_hf(m, weights, tmp.path() / "bare", {srgpt::DType::f32, tmp.str("none")});
   CHECK(bare.size() == 2);

@@ -289,18 +289,14 @@ TEST_CASE("prepare replaces the shards of an earlier run and reports bytes per t
     // 512 is 256 rounded up to a multiple of 512, but that is no padding.
     CHECK(srgpt::vocabulary_mismatch(*train, 512, "data.train", use).has_value());
   }
-  // A padded GPT-2 vocabulary: advice in training, fine in evaluation.
+  // A padded GPT-2 vocabulary is no mismatch: the model reads the tokens as they are meant.
   srgpt::PreparedSplit gpt2 = *train;
   gpt2.summary.tokenizer = "gpt2";
   gpt2.summary.vocab_size = 50257;
   for (const int padded : {50264, 50304, 50432, 51200}) {
     INFO(padded);
-    const auto advice = srgpt::vocabulary_mismatch(gpt2, padded, "data.train", ShardUse::training);
-    REQUIRE(advice.has_value());
-    CHECK(advice->find("data.train: model.vocab_size " + std::to_string(padded) +
-                       " pads the gpt2 tokenizer's vocabulary of 50257 tokens") == 0);
-    CHECK(advice->find("set model.vocab_size = 50257") != std::string::npos);
-    CHECK_FALSE(srgpt::vocabulary_mismatch(gpt2, padded, "--data", ShardUse::evaluation).has_value());
+    for (const ShardUse use : {ShardUse::training, ShardUse::evaluation})
+      CHECK_FALSE(srgpt::vocabulary_mismatch(gpt2, padded, "data.train", use).has_value());
   }
   for (const int other : {50256, 50258, 50300, 52224}) {
     INFO(other);

@@ -247,6 +247,42 @@ TEST_CASE("generation is deterministic, greedy follows the argmax, and stops whe
     while (greedy[first] != greedy[2]) ++first;
     CHECK(result.tokens == std::vector<uint32_t>(greedy.begin(), greedy.begin() + long(first)));
   }
+  SECTION("vocabulary_size keeps generation to a tokenizer's ids when the model pads its vocabulary") {
+    // The model's last 40 ids play the padded rows; their logits are raised
+    // so that an unrestricted sampler would choose them.
+    const int tokenizer_vocab = 60;
+    std::vector<float> weights = random_weights(m, 21);
+    const srgpt::Layout layout = srgpt::gpt2_param_layout(m, 1);
+    const size_t ln_f = layout.at("ln_f.bias").offset, wte = layout.at("wte").offset;
+    for (int c = 0; c < m.d_model; ++c) weights[ln_f + size_t(c)] = 1.0f;
+    for (int v = tokenizer_vocab; v < m.vocab_size; ++v)
+      for (int c = 0; c < m.d_model; ++c) weights[wte + size_t(v) * size_t(m.d_model) + size_t(c)] = 3.0f;
+    srgpt::Gpt2Decoder padded(m, weights);
+    options.temperature = 0;
+    const auto unrestricted = srgpt::generate(padded, prompt, options).tokens;
+    REQUIRE(!unrestricted.empty());
+    CHECK(unrestricted[0] >= uint32_t(tokenizer_vocab));
+
+    options.vocabulary_size = tokenizer_vocab;
+    const auto greedy = srgpt::generate(padded, prompt, options).tokens;
+    std::vector<uint32_t> sequence = prompt;
+    for (uint32_t token : greedy) {
+      srgpt::Gpt2Decoder fresh(m, weights);
+      const std::vector<float>* logits = nullptr;
+      for (uint32_t t : sequence) logits = &fresh.step(t);
+      CHECK(token == srgpt::choose_token({logits->begin(), logits->begin() + tokenizer_vocab}, 0.0, 0, 0, 0));
+      sequence.push_back(token);
+    }
+    options.temperature = 1;
+    options.max_new_tokens = m.max_seq_len - int(prompt.size());
+    for (uint64_t seed = 0; seed < 10; ++seed) {
+      options.seed = seed;
+      for (uint32_t token : srgpt::generate(padded, prompt, options).tokens) CHECK(token < uint32_t(tokenizer_vocab));
+    }
+    options.vocabulary_size = m.vocab_size + 1;
+    CHECK(error_message([&] { srgpt::generate(padded, prompt, options); }).find("ids of a model that scores") !=
+          std::string::npos);
+  }
   SECTION("bad requests are errors") {
     const auto too_long = random_tokens(size_t(m.max_seq_len) + 1, m.vocab_size, 24);
     CHECK(error_message([&] { srgpt::generate(decoder, too_long, options); }).find("max_seq_len") != std::string::npos);
@@ -368,4 +404,47 @@ TEST_CASE("srgpt sample and eval through the binary: text, determinism, bits per
     CHECK(mismatch.exit_code == 1);
     CHECK(mismatch.output.find("vocab") != std::string::npos);
   }
+}
+
+TEST_CASE("a padded GPT-2 vocabulary trains without a warning, samples GPT-2 text and exports its tokenizer",
+          "[sample][export]") {
+  TempDir tmp("sample-padded");
+  std::ofstream(tmp.str("corpus.txt")) << make_text(32);
+  const std::string bin = srgpt_bin();
+  const std::string tokenizer_dir = shell_quoted(std::string(SRGPT_SOURCE_DIR) + "/data/tokenizer/gpt2");
+  auto prepared = run_command(bin + " prepare --input " + tmp.str("corpus.txt") + " --tokenizer gpt2 --tokenizer-dir " +
+                              tokenizer_dir + " --split paragraphs --val-fraction 0.25 --no-progress --out " +
+                              tmp.str("data"));
+  INFO(prepared.output);
+  REQUIRE(prepared.exit_code == 0);
+
+  srgpt::Config c = tiny_config(tmp.path() / "data", tmp.path() / "run");
+  c.model.vocab_size = 50304;
+  c.train.steps = 2;
+  std::ofstream(tmp.str("run.json")) << srgpt::config_to_json(c).dump(2);
+  auto trained = run_command(bin + " train --config " + tmp.str("run.json"));
+  INFO(trained.output);
+  REQUIRE(trained.exit_code == 0);
+  CHECK(trained.output.find("warning") == std::string::npos);
+
+  // The gpt2 tokenizer is chosen for the model; the text after the prompt
+  // is whole GPT-2 tokens, the padded ids are never drawn.
+  const std::string sample = bin + " sample " + tmp.str("run") + " --tokenizer-dir " + tokenizer_dir +
+                             " --prompt 'the cat' --tokens 40 --seed 5";
+  auto sampled = run_command(sample);
+  INFO(sampled.output);
+  REQUIRE(sampled.exit_code == 0);
+  CHECK(sampled.output.rfind("the cat", 0) == 0);
+  CHECK(run_command(sample + " --tokenizer gpt2").output == sampled.output);
+  auto byte = run_command(sample + " --tokenizer byte");
+  CHECK(byte.exit_code == 1);
+  CHECK(byte.output.find("--tokenizer byte has 256 tokens, but the model's vocabulary (model.vocab_size) has 50304")
+        != std::string::npos);
+
+  auto exported = run_command(bin + " export " + tmp.str("run") + " --out " + tmp.str("hf") + " --tokenizer-dir " +
+                              tokenizer_dir);
+  INFO(exported.output);
+  REQUIRE(exported.exit_code == 0);
+  CHECK(std::filesystem::exists(tmp.path() / "hf" / "vocab.json"));
+  CHECK(std::filesystem::exists(tmp.path() / "hf" / "merges.txt"));
 }

@@ -379,3 +379,19 @@ TEST_CASE("byte tokenizer, factory and UTF-8 validation", "[tokenizer]") {
   CHECK_FALSE(srgpt::is_valid_utf8("ok \xe2\x82"));       // truncated
   CHECK_FALSE(srgpt::is_valid_utf8("\x80"));              // lone continuation
 }
+
+TEST_CASE("a model's vocabulary fits a tokenizer's when equal or padded to a power-of-two multiple", "[tokenizer]") {
+  // GPT-2's 50257 rounded up to multiples of 8, 16, ..., 1024.
+  for (const int64_t padded : {50257, 50264, 50272, 50304, 50432, 50688, 51200})
+    CHECK(srgpt::model_vocabulary_fits(padded, 50257));
+  for (const int64_t other : {50256, 50258, 50300, 50305, 50560, 51199, 52224, 100514})
+    CHECK_FALSE(srgpt::model_vocabulary_fits(other, 50257));
+  // 256 is a multiple of every power of two below it: only 256 fits, and 512
+  // (a multiple of 512, which is not below 256) is another vocabulary.
+  CHECK(srgpt::model_vocabulary_fits(256, 256));
+  CHECK_FALSE(srgpt::model_vocabulary_fits(264, 256));
+  CHECK_FALSE(srgpt::model_vocabulary_fits(512, 256));
+  // A tokenizer's vocabulary never fits a smaller model.
+  CHECK_FALSE(srgpt::model_vocabulary_fits(50256, 50304));
+  CHECK(srgpt::model_vocabulary_fits(104, 100));
+}
