@@ -188,7 +188,21 @@ struct SavedState {
   // the CRC-32 of each shard's first tokens (TokenLoader::shard_head_crc32).
   std::optional<std::vector<size_t>> train_shard_tokens;
   std::optional<std::vector<uint32_t>> train_shard_head_crc32;
+  uint32_t weights_crc32 = 0;  // saved_weights_crc32
 };
+
+// The CRC-32 of the weights a checkpoint's state records, which every rank
+// must agree on before loading; 0 when there is none (checkpoints written
+// before srgpt recorded it, or a state that read_saved_state will reject).
+uint32_t saved_weights_crc32(const CheckpointReader& reader) {
+  const nlohmann::json& st = reader.state();
+  if (!st.is_object() || !st.contains("weights_crc32")) return 0;
+  const std::optional<uint32_t> crc = json_integer<uint32_t>(st.at("weights_crc32"));
+  if (!crc)
+    fail("checkpoint {}: its manifest's state \"weights_crc32\" = {}; allowed: a CRC-32, an integer in [0, 2^32)",
+         reader.dir().string(), st.at("weights_crc32").dump());
+  return *crc;
+}
 
 SavedState read_saved_state(const CheckpointReader& reader) {
   const std::string dir = reader.dir().string();
@@ -250,25 +264,20 @@ SavedState read_saved_state(const CheckpointReader& reader) {
   };
   s.train_shard_tokens = optional_integers("train_shard_tokens", size_t(), "token counts");
   s.train_shard_head_crc32 = optional_integers("train_shard_head_crc32", uint32_t(), "CRC-32 values");
+  // Both are written together, one value per shard.
+  if (s.train_shard_head_crc32 &&
+      (!s.train_shard_tokens || s.train_shard_tokens->size() != s.train_shard_head_crc32->size()))
+    fail("checkpoint {}: its manifest's state \"train_shard_head_crc32\" has {} values but \"train_shard_tokens\" "
+         "{}; a checkpoint records both, one value per shard of data.train",
+         dir, s.train_shard_head_crc32->size(),
+         s.train_shard_tokens ? fmt::format("has {}", s.train_shard_tokens->size()) : std::string("is absent"));
+  s.weights_crc32 = saved_weights_crc32(reader);
   try {
     s.train_loader = loader_position_from_json(field("train_loader", nlohmann::json()));
   } catch (const nlohmann::json::exception& e) {
     fail("checkpoint {}: its manifest's state \"train_loader\" is malformed: {}", dir, e.what());
   }
   return s;
-}
-
-// The CRC-32 of the weights a checkpoint's state records, which every rank
-// must agree on before loading; 0 when there is none (checkpoints written
-// before srgpt recorded it, or a state that read_saved_state will reject).
-uint32_t saved_weights_crc32(const CheckpointReader& reader) {
-  const nlohmann::json& st = reader.state();
-  if (!st.is_object() || !st.contains("weights_crc32")) return 0;
-  const std::optional<uint32_t> crc = json_integer<uint32_t>(st.at("weights_crc32"));
-  if (!crc)
-    fail("checkpoint {}: its manifest's state \"weights_crc32\" = {}; allowed: a CRC-32, an integer in [0, 2^32)",
-         reader.dir().string(), st.at("weights_crc32").dump());
-  return *crc;
 }
 
 // Training never writes NaN or Inf (Trainer::save refuses them), nor a
@@ -414,8 +423,9 @@ void check_same_data_order(const Config& ours, const SavedState& saved, const To
   if (!saved.train_shard_head_crc32) return;
   const std::vector<uint32_t>& theirs_crc = *saved.train_shard_head_crc32;
   const std::vector<uint32_t>& ours_crc = loader->shard_head_crc32();
+  // As many as shard_tokens (read_saved_state), which matched ours above.
   for (size_t i = 0; i < ours_crc.size(); ++i)
-    if (i >= theirs_crc.size() || theirs_crc[i] != ours_crc[i])
+    if (theirs_crc[i] != ours_crc[i])
       fail("checkpoint {} was trained on a data.train whose shard {} of {} began with other tokens than {} (which "
            "'{}' matches there): the shards have the same sizes but are not the same; {}; resume with the same "
            "shards in the same order (the pattern sorts them by name)",

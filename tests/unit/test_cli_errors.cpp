@@ -267,56 +267,82 @@ TEST_CASE("bad inputs give a clear error and a non-zero exit", "[cli][errors]") 
     const std::string resume = train + f.config_with([&](auto& j) { j["out_dir"] = f.tmp.str("bad_state_run"); },
                                                      "badstate") + " --resume-from " + ckpt;
     const nlohmann::json good_state = m["state"];
+    // info --verify says whether a checkpoint can be resumed: it refuses
+    // every state a resume refuses, with the same message.
+    auto expect_state_error = [&](const std::string& what, const std::vector<std::string>& needles) {
+      expect_error(what, resume, needles);
+      expect_error(what + " (info --verify)", bin + " info --verify " + ckpt, needles);
+    };
     m["state"]["weights_crc32"] = "abc";
     Fixture::write_json(ckpt + "/manifest.json", m);
-    expect_error("a checkpoint state with a weights_crc32 string", resume,
-                 {"state \"weights_crc32\" = \"abc\"", "allowed: a CRC-32"});
+    expect_state_error("a checkpoint state with a weights_crc32 string",
+                       {"state \"weights_crc32\" = \"abc\"", "allowed: a CRC-32"});
     // Counters that nlohmann's get<int64_t>() took as numbers: 4.0 as the
     // manifest's step 4, true as 1, 1e300 by an undefined conversion.
     m["state"] = good_state;
     m["state"]["step"] = 4.0;
     Fixture::write_json(ckpt + "/manifest.json", m);
-    expect_error("a checkpoint state with a fractional step", resume,
-                 {"state \"step\" = 4.0 is not of the expected type (an integer)"});
+    expect_state_error("a checkpoint state with a fractional step",
+                       {"state \"step\" = 4.0 is not of the expected type (an integer)"});
     m["state"] = good_state;
     m["state"]["tokens_seen"] = true;
     Fixture::write_json(ckpt + "/manifest.json", m);
-    expect_error("a checkpoint state with a boolean counter", resume,
-                 {"state \"tokens_seen\" = true is not of the expected type (an integer)"});
+    expect_state_error("a checkpoint state with a boolean counter",
+                       {"state \"tokens_seen\" = true is not of the expected type (an integer)"});
     m["state"] = good_state;
     m["state"]["skipped_steps"] = 1e300;
     Fixture::write_json(ckpt + "/manifest.json", m);
-    expect_error("a checkpoint state with a huge counter", resume,
-                 {"state \"skipped_steps\" = 1e+300 is not of the expected type (an integer)"});
+    expect_state_error("a checkpoint state with a huge counter",
+                       {"state \"skipped_steps\" = 1e+300 is not of the expected type (an integer)"});
     // Fields no load used to read: the seed must be the config's, the
     // sharding plan its model's.
     m["state"] = good_state;
     m["state"].erase("seed");
     Fixture::write_json(ckpt + "/manifest.json", m);
-    expect_error("a checkpoint state without a seed", resume, {"its manifest's state has no \"seed\""});
+    expect_state_error("a checkpoint state without a seed", {"its manifest's state has no \"seed\""});
     m["state"] = good_state;
     m["state"]["seed"] = good_state["seed"].get<uint64_t>() + 1;
     Fixture::write_json(ckpt + "/manifest.json", m);
-    expect_error("a checkpoint state whose seed is not its config's", resume, {"its manifest's state says seed"});
+    expect_state_error("a checkpoint state whose seed is not its config's", {"its manifest's state says seed"});
     m["state"] = good_state;
     m["state"]["zero_plan"] = "garbage";
     Fixture::write_json(ckpt + "/manifest.json", m);
-    expect_error("a checkpoint state with another sharding plan", resume,
-                 {"\"zero_plan\" is not the sharding plan of its model at world_size 1"});
+    expect_state_error("a checkpoint state with another sharding plan",
+                       {"\"zero_plan\" is not the sharding plan of its model at world_size 1"});
     m["state"] = good_state;
     m["state"]["train_shard_tokens"] = {1000, -2.5};
     Fixture::write_json(ckpt + "/manifest.json", m);
-    expect_error("a checkpoint state with a shard token count that is no count", resume,
-                 {"\"train_shard_tokens\" = [1000,-2.5] is not of the expected type (an array of token counts)"});
+    expect_state_error("a checkpoint state with a shard token count that is no count",
+                       {"\"train_shard_tokens\" = [1000,-2.5] is not of the expected type (an array of token "
+                        "counts)"});
     m["state"] = good_state;
     m["state"]["train_shard_head_crc32"] = {4294967296};
     Fixture::write_json(ckpt + "/manifest.json", m);
-    expect_error("a checkpoint state with a shard CRC-32 past 32 bits", resume,
-                 {"\"train_shard_head_crc32\" = [4294967296] is not of the expected type (an array of CRC-32 "
-                  "values)"});
+    expect_state_error("a checkpoint state with a shard CRC-32 past 32 bits",
+                       {"\"train_shard_head_crc32\" = [4294967296] is not of the expected type (an array of CRC-32 "
+                        "values)"});
+    m["state"] = good_state;
+    m["state"]["weights_crc32"] = -1;
+    Fixture::write_json(ckpt + "/manifest.json", m);
+    expect_state_error("a checkpoint state with a negative weights_crc32",
+                       {"state \"weights_crc32\" = -1", "allowed: a CRC-32"});
+    // One CRC per shard, as train_shard_tokens has (the resume used to blame
+    // the data: "shard 1 of 0 began with other tokens").
+    const std::string shards = std::to_string(good_state["train_shard_tokens"].size());
+    m["state"] = good_state;
+    m["state"]["train_shard_head_crc32"] = nlohmann::json::array();
+    Fixture::write_json(ckpt + "/manifest.json", m);
+    expect_state_error("a checkpoint state with fewer shard CRCs than shards",
+                       {"\"train_shard_head_crc32\" has 0 values but \"train_shard_tokens\" has " + shards +
+                        "; a checkpoint records both"});
+    m["state"] = good_state;
+    m["state"].erase("train_shard_tokens");
+    Fixture::write_json(ckpt + "/manifest.json", m);
+    expect_state_error("a checkpoint state with shard CRCs but no shard sizes",
+                       {"\"train_shard_head_crc32\" has " + shards + " values but \"train_shard_tokens\" is absent"});
     m["state"] = nlohmann::json::array();
     Fixture::write_json(ckpt + "/manifest.json", m);
-    expect_error("a checkpoint state that is an array", resume, {"its manifest's state has no \"config\""});
+    expect_state_error("a checkpoint state that is an array", {"its manifest's state has no \"config\""});
   }
   {
     // A state whose config describes a far bigger model than model.bin
