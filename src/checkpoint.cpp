@@ -126,7 +126,13 @@ FileCheck check_regular_file(const fs::path& path, std::string* why) {
 std::vector<std::pair<int64_t, fs::path>> complete_checkpoints(const fs::path& root) {
   std::vector<std::pair<int64_t, fs::path>> found;
   for (const fs::directory_entry& e : list_directory(root)) {
-    std::optional<int64_t> step = parse_step_dir_name(e.path().filename().string());
+    const std::string name = e.path().filename().string();
+    std::optional<int64_t> step = parse_step_dir_name(name);
+    if (!step && name.size() > 5 && name.rfind("step_", 0) == 0 &&
+        name.find_first_not_of("0123456789", 5) == std::string::npos)
+      fail("{}: a step number of {} digits, more than srgpt writes (18); srgpt will not pass over it (it would "
+           "resume from an older checkpoint, or from scratch): rename or remove it",
+           e.path().string(), name.size() - 5);
     if (!step) continue;
     std::string why;
     const FileCheck manifest = check_regular_file(e.path() / kManifestName, &why);
@@ -350,10 +356,11 @@ fs::path commit_checkpoint(const fs::path& root, int64_t step, const fs::path& s
   sync_directory(staging);
 
   // Re-saving a step: move the old directory aside first, since rename(2)
-  // cannot replace a non-empty directory.
+  // cannot replace a non-empty directory. Whatever else holds the name (a
+  // stray file, a dangling symlink, on which rename(2) fails) goes too.
   std::error_code ec;
   const fs::path old_dir = root / fmt::format("{}.old-{}", name, ::getpid());
-  bool replacing = fs::exists(final_dir, ec);
+  const bool replacing = fs::symlink_status(final_dir, ec).type() != fs::file_type::not_found;
   if (replacing) rename_path(final_dir, old_dir);
   rename_path(staging, final_dir);
   remove_tmp.release();

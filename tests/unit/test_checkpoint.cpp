@@ -243,6 +243,12 @@ TEST_CASE("latest_checkpoint picks the newest complete checkpoint", "[checkpoint
                  "the directory's name says step 700 but its manifest.json says step 300"));
   fs::rename(root / "step_00000700", tmp.path() / "best");
   CHECK(CheckpointReader(tmp.path() / "best").step() == 300);
+
+  // A step number too long to parse is not passed over either.
+  fs::copy(root / "step_00000300", root / "step_9999999999999999999");
+  CHECK(contains(error_message([&] { srgpt::latest_checkpoint(root); }),
+                 "step_9999999999999999999: a step number of 19 digits, more than srgpt writes (18); srgpt will not "
+                 "pass over it"));
 }
 
 TEST_CASE("save_checkpoint keeps the newest `keep` checkpoints and replaces a re-saved step", "[checkpoint]") {
@@ -262,6 +268,16 @@ TEST_CASE("save_checkpoint keeps the newest `keep` checkpoints and replaces a re
   // keep <= 0 keeps everything.
   srgpt::save_checkpoint(root, 600, {}, payload.files(), 0);
   CHECK(dir_names(root).size() == 3);
+
+  // A dangling symlink or a file at a step's name is replaced too (on the
+  // symlink, rename(2) failed after the step's training was done).
+  fs::create_symlink(root / "nowhere", root / "step_00000700");
+  std::ofstream(root / "step_00000800") << "stray";
+  for (const int64_t step : {700, 800}) {
+    srgpt::save_checkpoint(root, step, {{"s", step}}, payload.files(), 0);
+    CHECK(CheckpointReader(root / ("step_00000" + std::to_string(step))).state() == nlohmann::json{{"s", step}});
+  }
+  CHECK(dir_names(root).size() == 5);
 }
 
 TEST_CASE("CheckpointReader names the file and problem of a damaged checkpoint", "[checkpoint]") {
