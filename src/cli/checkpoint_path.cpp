@@ -15,12 +15,18 @@ CLI::Option* add_checkpoint_option(CLI::App& cmd, std::string& checkpoint) {
 }
 
 fs::path resolve_checkpoint_dir(const fs::path& path) {
-  if (!fs::exists(path)) fail("checkpoint path {} does not exist", path.string());
-  if (!fs::is_directory(path))
-    fail("checkpoint path {} is not a directory; pass a checkpoint directory (checkpoints/step_NNNNNNNN) or a run "
-         "directory",
-         path.string());
-  if (fs::exists(path / "manifest.json")) return path;
+  const char* expected = "pass a checkpoint directory (checkpoints/step_NNNNNNNN) or a run directory";
+  if (path.empty()) fail("the checkpoint path is empty; {}", expected);
+  // Looked up with error codes: std::filesystem's exceptions would print
+  // only "filesystem error: status: ..." (a symlink loop, EACCES, ENAMETOOLONG).
+  std::error_code ec;
+  const fs::file_type type = fs::status(path, ec).type();
+  if (type == fs::file_type::not_found) fail("checkpoint path {} does not exist", path.string());
+  if (ec) fail("checkpoint path {} cannot be read: {}", path.string(), ec.message());
+  if (type != fs::file_type::directory) fail("checkpoint path {} is not a directory; {}", path.string(), expected);
+  // Any manifest.json makes it a checkpoint directory, whose reader says
+  // what is wrong with a manifest that cannot be read.
+  if (fs::symlink_status(path / "manifest.json", ec).type() != fs::file_type::not_found) return path;
   for (const fs::path& root : {path, path / "checkpoints"})
     if (auto latest = latest_checkpoint(root)) return *latest;
   fail("{} is neither a checkpoint directory (it has no manifest.json, which an interrupted save leaves out) nor a "

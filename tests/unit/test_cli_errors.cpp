@@ -374,6 +374,24 @@ TEST_CASE("bad inputs give a clear error and a non-zero exit", "[cli][errors]") 
     Fixture::write_text(ckpt + "/manifest.json", "{\"format\": \"srgpt-checkpoint\", \"format_version\": ");
     expect_error("malformed manifest", bin + " info " + ckpt, {"manifest.json"});
   }
+  {
+    // Paths std::filesystem cannot look up were its bare "filesystem error:
+    // status: ..." text; an empty one was "checkpoint path  does not exist".
+    const std::string loop = f.tmp.str("loop");
+    std::filesystem::create_symlink("loop", loop);
+    const std::string loop_manifest = f.tmp.str("loop_manifest");
+    std::filesystem::copy(f.checkpoint(), loop_manifest);
+    std::filesystem::remove(loop_manifest + "/manifest.json");
+    std::filesystem::create_symlink("manifest.json", loop_manifest + "/manifest.json");
+    for (const char* command : {" info ", " sample ", " export --out x ", " eval --data x "}) {
+      const std::string cmd = bin + command;
+      expect_error("a checkpoint path that is a symlink loop", cmd + loop,
+                   {"checkpoint path " + loop + " cannot be read: Too many levels of symbolic links"});
+      expect_error("a checkpoint whose manifest is a symlink loop", cmd + loop_manifest,
+                   {loop_manifest + "/manifest.json cannot be read: Too many levels of symbolic links"});
+      expect_error("an empty checkpoint path", cmd + "''", {"the checkpoint path is empty; pass a checkpoint"});
+    }
+  }
 }
 
 // Mistakes that were once taken silently (or found only after training):
