@@ -564,44 +564,6 @@ void raise_if_any(const std::vector<std::string>& problems, const std::string& o
   fail("{}: {} problems:\n  - {}", origin, problems.size(), join(problems, "\n  - "));
 }
 
-// Duplicate keys are legal JSON but one copy would be silently dropped; in a
-// run config that is a bug, so the parse rejects them. `root`: the dotted
-// path of the parsed value within the config ("" for a whole file).
-json parse_rejecting_duplicates(std::istream& in, const std::string& origin, const std::string& root = "") {
-  struct Frame {
-    std::string path;
-    std::set<std::string> keys;
-    std::string last_key;
-    bool is_array;
-  };
-  std::vector<Frame> stack;
-  json::parser_callback_t callback = [&](int, json::parse_event_t event, json& parsed) {
-    switch (event) {
-      case json::parse_event_t::object_start:
-      case json::parse_event_t::array_start: {
-        std::string here = root;
-        if (!stack.empty())
-          here = stack.back().is_array ? stack.back().path + "[]" : dotted(stack.back().path, stack.back().last_key);
-        stack.push_back({here, {}, {}, event == json::parse_event_t::array_start});
-        break;
-      }
-      case json::parse_event_t::object_end:
-      case json::parse_event_t::array_end: stack.pop_back(); break;
-      case json::parse_event_t::key: {
-        Frame& frame = stack.back();
-        frame.last_key = parsed.get<std::string>();
-        if (!frame.keys.insert(frame.last_key).second)
-          fail("{}: duplicate key '{}'; each key may appear once per object", origin,
-               dotted(frame.path, frame.last_key));
-        break;
-      }
-      case json::parse_event_t::value: break;
-    }
-    return true;
-  };
-  return parse_json(in, origin, "", callback);
-}
-
 // Whether `text` is a JSON number as the grammar spells one (1e400 too,
 // which no double holds).
 bool spells_json_number(const std::string& text) {
@@ -639,7 +601,7 @@ json read_json_file(const std::string& path) {
   if (!std::filesystem::is_regular_file(status)) fail("config file '{}' is not a regular file", path);
   std::ifstream in(path, std::ios::binary);
   if (!in) fail("config file '{}' cannot be opened: {}", path, std::strerror(errno));
-  json doc = parse_rejecting_duplicates(in, path);
+  json doc = parse_json(in, path);
   require_object(doc, path);
   return doc;
 }
@@ -684,7 +646,7 @@ json override_value(const std::string& key, const std::string& text, const std::
       (first != std::string::npos && (text[first] == '{' || text[first] == '[')) || spells_json_number(text);
   if (spelled_as_json && !string_valued) {
     std::istringstream in(text);
-    return parse_rejecting_duplicates(in, "--set " + key + "=...", key);
+    return parse_json(in, "--set " + key + "=...", "", key);
   }
   // Nesting is limited as in a config file: dumping the value for an error
   // message would overflow the stack.

@@ -9,8 +9,25 @@
 
 namespace srgpt {
 
+// `text` with its control characters other than newline and tab written as
+// \xNN: a NUL from a user's key or file name would end the C string that
+// what() returns, cutting the message there, and an escape sequence would
+// reach the terminal.
+inline std::string printable_message(const std::string& text) {
+  std::string out;
+  out.reserve(text.size());
+  for (const char c : text) {
+    const auto byte = static_cast<unsigned char>(c);
+    if ((byte < 0x20 && c != '\n' && c != '\t') || byte == 0x7f)
+      out += fmt::format("\\x{:02x}", byte);
+    else
+      out += c;
+  }
+  return out;
+}
+
 struct Error : std::runtime_error {
-  using std::runtime_error::runtime_error;
+  explicit Error(const std::string& message) : std::runtime_error(printable_message(message)) {}
 };
 
 template <typename... Args>

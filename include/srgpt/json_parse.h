@@ -20,13 +20,16 @@ constexpr int kMaxJsonDepth = 64;
 // Parses `text` (or the stream `in`). Whatever nlohmann rejects - bad syntax
 // (reported with its line and column), a number beyond double's range, bad
 // UTF-8 - becomes an srgpt::Error "<origin>: not valid JSON: <reason>",
-// followed by "; expected <expected>" when that is given; so does nesting
-// deeper than kMaxJsonDepth levels. Errors thrown by `callback` pass
-// through unchanged.
+// followed by "; expected <expected>" when that is given; so do a raw NUL
+// byte (where nlohmann would stop reading, taking what follows for nothing)
+// and nesting deeper than kMaxJsonDepth levels. A key that appears twice in
+// one object is an error too: JSON allows it, but one copy would be dropped
+// silently. `root`: the dotted path of the parsed value, naming such a key
+// ("" for a whole file: "optimizer.lr").
 nlohmann::json parse_json(const std::string& text, const std::string& origin, const std::string& expected = "",
-                          const nlohmann::json::parser_callback_t& callback = nullptr);
+                          const std::string& root = "");
 nlohmann::json parse_json(std::istream& in, const std::string& origin, const std::string& expected = "",
-                          const nlohmann::json::parser_callback_t& callback = nullptr);
+                          const std::string& root = "");
 
 // A reader of parse events (nlohmann's SAX interface), for a file too big
 // to hold as a JSON tree: nlohmann's tree takes several times the text, and

@@ -9,6 +9,8 @@
 #include "test_util.h"
 #include "srgpt/json_parse.h"
 
+using namespace std::string_literals;
+
 using nlohmann::json;
 using srgpt::json_integer;
 using srgpt_test::contains;
@@ -56,4 +58,25 @@ TEST_CASE("parse_json names the origin, the reason and what was expected", "[jso
   CHECK(srgpt::parse_json(std::string(levels, '[') + "7" + std::string(levels, ']'), "ok.json").is_array());
   CHECK(srgpt::parse_json(std::string(levels - 1, '[') + "{\"a\": 7}" + std::string(levels - 1, ']'), "ok.json")
             .is_array());
+
+  // A raw NUL byte: nlohmann stopped there and took the rest for nothing.
+  const std::string nul_tail = error_message([] { srgpt::parse_json("{\"a\": 1}\0 junk {{"s, "n.json"); });
+  CHECK(contains(nul_tail, "n.json: not valid JSON: a NUL byte at line 1, column 9"));
+  CHECK(contains(error_message([] { srgpt::parse_json("{\n  \"a\": \"x\0y\"}"s, "m.json"); }),
+                 "m.json: not valid JSON: a NUL byte at line 2, column 10"));
+  CHECK(srgpt::parse_json("{\"a\": \"x\\u0000y\"}", "ok.json")["a"] == "x\0y"s);
+
+  // A key twice in one object, named by its path from `root`; the same key
+  // in different objects is fine.
+  CHECK(contains(error_message([] { srgpt::parse_json(R"({"a": {"b": 1, "b": 2}})", "d.json"); }),
+                 "d.json: duplicate key 'a.b'; each key may appear once per object"));
+  CHECK(contains(error_message([] { srgpt::parse_json(R"([{"k": 1}, {"k": 2, "k": 3}])", "e.json", "", "top"); }),
+                 "e.json: duplicate key 'top[].k'"));
+  CHECK(srgpt::parse_json(R"({"a": {"k": 1}, "b": {"k": 2}, "k": [{"k": 3}, {"k": 4}]})", "ok.json").size() == 3);
+}
+
+TEST_CASE("error messages show control characters as \\xNN, so a NUL cannot cut them", "[json]") {
+  const srgpt::Error e("unknown key 'n_layer\0x\x1b[31m'\n\tnext line"s);
+  CHECK(std::string(e.what()) == "unknown key 'n_layer\\x00x\\x1b[31m'\n\tnext line");
+  CHECK(std::string(srgpt::Error("caf\xc3\xa9").what()) == "caf\xc3\xa9");  // UTF-8 is kept
 }
