@@ -23,6 +23,15 @@ PosixFile::PosixFile(const std::filesystem::path& path, int flags, mode_t mode)
   if (fd_ < 0) fail("cannot open {}: {}", path_.string(), std::strerror(errno));
 }
 
+bool regular_file_exists(const std::filesystem::path& path, const std::string& what) {
+  std::error_code ec;
+  const std::filesystem::file_type type = std::filesystem::status(path, ec).type();
+  if (type == std::filesystem::file_type::not_found) return false;
+  if (ec) fail("{} {} cannot be read: {}", what, path.string(), ec.message());
+  if (type != std::filesystem::file_type::regular) fail("{} {} is not a regular file", what, path.string());
+  return true;
+}
+
 ExclusiveFileLock::ExclusiveFileLock(const std::filesystem::path& path, const std::string& what,
                                      const std::string& remedy)
     : fd_(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644)) {

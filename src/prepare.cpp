@@ -343,6 +343,7 @@ PrepareSummary prepare_summary_from_json(const json& object, const std::string& 
 }
 
 PrepareSummary read_prepare_summary(const std::string& path) {
+  if (!regular_file_exists(path, "prepare summary")) fail("prepare summary {} does not exist", path);
   std::ifstream in(path);
   if (!in) fail("cannot open prepare summary '{}': {}", path, std::strerror(errno));
   return prepare_summary_from_json(parse_json(in, path), path);
@@ -357,7 +358,9 @@ std::optional<PreparedSplit> prepared_split(const std::vector<std::string>& shar
   if (shard_files.empty()) return std::nullopt;
   const fs::path dir = fs::path(shard_files.front()).parent_path();
   const fs::path summary_path = dir / kSummaryFile;
-  if (!fs::exists(summary_path)) return std::nullopt;
+  // Not there: shards from elsewhere. Anything but a file is an error.
+  std::error_code ec;
+  if (fs::symlink_status(summary_path, ec).type() == fs::file_type::not_found) return std::nullopt;
   PreparedSplit prepared{read_prepare_summary(summary_path.string())};
   for (const bool val : {false, true}) {
     prepared.val = val;

@@ -436,6 +436,7 @@ void check_same_data_order(const Config& ours, const SavedState& saved, const To
 // steps after its checkpoint), but for a run resumed after its last step
 // not the final evaluation at it, which the run writes again.
 void truncate_metrics(const fs::path& path, int64_t last_step, bool run_complete) {
+  if (!regular_file_exists(path, "the run's metrics file")) return;
   std::ifstream in(path);
   if (!in) return;
   std::string line, kept;

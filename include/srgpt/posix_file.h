@@ -96,6 +96,12 @@ class StartDirectories {
 // had it (a restarted container), never in use.
 bool left_by_gone_writer(const std::string& name, const std::string& prefix);
 
+// Whether `path` names a regular file (true) or nothing (false); anything
+// else - a FIFO, whose open would block until a writer comes, a directory,
+// a path that cannot be looked up - is an Error "<what> <path> is not a
+// regular file" (or "cannot be read: <reason>").
+bool regular_file_exists(const std::filesystem::path& path, const std::string& what);
+
 // Receives the bytes of a file being written, in order.
 using ByteSink = std::function<void(const void* data, size_t bytes)>;
 // Writes `path` through a temporary file beside it (`path`.tmp-<pid>) that

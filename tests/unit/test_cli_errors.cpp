@@ -82,6 +82,26 @@ TEST_CASE("bad inputs give a clear error and a non-zero exit", "[cli][errors]") 
                  {"fifo", "not a regular file"});
     expect_error("a FIFO as eval data", "timeout 60 " + bin + " eval --checkpoint " + f.checkpoint() + " --data " + fifo,
                  {"fifo", "not a regular file"});
+    // The shards' summary.json and the run's metrics.jsonl (both hung).
+    const std::string fifo_data = f.tmp.str("fifo_data");
+    std::filesystem::copy(f.data, fifo_data);
+    REQUIRE(::mkfifo((fifo_data + "/summary.json").c_str(), 0600) == 0);
+    expect_error("a FIFO as summary.json for eval",
+                 "timeout 60 " + bin + " eval --checkpoint " + f.checkpoint() + " --data '" + fifo_data + "/val_*.bin'",
+                 {"prepare summary " + fifo_data + "/summary.json is not a regular file"});
+    CommandResult trained = run_command(
+        "timeout 60 " + train +
+        f.config_with([&](auto& j) { j["data"]["val"] = fifo_data + "/val_*.bin"; j["out_dir"] = f.tmp.str("fr"); },
+                      "fifo_summary"));
+    INFO(trained.output);
+    CHECK(trained.exit_code == 0);  // summary.json is only advice in training
+    CHECK(trained.output.find("warning: data.val: prepare summary " + fifo_data + "/summary.json is not a regular "
+                              "file") != std::string::npos);
+    std::filesystem::create_directories(f.tmp.path() / "fifo_run");
+    REQUIRE(::mkfifo(f.tmp.str("fifo_run/metrics.jsonl").c_str(), 0600) == 0);
+    expect_error("a FIFO as metrics.jsonl",
+                 "timeout 60 " + train + f.config_with([&](auto& j) { j["out_dir"] = f.tmp.str("fifo_run"); }, "fm"),
+                 {"the run's metrics file " + f.tmp.str("fifo_run/metrics.jsonl") + " is not a regular file"});
   }
 
   Fixture::write_text(f.tmp.str("malformed.json"), "{\"model\": {\"n_layer\": 2,,}");
