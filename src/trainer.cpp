@@ -622,6 +622,8 @@ Trainer::Trainer(Config config, TrainOptions options) : config_(std::move(config
        {"the tokens in data.val", val_loader_ ? double(val_loader_->total_tokens()) : -1.0,
         "every rank must read the same token shards" + shared},
        {"the first tokens of data.train's shards (CRC-32)", train_loader_ ? shards_head_crc32(*train_loader_) : -1.0,
+        "every rank must read the same token shards, in the same order" + shared},
+       {"the first tokens of data.val's shards (CRC-32)", val_loader_ ? shards_head_crc32(*val_loader_) : -1.0,
         "every rank must read the same token shards, in the same order" + shared}});
   // Checkpoints in out_dir past the starting step are another run's (or
   // this run's future, if resuming from an earlier one): training on would

@@ -291,12 +291,13 @@ TEST_CASE("mpi failure: ranks that would start from different points stop before
   SECTION("only rank 0 stops early") {
     expect_job_failed(job(" --resume --stop-after 3", " --resume"), {"disagree on --stop-after"});
   }
-  // data.train relative to each rank's working directory (node-local
-  // copies): rank 1's copy has `train_tokens` tokens drawn with `seed`.
-  auto node_local_job = [&](size_t train_tokens, uint32_t seed) {
+  // data.train or data.val (`split`) relative to each rank's working
+  // directory (node-local copies): rank 1's copy has `train_tokens` train
+  // tokens, and both splits are drawn with `seed`.
+  auto node_local_job = [&](const std::string& split, size_t train_tokens, uint32_t seed) {
     srgpt::Config local = c;
-    local.data.train = "data/train_*.bin";
-    const std::string local_config = run.write_config(local, "local_data");
+    (split == "train" ? local.data.train : local.data.val) = "data/" + split + "_*.bin";
+    const std::string local_config = run.write_config(local, "local_" + split);
     write_markov_shards(run.tmp.path() / "node0" / "data", 64, 20000, 3000);
     write_markov_shards(run.tmp.path() / "node1" / "data", 64, train_tokens, 3000, seed);
     const std::string train_local = srgpt_bin() + " train --resume --config " + shell_quoted(local_config);
@@ -304,10 +305,15 @@ TEST_CASE("mpi failure: ranks that would start from different points stop before
                        " : -np 1 -wdir " + shell_quoted(run.tmp.str("node1")) + " " + train_local);
   };
   SECTION("the ranks read different data under the same pattern (node-local copies)") {
-    expect_job_failed(node_local_job(10000, 7), {"disagree on the tokens in data.train"});
+    expect_job_failed(node_local_job("train", 10000, 7), {"disagree on the tokens in data.train"});
   }
   SECTION("the ranks read shards of the same sizes but other tokens under the same pattern") {
-    expect_job_failed(node_local_job(20000, 11), {"disagree on the first tokens of data.train's shards (CRC-32)"});
+    expect_job_failed(node_local_job("train", 20000, 11),
+                      {"disagree on the first tokens of data.train's shards (CRC-32)"});
+  }
+  SECTION("the ranks validate on shards of the same sizes but other tokens (node-local copies)") {
+    // Each rank's val loss was its own data's, averaged into one number.
+    expect_job_failed(node_local_job("val", 20000, 11), {"disagree on the first tokens of data.val's shards (CRC-32)"});
   }
   // Nothing was trained or written past the saved step.
   run.expect_verified_checkpoint(2);
