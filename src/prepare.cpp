@@ -3,6 +3,7 @@
 // llm.c shards plus summary.json.
 #include "srgpt/prepare.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -98,10 +99,15 @@ double hash_fraction(uint64_t hash) { return static_cast<double>(hash >> 11) * 0
 std::vector<std::string> expand_inputs(const std::vector<std::string>& patterns) {
   if (patterns.empty()) fail("--input: no input files given");
   std::vector<std::string> files;
-  std::set<std::string> seen;
+  // By device and inode: a file named twice (txt/a.txt, ./txt/a.txt, a
+  // symlink or a hard link) would have its documents twice, some of them
+  // in both splits.
+  std::set<std::pair<dev_t, ino_t>> seen;
   for (const auto& pattern : patterns) {
     for (auto& file : expand_shard_pattern(pattern, "--input")) {
-      if (seen.insert(file).second) files.push_back(std::move(file));
+      struct stat st {};
+      if (::stat(file.c_str(), &st) != 0) fail("--input: cannot read '{}': {}", file, std::strerror(errno));
+      if (seen.insert({st.st_dev, st.st_ino}).second) files.push_back(std::move(file));
     }
   }
   return files;

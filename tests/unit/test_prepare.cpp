@@ -199,6 +199,16 @@ TEST_CASE("prepare cuts files into documents by file, paragraph or line", "[prep
         Documents{"first line", "second b\r\nsecond c", "third", "last, no newline"});
   CHECK(documents_for(srgpt::DocumentSplit::Lines) ==
         Documents{"first line", "second b", "second c", "third", "last, no newline"});
+
+  // A file named twice, in other spellings or through links, is read once.
+  fs::create_symlink("a.txt", dir.path() / "in/alias.txt");
+  fs::create_hard_link(dir.path() / "in/b.txt", dir.path() / "in/b-link.txt");
+  auto options = options_for(dir, "byte");
+  options.split = srgpt::DocumentSplit::Files;
+  options.val_fraction = 0;
+  options.inputs = {dir.str("in/a.txt"), dir.str("in/./a.txt"), dir.str("in") + "/*.txt"};
+  const auto summary = srgpt::prepare_dataset(options);
+  CHECK(documents_in_shards(options.out_dir, summary.train, tokenizer) == Documents{contents, "last, no newline"});
 }
 
 TEST_CASE("prepare keeps both splits non-empty when it can", "[prepare]") {
