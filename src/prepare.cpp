@@ -385,6 +385,13 @@ std::optional<std::string> vocabulary_mismatch(const PreparedSplit& shards, int 
                                                 ShardUse use) {
   const PrepareSummary& s = shards.summary;
   if (model_vocabulary_fits(vocab_size, s.vocab_size)) return std::nullopt;
+  if (vocab_size < s.vocab_size)
+    fail("{}: these shards hold tokens of the {} tokenizer (vocabulary {}, by their summary.json), but the model's "
+         "vocabulary (model.vocab_size) has only {} tokens: their ids from {} up are out of its range, so {}",
+         what, s.tokenizer, s.vocab_size, vocab_size, vocab_size,
+         use == ShardUse::training ? fmt::format("training would stop at the first; set model.vocab_size = {}",
+                                                 s.vocab_size)
+                                   : std::string("evaluate the model on shards of its own tokenizer"));
   const std::string consequence =
       use == ShardUse::training
           ? fmt::format("the ids fit, but `srgpt sample` pairs a model with the tokenizer of its vocabulary size, "

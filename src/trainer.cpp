@@ -374,13 +374,16 @@ void check_same_model(const Config& ours, const Config& theirs, const fs::path& 
 // said at the start. Training does not need summary.json, so one that cannot
 // be read is only a warning here.
 void warn_of_other_vocabulary(const std::vector<std::string>& files, int vocab_size, const char* what) {
+  std::optional<PreparedSplit> shards;
   try {
-    if (const auto shards = prepared_split(files))
-      if (const auto warning = vocabulary_mismatch(*shards, vocab_size, what, ShardUse::training))
-        spdlog::warn("{}", *warning);
+    shards = prepared_split(files);
   } catch (const Error& e) {
     spdlog::warn("{}: {}", what, e.what());
+    return;
   }
+  if (shards)
+    if (const auto warning = vocabulary_mismatch(*shards, vocab_size, what, ShardUse::training))
+      spdlog::warn("{}", *warning);
 }
 
 // One number for TokenLoader::shard_head_crc32, to compare across ranks.

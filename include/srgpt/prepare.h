@@ -96,7 +96,9 @@ enum class ShardUse { training, evaluation };
 // GPT-2 model: trained on, `srgpt sample` reads them as GPT-2 tokens;
 // evaluated, the loss means nothing). Nullopt when the model's vocabulary
 // fits the shards' tokenizer (model_vocabulary_fits: equal, or padded as
-// 50304 pads GPT-2's 50257). `what` names the shards.
+// 50304 pads GPT-2's 50257). A model with fewer tokens than the shards'
+// vocabulary is an Error: their ids would be out of its range. `what`
+// names the shards.
 std::optional<std::string> vocabulary_mismatch(const PreparedSplit& shards, int vocab_size, const std::string& what,
                                                 ShardUse use);
 
