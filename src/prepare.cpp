@@ -263,21 +263,35 @@ T field(const json& object, const char* key, const std::string& where) {
   if (!object.is_object() || !object.contains(key)) fail("{}: missing \"{}\"", where, key);
   const json& v = object.at(key);
   if (std::optional<T> read = json_value<T>(v)) return std::move(*read);
-  fail("{}: \"{}\" has the wrong type ({}){}", where, key, v.dump(), std::is_integral_v<T> ? "; expected an integer" : "");
+  if constexpr (std::is_integral_v<T>)
+    if (v.is_number_integer()) fail("{}: \"{}\" = {} is out of range", where, key, v.dump());
+  fail("{}: \"{}\" has the wrong type ({}){}", where, key, v.dump(),
+       std::is_integral_v<T> ? "; expected an integer" : "");
+}
+
+// A count: an integer >= 0.
+int64_t count_field(const json& object, const char* key, const std::string& where) {
+  const int64_t n = field<int64_t>(object, key, where);
+  if (n < 0) fail("{}: \"{}\" = {} is negative; it is a count", where, key, n);
+  return n;
 }
 
 SplitSummary split_from_json(const json& object, const std::string& where) {
   SplitSummary split;
-  split.documents = field<int64_t>(object, "documents", where);
-  split.bytes = field<int64_t>(object, "bytes", where);
-  split.tokens = field<int64_t>(object, "tokens", where);
-  split.invalid_utf8_documents = field<int64_t>(object, "invalid_utf8_documents", where);
+  split.documents = count_field(object, "documents", where);
+  split.bytes = count_field(object, "bytes", where);
+  split.tokens = count_field(object, "tokens", where);
+  split.invalid_utf8_documents = count_field(object, "invalid_utf8_documents", where);
   const auto shards = field<json>(object, "shards", where);
   if (!shards.is_array()) fail("{}: \"shards\" must be an array", where);
+  int64_t shard_tokens = 0;
   for (const auto& shard : shards) {
-    split.shards.push_back(
-        ShardSummary{field<std::string>(shard, "file", where + ".shards"), field<int64_t>(shard, "tokens", where + ".shards")});
+    split.shards.push_back(ShardSummary{field<std::string>(shard, "file", where + ".shards"),
+                                        count_field(shard, "tokens", where + ".shards")});
+    shard_tokens += split.shards.back().tokens;
   }
+  if (shard_tokens != split.tokens)
+    fail("{}: \"tokens\" = {}, but its shards hold {} tokens in all", where, split.tokens, shard_tokens);
   return split;
 }
 
@@ -343,8 +357,13 @@ PrepareSummary prepare_summary_from_json(const json& object, const std::string& 
   summary.seed = field<uint64_t>(object, "seed", where);
   summary.inputs = field<std::vector<std::string>>(object, "inputs", where);
   summary.input_bytes = field<int64_t>(object, "input_bytes", where);
+  if (summary.vocab_size < 1) fail("{}: \"vocab_size\" = {}; allowed: 1 or more", where, summary.vocab_size);
   summary.train = split_from_json(field<json>(object, "train", where), where + ".train");
   summary.val = split_from_json(field<json>(object, "val", where), where + ".val");
+  std::set<std::string> files;
+  for (const SplitSummary* split : {&summary.train, &summary.val})
+    for (const ShardSummary& shard : split->shards)
+      if (!files.insert(shard.file).second) fail("{}: shard \"{}\" is listed twice", where, shard.file);
   return summary;
 }
 
@@ -376,7 +395,18 @@ std::optional<PreparedSplit> prepared_split(const std::vector<std::string>& shar
       const fs::path path(file);
       return path.parent_path() == dir && names.count(path.filename().string()) > 0;
     });
-    if (all_listed) return prepared;
+    if (!all_listed) continue;
+    // Names alone would pair the shards with another dataset's summary.
+    for (const ShardSummary& listed : prepared.split().shards) {
+      const std::string file = (dir / listed.file).string();
+      if (std::find(shard_files.begin(), shard_files.end(), file) == shard_files.end()) continue;
+      const size_t tokens = TokenShard(file).size();
+      if (tokens != size_t(listed.tokens))
+        fail("{}: it lists {} with {} tokens, but that file holds {}: the summary describes other shards (an older "
+             "prepare's?); prepare the data again, or remove the summary",
+             summary_path.string(), listed.file, listed.tokens, tokens);
+    }
+    return prepared;
   }
   return std::nullopt;
 }

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "catch.h"
 #include "srgpt/data.h"
 #include "srgpt/error.h"
@@ -324,6 +326,41 @@ TEST_CASE("prepare replaces the shards of an earlier run and reports bytes per t
     CHECK(smaller.find(use == ShardUse::training ? "set model.vocab_size = 50257" : "shards of its own tokenizer") !=
           std::string::npos);
   }
+
+  // A summary whose counts cannot be, or that describes other shards under
+  // the same names (eval printed a negative or another dataset's bits per
+  // byte, found by a probe).
+  const fs::path summary_path = dir.path() / "out/summary.json";
+  const nlohmann::json good = nlohmann::json::parse(std::ifstream(summary_path));
+  const std::vector<std::string> val_shards = {(dir.path() / "out/val_000000.bin").string()};
+  auto summary_error = [&](const std::function<void(nlohmann::json&)>& damage) {
+    nlohmann::json damaged = good;
+    damage(damaged);
+    write_file(summary_path, damaged.dump());
+    return error_message([&] { srgpt::prepared_split(val_shards); });
+  };
+  CHECK(contains(summary_error([](nlohmann::json& j) { j["val"]["bytes"] = -5; }),
+                 "summary.json.val: \"bytes\" = -5 is negative"));
+  CHECK(contains(summary_error([](nlohmann::json& j) { j["val"]["bytes"] = 10000000000000000000u; }),
+                 "summary.json.val: \"bytes\" = 10000000000000000000 is out of range"));
+  CHECK(contains(summary_error([](nlohmann::json& j) { j["val"]["tokens"] = j["val"]["tokens"].get<int64_t>() + 1; }),
+                 "but its shards hold " + std::to_string(good["val"]["tokens"].get<int64_t>()) + " tokens in all"));
+  CHECK(contains(summary_error([](nlohmann::json& j) { j["vocab_size"] = -1; }),
+                 "\"vocab_size\" = -1; allowed: 1 or more"));
+  CHECK(contains(summary_error([](nlohmann::json& j) {
+                   j["train"]["shards"].push_back(j["val"]["shards"][0]);
+                   j["train"]["tokens"] = j["train"]["tokens"].get<int64_t>() + j["val"]["tokens"].get<int64_t>();
+                 }),
+                 "shard \"val_000000.bin\" is listed twice"));
+  const int64_t val_tokens = good["val"]["shards"][0]["tokens"].get<int64_t>();
+  CHECK(contains(summary_error([](nlohmann::json& j) {
+                   j["val"]["shards"][0]["tokens"] = j["val"]["shards"][0]["tokens"].get<int64_t>() + 3;
+                   j["val"]["tokens"] = j["val"]["tokens"].get<int64_t>() + 3;
+                 }),
+                 "it lists val_000000.bin with " + std::to_string(val_tokens + 3) + " tokens, but that file holds " +
+                     std::to_string(val_tokens) + ": the summary describes other shards"));
+  write_file(summary_path, good.dump());
+  CHECK(srgpt::prepared_split(val_shards).has_value());
 
   // Another format's summary.json, without a "version" (found by
   // test_input_fuzz.cpp: the message's object.at("version") threw
