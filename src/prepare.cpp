@@ -375,7 +375,8 @@ PrepareSummary read_prepare_summary(const std::string& path) {
 }
 
 std::optional<double> PreparedSplit::bytes_per_token() const {
-  if (split().tokens <= 0) return std::nullopt;
+  // No bytes: bits per byte would be infinite.
+  if (split().tokens <= 0 || split().bytes <= 0) return std::nullopt;
   return static_cast<double>(split().bytes) / static_cast<double>(split().tokens);
 }
 

@@ -80,7 +80,7 @@ struct PreparedSplit {
   PrepareSummary summary;
   bool val = false;  // the split is summary.val, else summary.train
   const SplitSummary& split() const { return val ? summary.val : summary.train; }
-  // Bytes of text per token; nullopt for a split without tokens. Bits per
+  // Bytes of text per token; nullopt for a split without tokens or bytes. Bits per
   // byte = loss per token in nats / ln(2) / bytes_per_token.
   std::optional<double> bytes_per_token() const;
 };

@@ -279,6 +279,9 @@ TEST_CASE("prepare replaces the shards of an earlier run and reports bytes per t
   REQUIRE(train_ratio.has_value());
   CHECK(*train_ratio == static_cast<double>(summary.train.bytes) / static_cast<double>(summary.train.tokens));
   CHECK(*train_ratio < 1.0);  // byte tokens plus one separator per document
+  srgpt::PreparedSplit no_bytes = *train;
+  no_bytes.summary.train.bytes = 0;
+  CHECK_FALSE(no_bytes.bytes_per_token().has_value());  // not an infinite bits per byte
   const auto val = srgpt::prepared_split({(dir.path() / "out/val_000000.bin").string()});
   REQUIRE(val.has_value());
   CHECK(val->val);
