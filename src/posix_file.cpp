@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -21,6 +22,12 @@ namespace srgpt {
 PosixFile::PosixFile(const std::filesystem::path& path, int flags, mode_t mode)
     : path_(path), fd_(::open(path.c_str(), flags | O_CLOEXEC, mode)) {
   if (fd_ < 0) fail("cannot open {}: {}", path_.string(), std::strerror(errno));
+}
+
+FileIdentity file_identity(const std::filesystem::path& path, const std::string& what) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) fail("{}: cannot read '{}': {}", what, path.string(), std::strerror(errno));
+  return {uint64_t(st.st_dev), uint64_t(st.st_ino)};
 }
 
 bool regular_file_exists(const std::filesystem::path& path, const std::string& what) {

@@ -3,7 +3,6 @@
 // llm.c shards plus summary.json.
 #include "srgpt/prepare.h"
 
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -102,12 +101,10 @@ std::vector<std::string> expand_inputs(const std::vector<std::string>& patterns)
   // By device and inode: a file named twice (txt/a.txt, ./txt/a.txt, a
   // symlink or a hard link) would have its documents twice, some of them
   // in both splits.
-  std::set<std::pair<dev_t, ino_t>> seen;
+  std::set<FileIdentity> seen;
   for (const auto& pattern : patterns) {
     for (auto& file : expand_shard_pattern(pattern, "--input")) {
-      struct stat st {};
-      if (::stat(file.c_str(), &st) != 0) fail("--input: cannot read '{}': {}", file, std::strerror(errno));
-      if (seen.insert({st.st_dev, st.st_ino}).second) files.push_back(std::move(file));
+      if (seen.insert(file_identity(file, "--input")).second) files.push_back(std::move(file));
     }
   }
   return files;

@@ -13,6 +13,7 @@
 #include <limits>
 #include <optional>
 #include <random>
+#include <set>
 #include <string>
 #include <thread>
 #include <type_traits>
@@ -386,6 +387,22 @@ void warn_of_other_vocabulary(const std::vector<std::string>& files, int vocab_s
       spdlog::warn("{}", *warning);
 }
 
+// Val shards that are also train shards (data.train = "data/*.bin" takes
+// the val split too): the val loss would be measured on tokens trained on.
+// A warning, since an overfitting check may want just that.
+void warn_of_shared_shards(const TokenLoader& train, const TokenLoader& val) {
+  std::set<FileIdentity> train_files;
+  for (size_t i = 0; i < train.shard_tokens().size(); ++i)
+    train_files.insert(file_identity(train.shard_path(i), "data.train"));
+  std::vector<std::string> shared;
+  for (size_t i = 0; i < val.shard_tokens().size(); ++i)
+    if (train_files.count(file_identity(val.shard_path(i), "data.val"))) shared.push_back(val.shard_path(i));
+  if (!shared.empty())
+    spdlog::warn("data.val shares {} of its {} shards with data.train ({} is in both): the val loss is measured on "
+                 "tokens the model trains on",
+                 shared.size(), val.shard_tokens().size(), shared.front());
+}
+
 // One number for TokenLoader::shard_head_crc32, to compare across ranks.
 double shards_head_crc32(const TokenLoader& loader) {
   const std::vector<uint32_t>& crcs = loader.shard_head_crc32();
@@ -591,6 +608,7 @@ Trainer::Trainer(Config config, TrainOptions options) : config_(std::move(config
   if (!options_.without_data) {
     train_loader_ = loader_for(config_.data.train, "data.train", true);
     if (!config_.data.val.empty()) val_loader_ = loader_for(config_.data.val, "data.val", false);
+    if (val_loader_ && rank == 0 && !options_.quiet) warn_of_shared_shards(*train_loader_, *val_loader_);
   }
   params_ = std::make_unique<ParameterStore>(*backend_, *comm_, gpt2_param_layout(config_.model, world),
                                              config_.dist.zero_stage, config_.dist.grad_dtype(config_.precision),

@@ -102,6 +102,12 @@ bool left_by_gone_writer(const std::string& name, const std::string& prefix);
 // regular file" (or "cannot be read: <reason>").
 bool regular_file_exists(const std::filesystem::path& path, const std::string& what);
 
+// What makes a file the same file under any name (another spelling, a
+// symlink, a hard link): its device and inode. An Error naming `what` and
+// the path when it cannot be looked up.
+using FileIdentity = std::pair<uint64_t, uint64_t>;
+FileIdentity file_identity(const std::filesystem::path& path, const std::string& what);
+
 // Receives the bytes of a file being written, in order.
 using ByteSink = std::function<void(const void* data, size_t bytes)>;
 // Writes `path` through a temporary file beside it (`path`.tmp-<pid>) that

@@ -95,8 +95,18 @@ TEST_CASE("bad inputs give a clear error and a non-zero exit", "[cli][errors]") 
                       "fifo_summary"));
     INFO(trained.output);
     CHECK(trained.exit_code == 0);  // summary.json is only advice in training
+    CHECK(trained.output.find("shares") == std::string::npos);  // other val shards than train's
     CHECK(trained.output.find("warning: data.val: prepare summary " + fifo_data + "/summary.json is not a regular "
                               "file") != std::string::npos);
+    // data.train taking the val split too is said, not refused.
+    CommandResult overlap = run_command(
+        train + f.config_with([&](auto& j) { j["data"]["train"] = f.data + "/*.bin"; j["out_dir"] = f.tmp.str("ov"); },
+                              "overlap"));
+    INFO(overlap.output);
+    CHECK(overlap.exit_code == 0);
+    CHECK(overlap.output.find("warning: data.val shares 1 of its 1 shards with data.train (" + f.data +
+                              "/val_000000.bin is in both): the val loss is measured on tokens the model trains on") !=
+          std::string::npos);
     std::filesystem::create_directories(f.tmp.path() / "fifo_run");
     REQUIRE(::mkfifo(f.tmp.str("fifo_run/metrics.jsonl").c_str(), 0600) == 0);
     expect_error("a FIFO as metrics.jsonl",
