@@ -241,7 +241,9 @@ TokenLoader::TokenLoader(const std::vector<std::string>& files, int B, int T, in
     shards_.emplace_back(f);
     if (int64_t(shards_.back().size()) < min_tokens)
       fail("token shard {} has {} tokens, too few for one global batch: it needs at least {} "
-           "(world_size {} x batch {} x seq_len {} + 1)",
+           "(world_size {} x batch {} x seq_len {} + 1); use a smaller batch or sequence length, or leave the shard "
+           "out of the pattern. srgpt prepare's last shard of a split holds what is left over and can be small: "
+           "prepare again with a larger --shard-tokens (or, for a small val split, a larger --val-fraction)",
            f, shards_.back().size(), min_tokens, world_, B_, T_);
     head_crc32_.push_back(shards_.back().head_crc32(kShardHeadTokens));
   }

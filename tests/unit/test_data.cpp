@@ -491,6 +491,8 @@ TEST_CASE("a shard too small for one global batch is an error, not a hang", "[da
   CHECK(contains(e, corpus.files[1]));
   CHECK(contains(e, "has 128 tokens"));
   CHECK(contains(e, "at least 129"));
+  CHECK(contains(e, "use a smaller batch or sequence length, or leave the shard out of the pattern"));
+  CHECK(contains(e, "a larger --shard-tokens"));
   TokenLoader ok({corpus.files[0]}, B, T, 1, world, int(kVocab), false, 0);
   CHECK(ok.batches_per_epoch() == 1);
   take(ok, 3, B, T);
