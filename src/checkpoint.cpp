@@ -268,8 +268,9 @@ void validate_manifest(const nlohmann::json& m, const fs::path& manifest) {
     if (!file_names.insert(name).second) fail("{}: file \"{}\" is listed twice", manifest.string(), name);
     std::string where = "file " + name;
     uint64_t file_bytes = required_unsigned(f, "bytes", manifest, where);
-    if (required_unsigned(f, "crc32", manifest, where) > 0xFFFFFFFFull)
-      fail("{}: {} \"crc32\" does not fit in 32 bits", manifest.string(), where);
+    const nlohmann::json& crc = required(f, "crc32", manifest, where);
+    if (!json_integer<uint32_t>(crc))
+      fail("{}: {} \"crc32\" must be a CRC-32, an integer in [0, 2^32), got {}", manifest.string(), where, crc.dump());
     const nlohmann::json& tensors = required(f, "tensors", manifest, where);
     if (!tensors.is_array()) fail("{}: {} \"tensors\" must be an array", manifest.string(), where);
     std::set<std::string> tensor_names;

@@ -547,6 +547,9 @@ EvalResult evaluate(GPT& model, TokenLoader& loader, int64_t max_tokens) {
 
 Trainer::Trainer(Config config, TrainOptions options) : config_(std::move(config)), options_(std::move(options)) {
   const LaunchInfo launch = options_.single_process ? LaunchInfo{} : launch_info_from_environment();
+  // Read in a one-process run too: a malformed value would otherwise show
+  // only on the multi-rank launch.
+  if (!options_.single_process) CommunicatorOptions::from_environment();
   config_.validate_for_world(launch.size);
   if (config_.data.train.empty() && !options_.without_data)
     fail("data.train is empty: set it to a glob pattern of token shards");

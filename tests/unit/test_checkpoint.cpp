@@ -316,6 +316,17 @@ TEST_CASE("CheckpointReader names the file and problem of a damaged checkpoint",
     CHECK(contains(e, manifest.string()));
     CHECK(contains(e, "not valid JSON"));
   }
+  SECTION("a key twice in the manifest, or a CRC that is no CRC-32") {
+    const std::string text = good.dump();
+    write_text(manifest, "{\"format_version\": 99, " + text.substr(1));
+    CHECK(contains(open_error(), manifest.string() + ": duplicate key 'format_version'"));
+    for (const int64_t crc : {int64_t(-1), int64_t(1) << 32}) {
+      nlohmann::json m = good;
+      m["files"][0]["crc32"] = crc;
+      write_text(manifest, m.dump());
+      CHECK(contains(open_error(), "\"crc32\" must be a CRC-32, an integer in [0, 2^32), got " + std::to_string(crc)));
+    }
+  }
   SECTION("wrong format") {
     nlohmann::json m = good;
     m["format"] = "llm.c-checkpoint";

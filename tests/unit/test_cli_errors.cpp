@@ -72,6 +72,9 @@ TEST_CASE("bad inputs give a clear error and a non-zero exit", "[cli][errors]") 
   const std::string train = bin + " train --config ";
 
   expect_error("missing config file", train + f.tmp.str("nope.json"), {"nope.json"});
+  // Read without mpirun too, not first on the multi-rank launch.
+  expect_error("a malformed SRGPT_COMM_TIMEOUT_S", "SRGPT_COMM_TIMEOUT_S=abc " + train + f.good_config,
+               {"SRGPT_COMM_TIMEOUT_S='abc' is not a number of seconds"});
   {
     // A FIFO would block the open or the read forever.
     const std::string fifo = f.tmp.str("fifo");
