@@ -273,9 +273,10 @@ SavedState read_saved_state(const CheckpointReader& reader) {
          dir, s.train_shard_head_crc32->size(),
          s.train_shard_tokens ? fmt::format("has {}", s.train_shard_tokens->size()) : std::string("is absent"));
   s.weights_crc32 = saved_weights_crc32(reader);
+  const nlohmann::json train_loader = field("train_loader", nlohmann::json());
   try {
-    s.train_loader = loader_position_from_json(field("train_loader", nlohmann::json()));
-  } catch (const nlohmann::json::exception& e) {
+    s.train_loader = loader_position_from_json(train_loader);
+  } catch (const Error& e) {
     fail("checkpoint {}: its manifest's state \"train_loader\" is malformed: {}", dir, e.what());
   }
   return s;

@@ -373,6 +373,12 @@ TEST_CASE("bad inputs give a clear error and a non-zero exit", "[cli][errors]") 
     Fixture::write_json(ckpt + "/manifest.json", m);
     expect_state_error("a checkpoint state with shard CRCs but no shard sizes",
                        {"\"train_shard_head_crc32\" has " + shards + " values but \"train_shard_tokens\" is absent"});
+    m["state"] = good_state;
+    m["state"]["train_loader"]["epoch"] = -1;
+    Fixture::write_json(ckpt + "/manifest.json", m);
+    expect_state_error("a checkpoint state with a negative loader epoch",
+                       {"bad_state: its manifest's state \"train_loader\" is malformed: loader position \"epoch\" "
+                        "must be a non-negative integer, got -1"});
     m["state"] = nlohmann::json::array();
     Fixture::write_json(ckpt + "/manifest.json", m);
     expect_state_error("a checkpoint state that is an array", {"its manifest's state has no \"config\""});
