@@ -228,7 +228,11 @@ std::vector<fs::path> export_hf(const ModelConfig& model, const std::vector<floa
 
 HfModel read_hf_model(const fs::path& dir) {
   std::error_code ec;
-  if (!fs::is_directory(dir, ec)) fail("{}: no such directory", dir.string());
+  const fs::file_type type = fs::status(dir, ec).type();
+  if (type == fs::file_type::not_found) fail("{}: no such directory", dir.string());
+  if (type != fs::file_type::directory)
+    fail("{}: {}; a Hugging Face GPT-2 directory holds {} and {}", dir.string(),
+         ec ? "cannot be read: " + ec.message() : std::string("not a directory"), kConfigFile, kWeightsFile);
   const fs::path config_path = dir / kConfigFile, weights_path = dir / kWeightsFile;
   if (!fs::is_regular_file(config_path, ec))
     fail("{}: missing; a Hugging Face GPT-2 directory holds {} and {}", config_path.string(), kConfigFile,

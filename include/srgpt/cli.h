@@ -35,6 +35,10 @@ CLI::Validator integer_at_least(long long minimum) {
 // "" as 0); the command checks its range.
 CLI::Validator real_number();
 
+// Refuses an empty path option (an unset shell variable), saying what to
+// pass instead: "an empty path; pass <expected>".
+CLI::Validator non_empty_path(const std::string& expected);
+
 // The checkpoint argument of eval, sample, export and info, required: given
 // as `--checkpoint DIR` or as DIR alone (a checkpoint or a run directory).
 CLI::Option* add_checkpoint_option(CLI::App& cmd, std::string& checkpoint);

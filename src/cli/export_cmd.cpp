@@ -18,7 +18,9 @@ void add_export_command(CLI::App& app) {
   auto args = std::make_shared<Args>();
   CLI::App* cmd = app.add_subcommand("export", "Write a checkpoint as a Hugging Face GPT-2 model directory");
   add_checkpoint_option(*cmd, args->checkpoint);
-  cmd->add_option("--out", args->out, "Output directory (created if needed; files in it are replaced)")->required();
+  cmd->add_option("--out", args->out, "Output directory (created if needed; files in it are replaced)")
+      ->required()
+      ->check(non_empty_path("the directory to write"));
   cmd->add_option("--format", args->format, "Output format: hf (the only one)")
       ->check(CLI::IsMember({"hf"}))
       ->capture_default_str();

@@ -21,8 +21,11 @@ void add_import_command(CLI::App& app) {
   CLI::App* cmd =
       app.add_subcommand("import", "Turn a Hugging Face GPT-2 directory into an srgpt checkpoint at step 0");
   cmd->add_option("--hf", args->hf_dir, "Directory with config.json and model.safetensors (F32, BF16 or F64)")
-      ->required();
-  cmd->add_option("--out", args->out, "Run directory to create; must not hold checkpoints yet")->required();
+      ->required()
+      ->check(non_empty_path("a Hugging Face GPT-2 directory"));
+  cmd->add_option("--out", args->out, "Run directory to create; must not hold checkpoints yet")
+      ->required()
+      ->check(non_empty_path("the run directory to create"));
   cmd->add_option("--config", args->config,
                   "JSON run config to take every setting but the model shape from (default: srgpt's defaults, "
                   "with the batch shortened to fit a short context)");

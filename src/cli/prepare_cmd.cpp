@@ -37,7 +37,9 @@ void add_prepare_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--tokenizer-dir", options.tokenizer_dir,
                   "Directory with GPT-2's encoder.json and vocab.bpe (default data/tokenizer/gpt2)");
-  cmd->add_option("--out", options.out_dir, "Output directory for the shards and summary.json")->required();
+  cmd->add_option("--out", options.out_dir, "Output directory for the shards and summary.json")
+      ->required()
+      ->check(non_empty_path("the directory to write the shards to"));
   cmd->add_option("--split", args->split,
                   "Documents: files (one per file), paragraphs (blank-line separated) or lines (one per line)")
       ->check(CLI::IsMember({"files", "paragraphs", "lines"}))

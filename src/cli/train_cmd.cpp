@@ -31,12 +31,7 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--resume-from", args->resume_from,
                   "Continue from this checkpoint directory, or from the newest checkpoint of this run directory")
       ->excludes(resume)
-      ->check(CLI::Validator(
-          [](std::string& path) {
-            // An unset shell variable must not silently start a fresh run.
-            return path.empty() ? std::string("an empty path; pass a checkpoint or run directory") : std::string();
-          },
-          "DIR"));
+      ->check(non_empty_path("a checkpoint or run directory"));
   cmd->add_option("--stop-after", args->stop_after,
                   "Write a checkpoint and stop after this step (for time-sliced jobs; resume later with --resume)")
       ->check(integer_at_least<int64_t>(1));

@@ -428,8 +428,19 @@ TEST_CASE("bad inputs give a clear error and a non-zero exit", "[cli][errors]") 
                    {"checkpoint path " + loop + " cannot be read: Too many levels of symbolic links"});
       expect_error("a checkpoint whose manifest is a symlink loop", cmd + loop_manifest,
                    {loop_manifest + "/manifest.json cannot be read: Too many levels of symbolic links"});
-      expect_error("an empty checkpoint path", cmd + "''", {"the checkpoint path is empty; pass a checkpoint"});
+      expect_error("an empty checkpoint path", cmd + "''", {"an empty path; pass a checkpoint or run directory"});
     }
+    // Other path options: an empty one (an unset shell variable) was taken
+    // as a path ("cannot create output directory : Invalid argument").
+    for (const auto& [command, expected] : std::vector<std::pair<std::string, std::string>>{
+             {" export " + f.checkpoint() + " --out ''", "--out: an empty path; pass the directory to write"},
+             {" import --hf '' --out x", "--hf: an empty path; pass a Hugging Face GPT-2 directory"},
+             {" import --hf x --out ''", "--out: an empty path; pass the run directory to create"},
+             {" prepare --tokenizer byte --input " + f.good_config + " --out ''",
+              "--out: an empty path; pass the directory to write the shards to"}})
+      expect_error("an empty path option", bin + command, {expected});
+    expect_error("a file as --hf", bin + " import --hf " + f.good_config + " --out x",
+                 {f.good_config + ": not a directory; a Hugging Face GPT-2 directory holds config.json"});
   }
 }
 
