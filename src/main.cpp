@@ -1,9 +1,13 @@
 // srgpt: pure-BF16 GPT training with stochastic-rounding AdamW.
+#include <omp.h>
+
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <exception>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -72,6 +76,14 @@ int run(int argc, char** argv) {
   log_format->add_flag<WarningTag>('W').set_pattern("[%H:%M:%S] %W%v");
   spdlog::set_formatter(std::move(log_format));
   if (const std::string unknown = unknown_subcommand(app, argc, argv); !unknown.empty()) return report_error(unknown);
+  // libgomp crashes (SIGSEGV) when it cannot start the threads
+  // OMP_NUM_THREADS asks for, and takes minutes to start tens of thousands.
+  const int cores = int(std::thread::hardware_concurrency());
+  const int max_threads = std::max(64, 8 * cores);
+  if (omp_get_max_threads() > max_threads)
+    return report_error(fmt::format("OMP_NUM_THREADS asks for {} threads; allowed here: at most {} (this machine "
+                                    "has {} hardware threads); the cpu backend is fastest with one per core",
+                                    omp_get_max_threads(), max_threads, cores));
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -72,6 +72,9 @@ TEST_CASE("bad inputs give a clear error and a non-zero exit", "[cli][errors]") 
   const std::string train = bin + " train --config ";
 
   expect_error("missing config file", train + f.tmp.str("nope.json"), {"nope.json"});
+  // libgomp crashed with SIGSEGV starting 100000 threads.
+  expect_error("an absurd OMP_NUM_THREADS", "OMP_NUM_THREADS=100000 " + train + f.good_config,
+               {"OMP_NUM_THREADS asks for 100000 threads; allowed here: at most"});
   // Read without mpirun too, not first on the multi-rank launch.
   expect_error("a malformed SRGPT_COMM_TIMEOUT_S", "SRGPT_COMM_TIMEOUT_S=abc " + train + f.good_config,
                {"SRGPT_COMM_TIMEOUT_S='abc' is not a number of seconds"});
