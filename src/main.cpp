@@ -61,6 +61,32 @@ std::string unknown_subcommand(const CLI::App& app, int argc, char** argv) {
 }
 
 // The srgpt command line, every error reported as one line.
+// An option given no value takes the next option's name as its value:
+// `sample --prompt --tokens 5` continued the text "--tokens", and `prepare
+// --input $UNSET --out x` read "--out" as an input. CLI11 cannot tell them
+// apart, so an option that takes a value may not be followed by another
+// option's name ("--prompt=--tokens" passes such text).
+std::string option_without_value(const CLI::App& app, int argc, char** argv) {
+  const CLI::App* command = nullptr;
+  for (const CLI::App* sub : app.get_subcommands([](const CLI::App*) { return true; }))
+    if (argc > 1 && sub->check_name(argv[1])) command = sub;
+  if (!command) return "";
+  auto option_named = [&](const std::string& word) -> const CLI::Option* {
+    if (word.size() < 2 || word[0] != '-' || word.find('=') != std::string::npos) return nullptr;
+    for (const CLI::Option* option : command->get_options())
+      if (option->check_name(word)) return option;
+    return nullptr;
+  };
+  for (int i = 2; i + 1 < argc; ++i) {
+    const CLI::Option* option = option_named(argv[i]);
+    if (option && option->get_items_expected_min() > 0 && option_named(argv[i + 1]))
+      return fmt::format("{}: no value given (the next word, {}, is an option); for a value that starts with "
+                         "'-', write {}=VALUE",
+                         argv[i], argv[i + 1], argv[i]);
+  }
+  return "";
+}
+
 int run(int argc, char** argv) {
   CLI::App app{"srgpt: train GPT-2 models in pure BF16 with stochastic-rounding AdamW"};
   app.require_subcommand(1);
@@ -76,6 +102,8 @@ int run(int argc, char** argv) {
   log_format->add_flag<WarningTag>('W').set_pattern("[%H:%M:%S] %W%v");
   spdlog::set_formatter(std::move(log_format));
   if (const std::string unknown = unknown_subcommand(app, argc, argv); !unknown.empty()) return report_error(unknown);
+  if (const std::string missing = option_without_value(app, argc, argv); !missing.empty())
+    return report_error(missing);
   // libgomp crashes (SIGSEGV) when it cannot start the threads
   // OMP_NUM_THREADS asks for, and takes minutes to start tens of thousands.
   const int cores = int(std::thread::hardware_concurrency());

@@ -461,6 +461,19 @@ TEST_CASE("command-line mistakes are refused before any training", "[cli][errors
   CHECK(version.exit_code == 0);
   CHECK(version.output.find("srgpt 0.") != std::string::npos);
 
+  // An option left without its value took the next option's name instead
+  // (sample continued the text "--tokens"; prepare read "--out" as input).
+  expect_error("an option without its value", bin + " sample " + f.run_dir + " --prompt --tokens 3",
+               {"--prompt: no value given (the next word, --tokens, is an option); for a value that starts with "
+                "'-', write --prompt=VALUE"});
+  expect_error("a list option without its value", bin + " prepare --tokenizer byte --input --out " + f.tmp.str("p"),
+               {"--input: no value given (the next word, --out, is an option)"});
+  // --prompt=--tokens passes that text (to a model of no built-in
+  // tokenizer's vocabulary here, which sample refuses next).
+  CommandResult dashed = run_command(bin + " sample " + f.run_dir + " --prompt=--tokens --tokens 3");
+  CHECK(dashed.output.find("no value given") == std::string::npos);
+  CHECK(dashed.output.find("fits neither built-in tokenizer") != std::string::npos);
+
   // An unset shell variable in --resume-from "$CKPT" used to start afresh.
   expect_error("an empty --resume-from", train + " --resume-from ''", {"--resume-from", "an empty path"});
   expect_error("--resume with --resume-from", train + " --resume --resume-from " + f.checkpoint(),
