@@ -197,7 +197,13 @@ std::string utf8_encode(uint32_t code_point) {
 
 // Invalid UTF-8 (a vocab.bpe line in Latin-1) is shown as U+FFFD, not thrown.
 std::string json_quoted(const std::string& s) {
-  return nlohmann::json(s).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  // A binary file's "line" can be thousands of bytes: show its start.
+  constexpr size_t kLongest = 80, kShown = 60;
+  auto quoted = [](const std::string& text) {
+    return nlohmann::json(text).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  };
+  if (s.size() <= kLongest) return quoted(s);
+  return fmt::format("{}... ({} bytes)", quoted(s.substr(0, kShown)), s.size());
 }
 
 // Bytes of a token written in the byte mapping's characters.
@@ -478,8 +484,16 @@ struct Gpt2Tokenizer::Impl {
     id_of_token.reserve(vocab);
     for (const auto& [key, id, shown] : read.entries) {
       if (!id || *id >= vocab || id_seen[*id]) {
-        fail("{}: token {} has id {}; the ids must be the integers 0..{}, each used once", path, json_quoted(key),
-             id ? std::to_string(*id) : shown, vocab - 1);
+        // Past the last id: some id below it has no token (a deleted entry).
+        std::string unused;
+        if (id && *id >= vocab) {
+          std::vector<char> used(vocab, 0);
+          for (const EncoderEntries::Entry& entry : read.entries)
+            if (entry.id && *entry.id < vocab) used[*entry.id] = 1;
+          unused = fmt::format(" (no token has id {})", std::find(used.begin(), used.end(), 0) - used.begin());
+        }
+        fail("{}: token {} has id {}; the ids must be the integers 0..{}, each used once{}", path, json_quoted(key),
+             id ? std::to_string(*id) : shown, vocab - 1, unused);
       }
       if (!id_of_token.emplace(key, uint32_t(*id)).second) fail("{}: token {} is listed twice", path, json_quoted(key));
       id_seen[*id] = 1;

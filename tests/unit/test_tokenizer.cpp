@@ -310,6 +310,17 @@ TEST_CASE("bad GPT-2 tokenizer files are clear errors", "[tokenizer]") {
     v.encoder["aa"] = 257;
     expect_error(v, "", {"encoder.json", "each used once"});
   }
+  SECTION("a token is missing: the message names the id without one") {
+    TinyVocabulary v;
+    v.encoder.erase("aaaa");  // id 257 of 0..259
+    v.merges = "#version: 0.2\na a\nb c\n";
+    expect_error(v, "", {"encoder.json", "the ids must be the integers 0..258, each used once (no token has id 257)"});
+  }
+  SECTION("a binary vocab.bpe line is shown by its start and length") {
+    TinyVocabulary v;
+    v.merges = "#version: 0.2\n" + std::string(500, '\x01') + "\n";
+    expect_error(v, "", {"vocab.bpe:2: expected a merge", "... (500 bytes)"});
+  }
   SECTION("a token is outside the byte alphabet") {
     TinyVocabulary v;
     v.encoder.erase("bc");
