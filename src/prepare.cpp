@@ -126,6 +126,9 @@ bool is_shard_file_name(const std::string& name) {
 // shards and leave a summary that describes neither.
 std::unique_ptr<ExclusiveFileLock> prepare_output_dir(const fs::path& dir) {
   std::error_code ec;
+  const fs::file_type type = fs::status(dir, ec).type();
+  if (type != fs::file_type::not_found && type != fs::file_type::directory && !ec)
+    fail("--out: '{}' exists and is not a directory; give a directory for the shards and summary.json", dir.string());
   fs::create_directories(dir, ec);
   if (ec || !fs::is_directory(dir)) {
     fail("--out: cannot create output directory '{}': {}", dir.string(),

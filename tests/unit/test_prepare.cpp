@@ -445,6 +445,9 @@ TEST_CASE("prepare reports bad inputs as clear errors", "[prepare]") {
     auto bad = options;
     bad.out_dir = (dir.path() / "in/a.txt/out").string();
     expect_error(bad, {"--out", "a.txt/out"});
+    write_file(dir.path() / "a-file", "x");
+    bad.out_dir = (dir.path() / "a-file").string();
+    expect_error(bad, {"--out: '" + bad.out_dir + "' exists and is not a directory"});
   }
   SECTION("out-of-range numbers") {
     auto bad = options;
