@@ -33,9 +33,8 @@ nlohmann::json hf_config_json(const ModelConfig& model, DType dtype);
 struct HfExportOptions {
   DType dtype = DType::f32;  // of the safetensors data: f32 or bf16 (rounded to nearest)
   // Where encoder.json and vocab.bpe are (empty: kDefaultGpt2TokenizerDir);
-  // copied as vocab.json and merges.txt for a 50257-token model (or a
-  // padded one, model_vocabulary_fits), skipped
-  // with a warning when absent.
+  // copied as vocab.json and merges.txt for a 50257-token model or a padded
+  // one (model_vocabulary_fits), skipped with a warning when absent.
   std::string tokenizer_dir;
 };
 

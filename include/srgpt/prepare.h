@@ -80,8 +80,8 @@ struct PreparedSplit {
   PrepareSummary summary;
   bool val = false;  // the split is summary.val, else summary.train
   const SplitSummary& split() const { return val ? summary.val : summary.train; }
-  // Bytes of text per token; nullopt for a split without tokens or bytes. Bits per
-  // byte = loss per token in nats / ln(2) / bytes_per_token.
+  // Bytes of text per token; nullopt for a split without tokens or bytes.
+  // Bits per byte = loss per token in nats / ln(2) / bytes_per_token.
   std::optional<double> bytes_per_token() const;
 };
 // Nullopt when there is no summary beside `shard_files`, or they are not

@@ -23,14 +23,15 @@ std::unique_ptr<Tokenizer> tokenizer_for(const std::string& name, const std::str
     else
       fail("the model's vocabulary has {} tokens, which fits neither built-in tokenizer (gpt2: {}, byte: {}), so "
            "srgpt cannot turn a prompt into its tokens or its tokens into text; sample needs a model trained with "
-           "model.vocab_size {} or {} (or {} rounded up to a multiple of 8 .. 1024, e.g. 50304)",
+           "model.vocab_size {} or {} (or {} rounded up to a multiple of a power of two from 8 to 1024, such as "
+           "50304)",
            model_vocab, kGpt2VocabSize, ByteTokenizer().vocab_size(), kGpt2VocabSize, ByteTokenizer().vocab_size(),
            kGpt2VocabSize);
   }
   std::unique_ptr<Tokenizer> tokenizer = make_tokenizer(chosen, dir);
   if (!model_vocabulary_fits(model_vocab, tokenizer->vocab_size()))
-    fail("--tokenizer {} has {} tokens, but the model's vocabulary (model.vocab_size) has {}; they must be equal, "
-         "or the model's the tokenizer's rounded up to a multiple of 8 .. 1024",
+    fail("--tokenizer {} has {} tokens, but the model's vocabulary (model.vocab_size) has {}; the model's must be "
+         "the tokenizer's, or that rounded up to a multiple of a power of two from 8 to 1024 (50304 for gpt2)",
          chosen, tokenizer->vocab_size(), model_vocab);
   return tokenizer;
 }
@@ -75,8 +76,8 @@ void add_sample_command(CLI::App& app) {
       ->check(integer_at_least<uint64_t>(0))
       ->capture_default_str();
   cmd->add_option("--tokenizer", args->tokenizer,
-                  "gpt2 or byte (default: byte for a 256-token model, gpt2 for a 50257-token one or a padded one such as "
-                  "50304)")
+                  "gpt2 or byte (default: byte for a 256-token model, gpt2 for a 50257-token one or a padded one "
+                  "such as 50304)")
       ->check(CLI::IsMember({"gpt2", "byte"}));
   cmd->add_option("--tokenizer-dir", args->tokenizer_dir,
                   "Directory with GPT-2's encoder.json and vocab.bpe (default data/tokenizer/gpt2)");
