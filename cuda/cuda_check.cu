@@ -6,6 +6,7 @@
 #include <string>
 
 #include "srgpt/error.h"
+#include "srgpt/memory_advice.h"
 
 namespace srgpt::gpu {
 
@@ -46,14 +47,10 @@ void throw_out_of_memory(const char* what, size_t bytes, size_t held_bytes, cuda
   if (cudaGetDevice(&device) != cudaSuccess || cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess)
     free_bytes = total_bytes = 0;
   constexpr double kMiB = 1024.0 * 1024.0;
-  fail(
-      "GPU out of memory allocating {} ({:.1f} MiB, {} bytes) on device {}: {}. srgpt already holds {:.1f} MiB; "
-      "{:.1f} MiB of {:.1f} MiB are free. To need less memory: set train.recompute = \"gelu\", "
-      "train.layernorm_backward_from = \"output\" and train.lm_head_chunks = 8 (activations), "
-      "lower batch.micro_batch (raising the gradient accumulation to keep batch.total_tokens), raise "
-      "dist.zero_stage with more ranks (weights, gradients, optimizer state), or shorten batch.seq_len",
-      what, bytes / kMiB, bytes, device, cudaGetErrorString(err), held_bytes / kMiB, free_bytes / kMiB,
-      total_bytes / kMiB);
+  fail("GPU out of memory allocating {} ({:.1f} MiB, {} bytes) on device {}: {}. srgpt already holds {:.1f} MiB; "
+       "{:.1f} MiB of {:.1f} MiB are free. {}",
+       what, bytes / kMiB, bytes, device, cudaGetErrorString(err), held_bytes / kMiB, free_bytes / kMiB,
+       total_bytes / kMiB, kMemoryAdvice);
 }
 
 }  // namespace srgpt::gpu

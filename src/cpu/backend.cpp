@@ -11,6 +11,7 @@
 #include "cpu_ops.h"
 #include "srgpt/backend.h"
 #include "srgpt/error.h"
+#include "srgpt/memory_advice.h"
 
 namespace srgpt {
 namespace {
@@ -50,7 +51,9 @@ class CpuBackend final : public Backend {
     size_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
     if (rounded == 0) rounded = kAlignment;
     void* p = std::aligned_alloc(kAlignment, rounded);
-    if (!p) fail("cpu backend: out of host memory allocating {} bytes for {}", bytes, what ? what : "a buffer");
+    if (!p)
+      fail("cpu backend: out of host memory allocating {} ({:.1f} MiB) for {}; srgpt already holds {:.1f} MiB. {}",
+           bytes, double(bytes) / (1 << 20), what ? what : "a buffer", double(current_) / (1 << 20), kMemoryAdvice);
     sizes_[p] = bytes;
     current_ += bytes;
     peak_ = std::max(peak_, current_);

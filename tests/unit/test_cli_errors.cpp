@@ -819,4 +819,13 @@ TEST_CASE("running out of host memory is an error naming the command, never a cr
     }
   }
   CHECK(out_of_memory > 0);
+
+  // A buffer the backend cannot get names itself and what to change (an
+  // eval --batch far too big said only "allocating N bytes for activations").
+  Fixture f;
+  expect_error("an eval batch beyond the host's memory",
+               memory_cap_prefix(2000) + srgpt_bin() + " eval " + f.run_dir + " --data '" + f.data +
+                   "/val_*.bin' --batch 1000000",
+               {"cpu backend: out of host memory allocating", "for activations; srgpt already holds",
+                "To need less memory: set train.recompute", "(srgpt eval: --batch and --seq-len)"});
 }
