@@ -1,6 +1,7 @@
 #include "srgpt/trainer.h"
 
 #include <fcntl.h>
+#include <time.h>
 
 #include <algorithm>
 #include <atomic>
@@ -35,11 +36,26 @@ namespace fs = std::filesystem;
 namespace {
 
 std::atomic<int> g_stop_signal{0};
+std::atomic<int64_t> g_stop_signal_ns{0};  // CLOCK_MONOTONIC time of the first
+constexpr int64_t kRepeatedSignalNs = 1'000'000'000;
 
+// The first SIGINT/SIGTERM asks the run to stop after the current step; one
+// that comes a second or more later ends it at once. Repeats within that
+// second are the same request: GNU timeout signals its child and then the
+// whole process group, so srgpt gets two SIGTERMs microseconds apart.
+// clock_gettime, signal and raise are async-signal-safe.
 extern "C" void on_stop_signal(int sig) {
-  g_stop_signal.store(sig);
-  // A second signal of the same kind terminates at once.
+  timespec now{};
+  ::clock_gettime(CLOCK_MONOTONIC, &now);
+  const int64_t ns = int64_t(now.tv_sec) * 1'000'000'000 + now.tv_nsec;
+  if (g_stop_signal.load() == 0) {
+    g_stop_signal_ns.store(ns);
+    g_stop_signal.store(sig);
+    return;
+  }
+  if (ns - g_stop_signal_ns.load() < kRepeatedSignalNs) return;
   std::signal(sig, SIG_DFL);
+  std::raise(sig);
 }
 
 // Installs SIGINT/SIGTERM handlers for the duration of a run.
@@ -655,11 +671,17 @@ Trainer::Trainer(Config config, TrainOptions options) : config_(std::move(config
   // mix the two histories, and --resume would later pick the other one.
   const auto newest = rank == 0 ? latest_checkpoint_with_step(checkpoint_root(config_)) : std::nullopt;
   const double newest_step = comm_->all_reduce_max(newest ? double(newest->first) : -1.0);
+  const std::string newest_dir = newest ? " (" + newest->second.string() + ")" : "";
   if (newest_step > double(start_step))
     fail("out_dir '{}' already holds checkpoints up to step {}{}, but this run starts at step {}: it would mix two "
          "runs' checkpoints. Continue the newest with --resume, or use another out_dir, or delete {}",
-         config_.out_dir, int64_t(newest_step), newest ? " (" + newest->second.string() + ")" : "", start_step,
-         checkpoint_root(config_).string());
+         config_.out_dir, int64_t(newest_step), newest_dir, start_step, checkpoint_root(config_).string());
+  // A fresh start beside a step-0 checkpoint (srgpt import writes one)
+  // would overwrite it with random weights, or rotate it away.
+  if (!checkpoint && newest_step >= 0)
+    fail("out_dir '{}' already holds a checkpoint at step {}{}, but this run starts from fresh weights: it would "
+         "replace that checkpoint or rotate it away. Continue it with --resume, or use another out_dir, or delete {}",
+         config_.out_dir, int64_t(newest_step), newest_dir, checkpoint_root(config_).string());
   if (start_step > config_.train.steps)
     fail("the checkpoint {} is at step {}, past train.steps = {}: nothing is left to train; raise train.steps to "
          "train on",

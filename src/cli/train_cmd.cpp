@@ -38,7 +38,7 @@ void add_train_command(CLI::App& app) {
   cmd->footer(
       "Logs one line per step (loss, lr, grad norm, tokens/s) and appends metrics to <out_dir>/metrics.jsonl.\n"
       "Checkpoints go to <out_dir>/checkpoints/step_NNNNNNNN. SIGTERM or SIGINT finishes the current step,\n"
-      "writes a checkpoint and exits with status 0; a second signal kills at once.\n"
+      "writes a checkpoint and exits with status 0; another one a second or more later kills at once.\n"
       "Data parallel: mpirun -np N srgpt train --config run.json (every rank runs the same command;\n"
       "dist.zero_stage and dist.communicator in the config; see docs/distributed.md).");
   cmd->callback([args]() {

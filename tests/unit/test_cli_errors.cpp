@@ -764,10 +764,12 @@ TEST_CASE("SIGTERM finishes the step, writes a checkpoint and exits 0", "[cli][s
       },
       "preempt");
   const std::string log = f.tmp.str("preempt.log");
-  // Start training, wait until a few steps are logged, then SIGTERM it.
+  // Start training, wait until a few steps are logged, then SIGTERM it
+  // twice at once, as GNU timeout does (the child, then its process group):
+  // the repeat used to kill the run before its checkpoint.
   std::string cmd = "(" + srgpt_bin() + " train --config " + cfg + " > " + log +
                     " 2>&1 & pid=$!; for i in $(seq 1 300); do grep -q 'step      3' " + log +
-                    " && break; sleep 0.1; done; kill -TERM $pid; wait $pid)";
+                    " && break; sleep 0.1; done; kill -TERM $pid; kill -TERM $pid; wait $pid)";
   CommandResult r = run_command(cmd);
   std::ifstream in(log);
   std::string out((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());

@@ -365,6 +365,19 @@ TEST_CASE("srgpt export and import through the binary", "[export]") {
   auto eval = run_command(bin + " eval --checkpoint " + run.tmp.str("imported") + " --data '" + run.config.data.val +
                           "'");
   CHECK(eval.exit_code == 0);
+  // Training there without --resume started from random weights and then
+  // rotated the imported checkpoint away, with exit 0.
+  srgpt::Config over_import = run.config;
+  over_import.out_dir = run.tmp.str("imported");
+  over_import.checkpoint.keep = 1;
+  std::ofstream(run.tmp.str("over_import.json")) << srgpt::config_to_json(over_import).dump();
+  auto fresh = run_command(bin + " train --config " + run.tmp.str("over_import.json"));
+  INFO(fresh.output);
+  CHECK(fresh.exit_code == 1);
+  CHECK(fresh.output.find("already holds a checkpoint at step 0 (" + checkpoint.string() +
+                          "), but this run starts from fresh weights") != std::string::npos);
+  CHECK(model_bin_tensors(checkpoint, run.config.model, srgpt::DType::bf16) ==
+        model_bin_tensors(run.checkpoint, run.config.model, srgpt::DType::bf16));
   auto bad = run_command(bin + " import --hf " + run.tmp.str("nothing") + " --out " + run.tmp.str("x"));
   CHECK(bad.exit_code == 1);
   CHECK(bad.output.find("nothing") != std::string::npos);
