@@ -285,11 +285,14 @@ HfModel read_hf_model(const fs::path& dir) {
   for (const SafetensorsEntry& e : reader.tensors()) {
     if (used.count(e.name) || is_mask_buffer(e.name)) continue;
     if (strip_prefix(e.name) == "lm_head.weight" || e.name == "lm_head.weight") {
+      const std::vector<int64_t> wte_shape{m.vocab_size, m.d_model};
+      if (e.shape != wte_shape)
+        fail("{}: lm_head.weight has shape {}, but the token embedding's is {}; srgpt's GPT-2 ties them and cannot "
+             "hold a separate LM head",
+             weights_path.string(), shape_text(e.shape), shape_text(wte_shape));
       const std::vector<float> head = reader.read_floats(e);
       const float* wte = hf.weights.data() + layout.at("wte").offset;
-      const bool tied = e.shape == std::vector<int64_t>{m.vocab_size, m.d_model} &&
-                        std::memcmp(head.data(), wte, head.size() * sizeof(float)) == 0;
-      if (!tied)
+      if (std::memcmp(head.data(), wte, head.size() * sizeof(float)) != 0)
         fail("{}: lm_head.weight differs from the token embedding; srgpt's GPT-2 ties them and cannot hold a separate "
              "LM head",
              weights_path.string());
@@ -320,6 +323,18 @@ fs::path write_imported_checkpoint(const HfModel& hf, Config settings, const fs:
   // Re-parsed as a whole, so a setting that does not fit the imported shape
   // (batch.seq_len > n_positions) is reported by key.
   const Config config = config_from_json(config_to_json(settings), "the import settings with the model of " + origin);
+  // Finite in the source's f32 is not enough: a value past bf16's largest
+  // finite one rounds to infinity, which the save would refuse naming nothing.
+  const Layout layout = gpt2_param_layout(config.model, 1);
+  if (compute_dtype(config.precision) == DType::bf16)
+    for (const TensorSpec& t : layout.tensors())
+      for (size_t i = 0; i < t.numel; ++i) {
+        const float v = hf.weights[t.offset + i];
+        if (!std::isfinite(bf16_to_float(float_to_bf16_rn(v))))
+          fail("{}: tensor '{}' holds {} at element {} (of srgpt's layout), which overflows bf16 when rounded for "
+               "precision \"{}\"; import with --precision fp32",
+               origin, hf_tensor_name(t.name), v, i, precision_name(config.precision));
+      }
   TrainOptions options;
   options.quiet = true;
   options.single_process = true;

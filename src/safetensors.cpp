@@ -86,9 +86,11 @@ SafetensorsEntry parse_entry(const std::string& name, const nlohmann::json& info
   const size_t es = dtype_size(e.dtype);
   if (e.end < e.begin)
     fail("{}: tensor '{}' has data offsets [{}, {}] with end before begin", file.string(), name, e.begin, e.end);
-  if (numel > std::numeric_limits<uint64_t>::max() / es || e.end - e.begin != uint64_t(numel) * es)
+  const bool overflows = numel > std::numeric_limits<uint64_t>::max() / es;
+  if (overflows || e.end - e.begin != uint64_t(numel) * es)
     fail("{}: tensor '{}' has data offsets [{}, {}] ({} bytes), but shape {} of {} needs {} bytes", file.string(),
-         name, e.begin, e.end, e.end - e.begin, shape_text(e.shape), dtype->get<std::string>(), numel * es);
+         name, e.begin, e.end, e.end - e.begin, shape_text(e.shape), dtype->get<std::string>(),
+         overflows ? "more than 2^64" : std::to_string(uint64_t(numel) * es));
   return e;
 }
 

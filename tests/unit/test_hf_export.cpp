@@ -184,6 +184,21 @@ TEST_CASE("export writes HF GPT-2 safetensors and config.json and import round-t
 
     expect_error([&] { srgpt::write_imported_checkpoint(hf, run.config, run.tmp.path() / "imported", out.string()); },
                  {"already holds checkpoint"});
+
+    // A finite f32 value past bf16's range: refused by name before anything
+    // is written (it was "the weights contain NaN or Inf" at the save,
+    // leaving a lock file and an empty checkpoints/).
+    srgpt::HfModel huge = hf;
+    huge.weights[layout.at("h.1.mlp.c_fc.bias").offset + 5] = 3.4028235e38f;
+    srgpt::Config bf16 = run.config;
+    bf16.precision = srgpt::Precision::bf16_sr;
+    expect_error([&] { srgpt::write_imported_checkpoint(huge, bf16, run.tmp.path() / "huge", out.string()); },
+                 {"tensor 'transformer.h.1.mlp.c_fc.bias' holds 3.4028235e+38 at element 5", "overflows bf16",
+                  "--precision fp32"});
+    CHECK_FALSE(fs::exists(run.tmp.path() / "huge"));
+    srgpt::Config fp32 = run.config;
+    fp32.precision = srgpt::Precision::fp32;
+    CHECK(fs::exists(srgpt::write_imported_checkpoint(huge, fp32, run.tmp.path() / "huge_fp32", out.string())));
   }
 
   SECTION("the original OpenAI layout (no transformer. prefix, mask buffers, tied lm_head) imports the same") {
@@ -259,6 +274,10 @@ TEST_CASE("malformed safetensors and HF directories are clear errors", "[export]
   SECTION("data size not matching the shape") {
     write_raw(file, R"({"w": {"dtype": "F32", "shape": [3, 2], "data_offsets": [0, 16]}})", data);
     expect_error(read, {"'w'", "[3,2]", "24 bytes"});
+    // 2^62 + 4 elements of 4 bytes: the byte count wrapped to 16, and the
+    // message said 16 bytes did not match 16 bytes.
+    write_raw(file, R"({"w": {"dtype": "F32", "shape": [4611686018427387908], "data_offsets": [0, 16]}})", data);
+    expect_error(read, {"'w'", "needs more than 2^64 bytes"});
   }
   SECTION("overlapping tensors") {
     write_raw(file,
