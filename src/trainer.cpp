@@ -477,14 +477,24 @@ void truncate_metrics(const fs::path& path, int64_t last_step, bool run_complete
   std::ifstream in(path);
   if (!in) return;
   std::string line, kept;
+  int64_t malformed = 0;
   while (std::getline(in, line)) {
     auto j = nlohmann::json::parse(line, nullptr, false);
-    if (j.is_discarded() || !j.contains("step") || !j["step"].is_number_integer()) continue;
+    if (j.is_discarded() || !j.is_object() || !j.contains("step") || !j["step"].is_number_integer()) {
+      ++malformed;
+      continue;
+    }
     const int64_t step = j["step"].get<int64_t>();
     if (step < last_step || (step == last_step && !(run_complete && j.contains("val_loss")))) kept += line + "\n";
   }
   in.close();
-  write_file_atomically(path, [&](const ByteSink& sink) { sink(kept.data(), kept.size()); });
+  if (malformed > 0)
+    spdlog::warn("{}: dropped {} line(s) that are not JSON objects with an integer \"step\" (srgpt writes none)",
+                 path.string(), malformed);
+  // Through a symlink, the file it names is rewritten; the link stays.
+  std::error_code ec;
+  const fs::path target = fs::is_symlink(path, ec) ? fs::canonical(path, ec) : path;
+  write_file_atomically(ec ? path : target, [&](const ByteSink& sink) { sink(kept.data(), kept.size()); });
 }
 
 // Written unbuffered, so that when the disk has room for only part of the

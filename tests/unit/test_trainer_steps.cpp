@@ -435,6 +435,10 @@ TEST_CASE("a resume keeps metrics.jsonl's whole step lines up to its checkpoint 
                                         << "\xff\xfe\x01garbage\n"
                                         << R"({"step": "1", "loss": 1.0})" << "\n"
                                         << std::string(100000, '[') << std::string(100000, ']') << "\n";
+  // Kept elsewhere through a symlink, which the rewrite used to replace.
+  const fs::path kept = tmp.path() / "kept-metrics.jsonl";
+  fs::rename(metrics, kept);
+  fs::create_symlink(kept, metrics);
   TrainOptions resume = single_quiet();
   resume.resume = true;
   const TrainResult r = Trainer(c, resume).run();
@@ -444,6 +448,8 @@ TEST_CASE("a resume keeps metrics.jsonl's whole step lines up to its checkpoint 
   std::ifstream in(metrics);
   for (std::string line; std::getline(in, line);) CHECK_NOTHROW(nlohmann::json::parse(line));
   CHECK(losses_in(metrics) == reference);
+  CHECK(fs::is_symlink(metrics));
+  CHECK(losses_in(kept) == reference);
 
   // Resumed once finished, it only evaluates: its final evaluation's line
   // replaces the one there (each resume used to add another).
