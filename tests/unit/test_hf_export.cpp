@@ -317,8 +317,13 @@ TEST_CASE("malformed safetensors and HF directories are clear errors", "[export]
 
     // The exported tensors, each changed by `edit`, plus any `extra`, as
     // model.safetensors's replacement.
+    struct ExtraTensor {
+      std::string name;
+      std::vector<int64_t> shape;
+      std::vector<char> bytes;
+    };
     auto rewrite = [&](const std::function<void(const std::string&, std::vector<char>&)>& edit,
-                       const std::vector<std::pair<std::string, std::vector<char>>>& extra) {
+                       const std::vector<ExtraTensor>& extra) {
       const srgpt::SafetensorsReader reader(out / "model.safetensors");
       std::vector<std::vector<char>> data;
       std::vector<srgpt::SafetensorsTensor> tensors;
@@ -328,10 +333,9 @@ TEST_CASE("malformed safetensors and HF directories are clear errors", "[export]
         edit(e.name, data.back());
         tensors.push_back({e.name, e.dtype, e.shape, data.back().data(), data.back().size()});
       }
-      const srgpt::SafetensorsEntry* wte = reader.find("transformer.wte.weight");
-      for (const auto& [name, bytes] : extra) {
-        data.push_back(bytes);
-        tensors.push_back({name, srgpt::DType::f32, wte->shape, data.back().data(), data.back().size()});
+      for (const ExtraTensor& t : extra) {
+        data.push_back(t.bytes);
+        tensors.push_back({t.name, srgpt::DType::f32, t.shape, data.back().data(), data.back().size()});
       }
       srgpt::write_safetensors(tmp.path() / "rewritten.safetensors", tensors, {});
     };
@@ -347,15 +351,22 @@ TEST_CASE("malformed safetensors and HF directories are clear errors", "[export]
     expect_error(import, {"model.safetensors", "tensor 'transformer.h.1.mlp.c_proj.bias' holds nan at element 3"});
     fs::rename(tmp.path() / "finite.safetensors", out / "model.safetensors");
 
-    // An extra, untied LM head.
-    {
-      const srgpt::SafetensorsReader reader(out / "model.safetensors");
-      const srgpt::SafetensorsEntry* wte = reader.find("transformer.wte.weight");
-      rewrite([](const std::string&, std::vector<char>&) {},
-              {{"lm_head.weight", std::vector<char>(wte->end - wte->begin, '\x3f')}});
-    }
+    // An extra, untied LM head; one transposed is named by its shape.
+    const srgpt::SafetensorsEntry wte =
+        *srgpt::SafetensorsReader(out / "model.safetensors").find("transformer.wte.weight");
+    const std::vector<char> head_bytes(wte.end - wte.begin, '\x3f');
+    rewrite([](const std::string&, std::vector<char>&) {}, {{"lm_head.weight", wte.shape, head_bytes}});
+    fs::copy_file(out / "model.safetensors", tmp.path() / "without-head.safetensors");
     fs::rename(tmp.path() / "rewritten.safetensors", out / "model.safetensors");
     expect_error(import, {"lm_head.weight", "differs"});
+    fs::copy_file(tmp.path() / "without-head.safetensors", out / "model.safetensors",
+                  fs::copy_options::overwrite_existing);
+    rewrite([](const std::string&, std::vector<char>&) {},
+            {{"lm_head.weight", {wte.shape[1], wte.shape[0]}, head_bytes}});
+    fs::rename(tmp.path() / "rewritten.safetensors", out / "model.safetensors");
+    const std::string vocab = std::to_string(wte.shape[0]), width = std::to_string(wte.shape[1]);
+    expect_error(import, {"lm_head.weight has shape [" + width + "," + vocab + "], but the token embedding's is [" +
+                          vocab + "," + width + "]"});
     fs::remove(out / "model.safetensors");
     expect_error(import, {"model.safetensors", "missing"});
     fs::create_directory(out / "model.safetensors");
