@@ -147,10 +147,6 @@ std::string join(const Items& items, const char* separator) {
   return out;
 }
 
-std::string dotted(const std::string& prefix, const std::string& key) {
-  return prefix.empty() ? key : prefix + "." + key;
-}
-
 std::string json_pointer_of(const std::string& dotted_path) {
   std::string pointer = "/" + dotted_path;
   std::replace(pointer.begin(), pointer.end(), '.', '/');
@@ -226,9 +222,9 @@ std::string unknown_key_message(const std::string& key, const std::string& secti
     }
   }
   std::string where = section_path.empty() ? "at the top level" : fmt::format("in '{}'", section_path);
-  std::string message = fmt::format("unknown key '{}'; allowed keys {}: {}", dotted(section_path, key), where,
+  std::string message = fmt::format("unknown key '{}'; allowed keys {}: {}", dotted_key(section_path, key), where,
                                     join(allowed, ", "));
-  if (!closest.empty()) message += fmt::format(" (did you mean '{}'?)", dotted(section_path, closest));
+  if (!closest.empty()) message += fmt::format(" (did you mean '{}'?)", dotted_key(section_path, closest));
   return message;
 }
 
@@ -327,7 +323,7 @@ void check_known_keys(const json& doc, const ordered_json& section, const std::s
       continue;
     }
     if (!known->is_object()) continue;  // a value: its type is checked when it is read
-    std::string path = dotted(section_path, item.key());
+    std::string path = dotted_key(section_path, item.key());
     if (!item.value().is_object()) {
       std::vector<std::string> keys;
       for (const auto& sub : known->items()) keys.push_back(sub.key());
@@ -688,12 +684,12 @@ void apply_override(json& doc, const std::string& assignment) {
     auto it = known->find(part);
     if (it == known->end()) fail("--set '{}': {}", assignment, unknown_key_message(part, known_path, *known));
     known = &*it;
-    known_path = dotted(known_path, part);
+    known_path = dotted_key(known_path, part);
   }
   json* target = &doc;
   std::string section_path;
   for (size_t i = 0; i + 1 < parts.size(); ++i) {
-    section_path = dotted(section_path, parts[i]);
+    section_path = dotted_key(section_path, parts[i]);
     if (!target->contains(parts[i])) (*target)[parts[i]] = json::object();
     json& section = (*target)[parts[i]];
     if (!section.is_object())

@@ -23,11 +23,11 @@ std::string nlohmann_reason(const nlohmann::detail::exception& e) {
   return tag_end == std::string::npos ? what : what.substr(tag_end + 2);
 }
 
-std::string dotted(const std::string& prefix, const std::string& key) {
+}  // namespace
+
+std::string dotted_key(const std::string& prefix, const std::string& key) {
   return prefix.empty() ? key : prefix + "." + key;
 }
-
-}  // namespace
 
 nlohmann::json parse_json(const std::string& text, const std::string& origin, const std::string& expected,
                           const std::string& root) {
@@ -59,7 +59,7 @@ nlohmann::json parse_json(const std::string& text, const std::string& origin, co
                kMaxJsonDepth);
         std::string path = root;
         if (!open.empty())
-          path = open.back().is_array ? open.back().path + "[]" : dotted(open.back().path, open.back().last_key);
+          path = open.back().is_array ? open.back().path + "[]" : dotted_key(open.back().path, open.back().last_key);
         open.push_back({std::move(path), event == Event::array_start, {}, {}});
         break;
       }
@@ -70,7 +70,7 @@ nlohmann::json parse_json(const std::string& text, const std::string& origin, co
         object.last_key = parsed.get<std::string>();
         if (!object.keys.insert(object.last_key).second)
           fail("{}: duplicate key '{}'; each key may appear once per object", origin,
-               dotted(object.path, object.last_key));
+               dotted_key(object.path, object.last_key));
         break;
       }
       case Event::value: break;

@@ -60,7 +60,6 @@ std::string unknown_subcommand(const CLI::App& app, int argc, char** argv) {
          "; the subcommands are " + names + ", each with its --help";
 }
 
-// The srgpt command line, every error reported as one line.
 // An option given no value takes the next option's name as its value:
 // `sample --prompt --tokens 5` continued the text "--tokens", and `prepare
 // --input $UNSET --out x` read "--out" as an input. CLI11 cannot tell them
@@ -87,6 +86,7 @@ std::string option_without_value(const CLI::App& app, int argc, char** argv) {
   return "";
 }
 
+// The srgpt command line, every error reported as one line.
 int run(int argc, char** argv) {
   CLI::App app{"srgpt: train GPT-2 models in pure BF16 with stochastic-rounding AdamW"};
   app.require_subcommand(1);

@@ -205,7 +205,6 @@ struct SavedState {
   // the CRC-32 of each shard's first tokens (TokenLoader::shard_head_crc32).
   std::optional<std::vector<size_t>> train_shard_tokens;
   std::optional<std::vector<uint32_t>> train_shard_head_crc32;
-  uint32_t weights_crc32 = 0;  // saved_weights_crc32
 };
 
 // The CRC-32 of the weights a checkpoint's state records, which every rank
@@ -288,7 +287,9 @@ SavedState read_saved_state(const CheckpointReader& reader) {
          "{}; a checkpoint records both, one value per shard of data.train",
          dir, s.train_shard_head_crc32->size(),
          s.train_shard_tokens ? fmt::format("has {}", s.train_shard_tokens->size()) : std::string("is absent"));
-  s.weights_crc32 = saved_weights_crc32(reader);
+  // Checked here too (the ranks compare it earlier), so that info --verify
+  // refuses what a resume refuses.
+  saved_weights_crc32(reader);
   const nlohmann::json train_loader = field("train_loader", nlohmann::json());
   try {
     s.train_loader = loader_position_from_json(train_loader);

@@ -31,6 +31,10 @@ nlohmann::json parse_json(const std::string& text, const std::string& origin, co
 nlohmann::json parse_json(std::istream& in, const std::string& origin, const std::string& expected = "",
                           const std::string& root = "");
 
+// The dotted path of `key` in the object at `prefix` ("" for the top level):
+// how config keys and JSON errors name a value ("optimizer.lr").
+std::string dotted_key(const std::string& prefix, const std::string& key);
+
 // A reader of parse events (nlohmann's SAX interface), for a file too big
 // to hold as a JSON tree: nlohmann's tree takes several times the text, and
 // its destructor allocates, so running out of memory while one is destroyed
