@@ -235,19 +235,35 @@ TokenLoader::TokenLoader(const std::vector<std::string>& files, int B, int T, in
   if (world_size <= 0 || rank < 0 || rank >= world_size)
     fail("token loader: rank {} is not in [0, world_size {})", rank, world_size);
   if (vocab_size <= 0) fail("token loader: vocab_size {} must be positive", vocab_size);
-  const int64_t min_tokens = int64_t(world_) * B_ * T_ + 1;
   shards_.reserve(files.size());
   for (const std::string& f : files) {
     shards_.emplace_back(f);
-    if (int64_t(shards_.back().size()) < min_tokens)
-      fail("token shard {} has {} tokens, too few for one global batch: it needs at least {} "
-           "(world_size {} x batch {} x seq_len {} + 1); use a smaller batch or sequence length, or leave the shard "
-           "out of the pattern. srgpt prepare's last shard of a split holds what is left over and can be small: "
-           "prepare again with a larger --shard-tokens (or, for a small val split, a larger --val-fraction)",
-           f, shards_.back().size(), min_tokens, world_, B_, T_);
     head_crc32_.push_back(shards_.back().head_crc32(kShardHeadTokens));
   }
-  prepare_epoch_shard();
+  if (batches_per_epoch() == 0) {
+    size_t largest = 0;
+    for (size_t i = 1; i < shards_.size(); ++i)
+      if (shards_[i].size() > shards_[largest].size()) largest = i;
+    fail("no token shard holds one global batch, which needs {} tokens (world_size {} x batch {} x seq_len {} + 1); "
+         "the largest of the {} shards, {}, has {}: use a smaller batch or sequence length, or more data",
+         global_batch_tokens(), world_, B_, T_, shards_.size(), shards_[largest].path(), shards_[largest].size());
+  }
+  seek(LoaderPosition{});
+}
+
+int64_t TokenLoader::global_batch_tokens() const { return int64_t(world_) * B_ * T_ + 1; }
+
+std::optional<std::string> TokenLoader::skipped_shards_warning(const std::string& what) const {
+  std::vector<size_t> skipped;
+  for (size_t i = 0; i < shards_.size(); ++i)
+    if (int64_t(shards_[i].size()) < global_batch_tokens()) skipped.push_back(i);
+  if (skipped.empty()) return std::nullopt;
+  const TokenShard& first = shards_[skipped.front()];
+  return fmt::format("{}: {} of its {} shards hold fewer tokens than one global batch ({} = world_size {} x batch {} "
+                     "x seq_len {} + 1) and are passed over, {} with {} tokens among them (srgpt prepare's last shard "
+                     "of a split holds what is left over and can be small)",
+                     what, skipped.size(), shards_.size(), global_batch_tokens(), world_, B_, T_, first.path(),
+                     first.size());
 }
 
 uint64_t TokenLoader::epoch_key(int64_t epoch) const { return combine(mix64(seed_), uint64_t(epoch)); }
@@ -284,7 +300,8 @@ void TokenLoader::next_batch(int32_t* inputs, int32_t* targets) {
 
 // Accepts any sample index up to the shard's end, so a run may resume with a
 // different world size or batch size; a position with less than one global
-// batch left in its shard moves on to the next shard (or epoch).
+// batch left in its shard moves on to the next shard that holds one (or the
+// next epoch's).
 void TokenLoader::seek(const LoaderPosition& p) {
   const int64_t n = int64_t(shards_.size());
   // The last epoch number is out of range too: moving past its end would overflow it.
@@ -297,12 +314,15 @@ void TokenLoader::seek(const LoaderPosition& p) {
     fail("token loader: position (epoch {}, shard {}, sample {}) is past the end of shard {} ({} samples)", p.epoch,
          p.shard, p.sample, shard.path(), samples);
 
+  // Shards too small for a global batch are passed over; the constructor
+  // made sure one is not, so this ends within an epoch's worth of shards.
   LoaderPosition target = p;
-  if (samples - p.sample < int64_t(world_) * B_) {
+  std::vector<int64_t> order = shard_order(target.epoch);
+  while (samples_in(shards_[size_t(order[size_t(target.shard)])], T_) - target.sample < int64_t(world_) * B_) {
     target.sample = 0;
     if (++target.shard == n) {
       target.shard = 0;
-      ++target.epoch;
+      order = shard_order(++target.epoch);
     }
   }
   // Moving within a shard keeps its permutations; they cost O(samples).

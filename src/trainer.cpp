@@ -633,8 +633,11 @@ Trainer::Trainer(Config config, TrainOptions options) : config_(std::move(config
   auto loader_for = [&](const std::string& pattern, const char* what, bool shuffle) {
     const std::vector<std::string> files = expand_shard_pattern(pattern, what);
     if (rank == 0 && !options_.quiet) warn_of_other_vocabulary(files, config_.model.vocab_size, what);
-    return std::make_unique<TokenLoader>(files, b.micro_batch, b.seq_len, rank, world, config_.model.vocab_size,
-                                         shuffle, config_.train.seed);
+    auto loader = std::make_unique<TokenLoader>(files, b.micro_batch, b.seq_len, rank, world,
+                                                config_.model.vocab_size, shuffle, config_.train.seed);
+    if (rank == 0 && !options_.quiet)
+      if (const auto warning = loader->skipped_shards_warning(what)) spdlog::warn("{}", *warning);
+    return loader;
   };
   if (!options_.without_data) {
     train_loader_ = loader_for(config_.data.train, "data.train", true);

@@ -2,6 +2,7 @@
 // Token shards and the rank-aware batch loader (docs/formats.md).
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -77,6 +78,8 @@ LoaderPosition loader_position_from_json(const nlohmann::json& j);
 // slice of it. A sample is a window of T+1 tokens starting at a multiple of
 // T within a shard. With shuffle, shard order and sample order are permuted
 // deterministically by (seed, epoch); without, both are in file order.
+// Shards too small for one global batch are passed over; an Error if every
+// shard is.
 class TokenLoader {
  public:
   TokenLoader(const std::vector<std::string>& files, int B, int T, int rank, int world_size, int vocab_size,
@@ -88,6 +91,11 @@ class TokenLoader {
   void reset() { seek(LoaderPosition{}); }
   // Global batches available per epoch.
   int64_t batches_per_epoch() const;
+  // Tokens a shard needs to hold one global batch: world_size * B * T + 1.
+  int64_t global_batch_tokens() const;
+  // A warning naming the shards passed over, for the data's config key or
+  // option `what`; none when every shard holds a global batch.
+  std::optional<std::string> skipped_shards_warning(const std::string& what) const;
   size_t total_tokens() const;
   // Tokens of each shard, in the order of the files: what a position means.
   std::vector<size_t> shard_tokens() const;

@@ -33,11 +33,14 @@ void add_eval_command(CLI::App& app) {
   cmd->footer("Prints a human-readable line, then one JSON object: {\"loss\", \"perplexity\", \"tokens\", \"step\"},\n"
               "plus \"bits_per_byte\" when the shards were written by `srgpt prepare` (its summary.json gives the\n"
               "split's bytes per token): bits_per_byte = loss / ln(2) / bytes_per_token.\n"
-              "Sequences are non-overlapping windows in file order; a trailing partial batch is not evaluated.");
+              "Sequences are non-overlapping windows in file order; each shard's trailing partial batch is not\n"
+              "evaluated, and a shard smaller than one batch is passed over with a warning.");
   cmd->callback([args]() {
     LoadedModel lm = load_model_for_inference(resolve_checkpoint_dir(args->checkpoint), args->batch, args->seq_len);
     const std::vector<std::string> files = expand_shard_pattern(args->data, "--data");
     TokenLoader loader(files, lm.model->batch(), lm.model->seq_len(), 0, 1, lm.config.model.vocab_size, false, 0);
+    if (const auto warning = loader.skipped_shards_warning("--data"))
+      std::fprintf(stderr, "srgpt: warning: %s\n", warning->c_str());
     // Read before the evaluation, so a damaged summary.json stops it at once.
     const std::optional<PreparedSplit> prepared = prepared_split(files);
     const std::optional<double> bytes_per_token = prepared ? prepared->bytes_per_token() : std::nullopt;

@@ -482,27 +482,67 @@ TEST_CASE("invalid loader positions and sizes are errors", "[data]") {
   CHECK(same_position(srgpt::loader_position_from_json(srgpt::to_json({7, 1, 3})), LoaderPosition{7, 1, 3}));
 }
 
-TEST_CASE("a shard too small for one global batch is an error, not a hang", "[data]") {
+TEST_CASE("shards too small for one global batch are passed over; an error when every shard is", "[data]") {
   TempDir tmp("data-small");
   const int B = 4, T = 16, world = 2;
-  // world*B*T+1 = 129 tokens needed; the second shard has 128.
-  Corpus corpus(tmp, {129, 128}, kVocab, 19);
-  std::string e = error_message([&] { TokenLoader l(corpus.files, B, T, 1, world, int(kVocab), false, 0); });
-  CHECK(contains(e, corpus.files[1]));
-  CHECK(contains(e, "has 128 tokens"));
-  CHECK(contains(e, "at least 129"));
-  CHECK(contains(e, "use a smaller batch or sequence length, or leave the shard out of the pattern"));
-  CHECK(contains(e, "a larger --shard-tokens"));
-  TokenLoader ok({corpus.files[0]}, B, T, 1, world, int(kVocab), false, 0);
+  // world*B*T+1 = 129 tokens hold one global batch. Shards 0, 2 and 4 are
+  // too small; 4 and 0 are neighbours across the epoch wrap.
+  Corpus corpus(tmp, {128, 129, 5, 24 * T + 1, 128}, kVocab, 19);
+  for (bool shuffle : {false, true}) {
+    std::vector<TokenLoader> ranks;
+    for (int r = 0; r < world; ++r) ranks.emplace_back(corpus.files, B, T, r, world, int(kVocab), shuffle, 7);
+    CHECK(ranks[0].batches_per_epoch() == 1 + 3);
+    CHECK(ranks[0].global_batch_tokens() == 129);
+    // Three epochs: each reads every sample of shards 1 and 3 once, and
+    // nothing else.
+    for (int epoch = 0; epoch < 3; ++epoch) {
+      std::set<std::pair<size_t, size_t>> seen;
+      for (int step = 0; step < 4; ++step)
+        for (TokenLoader& rank : ranks) {
+          Batch b = next(rank, B, T);
+          for (int row = 0; row < B; ++row) {
+            const auto where = corpus.locate(b.inputs.data() + row * T, T);
+            CHECK((where.first == 1 || where.first == 3));
+            seen.insert(where);
+          }
+        }
+      CHECK(seen.size() == size_t(4 * world * B));
+      CHECK(ranks[0].position().epoch == epoch + 1);
+    }
+  }
+  // A position in a shard that is too small for this world size (a resume
+  // from a smaller one) moves on to the next shard that holds a batch.
+  TokenLoader plain(corpus.files, B, T, 0, world, int(kVocab), false, 0);
+  CHECK(same_position(plain.position(), LoaderPosition{0, 1, 0}));
+  plain.seek({0, 2, 0});
+  CHECK(same_position(plain.position(), LoaderPosition{0, 3, 0}));
+  plain.seek({0, 3, 20});
+  CHECK(same_position(plain.position(), LoaderPosition{1, 1, 0}));
+
+  const auto warning = plain.skipped_shards_warning("data.train");
+  REQUIRE(warning);
+  CHECK(contains(*warning, "data.train: 3 of its 5 shards hold fewer tokens than one global batch (129 = world_size 2 "
+                           "x batch 4 x seq_len 16 + 1) and are passed over, " +
+                               corpus.files[0] + " with 128 tokens"));
+  CHECK_FALSE(TokenLoader({corpus.files[1], corpus.files[3]}, B, T, 0, world, int(kVocab), false, 0)
+                  .skipped_shards_warning("data.train"));
+
+  std::string e = error_message([&] {
+    TokenLoader l({corpus.files[0], corpus.files[2], corpus.files[4]}, B, T, 1, world, int(kVocab), false, 0);
+  });
+  CHECK(contains(e, "no token shard holds one global batch, which needs 129 tokens (world_size 2 x batch 4 x "
+                    "seq_len 16 + 1); the largest of the 3 shards, " +
+                        corpus.files[0] + ", has 128: use a smaller batch or sequence length, or more data"));
+  TokenLoader ok({corpus.files[1]}, B, T, 1, world, int(kVocab), false, 0);
   CHECK(ok.batches_per_epoch() == 1);
   take(ok, 3, B, T);
   CHECK(ok.position().epoch == 3);
 
   CHECK(contains(error_message([&] { TokenLoader l(corpus.files, B, T, 2, world, int(kVocab), false, 0); }), "rank 2"));
   std::string vocab_error = error_message([&] {
-    TokenLoader l({corpus.files[0]}, B, T, 0, 1, 1000, false, 0);
+    TokenLoader l({corpus.files[1]}, B, T, 0, 1, 1000, false, 0);
     take(l, 1, B, T);
   });
-  CHECK(contains(vocab_error, corpus.files[0]));
+  CHECK(contains(vocab_error, corpus.files[1]));
   CHECK(contains(vocab_error, "vocab_size 1000"));
 }

@@ -14,6 +14,7 @@
 #include "srgpt/backend.h"
 #include "srgpt/communicator.h"
 #include "srgpt/config.h"
+#include "srgpt/data.h"
 #include "srgpt/error.h"
 #include "srgpt/model.h"
 #include "srgpt/param_store.h"
@@ -385,6 +386,31 @@ TEST_CASE("srgpt sample and eval through the binary: text, determinism, bits per
     INFO(d.output);
     CHECK(d.exit_code == 0);
     CHECK(d.output.find("warning: data.train: " + tmp.str("data/summary.json")) != std::string::npos);
+  }
+
+  SECTION("the small last shard prepare writes is passed over by train and eval, with a warning") {
+    const int64_t train_tokens = srgpt::read_prepare_summary(tmp.str("data/summary.json")).train.tokens;
+    auto prepared = run_command(bin + " prepare --input " + tmp.str("corpus.txt") + " --tokenizer byte --split "
+                                "paragraphs --val-fraction 0.25 --no-progress --shard-tokens " +
+                                std::to_string(train_tokens - 3) + " --out " + tmp.str("data-small"));
+    INFO(prepared.output);
+    REQUIRE(prepared.exit_code == 0);
+    REQUIRE(srgpt::TokenShard(tmp.str("data-small/train_000001.bin")).size() == 3);
+    srgpt::Config small = tiny_config(tmp.path() / "data-small", tmp.path() / "run-small");
+    small.model.vocab_size = 256;
+    small.train.steps = 2;
+    std::ofstream(tmp.str("run-small.json")) << srgpt::config_to_json(small).dump(2);
+    auto trained = run_command(bin + " train --config " + tmp.str("run-small.json"));
+    INFO(trained.output);
+    REQUIRE(trained.exit_code == 0);
+    const std::string passed_over = ": 1 of its 2 shards hold fewer tokens than one global batch (65 = world_size 1 x "
+                                    "batch 4 x seq_len 16 + 1) and are passed over, " +
+                                    tmp.str("data-small/train_000001.bin") + " with 3 tokens";
+    CHECK(trained.output.find("warning: data.train" + passed_over) != std::string::npos);
+    auto evaluated = run_command(bin + " eval" + checkpoint + " --data '" + tmp.str("data-small") + "/train_*.bin'");
+    INFO(evaluated.output);
+    REQUIRE(evaluated.exit_code == 0);
+    CHECK(evaluated.output.find("srgpt: warning: --data" + passed_over) != std::string::npos);
   }
 
   SECTION("sample prints the prompt and a continuation, reproducibly") {
