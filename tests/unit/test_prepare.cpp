@@ -365,6 +365,13 @@ TEST_CASE("prepare replaces the shards of an earlier run and reports bytes per t
   write_file(summary_path, good.dump());
   CHECK(srgpt::prepared_split(val_shards).has_value());
 
+  // A summary.json that cannot even be looked at: a symlink loop.
+  fs::remove(summary_path);
+  fs::create_symlink("summary.json", summary_path);
+  CHECK(contains(error_message([&] { srgpt::prepared_split(val_shards); }),
+                 "prepare summary " + summary_path.string() + " cannot be read: Too many levels of symbolic links"));
+  fs::remove(summary_path);
+
   // Another format's summary.json, without a "version" (found by
   // test_input_fuzz.cpp: the message's object.at("version") threw
   // nlohmann's out_of_range instead).
