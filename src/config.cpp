@@ -185,8 +185,12 @@ std::string describe_kind(const json& v) {
       if (!as_number.is_discarded() && as_number.is_number()) return "a string (write numbers without quotes)";
       return "a string";
     }
-    case json::value_t::number_float:
-      return std::isfinite(v.get<double>()) ? "a fractional number" : "a non-finite number";
+    case json::value_t::number_float: {
+      const double x = v.get<double>();
+      if (!std::isfinite(x)) return "a non-finite number";
+      // 1e3 and 2.0 are whole, but JSON has them as floating-point numbers.
+      return x == std::floor(x) ? "a number in floating-point notation" : "a fractional number";
+    }
     default: return "a number";
   }
 }

@@ -478,7 +478,7 @@ void truncate_metrics(const fs::path& path, int64_t last_step, bool run_complete
   std::ifstream in(path);
   if (!in) return;
   std::string line, kept;
-  int64_t malformed = 0;
+  int64_t malformed = 0, later = 0;
   while (std::getline(in, line)) {
     auto j = nlohmann::json::parse(line, nullptr, false);
     if (j.is_discarded() || !j.is_object() || !j.contains("step") || !j["step"].is_number_integer()) {
@@ -487,11 +487,18 @@ void truncate_metrics(const fs::path& path, int64_t last_step, bool run_complete
     }
     const int64_t step = j["step"].get<int64_t>();
     if (step < last_step || (step == last_step && !(run_complete && j.contains("val_loss")))) kept += line + "\n";
+    else ++later;
   }
   in.close();
   if (malformed > 0)
     spdlog::warn("{}: dropped {} line(s) that are not JSON objects with an integer \"step\" (srgpt writes none)",
                  path.string(), malformed);
+  // A resume drops the steps after its checkpoint as a matter of course; a
+  // fresh start drops the whole log of an earlier run that left no checkpoint.
+  if (last_step == 0 && later > 0)
+    spdlog::warn("{}: this run starts at step 0, so it replaces the {} line(s) an earlier run in this out_dir "
+                 "logged (that run left no checkpoint)",
+                 path.string(), later);
   // Through a symlink, the file it names is rewritten; the link stays.
   std::error_code ec;
   const fs::path target = fs::is_symlink(path, ec) ? fs::canonical(path, ec) : path;
@@ -803,10 +810,14 @@ void Trainer::load(CheckpointReader& reader) {
     fail("checkpoint {} was trained with precision \"{}\", but the config has \"{}\"; resume with the same precision",
          dir.string(), precision_name(saved.config.precision), precision_name(config_.precision));
   check_same_model(config_, saved.config, dir);
-  check_same_data_order(config_, saved, train_loader_.get(), dir);
-  if (saved.world_size != comm_->size() && config_.batch.total_tokens != saved.config.batch.total_tokens)
-    fail("checkpoint {} used batch.total_tokens = {}; resuming on {} ranks needs the same global batch", dir.string(),
-         saved.config.batch.total_tokens, comm_->size());
+  // At step 0 (an imported model's checkpoint) no token has been read: its
+  // position is the start of any data in any order and batch.
+  if (saved.step > 0) {
+    check_same_data_order(config_, saved, train_loader_.get(), dir);
+    if (saved.world_size != comm_->size() && config_.batch.total_tokens != saved.config.batch.total_tokens)
+      fail("checkpoint {} used batch.total_tokens = {}; resuming on {} ranks needs the same global batch",
+           dir.string(), saved.config.batch.total_tokens, comm_->size());
+  }
   step_ = saved.step;
   tokens_seen_ = saved.tokens_seen;
   skipped_steps_ = saved.skipped_steps;

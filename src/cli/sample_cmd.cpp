@@ -107,6 +107,7 @@ void add_sample_command(CLI::App& app) {
     write_bytes("\n");
     switch (result.reason) {
       case StopReason::token_budget:
+        std::fprintf(stderr, "stopped after %zu tokens (--tokens %d)\n", result.tokens.size(), options.max_new_tokens);
         break;
       case StopReason::stop_token:
         std::fprintf(stderr, "stopped after %zu tokens at the end-of-text token\n", result.tokens.size());

@@ -173,6 +173,8 @@ TEST_CASE("config errors name the origin, the key, the value and what is allowed
       {R"({"dist": {"zero_stage": 4}})", {"dist.zero_stage = 4", "an integer in [0, 3]"}},
       {R"({"train": {"seed": -1}})", {"train.seed = -1", "[0, 18446744073709551615]"}},
       {R"({"out_dir": ""})", {"out_dir = \"\"", "a non-empty string"}},
+      {R"({"out_dir": 1e3})", {"out_dir = 1000.0", "found a number in floating-point notation"}},
+      {R"({"out_dir": 2.5})", {"out_dir = 2.5", "found a fractional number"}},
       // unknown enumeration values
       {R"({"precision": "bf16"})", {"precision = \"bf16\"", "bf16-sr, bf16-rn, mixed, fp32, bf16-kahan"}},
       {R"({"device": "gpu"})", {"device = \"gpu\"", "auto, cpu, cuda"}},

@@ -181,6 +181,13 @@ TEST_CASE("export writes HF GPT-2 safetensors and config.json and import round-t
     const srgpt::TrainResult r = srgpt::Trainer(resumed, options).run();
     CHECK(r.first_step == 1);
     CHECK(r.last_step == 2);
+    // No token has been read at step 0: fine-tuning may take another seed
+    // and sequence length than the import's config (it was refused for
+    // "the data loader's saved position").
+    resumed.out_dir = (run.tmp.path() / "resumed-other-data-order").string();
+    resumed.train.seed = run.config.train.seed + 1;
+    resumed.batch.seq_len = run.config.batch.seq_len / 2;
+    CHECK(srgpt::Trainer(resumed, options).run().last_step == 2);
 
     expect_error([&] { srgpt::write_imported_checkpoint(hf, run.config, run.tmp.path() / "imported", out.string()); },
                  {"already holds checkpoint"});

@@ -413,6 +413,29 @@ TEST_CASE("srgpt sample and eval through the binary: text, determinism, bits per
     CHECK(evaluated.output.find("srgpt: warning: --data" + passed_over) != std::string::npos);
   }
 
+  SECTION("train warns when it drops metrics.jsonl lines of an earlier run or damaged ones") {
+    srgpt::Config fresh = c;
+    fresh.out_dir = tmp.str("run-fresh");
+    std::filesystem::create_directories(fresh.out_dir);
+    std::ofstream(tmp.str("run-fresh/metrics.jsonl")) << R"({"step": 1, "loss": 9.5})" << "\n"
+                                                       << R"({"step": 2, "loss": 9.0})" << "\n";
+    std::ofstream(tmp.str("run-fresh.json")) << srgpt::config_to_json(fresh).dump(2);
+    auto trained = run_command(bin + " train --config " + tmp.str("run-fresh.json"));
+    INFO(trained.output);
+    REQUIRE(trained.exit_code == 0);
+    CHECK(trained.output.find("warning: " + tmp.str("run-fresh/metrics.jsonl") + ": this run starts at step 0, so "
+                              "it replaces the 2 line(s) an earlier run in this out_dir logged") != std::string::npos);
+    CHECK(read_file(tmp.path() / "run-fresh" / "metrics.jsonl").find("9.5") == std::string::npos);
+
+    std::ofstream(tmp.str("run-fresh/metrics.jsonl"), std::ios::app) << "garbage\n";
+    auto resumed = run_command(bin + " train --config " + tmp.str("run-fresh.json") + " --resume");
+    INFO(resumed.output);
+    REQUIRE(resumed.exit_code == 0);
+    CHECK(resumed.output.find("warning: " + tmp.str("run-fresh/metrics.jsonl") + ": dropped 1 line(s) that are not "
+                              "JSON objects") != std::string::npos);
+    CHECK(resumed.output.find("replaces the") == std::string::npos);
+  }
+
   SECTION("sample prints the prompt and a continuation, reproducibly") {
     const std::string cmd = bin + " sample" + checkpoint + " --prompt 'the cat' --tokens 10 --seed 4";
     auto a = run_command(cmd);
@@ -426,6 +449,10 @@ TEST_CASE("srgpt sample and eval through the binary: text, determinism, bits per
               .output == greedy.output);
     auto empty = run_command(bin + " sample" + checkpoint + " --tokens 5 --top-k 3");
     CHECK(empty.exit_code == 0);
+    // Why generation stopped goes to stderr, for the token budget too.
+    auto none = run_command(bin + " sample" + checkpoint + " --prompt 'the cat' --tokens 0");
+    CHECK(none.exit_code == 0);
+    CHECK(none.output == "the cat\nstopped after 0 tokens (--tokens 0)\n");
   }
 
   SECTION("bad requests exit non-zero with a message") {
