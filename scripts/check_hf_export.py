@@ -10,7 +10,7 @@ part of ctest. It:
   3. loads the export with transformers.GPT2LMHeadModel.from_pretrained and
      computes the mean next-token loss over exactly the windows srgpt eval
      reads (non-overlapping windows of seq_len + 1 tokens starting at multiples
-     of seq_len, in shard order, whole batches only, at most --max-tokens),
+     of seq_len, in shard order, all of them or the first --max-tokens' worth),
   4. prints both losses and fails (exit 1) when they differ by more than the
      relative tolerance: 1e-4 for an fp32 checkpoint (both sides compute in
      fp32), 1e-2 for the bf16 precisions (srgpt stores activations in bf16,
@@ -49,18 +49,16 @@ def read_shard(path):
 
 
 def eval_windows(files, batch, seq_len, max_tokens):
-    """The batches srgpt eval reads: per shard, (n - 1) // T samples in file order,
-    whole batches of B samples; at most max_tokens // (B * T) batches (at least one)."""
-    batches = []
+    """The sequences srgpt eval reads, in batches of B (the last may be partial): per shard,
+    (n - 1) // T windows of T + 1 tokens at multiples of T, in file order; the first
+    max_tokens // T of them (at least one) when max_tokens > 0."""
+    rows = []
     for path in files:
         tokens = read_shard(path)
-        samples = (len(tokens) - 1) // seq_len
-        for b in range(samples // batch):
-            rows = [tokens[(b * batch + i) * seq_len:(b * batch + i) * seq_len + seq_len + 1] for i in range(batch)]
-            batches.append(np.stack(rows))
+        rows += [tokens[i * seq_len:i * seq_len + seq_len + 1] for i in range((len(tokens) - 1) // seq_len)]
     if max_tokens > 0:
-        batches = batches[:max(1, min(len(batches), max_tokens // (batch * seq_len)))]
-    return batches
+        rows = rows[:max(1, max_tokens // seq_len)]
+    return [np.stack(rows[i:i + batch]) for i in range(0, len(rows), batch)]
 
 
 def run(cmd):

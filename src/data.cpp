@@ -244,14 +244,20 @@ TokenLoader::TokenLoader(const std::vector<std::string>& files, int B, int T, in
     size_t largest = 0;
     for (size_t i = 1; i < shards_.size(); ++i)
       if (shards_[i].size() > shards_[largest].size()) largest = i;
-    fail("no token shard holds one global batch, which needs {} tokens (world_size {} x batch {} x seq_len {} + 1); "
-         "the largest of the {} shards, {}, has {}: use a smaller batch or sequence length, or more data",
-         global_batch_tokens(), world_, B_, T_, shards_.size(), shards_[largest].path(), shards_[largest].size());
+    fail("no token shard holds {}; the largest of the {} shards, {}, has {} tokens: use a smaller {}, or more data",
+         global_batch_description(), shards_.size(), shards_[largest].path(), shards_[largest].size(),
+         world_ * B_ == 1 ? "sequence length" : "batch or sequence length");
   }
   seek(LoaderPosition{});
 }
 
 int64_t TokenLoader::global_batch_tokens() const { return int64_t(world_) * B_ * T_ + 1; }
+
+std::string TokenLoader::global_batch_description() const {
+  if (world_ * B_ == 1) return fmt::format("one sequence, {} tokens (seq_len {} + 1)", global_batch_tokens(), T_);
+  return fmt::format("one global batch, {} tokens (world_size {} x batch {} x seq_len {} + 1)", global_batch_tokens(),
+                     world_, B_, T_);
+}
 
 std::optional<std::string> TokenLoader::skipped_shards_warning(const std::string& what) const {
   std::vector<size_t> skipped;
@@ -259,11 +265,9 @@ std::optional<std::string> TokenLoader::skipped_shards_warning(const std::string
     if (int64_t(shards_[i].size()) < global_batch_tokens()) skipped.push_back(i);
   if (skipped.empty()) return std::nullopt;
   const TokenShard& first = shards_[skipped.front()];
-  return fmt::format("{}: {} of its {} shards hold fewer tokens than one global batch ({} = world_size {} x batch {} "
-                     "x seq_len {} + 1) and are passed over, {} with {} tokens among them (srgpt prepare's last shard "
-                     "of a split holds what is left over and can be small)",
-                     what, skipped.size(), shards_.size(), global_batch_tokens(), world_, B_, T_, first.path(),
-                     first.size());
+  return fmt::format("{}: {} of its {} shards hold less than {} and are passed over, {} with {} tokens among them "
+                     "(srgpt prepare's last shard of a split holds what is left over and can be small)",
+                     what, skipped.size(), shards_.size(), global_batch_description(), first.path(), first.size());
 }
 
 uint64_t TokenLoader::epoch_key(int64_t epoch) const { return combine(mix64(seed_), uint64_t(epoch)); }
@@ -282,17 +286,24 @@ void TokenLoader::prepare_epoch_shard() {
                            : identity(samples);
 }
 
+int64_t TokenLoader::shard_samples(size_t index) const { return samples_in(shards_.at(index), T_); }
+
+void TokenLoader::read_sample(size_t index, int64_t sample, int32_t* inputs, int32_t* targets) const {
+  if (sample < 0 || sample >= shard_samples(index))
+    fail("internal: sample {} of shard {}, which holds {}", sample, shards_.at(index).path(), shard_samples(index));
+  const TokenShard& shard = shards_[index];
+  const size_t start = size_t(sample) * size_t(T_);
+  shard.copy(start, size_t(T_), inputs, vocab_);
+  std::copy(inputs + 1, inputs + T_, targets);
+  shard.copy(start + size_t(T_), 1, targets + T_ - 1, vocab_);
+}
+
 void TokenLoader::next_batch(int32_t* inputs, int32_t* targets) {
-  const TokenShard& shard = shards_[size_t(shard_order_[size_t(pos_.shard)])];
+  const size_t shard = size_t(shard_order_[size_t(pos_.shard)]);
   const int64_t first = pos_.sample + int64_t(rank_) * B_;
-  for (int b = 0; b < B_; ++b) {
-    const size_t start = size_t(sample_order_[size_t(first + b)]) * size_t(T_);
-    int32_t* in = inputs + size_t(b) * size_t(T_);
-    int32_t* tgt = targets + size_t(b) * size_t(T_);
-    shard.copy(start, size_t(T_), in, vocab_);
-    std::copy(in + 1, in + T_, tgt);
-    shard.copy(start + size_t(T_), 1, tgt + T_ - 1, vocab_);
-  }
+  for (int b = 0; b < B_; ++b)
+    read_sample(shard, sample_order_[size_t(first + b)], inputs + size_t(b) * size_t(T_),
+                targets + size_t(b) * size_t(T_));
   LoaderPosition next = pos_;
   next.sample += int64_t(world_) * B_;
   seek(next);

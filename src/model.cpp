@@ -239,6 +239,13 @@ double GPT::forward(const int32_t* inputs, const int32_t* targets) {
   return mean_loss();
 }
 
+double GPT::loss_sum(const int32_t* inputs, const int32_t* targets, int rows) {
+  if (rows < 0 || rows > B_) fail("internal: the loss of {} rows of a batch of {}", rows, B_);
+  forward_pass(inputs, targets, 0.0f, false);
+  params_.prepare_backend_read();
+  return rows == 0 ? 0.0 : backend_.sum_accum(stat("losses"), size_t(rows) * T_);
+}
+
 double GPT::forward_backward(const int32_t* inputs, const int32_t* targets, float dloss) {
   if (!options_.for_backward) fail("internal: forward_backward on a model built for forward only");
   forward_pass(inputs, targets, dloss, true);

@@ -560,23 +560,37 @@ std::unique_ptr<Communicator> make_communicator(Backend& backend, CommunicatorCh
 
 double EvalResult::perplexity() const { return std::exp(loss); }
 
-EvalResult evaluate(GPT& model, TokenLoader& loader, int64_t max_tokens) {
+EvalResult evaluate(GPT& model, const TokenLoader& data, int64_t max_tokens) {
   const int B = model.batch(), T = model.seq_len();
-  const int64_t per_batch = int64_t(B) * T;
-  const int64_t per_global_batch = per_batch * model.params().comm().size();
-  int64_t batches = loader.batches_per_epoch();
-  if (max_tokens > 0) batches = std::max<int64_t>(1, std::min(batches, max_tokens / per_global_batch));
-  std::vector<int32_t> in(static_cast<size_t>(per_batch)), tg(static_cast<size_t>(per_batch));
-  loader.reset();
-  double sum = 0;
-  for (int64_t i = 0; i < batches; ++i) {
-    loader.next_batch(in.data(), tg.data());
-    sum += model.forward(in.data(), tg.data());
-  }
+  if (data.seq_len() != T) fail("internal: evaluating a model of seq_len {} on samples of {}", T, data.seq_len());
   Communicator& comm = model.params().comm();
+  // first_sample[i]: the number of samples in the shards before shard i.
+  std::vector<int64_t> first_sample{0};
+  for (size_t i = 0; i < data.shard_tokens().size(); ++i)
+    first_sample.push_back(first_sample.back() + data.shard_samples(i));
+  int64_t samples = first_sample.back();
+  if (max_tokens > 0) samples = std::min(samples, std::max<int64_t>(1, max_tokens / T));
+  auto read = [&](int64_t sample, int32_t* inputs, int32_t* targets) {
+    const size_t shard = size_t(std::upper_bound(first_sample.begin(), first_sample.end(), sample) -
+                                first_sample.begin() - 1);
+    data.read_sample(shard, sample - first_sample[shard], inputs, targets);
+  };
+  const int64_t per_global_batch = int64_t(B) * comm.size();
+  const int64_t batches = (samples + per_global_batch - 1) / per_global_batch;
+  std::vector<int32_t> in(size_t(B) * size_t(T)), tg(in.size());
+  double sum = 0;
+  // Every rank runs every batch (ZeRO stage 3 gathers weights in forward),
+  // with rows past the last sample filled by sample 0 and not counted.
+  for (int64_t i = 0; i < batches; ++i) {
+    const int64_t first = i * per_global_batch + int64_t(comm.rank()) * B;
+    const int rows = int(std::clamp<int64_t>(samples - first, 0, B));
+    for (int b = 0; b < B; ++b)
+      read(b < rows ? first + b : 0, in.data() + size_t(b) * size_t(T), tg.data() + size_t(b) * size_t(T));
+    sum += model.loss_sum(in.data(), tg.data(), rows);
+  }
   EvalResult r;
-  r.loss = comm.all_reduce_sum(sum) / double(batches * comm.size());
-  r.tokens = batches * per_batch * comm.size();
+  r.tokens = samples * T;
+  r.loss = comm.all_reduce_sum(sum) / double(r.tokens);
   return r;
 }
 
@@ -637,11 +651,14 @@ Trainer::Trainer(Config config, TrainOptions options) : config_(std::move(config
   }
   if (world > 1) require_shared_out_dir(*comm_, *host_comm_, config_.out_dir);
   const auto& b = config_.batch;
-  auto loader_for = [&](const std::string& pattern, const char* what, bool shuffle) {
+  // The val loader only holds its shards' samples for evaluate, which
+  // reads them one sequence at a time.
+  auto loader_for = [&](const std::string& pattern, const char* what, bool train) {
     const std::vector<std::string> files = expand_shard_pattern(pattern, what);
     if (rank == 0 && !options_.quiet) warn_of_other_vocabulary(files, config_.model.vocab_size, what);
-    auto loader = std::make_unique<TokenLoader>(files, b.micro_batch, b.seq_len, rank, world,
-                                                config_.model.vocab_size, shuffle, config_.train.seed);
+    auto loader = std::make_unique<TokenLoader>(files, train ? b.micro_batch : 1, b.seq_len, train ? rank : 0,
+                                                train ? world : 1, config_.model.vocab_size, train,
+                                                config_.train.seed);
     if (rank == 0 && !options_.quiet)
       if (const auto warning = loader->skipped_shards_warning(what)) spdlog::warn("{}", *warning);
     return loader;

@@ -93,6 +93,12 @@ class TokenLoader {
   int64_t batches_per_epoch() const;
   // Tokens a shard needs to hold one global batch: world_size * B * T + 1.
   int64_t global_batch_tokens() const;
+  int seq_len() const { return T_; }
+  // The samples of shard `index` (in the order of the files), and sample
+  // `sample` of it in file order, whatever the loader's shuffle and
+  // position (evaluation reads every sample this way).
+  int64_t shard_samples(size_t index) const;
+  void read_sample(size_t index, int64_t sample, int32_t* inputs, int32_t* targets) const;
   // A warning naming the shards passed over, for the data's config key or
   // option `what`; none when every shard holds a global batch.
   std::optional<std::string> skipped_shards_warning(const std::string& what) const;
@@ -118,6 +124,9 @@ class TokenLoader {
   uint64_t epoch_key(int64_t epoch) const;
   std::vector<int64_t> shard_order(int64_t epoch) const;
   void prepare_epoch_shard();
+  // "one global batch, N tokens (world_size W x batch B x seq_len T + 1)",
+  // or "one sequence, ..." for a loader of single sequences.
+  std::string global_batch_description() const;
 };
 
 }  // namespace srgpt

@@ -50,6 +50,10 @@ class GPT {
   // Mean loss over the B*T tokens (evaluation). inputs and targets are
   // host arrays of B*T token ids.
   double forward(const int32_t* inputs, const int32_t* targets);
+  // Forward only: the sum of the token losses of the first `rows` rows (0 to
+  // B). All B rows are computed, so the rest of a partial batch may hold any
+  // valid ids.
+  double loss_sum(const int32_t* inputs, const int32_t* targets, int rows);
   // Mean loss, with gradients accumulated (+=) into the parameter store;
   // dloss scales the gradient of the summed token losses (e.g.
   // 1/(B*T*accum)). Not for a model built with options.for_backward false.

@@ -34,11 +34,13 @@ struct EvalResult {
   double perplexity() const;
 };
 
-// Mean loss over the loader's global batches from its start: the whole
-// split, or the first max_tokens tokens (rounded down to whole batches; at
-// least one batch) when max_tokens > 0. Collective: every rank evaluates its
-// slice and all get the same mean.
-EvalResult evaluate(GPT& model, TokenLoader& loader, int64_t max_tokens);
+// Mean loss over every sample of `data`'s shards in file order, or over the
+// first max_tokens tokens' worth (rounded down to whole sequences, at least
+// one) when max_tokens > 0: the same sequences whatever the number of ranks
+// and the model's batch. Collective: the ranks take turns at batches of
+// sequences (the last may be partial) and all get the same mean. `data`'s
+// seq_len must be the model's; its batch, shuffle and position do not count.
+EvalResult evaluate(GPT& model, const TokenLoader& data, int64_t max_tokens);
 
 struct TrainOptions {
   bool resume = false;  // continue from the newest checkpoint in out_dir

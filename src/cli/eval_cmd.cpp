@@ -23,7 +23,7 @@ void add_eval_command(CLI::App& app) {
   add_checkpoint_option(*cmd, args->checkpoint);
   cmd->add_option("--data", args->data, "Glob pattern of token shards, e.g. 'data/demo/val_*.bin'")->required();
   cmd->add_option("--max-tokens", args->max_tokens,
-                  "Evaluate about this many tokens: rounded down to whole batches, at least one; 0 (the default): "
+                  "Evaluate about this many tokens: rounded down to whole sequences, at least one; 0 (the default): "
                   "the whole split")
       ->check(integer_at_least<int64_t>(0));
   cmd->add_option("--batch", args->batch, "Sequences per batch (default: the checkpoint's batch.micro_batch)")
@@ -33,12 +33,13 @@ void add_eval_command(CLI::App& app) {
   cmd->footer("Prints a human-readable line, then one JSON object: {\"loss\", \"perplexity\", \"tokens\", \"step\"},\n"
               "plus \"bits_per_byte\" when the shards were written by `srgpt prepare` (its summary.json gives the\n"
               "split's bytes per token): bits_per_byte = loss / ln(2) / bytes_per_token.\n"
-              "Sequences are non-overlapping windows in file order; each shard's trailing partial batch is not\n"
-              "evaluated, and a shard smaller than one batch is passed over with a warning.");
+              "Sequences are the non-overlapping windows of seq_len + 1 tokens at multiples of seq_len in each\n"
+              "shard, in file order; all of them (the last batch may be partial), so --batch changes only the speed.\n"
+              "Training's val loss is measured on the same sequences (train.eval_tokens as --max-tokens).");
   cmd->callback([args]() {
     LoadedModel lm = load_model_for_inference(resolve_checkpoint_dir(args->checkpoint), args->batch, args->seq_len);
     const std::vector<std::string> files = expand_shard_pattern(args->data, "--data");
-    TokenLoader loader(files, lm.model->batch(), lm.model->seq_len(), 0, 1, lm.config.model.vocab_size, false, 0);
+    TokenLoader loader(files, 1, lm.model->seq_len(), 0, 1, lm.config.model.vocab_size, false, 0);
     if (const auto warning = loader.skipped_shards_warning("--data"))
       std::fprintf(stderr, "srgpt: warning: %s\n", warning->c_str());
     // Read before the evaluation, so a damaged summary.json stops it at once.

@@ -18,6 +18,7 @@
 #include "mpi_world.h"
 #include "srgpt/checkpoint.h"
 #include "srgpt/communicator.h"
+#include "srgpt/data.h"
 #include "srgpt/trainer.h"
 #include "unit/test_util.h"
 
@@ -242,6 +243,40 @@ TEST_CASE("resume on the same world size is bit-exact for every ZeRO stage, vali
       REQUIRE(val.size() == 3);
       CHECK(val[2].second == *full_result.val_loss);
       CHECK(val_losses_in(fs::path(c.out_dir) / "metrics.jsonl") == val);
+    }
+  }
+}
+
+TEST_CASE("validation evaluates the same sequences as one process, partial last batch included", "[zero][evaluate]") {
+  SharedDir dir("evaluate");
+  write_data_once(dir);
+  const int rank = world().rank();
+  // 249 sequences of 16 + 1 tokens in the 4000-token val shard: no world
+  // size here times micro batch 2 divides that.
+  for (int stage : {0, 3}) {
+    INFO("ZeRO stage " << stage << ", " << world().size() << " ranks");
+    Config c = mpi_config(dir.path() / "data", dir.path() / ("eval" + std::to_string(stage)), Precision::bf16_sr, stage);
+    const TokenLoader samples(expand_shard_pattern((dir.path() / "data" / "val_*.bin").string(), "data.val"), 1,
+                              c.batch.seq_len, 0, 1, c.model.vocab_size, false, 0);
+    REQUIRE(samples.shard_samples(0) == 249);
+    TrainOptions quiet;
+    quiet.quiet = true;
+    Trainer dp(c, quiet);
+    TrainOptions alone = quiet;
+    alone.single_process = true;
+    Config reference_config = c;
+    reference_config.out_dir += "-alone" + std::to_string(rank);
+    Trainer reference(reference_config, alone);
+    // The initial weights, the same on every rank and in one process.
+    for (int64_t max_tokens : {int64_t(0), int64_t(7 * c.batch.seq_len + 3)}) {
+      INFO("max_tokens " << max_tokens);
+      const EvalResult ours = evaluate(dp.model(), samples, max_tokens);
+      const EvalResult one = evaluate(reference.model(), samples, max_tokens);
+      CHECK(ours.tokens == (max_tokens == 0 ? 249 : 7) * int64_t(c.batch.seq_len));
+      CHECK(ours.tokens == one.tokens);
+      // The same token losses, summed per rank and then across ranks.
+      CHECK(std::fabs(ours.loss - one.loss) <= 1e-13 * one.loss);
+      CHECK(same_on_all_ranks(ours.loss));
     }
   }
 }

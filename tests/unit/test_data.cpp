@@ -521,18 +521,27 @@ TEST_CASE("shards too small for one global batch are passed over; an error when 
 
   const auto warning = plain.skipped_shards_warning("data.train");
   REQUIRE(warning);
-  CHECK(contains(*warning, "data.train: 3 of its 5 shards hold fewer tokens than one global batch (129 = world_size 2 "
+  CHECK(contains(*warning, "data.train: 3 of its 5 shards hold less than one global batch, 129 tokens (world_size 2 "
                            "x batch 4 x seq_len 16 + 1) and are passed over, " +
                                corpus.files[0] + " with 128 tokens"));
+  // A loader of single sequences (evaluation's) needs seq_len + 1 tokens.
+  const auto one_sequence =
+      TokenLoader(corpus.files, 1, 64, 0, 1, int(kVocab), false, 0).skipped_shards_warning("data.val");
+  REQUIRE(one_sequence);
+  CHECK(contains(*one_sequence, "data.val: 1 of its 5 shards hold less than one sequence, 65 tokens (seq_len 64 + 1) "
+                                "and are passed over, " + corpus.files[2] + " with 5 tokens"));
   CHECK_FALSE(TokenLoader({corpus.files[1], corpus.files[3]}, B, T, 0, world, int(kVocab), false, 0)
                   .skipped_shards_warning("data.train"));
 
   std::string e = error_message([&] {
     TokenLoader l({corpus.files[0], corpus.files[2], corpus.files[4]}, B, T, 1, world, int(kVocab), false, 0);
   });
-  CHECK(contains(e, "no token shard holds one global batch, which needs 129 tokens (world_size 2 x batch 4 x "
-                    "seq_len 16 + 1); the largest of the 3 shards, " +
-                        corpus.files[0] + ", has 128: use a smaller batch or sequence length, or more data"));
+  CHECK(contains(e, "no token shard holds one global batch, 129 tokens (world_size 2 x batch 4 x seq_len 16 + 1); "
+                    "the largest of the 3 shards, " +
+                        corpus.files[0] + ", has 128 tokens: use a smaller batch or sequence length, or more data"));
+  CHECK(contains(error_message([&] { TokenLoader l({corpus.files[2]}, 1, 16, 0, 1, int(kVocab), false, 0); }),
+                 "no token shard holds one sequence, 17 tokens (seq_len 16 + 1); the largest of the 1 shards, " +
+                     corpus.files[2] + ", has 5 tokens: use a smaller sequence length, or more data"));
   TokenLoader ok({corpus.files[1]}, B, T, 1, world, int(kVocab), false, 0);
   CHECK(ok.batches_per_epoch() == 1);
   take(ok, 3, B, T);

@@ -65,9 +65,10 @@ TokenLoader train_loader_like_trainer(const Config& c) {
                      c.model.vocab_size, true, c.train.seed);
 }
 
+// The val loader: evaluate reads its samples one at a time.
 TokenLoader val_loader_like_trainer(const Config& c) {
-  return TokenLoader(expand_shard_pattern(c.data.val, "data.val"), c.batch.micro_batch, c.batch.seq_len, 0, 1,
-                     c.model.vocab_size, false, c.train.seed);
+  return TokenLoader(expand_shard_pattern(c.data.val, "data.val"), 1, c.batch.seq_len, 0, 1, c.model.vocab_size, false,
+                     c.train.seed);
 }
 
 TrainOptions single_quiet() {
@@ -351,63 +352,69 @@ TEST_CASE("on_nonfinite = skip leaves weights and optimizer state unchanged, cou
   CHECK(state_of(resumed) == state_of(t));
 }
 
-TEST_CASE("evaluate is the mean of GPT::forward over the loader's batches from its start, in whole batches",
+TEST_CASE("evaluate is the mean token loss over every sequence of the val shards in file order, whatever the batch",
           "[trainer][evaluate]") {
   const uint32_t seed = fresh_seed();
   INFO("init seed and token-budget seed " << seed);
   TempDir tmp("evaluate");
-  write_markov_shards(tmp.path() / "data", 64, 8000, 3000);
-  Config c = tiny_config(tmp.path() / "data", tmp.path() / "run");
+  const fs::path data = tmp.path() / "data";
+  write_markov_shards(data, 64, 8000, 3000);
+  // A second val shard of 5 sequences and a bit, and a third too short for
+  // any (16 + 1 tokens make one).
+  srgpt::write_token_shard((data / "val_000001.bin").string(), markov_tokens(5 * 16 + 7, 64, seed));
+  srgpt::write_token_shard((data / "val_000002.bin").string(), markov_tokens(16, 64, seed + 1));
+  Config c = tiny_config(data, tmp.path() / "run");
   c.train.seed = seed;
   Trainer t(c, single_quiet());
   GPT& model = t.model();
-  const int64_t per_batch = int64_t(c.batch.micro_batch) * c.batch.seq_len;
+  const int B = c.batch.micro_batch, T = c.batch.seq_len;
+  const TokenLoader samples = val_loader_like_trainer(c);
 
-  // The reference: each batch's forward loss, from a second loader built
-  // the same way, summed in batch order as evaluate documents no other.
-  TokenLoader reference_loader = val_loader_like_trainer(c);
-  const int64_t all = reference_loader.batches_per_epoch();
-  REQUIRE(all >= 4);
-  std::vector<double> batch_loss;
-  std::vector<int32_t> in(static_cast<size_t>(per_batch)), tg(in.size());
-  for (int64_t i = 0; i < all; ++i) {
-    reference_loader.next_batch(in.data(), tg.data());
-    batch_loss.push_back(model.forward(in.data(), tg.data()));
-  }
-  auto mean_of_first = [&](int64_t batches) {
+  // The reference: each sequence alone in row 0 of a batch (rows are
+  // computed independently), in file order.
+  std::vector<double> sequence_loss;
+  std::vector<int32_t> in(size_t(B) * size_t(T), 0), tg(in.size(), 0);
+  for (size_t shard = 0; shard < 3; ++shard)
+    for (int64_t i = 0; i < samples.shard_samples(shard); ++i) {
+      samples.read_sample(shard, i, in.data(), tg.data());
+      sequence_loss.push_back(model.loss_sum(in.data(), tg.data(), 1));
+    }
+  const int64_t all = int64_t(sequence_loss.size());
+  REQUIRE(all == (3000 - 1) / 16 + 5);
+  auto mean_of_first = [&](int64_t n) {
     double sum = 0;
-    for (int64_t i = 0; i < batches; ++i) sum += batch_loss[size_t(i)];
-    return sum / double(batches);
+    for (int64_t i = 0; i < n; ++i) sum += sequence_loss[size_t(i)];
+    return sum / double(n * T);
   };
 
+  ActivationOptions forward_only;
+  forward_only.for_backward = false;
+  GPT batch_of_3(c.model, t.params(), 3, T, forward_only);
   std::mt19937 rng(seed);
-  TokenLoader loader = val_loader_like_trainer(c);
-  const int64_t random_budget = 1 + int64_t(rng() % uint64_t(all * per_batch));
-  // max_tokens -> whole batches: 0 means all, less than one batch still
-  // evaluates one, a partial batch is dropped, more than the split is all.
-  const std::vector<std::pair<int64_t, int64_t>> cases{
-      {0, all},
-      {1, 1},
-      {per_batch - 1, 1},
-      {per_batch, 1},
-      {3 * per_batch + per_batch / 2, 3},
-      {(all + 5) * per_batch, all},
-      {random_budget, std::max<int64_t>(1, random_budget / per_batch)}};
-  for (const auto& [max_tokens, batches] : cases) {
-    INFO("max_tokens " << max_tokens << ", expecting " << batches << " batches");
-    // Advance the loader first: evaluate starts from the split's start.
-    loader.next_batch(in.data(), tg.data());
-    const EvalResult r = evaluate(model, loader, max_tokens);
-    CHECK(r.tokens == batches * per_batch);
-    // Same forward, same additions in the same order: the same bits.
-    const double want = mean_of_first(batches);
-    INFO("evaluate " << r.loss << " by hand " << want);
-    CHECK(std::memcmp(&r.loss, &want, sizeof(double)) == 0);
-    CHECK(r.perplexity() == std::exp(r.loss));
-  }
-  // The batches differ, so a mean over the wrong batches would show.
-  CHECK(batch_loss[0] != batch_loss[1]);
-  CHECK(mean_of_first(3) != mean_of_first(all));
+  const int64_t random_budget = 1 + int64_t(rng() % uint64_t(all * T));
+  // max_tokens -> whole sequences: 0 means all, less than one sequence
+  // still evaluates one, a partial one is dropped, more than the split is all.
+  const std::vector<std::pair<int64_t, int64_t>> cases{{0, all},
+                                                       {1, 1},
+                                                       {T - 1, 1},
+                                                       {T, 1},
+                                                       {3 * T + T / 2, 3},
+                                                       {(all + 5) * T, all},
+                                                       {random_budget, std::max<int64_t>(1, random_budget / T)}};
+  for (const auto& [max_tokens, sequences] : cases)
+    for (GPT* evaluated : {&model, &batch_of_3}) {
+      INFO("max_tokens " << max_tokens << ", expecting " << sequences << " sequences, batch " << evaluated->batch());
+      const EvalResult r = evaluate(*evaluated, samples, max_tokens);
+      CHECK(r.tokens == sequences * T);
+      // The same token losses, summed in another grouping.
+      const double want = mean_of_first(sequences);
+      INFO("evaluate " << r.loss << " by hand " << want);
+      CHECK(std::fabs(r.loss - want) <= 1e-13 * want);
+      CHECK(r.perplexity() == std::exp(r.loss));
+    }
+  // The sequences differ, so a mean over the wrong ones would show.
+  CHECK(sequence_loss[0] != sequence_loss[1]);
+  CHECK(std::fabs(mean_of_first(all - 1) - mean_of_first(all)) > 1e-6);
 }
 
 TEST_CASE("a resume keeps metrics.jsonl's whole step lines up to its checkpoint and drops damaged ones",
