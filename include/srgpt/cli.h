@@ -39,6 +39,10 @@ CLI::Validator real_number();
 // pass instead: "an empty path; pass <expected>".
 CLI::Validator non_empty_path(const std::string& expected);
 
+// Warns on stderr that `option`, given on the command line, has no effect in
+// this run, and why (--tokenizer-dir with the byte tokenizer, say).
+void warn_unused_option(const CLI::Option& option, const std::string& why);
+
 // The checkpoint argument of eval, sample, export and info, required: given
 // as `--checkpoint DIR` or as DIR alone (a checkpoint or a run directory).
 CLI::Option* add_checkpoint_option(CLI::App& cmd, std::string& checkpoint);

@@ -4,8 +4,10 @@
 #include <string>
 
 #include "srgpt/cli.h"
+#include "srgpt/error.h"
 #include "srgpt/hf_export.h"
 #include "srgpt/sample.h"
+#include "srgpt/tokenizer.h"
 #include "srgpt/trainer.h"
 
 namespace srgpt {
@@ -27,15 +29,16 @@ void add_export_command(CLI::App& app) {
   cmd->add_option("--dtype", args->dtype, "Data type of the weights: f32, or bf16 (rounded to nearest)")
       ->check(CLI::IsMember({"f32", "bf16"}))
       ->capture_default_str();
-  cmd->add_option("--tokenizer-dir", args->options.tokenizer_dir,
-                  "Directory with GPT-2's encoder.json and vocab.bpe, copied as vocab.json and merges.txt for a "
-                  "50257-token model or a padded one such as 50304 (default data/tokenizer/gpt2)");
+  const CLI::Option* tokenizer_dir =
+      cmd->add_option("--tokenizer-dir", args->options.tokenizer_dir,
+                      "Directory with GPT-2's encoder.json and vocab.bpe, copied as vocab.json and merges.txt for a "
+                      "50257-token model or a padded one such as 50304 (default data/tokenizer/gpt2)");
   cmd->footer(
       "Writes model.safetensors (transformer.* names, Conv1D [in, out] matrices, the real vocabulary rows of\n"
       "wte, no lm_head since it is tied), config.json (GPT2Config) and, for the GPT-2 vocabulary, the tokenizer\n"
       "files, so that transformers.GPT2LMHeadModel.from_pretrained(OUT) loads the model. Each file is written\n"
       "to a temporary name and renamed. Exporting bf16 weights as f32 is exact. See docs/formats.md.");
-  cmd->callback([args]() {
+  cmd->callback([args, tokenizer_dir]() {
     parse_dtype(args->dtype, &args->options.dtype);
     const std::filesystem::path checkpoint = resolve_checkpoint_dir(args->checkpoint);
     ModelConfig model;
@@ -47,6 +50,9 @@ void add_export_command(CLI::App& app) {
       weights = weights_as_float(*lm.params);
       step = lm.step;
     }
+    if (!model_vocabulary_fits(model.vocab_size, kGpt2VocabSize))
+      warn_unused_option(*tokenizer_dir, fmt::format("a {}-token model gets no GPT-2 tokenizer files",
+                                                     model.vocab_size));
     for (const auto& file : export_hf(model, weights, args->out, args->options))
       std::printf("wrote %s\n", file.string().c_str());
     std::printf("exported %s (step %lld) as %s\n", checkpoint.string().c_str(), static_cast<long long>(step),

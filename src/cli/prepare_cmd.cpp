@@ -35,8 +35,9 @@ void add_prepare_command(CLI::App& app) {
   cmd->add_option("--tokenizer", options.tokenizer, "Tokenizer: gpt2 or byte")
       ->check(CLI::IsMember({"gpt2", "byte"}))
       ->capture_default_str();
-  cmd->add_option("--tokenizer-dir", options.tokenizer_dir,
-                  "Directory with GPT-2's encoder.json and vocab.bpe (default data/tokenizer/gpt2)");
+  const CLI::Option* tokenizer_dir =
+      cmd->add_option("--tokenizer-dir", options.tokenizer_dir,
+                      "Directory with GPT-2's encoder.json and vocab.bpe (default data/tokenizer/gpt2)");
   cmd->add_option("--out", options.out_dir, "Output directory for the shards and summary.json")
       ->required()
       ->check(non_empty_path("the directory to write the shards to"));
@@ -54,7 +55,8 @@ void add_prepare_command(CLI::App& app) {
       ->check(integer_at_least<uint64_t>(0))
       ->capture_default_str();
   cmd->add_flag("--no-progress", args->no_progress, "Print no progress on stderr");
-  cmd->callback([args]() {
+  cmd->callback([args, tokenizer_dir]() {
+    if (args->options.tokenizer == "byte") warn_unused_option(*tokenizer_dir, "the byte tokenizer reads no files");
     args->options.split = parse_document_split(args->split);
     args->options.show_progress = !args->no_progress;
     const PrepareSummary summary = prepare_dataset(args->options);

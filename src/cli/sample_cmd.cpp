@@ -79,18 +79,20 @@ void add_sample_command(CLI::App& app) {
                   "gpt2 or byte (default: byte for a 256-token model, gpt2 for a 50257-token one or a padded one "
                   "such as 50304)")
       ->check(CLI::IsMember({"gpt2", "byte"}));
-  cmd->add_option("--tokenizer-dir", args->tokenizer_dir,
-                  "Directory with GPT-2's encoder.json and vocab.bpe (default data/tokenizer/gpt2)");
+  const CLI::Option* tokenizer_dir = cmd->add_option(
+      "--tokenizer-dir", args->tokenizer_dir,
+      "Directory with GPT-2's encoder.json and vocab.bpe (default data/tokenizer/gpt2)");
   cmd->footer(
       "Prints the prompt and its continuation on stdout as they are generated; why generation stopped goes to\n"
       "stderr. Generation ends after --tokens tokens, at the end-of-text token (not printed), or when prompt +\n"
       "continuation fill the model's context (model.max_seq_len): srgpt does not slide the window. The model\n"
       "runs on the host in fp32 with a key/value cache, so each new token costs time linear in its position.");
-  cmd->callback([args]() {
+  cmd->callback([args, tokenizer_dir]() {
     require_valid_temperature(args->options.temperature);
     Gpt2Decoder decoder = load_decoder(resolve_checkpoint_dir(args->checkpoint));
     const ModelConfig& model = decoder.config();
     std::unique_ptr<Tokenizer> tokenizer = tokenizer_for(args->tokenizer, args->tokenizer_dir, model.vocab_size);
+    if (tokenizer->name() == "byte") warn_unused_option(*tokenizer_dir, "the byte tokenizer reads no files");
 
     std::vector<uint32_t> prompt = tokenizer->encode(args->prompt, true);
     if (prompt.empty()) prompt.push_back(tokenizer->eot_token());

@@ -603,7 +603,7 @@ TEST_CASE("device emulator: timing events give the host time of the work between
   REQUIRE(cudaStreamDestroy(stream) == cudaSuccess);
 }
 
-TEST_CASE("device emulator: work that is not ready stays queued; queries answer not ready, a synchronisation is a "
+TEST_CASE("device emulator: work that is not ready stays queued, queries answer not ready, a synchronisation is a "
           "fault",
           "[emulated]") {
   emulation::set_schedule(Schedule{false, false});

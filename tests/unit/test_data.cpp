@@ -482,7 +482,7 @@ TEST_CASE("invalid loader positions and sizes are errors", "[data]") {
   CHECK(same_position(srgpt::loader_position_from_json(srgpt::to_json({7, 1, 3})), LoaderPosition{7, 1, 3}));
 }
 
-TEST_CASE("shards too small for one global batch are passed over; an error when every shard is", "[data]") {
+TEST_CASE("shards too small for one global batch are passed over, and an error when every shard is", "[data]") {
   TempDir tmp("data-small");
   const int B = 4, T = 16, world = 2;
   // world*B*T+1 = 129 tokens hold one global batch. Shards 0, 2 and 4 are

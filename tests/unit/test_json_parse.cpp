@@ -75,7 +75,7 @@ TEST_CASE("parse_json names the origin, the reason and what was expected", "[jso
   CHECK(srgpt::parse_json(R"({"a": {"k": 1}, "b": {"k": 2}, "k": [{"k": 3}, {"k": 4}]})", "ok.json").size() == 3);
 }
 
-TEST_CASE("error messages show control characters as \\xNN, so a NUL cannot cut them", "[json]") {
+TEST_CASE("error messages show control characters as hex escapes, so a NUL cannot cut them", "[json]") {
   const srgpt::Error e("unknown key 'n_layer\0x\x1b[31m'\n\tnext line"s);
   CHECK(std::string(e.what()) == "unknown key 'n_layer\\x00x\\x1b[31m'\n\tnext line");
   CHECK(std::string(srgpt::Error("caf\xc3\xa9").what()) == "caf\xc3\xa9");  // UTF-8 is kept

@@ -436,6 +436,23 @@ TEST_CASE("srgpt sample and eval through the binary: text, determinism, bits per
     CHECK(resumed.output.find("replaces the") == std::string::npos);
   }
 
+  SECTION("--tokenizer-dir where no GPT-2 tokenizer is used is warned about") {
+    const std::string dir = " --tokenizer-dir " + shell_quoted(std::string(SRGPT_SOURCE_DIR) + "/data/tokenizer/gpt2");
+    const std::string unused = "srgpt: warning: --tokenizer-dir is not used: ";
+    auto prepared = run_command(bin + " prepare --input " + tmp.str("corpus.txt") + " --tokenizer byte --no-progress "
+                                "--out " + tmp.str("data-dir") + dir);
+    CHECK(prepared.exit_code == 0);
+    CHECK(prepared.output.find(unused + "the byte tokenizer reads no files") != std::string::npos);
+    auto sampled = run_command(bin + " sample" + checkpoint + " --tokens 0" + dir);
+    CHECK(sampled.exit_code == 0);
+    CHECK(sampled.output.find(unused + "the byte tokenizer reads no files") != std::string::npos);
+    auto exported = run_command(bin + " export" + checkpoint + " --out " + tmp.str("hf") + dir);
+    CHECK(exported.exit_code == 0);
+    CHECK(exported.output.find(unused + "a 256-token model gets no GPT-2 tokenizer files") != std::string::npos);
+    // Without the option: no warning.
+    CHECK(run_command(bin + " sample" + checkpoint + " --tokens 0").output.find("warning") == std::string::npos);
+  }
+
   SECTION("sample prints the prompt and a continuation, reproducibly") {
     const std::string cmd = bin + " sample" + checkpoint + " --prompt 'the cat' --tokens 10 --seed 4";
     auto a = run_command(cmd);
