@@ -28,6 +28,7 @@
 #include "srgpt/posix_file.h"
 #include "srgpt/prepare.h"
 #include "srgpt/safetensors.h"
+#include "srgpt/sample.h"
 
 namespace srgpt {
 
@@ -656,9 +657,13 @@ Trainer::Trainer(Config config, TrainOptions options) : config_(std::move(config
   auto loader_for = [&](const std::string& pattern, const char* what, bool train) {
     const std::vector<std::string> files = expand_shard_pattern(pattern, what);
     if (rank == 0 && !options_.quiet) warn_of_other_vocabulary(files, config_.model.vocab_size, what);
-    auto loader = std::make_unique<TokenLoader>(files, train ? b.micro_batch : 1, b.seq_len, train ? rank : 0,
-                                                train ? world : 1, config_.model.vocab_size, train,
-                                                config_.train.seed);
+    std::unique_ptr<TokenLoader> loader;
+    try {
+      loader = std::make_unique<TokenLoader>(files, train ? b.micro_batch : 1, b.seq_len, train ? rank : 0,
+                                             train ? world : 1, config_.model.vocab_size, train, config_.train.seed);
+    } catch (const Error& e) {
+      fail("{}: {}", what, e.what());
+    }
     if (rank == 0 && !options_.quiet)
       if (const auto warning = loader->skipped_shards_warning(what)) spdlog::warn("{}", *warning);
     return loader;
@@ -1063,12 +1068,22 @@ LoadedModel load_model_for_inference(CheckpointReader& reader, int batch, int se
   activations.lm_head_chunks = int(std::min<int64_t>(lm.config.train.lm_head_chunks, int64_t(batch) * seq_len));
   activations.for_backward = false;
   lm.model = std::make_unique<GPT>(lm.config.model, *lm.params, batch, seq_len, activations);
-  lm.params->load_full_weights(read_layout_tensors(reader, "model.bin", lm.params->layout(), "", lm.backend->dtype()));
-  // Training never saves such weights (Trainer::save refuses), so they come
-  // from outside; every result computed from them would be NaN.
-  if (!lm.backend->all_finite(lm.params->weights(), lm.params->weight_bytes() / dtype_size(lm.backend->dtype())))
-    fail("checkpoint {}: its weights contain NaN or Inf", reader.dir().string());
+  const std::vector<char> weights = read_layout_tensors(reader, "model.bin", layout, "", lm.backend->dtype());
+  // Training never saves NaN or Inf weights (Trainer::save refuses), so they
+  // come from outside; every result computed from them would be NaN.
+  check_checkpoint_values(reader, "weights hold", layout, weights, lm.backend->dtype(), false);
+  lm.params->load_full_weights(weights);
   return lm;
+}
+
+std::vector<float> trained_weights_as_float(CheckpointReader& reader, LoadedModel& lm) {
+  if (!has_master_weights(lm.config.precision)) return weights_as_float(*lm.params);
+  const Layout& layout = lm.params->layout();
+  const std::vector<char> master = read_optimizer_state(reader, "master", DType::f32, lm.config.model, layout);
+  check_checkpoint_values(reader, "optimizer state \"master\" holds", layout, master, DType::f32, false);
+  std::vector<float> weights(layout.total());
+  std::memcpy(weights.data(), master.data(), weights.size() * sizeof(float));
+  return weights;
 }
 
 void check_checkpoint_loads(CheckpointReader& reader) {

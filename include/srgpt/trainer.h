@@ -128,6 +128,12 @@ struct LoadedModel {
 LoadedModel load_model_for_inference(const std::filesystem::path& checkpoint_dir, int batch, int seq_len);
 LoadedModel load_model_for_inference(CheckpointReader& reader, int batch, int seq_len);
 
+// The checkpoint's model at the precision it is trained at, in fp32 and its
+// one-rank layout: a mixed run's fp32 master copy (model.bin holds the bf16
+// working copy rounded from it), else `lm`'s weights (model.bin's values).
+// `lm` is the checkpoint's, from load_model_for_inference. What export writes.
+std::vector<float> trained_weights_as_float(CheckpointReader& reader, LoadedModel& lm);
+
 // Everything a resume reads from a checkpoint, read and checked without a
 // training config: the state's fields, the weights (finite, in a model)
 // and each optimizer-state buffer of its precision (finite, re-assembled

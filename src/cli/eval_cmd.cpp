@@ -1,12 +1,14 @@
 #include <cmath>
 #include <cstdio>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include <nlohmann/json.hpp>
 
 #include "srgpt/cli.h"
 #include "srgpt/data.h"
+#include "srgpt/error.h"
 #include "srgpt/prepare.h"
 #include "srgpt/trainer.h"
 
@@ -34,13 +36,19 @@ void add_eval_command(CLI::App& app) {
               "plus \"bits_per_byte\" when the shards were written by `srgpt prepare` (its summary.json gives the\n"
               "split's bytes per token): bits_per_byte = loss / ln(2) / bytes_per_token.\n"
               "Sequences are the non-overlapping windows of seq_len + 1 tokens at multiples of seq_len in each\n"
-              "shard, in file order; all of them (the last batch may be partial), so --batch changes only the speed.\n"
+              "shard, in file order; all of them (the last batch may be partial, and is computed at full size), so\n"
+              "--batch changes only the speed and memory, not the result.\n"
               "Training's val loss is measured on the same sequences (train.eval_tokens as --max-tokens).");
   cmd->callback([args]() {
     LoadedModel lm = load_model_for_inference(resolve_checkpoint_dir(args->checkpoint), args->batch, args->seq_len);
     const std::vector<std::string> files = expand_shard_pattern(args->data, "--data");
-    TokenLoader loader(files, 1, lm.model->seq_len(), 0, 1, lm.config.model.vocab_size, false, 0);
-    if (const auto warning = loader.skipped_shards_warning("--data"))
+    std::optional<TokenLoader> loader;
+    try {
+      loader.emplace(files, 1, lm.model->seq_len(), 0, 1, lm.config.model.vocab_size, false, 0);
+    } catch (const Error& e) {
+      fail("--data: {}", e.what());
+    }
+    if (const auto warning = loader->skipped_shards_warning("--data"))
       std::fprintf(stderr, "srgpt: warning: %s\n", warning->c_str());
     // Read before the evaluation, so a damaged summary.json stops it at once.
     const std::optional<PreparedSplit> prepared = prepared_split(files);
@@ -49,7 +57,7 @@ void add_eval_command(CLI::App& app) {
       if (const auto warning =
               vocabulary_mismatch(*prepared, lm.config.model.vocab_size, "--data", ShardUse::evaluation))
         std::fprintf(stderr, "srgpt: warning: %s\n", warning->c_str());
-    EvalResult r = evaluate(*lm.model, loader, args->max_tokens);
+    EvalResult r = evaluate(*lm.model, *loader, args->max_tokens);
     // Finite weights can still overflow the forward pass (a diverged run's).
     if (!std::isfinite(r.loss))
       fail("checkpoint at step {}: its mean loss over {} tokens is {}: its weights are finite but overflow the "

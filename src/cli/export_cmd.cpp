@@ -3,6 +3,7 @@
 #include <memory>
 #include <string>
 
+#include "srgpt/checkpoint.h"
 #include "srgpt/cli.h"
 #include "srgpt/error.h"
 #include "srgpt/hf_export.h"
@@ -37,7 +38,8 @@ void add_export_command(CLI::App& app) {
       "Writes model.safetensors (transformer.* names, Conv1D [in, out] matrices, the real vocabulary rows of\n"
       "wte, no lm_head since it is tied), config.json (GPT2Config) and, for the GPT-2 vocabulary, the tokenizer\n"
       "files, so that transformers.GPT2LMHeadModel.from_pretrained(OUT) loads the model. Each file is written\n"
-      "to a temporary name and renamed. Exporting bf16 weights as f32 is exact. See docs/formats.md.");
+      "to a temporary name and renamed. Exporting bf16 weights as f32 is exact; a mixed-precision checkpoint\n"
+      "exports its fp32 master weights. See docs/formats.md.");
   cmd->callback([args, tokenizer_dir]() {
     parse_dtype(args->dtype, &args->options.dtype);
     const std::filesystem::path checkpoint = resolve_checkpoint_dir(args->checkpoint);
@@ -45,9 +47,10 @@ void add_export_command(CLI::App& app) {
     std::vector<float> weights;
     int64_t step = 0;
     {
-      LoadedModel lm = load_model_for_inference(checkpoint, 1, 1);
+      CheckpointReader reader(checkpoint);
+      LoadedModel lm = load_model_for_inference(reader, 1, 1);
       model = lm.config.model;
-      weights = weights_as_float(*lm.params);
+      weights = trained_weights_as_float(reader, lm);
       step = lm.step;
     }
     if (!model_vocabulary_fits(model.vocab_size, kGpt2VocabSize))

@@ -23,15 +23,16 @@ std::unique_ptr<Tokenizer> tokenizer_for(const std::string& name, const std::str
     else
       fail("the model's vocabulary has {} tokens, which fits neither built-in tokenizer (gpt2: {}, byte: {}), so "
            "srgpt cannot turn a prompt into its tokens or its tokens into text; sample needs a model trained with "
-           "model.vocab_size {} or {} (or {} rounded up to a multiple of a power of two from 8 to 1024, such as "
-           "50304)",
+           "model.vocab_size {} or {} (or {} rounded up to a multiple of a power of two from 8 to 1024 below it, "
+           "such as 50304)",
            model_vocab, kGpt2VocabSize, ByteTokenizer().vocab_size(), kGpt2VocabSize, ByteTokenizer().vocab_size(),
            kGpt2VocabSize);
   }
   std::unique_ptr<Tokenizer> tokenizer = make_tokenizer(chosen, dir);
   if (!model_vocabulary_fits(model_vocab, tokenizer->vocab_size()))
     fail("--tokenizer {} has {} tokens, but the model's vocabulary (model.vocab_size) has {}; the model's must be "
-         "the tokenizer's, or that rounded up to a multiple of a power of two from 8 to 1024 (50304 for gpt2)",
+         "the tokenizer's, or that rounded up to a multiple of a power of two from 8 to 1024 below it (50304 for "
+         "gpt2; none for byte)",
          chosen, tokenizer->vocab_size(), model_vocab);
   return tokenizer;
 }
@@ -83,10 +84,11 @@ void add_sample_command(CLI::App& app) {
       "--tokenizer-dir", args->tokenizer_dir,
       "Directory with GPT-2's encoder.json and vocab.bpe (default data/tokenizer/gpt2)");
   cmd->footer(
-      "Prints the prompt and its continuation on stdout as they are generated; why generation stopped goes to\n"
-      "stderr. Generation ends after --tokens tokens, at the end-of-text token (not printed), or when prompt +\n"
-      "continuation fill the model's context (model.max_seq_len): srgpt does not slide the window. The model\n"
-      "runs on the host in fp32 with a key/value cache, so each new token costs time linear in its position.");
+      "Prints the prompt and its continuation on stdout as they are generated, then a newline; why generation\n"
+      "stopped goes to stderr. Generation ends after --tokens tokens, at the end-of-text token (not printed),\n"
+      "or when prompt + continuation fill the model's context (model.max_seq_len): srgpt does not slide the\n"
+      "window. The model runs on the host in fp32 with a key/value cache, so each new token costs time linear\n"
+      "in its position.");
   cmd->callback([args, tokenizer_dir]() {
     require_valid_temperature(args->options.temperature);
     Gpt2Decoder decoder = load_decoder(resolve_checkpoint_dir(args->checkpoint));

@@ -655,15 +655,17 @@ TEST_CASE("non-finite values in a checkpoint are refused where they are read", "
   // The files are intact (before: eval printed "loss nan" and a null
   // perplexity with exit 0, export wrote a NaN model).
   CHECK(run_command(bin + " info " + nan_weights).exit_code == 0);
-  expect_error("info --verify of NaN weights", bin + " info --verify " + nan_weights,
-               {"nan_weights", "weights contain NaN or Inf"});
-  expect_error("eval of NaN weights", bin + " eval --checkpoint " + nan_weights + eval_data,
-               {"weights contain NaN or Inf"});
+  // Each names the tensor and element, as a resume does (they used to say
+  // only "its weights contain NaN or Inf").
+  const std::string named = "its weights hold nan at element ";
+  const std::string where = "(h.1.mlp.c_fc.weight[7])";
+  expect_error("info --verify of NaN weights", bin + " info --verify " + nan_weights, {"nan_weights", named, where});
+  expect_error("eval of NaN weights", bin + " eval --checkpoint " + nan_weights + eval_data, {named, where});
   expect_error("export of NaN weights", bin + " export --checkpoint " + nan_weights + " --out " + f.tmp.str("nan_hf"),
-               {"weights contain NaN or Inf"});
+               {named, where});
   CHECK_FALSE(std::filesystem::exists(f.tmp.path() / "nan_hf" / "model.safetensors"));
   expect_error("sample from NaN weights", bin + " sample --checkpoint " + nan_weights + " --tokens 4",
-               {"weights contain NaN or Inf"});
+               {named, where});
 
   // Finite weights that overflow the forward pass (a diverged run's): eval
   // used to print a NaN loss, null in its JSON, and exit 0.

@@ -411,6 +411,17 @@ TEST_CASE("srgpt sample and eval through the binary: text, determinism, bits per
     REQUIRE(evaluated.exit_code == 0);
     CHECK(evaluated.output.find("srgpt: warning: --data: 1 of its 2 shards hold less than one sequence, 17 tokens "
                                 "(seq_len 16 + 1)" + passed_over) != std::string::npos);
+    // With that shard alone: an error naming the option or key it came from.
+    const std::string none = "no token shard holds one sequence, 17 tokens (seq_len 16 + 1)";
+    auto no_sequence = run_command(bin + " eval" + checkpoint + " --data " + tmp.str("data-small/train_000001.bin"));
+    CHECK(no_sequence.exit_code == 1);
+    CHECK(no_sequence.output.find("srgpt: error: --data: " + none) != std::string::npos);
+    small.data.val = tmp.str("data-small/train_000001.bin");
+    small.out_dir = tmp.str("run-small-val");
+    std::ofstream(tmp.str("run-small-val.json")) << srgpt::config_to_json(small).dump(2);
+    auto no_val = run_command(bin + " train --config " + tmp.str("run-small-val.json"));
+    CHECK(no_val.exit_code == 1);
+    CHECK(no_val.output.find("data.val: " + none) != std::string::npos);
   }
 
   SECTION("train warns when it drops metrics.jsonl lines of an earlier run or damaged ones") {
