@@ -319,7 +319,8 @@ void TokenLoader::seek(const LoaderPosition& p) {
   if (p.epoch < 0 || p.epoch == std::numeric_limits<int64_t>::max() || p.shard < 0 || p.shard >= n || p.sample < 0)
     fail("token loader: position (epoch {}, shard {}, sample {}) is out of range ({} shards; epochs below 2^63-1)",
          p.epoch, p.shard, p.sample, n);
-  const TokenShard& shard = shards_[size_t(shard_order(p.epoch)[size_t(p.shard)])];
+  std::vector<int64_t> order = shard_order(p.epoch);
+  const TokenShard& shard = shards_[size_t(order[size_t(p.shard)])];
   const int64_t samples = samples_in(shard, T_);
   if (p.sample > samples)
     fail("token loader: position (epoch {}, shard {}, sample {}) is past the end of shard {} ({} samples)", p.epoch,
@@ -328,7 +329,6 @@ void TokenLoader::seek(const LoaderPosition& p) {
   // Shards too small for a global batch are passed over; the constructor
   // made sure one is not, so this ends within an epoch's worth of shards.
   LoaderPosition target = p;
-  std::vector<int64_t> order = shard_order(target.epoch);
   while (samples_in(shards_[size_t(order[size_t(target.shard)])], T_) - target.sample < int64_t(world_) * B_) {
     target.sample = 0;
     if (++target.shard == n) {

@@ -322,6 +322,15 @@ void check_checkpoint_values(const CheckpointReader& reader, const std::string& 
   }
 }
 
+// model.bin's tensors as a full flat buffer in `layout`. Training never
+// saves NaN or Inf weights (Trainer::save refuses), so they come from
+// outside: an error naming the tensor and element, before any use.
+std::vector<char> read_finite_weights(CheckpointReader& reader, const Layout& layout, DType dtype) {
+  std::vector<char> weights = read_layout_tensors(reader, "model.bin", layout, "", dtype);
+  check_checkpoint_values(reader, "weights hold", layout, weights, dtype, false);
+  return weights;
+}
+
 }  // namespace
 
 // A full flat optimizer-state buffer, in `layout`, from a checkpoint written
@@ -847,9 +856,7 @@ void Trainer::load(CheckpointReader& reader) {
   // world size with the same global batch.
   if (train_loader_) train_loader_->seek(saved.train_loader);
   const Layout& layout = params_->layout();
-  const std::vector<char> weights = read_layout_tensors(reader, "model.bin", layout, "", backend_->dtype());
-  check_checkpoint_values(reader, "weights hold", layout, weights, backend_->dtype(), false);
-  params_->load_full_weights(weights);
+  params_->load_full_weights(read_finite_weights(reader, layout, backend_->dtype()));
   for (const StateBuffer& s : optimizer_->state_buffers()) {
     std::vector<char> full = read_optimizer_state(reader, s.name, s.dtype, config_.model, layout);
     check_checkpoint_values(reader, "optimizer state \"" + s.name + "\" holds", layout, full, s.dtype, s.name == "v");
@@ -1068,11 +1075,7 @@ LoadedModel load_model_for_inference(CheckpointReader& reader, int batch, int se
   activations.lm_head_chunks = int(std::min<int64_t>(lm.config.train.lm_head_chunks, int64_t(batch) * seq_len));
   activations.for_backward = false;
   lm.model = std::make_unique<GPT>(lm.config.model, *lm.params, batch, seq_len, activations);
-  const std::vector<char> weights = read_layout_tensors(reader, "model.bin", layout, "", lm.backend->dtype());
-  // Training never saves NaN or Inf weights (Trainer::save refuses), so they
-  // come from outside; every result computed from them would be NaN.
-  check_checkpoint_values(reader, "weights hold", layout, weights, lm.backend->dtype(), false);
-  lm.params->load_full_weights(weights);
+  lm.params->load_full_weights(read_finite_weights(reader, layout, lm.backend->dtype()));
   return lm;
 }
 
