@@ -5,6 +5,7 @@
 #include <fstream>
 #include <functional>
 #include <iterator>
+#include <limits>
 #include <set>
 #include <string>
 #include <vector>
@@ -616,10 +617,13 @@ TEST_CASE("a resume that would change the data order is refused, a moved dataset
 namespace {
 
 // Copies `from` to `to` with element `index` of tensor `tensor` in `file`
-// replaced by `bits` (a 2-byte bf16 pattern), and the file's CRC-32 in the
-// manifest updated to match: a checkpoint intact on disk whose values are not.
+// replaced by `bits` (a bf16 bit pattern as uint16_t, an f32 value as
+// float), and the file's CRC-32 in the manifest updated to match: a
+// checkpoint intact on disk whose values are not.
+template <typename Bits>
 void copy_with_element(const std::string& from, const std::string& to, const std::string& file,
-                       const std::string& tensor, size_t index, uint16_t bits) {
+                       const std::string& tensor, size_t index, Bits bits) {
+  static_assert(sizeof(Bits) == 2 || sizeof(Bits) == 4);
   std::filesystem::copy(from, to);
   nlohmann::json m = nlohmann::json::parse(std::ifstream(to + "/manifest.json"));
   bool found = false;
@@ -627,11 +631,11 @@ void copy_with_element(const std::string& from, const std::string& to, const std
     if (f["name"] != file) continue;
     for (const auto& t : f["tensors"]) {
       if (t["name"] != tensor) continue;
-      REQUIRE(t["dtype"] == "bf16");
+      REQUIRE(t["dtype"] == (sizeof(Bits) == 2 ? "bf16" : "f32"));
       found = true;
       std::fstream out(to + "/" + file, std::ios::in | std::ios::out | std::ios::binary);
-      out.seekp(std::streamoff(t["offset"].get<uint64_t>() + 2 * index));
-      out.write(reinterpret_cast<const char*>(&bits), 2);
+      out.seekp(std::streamoff(t["offset"].get<uint64_t>() + sizeof(Bits) * index));
+      out.write(reinterpret_cast<const char*>(&bits), sizeof(Bits));
     }
     std::ifstream in(to + "/" + file, std::ios::binary);
     const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -695,6 +699,20 @@ TEST_CASE("non-finite values in a checkpoint are refused where they are read", "
                                      bin + " train --config " + resume_into + " --resume-from " + negative_v})
     expect_error("a negative second moment", command,
                  {"optimizer state \"v\" holds -2 at element", "(wpe[5]), but Adam's second moment is never negative"});
+
+  // A mixed-precision checkpoint's fp32 master, which export writes: named
+  // as the other optimizer state is.
+  const std::string mixed_config =
+      f.config_with([&](auto& j) { j["precision"] = "mixed"; j["out_dir"] = f.tmp.str("mixed_run"); }, "mixed");
+  REQUIRE(run_command(bin + " train --config " + mixed_config).exit_code == 0);
+  const std::string nan_master = f.tmp.str("nan_master");
+  copy_with_element(f.tmp.str("mixed_run/checkpoints/step_00000004"), nan_master, "optim_rank00000.bin",
+                    "master/h.0.ln_1.weight", 2, std::numeric_limits<float>::quiet_NaN());
+  CHECK(run_command(bin + " eval --checkpoint " + nan_master + eval_data).exit_code == 0);  // eval reads model.bin
+  expect_error("export of a NaN master",
+               bin + " export --checkpoint " + nan_master + " --out " + f.tmp.str("nan_master_hf"),
+               {"optimizer state \"master\" holds nan at element", "(h.0.ln_1.weight[2])"});
+  CHECK_FALSE(std::filesystem::exists(f.tmp.path() / "nan_master_hf" / "model.safetensors"));
 
   // A state that contradicts its own config.
   const std::string mixed_label = f.tmp.str("mixed_label");
