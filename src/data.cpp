@@ -265,9 +265,12 @@ std::optional<std::string> TokenLoader::skipped_shards_warning(const std::string
     if (int64_t(shards_[i].size()) < global_batch_tokens()) skipped.push_back(i);
   if (skipped.empty()) return std::nullopt;
   const TokenShard& first = shards_[skipped.front()];
-  return fmt::format("{}: {} of its {} shards hold less than {} and are passed over, {} with {} tokens among them "
-                     "(srgpt prepare's last shard of a split holds what is left over and can be small)",
-                     what, skipped.size(), shards_.size(), global_batch_description(), first.path(), first.size());
+  constexpr const char* why = "(srgpt prepare's last shard of a split holds what is left over and can be small)";
+  if (skipped.size() == 1)
+    return fmt::format("{}: 1 of its {} shards holds less than {} and is passed over: {} with {} tokens {}", what,
+                       shards_.size(), global_batch_description(), first.path(), first.size(), why);
+  return fmt::format("{}: {} of its {} shards hold less than {} and are passed over, {} with {} tokens among them {}",
+                     what, skipped.size(), shards_.size(), global_batch_description(), first.path(), first.size(), why);
 }
 
 uint64_t TokenLoader::epoch_key(int64_t epoch) const { return combine(mix64(seed_), uint64_t(epoch)); }

@@ -570,6 +570,13 @@ std::unique_ptr<Communicator> make_communicator(Backend& backend, CommunicatorCh
 
 double EvalResult::perplexity() const { return std::exp(loss); }
 
+int64_t evaluation_samples(const TokenLoader& data, int64_t max_tokens) {
+  int64_t samples = 0;
+  const size_t shards = data.shard_tokens().size();
+  for (size_t i = 0; i < shards; ++i) samples += data.shard_samples(i);
+  return max_tokens > 0 ? std::min(samples, std::max<int64_t>(1, max_tokens / data.seq_len())) : samples;
+}
+
 EvalResult evaluate(GPT& model, const TokenLoader& data, int64_t max_tokens) {
   const int B = model.batch(), T = model.seq_len();
   if (data.seq_len() != T) fail("internal: evaluating a model of seq_len {} on samples of {}", T, data.seq_len());
@@ -578,8 +585,7 @@ EvalResult evaluate(GPT& model, const TokenLoader& data, int64_t max_tokens) {
   std::vector<int64_t> first_sample{0};
   for (size_t i = 0; i < data.shard_tokens().size(); ++i)
     first_sample.push_back(first_sample.back() + data.shard_samples(i));
-  int64_t samples = first_sample.back();
-  if (max_tokens > 0) samples = std::min(samples, std::max<int64_t>(1, max_tokens / T));
+  const int64_t samples = evaluation_samples(data, max_tokens);
   auto read = [&](int64_t sample, int32_t* inputs, int32_t* targets) {
     const size_t shard = size_t(std::upper_bound(first_sample.begin(), first_sample.end(), sample) -
                                 first_sample.begin() - 1);
@@ -1047,15 +1053,22 @@ LoadedModel load_model_for_inference(const fs::path& checkpoint_dir, int batch, 
   return load_model_for_inference(reader, batch, seq_len);
 }
 
+Config checkpoint_config(const CheckpointReader& reader) { return read_saved_state(reader).config; }
+
+int inference_seq_len(const Config& config, int seq_len) {
+  if (seq_len <= 0) return config.batch.seq_len;
+  if (seq_len > config.model.max_seq_len)
+    fail("sequence length {} exceeds the checkpoint's model.max_seq_len {}", seq_len, config.model.max_seq_len);
+  return seq_len;
+}
+
 LoadedModel load_model_for_inference(CheckpointReader& reader, int batch, int seq_len) {
   LoadedModel lm;
   const SavedState saved = read_saved_state(reader);
   lm.config = saved.config;
   lm.step = saved.step;
-  if (seq_len <= 0) seq_len = lm.config.batch.seq_len;
+  seq_len = inference_seq_len(lm.config, seq_len);
   if (batch <= 0) batch = lm.config.batch.micro_batch;
-  if (seq_len > lm.config.model.max_seq_len)
-    fail("sequence length {} exceeds the checkpoint's model.max_seq_len {}", seq_len, lm.config.model.max_seq_len);
   // model.bin must hold the model the state's config describes before that
   // model is allocated: its tensors lie inside the file, so a damaged
   // config (d_model 32 -> 4096) fails here instead of sizing gigabytes.

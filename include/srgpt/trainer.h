@@ -41,6 +41,8 @@ struct EvalResult {
 // sequences (the last may be partial) and all get the same mean. `data`'s
 // seq_len must be the model's; its batch, shuffle and position do not count.
 EvalResult evaluate(GPT& model, const TokenLoader& data, int64_t max_tokens);
+// How many sequences evaluate() reads from `data` for this max_tokens.
+int64_t evaluation_samples(const TokenLoader& data, int64_t max_tokens);
 
 struct TrainOptions {
   bool resume = false;  // continue from the newest checkpoint in out_dir
@@ -124,7 +126,13 @@ struct LoadedModel {
   std::unique_ptr<GPT> model;
   int64_t step = 0;
 };
-// Fails on weights that are not all finite.
+// The config a checkpoint was trained with.
+Config checkpoint_config(const CheckpointReader& reader);
+// The sequence length to run `config`'s model at: `seq_len`, or the
+// training's batch.seq_len when <= 0; fails past model.max_seq_len.
+int inference_seq_len(const Config& config, int seq_len);
+// Fails on weights that are not all finite. `batch` <= 0: the training's
+// batch.micro_batch; `seq_len` as inference_seq_len.
 LoadedModel load_model_for_inference(const std::filesystem::path& checkpoint_dir, int batch, int seq_len);
 LoadedModel load_model_for_inference(CheckpointReader& reader, int batch, int seq_len);
 

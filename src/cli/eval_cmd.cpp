@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <memory>
@@ -6,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "srgpt/checkpoint.h"
 #include "srgpt/cli.h"
 #include "srgpt/data.h"
 #include "srgpt/error.h"
@@ -36,18 +38,26 @@ void add_eval_command(CLI::App& app) {
               "plus \"bits_per_byte\" when the shards were written by `srgpt prepare` (its summary.json gives the\n"
               "split's bytes per token): bits_per_byte = loss / ln(2) / bytes_per_token.\n"
               "Sequences are the non-overlapping windows of seq_len + 1 tokens at multiples of seq_len in each\n"
-              "shard, in file order; all of them (the last batch may be partial, and is computed at full size), so\n"
+              "shard, in file order; all of them (the last batch may be partial, and is computed at full size; a\n"
+              "--batch above the number of sequences is lowered to it), so\n"
               "--batch changes only the speed and memory, not the result.\n"
               "Training's val loss is measured on the same sequences (train.eval_tokens as --max-tokens).");
   cmd->callback([args]() {
-    LoadedModel lm = load_model_for_inference(resolve_checkpoint_dir(args->checkpoint), args->batch, args->seq_len);
+    CheckpointReader reader(resolve_checkpoint_dir(args->checkpoint));
+    const Config trained = checkpoint_config(reader);
+    const int seq_len = inference_seq_len(trained, args->seq_len);
     const std::vector<std::string> files = expand_shard_pattern(args->data, "--data");
     std::optional<TokenLoader> loader;
     try {
-      loader.emplace(files, 1, lm.model->seq_len(), 0, 1, lm.config.model.vocab_size, false, 0);
+      loader.emplace(files, 1, seq_len, 0, 1, trained.model.vocab_size, false, 0);
     } catch (const Error& e) {
       fail("--data: {}", e.what());
     }
+    // No larger than the data: a batch of rows that would repeat sample 0
+    // costs memory and time for nothing.
+    const int64_t samples = evaluation_samples(*loader, args->max_tokens);
+    const int batch = int(std::min<int64_t>(args->batch > 0 ? args->batch : trained.batch.micro_batch, samples));
+    LoadedModel lm = load_model_for_inference(reader, batch, seq_len);
     if (const auto warning = loader->skipped_shards_warning("--data"))
       std::fprintf(stderr, "srgpt: warning: %s\n", warning->c_str());
     // Read before the evaluation, so a damaged summary.json stops it at once.

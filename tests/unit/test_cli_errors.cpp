@@ -842,12 +842,26 @@ TEST_CASE("running out of host memory is an error naming the command, never a cr
   }
   CHECK(out_of_memory > 0);
 
-  // A buffer the backend cannot get names itself and what to change (an
-  // eval --batch far too big said only "allocating N bytes for activations").
+  // A buffer the backend cannot get names itself and what to change (once
+  // only "allocating N bytes"): here a model of 37 GiB of weights.
   Fixture f;
-  expect_error("an eval batch beyond the host's memory",
-               memory_cap_prefix(2000) + srgpt_bin() + " eval " + f.run_dir + " --data '" + f.data +
-                   "/val_*.bin' --batch 1000000",
-               {"cpu backend: out of host memory allocating", "for activations; srgpt already holds",
-                "To need less memory: set train.recompute", "(srgpt eval: --batch and --seq-len)"});
+  const std::string huge = f.config_with(
+      [&](auto& j) {
+        j["model"]["d_model"] = 8192;
+        j["model"]["n_head"] = 64;
+        j["model"]["n_layer"] = 24;
+        j["out_dir"] = f.tmp.str("huge");
+      },
+      "huge");
+  expect_error("a model beyond the host's memory", memory_cap_prefix(2000) + srgpt_bin() + " train --config " + huge,
+               {"cpu backend: out of host memory allocating", "for weights; srgpt already holds",
+                "To need less memory: for srgpt eval, lower --batch or --seq-len; for training, set train.recompute"});
+  // An eval --batch beyond the data is lowered to the data's sequences, so
+  // it needs no more memory than that (it used to allocate for the whole
+  // --batch and fail here).
+  const CommandResult evaluated = run_command(memory_cap_prefix(2000) + srgpt_bin() + " eval " + f.run_dir +
+                                              " --data '" + f.data + "/val_*.bin' --batch 1000000");
+  INFO(evaluated.output);
+  CHECK(evaluated.exit_code == 0);
+  CHECK(contains(evaluated.output, "\"tokens\":2992"));
 }

@@ -528,8 +528,8 @@ TEST_CASE("shards too small for one global batch are passed over, and an error w
   const auto one_sequence =
       TokenLoader(corpus.files, 1, 64, 0, 1, int(kVocab), false, 0).skipped_shards_warning("data.val");
   REQUIRE(one_sequence);
-  CHECK(contains(*one_sequence, "data.val: 1 of its 5 shards hold less than one sequence, 65 tokens (seq_len 64 + 1) "
-                                "and are passed over, " + corpus.files[2] + " with 5 tokens"));
+  CHECK(contains(*one_sequence, "data.val: 1 of its 5 shards holds less than one sequence, 65 tokens (seq_len 64 + 1) "
+                                "and is passed over: " + corpus.files[2] + " with 5 tokens (srgpt prepare's"));
   CHECK_FALSE(TokenLoader({corpus.files[1], corpus.files[3]}, B, T, 0, world, int(kVocab), false, 0)
                   .skipped_shards_warning("data.train"));
 

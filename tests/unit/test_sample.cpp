@@ -403,13 +403,13 @@ TEST_CASE("srgpt sample and eval through the binary: text, determinism, bits per
     auto trained = run_command(bin + " train --config " + tmp.str("run-small.json"));
     INFO(trained.output);
     REQUIRE(trained.exit_code == 0);
-    const std::string passed_over = " and are passed over, " + tmp.str("data-small/train_000001.bin") + " with 3 tokens";
-    CHECK(trained.output.find("warning: data.train: 1 of its 2 shards hold less than one global batch, 65 tokens "
+    const std::string passed_over = " and is passed over: " + tmp.str("data-small/train_000001.bin") + " with 3 tokens";
+    CHECK(trained.output.find("warning: data.train: 1 of its 2 shards holds less than one global batch, 65 tokens "
                               "(world_size 1 x batch 4 x seq_len 16 + 1)" + passed_over) != std::string::npos);
     auto evaluated = run_command(bin + " eval" + checkpoint + " --data '" + tmp.str("data-small") + "/train_*.bin'");
     INFO(evaluated.output);
     REQUIRE(evaluated.exit_code == 0);
-    CHECK(evaluated.output.find("srgpt: warning: --data: 1 of its 2 shards hold less than one sequence, 17 tokens "
+    CHECK(evaluated.output.find("srgpt: warning: --data: 1 of its 2 shards holds less than one sequence, 17 tokens "
                                 "(seq_len 16 + 1)" + passed_over) != std::string::npos);
     // With that shard alone: an error naming the option or key it came from.
     const std::string none = "no token shard holds one sequence, 17 tokens (seq_len 16 + 1)";
