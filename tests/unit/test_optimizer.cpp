@@ -1,6 +1,8 @@
 // The optimizer against an independent AdamW: fp32 steps through Optimizer
 // and the cpu backend match an fp64 AdamW written here from PyTorch's
-// definition (torch.optim.AdamW), and weight decay applies to the tensors
+// definition (torch.optim.AdamW); bf16-sr steps round weights, m and v
+// stochastically, unbiased, with bits of their own that change with the
+// step and the seed; and weight decay applies to the tensors
 // docs/precision.md names.
 #include <cmath>
 #include <cstring>
@@ -10,6 +12,7 @@
 #include <vector>
 
 #include "catch.h"
+#include "srgpt/bf16.h"
 #include "srgpt/communicator.h"
 #include "srgpt/model.h"
 #include "srgpt/optimizer.h"
@@ -42,6 +45,87 @@ std::vector<float> floats_of(const std::vector<char>& bytes) {
   std::vector<float> f(bytes.size() / sizeof(float));
   std::memcpy(f.data(), bytes.data(), f.size() * sizeof(float));
   return f;
+}
+
+std::vector<float> floats_of_bf16(const std::vector<char>& bytes) {
+  std::vector<bf16> b(bytes.size() / sizeof(bf16));
+  std::memcpy(b.data(), bytes.data(), b.size() * sizeof(bf16));
+  std::vector<float> f;
+  for (bf16 x : b) f.push_back(bf16_to_float(x));
+  return f;
+}
+
+// A bf16-sr Optimizer's first step from zero state on a model whose weights
+// are all 1 and gradients all 1, taken as step t: each element has the same
+// fp32 results, so the elements are independent draws of the rounding.
+struct SrStepResult {
+  std::vector<float> w, m, v;  // the tensors' elements (no padding)
+};
+SrStepResult bf16_sr_step(const OptimizerConfig& oc, uint64_t seed, int64_t t, double lr, DType grad_dtype) {
+  ModelConfig cfg = small_model(2);
+  cfg.d_model = 32;
+  auto backend = make_cpu_backend(DType::bf16);
+  auto comm = make_single_process_communicator(*backend);
+  ParameterStore params(*backend, *comm, gpt2_param_layout(cfg, 1), 0, grad_dtype);
+  const size_t n = params.layout().total();
+  Optimizer opt(params, Precision::bf16_sr, oc, seed);
+  opt.set_weights(std::vector<float>(n, 1.0f));
+  if (grad_dtype == DType::f32) {
+    const std::vector<float> g(n, 1.0f);
+    backend->upload(params.grads(), g.data(), n * sizeof(float));
+  } else {
+    const std::vector<bf16> g(n, float_to_bf16_rn(1.0f));
+    backend->upload(params.grads(), g.data(), n * sizeof(bf16));
+  }
+  opt.step(t, lr, 1.0f);
+  const std::vector<float> w = floats_of_bf16(params.full_weights_on_host());
+  const std::vector<std::vector<char>> state = opt.state_on_host();
+  const std::vector<float> m = floats_of_bf16(state[0]), v = floats_of_bf16(state[1]);
+  SrStepResult r;
+  for (const TensorSpec& tensor : params.layout().tensors())
+    for (size_t i = tensor.offset; i < tensor.offset + tensor.numel; ++i) {
+      r.w.push_back(w[i]);
+      r.m.push_back(m[i]);
+      r.v.push_back(v[i]);
+    }
+  return r;
+}
+
+// The bf16 values either side of x > 0, and how far between them x lies:
+// the probability stochastic rounding gives the upper one.
+struct Bracket {
+  float low, high;
+  double up_probability;
+};
+Bracket bf16_bracket(double x) {
+  uint32_t bits;
+  const float f = float(x);
+  std::memcpy(&bits, &f, sizeof bits);
+  const uint32_t low_bits = bits & 0xffff0000u, high_bits = low_bits + 0x10000u;
+  float low, high;
+  std::memcpy(&low, &low_bits, sizeof low);
+  std::memcpy(&high, &high_bits, sizeof high);
+  return {low, high, (x - low) / (double(high) - low)};
+}
+
+// Which elements rounded up; every element must be one of x's two bf16
+// neighbours.
+std::vector<char> rounded_up(const std::vector<float>& values, const Bracket& b) {
+  std::vector<char> up;
+  size_t elsewhere = 0;
+  for (float x : values) {
+    up.push_back(x == b.high);
+    elsewhere += x != b.high && x != b.low;
+  }
+  CHECK(elsewhere == 0);
+  return up;
+}
+
+// The fraction of elements on which two rounding patterns agree.
+double agreement(const std::vector<char>& a, const std::vector<char>& b) {
+  size_t same = 0;
+  for (size_t i = 0; i < a.size(); ++i) same += a[i] == b[i];
+  return double(same) / double(a.size());
 }
 
 }  // namespace
@@ -153,4 +237,69 @@ TEST_CASE("fp32 AdamW steps through the optimizer match an fp64 AdamW to 1e-6", 
   CHECK(w_err < 1e-6);
   CHECK(m_err < 1e-6);
   CHECK(v_err < 1e-6);
+}
+
+TEST_CASE("bf16-sr steps through the optimizer round w, m and v stochastically, unbiased, with bits of their own "
+          "that change with the step and the seed", "[optimizer][sr]") {
+  OptimizerConfig oc;
+  oc.beta1 = 0.9;
+  oc.beta2 = 0.999;
+  oc.eps = 1e-8;
+  oc.weight_decay = 0.0;
+  const double lr = 1e-3;
+  std::random_device rd;
+  const uint64_t seed = rd();
+  INFO("seed " << seed);
+  // Step 1 from zero state with g = 1: m = 0.1, v = 0.001 and the update
+  // direction is 1, so w = 1 - lr; none is a bf16 value. At step 2 from
+  // zero state m and v are the same and only w's bias correction differs.
+  const Bracket m_at = bf16_bracket(1 - oc.beta1), v_at = bf16_bracket(1 - oc.beta2), w_at = bf16_bracket(1 - lr);
+  const double bc1 = 1 - oc.beta1 * oc.beta1, bc2 = 1 - oc.beta2 * oc.beta2;
+  const Bracket w2_at = bf16_bracket(1 - lr * ((1 - oc.beta1) / bc1) / (std::sqrt((1 - oc.beta2) / bc2) + oc.eps));
+  for (DType grad_dtype : {DType::bf16, DType::f32}) {
+    INFO("gradients in " << dtype_name(grad_dtype));
+    const SrStepResult first = bf16_sr_step(oc, seed, 1, lr, grad_dtype);
+    const std::vector<char> w_up = rounded_up(first.w, w_at), m_up = rounded_up(first.m, m_at),
+                            v_up = rounded_up(first.v, v_at);
+    const double n = double(w_up.size());
+    REQUIRE(n > 20000);
+    // Unbiased: each rounds up as often as x's place between its
+    // neighbours says, within 5 binomial standard deviations (round to
+    // nearest gives 0 or 1, far outside).
+    auto check_frequency = [&](const char* what, const std::vector<char>& up, const Bracket& at) {
+      double ups = 0;
+      for (char u : up) ups += u;
+      const double sd = std::sqrt(at.up_probability * (1 - at.up_probability) / n);
+      INFO(what << ": rounded up " << ups / n << ", expected " << at.up_probability << " +- " << sd);
+      CHECK(std::fabs(ups / n - at.up_probability) < 5 * sd);
+    };
+    check_frequency("w", w_up, w_at);
+    check_frequency("m", m_up, m_at);
+    check_frequency("v", v_up, v_at);
+    // Two patterns drawn with independent bits agree with probability
+    // pq + (1-p)(1-q); the same bits would agree far more often.
+    auto check_independent = [&](const char* what, const std::vector<char>& a, const Bracket& a_at,
+                                 const std::vector<char>& b, const Bracket& b_at) {
+      const double p = a_at.up_probability, q = b_at.up_probability;
+      const double expected = p * q + (1 - p) * (1 - q);
+      const double sd = std::sqrt(expected * (1 - expected) / n);
+      INFO(what << ": agree on " << agreement(a, b) << ", independent: " << expected << " +- " << sd);
+      CHECK(std::fabs(agreement(a, b) - expected) < 5 * sd);
+    };
+    check_independent("w and m", w_up, w_at, m_up, m_at);
+    check_independent("w and v", w_up, w_at, v_up, v_at);
+    check_independent("m and v", m_up, m_at, v_up, v_at);
+    // New bits at each step and for each seed.
+    const SrStepResult second = bf16_sr_step(oc, seed, 2, lr, grad_dtype);
+    check_frequency("w at step 2", rounded_up(second.w, w2_at), w2_at);
+    check_independent("m at steps 1 and 2", m_up, m_at, rounded_up(second.m, m_at), m_at);
+    check_independent("v at steps 1 and 2", v_up, v_at, rounded_up(second.v, v_at), v_at);
+    const SrStepResult reseeded = bf16_sr_step(oc, seed + 1, 1, lr, grad_dtype);
+    check_independent("w of seeds s and s + 1", w_up, w_at, rounded_up(reseeded.w, w_at), w_at);
+    // The same seed and step give the same bits.
+    const SrStepResult again = bf16_sr_step(oc, seed, 1, lr, grad_dtype);
+    CHECK(again.w == first.w);
+    CHECK(again.m == first.m);
+    CHECK(again.v == first.v);
+  }
 }
