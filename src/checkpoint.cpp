@@ -1,7 +1,6 @@
 #include "srgpt/checkpoint.h"
 
 #include <fcntl.h>
-#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -10,7 +9,6 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <optional>
 #include <set>
 #include <string>
@@ -43,18 +41,6 @@ std::array<uint32_t, 256> make_crc_table() {
     table[i] = c;
   }
   return table;
-}
-
-// ---------------------------------------------------------------- POSIX files
-
-void sync_directory(const fs::path& dir) {
-  PosixFile fd(dir, O_RDONLY | O_DIRECTORY);
-  fd.sync();
-}
-
-void rename_path(const fs::path& from, const fs::path& to) {
-  if (::rename(from.c_str(), to.c_str()) != 0)
-    fail("cannot rename {} to {}: {}", from.string(), to.string(), std::strerror(errno));
 }
 
 // ---------------------------------------------------------------- directory names
@@ -101,22 +87,6 @@ void remove_abandoned_scratch_dirs(const fs::path& root) {
     fs::remove_all(e.path(), ec);
     if (ec) spdlog::warn("cannot remove abandoned checkpoint scratch directory {}: {}", e.path().string(), ec.message());
   }
-}
-
-// Whether `path` is a regular file, missing, or neither: then `*why` says
-// why (the OS's reason it cannot be examined, or what it is instead).
-enum class FileCheck { regular, missing, unusable };
-FileCheck check_regular_file(const fs::path& path, std::string* why) {
-  std::error_code ec;
-  const fs::file_status status = fs::status(path, ec);
-  if (status.type() == fs::file_type::not_found) return FileCheck::missing;
-  if (ec) {
-    *why = "cannot be read: " + ec.message();
-    return FileCheck::unusable;
-  }
-  if (status.type() == fs::file_type::regular) return FileCheck::regular;
-  *why = "is not a regular file";
-  return FileCheck::unusable;
 }
 
 // Complete checkpoints (step_* with a manifest) under root, oldest first.

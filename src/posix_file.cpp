@@ -30,13 +30,34 @@ FileIdentity file_identity(const std::filesystem::path& path, const std::string&
   return {uint64_t(st.st_dev), uint64_t(st.st_ino)};
 }
 
-bool regular_file_exists(const std::filesystem::path& path, const std::string& what) {
+FileCheck check_regular_file(const std::filesystem::path& path, std::string* why) {
   std::error_code ec;
   const std::filesystem::file_type type = std::filesystem::status(path, ec).type();
-  if (type == std::filesystem::file_type::not_found) return false;
-  if (ec) fail("{} {} cannot be read: {}", what, path.string(), ec.message());
-  if (type != std::filesystem::file_type::regular) fail("{} {} is not a regular file", what, path.string());
-  return true;
+  if (type == std::filesystem::file_type::not_found) return FileCheck::missing;
+  if (ec) {
+    *why = "cannot be read: " + ec.message();
+    return FileCheck::unusable;
+  }
+  if (type == std::filesystem::file_type::regular) return FileCheck::regular;
+  *why = "is not a regular file";
+  return FileCheck::unusable;
+}
+
+bool regular_file_exists(const std::filesystem::path& path, const std::string& what) {
+  std::string why;
+  const FileCheck check = check_regular_file(path, &why);
+  if (check == FileCheck::unusable) fail("{} {} {}", what, path.string(), why);
+  return check == FileCheck::regular;
+}
+
+void sync_directory(const std::filesystem::path& dir) {
+  PosixFile fd(dir, O_RDONLY | O_DIRECTORY);
+  fd.sync();
+}
+
+void rename_path(const std::filesystem::path& from, const std::filesystem::path& to) {
+  if (::rename(from.c_str(), to.c_str()) != 0)
+    fail("cannot rename {} to {}: {}", from.string(), to.string(), std::strerror(errno));
 }
 
 ExclusiveFileLock::ExclusiveFileLock(const std::filesystem::path& path, const std::string& what,
@@ -197,9 +218,10 @@ void write_file_atomically(const std::filesystem::path& path, const std::functio
   produce([&](const void* data, size_t bytes) { out.write_all(data, bytes); });
   out.sync();
   out.close();
-  if (::rename(temporary.c_str(), path.c_str()) != 0)
-    fail("cannot rename {} to {}: {}", temporary.string(), path.string(), std::strerror(errno));
+  rename_path(temporary, path);
   cleanup.release();
+  // The rename itself reaches the disk only with its directory.
+  sync_directory(path.has_parent_path() ? path.parent_path() : std::filesystem::path("."));
 }
 
 }  // namespace srgpt

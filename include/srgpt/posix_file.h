@@ -96,11 +96,21 @@ class StartDirectories {
 // had it (a restarted container), never in use.
 bool left_by_gone_writer(const std::string& name, const std::string& prefix);
 
+// Whether `path` is a regular file, missing, or neither - a FIFO, whose
+// open would block until a writer comes, a directory, a path that cannot be
+// looked up: then `*why` says why ("cannot be read: <reason>" or "is not a
+// regular file").
+enum class FileCheck { regular, missing, unusable };
+FileCheck check_regular_file(const std::filesystem::path& path, std::string* why);
 // Whether `path` names a regular file (true) or nothing (false); anything
-// else - a FIFO, whose open would block until a writer comes, a directory,
-// a path that cannot be looked up - is an Error "<what> <path> is not a
-// regular file" (or "cannot be read: <reason>").
+// else is an Error "<what> <path> <why>".
 bool regular_file_exists(const std::filesystem::path& path, const std::string& what);
+
+// fsync(2) of a directory: makes the creations, renames and removals in it
+// durable.
+void sync_directory(const std::filesystem::path& dir);
+// rename(2), or an Error naming both paths and the reason.
+void rename_path(const std::filesystem::path& from, const std::filesystem::path& to);
 
 // What makes a file the same file under any name (another spelling, a
 // symlink, a hard link): its device and inode. An Error naming `what` and
@@ -111,8 +121,9 @@ FileIdentity file_identity(const std::filesystem::path& path, const std::string&
 // Receives the bytes of a file being written, in order.
 using ByteSink = std::function<void(const void* data, size_t bytes)>;
 // Writes `path` through a temporary file beside it (`path`.tmp-<pid>) that
-// is fsynced and then renamed over `path`, so a reader never sees a partial
-// file and a failed write leaves any previous file intact. Temporaries of
+// is fsynced and then renamed over `path` (its directory fsynced after), so
+// a reader never sees a partial file and a failed write leaves any previous
+// file intact. Temporaries of
 // `path` left by writers that were killed (a Ctrl-C mid-export) go first.
 void write_file_atomically(const std::filesystem::path& path, const std::function<void(const ByteSink&)>& produce);
 

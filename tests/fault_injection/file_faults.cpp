@@ -7,6 +7,10 @@
 //   Unlike `ulimit -f`, which limits every file alike, this fails one chosen
 //   file (a manifest smaller than the files before it, or one rank's shard
 //   while the other ranks' writes succeed).
+// - A failing fsync. SRGPT_FAIL_SYNC_OF=<text>: fsync(2) of a file or
+//   directory opened through open(2) by a path ending in <text> fails with
+//   EIO, as on a device error (a directory's fsync is what makes a rename
+//   in it durable).
 // - A file that shrinks while mapped. SRGPT_SHRINK_ON_MAP=<text>: right
 //   after the SRGPT_SHRINK_ON_MAP_NTH-th (default 1) mmap(2) of a file whose
 //   path contains <text>, the file is cut to half its size, as another
@@ -30,6 +34,7 @@ namespace {
 
 constexpr int kMaxFds = 4096;
 std::atomic<bool> g_failing[kMaxFds];  // fds opened for writing to a matching path
+std::atomic<bool> g_sync_failing[kMaxFds];  // fds opened by a path ending in SRGPT_FAIL_SYNC_OF
 std::atomic<long long> g_budget{0};    // bytes such files may still take
 
 __attribute__((constructor)) void read_budget() {
@@ -42,8 +47,18 @@ bool matches(const char* path, int flags) {
   return text && *text && path && (flags & (O_WRONLY | O_RDWR)) && std::strstr(path, text);
 }
 
+bool sync_fails(const char* path) {
+  const char* text = std::getenv("SRGPT_FAIL_SYNC_OF");
+  if (!text || !*text || !path) return false;
+  const size_t length = std::strlen(path), suffix = std::strlen(text);
+  return length >= suffix && std::strcmp(path + length - suffix, text) == 0;
+}
+
 int track(int fd, const char* path, int flags) {
-  if (fd >= 0 && fd < kMaxFds) g_failing[fd] = matches(path, flags);
+  if (fd >= 0 && fd < kMaxFds) {
+    g_failing[fd] = matches(path, flags);
+    g_sync_failing[fd] = sync_fails(path);
+  }
   return fd;
 }
 
@@ -98,9 +113,21 @@ ssize_t write(int fd, const void* data, size_t bytes) {
   return real(fd, data, bytes);
 }
 
+int fsync(int fd) {
+  static auto real = next<int (*)(int)>("fsync");
+  if (fd >= 0 && fd < kMaxFds && g_sync_failing[fd]) {
+    errno = EIO;
+    return -1;
+  }
+  return real(fd);
+}
+
 int close(int fd) {
   static auto real = next<int (*)(int)>("close");
-  if (fd >= 0 && fd < kMaxFds) g_failing[fd] = false;
+  if (fd >= 0 && fd < kMaxFds) {
+    g_failing[fd] = false;
+    g_sync_failing[fd] = false;
+  }
   return real(fd);
 }
 

@@ -210,6 +210,15 @@ TEST_CASE("an export on a full disk fails clearly and leaves no partial model fi
     expect_write_error(run_with_file_size_limit(export_to(out), limit), (out / "model.safetensors").string());
     CHECK(names_in(out).empty());  // no model.safetensors, no temporary
   }
+#ifdef SRGPT_FILE_FAULTS_LIB
+  SECTION("into a directory whose fsync fails: the renames in it are not durable, so the export fails") {
+    const fs::path out = run.tmp.path() / "unsynced";
+    const CommandResult r = run_command(failing_sync_of("/unsynced") + export_to(out));
+    INFO(r.output);
+    CHECK(r.exit_code == 1);
+    CHECK(contains(r.output, "srgpt: error: cannot fsync " + out.string() + ": Input/output error"));
+  }
+#endif
   SECTION("over an earlier export") {
     expect_write_error(run_with_file_size_limit(export_to(earlier), limit), (earlier / "model.safetensors").string());
     CHECK(names_in(earlier) == std::set<std::string>{"model.safetensors", "config.json"});

@@ -237,6 +237,12 @@ inline std::string full_disk_for(const std::string& file, uint64_t after_bytes =
                           " SRGPT_FAIL_WRITES_AFTER=" + std::to_string(after_bytes));
 }
 
+// A shell prefix under which fsync(2) of the file or directory opened by a
+// path ending in `path_end` fails with EIO.
+inline std::string failing_sync_of(const std::string& path_end) {
+  return with_file_faults("SRGPT_FAIL_SYNC_OF=" + shell_quoted(path_end));
+}
+
 // A shell prefix under which the file whose path contains `file` is cut to
 // half its size right after its `nth` memory mapping, as if another program
 // truncated it while srgpt reads it.
