@@ -114,6 +114,7 @@ int run(int argc, char** argv) {
                                     omp_get_max_threads(), max_threads, cores));
   try {
     app.parse(argc, argv);
+    srgpt::flush_stdout();
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   } catch (const srgpt::Error& e) {

@@ -150,6 +150,7 @@ std::unique_ptr<ExclusiveFileLock> prepare_output_dir(const fs::path& dir) {
   // otherwise be picked up by a glob with ours; the summary goes first so
   // that none describes a half-written directory.
   fs::remove(dir / kSummaryFile, ec);
+  if (ec) fail("--out: cannot remove old '{}': {}", (dir / kSummaryFile).string(), ec.message());
   for (const auto& entry : fs::directory_iterator(dir)) {
     const std::string name = entry.path().filename().string();
     const std::string written_as = name.substr(0, name.find(".tmp-"));  // write_token_shard's temporary names

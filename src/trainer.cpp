@@ -133,7 +133,13 @@ void require_shared_out_dir(Communicator& comm, Communicator& host_comm, const s
   std::string name;
   if (rank == 0) name = fmt::format(".srgpt-shared-{:08x}{:08x}", std::random_device{}(), std::random_device{}());
   const fs::path probe = fs::path(out_dir) / broadcast_string(host_comm, name, 0);
-  if (rank == 0) std::ofstream(probe).put('\n');
+  if (rank == 0) {
+    // A failed write is reported here: the other ranks would only find the
+    // file missing and blame the file system.
+    PosixFile out(probe, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    out.write_all("\n", 1);
+    out.close();
+  }
   comm.all_reduce_max(0.0);  // the file exists before any rank looks
   bool seen = rank == 0;
   for (int attempt = 0; !seen && attempt < 20; ++attempt) {

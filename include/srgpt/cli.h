@@ -43,6 +43,11 @@ CLI::Validator non_empty_path(const std::string& expected);
 // this run, and why (--tokenizer-dir with the byte tokenizer, say).
 void warn_unused_option(const CLI::Option& option, const std::string& why);
 
+// Flushes stdout; an Error if anything written to it was lost (a full
+// disk), so that `srgpt eval > result.json` cannot pass for success with
+// its output cut short.
+void flush_stdout();
+
 // The checkpoint argument of eval, sample, export and info, required: given
 // as `--checkpoint DIR` or as DIR alone (a checkpoint or a run directory).
 CLI::Option* add_checkpoint_option(CLI::App& cmd, std::string& checkpoint);

@@ -44,9 +44,11 @@ Gpt2Decoder load_decoder(const std::filesystem::path& checkpoint) {
   return Gpt2Decoder(lm.config.model, weights_as_float(*lm.params));
 }
 
+// Each piece as it is generated; generation stops at once when the output
+// cannot be written (a full disk).
 void write_bytes(std::string_view bytes) {
   std::fwrite(bytes.data(), 1, bytes.size(), stdout);
-  std::fflush(stdout);
+  flush_stdout();
 }
 
 }  // namespace

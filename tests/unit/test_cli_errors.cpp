@@ -801,6 +801,16 @@ TEST_CASE("SIGTERM finishes the step, writes a checkpoint and exits 0", "[cli][s
   CHECK(info.exit_code == 0);
 }
 
+TEST_CASE("output that cannot be written is an error, not a success with the output cut short", "[cli][errors]") {
+  Fixture f;
+  const std::string eval = srgpt_bin() + " eval " + f.run_dir + " --data '" + f.data + "/val_*.bin'";
+  REQUIRE(run_command(eval).exit_code == 0);
+  // The subshell's stdout is the full device; its stderr stays captured.
+  for (const std::string& cmd : {eval, srgpt_bin() + " info " + f.run_dir})
+    expect_error("a command writing to /dev/full", "(" + cmd + " > /dev/full)",
+                 {"srgpt: error: cannot write the output to standard output: No space left on device"});
+}
+
 TEST_CASE("running out of host memory is an error naming the command, never a crash", "[cli][errors]") {
   if (kUnderAddressSanitizer) {
     SUCCEED("skipped: AddressSanitizer ends a process over memory_cap_prefix's limit instead of failing an allocation");

@@ -377,6 +377,17 @@ TEST_CASE("mpi failure: ranks that would not share out_dir stop before the first
     expect_job_failed(r, {"out_dir '" + c.out_dir + "' is not on a file system all ranks share"});
     CHECK_FALSE(fs::exists(shared / "run" / "metrics.jsonl"));
   }
+#ifdef SRGPT_FILE_FAULTS_LIB
+  SECTION("an out_dir where rank 0 cannot write its probe file: that, not an unshared out_dir") {
+    c.out_dir = run.tmp.str("full");
+    const std::string config = run.write_config(c, "full");
+    const CommandResult r = run_command(launcher() + " -np 2 " + full_disk_for(".srgpt-shared-") + srgpt_bin() +
+                                        " train --config " + shell_quoted(config));
+    expect_job_failed(r, {"srgpt: rank 0: error: cannot write " + c.out_dir + "/.srgpt-shared-",
+                          "No space left on device"});
+    CHECK_FALSE(contains(r.output, "not on a file system all ranks share"));
+  }
+#endif
 }
 
 TEST_CASE("mpi failure: a data pattern that matches nothing stops every rank at once",

@@ -359,6 +359,15 @@ TEST_CASE("srgpt sample and eval through the binary: text, determinism, bits per
     CHECK(bare.output.find("bits_per_byte") == std::string::npos);
   }
 
+  SECTION("sample stops with an error when its output cannot be written") {
+    auto r = run_command("(" + bin + " sample" + checkpoint + " --tokens 40 --prompt 'the ' > /dev/full)");
+    INFO(r.output);
+    CHECK(r.exit_code == 1);
+    CHECK(r.output.find("srgpt: error: cannot write the output to standard output: No space left on device") !=
+          std::string::npos);
+    CHECK(r.output.find("stopped") == std::string::npos);  // no stop reason: it did not finish
+  }
+
   SECTION("a model of another vocabulary than the shards' is warned about by train and eval") {
     srgpt::Config other = c;
     other.model.vocab_size = 300;
