@@ -79,7 +79,7 @@ void CudaBackend::set_attention_backward_strategy(AttentionBackward how) {
 
 CudaBackend::~CudaBackend() {
   // Let queued work finish before its buffers go away.
-  cudaStreamSynchronize(stream_.get());
+  CUDA_RELEASE_CHECK(cudaStreamSynchronize(stream_.get()));
 }
 
 std::string CudaBackend::name() const {

@@ -71,10 +71,8 @@ class CudaBackend final : public Backend {
   // weight-gradient stream switch (for measuring).
   Matmul& matmul() { return *matmul_; }
 
-  int device() const { return device_; }
   cudaStream_t stream() const { return stream_.get(); }
-  // Bytes of device memory this backend holds now, and the most it held.
-  size_t allocated_bytes() const override { return memory_.current_bytes(); }
+  // The most bytes of device memory this backend held.
   size_t peak_allocated_bytes() const override { return memory_.peak_bytes(); }
 
  private:

@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <string>
 #include <thread>
 
 #include "backend.cuh"
@@ -40,9 +41,6 @@ __global__ void sum_in_rank_order_kernel(const T* contributions, T* out, size_t 
     sum_element_in_rank_order(contributions, out, length, size_t(ranks), i);
 }
 
-const char* bytes_of(const void* p) { return static_cast<const char*>(p); }
-char* bytes_of(void* p) { return static_cast<char*>(p); }
-
 // Owns an ncclComm_t; abort() tears it down without waiting for peers (the
 // way out of a collective that will never complete).
 class OwnedNcclComm {
@@ -58,7 +56,10 @@ class OwnedNcclComm {
   }
   ncclComm_t get() const { return comm_; }
   void abort() noexcept {
-    if (comm_) ncclCommAbort(comm_);
+    if (!comm_) return;
+    const ncclResult_t result = ncclCommAbort(comm_);
+    if (result != ncclSuccess)
+      report_release_failure("NCCL", "ncclCommAbort", __FILE__, __LINE__, ncclGetErrorString(result), "");
     comm_ = nullptr;
   }
 
@@ -84,12 +85,13 @@ ncclComm_t init_nccl_comm(Communicator& host) {
   ncclResult_t result = ncclCommInitRank(&comm, host.size(), id, host.rank());
   if (result == ncclInvalidUsage) {
     int device = -1;
-    cudaGetDevice(&device);
+    const std::string device_name =
+        cudaGetDevice(&device) == cudaSuccess ? std::to_string(device) : "(unknown: cudaGetDevice failed)";
     const char* detail = ncclGetLastError(nullptr);
     fail("rank {}: ncclCommInitRank on CUDA device {} failed: {} ({}). NCCL needs one GPU per rank: check that each "
          "rank selects its GPU by local rank and that there are as many GPUs as ranks per node; to share a GPU "
          "between ranks use the MPI communicator",
-         host.rank(), device, ncclGetErrorString(result), detail ? detail : "");
+         host.rank(), device_name, ncclGetErrorString(result), detail ? detail : "");
   }
   if (result != ncclSuccess) throw_nccl_error(result, "ncclCommInitRank", host.rank(), nullptr);
   return comm;
@@ -98,7 +100,7 @@ ncclComm_t init_nccl_comm(Communicator& host) {
 class NcclCommunicator final : public Communicator {
  public:
   NcclCommunicator(Backend& backend, std::unique_ptr<Communicator> host, const CommunicatorOptions& options)
-      : Communicator(host->rank(), host->size(), host->local_rank()),
+      : Communicator(host->rank(), host->size()),
         backend_(backend),
         backend_stream_(stream_of(backend)),
         host_(std::move(host)),
@@ -137,11 +139,6 @@ class NcclCommunicator final : public Communicator {
   }
   double all_reduce_sum(double x) override { return host_->all_reduce_sum(x); }
   double all_reduce_max(double x) override { return host_->all_reduce_max(x); }
-  [[noreturn]] void abort(int code, const std::string& msg) override {
-    host_->abort(code, msg);
-    std::_Exit(code);  // host_->abort does not return; this is for the compiler
-  }
-
   // Started collectives are queued on this communicator's stream behind an
   // event of the backend's stream, and waited for by the backend's stream
   // through an event of this one: the host never waits, so the backend's

@@ -41,7 +41,7 @@ class PinnedUploadStaging {
     Slot(const Slot&) = delete;
     Slot& operator=(const Slot&) = delete;
     ~Slot() {
-      if (copied) cudaEventSynchronize(copied.get());
+      if (copied) CUDA_RELEASE_CHECK(cudaEventSynchronize(copied.get()));
     }
   };
 

@@ -1,5 +1,3 @@
-#include <type_traits>
-
 #include "accumulate.cuh"
 #include "common.cuh"
 #include "cuda_check.cuh"
@@ -102,7 +100,7 @@ Matmul::Matmul(DeviceMemory& memory)
 
 Matmul::~Matmul() {
   // Work queued on the weight stream may still use its scratch and workspace.
-  cudaStreamSynchronize(weight_stream_.get());
+  CUDA_RELEASE_CHECK(cudaStreamSynchronize(weight_stream_.get()));
 }
 
 Matmul::Plan& Matmul::plan_for(const Gemm& g) {

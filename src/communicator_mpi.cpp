@@ -19,6 +19,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -29,7 +30,6 @@
 #include "cuda_check.cuh"
 #endif
 
-#include "communicator_detail.h"
 #include "srgpt/backend.h"
 #include "srgpt/bf16.h"
 #endif
@@ -50,6 +50,17 @@ void check_mpi(int code, const char* call) {
   if (code == MPI_SUCCESS) return;
   // The error reporter names this rank already (see abort_job).
   fail("{} failed: {}", call, mpi_error_text(code));
+}
+
+// Releases run in destructors, which must not throw: a failing one is
+// logged instead.
+void report_mpi_release(int code, const char* call) noexcept {
+  if (code == MPI_SUCCESS) return;
+  try {
+    std::fprintf(stderr, "srgpt: warning: %s failed: %s\n", call, mpi_error_text(code).c_str());
+  } catch (...) {
+    std::fprintf(stderr, "srgpt: warning: %s failed: MPI error code %d\n", call, code);
+  }
 }
 
 // MPI_Init waits for every rank of the job to start MPI. In a mis-launched
@@ -120,7 +131,8 @@ class MpiSession {
   }
   ~MpiSession() {
     int finalized = 1;
-    if (owned_ && MPI_Finalized(&finalized) == MPI_SUCCESS && !finalized) MPI_Finalize();
+    if (owned_ && MPI_Finalized(&finalized) == MPI_SUCCESS && !finalized)
+      report_mpi_release(MPI_Finalize(), "MPI_Finalize");
   }
   MpiSession(const MpiSession&) = delete;
   MpiSession& operator=(const MpiSession&) = delete;
@@ -134,7 +146,7 @@ class OwnedDatatype {
   OwnedDatatype(const OwnedDatatype&) = delete;
   OwnedDatatype& operator=(const OwnedDatatype&) = delete;
   ~OwnedDatatype() {
-    if (type_ != MPI_DATATYPE_NULL) MPI_Type_free(&type_);
+    if (type_ != MPI_DATATYPE_NULL) report_mpi_release(MPI_Type_free(&type_), "MPI_Type_free");
   }
   MPI_Datatype* out() { return &type_; }
   MPI_Datatype get() const { return type_; }
@@ -158,46 +170,45 @@ void make_strided_piece_type(OwnedDatatype& type, size_t piece_bytes, size_t str
 // if CUDA can provide that, so the backend's downloads and uploads run at
 // full bandwidth; otherwise (no GPU, pinned memory exhausted) it is
 // ordinary memory, which only costs speed.
+struct HostStagingRelease {
+  bool pinned = false;
+  void operator()(char* p) const noexcept {
+#ifdef SRGPT_HAVE_CUDA
+    if (pinned) {
+      CUDA_RELEASE_CHECK(cudaFreeHost(p));
+      return;
+    }
+#endif
+    delete[] p;
+  }
+};
+
 class HostStaging {
  public:
   explicit HostStaging(bool want_pinned) : want_pinned_(want_pinned) {}
-  HostStaging(const HostStaging&) = delete;
-  HostStaging& operator=(const HostStaging&) = delete;
-  ~HostStaging() { release(); }
 
   // At least `bytes`; the contents are not kept when it grows.
   char* get(size_t bytes) {
-    if (bytes <= bytes_ && data_) return data_;
-    release();
+    if (bytes <= bytes_ && data_) return data_.get();
+    data_.reset();
+    bytes_ = 0;
 #ifdef SRGPT_HAVE_CUDA
     void* pinned = nullptr;
-    if (want_pinned_ && cudaMallocHost(&pinned, bytes) == cudaSuccess) {
-      data_ = static_cast<char*>(pinned);
-      pinned_ = true;
-      bytes_ = bytes;
-      return data_;
-    }
-    if (want_pinned_) cudaGetLastError();  // clear the failed allocation's error state
+    if (want_pinned_ && cudaMallocHost(&pinned, bytes) == cudaSuccess)
+      data_ = Buffer(static_cast<char*>(pinned), HostStagingRelease{true});
+    else if (want_pinned_)
+      cudaGetLastError();  // clear the failed allocation's error state
 #endif
-    data_ = new char[bytes];
+    if (!data_) data_ = Buffer(new char[bytes], HostStagingRelease{false});
     bytes_ = bytes;
-    return data_;
+    return data_.get();
   }
 
  private:
-  void release() noexcept {
-#ifdef SRGPT_HAVE_CUDA
-    if (pinned_) CUDA_RELEASE_CHECK(cudaFreeHost(data_));
-#endif
-    if (!pinned_) delete[] data_;
-    data_ = nullptr;
-    pinned_ = false;
-    bytes_ = 0;
-  }
+  using Buffer = std::unique_ptr<char[], HostStagingRelease>;
 
   bool want_pinned_;
-  bool pinned_ = false;
-  char* data_ = nullptr;
+  Buffer data_;
   size_t bytes_ = 0;
 };
 
@@ -220,15 +231,12 @@ void sum_in_rank_order(const void* contributions, void* out, size_t length, size
   }
 }
 
-const char* bytes_of(const void* p) { return static_cast<const char*>(p); }
-char* bytes_of(void* p) { return static_cast<char*>(p); }
-
 class MpiCommunicator final : public Communicator {
  public:
   // `device` is the backend whose memory the buffers are, or null for host
   // memory.
-  MpiCommunicator(Backend* device, int rank, int size, int local_rank, const CommunicatorOptions& options)
-      : Communicator(rank, size, local_rank),
+  MpiCommunicator(Backend* device, int rank, int size, const CommunicatorOptions& options)
+      : Communicator(rank, size),
         device_(device && !device->memory_on_host() ? device : nullptr),
         options_(options),
         outgoing_(device_ != nullptr),
@@ -340,13 +348,6 @@ class MpiCommunicator final : public Communicator {
     return largest;
   }
 
-  [[noreturn]] void abort(int code, const std::string& msg) override {
-    std::fprintf(stderr, "srgpt: rank %d: %s\n", rank(), msg.c_str());
-    std::fflush(stderr);
-    MPI_Abort(MPI_COMM_WORLD, code);
-    std::_Exit(code);  // MPI_Abort does not return; this is for the compiler
-  }
-
  private:
   // Polls instead of blocking so that a rank that never joins turns into an
   // Error here (and, through the caller's abort, the end of the job) rather
@@ -406,7 +407,7 @@ class MpiCommunicator final : public Communicator {
 
 std::unique_ptr<Communicator> make_mpi(Backend* backend, const CommunicatorOptions& options) {
   MpiSession::ensure(options.timeout_s);
-  int rank = 0, size = 0, local_rank = 0;
+  int rank = 0, size = 0;
   check_mpi(MPI_Comm_rank(MPI_COMM_WORLD, &rank), "MPI_Comm_rank");
   check_mpi(MPI_Comm_size(MPI_COMM_WORLD, &size), "MPI_Comm_size");
   const LaunchInfo launch = launch_info_from_environment();
@@ -414,15 +415,7 @@ std::unique_ptr<Communicator> make_mpi(Backend* backend, const CommunicatorOptio
     fail("the {} launcher started this process as rank {} of {}, but MPI_COMM_WORLD has rank {} of {}: MPI did not "
          "join the launcher's job (under Slurm launch with srun --mpi=pmix, or with mpirun inside the allocation)",
          launch.launcher, launch.rank, launch.size, rank, size);
-  // The rank on this node, from MPI itself rather than the environment.
-  MPI_Comm node;
-  check_mpi(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node),
-            "MPI_Comm_split_type");
-  const int node_rank_code = MPI_Comm_rank(node, &local_rank);
-  const int free_code = MPI_Comm_free(&node);
-  check_mpi(node_rank_code, "MPI_Comm_rank");
-  check_mpi(free_code, "MPI_Comm_free");
-  return std::make_unique<MpiCommunicator>(backend, rank, size, local_rank, options);
+  return std::make_unique<MpiCommunicator>(backend, rank, size, options);
 }
 
 }  // namespace
@@ -437,11 +430,12 @@ std::unique_ptr<Communicator> make_mpi_host_communicator(const CommunicatorOptio
 
 void abort_job(int code, const std::string& msg) {
   int initialized = 0, finalized = 0, rank = 0;
-  MPI_Initialized(&initialized);
-  MPI_Finalized(&finalized);
-  const bool live = initialized && !finalized;
-  if (live) MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  else rank = launched_under_mpi() ? launch_info_from_environment().rank : 0;
+  // A failed query counts as MPI not running: the rank then comes from the
+  // launcher, and MPI_Abort is not tried.
+  const bool live = MPI_Initialized(&initialized) == MPI_SUCCESS && initialized &&
+                    MPI_Finalized(&finalized) == MPI_SUCCESS && !finalized;
+  if (!live || MPI_Comm_rank(MPI_COMM_WORLD, &rank) != MPI_SUCCESS)
+    rank = launched_under_mpi() ? launch_info_from_environment().rank : 0;
   std::fprintf(stderr, "srgpt: rank %d: %s\n", rank, msg.c_str());
   std::fflush(stderr);
   if (live) MPI_Abort(MPI_COMM_WORLD, code);

@@ -1,5 +1,5 @@
 // Chooses how NCCL is bootstrapped, or says why this build has no NCCL.
-#include "communicator_detail.h"
+#include "srgpt/backend.h"
 #include "srgpt/communicator.h"
 #include "srgpt/error.h"
 

@@ -6,10 +6,9 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <initializer_list>
+#include <vector>
 #include <limits>
 #include <optional>
-#include <set>
 #include <sstream>
 
 #include "srgpt/error.h"
@@ -243,9 +242,7 @@ void visit_config(Visitor& v, C& c) {
   v.integer("model.n_layer", c.model.n_layer, 1, uint64_t(kMaxLayers));
   v.integer("model.n_head", c.model.n_head, 1, kIntFieldMax);
   v.integer("model.d_model", c.model.d_model, 1, kIntFieldMax);
-  v.choice("precision", c.precision,
-           {Precision::bf16_sr, Precision::bf16_rn, Precision::mixed, Precision::fp32, Precision::bf16_kahan},
-           precision_name);
+  v.choice("precision", c.precision, kPrecisions, precision_name);
   v.choice("device", c.device, {DeviceChoice::auto_select, DeviceChoice::cpu, DeviceChoice::cuda},
            device_choice_name);
   v.real("optimizer.lr", c.optimizer.lr, kPositive);
@@ -304,7 +301,7 @@ struct SchemaBuilder {
   void text(const char* path, std::string&, TextRule) { add(path, true); }
   void boolean(const char* path, bool&) { add(path, false); }
   template <typename Field, typename E>
-  void choice(const char* path, Field&, std::initializer_list<E>, const char* (*)(E)) { add(path, true); }
+  void choice(const char* path, Field&, const std::vector<E>&, const char* (*)(E)) { add(path, true); }
 };
 
 const ordered_json& schema() {
@@ -427,7 +424,7 @@ struct Reader {
   }
 
   template <typename E>
-  void choice(const char* path, E& field, std::initializer_list<E> values, const char* (*name)(E)) {
+  void choice(const char* path, E& field, const std::vector<E>& values, const char* (*name)(E)) {
     const json* v = find(path);
     if (!v) return;
     std::vector<std::string> names;
@@ -457,7 +454,7 @@ struct Writer {
   void text(const char* path, const std::string& field, TextRule) { put(path, field); }
   void boolean(const char* path, const bool& field) { put(path, field); }
   template <typename E>
-  void choice(const char* path, const E& field, std::initializer_list<E>, const char* (*name)(E)) {
+  void choice(const char* path, const E& field, const std::vector<E>&, const char* (*name)(E)) {
     put(path, name(field));
   }
 };

@@ -23,7 +23,6 @@ class ScrambledMemoryBackend final : public Backend {
 
   void* allocate(size_t bytes, const char*) override { return scramble(new char[bytes ? bytes : 1]); }
   void release(void* p) noexcept override { delete[] unscramble(p); }
-  size_t allocated_bytes() const override { return 0; }
   size_t peak_allocated_bytes() const override { return 0; }
   void upload(void* dst, const void* host_src, size_t bytes) override {
     if (bytes) std::memcpy(unscramble(dst), host_src, bytes);

@@ -10,7 +10,6 @@
 //  - EagerCommunicator runs it at once, so one that starts a collective
 //    into a buffer the model still reads (a prefetch too early) is caught.
 #include <cstdint>
-#include <cstdlib>
 #include <functional>
 #include <initializer_list>
 #include <memory>
@@ -32,7 +31,7 @@ namespace srgpt_test {
 class EagerCommunicator final : public srgpt::Communicator {
  public:
   explicit EagerCommunicator(std::unique_ptr<srgpt::Communicator> inner)
-      : Communicator(inner->rank(), inner->size(), inner->local_rank()), inner_(std::move(inner)) {}
+      : Communicator(inner->rank(), inner->size()), inner_(std::move(inner)) {}
   std::string name() const override { return "eager " + inner_->name(); }
   void reduce_scatter_sum(const void* send, void* recv, size_t count, srgpt::DType dtype) override {
     inner_->reduce_scatter_sum(send, recv, count, dtype);
@@ -47,10 +46,6 @@ class EagerCommunicator final : public srgpt::Communicator {
   void barrier() override { inner_->barrier(); }
   double all_reduce_sum(double x) override { return inner_->all_reduce_sum(x); }
   double all_reduce_max(double x) override { return inner_->all_reduce_max(x); }
-  [[noreturn]] void abort(int code, const std::string& msg) override {
-    inner_->abort(code, msg);
-    std::_Exit(code);  // inner_->abort does not return; this is for the compiler
-  }
 
   srgpt::CollectiveTicket start_reduce_scatter_sum(const void* send, void* recv, size_t count,
                                                    srgpt::DType dtype) override {

@@ -105,8 +105,7 @@ class Backend {
   virtual void download(void* host_dst, const void* src, size_t bytes) = 0;
   virtual void fill_zero(void* dst, size_t bytes) = 0;
   virtual void synchronize() = 0;
-  // Bytes currently allocated through allocate(), and the most at any time.
-  virtual size_t allocated_bytes() const = 0;
+  // The most bytes allocated through allocate() at any one time.
   virtual size_t peak_allocated_bytes() const = 0;
 
   // ---- GPT ops

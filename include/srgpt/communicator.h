@@ -42,7 +42,6 @@ class Communicator {
   virtual ~Communicator() = default;
   int rank() const { return rank_; }
   int size() const { return size_; }
-  int local_rank() const { return local_rank_; }
   virtual std::string name() const = 0;
 
   // recv[count] = sum over ranks of send[rank * count .. (rank + 1) * count)
@@ -64,9 +63,6 @@ class Communicator {
   // all_reduce_max returns NaN when any rank passes NaN.
   virtual double all_reduce_sum(double x) = 0;
   virtual double all_reduce_max(double x) = 0;
-  // Ends the whole job (all ranks) with this exit code after printing
-  // "srgpt: rank R: msg" to stderr; never returns.
-  [[noreturn]] virtual void abort(int code, const std::string& msg) = 0;
 
   // ---- Started collectives: the same operations and bits as the plain
   // ones above, run beside the backend's work. Until the collective is
@@ -96,7 +92,11 @@ class Communicator {
   virtual void wait_all();
 
  protected:
-  Communicator(int rank, int size, int local_rank) : rank_(rank), size_(size), local_rank_(local_rank) {}
+  Communicator(int rank, int size) : rank_(rank), size_(size) {}
+
+  // Buffers of any element type, addressed in bytes.
+  static const char* bytes_of(const void* p) { return static_cast<const char*>(p); }
+  static char* bytes_of(void* p) { return static_cast<char*>(p); }
 
   // The part of all_reduce_sum every implementation shares: the first
   // count - count % size() elements, reduce-scattered and all-gathered in
@@ -119,7 +119,7 @@ class Communicator {
  private:
   CollectiveTicket defer(std::function<void()> collective);
 
-  int rank_, size_, local_rank_;
+  int rank_, size_;
   std::deque<std::function<void()>> deferred_;  // started, not yet run; the oldest first
   CollectiveTicket started_ = 0, finished_ = 0;
 };

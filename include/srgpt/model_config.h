@@ -22,7 +22,6 @@ struct ModelConfig {
   int d_model = 64;
 
   int padded_vocab() const { return (vocab_size + 127) / 128 * 128; }
-  int head_dim() const { return d_model / n_head; }
 };
 
 // Bounds far beyond any model this trainer can hold, so that a mistyped or

@@ -32,7 +32,6 @@ class Optimizer {
  public:
   Optimizer(ParameterStore& params, Precision precision, const OptimizerConfig& config, uint64_t seed);
 
-  Precision precision() const { return precision_; }
   // Sets the weights (and fp32 master weights in mixed mode) from fp32
   // values for the whole parameter layout; bf16 copies round to nearest.
   void set_weights(const std::vector<float>& values);

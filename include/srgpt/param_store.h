@@ -63,7 +63,6 @@ class ParameterStore {
   Communicator& comm() { return comm_; }
   const Layout& layout() const { return layout_; }
   const ZeroShardPlan& plan() const { return plan_; }
-  int zero_stage() const { return stage_; }
   DType grad_dtype() const { return grad_dtype_; }
   // Elements of each optimizer-state buffer on this rank.
   size_t state_elements() const { return stage_ == 0 ? layout_.total() : plan_.shard_size(); }

@@ -2,12 +2,16 @@
 // Precision modes (DESIGN.md section 4): what each buffer is stored in and
 // how the optimizer rounds its results.
 #include <string>
+#include <vector>
 
 #include "srgpt/dtype.h"
 
 namespace srgpt {
 
 enum class Precision { bf16_sr, bf16_rn, mixed, fp32, bf16_kahan };
+// Every mode, in the order listed to users.
+inline const std::vector<Precision> kPrecisions = {Precision::bf16_sr, Precision::bf16_rn, Precision::mixed,
+                                                   Precision::fp32, Precision::bf16_kahan};
 
 inline const char* precision_name(Precision p) {
   switch (p) {

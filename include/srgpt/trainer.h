@@ -62,7 +62,7 @@ struct TrainResult {
   int64_t last_step = 0;           // last step completed
   std::vector<double> losses;      // training loss of each executed step
   std::optional<double> val_loss;  // final validation loss, if any
-  bool interrupted = false;        // stopped by SIGTERM/SIGINT
+  bool interrupted = false;        // stopped early (SIGTERM/SIGINT, stop_after_step): no final validation
   int64_t skipped_steps = 0;       // non-finite steps skipped
 };
 

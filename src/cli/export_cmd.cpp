@@ -41,7 +41,7 @@ void add_export_command(CLI::App& app) {
       "to a temporary name and renamed. Exporting bf16 weights as f32 is exact; a mixed-precision checkpoint\n"
       "exports its fp32 master weights. See docs/formats.md.");
   cmd->callback([args, tokenizer_dir]() {
-    parse_dtype(args->dtype, &args->options.dtype);
+    if (!parse_dtype(args->dtype, &args->options.dtype)) fail("internal: --dtype {} passed its check", args->dtype);
     const std::filesystem::path checkpoint = resolve_checkpoint_dir(args->checkpoint);
     ModelConfig model;
     std::vector<float> weights;

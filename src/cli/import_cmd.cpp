@@ -8,6 +8,7 @@
 #include "srgpt/config.h"
 #include "srgpt/error.h"
 #include "srgpt/hf_export.h"
+#include "srgpt/precision.h"
 #include "srgpt/tokenizer.h"
 
 namespace srgpt {
@@ -30,8 +31,10 @@ void add_import_command(CLI::App& app) {
                   "JSON run config to take every setting but the model shape from (default: srgpt's defaults, "
                   "with the batch shortened to fit a short context)");
   cmd->add_option("--set", args->overrides, "Override a setting, e.g. --set optimizer.lr=1e-4 (repeatable)");
+  std::vector<std::string> precisions;
+  for (Precision p : kPrecisions) precisions.push_back(precision_name(p));
   cmd->add_option("--precision", args->precision, "Precision of the checkpoint (default: the config's)")
-      ->check(CLI::IsMember({"bf16-sr", "bf16-rn", "mixed", "fp32", "bf16-kahan"}));
+      ->check(CLI::IsMember(precisions));
   cmd->footer(
       "Writes OUT/checkpoints/step_00000000 (model.bin in the precision's dtype, zero Adam state), so that\n"
       "  srgpt eval --checkpoint OUT --data ...      evaluates the model, and\n"

@@ -67,7 +67,6 @@ class CpuBackend final : public Backend {
     }
     std::free(p);
   }
-  size_t allocated_bytes() const override { return current_; }
   size_t peak_allocated_bytes() const override { return peak_; }
   void upload(void* dst, const void* host_src, size_t bytes) override {
     if (bytes) std::memcpy(dst, host_src, bytes);

@@ -10,7 +10,6 @@
 // OpenMP threads: work is split over output elements, each summed by one
 // thread in ascending order, or over fixed-size chunks whose partial sums
 // are added in order.
-#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <vector>

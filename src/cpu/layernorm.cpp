@@ -1,5 +1,6 @@
 // Residual add fused with LayerNorm (forward), and LayerNorm backward.
 #include <algorithm>
+#include <cmath>
 
 #include "cpu_ops.h"
 #include "srgpt/model_config.h"

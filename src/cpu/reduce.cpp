@@ -1,5 +1,6 @@
 // Whole-buffer reductions: loss sums, squared norms, finiteness.
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "cpu_ops.h"

@@ -20,7 +20,7 @@ namespace {
 // is an error (none may run while buffers are allocated).
 class PlaceOnlyCommunicator final : public Communicator {
  public:
-  PlaceOnlyCommunicator(int rank, int size) : Communicator(rank, size, 0) {}
+  PlaceOnlyCommunicator(int rank, int size) : Communicator(rank, size) {}
   std::string name() const override { return "place-only"; }
   void reduce_scatter_sum(const void*, void*, size_t, DType) override { unused("reduce_scatter_sum"); }
   void all_gather(const void*, void*, size_t, DType) override { unused("all_gather"); }
@@ -29,7 +29,6 @@ class PlaceOnlyCommunicator final : public Communicator {
   void barrier() override { unused("barrier"); }
   double all_reduce_sum(double) override { unused("all_reduce_sum"); }
   double all_reduce_max(double) override { unused("all_reduce_max"); }
-  [[noreturn]] void abort(int, const std::string& msg) override { fail("place-only communicator abort: {}", msg); }
 
  private:
   [[noreturn]] static void unused(const char* what) { fail("place-only communicator: {} called", what); }

@@ -1,5 +1,3 @@
-#include "srgpt/precision.h"
-
 #include "srgpt/dtype.h"
 
 namespace srgpt {
