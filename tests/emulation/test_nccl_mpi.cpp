@@ -18,6 +18,7 @@
 
 #include "catch.h"
 #include "communicator_nccl.cuh"
+#include "gpu/gpu_test_util.h"
 #include "mpi/mpi_world.h"
 #include "overlap_schedule.h"
 #include "srgpt/checkpoint.h"
@@ -59,10 +60,8 @@ std::vector<char> file_bytes(const fs::path& path) {
 }  // namespace
 
 TEST_CASE("training with NCCL writes the MPI communicator's checkpoints and resumes bit-exactly", "[nccl][training]") {
-#ifndef SRGPT_HAVE_NCCL
-  WARN("this build has no NCCL, so dist.communicator = \"nccl\" is refused: test skipped");
-  return;
-#endif
+  // Without NCCL in the build, dist.communicator = "nccl" is refused.
+  if (!gpu_test::have_nccl()) return;
   SharedDir dir("nccl-train");
   if (world().rank() == 0) write_markov_shards(dir.path() / "data", 64, 30000, 4000);
   world().barrier();

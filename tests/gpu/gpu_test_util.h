@@ -28,6 +28,19 @@ inline bool have_gpu() {
   return false;
 }
 
+// True when this build has NCCL. Without it the NCCL tests pass vacuously
+// with a warning, unless SRGPT_REQUIRE_GPU is set (the GPU host), where a
+// build that missed NCCL is a failure.
+inline bool have_nccl() {
+#ifdef SRGPT_HAVE_NCCL
+  return true;
+#else
+  if (std::getenv("SRGPT_REQUIRE_GPU")) FAIL("SRGPT_REQUIRE_GPU is set but this build has no NCCL");
+  WARN("this build has no NCCL: test skipped");
+  return false;
+#endif
+}
+
 // Storage bytes of float values in a dtype (bf16 rounded to nearest).
 inline std::vector<uint8_t> to_bytes(DType dtype, const std::vector<float>& values) {
   std::vector<uint8_t> bytes(values.size() * dtype_size(dtype));

@@ -11,11 +11,7 @@ using namespace srgpt;
 using namespace srgpt_test;
 
 TEST_CASE("gpu NCCL with one rank: overlapped collectives give the same bits at every ZeRO stage", "[gpu][overlap]") {
-  if (!gpu_test::have_gpu()) return;
-#ifndef SRGPT_HAVE_NCCL
-  WARN("this build has no NCCL: test skipped");
-  return;
-#endif
+  if (!gpu_test::have_gpu() || !gpu_test::have_nccl()) return;
   for (DType grad_dtype : {DType::bf16, DType::f32}) {
     for (int stage = 0; stage <= 3; ++stage) {
       INFO("ZeRO stage " << stage << ", gradients in " << dtype_name(grad_dtype));
