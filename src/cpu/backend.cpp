@@ -61,10 +61,9 @@ class CpuBackend final : public Backend {
   }
   void release(void* p) noexcept override {
     auto it = sizes_.find(p);
-    if (it != sizes_.end()) {
-      current_ -= it->second;
-      sizes_.erase(it);
-    }
+    if (it == sizes_.end()) return;  // not ours (or null): never free foreign pointers, as the cuda backend
+    current_ -= it->second;
+    sizes_.erase(it);
     std::free(p);
   }
   size_t peak_allocated_bytes() const override { return peak_; }
