@@ -77,7 +77,6 @@ def main():
     print("// Do not edit by hand: rerun the script. Sorted, non-overlapping ranges")
     print("// [first, last] of letters (L*), numbers (N*) and White_Space; every other")
     print("// code point is CodePointClass::Other.")
-    print(f'constexpr const char* kUnicodeTableVersion = "{version}";')
     print("constexpr CodePointRange kCodePointRanges[] = {")
     for first, last, cls in ranges:
         print(f"    {{0x{first:X}, 0x{last:X}, CodePointClass::{cls}}},")
