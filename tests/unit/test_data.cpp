@@ -423,6 +423,24 @@ TEST_CASE("shuffling is deterministic by seed and permutes within each epoch", "
   CHECK(samples_of(a_batches.begin(), a_batches.begin() + per_epoch) == reference);
   CHECK(samples_of(a_batches.begin() + per_epoch, a_batches.end()) == reference);
   CHECK(samples_of(b_batches.begin(), b_batches.end()) == reference);
+
+  // The shard order itself changes with the epoch (not only the sample
+  // order within each shard): each epoch visits every shard once, and four
+  // epochs do not all share one order (by chance: 1 in 24^3).
+  TokenLoader epochs(corpus.files, B, T, 0, 1, int(kVocab), true, 5);
+  std::set<std::vector<size_t>> shard_orders;
+  for (int epoch = 0; epoch < 4; ++epoch) {
+    std::vector<size_t> order;
+    for (const Batch& batch : take(epochs, per_epoch, B, T)) {
+      const size_t shard = corpus.locate(batch.inputs.data(), T).first;
+      if (order.empty() || order.back() != shard) order.push_back(shard);
+    }
+    INFO("epoch " << epoch);
+    CHECK(std::set<size_t>(order.begin(), order.end()).size() == order.size());
+    CHECK(order.size() == corpus.files.size());
+    shard_orders.insert(order);
+  }
+  CHECK(shard_orders.size() > 1);
 }
 
 TEST_CASE("seeking to a saved position resumes the exact batch stream", "[data]") {

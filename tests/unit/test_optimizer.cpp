@@ -303,3 +303,28 @@ TEST_CASE("bf16-sr steps through the optimizer round w, m and v stochastically, 
     CHECK(again.v == first.v);
   }
 }
+
+TEST_CASE("set_weights gives mixed mode's fp32 master the values exactly and its bf16 copy them rounded to nearest",
+          "[optimizer]") {
+  const ModelConfig cfg = small_model(2);
+  auto backend = make_cpu_backend(DType::bf16);
+  auto comm = make_single_process_communicator(*backend);
+  ParameterStore params(*backend, *comm, gpt2_param_layout(cfg, 1), 0);
+  const size_t n = params.layout().total();
+  Optimizer opt(params, Precision::mixed, OptimizerConfig{}, 1);
+  std::random_device rd;
+  const uint32_t seed = rd();
+  INFO("seed " << seed);
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 0.02f);
+  std::vector<float> values(n);
+  for (float& x : values) x = normal(rng);  // almost none a bf16 value
+  opt.set_weights(values);
+  const std::vector<std::vector<char>> state = opt.state_on_host();
+  REQUIRE(state.size() == 3);  // m, v, master
+  CHECK(floats_of(state[2]) == values);
+  const std::vector<float> copy = floats_of_bf16(params.full_weights_on_host());
+  size_t not_nearest = 0;
+  for (size_t i = 0; i < n; ++i) not_nearest += copy[i] != bf16_to_float(float_to_bf16_rn(values[i]));
+  CHECK(not_nearest == 0);
+}

@@ -3,9 +3,15 @@
 // bit-exact; training with the memory options follows the default run.
 #include <cmath>
 #include <cstring>
+#include <fstream>
+#include <string>
+#include <utility>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "catch.h"
+#include "srgpt/checkpoint.h"
 #include "srgpt/trainer.h"
 #include "test_util.h"
 
@@ -102,6 +108,25 @@ TEST_CASE("resume is bit-exact in every precision mode", "[training][resume]") {
       }
       CHECK(weights_of(second) == weights_of(straight));
       CHECK(second.optimizer().state_on_host() == straight.optimizer().state_on_host());
+      // The counters too: the last checkpoint's state (tokens seen, skipped
+      // steps, loader position, ...) and each step's tokens in metrics.jsonl.
+      auto saved_state = [](const Config& run) {
+        nlohmann::json state = CheckpointReader(fs::path(run.out_dir) / "checkpoints" / "step_00000012").state();
+        state["config"].erase("out_dir");
+        return state;
+      };
+      CHECK(saved_state(split) == saved_state(c));
+      auto tokens_by_step = [](const Config& run) {
+        std::vector<std::pair<int64_t, int64_t>> tokens;
+        std::ifstream in(fs::path(run.out_dir) / "metrics.jsonl");
+        for (std::string line; std::getline(in, line);) {
+          const nlohmann::json j = nlohmann::json::parse(line);
+          if (j.contains("tokens")) tokens.emplace_back(j["step"].get<int64_t>(), j["tokens"].get<int64_t>());
+        }
+        return tokens;
+      };
+      CHECK(tokens_by_step(split).size() == 12);
+      CHECK(tokens_by_step(split) == tokens_by_step(c));
     }
   }
 }
