@@ -298,11 +298,9 @@ SavedState read_saved_state(const CheckpointReader& reader) {
   // refuses what a resume refuses.
   saved_weights_crc32(reader);
   const nlohmann::json train_loader = field("train_loader", nlohmann::json());
-  try {
-    s.train_loader = loader_position_from_json(train_loader);
-  } catch (const Error& e) {
-    fail("checkpoint {}: its manifest's state \"train_loader\" is malformed: {}", dir, e.what());
-  }
+  s.train_loader =
+      with_error_context(fmt::format("checkpoint {}: its manifest's state \"train_loader\" is malformed", dir),
+                         [&] { return loader_position_from_json(train_loader); });
   return s;
 }
 
@@ -678,13 +676,10 @@ Trainer::Trainer(Config config, TrainOptions options) : config_(std::move(config
   auto loader_for = [&](const std::string& pattern, const char* what, bool train) {
     const std::vector<std::string> files = expand_shard_pattern(pattern, what);
     if (rank == 0 && !options_.quiet) warn_of_other_vocabulary(files, config_.model.vocab_size, what);
-    std::unique_ptr<TokenLoader> loader;
-    try {
-      loader = std::make_unique<TokenLoader>(files, train ? b.micro_batch : 1, b.seq_len, train ? rank : 0,
-                                             train ? world : 1, config_.model.vocab_size, train, config_.train.seed);
-    } catch (const Error& e) {
-      fail("{}: {}", what, e.what());
-    }
+    auto loader = with_error_context(what, [&] {
+      return std::make_unique<TokenLoader>(files, train ? b.micro_batch : 1, b.seq_len, train ? rank : 0,
+                                           train ? world : 1, config_.model.vocab_size, train, config_.train.seed);
+    });
     if (rank == 0 && !options_.quiet)
       if (const auto warning = loader->skipped_shards_warning(what)) spdlog::warn("{}", *warning);
     return loader;

@@ -35,4 +35,16 @@ template <typename... Args>
   throw Error(fmt::format(format, std::forward<Args>(args)...));
 }
 
+// body(), with an Error from it rethrown as "<context>: <its message>": for
+// a part that cannot know where its input came from (a config key, an
+// option, a checkpoint's field).
+template <typename Body>
+decltype(auto) with_error_context(const std::string& context, Body&& body) {
+  try {
+    return body();
+  } catch (const Error& e) {
+    fail("{}: {}", context, e.what());
+  }
+}
+
 }  // namespace srgpt

@@ -47,18 +47,14 @@ void add_eval_command(CLI::App& app) {
     const Config trained = checkpoint_config(reader);
     const int seq_len = inference_seq_len(trained, args->seq_len);
     const std::vector<std::string> files = expand_shard_pattern(args->data, "--data");
-    std::optional<TokenLoader> loader;
-    try {
-      loader.emplace(files, 1, seq_len, 0, 1, trained.model.vocab_size, false, 0);
-    } catch (const Error& e) {
-      fail("--data: {}", e.what());
-    }
+    const TokenLoader loader = with_error_context(
+        "--data", [&] { return TokenLoader(files, 1, seq_len, 0, 1, trained.model.vocab_size, false, 0); });
     // No larger than the data: a batch of rows that would repeat sample 0
     // costs memory and time for nothing.
-    const int64_t samples = evaluation_samples(*loader, args->max_tokens);
+    const int64_t samples = evaluation_samples(loader, args->max_tokens);
     const int batch = int(std::min<int64_t>(args->batch > 0 ? args->batch : trained.batch.micro_batch, samples));
     LoadedModel lm = load_model_for_inference(reader, batch, seq_len);
-    if (const auto warning = loader->skipped_shards_warning("--data"))
+    if (const auto warning = loader.skipped_shards_warning("--data"))
       std::fprintf(stderr, "srgpt: warning: %s\n", warning->c_str());
     // Read before the evaluation, so a damaged summary.json stops it at once.
     const std::optional<PreparedSplit> prepared = prepared_split(files);
@@ -67,7 +63,7 @@ void add_eval_command(CLI::App& app) {
       if (const auto warning =
               vocabulary_mismatch(*prepared, lm.config.model.vocab_size, "--data", ShardUse::evaluation))
         std::fprintf(stderr, "srgpt: warning: %s\n", warning->c_str());
-    EvalResult r = evaluate(*lm.model, *loader, args->max_tokens);
+    EvalResult r = evaluate(*lm.model, loader, args->max_tokens);
     // Finite weights can still overflow the forward pass (a diverged run's).
     if (!std::isfinite(r.loss))
       fail("checkpoint at step {}: its mean loss over {} tokens is {}: its weights are finite but overflow the "
