@@ -424,15 +424,15 @@ void warn_of_other_vocabulary(const std::vector<std::string>& files, int vocab_s
 // A warning, since an overfitting check may want just that.
 void warn_of_shared_shards(const TokenLoader& train, const TokenLoader& val) {
   std::set<FileIdentity> train_files;
-  for (size_t i = 0; i < train.shard_tokens().size(); ++i)
+  for (size_t i = 0; i < train.shard_count(); ++i)
     train_files.insert(file_identity(train.shard_path(i), "data.train"));
   std::vector<std::string> shared;
-  for (size_t i = 0; i < val.shard_tokens().size(); ++i)
+  for (size_t i = 0; i < val.shard_count(); ++i)
     if (train_files.count(file_identity(val.shard_path(i), "data.val"))) shared.push_back(val.shard_path(i));
   if (!shared.empty())
     spdlog::warn("data.val shares {} of its {} shards with data.train ({} is in both): the val loss is measured on "
                  "tokens the model trains on",
-                 shared.size(), val.shard_tokens().size(), shared.front());
+                 shared.size(), val.shard_count(), shared.front());
 }
 
 // One number for TokenLoader::shard_head_crc32, to compare across ranks.
@@ -576,8 +576,7 @@ double EvalResult::perplexity() const { return std::exp(loss); }
 
 int64_t evaluation_samples(const TokenLoader& data, int64_t max_tokens) {
   int64_t samples = 0;
-  const size_t shards = data.shard_tokens().size();
-  for (size_t i = 0; i < shards; ++i) samples += data.shard_samples(i);
+  for (size_t i = 0; i < data.shard_count(); ++i) samples += data.shard_samples(i);
   return max_tokens > 0 ? std::min(samples, std::max<int64_t>(1, max_tokens / data.seq_len())) : samples;
 }
 
@@ -587,7 +586,7 @@ EvalResult evaluate(GPT& model, const TokenLoader& data, int64_t max_tokens) {
   Communicator& comm = model.params().comm();
   // first_sample[i]: the number of samples in the shards before shard i.
   std::vector<int64_t> first_sample{0};
-  for (size_t i = 0; i < data.shard_tokens().size(); ++i)
+  for (size_t i = 0; i < data.shard_count(); ++i)
     first_sample.push_back(first_sample.back() + data.shard_samples(i));
   const int64_t samples = evaluation_samples(data, max_tokens);
   auto read = [&](int64_t sample, int32_t* inputs, int32_t* targets) {

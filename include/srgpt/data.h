@@ -94,6 +94,7 @@ class TokenLoader {
   // Tokens a shard needs to hold one global batch: world_size * B * T + 1.
   int64_t global_batch_tokens() const;
   int seq_len() const { return T_; }
+  size_t shard_count() const { return shards_.size(); }
   // The samples of shard `index` (in the order of the files), and sample
   // `sample` of it in file order, whatever the loader's shuffle and
   // position (evaluation reads every sample this way).
