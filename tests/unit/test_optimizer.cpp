@@ -16,6 +16,7 @@
 #include "srgpt/communicator.h"
 #include "srgpt/model.h"
 #include "srgpt/optimizer.h"
+#include "srgpt/safetensors.h"
 
 using namespace srgpt;
 
@@ -41,17 +42,10 @@ std::set<std::string> decayed_names(int n_layer) {
   return names;
 }
 
-std::vector<float> floats_of(const std::vector<char>& bytes) {
-  std::vector<float> f(bytes.size() / sizeof(float));
-  std::memcpy(f.data(), bytes.data(), f.size() * sizeof(float));
-  return f;
-}
-
-std::vector<float> floats_of_bf16(const std::vector<char>& bytes) {
-  std::vector<bf16> b(bytes.size() / sizeof(bf16));
-  std::memcpy(b.data(), bytes.data(), b.size() * sizeof(bf16));
-  std::vector<float> f;
-  for (bf16 x : b) f.push_back(bf16_to_float(x));
+// Host bytes of `dtype` values (weights, optimizer state) as floats.
+std::vector<float> floats_of(const std::vector<char>& bytes, DType dtype) {
+  std::vector<float> f(bytes.size() / dtype_size(dtype));
+  convert_to_float(bytes.data(), dtype, f.size(), f.data());
   return f;
 }
 
@@ -78,9 +72,9 @@ SrStepResult bf16_sr_step(const OptimizerConfig& oc, uint64_t seed, int64_t t, d
     backend->upload(params.grads(), g.data(), n * sizeof(bf16));
   }
   opt.step(t, lr, 1.0f);
-  const std::vector<float> w = floats_of_bf16(params.full_weights_on_host());
+  const std::vector<float> w = floats_of(params.full_weights_on_host(), DType::bf16);
   const std::vector<std::vector<char>> state = opt.state_on_host();
-  const std::vector<float> m = floats_of_bf16(state[0]), v = floats_of_bf16(state[1]);
+  const std::vector<float> m = floats_of(state[0], DType::bf16), v = floats_of(state[1], DType::bf16);
   SrStepResult r;
   for (const TensorSpec& tensor : params.layout().tensors())
     for (size_t i = tensor.offset; i < tensor.offset + tensor.numel; ++i) {
@@ -209,10 +203,10 @@ TEST_CASE("fp32 AdamW steps through the optimizer match an fp64 AdamW to 1e-6", 
     }
   }
 
-  const std::vector<float> got_w = floats_of(params.full_weights_on_host());
+  const std::vector<float> got_w = floats_of(params.full_weights_on_host(), DType::f32);
   const std::vector<std::vector<char>> state = opt.state_on_host();
   REQUIRE(state.size() == 2);
-  const std::vector<float> got_m = floats_of(state[0]), got_v = floats_of(state[1]);
+  const std::vector<float> got_m = floats_of(state[0], DType::f32), got_v = floats_of(state[1], DType::f32);
   REQUIRE(got_w.size() == n);
   REQUIRE(got_m.size() == n);
   double w_err = 0, m_err = 0, v_err = 0;
@@ -322,8 +316,8 @@ TEST_CASE("set_weights gives mixed mode's fp32 master the values exactly and its
   opt.set_weights(values);
   const std::vector<std::vector<char>> state = opt.state_on_host();
   REQUIRE(state.size() == 3);  // m, v, master
-  CHECK(floats_of(state[2]) == values);
-  const std::vector<float> copy = floats_of_bf16(params.full_weights_on_host());
+  CHECK(floats_of(state[2], DType::f32) == values);
+  const std::vector<float> copy = floats_of(params.full_weights_on_host(), DType::bf16);
   size_t not_nearest = 0;
   for (size_t i = 0; i < n; ++i) not_nearest += copy[i] != bf16_to_float(float_to_bf16_rn(values[i]));
   CHECK(not_nearest == 0);
