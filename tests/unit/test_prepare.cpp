@@ -456,6 +456,13 @@ TEST_CASE("prepare reports bad inputs as clear errors", "[prepare]") {
     bad.out_dir = (dir.path() / "a-file").string();
     expect_error(bad, {"--out: '" + bad.out_dir + "' exists and is not a directory"});
   }
+  SECTION("an old summary.json that cannot be removed") {
+    const fs::path stuck = fs::path(options.out_dir) / "summary.json";
+    fs::create_directories(stuck);
+    write_file(stuck / "x", "x");
+    expect_error(options, {"--out: cannot remove old '" + stuck.string() + "': Directory not empty"});
+    fs::remove_all(stuck);
+  }
   SECTION("out-of-range numbers") {
     auto bad = options;
     bad.val_fraction = 1.0;
