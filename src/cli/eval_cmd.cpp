@@ -38,9 +38,9 @@ void add_eval_command(CLI::App& app) {
               "plus \"bits_per_byte\" when the shards were written by `srgpt prepare` (its summary.json gives the\n"
               "split's bytes per token): bits_per_byte = loss / ln(2) / bytes_per_token.\n"
               "Sequences are the non-overlapping windows of seq_len + 1 tokens at multiples of seq_len in each\n"
-              "shard, in file order; all of them (the last batch may be partial, and is computed at full size; a\n"
-              "--batch above the number of sequences is lowered to it), so\n"
-              "--batch changes only the speed and memory, not the result.\n"
+              "shard, in file order; all of them (the last batch may be partial, and is computed at full size),\n"
+              "so --batch changes only the speed and memory, not the result; a --batch above the number of\n"
+              "sequences is lowered to it.\n"
               "Training's val loss is measured on the same sequences (train.eval_tokens as --max-tokens).");
   cmd->callback([args]() {
     CheckpointReader reader(resolve_checkpoint_dir(args->checkpoint));
