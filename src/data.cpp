@@ -70,6 +70,19 @@ TokenShard::TokenShard(const std::string& path) : path_(path), file_("token shar
         if (first == magic)
           fail("{} starts with llm.c magic {}, which is not a token shard (token shards have magic {})", path, magic,
                kShardMagic);
+      // A raw shard whose second and third uint32 happen to be a valid
+      // version and the exact token count of the file's size is not
+      // credible: this is an llm.c shard with a damaged magic, and reading
+      // it raw would train on its header.
+      if (bytes_in_file >= kHeaderBytes) {
+        const int32_t version = read_int32(bytes + 4);
+        const int32_t count = read_int32(bytes + 8);
+        if ((version == 1 || version == 2) && count >= 0 &&
+            kHeaderBytes + size_t(count) * (version == 1 ? 2 : 4) == bytes_in_file)
+          fail("token shard {} has an llm.c header (version {}, {} tokens, matching its size) but magic {} instead "
+               "of {}: the file is damaged",
+               path, version, count, first, kShardMagic);
+      }
       if (bytes_in_file % 2 != 0)
         fail("token shard {} has odd size {} bytes: a raw (nanoGPT) shard is a sequence of uint16 tokens", path,
              bytes_in_file);

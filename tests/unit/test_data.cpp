@@ -289,6 +289,13 @@ TEST_CASE("malformed shards are clear errors naming the file", "[data]") {
     CHECK(contains(e, "magic 20240522"));
     CHECK(contains(e, "not a token shard"));
   }
+  SECTION("llm.c header with a damaged magic") {
+    write_llmc(path, 20240520 ^ (1 << 9), 1, 300, narrow.data(), 2 * 300);
+    std::string e = open_error();
+    CHECK(contains(e, path));
+    CHECK(contains(e, "magic 20241032 instead of 20240520"));
+    CHECK(contains(e, "damaged"));
+  }
   SECTION("odd-sized raw file") {
     write_bytes(path, narrow.data(), 2 * 300 - 1);
     std::string e = open_error();
