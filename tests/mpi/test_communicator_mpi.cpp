@@ -290,8 +290,8 @@ TEST_CASE("broadcast copies the root's bytes to every rank", "[mpi]") {
       }
     }
     CHECK_THROWS_WITH(s.comm->broadcast(nullptr, 0, ranks),
-                      Catch::Matchers::Contains(fmt::format("broadcast from rank {}: the world has ranks 0..{}", ranks,
-                                                            ranks - 1)));
+                      contains_substring(
+                          fmt::format("broadcast from rank {}: the world has ranks 0..{}", ranks, ranks - 1)));
   }
 }
 
