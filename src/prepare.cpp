@@ -289,7 +289,10 @@ SplitSummary split_from_json(const json& object, const std::string& where) {
   for (const auto& shard : shards) {
     split.shards.push_back(ShardSummary{field<std::string>(shard, "file", where + ".shards"),
                                         count_field(shard, "tokens", where + ".shards")});
-    shard_tokens += split.shards.back().tokens;
+    const int64_t tokens = split.shards.back().tokens;
+    if (tokens > std::numeric_limits<int64_t>::max() - shard_tokens)
+      fail("{}: the shards' \"tokens\" add up to more than {}", where, std::numeric_limits<int64_t>::max());
+    shard_tokens += tokens;
   }
   if (shard_tokens != split.tokens)
     fail("{}: \"tokens\" = {}, but its shards hold {} tokens in all", where, split.tokens, shard_tokens);

@@ -348,6 +348,12 @@ TEST_CASE("prepare replaces the shards of an earlier run and reports bytes per t
                  "summary.json.val: \"bytes\" = 10000000000000000000 is out of range"));
   CHECK(contains(summary_error([](nlohmann::json& j) { j["val"]["tokens"] = j["val"]["tokens"].get<int64_t>() + 1; }),
                  "but its shards hold " + std::to_string(good["val"]["tokens"].get<int64_t>()) + " tokens in all"));
+  // Each count in range, their sum not (signed overflow, found by the fuzz test under UBSan).
+  CHECK(contains(summary_error([](nlohmann::json& j) {
+                   j["val"]["shards"].push_back(j["val"]["shards"][0]);
+                   for (nlohmann::json& shard : j["val"]["shards"]) shard["tokens"] = INT64_MAX - 1;
+                 }),
+                 "summary.json.val: the shards' \"tokens\" add up to more than 9223372036854775807"));
   CHECK(contains(summary_error([](nlohmann::json& j) { j["vocab_size"] = -1; }),
                  "\"vocab_size\" = -1; allowed: 1 or more"));
   CHECK(contains(summary_error([](nlohmann::json& j) {
