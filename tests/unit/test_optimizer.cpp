@@ -322,3 +322,31 @@ TEST_CASE("set_weights gives mixed mode's fp32 master the values exactly and its
   for (size_t i = 0; i < n; ++i) not_nearest += copy[i] != bf16_to_float(float_to_bf16_rn(values[i]));
   CHECK(not_nearest == 0);
 }
+
+TEST_CASE("clip_scale is clip / norm exactly when the norm exceeds a positive clip and else 1",
+          "[optimizer][clip]") {
+  std::random_device rd;
+  const uint32_t seed = rd();
+  INFO("seed " << seed);
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> log_uniform(-6.0, 6.0), ratio(-3.0, 3.0);
+  // Norms from 2.5e-3 to 400, on both sides of 1 (where comparing the clip
+  // with norm^2 instead of norm errs one way or the other), with clips from
+  // 20x below to 20x above them. The trainer tests clip only far below or
+  // far above the norm.
+  size_t clipped = 0, kept = 0, wrong = 0;
+  for (int trial = 0; trial < 2000; ++trial) {
+    const double norm = std::exp(log_uniform(rng)), clip = norm * std::exp(ratio(rng));
+    const float want = norm > clip ? float(clip / norm) : 1.0f;
+    const float got = clip_scale(norm, clip);
+    if (got != want && wrong++ == 0)
+      UNSCOPED_INFO("first wrong: norm " << norm << " clip " << clip << ": " << got << " not " << want);
+    (norm > clip ? clipped : kept) += 1;
+    wrong += clip_scale(norm, 0.0) != 1.0f;  // grad_clip 0 never clips
+  }
+  CHECK(wrong == 0);
+  CHECK(clipped > 500);
+  CHECK(kept > 500);
+  // A norm exactly at the clip is not scaled.
+  CHECK(clip_scale(0.75, 0.75) == 1.0f);
+}

@@ -78,18 +78,21 @@ TrainOptions single_quiet() {
 }
 
 // Trainer::train_step's work up to the optimizer, by hand: zero grads, the
-// micro-steps with dloss = 1/(B*T*accum), the reduction. Returns the norm.
-double gradients_by_hand(Trainer& t, TokenLoader& loader) {
+// micro-steps with dloss = 1/(B*T*accum), the reduction. Returns the norm,
+// and the step's loss (the mean of the micro-steps') in *loss when given.
+double gradients_by_hand(Trainer& t, TokenLoader& loader, double* loss = nullptr) {
   const Config& c = t.config();
   const int accum = c.batch.grad_accum(1);
   const size_t n = size_t(c.batch.micro_batch) * c.batch.seq_len;
   std::vector<int32_t> in(n), tg(n);
   const float dloss = float(1.0 / (double(c.batch.micro_batch) * c.batch.seq_len * accum));
   t.params().zero_grads();
+  double sum = 0;
   for (int micro = 0; micro < accum; ++micro) {
     loader.next_batch(in.data(), tg.data());
-    t.model().forward_backward(in.data(), tg.data(), dloss);
+    sum += t.model().forward_backward(in.data(), tg.data(), dloss);
   }
+  if (loss) *loss = sum / double(accum);
   t.params().reduce_gradients();
   return std::sqrt(t.params().grad_norm_squared());
 }
@@ -245,6 +248,56 @@ TEST_CASE("a clip above the gradient norm gives the bits of grad_clip 0", "[trai
     states.push_back(state_of(t));
   }
   CHECK(states[0] == states[1]);
+}
+
+TEST_CASE("metrics.jsonl logs each step's loss and scheduled lr and its gradient norm before clipping",
+          "[trainer][clip]") {
+  const uint32_t seed = fresh_seed();
+  INFO("init and data-order seed " << seed);
+  TempDir tmp("logged");
+  write_markov_shards(tmp.path() / "data", 64, 20000, 2000);
+  // Warmup 2 of 4 steps: every step's lr differs from its neighbours'. A
+  // clip of 1e-4 scales every step, so a norm logged after clipping would
+  // read 1e-4.
+  const int64_t steps = 4;
+  auto config = [&](const std::string& tag) {
+    Config c = tiny_config(tmp.path() / "data", tmp.path() / tag);
+    c.train.steps = steps;
+    c.train.seed = seed;
+    c.optimizer.grad_clip = 1e-4;
+    c.data.val.clear();
+    return c;
+  };
+  Trainer trained(config("run"), single_quiet());
+  REQUIRE(trained.run().losses.size() == size_t(steps));
+
+  Trainer by_hand(config("hand"), single_quiet());
+  TokenLoader loader = train_loader_like_trainer(by_hand.config());
+  const OptimizerConfig& oc = by_hand.config().optimizer;
+  std::vector<double> norms, losses;
+  for (int64_t step = 1; step <= steps; ++step) {
+    double loss = 0;
+    norms.push_back(gradients_by_hand(by_hand, loader, &loss));
+    losses.push_back(loss);
+    REQUIRE(norms.back() > 1e-2);
+    by_hand.optimizer().step(step, learning_rate(oc, step, steps), float(oc.grad_clip / norms.back()));
+  }
+  REQUIRE(state_of(by_hand) == state_of(trained));  // the same steps, so the logged values must match
+
+  std::ifstream in(fs::path(trained.config().out_dir) / "metrics.jsonl");
+  int64_t step = 0;
+  for (std::string line; std::getline(in, line);) {
+    const nlohmann::json j = nlohmann::json::parse(line);
+    if (!j.contains("grad_norm")) continue;
+    REQUIRE(j.at("step").get<int64_t>() == ++step);
+    INFO("step " << step);
+    const size_t i = size_t(step - 1);
+    CHECK(j.at("lr").get<double>() == learning_rate(oc, step, steps));
+    CHECK(std::fabs(j.at("grad_norm").get<double>() - norms[i]) <= 1e-12 * norms[i]);
+    // The mean over the micro-steps of their mean token losses.
+    CHECK(std::fabs(j.at("loss").get<double>() - losses[i]) <= 1e-12 * losses[i]);
+  }
+  CHECK(step == steps);
 }
 
 TEST_CASE("on_nonfinite = skip leaves weights and optimizer state unchanged, counts the step and trains on",
