@@ -298,7 +298,7 @@ TEST_CASE("bf16-sr steps through the optimizer round w, m and v stochastically, 
   }
 }
 
-TEST_CASE("set_weights gives mixed mode's fp32 master the values exactly and its bf16 copy them rounded to nearest",
+TEST_CASE("mixed mode's bf16 copy is its fp32 master rounded to nearest, after set_weights and after each step",
           "[optimizer]") {
   const ModelConfig cfg = small_model(2);
   auto backend = make_cpu_backend(DType::bf16);
@@ -321,6 +321,29 @@ TEST_CASE("set_weights gives mixed mode's fp32 master the values exactly and its
   size_t not_nearest = 0;
   for (size_t i = 0; i < n; ++i) not_nearest += copy[i] != bf16_to_float(float_to_bf16_rn(values[i]));
   CHECK(not_nearest == 0);
+
+  // The step writes the copy the forward reads: rounded to nearest too, where
+  // truncating the master would differ for about half the elements.
+  std::vector<bf16> grads(n);
+  for (int64_t t = 1; t <= 3; ++t) {
+    INFO("step " << t);
+    for (bf16& g : grads) g = float_to_bf16_rn(normal(rng));
+    backend->upload(params.grads(), grads.data(), n * sizeof(bf16));
+    opt.step(t, 1e-3, 1.0f);
+    const std::vector<float> master = floats_of(opt.state_on_host()[2], DType::f32);
+    const std::vector<float> stepped = floats_of(params.full_weights_on_host(), DType::bf16);
+    REQUIRE(master != values);
+    size_t wrong = 0, truncation_differs = 0;
+    for (size_t i = 0; i < n; ++i) {
+      const float nearest = bf16_to_float(float_to_bf16_rn(master[i]));
+      uint32_t bits;
+      std::memcpy(&bits, &master[i], sizeof bits);
+      wrong += stepped[i] != nearest;
+      truncation_differs += bf16_to_float(bf16{uint16_t(bits >> 16)}) != nearest;
+    }
+    CHECK(wrong == 0);
+    CHECK(truncation_differs > n / 4);
+  }
 }
 
 TEST_CASE("clip_scale is clip / norm exactly when the norm exceeds a positive clip and else 1",
