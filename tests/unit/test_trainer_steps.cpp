@@ -174,7 +174,8 @@ TEST_CASE("grad_norm_squared at ZeRO stages 0-3 is the fp64 sum of squares of th
   }
 }
 
-TEST_CASE("a clipped Trainer step is the by-hand step with scale clip / norm, and grad_clip 0 never clips",
+TEST_CASE("a clipped Trainer step is the by-hand step with scale clip / norm, grad_clip 0 never clips, and "
+          "metrics.jsonl logs each step's loss, lr and gradient norm before clipping",
           "[trainer][clip]") {
   const uint32_t seed = fresh_seed();
   INFO("init and data-order seed " << seed);
@@ -198,18 +199,40 @@ TEST_CASE("a clipped Trainer step is the by-hand step with scale clip / norm, an
 
     Trainer by_hand(config("hand"), single_quiet());
     TokenLoader loader = train_loader_like_trainer(by_hand.config());
+    std::vector<double> norms, losses, lrs;
     for (int64_t step = 1; step <= steps; ++step) {
-      const double norm = gradients_by_hand(by_hand, loader);
+      double loss = 0;
+      const double norm = gradients_by_hand(by_hand, loader, &loss);
       INFO("step " << step << " grad norm " << norm);
       REQUIRE(std::isfinite(norm));
       REQUIRE(norm > 1e-2);  // well above the clip, and "large" for clip 0
       const float scale = clip > 0 ? float(clip / norm) : 1.0f;
       const double lr = learning_rate(by_hand.config().optimizer, step, steps);
       by_hand.optimizer().step(step, lr, scale);
+      norms.push_back(norm);
+      losses.push_back(loss);
+      lrs.push_back(lr);
     }
     const State want = state_of(by_hand), got = state_of(trained);
     CHECK(got.weights == want.weights);
     CHECK(got.optimizer == want.optimizer);
+
+    // The same steps, so the logged values are the by-hand ones: each step's
+    // scheduled lr (all three differ), the norm before clipping (after it,
+    // it would read 1e-4) and the mean of the micro-steps' losses.
+    std::ifstream in(fs::path(trained.config().out_dir) / "metrics.jsonl");
+    int64_t step = 0;
+    for (std::string line; std::getline(in, line);) {
+      const nlohmann::json j = nlohmann::json::parse(line);
+      if (!j.contains("grad_norm")) continue;
+      REQUIRE(j.at("step").get<int64_t>() == ++step);
+      INFO("logged step " << step);
+      const size_t i = size_t(step - 1);
+      CHECK(j.at("lr").get<double>() == lrs[i]);
+      CHECK(std::fabs(j.at("grad_norm").get<double>() - norms[i]) <= 1e-12 * norms[i]);
+      CHECK(std::fabs(j.at("loss").get<double>() - losses[i]) <= 1e-12 * losses[i]);
+    }
+    CHECK(step == steps);
   }
   // Negative control: the clip changes the result (a clip that did
   // nothing would make the by-hand comparisons above vacuous).
@@ -248,56 +271,6 @@ TEST_CASE("a clip above the gradient norm gives the bits of grad_clip 0", "[trai
     states.push_back(state_of(t));
   }
   CHECK(states[0] == states[1]);
-}
-
-TEST_CASE("metrics.jsonl logs each step's loss and scheduled lr and its gradient norm before clipping",
-          "[trainer][clip]") {
-  const uint32_t seed = fresh_seed();
-  INFO("init and data-order seed " << seed);
-  TempDir tmp("logged");
-  write_markov_shards(tmp.path() / "data", 64, 20000, 2000);
-  // Warmup 2 of 4 steps: every step's lr differs from its neighbours'. A
-  // clip of 1e-4 scales every step, so a norm logged after clipping would
-  // read 1e-4.
-  const int64_t steps = 4;
-  auto config = [&](const std::string& tag) {
-    Config c = tiny_config(tmp.path() / "data", tmp.path() / tag);
-    c.train.steps = steps;
-    c.train.seed = seed;
-    c.optimizer.grad_clip = 1e-4;
-    c.data.val.clear();
-    return c;
-  };
-  Trainer trained(config("run"), single_quiet());
-  REQUIRE(trained.run().losses.size() == size_t(steps));
-
-  Trainer by_hand(config("hand"), single_quiet());
-  TokenLoader loader = train_loader_like_trainer(by_hand.config());
-  const OptimizerConfig& oc = by_hand.config().optimizer;
-  std::vector<double> norms, losses;
-  for (int64_t step = 1; step <= steps; ++step) {
-    double loss = 0;
-    norms.push_back(gradients_by_hand(by_hand, loader, &loss));
-    losses.push_back(loss);
-    REQUIRE(norms.back() > 1e-2);
-    by_hand.optimizer().step(step, learning_rate(oc, step, steps), float(oc.grad_clip / norms.back()));
-  }
-  REQUIRE(state_of(by_hand) == state_of(trained));  // the same steps, so the logged values must match
-
-  std::ifstream in(fs::path(trained.config().out_dir) / "metrics.jsonl");
-  int64_t step = 0;
-  for (std::string line; std::getline(in, line);) {
-    const nlohmann::json j = nlohmann::json::parse(line);
-    if (!j.contains("grad_norm")) continue;
-    REQUIRE(j.at("step").get<int64_t>() == ++step);
-    INFO("step " << step);
-    const size_t i = size_t(step - 1);
-    CHECK(j.at("lr").get<double>() == learning_rate(oc, step, steps));
-    CHECK(std::fabs(j.at("grad_norm").get<double>() - norms[i]) <= 1e-12 * norms[i]);
-    // The mean over the micro-steps of their mean token losses.
-    CHECK(std::fabs(j.at("loss").get<double>() - losses[i]) <= 1e-12 * losses[i]);
-  }
-  CHECK(step == steps);
 }
 
 TEST_CASE("on_nonfinite = skip leaves weights and optimizer state unchanged, counts the step and trains on",
