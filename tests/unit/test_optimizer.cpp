@@ -43,6 +43,20 @@ std::set<std::string> decayed_names(int n_layer) {
   return names;
 }
 
+// Settings under which every term of AdamW shows: eps near sqrt(v) for the
+// small gradients (so its placement matters, and the clip scale with it),
+// betas other than the defaults, decay large enough to move weights. All
+// exact in fp32, as the tests' learning rates are too: storing 0.99 in fp32
+// alone would change 1 - beta2 by 1e-6.
+OptimizerConfig every_term_shows() {
+  OptimizerConfig oc;
+  oc.beta1 = 0.875;
+  oc.beta2 = 0.984375;
+  oc.eps = 1.0 / 1024;
+  oc.weight_decay = 0.25;
+  return oc;
+}
+
 // Host bytes of `dtype` values (weights, optimizer state) as floats.
 std::vector<float> floats_of(const std::vector<char>& bytes, DType dtype) {
   std::vector<float> f(bytes.size() / dtype_size(dtype));
@@ -146,16 +160,7 @@ TEST_CASE("fp32 AdamW steps through the optimizer match an fp64 AdamW to 1e-6", 
   ParameterStore params(*backend, *comm, gpt2_param_layout(cfg, 1), 0);
   const Layout& layout = params.layout();
   const size_t n = layout.total();
-  // Settings under which every term shows: eps near sqrt(v) for the small
-  // gradients (so its placement matters, and the clip scale with it),
-  // betas other than the defaults, decay large enough to move weights.
-  // All exact in fp32, as are the learning rates: storing 0.99 in fp32
-  // alone would change 1 - beta2 by 1e-6.
-  OptimizerConfig oc;
-  oc.beta1 = 0.875;
-  oc.beta2 = 0.984375;
-  oc.eps = 1.0 / 1024;
-  oc.weight_decay = 0.25;
+  const OptimizerConfig oc = every_term_shows();
   Optimizer opt(params, Precision::fp32, oc, 1);
 
   std::random_device rd;
@@ -249,12 +254,7 @@ TEST_CASE("a step of each bf16 mode stores the fp64 AdamW step of its state, rou
   std::mt19937_64 rng(seed);
   std::normal_distribution<double> normal(0.0, 1.0);
   std::uniform_real_distribution<double> uniform(0.0, 1.0);
-  // As in the fp32 test: every term shows, and the settings are exact in fp32.
-  OptimizerConfig oc;
-  oc.beta1 = 0.875;
-  oc.beta2 = 0.984375;
-  oc.eps = 1.0 / 1024;
-  oc.weight_decay = 0.25;
+  const OptimizerConfig oc = every_term_shows();
   const int64_t t = 3;
   const double lr = 1.0 / 128, scale = 0.75;
   const double bc1 = 1 - std::pow(oc.beta1, t), bc2 = 1 - std::pow(oc.beta2, t);
