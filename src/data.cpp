@@ -27,6 +27,10 @@ constexpr size_t kHeaderBytes = kHeaderInts * sizeof(int32_t);
 // tokenizer, eval examples): such a file is a mistake, not raw tokens.
 constexpr int32_t kOtherLlmcMagics[] = {20240326, 20240327, 20240328, 20240522};
 
+// Bytes per token of an llm.c shard version: 2 (uint16) for version 1, 4
+// (uint32) for srgpt's version 2, 0 for any other.
+int llmc_token_bytes(int32_t version) { return version == 1 ? 2 : version == 2 ? 4 : 0; }
+
 int32_t read_int32(const unsigned char* p) {
   int32_t v;
   std::memcpy(&v, p, sizeof v);
@@ -50,11 +54,11 @@ TokenShard::TokenShard(const std::string& path) : path_(path), file_("token shar
         fail("token shard {} is truncated: {} bytes, shorter than the {}-byte llm.c header", path, bytes_in_file,
              kHeaderBytes);
       int32_t version = read_int32(bytes + 4);
-      if (version != 1 && version != 2)
+      if (llmc_token_bytes(version) == 0)
         fail("token shard {} has unsupported version {} (1 = uint16 tokens, 2 = uint32 tokens)", path, version);
       int32_t count = read_int32(bytes + 8);
       if (count < 0) fail("token shard {} has a negative token count {} in its header", path, count);
-      token_bytes_ = version == 1 ? 2 : 4;
+      token_bytes_ = llmc_token_bytes(version);
       size_t expected = kHeaderBytes + size_t(count) * size_t(token_bytes_);
       if (bytes_in_file < expected)
         fail("token shard {} is truncated: its header says {} tokens ({} bytes) but the file has {} bytes", path,
@@ -77,8 +81,8 @@ TokenShard::TokenShard(const std::string& path) : path_(path), file_("token shar
       if (bytes_in_file >= kHeaderBytes) {
         const int32_t version = read_int32(bytes + 4);
         const int32_t count = read_int32(bytes + 8);
-        if ((version == 1 || version == 2) && count >= 0 &&
-            kHeaderBytes + size_t(count) * (version == 1 ? 2 : 4) == bytes_in_file)
+        if (llmc_token_bytes(version) != 0 && count >= 0 &&
+            kHeaderBytes + size_t(count) * size_t(llmc_token_bytes(version)) == bytes_in_file)
           fail("token shard {} has an llm.c header (version {}, {} tokens, matching its size) but magic {} instead "
                "of {}: the file is damaged",
                path, version, count, first, kShardMagic);
