@@ -3,9 +3,6 @@
 // bit-exact; training with the memory options follows the default run.
 #include <cmath>
 #include <cstring>
-#include <fstream>
-#include <string>
-#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -117,12 +114,9 @@ TEST_CASE("resume is bit-exact in every precision mode", "[training][resume]") {
       };
       CHECK(saved_state(split) == saved_state(c));
       auto tokens_by_step = [](const Config& run) {
-        std::vector<std::pair<int64_t, int64_t>> tokens;
-        std::ifstream in(fs::path(run.out_dir) / "metrics.jsonl");
-        for (std::string line; std::getline(in, line);) {
-          const nlohmann::json j = nlohmann::json::parse(line);
-          if (j.contains("tokens")) tokens.emplace_back(j["step"].get<int64_t>(), j["tokens"].get<int64_t>());
-        }
+        std::vector<int64_t> tokens;
+        for (const nlohmann::json& j : step_lines_in(fs::path(run.out_dir) / "metrics.jsonl"))
+          tokens.push_back(j.at("tokens").get<int64_t>());
         return tokens;
       };
       CHECK(tokens_by_step(split).size() == 12);

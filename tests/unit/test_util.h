@@ -261,19 +261,26 @@ inline std::string mpiexec_from_env() {
   return m;
 }
 
-// The "loss" of every step line of a metrics.jsonl, in order; throws when
-// the step lines do not count 1, 2, 3, ...
-inline std::vector<double> losses_in(const fs::path& metrics) {
-  std::vector<double> losses;
+// The step lines of a metrics.jsonl (those with a "loss"), in order; throws
+// when they do not count 1, 2, 3, ...
+inline std::vector<nlohmann::json> step_lines_in(const fs::path& metrics) {
+  std::vector<nlohmann::json> steps;
   std::ifstream in(metrics);
   for (std::string line; std::getline(in, line);) {
-    const nlohmann::json j = nlohmann::json::parse(line);
+    nlohmann::json j = nlohmann::json::parse(line);
     if (!j.contains("loss")) continue;
-    if (j.at("step").get<size_t>() != losses.size() + 1)
+    if (j.at("step").get<size_t>() != steps.size() + 1)
       throw std::runtime_error(metrics.string() + ": step " + j.at("step").dump() + " after " +
-                               std::to_string(losses.size()) + " step lines");
-    losses.push_back(j.at("loss").get<double>());
+                               std::to_string(steps.size()) + " step lines");
+    steps.push_back(std::move(j));
   }
+  return steps;
+}
+
+// The "loss" of every step line of a metrics.jsonl, in order.
+inline std::vector<double> losses_in(const fs::path& metrics) {
+  std::vector<double> losses;
+  for (const nlohmann::json& j : step_lines_in(metrics)) losses.push_back(j.at("loss").get<double>());
   return losses;
 }
 
@@ -300,22 +307,18 @@ inline std::vector<std::pair<int64_t, double>> val_losses_in(const fs::path& met
 inline size_t check_logged_mfu(const fs::path& metrics, const srgpt::Config& c, size_t params, double peak_flops) {
   const double flops_per_token =
       6.0 * double(params) + 12.0 * c.model.n_layer * double(c.batch.seq_len) * c.model.d_model;
-  size_t lines = 0;
-  std::ifstream in(metrics);
-  for (std::string line; std::getline(in, line);) {
-    const nlohmann::json j = nlohmann::json::parse(line);
-    if (!j.contains("loss")) continue;
-    ++lines;
+  const std::vector<nlohmann::json> steps = step_lines_in(metrics);
+  for (const nlohmann::json& j : steps) {
     if (peak_flops == 0) {
-      if (j.contains("mfu")) throw std::runtime_error(metrics.string() + ": an MFU without a peak rate in " + line);
+      if (j.contains("mfu")) throw std::runtime_error(metrics.string() + ": an MFU without a peak rate in " + j.dump());
       continue;
     }
-    if (!j.contains("mfu")) throw std::runtime_error(metrics.string() + ": no mfu in " + line);
+    if (!j.contains("mfu")) throw std::runtime_error(metrics.string() + ": no mfu in " + j.dump());
     const double expected = j.at("tokens_per_s").get<double>() * flops_per_token / peak_flops;
     if (std::abs(j.at("mfu").get<double>() - expected) > 1e-12 * expected)
-      throw std::runtime_error(metrics.string() + ": mfu is not " + std::to_string(expected) + " in " + line);
+      throw std::runtime_error(metrics.string() + ": mfu is not " + std::to_string(expected) + " in " + j.dump());
   }
-  return lines;
+  return steps.size();
 }
 
 // The message of the srgpt::Error `action` throws, or "" when it throws none.
