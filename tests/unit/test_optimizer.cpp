@@ -270,32 +270,32 @@ TEST_CASE("a step of each bf16 mode stores the fp64 AdamW step of its state, rou
     std::vector<float> w0(n);
     for (float& x : w0) x = float(0.5 * normal(rng));
     opt.set_weights(w0);
-    // The state the step starts from: m and v in their stored dtype (m of
-    // either sign, v > 0), gradients from 1e-5 to 1e-1.
-    const DType state_dtype = mode == Precision::mixed ? DType::f32 : DType::bf16;
-    std::vector<double> m0(n), v0(n), g(n);
-    std::vector<float> m_stored(n), v_stored(n);
+    // The state the step starts from: m and v values of the dtype the mode
+    // stores them in (m of either sign, v > 0), gradients from 1e-5 to 1e-1.
+    const DType state_dtype = optimizer_state_kinds(mode).front().dtype;
+    auto storable = [&](double x) {
+      return state_dtype == DType::f32 ? float(x) : bf16_to_float(float_to_bf16_rn(float(x)));
+    };
+    std::vector<float> m0(n), v0(n);
+    std::vector<double> g(n);
     std::vector<bf16> g_stored(n);
     for (size_t i = 0; i < n; ++i) {
       const double magnitude = std::pow(10.0, -5.0 + 4.0 * uniform(rng));
-      m_stored[i] = float(0.5 * magnitude * normal(rng));
-      v_stored[i] = float(std::pow(magnitude * (0.5 + uniform(rng)), 2));
+      m0[i] = storable(0.5 * magnitude * normal(rng));
+      v0[i] = storable(std::pow(magnitude * (0.5 + uniform(rng)), 2));
       g_stored[i] = float_to_bf16_rn(float(magnitude * normal(rng)));
-      if (state_dtype == DType::bf16) {
-        m_stored[i] = bf16_to_float(float_to_bf16_rn(m_stored[i]));
-        v_stored[i] = bf16_to_float(float_to_bf16_rn(v_stored[i]));
-      }
-      m0[i] = m_stored[i];
-      v0[i] = v_stored[i];
       g[i] = double(bf16_to_float(g_stored[i])) * scale;
     }
     for (const StateBuffer& b : opt.state_buffers()) {
       if (b.name != "m" && b.name != "v") continue;
-      const std::vector<float>& values = b.name == "m" ? m_stored : v_stored;
+      const std::vector<float>& values = b.name == "m" ? m0 : v0;
+      if (b.dtype == DType::f32) {
+        backend->upload(b.data, values.data(), n * sizeof(float));
+        continue;
+      }
       std::vector<bf16> narrow(n);
-      for (size_t i = 0; i < n; ++i) narrow[i] = float_to_bf16_rn(values[i]);
-      if (b.dtype == DType::f32) backend->upload(b.data, values.data(), n * sizeof(float));
-      else backend->upload(b.data, narrow.data(), n * sizeof(bf16));
+      for (size_t i = 0; i < n; ++i) narrow[i] = float_to_bf16_rn(values[i]);  // exact: bf16 values
+      backend->upload(b.data, narrow.data(), n * sizeof(bf16));
     }
     backend->upload(params.grads(), g_stored.data(), n * sizeof(bf16));
     const std::vector<float> w_before = floats_of(params.full_weights_on_host(), DType::bf16);
